@@ -1,0 +1,1 @@
+"""circuitdag: automatic circuit discovery in transformer language models."""

@@ -1,0 +1,104 @@
+"""The task plugin interface.
+
+A task says what behaviour a circuit should explain: clean prompts, corrupted prompts
+(the counterfactual used by resample ablation), where the answer is read and what it
+is. Third parties subclass :class:`Task` and register it under the entry-point group
+``circuitdag.tasks`` (see docs/tasks.md); the built-ins are registered the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from jaxtyping import Bool, Int
+from torch import Tensor
+
+from circuitdag.errors import TaskError
+
+
+@dataclass(frozen=True)
+class TaskData:
+    """One dataset of a task, as token ids.
+
+    ``answer_pos[i, j]`` is the j-th position of prompt i whose next-token prediction the
+    metric reads (one per prompt for language tasks; every output position for tracr).
+    ``correct``/``wrong`` are the answer tokens at those positions (``wrong`` is needed by
+    ``logit_diff`` only). ``position_names`` names each token position when all prompts
+    share one layout (required by position-aware mode).
+    """
+
+    clean: Int[Tensor, "batch pos"]
+    corrupted: Int[Tensor, "batch pos"]
+    answer_pos: Int[Tensor, "batch n_ans"]
+    correct: Int[Tensor, "batch n_ans"] | None = None
+    wrong: Int[Tensor, "batch n_ans"] | None = None
+    position_names: tuple[str, ...] | None = None
+    valid: Bool[Tensor, "batch n_ans"] | None = None
+
+    def __post_init__(self) -> None:
+        if self.clean.shape != self.corrupted.shape:
+            raise TaskError(
+                f"clean prompts have shape {tuple(self.clean.shape)} but corrupted prompts "
+                f"{tuple(self.corrupted.shape)}; pad or pair them so the shapes are equal"
+            )
+        if self.answer_pos.ndim != 2 or self.answer_pos.shape[0] != self.clean.shape[0]:
+            raise TaskError(
+                f"answer_pos must be (batch, n_ans) with batch={self.clean.shape[0]}, "
+                f"got {tuple(self.answer_pos.shape)}"
+            )
+        for name in ("correct", "wrong", "valid"):
+            t = getattr(self, name)
+            if t is not None and t.shape != self.answer_pos.shape:
+                raise TaskError(f"{name} must have the shape of answer_pos {tuple(self.answer_pos.shape)}")
+        if self.position_names is not None and len(self.position_names) != self.clean.shape[1]:
+            raise TaskError(
+                f"position_names has {len(self.position_names)} names for {self.clean.shape[1]} positions"
+            )
+
+    def to(self, device: str | torch.device) -> TaskData:
+        def mv(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t.to(device)
+
+        return TaskData(
+            mv(self.clean), mv(self.corrupted), mv(self.answer_pos), mv(self.correct),  # type: ignore[arg-type]
+            mv(self.wrong), self.position_names, mv(self.valid),
+        )  # fmt: skip
+
+    @property
+    def n_prompts(self) -> int:
+        return int(self.clean.shape[0])
+
+
+class Task:
+    """Base class of task plugins. Subclasses set the class attributes and implement
+    :meth:`load_model` and :meth:`data`; the rest is optional."""
+
+    name: str = ""
+    description: str = ""
+    default_model: str = ""
+    default_metric: str = "kl"
+    default_threshold: float = 0.01
+    default_ablation: str = "resample"
+    #: True when :meth:`ground_truth` returns an edge set.
+    has_ground_truth: bool = False
+
+    def load_model(self, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+        """The task's default model."""
+        raise NotImplementedError
+
+    def data(self, model: Any, seed: int = 0) -> TaskData:
+        """Clean/corrupted token batches for ``model`` (its tokenizer decides the ids)."""
+        raise NotImplementedError
+
+    def ground_truth(self, ablation: str = "zero") -> set[str] | None:
+        """Edge names (``a0.1->a1.0<k>``) that the true circuit has, or None if unknown."""
+        return None
+
+    def metric(self) -> Callable[..., Tensor] | None:
+        """A task-specific metric (see :mod:`circuitdag.metrics` for the signature)."""
+        return None
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name}>"
