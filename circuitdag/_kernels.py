@@ -1,0 +1,125 @@
+"""Kernels over the flat edge table: reachability and counting.
+
+Each kernel has a Numba implementation and a plain-numpy one. ``CIRCUITDAG_KERNELS=numpy``
+selects the numpy fallback (tests run both and check they agree). Both rely on the graph
+being topologically numbered: every edge goes from a lower to a higher node index.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:  # numba is a hard dependency, but keep the package importable without it
+    import numba
+
+    _HAVE_NUMBA = True
+except ImportError:  # pragma: no cover
+    _HAVE_NUMBA = False
+
+
+def backend() -> str:
+    """``"numba"`` or ``"numpy"``, from ``CIRCUITDAG_KERNELS`` (default numba)."""
+    want = os.environ.get("CIRCUITDAG_KERNELS", "numba").lower()
+    return "numba" if want == "numba" and _HAVE_NUMBA else "numpy"
+
+
+# --------------------------------------------------------------------------- numpy
+def _reaches_sink_np(n_nodes, src, dst, alive, order_by_src_desc, sink):
+    reach = np.zeros(n_nodes, dtype=np.bool_)
+    reach[sink] = True
+    # Edges from node s are all visited after those of every node > s, so reach[dst] is final.
+    s_sorted = src[order_by_src_desc]
+    d_sorted = dst[order_by_src_desc]
+    a_sorted = alive[order_by_src_desc]
+    bounds = np.flatnonzero(np.diff(s_sorted)) + 1
+    for chunk in np.split(np.arange(s_sorted.shape[0]), bounds):
+        if chunk.size and np.any(a_sorted[chunk] & reach[d_sorted[chunk]]):
+            reach[s_sorted[chunk[0]]] = True
+    return reach
+
+
+def _reached_from_source_np(n_nodes, src, dst, alive, order_by_dst_asc, source):
+    reached = np.zeros(n_nodes, dtype=np.bool_)
+    reached[source] = True
+    s_sorted = src[order_by_dst_asc]
+    d_sorted = dst[order_by_dst_asc]
+    a_sorted = alive[order_by_dst_asc]
+    bounds = np.flatnonzero(np.diff(d_sorted)) + 1
+    for chunk in np.split(np.arange(d_sorted.shape[0]), bounds):
+        if chunk.size and np.any(a_sorted[chunk] & reached[s_sorted[chunk]]):
+            reached[d_sorted[chunk[0]]] = True
+    return reached
+
+
+# --------------------------------------------------------------------------- numba
+if _HAVE_NUMBA:
+
+    @numba.njit(cache=True)
+    def _reaches_sink_nb(n_nodes, src, dst, alive, order_by_src_desc, sink):  # pragma: no cover
+        reach = np.zeros(n_nodes, dtype=np.bool_)
+        reach[sink] = True
+        for i in range(order_by_src_desc.shape[0]):
+            e = order_by_src_desc[i]
+            if alive[e] and reach[dst[e]]:
+                reach[src[e]] = True
+        return reach
+
+    @numba.njit(cache=True)
+    def _reached_from_source_nb(n_nodes, src, dst, alive, order_by_dst_asc, source):  # pragma: no cover
+        reached = np.zeros(n_nodes, dtype=np.bool_)
+        reached[source] = True
+        for i in range(order_by_dst_asc.shape[0]):
+            e = order_by_dst_asc[i]
+            if alive[e] and reached[src[e]]:
+                reached[dst[e]] = True
+        return reached
+
+    @numba.njit(cache=True)
+    def _on_path_nb(src, dst, alive, from_source, to_sink):  # pragma: no cover
+        out = np.zeros(src.shape[0], dtype=np.bool_)
+        for e in range(src.shape[0]):
+            out[e] = alive[e] and from_source[src[e]] and to_sink[dst[e]]
+        return out
+
+
+class Reachability:
+    """Precomputed orderings for one edge table (plus always-alive implicit links)."""
+
+    def __init__(self, n_nodes: int, src: np.ndarray, dst: np.ndarray, implicit: tuple[np.ndarray, np.ndarray]):
+        self.n_nodes = n_nodes
+        self.n_edges = int(src.shape[0])
+        self.src = np.concatenate([src, implicit[0]]).astype(np.int64)
+        self.dst = np.concatenate([dst, implicit[1]]).astype(np.int64)
+        if np.any(self.src >= self.dst):
+            raise ValueError("edge table is not topologically numbered (src >= dst)")
+        self._n_implicit = int(implicit[0].shape[0])
+        self.by_src_desc = np.argsort(-self.src, kind="stable").astype(np.int64)
+        self.by_dst_asc = np.argsort(self.dst, kind="stable").astype(np.int64)
+
+    def _alive(self, alive: np.ndarray) -> np.ndarray:
+        return np.concatenate([alive.astype(np.bool_), np.ones(self._n_implicit, dtype=np.bool_)])
+
+    def reaches_sink(self, alive: np.ndarray, sink: int) -> np.ndarray:
+        """Bool per node: some path of alive edges leads from it to ``sink``."""
+        fn = _reaches_sink_nb if backend() == "numba" else _reaches_sink_np
+        return fn(self.n_nodes, self.src, self.dst, self._alive(alive), self.by_src_desc, sink)
+
+    def reached_from_source(self, alive: np.ndarray, source: int) -> np.ndarray:
+        """Bool per node: some path of alive edges leads from ``source`` to it."""
+        fn = _reached_from_source_nb if backend() == "numba" else _reached_from_source_np
+        return fn(self.n_nodes, self.src, self.dst, self._alive(alive), self.by_dst_asc, source)
+
+    def on_path(self, alive: np.ndarray, source: int, sink: int) -> np.ndarray:
+        """Bool per edge: alive and on some alive path from ``source`` to ``sink``."""
+        fwd = self.reached_from_source(alive, source)
+        bwd = self.reaches_sink(alive, sink)
+        src, dst = self.src[: self.n_edges], self.dst[: self.n_edges]
+        if backend() == "numba":
+            return _on_path_nb(src, dst, alive.astype(np.bool_), fwd, bwd)
+        return alive.astype(bool) & fwd[src] & bwd[dst]
+
+
+def count_alive(alive: np.ndarray) -> int:
+    return int(np.count_nonzero(alive))

@@ -1,0 +1,69 @@
+"""A circuit: a subset of a graph's edges, with the scores and settings that produced it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuitdag.graph import Graph
+
+
+@dataclass(eq=False)
+class Circuit:
+    """``in_circuit[e]`` says whether edge ``e`` of ``graph`` is kept; ``scores[e]`` is the
+    metric change measured when ACDC tried removing it (NaN if never tested).
+
+    ``meta`` holds what made it: model, task, threshold, metric, ablation, positions,
+    seed, version, metric values (``metric_full``, ``metric_circuit``,
+    ``metric_corrupted``) and run statistics.
+    """
+
+    graph: Graph
+    in_circuit: np.ndarray
+    scores: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_edges(self) -> int:
+        return int(self.in_circuit.sum())
+
+    @property
+    def edge_names(self) -> set[str]:
+        return {self.graph.edge_names[e] for e in np.flatnonzero(self.in_circuit)}
+
+    @property
+    def node_names(self) -> set[str]:
+        t = self.graph.edges
+        idx = np.flatnonzero(self.in_circuit)
+        return {self.graph.nodes[i].name for i in np.concatenate([t.src[idx], t.dst[idx]])}
+
+    def faithfulness(self) -> float | None:
+        """Fraction of the corrupted-vs-full metric gap the circuit recovers:
+        ``(m_corrupted - m_circuit) / (m_corrupted - m_full)``; 1 is the full model."""
+        m = self.meta
+        try:
+            gap = m["metric_corrupted"] - m["metric_full"]
+            return float((m["metric_corrupted"] - m["metric_circuit"]) / gap) if gap else None
+        except KeyError:
+            return None
+
+    def to_networkx(self):
+        return self.graph.to_networkx(self.in_circuit)
+
+    def save(self, path: str | Path) -> None:
+        from circuitdag.io import save_circuit
+
+        save_circuit(self, path)
+
+    def to_svg(self, path: str | Path, **kwargs: Any) -> Path:
+        from circuitdag.render import render_svg
+
+        return render_svg(self, path, **kwargs)
+
+    def same_as(self, other: Circuit) -> bool:
+        return self.graph.edge_names == other.graph.edge_names and bool(
+            np.array_equal(self.in_circuit, other.in_circuit)
+        )

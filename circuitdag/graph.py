@@ -1,0 +1,254 @@
+"""Nodes, the flat edge table, names <-> indices, networkx export.
+
+The computational graph of DESIGN.md. Nodes are numbered in a topological order:
+``embed`` first, then per layer L its key/value heads (grouped-query models only), its
+heads ``a{L}.{H}`` and its MLP ``m{L}``, and ``logits`` last. Every edge goes from a
+lower to a higher node index.
+
+The edge table is a set of flat numpy arrays built once (:class:`EdgeTable`), stored in
+the order ACDC visits them: destinations in reverse topological order, and for each
+destination its inputs in the order q, k, v (heads), mlp, resid (logits), and for each
+input the senders from the latest to the earliest. Names are derived, never stored.
+
+Grouped-query attention: with fewer key/value heads than query heads, the key and value
+inputs belong to the key/value head ``a{L}.kv{G}``, shared by query heads
+``G*group .. (G+1)*group-1``; K and V edges end there (``a0.1->a1.kv0<k>``), Q edges end at
+the query head. Without grouping the key/value inputs are the head's own
+(``a0.1->a1.0<k>``) and no ``kv`` nodes exist.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from functools import cached_property
+
+import numpy as np
+
+from circuitdag.errors import CircuitFileError
+
+
+class NodeKind(IntEnum):
+    EMBED = 0
+    KV = 1
+    HEAD = 2
+    MLP = 3
+    LOGITS = 4
+
+
+class Input(IntEnum):
+    """Which input of the destination an edge feeds."""
+
+    Q = 0
+    K = 1
+    V = 2
+    MLP = 3
+    RESID = 4
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The facts about a model's architecture that fix its graph."""
+
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    d_model: int
+    attn_only: bool = False
+    parallel_attn_mlp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+
+    @property
+    def gqa(self) -> bool:
+        return self.n_kv_heads != self.n_heads
+
+    @property
+    def group(self) -> int:
+        return self.n_heads // self.n_kv_heads
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    kind: NodeKind
+    layer: int  # -1 for embed, n_layers for logits
+    head: int = -1  # head index; kv-group index for KV nodes
+
+    @property
+    def inputs(self) -> tuple[Input, ...]:
+        return _NODE_INPUTS[self.kind]
+
+
+_NODE_INPUTS = {
+    NodeKind.EMBED: (),
+    NodeKind.KV: (Input.K, Input.V),
+    NodeKind.HEAD: (Input.Q,),  # K/V are added for non-GQA heads by Graph
+    NodeKind.MLP: (Input.MLP,),
+    NodeKind.LOGITS: (Input.RESID,),
+}
+
+
+@dataclass(frozen=True, eq=False)
+class EdgeTable:
+    """The flat edge table. ``src``/``dst`` index :attr:`Graph.nodes`."""
+
+    src: np.ndarray  # int32
+    dst: np.ndarray  # int32
+    input: np.ndarray  # int8, Input
+    src_pos: np.ndarray  # int32, -1 without positions
+    dst_pos: np.ndarray  # int32, -1 without positions
+
+    def __len__(self) -> int:
+        return int(self.src.shape[0])
+
+
+class Graph:
+    """The computational graph of one model architecture (non-positional)."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        nodes: list[Node] = [Node("embed", NodeKind.EMBED, -1)]
+        for layer in range(spec.n_layers):
+            if spec.gqa:
+                nodes += [Node(f"a{layer}.kv{g}", NodeKind.KV, layer, g) for g in range(spec.n_kv_heads)]
+            nodes += [Node(f"a{layer}.{h}", NodeKind.HEAD, layer, h) for h in range(spec.n_heads)]
+            if not spec.attn_only:
+                nodes.append(Node(f"m{layer}", NodeKind.MLP, layer))
+        nodes.append(Node("logits", NodeKind.LOGITS, spec.n_layers))
+        self.nodes: tuple[Node, ...] = tuple(nodes)
+        self.node_index: dict[str, int] = {n.name: i for i, n in enumerate(nodes)}
+        self.edges = self._build_edges()
+
+    # ------------------------------------------------------------------ structure
+    def node_inputs(self, node: Node) -> tuple[Input, ...]:
+        if node.kind == NodeKind.HEAD and not self.spec.gqa:
+            return (Input.Q, Input.K, Input.V)
+        return node.inputs
+
+    def is_sender(self, node: Node) -> bool:
+        return node.kind in (NodeKind.EMBED, NodeKind.HEAD, NodeKind.MLP)
+
+    def senders_of(self, node: Node) -> list[int]:
+        """Node indices whose output is in the residual stream when ``node`` reads it,
+        latest first."""
+        if node.kind == NodeKind.MLP and not self.spec.parallel_attn_mlp:
+            limit_layer, include_same_layer_heads = node.layer, True
+        else:
+            limit_layer, include_same_layer_heads = node.layer, False
+        out = []
+        for i, s in enumerate(self.nodes):
+            if not self.is_sender(s):
+                continue
+            if s.kind == NodeKind.EMBED or s.layer < limit_layer:
+                out.append(i)
+            elif include_same_layer_heads and s.layer == node.layer and s.kind == NodeKind.HEAD:
+                out.append(i)
+        return out[::-1]
+
+    def _build_edges(self) -> EdgeTable:
+        src, dst, inp = [], [], []
+        for d in range(len(self.nodes) - 1, -1, -1):
+            node = self.nodes[d]
+            senders = self.senders_of(node) if node.kind != NodeKind.EMBED else []
+            for kind in self.node_inputs(node):
+                for s in senders:
+                    src.append(s)
+                    dst.append(d)
+                    inp.append(int(kind))
+        n = len(src)
+        return EdgeTable(
+            src=np.asarray(src, dtype=np.int32),
+            dst=np.asarray(dst, dtype=np.int32),
+            input=np.asarray(inp, dtype=np.int8),
+            src_pos=np.full(n, -1, dtype=np.int32),
+            dst_pos=np.full(n, -1, dtype=np.int32),
+        )
+
+    @property
+    def n_edges(self) -> int:
+        return len(self.edges)
+
+    @cached_property
+    def implicit_edges(self) -> tuple[np.ndarray, np.ndarray]:
+        """Always-present (src, dst) node links that are not edges: a key/value head
+        feeds each query head of its group."""
+        src, dst = [], []
+        if self.spec.gqa:
+            for i, n in enumerate(self.nodes):
+                if n.kind == NodeKind.HEAD:
+                    src.append(self.node_index[f"a{n.layer}.kv{n.head // self.spec.group}"])
+                    dst.append(i)
+        return np.asarray(src, dtype=np.int32), np.asarray(dst, dtype=np.int32)
+
+    @cached_property
+    def incoming(self) -> dict[int, np.ndarray]:
+        """Edge indices into each destination node, in ACDC's visiting order."""
+        out: dict[int, list[int]] = {}
+        for e, d in enumerate(self.edges.dst.tolist()):
+            out.setdefault(d, []).append(e)
+        return {d: np.asarray(v, dtype=np.int64) for d, v in out.items()}
+
+    def visit_order(self) -> list[int]:
+        """Destination nodes in the order ACDC visits them (reverse topological)."""
+        return [d for d in range(len(self.nodes) - 1, -1, -1) if d in self.incoming]
+
+    # ------------------------------------------------------------------ names
+    def edge_name(self, e: int) -> str:
+        t = self.edges
+        return f"{self.nodes[t.src[e]].name}->{self.nodes[t.dst[e]].name}<{Input(t.input[e]).label}>"
+
+    @cached_property
+    def edge_names(self) -> tuple[str, ...]:
+        return tuple(self.edge_name(e) for e in range(self.n_edges))
+
+    @cached_property
+    def edge_index(self) -> dict[str, int]:
+        return {n: i for i, n in enumerate(self.edge_names)}
+
+    def edges_by_name(self, names: set[str] | list[str]) -> np.ndarray:
+        """Boolean mask over edges; raises if a name is not an edge of this graph."""
+        mask = np.zeros(self.n_edges, dtype=bool)
+        unknown = [n for n in names if n not in self.edge_index]
+        if unknown:
+            raise CircuitFileError(
+                f"{len(unknown)} edge name(s) are not in this model's graph, e.g. {unknown[0]!r}; "
+                "was the circuit made for another model?"
+            )
+        mask[[self.edge_index[n] for n in names]] = True
+        return mask
+
+    # ------------------------------------------------------------------ export
+    def to_networkx(self, alive: np.ndarray | None = None):  # -> nx.MultiDiGraph
+        """A networkx MultiDiGraph of the (alive) edges; edge key is the input label."""
+        import networkx as nx
+
+        g = nx.MultiDiGraph()
+        for n in self.nodes:
+            g.add_node(n.name, kind=n.kind.name.lower(), layer=n.layer, head=n.head)
+        for e in range(self.n_edges):
+            if alive is None or alive[e]:
+                t = self.edges
+                g.add_edge(
+                    self.nodes[t.src[e]].name, self.nodes[t.dst[e]].name,
+                    key=Input(t.input[e]).label, name=self.edge_names[e],
+                )  # fmt: skip
+        return g
+
+
+_EDGE_RE = re.compile(r"^(?P<src>[^-<>]+)->(?P<dst>[^-<>]+)<(?P<input>q|k|v|mlp|resid)>$")
+
+
+def parse_edge_name(name: str) -> tuple[str, str, str]:
+    """``"a0.1->a1.0<k>"`` -> ``("a0.1", "a1.0", "k")``."""
+    m = _EDGE_RE.match(name)
+    if not m:
+        raise CircuitFileError(f"{name!r} is not an edge name like 'a0.1->a1.0<k>'")
+    return m["src"], m["dst"], m["input"]

@@ -1,0 +1,107 @@
+"""Metrics: how far a patched model is from the full model. Lower is closer.
+
+Every metric has the signature ``metric(logits, ref) -> Tensor[k]`` where ``logits`` are
+the patched model's logits at the task's answer positions for ``k`` candidate circuits
+at once, shape ``(k, batch, n_ans, vocab)``, and ``ref`` holds the full model's
+clean-run values. Metrics that a task wants maximised (logit difference, probability of
+the answer) are negated here, so ACDC can always treat "lower" as "more like the full
+model". ``valid`` masks answer slots that do not count (e.g. padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from jaxtyping import Bool, Float, Int
+from torch import Tensor
+
+from circuitdag.errors import MetricError
+
+
+@dataclass(frozen=True)
+class MetricRef:
+    """The full model's clean-run outputs the metrics compare against."""
+
+    logits: Float[Tensor, "batch n_ans vocab"]
+    correct: Int[Tensor, "batch n_ans"] | None
+    wrong: Int[Tensor, "batch n_ans"] | None
+    valid: Bool[Tensor, "batch n_ans"] | None
+
+    @property
+    def logprobs(self) -> Tensor:
+        return self.logits.log_softmax(-1)
+
+
+Metric = Callable[[Float[Tensor, "k batch n_ans vocab"], MetricRef], Float[Tensor, " k"]]
+
+
+def _mean(x: Float[Tensor, "k batch n_ans"], ref: MetricRef) -> Float[Tensor, " k"]:
+    if ref.valid is None:
+        return x.mean(dim=(1, 2))
+    w = ref.valid.to(x.dtype)
+    return (x * w).sum(dim=(1, 2)) / w.sum()
+
+
+def _need(ref: MetricRef, field: str, metric: str) -> Tensor:
+    t = getattr(ref, field)
+    if t is None:
+        raise MetricError(f"metric {metric!r} needs the task's {field!r} answer tokens; use --metric kl")
+    return t
+
+
+def kl(logits: Tensor, ref: MetricRef) -> Tensor:
+    """KL(clean || patched) of the next-token distribution, mean over answer slots."""
+    clean = ref.logprobs
+    patched = logits.log_softmax(-1)
+    per = (clean.exp() * (clean - patched)).sum(-1)
+    return _mean(per, ref)
+
+
+def logit_diff(logits: Tensor, ref: MetricRef) -> Tensor:
+    """Negated mean logit difference correct - wrong."""
+    c, w = _need(ref, "correct", "logit_diff"), _need(ref, "wrong", "logit_diff")
+    k = logits.shape[0]
+    lc = logits.gather(-1, c.expand(k, *c.shape).unsqueeze(-1)).squeeze(-1)
+    lw = logits.gather(-1, w.expand(k, *w.shape).unsqueeze(-1)).squeeze(-1)
+    return -_mean(lc - lw, ref)
+
+
+def prob(logits: Tensor, ref: MetricRef) -> Tensor:
+    """Negated mean probability of the correct answer."""
+    c = _need(ref, "correct", "prob")
+    p = logits.softmax(-1).gather(-1, c.expand(logits.shape[0], *c.shape).unsqueeze(-1)).squeeze(-1)
+    return -_mean(p, ref)
+
+
+def nll(logits: Tensor, ref: MetricRef) -> Tensor:
+    """Mean negative log-probability of the correct answer."""
+    c = _need(ref, "correct", "nll")
+    lp = logits.log_softmax(-1).gather(-1, c.expand(logits.shape[0], *c.shape).unsqueeze(-1)).squeeze(-1)
+    return -_mean(lp, ref)
+
+
+def l2(logits: Tensor, ref: MetricRef) -> Tensor:
+    """Mean Euclidean distance between patched and clean output vectors (tracr)."""
+    return _mean((logits - ref.logits).pow(2).sum(-1).sqrt(), ref)
+
+
+METRICS: dict[str, Metric] = {"kl": kl, "logit_diff": logit_diff, "prob": prob, "nll": nll, "l2": l2}
+
+
+def get_metric(name_or_fn: str | Metric) -> Metric:
+    if callable(name_or_fn):
+        return name_or_fn
+    try:
+        return METRICS[name_or_fn]
+    except KeyError:
+        raise MetricError(f"unknown metric {name_or_fn!r}; choose one of {', '.join(METRICS)}") from None
+
+
+def check_finite(values: Tensor, what: str) -> None:
+    if not torch.isfinite(values).all():
+        raise MetricError(
+            f"the metric is not finite ({values.flatten()[:4].tolist()}) {what}; check the task's "
+            "answer tokens and the model dtype (float16 overflows easily: try --dtype float32)"
+        )
