@@ -1,1 +1,27 @@
-"""circuitdag: automatic circuit discovery in transformer language models."""
+"""circuitdag: automatic circuit discovery in transformer language models.
+
+    import circuitdag as cd
+    task = cd.tasks.get("tracr-reverse")
+    model = task.load_model()
+    circuit = cd.acdc(model, task, threshold=0.01)
+    circuit.save("runs/rev/circuit.json"); circuit.to_svg("runs/rev/circuit.svg")
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("circuitdag")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+source"
+
+from circuitdag import tasks as tasks
+from circuitdag.acdc import acdc as acdc
+from circuitdag.circuit import Circuit as Circuit
+from circuitdag.errors import CircuitDagError as CircuitDagError
+from circuitdag.graph import Graph as Graph
+from circuitdag.graph import ModelSpec as ModelSpec
+from circuitdag.io import load_circuit as load_circuit
+from circuitdag.models import load_model as load_model
+from circuitdag.patching import Patcher as Patcher

@@ -33,7 +33,8 @@ from tqdm.auto import tqdm
 
 from circuitdag._kernels import Reachability, backend
 from circuitdag.errors import ConfigError
-from circuitdag.graph import Graph, Input, NodeKind
+from circuitdag.circuit import Circuit
+from circuitdag.graph import Graph, NodeKind
 from circuitdag.patching import Patcher
 
 log = logging.getLogger("circuitdag")
@@ -149,7 +150,7 @@ def acdc_fast(
     continues from that file.
     """
     threshold = _check_threshold(threshold)
-    graph, lay = patcher.graph, patcher.layout
+    graph = patcher.graph
     reach = _reachability(graph)
     sink = len(graph.nodes) - 1
     order = graph.visit_order()
@@ -275,4 +276,104 @@ def load_checkpoint(path: str | Path, info: dict[str, Any]) -> SearchState:
     return SearchState(alive, scores, float(doc["m_cur"]), int(doc["next_dest"]), doc["stats"])
 
 
-__all__ = ["SearchState", "acdc_fast", "acdc_reference", "max_candidates", "Input"]
+
+
+# ---------------------------------------------------------------------- public API
+ALGORITHMS = ("acdc", "acdc-reference")
+
+
+def run_acdc(
+    patcher: Patcher,
+    threshold: float,
+    algorithm: str = "acdc",
+    progress: bool = False,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    k_max: int | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Circuit:
+    """Run ACDC on a prepared :class:`Patcher` and return the circuit with its metric
+    values (full model, circuit, everything ablated) and run statistics in ``meta``."""
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    threshold = _check_threshold(threshold)
+    f0, l0 = patcher.n_forward, patcher.n_layer_evals
+    t0 = time.perf_counter()
+    if algorithm == "acdc-reference":
+        state = acdc_reference(patcher, threshold, progress=progress)
+    else:
+        info = {k: (meta or {}).get(k) for k in ("task", "model", "metric", "ablation", "seed", "positions")}
+        state = acdc_fast(patcher, threshold, progress=progress, checkpoint=checkpoint, resume=resume,
+                          k_max=k_max, run_info=info)  # fmt: skip
+    seconds = time.perf_counter() - t0
+    n = patcher.graph.n_edges
+    out_meta = {
+        **(meta or {}),
+        "threshold": threshold,
+        "algorithm": algorithm,
+        "metric_full": patcher.reference_metric(np.ones(n, dtype=bool)),
+        "metric_circuit": patcher.reference_metric(state.alive),
+        "metric_corrupted": patcher.reference_metric(np.zeros(n, dtype=bool)),
+        "stats": {
+            **state.stats,
+            "forward_passes": patcher.n_forward - f0,
+            "layer_evaluations": patcher.n_layer_evals - l0,
+            "seconds": round(seconds, 4),
+        },
+    }
+    return Circuit(patcher.graph, state.alive, state.scores, out_meta)
+
+
+def acdc(
+    model: Any,
+    task: Any,
+    threshold: float | None = None,
+    metric: str | None = None,
+    ablation: str | None = None,
+    positions: bool = False,
+    algorithm: str = "acdc",
+    seed: int = 0,
+    progress: bool = False,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+) -> Circuit:
+    """Find the circuit of ``task`` in ``model`` with ACDC.
+
+    ``task`` is a :class:`~circuitdag.tasks.Task` or a registered task name; unset
+    options take the task's defaults.
+    """
+    from circuitdag.tasks import get_task
+
+    if isinstance(task, str):
+        task = get_task(task)
+    if positions:
+        raise ConfigError("position-aware mode is not available yet; run without --positions")
+    patcher, meta = prepare(model, task, metric=metric, ablation=ablation, seed=seed)
+    thr = task.default_threshold if threshold is None else threshold
+    return run_acdc(patcher, thr, algorithm=algorithm, progress=progress, checkpoint=checkpoint,
+                    resume=resume, meta={**meta, "positions": positions})  # fmt: skip
+
+
+def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | None = None,
+            seed: int = 0) -> tuple[Patcher, dict[str, Any]]:  # fmt: skip
+    """Build the graph and the cached runs for ``task`` on ``model``; returns the
+    :class:`Patcher` and the identity fields every saved result records."""
+    from circuitdag import __version__
+    from circuitdag.models import spec_of
+
+    metric = metric or task.default_metric
+    ablation = ablation or task.default_ablation
+    task_metric = task.metric()
+    data = task.data(model, seed=seed)
+    patcher = Patcher(model, Graph(spec_of(model)), data, ablation=ablation,
+                      metric=task_metric if (metric == "task" and task_metric) else metric)  # fmt: skip
+    meta = {
+        "task": task.name,
+        "model": getattr(getattr(model, "cfg", None), "model_name", type(model).__name__),
+        "metric": metric,
+        "ablation": patcher.ablation.value,
+        "seed": seed,
+        "n_prompts": data.n_prompts,
+        "version": __version__,
+    }
+    return patcher, meta

@@ -1,0 +1,101 @@
+"""The task registry: built-in tasks plus plugins from the ``circuitdag.tasks`` entry points.
+
+A plugin distribution declares, in its pyproject.toml::
+
+    [project.entry-points."circuitdag.tasks"]
+    my-task = "my_package.tasks:MyTask"
+
+where ``MyTask`` is a :class:`~circuitdag.tasks.base.Task` subclass (or an instance). The
+built-in tasks are declared the same way in circuitdag's own pyproject.toml; the table
+below is the same list, used when circuitdag runs from a source tree that was never
+installed. A plugin that fails to load is skipped with a warning naming its distribution.
+"""
+
+from __future__ import annotations
+
+import importlib
+import warnings
+from importlib.metadata import entry_points
+
+from circuitdag.errors import TaskError
+from circuitdag.tasks.base import Task, TaskData
+
+ENTRY_POINT_GROUP = "circuitdag.tasks"
+
+#: Built-in tasks, exactly as declared in pyproject.toml's entry points.
+BUILTIN: dict[str, str] = {
+    "tracr-reverse": "circuitdag.tasks.tracr:ReverseTask",
+    "tracr-proportion": "circuitdag.tasks.tracr:ProportionTask",
+    "tracr-sort-unique": "circuitdag.tasks.tracr:SortUniqueTask",
+    "tracr-hist": "circuitdag.tasks.tracr:HistTask",
+    "tracr-length": "circuitdag.tasks.tracr:LengthTask",
+}
+
+_cache: dict[str, Task] = {}
+
+
+def _load_target(target: str) -> object:
+    module, _, attr = target.partition(":")
+    obj: object = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _instantiate(name: str, obj: object) -> Task:
+    task = obj() if isinstance(obj, type) else obj
+    if not isinstance(task, Task):
+        raise TaskError(f"entry point {name!r} gives {type(task).__name__}, not a circuitdag Task")
+    if not task.name:
+        task.name = name
+    return task
+
+
+def _sources() -> dict[str, tuple[str, str]]:
+    """name -> (target "module:attr", distribution name)."""
+    out = {name: (target, "circuitdag") for name, target in BUILTIN.items()}
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+        out[ep.name] = (ep.value, dist)
+    return out
+
+
+def task_names() -> list[str]:
+    return sorted(_sources())
+
+
+def get_task(name: str) -> Task:
+    """The task registered as ``name``; raises TaskError listing the known ones."""
+    if name in _cache:
+        return _cache[name]
+    sources = _sources()
+    if name not in sources:
+        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(sources))} (see `circuitdag tasks`)")
+    target, dist = sources[name]
+    try:
+        task = _instantiate(name, _load_target(target))
+    except TaskError:
+        raise
+    except Exception as exc:
+        raise TaskError(f"task {name!r} from distribution {dist!r} failed to load: {exc}") from exc
+    _cache[name] = task
+    return task
+
+
+def all_tasks() -> list[Task]:
+    """Every task that loads; broken plugins are skipped with a warning naming them."""
+    out = []
+    for name in task_names():
+        try:
+            out.append(get_task(name))
+        except TaskError as exc:
+            warnings.warn(f"skipping task plugin: {exc}", RuntimeWarning, stacklevel=2)
+    return out
+
+
+def get(name: str) -> Task:
+    """Alias of :func:`get_task` (``cd.tasks.get("pronoun")``)."""
+    return get_task(name)
+
+
+__all__ = ["Task", "TaskData", "all_tasks", "get", "get_task", "task_names", "ENTRY_POINT_GROUP"]

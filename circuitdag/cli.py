@@ -1,0 +1,224 @@
+"""``circuitdag`` command line: a thin wrapper over the Python API.
+
+Every deliberate error (:class:`~circuitdag.errors.CircuitDagError`) is printed as one
+line ``circuitdag: error: ...`` and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from circuitdag.errors import CircuitDagError, ConfigError
+
+log = logging.getLogger("circuitdag")
+
+DEFAULT_TASK = "tracr-reverse"
+DTYPES = ("float32", "float64")
+
+
+def _dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float64": torch.float64}[name]
+
+
+def _writable_dir(path: str) -> Path:
+    out = Path(path)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".circuitdag-write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output directory {out} is not writable ({exc.strerror or exc}); choose another --out")
+    return out
+
+
+def _threshold(text: str | None) -> float | None:
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--threshold must be a number, got {text!r}") from None
+    if not value >= 0:
+        raise ConfigError(f"--threshold must be >= 0, got {text}")
+    return value
+
+
+def _load(args: argparse.Namespace) -> tuple[Any, Any]:
+    from circuitdag.models import load_model
+    from circuitdag.tasks import get_task
+
+    from circuitdag.metrics import get_metric
+    from circuitdag.patching import Ablation
+
+    task = get_task(args.task)
+    if args.metric and args.metric != "task":
+        get_metric(args.metric)  # fail before loading the model
+    if args.ablation:
+        Ablation.parse(args.ablation)
+    dtype = _dtype(args.dtype)
+    if getattr(args, "model", None):
+        model = load_model(args.model, device=args.device, dtype=dtype)
+    else:
+        model = task.load_model(device=args.device, dtype=dtype)
+    return task, model
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from circuitdag.tasks import all_tasks
+
+    rows = [(t.name, t.default_model or "-", "yes" if t.has_ground_truth else "no", t.description)
+            for t in all_tasks()]  # fmt: skip
+    if args.json:
+        print(json.dumps([dict(zip(("name", "default_model", "ground_truth", "description"), r)) for r in rows]))
+        return 0
+    w = max([len(r[0]) for r in rows] + [4])
+    wm = max([len(r[1]) for r in rows] + [5])
+    print(f"{'TASK':<{w}}  {'MODEL':<{wm}}  TRUTH  DESCRIPTION")
+    for name, model, truth, desc in rows:
+        print(f"{name:<{w}}  {model:<{wm}}  {truth:<5}  {desc}")
+    return 0
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from circuitdag.acdc import prepare, run_acdc
+
+    out = _writable_dir(args.out or f"runs/{args.task}")
+    _threshold(args.threshold)
+    task, model = _load(args)
+    if args.positions:
+        raise ConfigError("position-aware mode (--positions) is not available yet; run without it")
+    patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed)
+    threshold = _threshold(args.threshold)
+    threshold = task.default_threshold if threshold is None else threshold
+    circuit = run_acdc(patcher, threshold, algorithm=args.algorithm, progress=not args.quiet,
+                       checkpoint=out / "checkpoint.json", resume=args.resume,
+                       meta={**meta, "positions": False})  # fmt: skip
+    circuit.save(out / "circuit.json")
+    circuit.to_svg(out / "circuit.svg")
+    (out / "checkpoint.json").unlink(missing_ok=True)
+    f = circuit.faithfulness()
+    st = circuit.meta["stats"]
+    print(
+        f"{task.name}: {circuit.n_edges}/{circuit.graph.n_edges} edges, {len(circuit.node_names)} nodes, "
+        f"metric {circuit.meta['metric']} full={circuit.meta['metric_full']:.4g} "
+        f"circuit={circuit.meta['metric_circuit']:.4g}"
+        + (f" faithfulness={f:.3f}" if f is not None else "")
+        + f", {st['forward_passes']} forward passes in {st['seconds']:.1f}s -> {out}/circuit.json, {out}/circuit.svg"
+    )
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from circuitdag.io import load_circuit
+
+    circuit = load_circuit(args.circuit)
+    out = Path(args.output or Path(args.circuit).with_suffix(".svg"))
+    circuit.to_svg(out)
+    print(out)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from circuitdag.evaluate import summarize, task_truth
+    from circuitdag.io import load_circuit
+    from circuitdag.tasks import get_task
+
+    circuit = load_circuit(args.circuit)
+    truth, ignore = None, set()
+    name = circuit.meta.get("task")
+    if name:
+        try:
+            truth, ignore = task_truth(get_task(name), circuit.meta.get("ablation", "resample"))
+        except CircuitDagError as exc:
+            log.warning("cannot read the ground truth of task %s: %s", name, exc)
+    print(json.dumps(summarize(circuit, truth, ignore), indent=1))
+    return 0
+
+
+def cmd_roc(args: argparse.Namespace) -> int:
+    from circuitdag.acdc import prepare
+    from circuitdag.evaluate import DEFAULT_ROC_THRESHOLDS, roc_sweep, task_truth
+
+    task, model = _load(args)
+    patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed)
+    truth, ignore = task_truth(task, patcher.ablation.value)
+    if truth is None:
+        raise ConfigError(f"task {task.name!r} has no ground truth, so there is no ROC to compute")
+    thresholds = [_threshold(t) for t in args.thresholds] if args.thresholds else DEFAULT_ROC_THRESHOLDS
+    res = roc_sweep(patcher, truth, ignore, thresholds, meta=meta)
+    res = {"task": task.name, "ablation": patcher.ablation.value, "metric": meta["metric"], **res}
+    print(json.dumps(res if args.verbose else {k: v for k, v in res.items() if k != "points"}))
+    return 0
+
+
+def _add_run_options(p: argparse.ArgumentParser, task_required: bool = False) -> None:
+    p.add_argument("--task", default=None if task_required else DEFAULT_TASK, required=task_required,
+                   help=f"task name (see `circuitdag tasks`; default {DEFAULT_TASK})")  # fmt: skip
+    p.add_argument("--model", help="model to use instead of the task's default (zoo name, hub name, local dir)")
+    p.add_argument("--metric", help="kl, logit_diff, prob, nll, l2 (default: the task's)")
+    p.add_argument("--ablation", help="resample, zero or mean (default: the task's)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=DTYPES)
+    p.add_argument("--seed", type=int, default=0, help="seed of the task's dataset")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="circuitdag", description="Automatic circuit discovery (ACDC).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("tasks", help="list task plugins")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_tasks)
+
+    p = sub.add_parser("discover", help="find a circuit with ACDC; writes circuit.json and circuit.svg")
+    _add_run_options(p)
+    p.add_argument("--threshold", help="ACDC threshold (default: the task's)")
+    p.add_argument("--algorithm", default="acdc", choices=("acdc", "acdc-reference"))
+    p.add_argument("--positions", action="store_true", help="position-aware circuit")
+    p.add_argument("--out", help="output directory (default runs/<task>)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.json")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_discover)
+
+    p = sub.add_parser("render", help="draw a circuit.json as SVG")
+    p.add_argument("circuit")
+    p.add_argument("-o", "--output", help="SVG path (default: next to the JSON)")
+    p.set_defaults(fn=cmd_render)
+
+    p = sub.add_parser("evaluate", help="print a circuit's size, metrics and ground-truth precision/recall")
+    p.add_argument("circuit")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser("roc", help="sweep thresholds and print the edge ROC AUC against ground truth")
+    _add_run_options(p, task_required=True)
+    p.add_argument("--thresholds", nargs="+", help="thresholds to try")
+    p.set_defaults(fn=cmd_roc)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+    try:
+        return args.fn(args)
+    except CircuitDagError as exc:
+        print(f"circuitdag: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("circuitdag: interrupted; rerun with --resume to continue from the checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,121 @@
+"""Judging circuits: faithfulness, precision/recall and ROC AUC against ground truth."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import numpy as np
+
+from circuitdag.circuit import Circuit
+
+
+@dataclass(frozen=True)
+class Confusion:
+    tp: int
+    fp: int
+    fn: int
+    tn: int
+
+    @property
+    def precision(self) -> float:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else 1.0
+
+    @property
+    def recall(self) -> float:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else 1.0
+
+    @property
+    def tpr(self) -> float:
+        return self.recall
+
+    @property
+    def fpr(self) -> float:
+        return self.fp / (self.fp + self.tn) if self.fp + self.tn else 0.0
+
+
+def confusion(circuit: Circuit, truth: set[str], ignore: Iterable[str] = ()) -> Confusion:
+    """Edge-level confusion counts of ``circuit`` against the ``truth`` edge set.
+    Edges in ``ignore`` (e.g. tracr edges that can never change the output) count as
+    neither positives nor negatives."""
+    names = circuit.graph.edge_names
+    counted = np.array([n not in set(ignore) for n in names])
+    truth_mask = circuit.graph.edges_by_name(truth)
+    pred = circuit.in_circuit
+    tp = int((pred & truth_mask & counted).sum())
+    fp = int((pred & ~truth_mask & counted).sum())
+    fn = int((~pred & truth_mask & counted).sum())
+    tn = int((~pred & ~truth_mask & counted).sum())
+    return Confusion(tp, fp, fn, tn)
+
+
+def roc_auc(points: list[tuple[float, float]]) -> float:
+    """Area under the ROC curve through ``(fpr, tpr)`` points, closed with (0,0), (1,1).
+
+    Points are made monotone the way the ACDC paper does: sorted by fpr, each tpr taken
+    as the best tpr reached at that fpr or less (a threshold sweep can only move along
+    the curve's upper envelope)."""
+    pts = sorted(set(points) | {(0.0, 0.0), (1.0, 1.0)})
+    xs, ys, best = [], [], 0.0
+    for x, y in pts:
+        best = max(best, y)
+        if xs and xs[-1] == x:
+            ys[-1] = best
+        else:
+            xs.append(x)
+            ys.append(best)
+    return float(np.trapezoid(ys, xs) if hasattr(np, "trapezoid") else np.trapz(ys, xs))
+
+
+def task_truth(task: Any, ablation: str) -> tuple[set[str] | None, set[str]]:
+    """(ground-truth edges, edges to ignore) of a task for an ablation."""
+    truth = task.ground_truth(ablation) if getattr(task, "has_ground_truth", False) else None
+    inert_fn = getattr(task, "inert_edges", None)
+    inert = set(inert_fn(ablation)) if (truth is not None and callable(inert_fn)) else set()
+    return truth, inert
+
+
+def summarize(circuit: Circuit, truth: set[str] | None = None, ignore: Iterable[str] = ()) -> dict[str, Any]:
+    """The JSON summary ``circuitdag evaluate`` prints."""
+    m = circuit.meta
+    out: dict[str, Any] = {
+        "task": m.get("task"),
+        "model": m.get("model"),
+        "threshold": m.get("threshold"),
+        "metric": m.get("metric"),
+        "ablation": m.get("ablation"),
+        "edges": circuit.n_edges,
+        "edges_total": circuit.graph.n_edges,
+        "nodes": len(circuit.node_names),
+        "metric_full": m.get("metric_full"),
+        "metric_circuit": m.get("metric_circuit"),
+        "metric_corrupted": m.get("metric_corrupted"),
+        "faithfulness": circuit.faithfulness(),
+    }
+    if truth is not None:
+        c = confusion(circuit, truth, ignore)
+        out.update(precision=c.precision, recall=c.recall, true_positives=c.tp,
+                   false_positives=c.fp, false_negatives=c.fn,
+                   matches_ground_truth=c.fp == 0 and c.fn == 0)  # fmt: skip
+    return out
+
+
+DEFAULT_ROC_THRESHOLDS = tuple([0.0] + [float(x) for x in np.logspace(-5, 1, 25)])
+
+
+def roc_sweep(patcher: Any, truth: set[str], ignore: Iterable[str] = (),
+              thresholds: Iterable[float] = DEFAULT_ROC_THRESHOLDS, progress: bool = False,
+              meta: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run fast ACDC at each threshold on one cached :class:`Patcher` and return the
+    ROC points and AUC against ``truth``."""
+    from circuitdag.acdc import run_acdc
+
+    points, rows = [], []
+    ignore = set(ignore)
+    for thr in thresholds:
+        c = run_acdc(patcher, thr, meta=meta)
+        conf = confusion(c, truth, ignore)
+        points.append((conf.fpr, conf.tpr))
+        rows.append({"threshold": thr, "edges": c.n_edges, "tpr": conf.tpr, "fpr": conf.fpr,
+                     "exact": conf.fp == 0 and conf.fn == 0})  # fmt: skip
+    return {"auc": roc_auc(points), "points": rows}

@@ -1,0 +1,103 @@
+"""circuit.json: read and write circuits (schema ``circuitdag.circuit/1``, no pickle).
+
+The document holds the model identity and architecture (enough to rebuild the graph),
+the task, every setting of the run, the metric values, and every edge of the graph with
+its name, src, dst, input, positions, score and ``in_circuit``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuitdag.circuit import Circuit
+from circuitdag.errors import CircuitFileError
+from circuitdag.graph import Graph, Input, ModelSpec
+
+FORMAT = "circuitdag.circuit/1"
+
+
+def circuit_to_dict(circuit: Circuit) -> dict[str, Any]:
+    g = circuit.graph
+    t = g.edges
+    edges = []
+    for e in range(g.n_edges):
+        s = float(circuit.scores[e])
+        edges.append({
+            "name": g.edge_names[e],
+            "src": g.nodes[t.src[e]].name,
+            "dst": g.nodes[t.dst[e]].name,
+            "input": Input(t.input[e]).label,
+            "src_pos": None if t.src_pos[e] < 0 else int(t.src_pos[e]),
+            "dst_pos": None if t.dst_pos[e] < 0 else int(t.dst_pos[e]),
+            "score": None if math.isnan(s) else s,
+            "in_circuit": bool(circuit.in_circuit[e]),
+        })  # fmt: skip
+    meta = dict(circuit.meta)
+    return {
+        "format": FORMAT,
+        **meta,
+        "graph": asdict(g.spec),
+        "n_edges_total": g.n_edges,
+        "n_edges": circuit.n_edges,
+        "edges": edges,
+    }
+
+
+def save_circuit(circuit: Circuit, path: str | Path) -> Path:
+    """Write ``path`` atomically (temp file + rename); creates the parent directory."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(circuit_to_dict(circuit), indent=1))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CircuitFileError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out") from exc
+    return path
+
+
+def circuit_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Circuit:
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+        got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
+        raise CircuitFileError(f"{source} is not a circuitdag circuit (format {got!r}, expected {FORMAT!r})")
+    try:
+        graph = Graph(ModelSpec(**doc["graph"]))
+        edges = doc["edges"]
+        names = [e["name"] for e in edges]
+        if len(names) != graph.n_edges or set(names) != set(graph.edge_names):
+            raise CircuitFileError(
+                f"{source}: its edge list does not match the graph of its model "
+                f"({len(names)} edges listed, {graph.n_edges} expected); the file is damaged"
+            )
+        in_circuit = np.zeros(graph.n_edges, dtype=bool)
+        scores = np.full(graph.n_edges, np.nan)
+        for e in edges:
+            i = graph.edge_index[e["name"]]
+            in_circuit[i] = bool(e["in_circuit"])
+            scores[i] = np.nan if e.get("score") is None else float(e["score"])
+    except CircuitFileError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CircuitFileError(f"{source}: missing or malformed field ({exc}); the file is damaged") from exc
+    meta = {k: v for k, v in doc.items() if k not in ("format", "graph", "edges", "n_edges_total", "n_edges")}
+    return Circuit(graph, in_circuit, scores, meta)
+
+
+def load_circuit(path: str | Path) -> Circuit:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CircuitFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CircuitFileError(f"{path} is not JSON ({exc.msg} at line {exc.lineno}); is it a circuit.json?") from exc
+    return circuit_from_dict(doc, str(path))
