@@ -1,0 +1,104 @@
+"""Shared fixtures: tiny Hugging Face models saved to disk, so loading code is tested offline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+# A small closed vocabulary: enough words for the seed tasks' prompt shapes.
+_TINY_TEXT = (
+    "the a an and of to is was he she it they his her him them john mary tom anna "
+    "friend really great nice good isn't wasn't went to store park gave book ball "
+    "when then after before apple tree picked up climbed orange egg cat dog ran sat "
+    "on in at , . ! ? one two three four five six seven eight nine zero"
+)
+TINY_WORDS = tuple(dict.fromkeys(_TINY_TEXT.split()))
+
+
+def _save_word_tokenizer(path: Path) -> None:
+    """A whitespace/word-level fast tokenizer with GPT-2-style ``<|endoftext|>`` BOS/EOS/PAD."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate([*specials, *TINY_WORDS])}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+    )
+    fast.save_pretrained(path)
+
+
+def tiny_vocab_size() -> int:
+    return 2 + len(TINY_WORDS)
+
+
+def _perturb_norms_and_biases(model) -> None:
+    """Random init leaves LayerNorm scales at 1 and biases at 0, which would hide bugs in
+    LayerNorm folding and bias bookkeeping; give them random values."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or ".ln" in name or name.endswith("bias"):
+                p.add_(0.1 * torch.randn_like(p))
+
+
+@pytest.fixture(scope="session")
+def tiny_gpt2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer GPT-2 (4 heads, d_model 64, 32 positions) + word tokenizer, HF format."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    path = tmp_path_factory.mktemp("tiny_gpt2")
+    torch.manual_seed(0)
+    cfg = GPT2Config(
+        n_layer=2,
+        n_head=4,
+        n_embd=64,
+        n_positions=32,
+        vocab_size=tiny_vocab_size(),
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+    model = GPT2LMHeadModel(cfg).eval()
+    _perturb_norms_and_biases(model)
+    model.save_pretrained(path)
+    _save_word_tokenizer(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Llama with grouped-query attention (4 query / 2 key-value heads)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny_llama")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_size=64,
+        intermediate_size=128,
+        max_position_embeddings=32,
+        vocab_size=tiny_vocab_size(),
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(cfg).eval()
+    _perturb_norms_and_biases(model)
+    model.save_pretrained(path)
+    _save_word_tokenizer(path)
+    return path

@@ -1,0 +1,234 @@
+"""TransformerBridge loading and the hook contract, on tiny random HF models saved to disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from circuitdag.errors import ModelError
+from circuitdag.models.bridge import ModelSpec, check_hooks, load_bridge, model_spec
+
+PROMPTS = ["john is a really great friend , isn't", "the cat sat on the"]
+
+
+@pytest.fixture(scope="module")
+def gpt2(tiny_gpt2_dir: Path):
+    return load_bridge(tiny_gpt2_dir)
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama_dir: Path):
+    return load_bridge(tiny_llama_dir)
+
+
+def _hf_logits(path: Path, tokens: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    hf = AutoModelForCausalLM.from_pretrained(path, attn_implementation="eager", dtype=dtype).eval()
+    with torch.no_grad():
+        return hf(tokens).logits
+
+
+@pytest.mark.parametrize("which", ["tiny_gpt2_dir", "tiny_llama_dir"])
+def test_raw_weights_give_hf_logits(which: str, request: pytest.FixtureRequest) -> None:
+    path = request.getfixturevalue(which)
+    model = load_bridge(path, process_weights=False)
+    tokens = model.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        logits = model(tokens)
+    torch.testing.assert_close(logits, _hf_logits(path, tokens), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+def test_processed_weights_give_hf_distribution(which: str, request: pytest.FixtureRequest) -> None:
+    model = request.getfixturevalue(which)
+    path = request.getfixturevalue(f"tiny_{which}_dir")
+    tokens = model.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        logits = model(tokens)
+    hf = _hf_logits(path, tokens)
+    # centre_unembed shifts every position's logits by a constant: same softmax.
+    torch.testing.assert_close(logits.log_softmax(-1), hf.log_softmax(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_model_spec(gpt2, llama) -> None:
+    assert model_spec(gpt2) == ModelSpec(2, 4, 4, 64, False, False)
+    spec = model_spec(llama)
+    assert spec == ModelSpec(2, 4, 2, 64, False, False)
+    assert spec.group_size == 2
+    assert [spec.kv_head(h) for h in range(4)] == [0, 0, 1, 1]
+    assert list(spec.query_heads(1)) == [2, 3]
+
+
+def test_model_spec_of_tiny_transformer() -> None:
+    from circuitdag.models.hooked import TinyConfig, TinyTransformer
+
+    model = TinyTransformer(TinyConfig(n_layers=3, d_model=8, n_heads=2, d_head=4, d_vocab=5, n_ctx=4))
+    assert model_spec(model) == ModelSpec(3, 2, 2, 8, True, False)
+
+
+def test_check_hooks_on_tiny_transformer() -> None:
+    from circuitdag.models.hooked import TinyConfig, TinyTransformer
+
+    cfg = TinyConfig(
+        n_layers=2, d_model=16, n_heads=2, d_head=4, d_vocab=7, n_ctx=8, d_mlp=16, normalization="LN"
+    )
+    model = TinyTransformer(cfg)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_()
+    report = check_hooks(model)
+    # The tiny transformer's only constants are the b_O of each layer.
+    b_O = torch.stack([b.attn.b_O for b in model.blocks]).cumsum(0)
+    torch.testing.assert_close(report.resid_offset[1:], b_O.detach(), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+def test_hook_shapes_and_pre_layernorm(which: str, request: pytest.FixtureRequest) -> None:
+    model = request.getfixturevalue(which)
+    spec = model_spec(model)
+    tokens = model.to_tokens(PROMPTS)
+    b, p = tokens.shape
+    with torch.no_grad():
+        _, cache = model.run_with_cache(tokens)
+    for L in range(spec.n_layers):
+        resid = cache[f"blocks.{L}.hook_resid_pre"]
+        assert resid.shape == (b, p, spec.d_model)
+        assert torch.equal(cache[f"blocks.{L}.hook_in"], resid)
+        assert cache[f"blocks.{L}.hook_q_input"].shape == (b, p, spec.n_heads, spec.d_model)
+        for x in "kv":
+            inp = cache[f"blocks.{L}.hook_{x}_input"]
+            assert inp.shape == (b, p, spec.n_kv_heads, spec.d_model)
+            assert torch.equal(inp, resid.unsqueeze(2).expand_as(inp))
+        assert cache[f"blocks.{L}.attn.hook_result"].shape == (b, p, spec.n_heads, spec.d_model)
+        assert torch.equal(cache[f"blocks.{L}.hook_mlp_in"], cache[f"blocks.{L}.hook_resid_mid"])
+
+
+def test_residual_decomposition_leaves_only_attention_output_biases(gpt2, llama) -> None:
+    n = gpt2.cfg.n_layers
+    report = check_hooks(gpt2)
+    b_O = torch.stack([gpt2.blocks[L].attn.b_O for L in range(n)]).sum(0)
+    assert b_O.abs().max() > 0.1  # the fixture's biases are not zero
+    torch.testing.assert_close(report.resid_offset[-1], b_O.detach(), atol=1e-5, rtol=1e-5)
+    # Llama has no biases at all: the decomposition is exact.
+    assert check_hooks(llama).resid_offset.abs().max() < 1e-5
+
+
+def test_gqa_kv_head_feeds_its_query_group(llama) -> None:
+    spec = model_spec(llama)
+    tokens = llama.to_tokens(PROMPTS[0])
+    seen: dict[str, torch.Tensor] = {}
+
+    def save(t: torch.Tensor, hook) -> None:
+        seen[hook.name] = t.clone()
+
+    def scramble_kv1(t: torch.Tensor, hook) -> torch.Tensor:
+        t = t.clone()
+        t[:, :, 1] = torch.randn_like(t[:, :, 1])
+        return t
+
+    with torch.no_grad():
+        llama.run_with_hooks(tokens, fwd_hooks=[("blocks.1.attn.hook_result", save)])
+        clean = seen["blocks.1.attn.hook_result"]
+        llama.run_with_hooks(
+            tokens, fwd_hooks=[("blocks.1.hook_v_input", scramble_kv1), ("blocks.1.attn.hook_result", save)]
+        )
+    moved = [
+        h
+        for h in range(spec.n_heads)
+        if not torch.equal(seen["blocks.1.attn.hook_result"][:, :, h], clean[:, :, h])
+    ]
+    assert moved == list(spec.query_heads(1)) == [2, 3]
+
+
+def test_hooks_context_run_with_hooks_and_start_at_layer(gpt2) -> None:
+    tokens = gpt2.to_tokens(PROMPTS)
+
+    def zero_head_1(t: torch.Tensor, hook) -> torch.Tensor:
+        t = t.clone()
+        t[:, :, 1] = 0
+        return t
+
+    with torch.no_grad():
+        logits, cache = gpt2.run_with_cache(tokens)
+        with gpt2.hooks(fwd_hooks=[("blocks.1.hook_v_input", zero_head_1)]):
+            in_context = gpt2(tokens)
+        after = gpt2(tokens)
+        run = gpt2.run_with_hooks(tokens, fwd_hooks=[("blocks.1.hook_v_input", zero_head_1)])
+        resumed = gpt2.run_with_hooks(
+            cache["blocks.1.hook_resid_pre"],
+            start_at_layer=1,
+            fwd_hooks=[("blocks.1.hook_v_input", zero_head_1)],
+        )
+    assert not torch.allclose(in_context, logits)
+    assert torch.equal(after, logits)  # the context removed its hook
+    assert torch.equal(run, in_context)
+    torch.testing.assert_close(resumed, run)
+
+
+def test_right_padding_leaves_real_tokens_alone(gpt2) -> None:
+    tokens = gpt2.to_tokens(PROMPTS, padding_side="right")
+    short = gpt2.to_tokens(PROMPTS[1])
+    with torch.no_grad():
+        batch = gpt2(tokens)
+        alone = gpt2(short)
+    torch.testing.assert_close(batch[1, : short.shape[1]], alone[0], atol=1e-5, rtol=1e-5)
+
+
+def test_to_tokens_prepend_bos(gpt2) -> None:
+    with_bos = gpt2.to_tokens("the cat")
+    without = gpt2.to_tokens("the cat", prepend_bos=False)
+    assert with_bos[0, 0].item() == gpt2.tokenizer.bos_token_id
+    assert torch.equal(with_bos[:, 1:], without)
+
+
+def test_float64(tiny_llama_dir: Path) -> None:
+    model = load_bridge(tiny_llama_dir, dtype=torch.float64, process_weights=False)
+    tokens = model.to_tokens(PROMPTS[0])
+    with torch.no_grad():
+        logits = model(tokens)
+    assert logits.dtype == torch.float64
+    hf = _hf_logits(tiny_llama_dir, tokens, torch.float64)
+    torch.testing.assert_close(logits, hf, atol=1e-10, rtol=1e-10)
+
+
+def test_model_without_split_qkv_is_refused(tiny_gpt2_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from transformer_lens import TransformerBridge
+
+    monkeypatch.setattr(TransformerBridge, "set_use_split_qkv_input", lambda self, flag: None)
+    with pytest.raises(ModelError, match=r"blocks\.0\.hook_q_input"):
+        load_bridge(tiny_gpt2_dir)
+
+
+def test_post_layernorm_input_is_refused(gpt2) -> None:
+    # Make hook_q_input of layer 1 something other than the residual stream, as a model
+    # that took it after LayerNorm would.
+    gpt2.add_hook("blocks.1.hook_q_input", lambda t, hook: t * 2.0)
+    try:
+        with pytest.raises(ModelError, match=r"blocks\.1\.hook_q_input is not blocks\.1\.hook_resid_pre"):
+            check_hooks(gpt2)
+    finally:
+        gpt2.reset_hooks()
+
+
+def test_ignored_hook_is_refused(gpt2, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A bridge that only observes hook_v_input (its return value is dropped) must be refused.
+    hook = gpt2.hook_dict["blocks.1.hook_v_input"]
+
+    class ObservedOnly(type(hook)):
+        def __call__(self, x, *args, **kwargs):
+            super().__call__(x, *args, **kwargs)
+            return x
+
+    monkeypatch.setattr(hook, "__class__", ObservedOnly)
+    with pytest.raises(ModelError, match=r"blocks\.1\.hook_v_input: a value written"):
+        check_hooks(gpt2)
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="no config.json"):
+        load_bridge(tmp_path / "nowhere")
+    with pytest.raises(ModelError, match="save_pretrained"):
+        load_bridge(str(tmp_path))
