@@ -44,9 +44,8 @@ from tracr.compiler import compiling, lib
 from tracr.rasp import rasp
 
 from circuitdag.models.hooked import TinyConfig, TinyTransformer, load_tiny, save_tiny
-from circuitdag.tasks.tracr import (
-    BOS, PAD, SPECS, ZOO_DIR, TracrSpec, TracrTask, counterfactual_pairs, input_space,
-)  # fmt: skip
+from circuitdag.tasks import tracr as tasks
+from circuitdag.tasks.tracr import BOS, PAD, SPECS, TracrSpec, counterfactual_pairs, input_space
 
 jax.config.update("jax_platforms", "cpu")
 
@@ -62,22 +61,35 @@ def _programs() -> dict[str, tuple[rasp.SOp, str]]:
     return {
         "reverse": (
             lib.make_reverse(rasp.tokens),
-            "length = SelectorWidth(Select(tokens, tokens, TRUE)); "
-            "opp_idx = length - indices - 1; "
-            "reverse = Aggregate(Select(indices, opp_idx, EQ), tokens)",
+            (
+                "length = SelectorWidth(Select(tokens, tokens, TRUE)); "
+                "opp_idx = length - indices - 1; "
+                "reverse = Aggregate(Select(indices, opp_idx, EQ), tokens)"
+            ),
         ),
         "proportion": (
             lib.make_frac_prevs(rasp.tokens == "x"),
-            'frac_prevs = numerical(Aggregate(Select(indices, indices, LEQ), numerical(tokens == "x"), '
-            "default=0))",
+            (
+                'frac_prevs = numerical(Aggregate(Select(indices, indices, LEQ), numerical(tokens == "x"), '
+                "default=0))"
+            ),
         ),
         "sort_unique": (
             lib.make_sort_unique(rasp.tokens, rasp.tokens),
-            "target_pos = SelectorWidth(Select(tokens, tokens, LT)); "
-            "sort = Aggregate(Select(target_pos, indices, EQ), tokens)",
+            (
+                "target_pos = SelectorWidth(Select(tokens, tokens, LT)); "
+                "sort = Aggregate(Select(target_pos, indices, EQ), tokens)"
+            ),
         ),
         "hist": (lib.make_hist(), "hist = SelectorWidth(Select(tokens, tokens, EQ))"),
         "length": (lib.make_length(), "length = SelectorWidth(Select(tokens, tokens, TRUE))"),
+        "pair_balance": (
+            lib.make_pair_balance(rasp.tokens, "(", ")"),
+            (
+                'opens = frac_prevs(tokens == "("); closes = frac_prevs(tokens == ")"); '
+                "pair_balance = numerical(LinearSequenceMap(opens, closes, 1, -1))"
+            ),
+        ),
     }
 
 
@@ -86,7 +98,9 @@ def _programs() -> dict[str, tuple[rasp.SOp, str]]:
 
 def to_tiny(assembled, spec: TracrSpec, label: str) -> TinyTransformer:
     """Copy tracr's haiku parameters into a TinyTransformer (float64)."""
-    p = {k: {kk: np.asarray(vv, dtype=np.float64) for kk, vv in v.items()} for k, v in assembled.params.items()}
+    p = {
+        k: {kk: np.asarray(vv, dtype=np.float64) for kk, vv in v.items()} for k, v in assembled.params.items()
+    }
     mc = assembled.model_config
     n_layers, n_heads, d_head, d_mlp = mc.num_layers, mc.num_heads, mc.key_size, mc.mlp_hidden_size
     W_E = p["token_embed"]["embeddings"]
@@ -202,12 +216,18 @@ class NodeModel:
         """Edges whose weight product is non-zero and that lie on an embed->logits path."""
         g = self.graph
         nz = np.array(
-            [np.linalg.norm(self.write_matrix(s) @ self.read_matrix(d, k)) > WEIGHT_EPS for s, d, k in g.edges]
+            [
+                np.linalg.norm(self.write_matrix(s) @ self.read_matrix(d, k)) > WEIGHT_EPS
+                for s, d, k in g.edges
+            ]
         )
         return on_path(g, nz)
 
     def run(
-        self, tokens: np.ndarray, present: np.ndarray | None = None, corrupt: dict[str, np.ndarray] | None = None
+        self,
+        tokens: np.ndarray,
+        present: np.ndarray | None = None,
+        corrupt: dict[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Output-space values (batch pos d_out) and every node's output.
 
@@ -215,7 +235,9 @@ class NodeModel:
         edge carries the sender's output from ``corrupt`` (None = zero ablation).
         """
         w, cfg = self.w, self.cfg
-        out: dict[str, np.ndarray] = {"embed": w["embed.W_E"][tokens] + w["pos_embed.W_pos"][: tokens.shape[1]]}
+        out: dict[str, np.ndarray] = {
+            "embed": w["embed.W_E"][tokens] + w["pos_embed.W_pos"][: tokens.shape[1]]
+        }
 
         def inp(dst: str, kind: str) -> np.ndarray:
             total = 0.0
@@ -256,7 +278,9 @@ def on_path(g: Graph, alive: np.ndarray) -> np.ndarray:
         for i, (s, d, _) in reversed(list(enumerate(g.edges))):
             if alive[i] and d in reach_logits:
                 reach_logits.add(s)
-        new = np.array([a and s in reach_from_embed and d in reach_logits for a, (s, d, _) in zip(alive, g.edges)])
+        new = np.array(
+            [a and s in reach_from_embed and d in reach_logits for a, (s, d, _) in zip(alive, g.edges)]
+        )
         if (new == alive).all():
             return new
         alive = new
@@ -340,7 +364,9 @@ def inert_reason(nm: NodeModel, probe: Probe, edge: tuple[str, str, str], circui
     return "receiver output changes but the change does not reach the output"
 
 
-def _probe(nm: NodeModel, spec: TracrSpec, encode, ablation: str, seeds: list[int], n_max: int | None) -> Probe:
+def _probe(
+    nm: NodeModel, spec: TracrSpec, encode, ablation: str, seeds: list[int], n_max: int | None
+) -> Probe:
     """The probe of ``ablation`` on the task's clean/counterfactual pairs for ``seeds``."""
     clean, corr = [], []
     for seed in seeds:
@@ -372,7 +398,7 @@ def _acdc_matches(nm: NodeModel, spec: TracrSpec, encode, ablation: str, circuit
     probe = _probe(nm, spec, encode, ablation, [0], 100)
     start = np.ones(len(nm.graph.edges), dtype=bool)
     return all(
-        (exact_acdc(nm, probe, start, rev, threshold=TracrTask.default_threshold) == circuit).all()
+        (exact_acdc(nm, probe, start, rev, threshold=tasks.TracrTask.default_threshold) == circuit).all()
         for rev in (True, False)
     )
 
@@ -556,7 +582,7 @@ def compile_one(name: str, out_dir: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("names", nargs="*", default=list(SPECS), help="programs to compile (default: all)")
-    ap.add_argument("--out", type=Path, default=ZOO_DIR)
+    ap.add_argument("--out", type=Path, default=tasks.ZOO_DIR)
     args = ap.parse_args()
     for name in args.names:
         meta = compile_one(name, args.out)

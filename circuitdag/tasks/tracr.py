@@ -46,6 +46,10 @@ def _proportion(xs: Sequence[Value]) -> list[Value]:
     return [sum(x == "x" for x in xs[: i + 1]) / (i + 1) for i in range(len(xs))]
 
 
+def _pair_balance(xs: Sequence[Value]) -> list[Value]:
+    return [(xs[: i + 1].count("(") - xs[: i + 1].count(")")) / (i + 1) for i in range(len(xs))]
+
+
 def _sort_unique(xs: Sequence[Value]) -> list[Value]:
     return sorted(xs)
 
@@ -85,6 +89,7 @@ SPECS: dict[str, TracrSpec] = {
         TracrSpec("sort_unique", (1, 2, 3, 4, 5, 6, 7), 5, "distinct", _sort_unique),
         TracrSpec("hist", ("a", "b", "c"), 5, "all", _hist),
         TracrSpec("length", ("a", "b", "c"), 5, "padded", _length),
+        TracrSpec("pair_balance", ("(", ")", "a"), 5, "all", _pair_balance, numerical=True),
     )
 }
 
@@ -193,15 +198,25 @@ class TracrTask(Task):
         )
 
     def ground_truth(self, ablation: str = "zero") -> set[str] | None:
-        gt = self.meta()["ground_truth"]
+        """The edges that can change the output under ``ablation`` (what ACDC is scored
+        against); derived from the compiled weights, see docs/tracr.md."""
+        return set(self._ground_truth(ablation)["edges"])
+
+    def inert_edges(self, ablation: str = "zero") -> set[str]:
+        """Edges whose weights connect sender and receiver but that can never change the
+        output under ``ablation`` (e.g. the query of a head whose pattern is fixed). An
+        evaluation may ignore them (``evaluate.confusion(..., ignore=...)``)."""
+        return set(self._ground_truth(ablation)["inert"])
+
+    def _ground_truth(self, ablation: str) -> dict[str, Any]:
         if ablation not in ("zero", "resample"):
             raise TaskError(
-                f"{self.name} has ground truth for ablations ['zero', 'resample'], not {ablation!r}"
+                f"{self.name} has ground truth for ablations 'zero' and 'resample', not {ablation!r}"
             )
-        return set(gt[ablation]["edges"])
+        return self.meta()["ground_truth"][ablation]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _read_meta(path: Path) -> dict[str, Any]:
     file = path.with_suffix(".json")
     if not file.exists():
@@ -209,38 +224,43 @@ def _read_meta(path: Path) -> dict[str, Any]:
     return json.loads(file.read_text())
 
 
-
-class TracrReverseTask(TracrTask):
+class ReverseTask(TracrTask):
     name = "tracr-reverse"
     program = "reverse"
     description = "tracr-compiled reverse of a length-5 sequence over {1,2,3} (ACDC's tracr task)"
 
 
-class TracrProportionTask(TracrTask):
+class ProportionTask(TracrTask):
     name = "tracr-proportion"
     program = "proportion"
     description = 'tracr-compiled frac_prevs: running fraction of "x" tokens (numerical output)'
 
 
-class TracrSortUniqueTask(TracrTask):
+class SortUniqueTask(TracrTask):
     name = "tracr-sort-unique"
     program = "sort_unique"
     description = "tracr-compiled sort of 5 distinct tokens from {1..7}"
 
 
-class TracrHistTask(TracrTask):
+class HistTask(TracrTask):
     name = "tracr-hist"
     program = "hist"
     description = "tracr-compiled histogram: how often each token occurs in the sequence"
 
 
-class TracrLengthTask(TracrTask):
+class LengthTask(TracrTask):
     name = "tracr-length"
     program = "length"
     description = "tracr-compiled sequence length; inputs of length 1..5 right-padded with PAD"
 
 
+class PairBalanceTask(TracrTask):
+    name = "tracr-pair-balance"
+    program = "pair_balance"
+    description = "tracr-compiled pair_balance: running fraction of '(' minus that of ')' (two heads)"
+
+
 #: The task classes of this module, for the registry.
 TASKS: list[type[TracrTask]] = [
-    TracrReverseTask, TracrProportionTask, TracrSortUniqueTask, TracrHistTask, TracrLengthTask,
+    ReverseTask, ProportionTask, SortUniqueTask, HistTask, LengthTask, PairBalanceTask,
 ]  # fmt: skip
