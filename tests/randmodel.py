@@ -1,0 +1,48 @@
+"""Small random models and datasets for engine tests (no network, no files)."""
+
+from __future__ import annotations
+
+import torch
+
+from circuitdag.models.hooked import TinyConfig, TinyTransformer
+from circuitdag.tasks.base import Task, TaskData
+
+
+def random_tiny(seed: int = 0, dtype=torch.float64, **overrides) -> TinyTransformer:
+    kw = dict(n_layers=2, d_model=16, n_heads=3, d_head=4, d_vocab=12, n_ctx=8, d_mlp=32,
+              normalization="LN", act_fn="gelu")
+    kw.update(overrides)
+    torch.manual_seed(seed)
+    model = TinyTransformer(TinyConfig(**kw))
+    for name, p in model.named_parameters():
+        torch.nn.init.normal_(p, std=0.6 if "W_" in name else 0.1)
+        if name.endswith(".w"):
+            p.data += 1.0
+    return model.to(dtype).eval()
+
+
+def random_data(seed: int = 0, batch: int = 12, pos: int = 6, vocab: int = 12) -> TaskData:
+    g = torch.Generator().manual_seed(seed)
+    clean = torch.randint(0, vocab, (batch, pos), generator=g)
+    corrupted = torch.randint(0, vocab, (batch, pos), generator=g)
+    return TaskData(
+        clean, corrupted,
+        answer_pos=torch.full((batch, 1), pos - 1),
+        correct=torch.randint(0, vocab, (batch, 1), generator=g),
+        wrong=torch.randint(0, vocab, (batch, 1), generator=g),
+    )  # fmt: skip
+
+
+class RandomTask(Task):
+    name = "random-test"
+    description = "random tokens on a random model (tests only)"
+    default_metric = "kl"
+
+    def __init__(self, **model_kw) -> None:
+        self.model_kw = model_kw
+
+    def load_model(self, device="cpu", dtype=torch.float64):
+        return random_tiny(dtype=dtype, **self.model_kw).to(device)
+
+    def data(self, model, seed=0):
+        return random_data(seed, vocab=model.cfg.d_vocab)

@@ -1,0 +1,72 @@
+"""ACDC: the fast path returns exactly the reference circuit."""
+
+import numpy as np
+import pytest
+from randmodel import random_data, random_tiny
+
+from circuitdag.acdc import acdc_fast, acdc_reference, load_checkpoint, run_acdc
+from circuitdag.errors import ConfigError
+from circuitdag.graph import Graph
+from circuitdag.models import spec_of
+from circuitdag.patching import Patcher
+
+
+def make_patcher(ablation="resample", metric="kl", **kw):
+    model = random_tiny(**kw)
+    return Patcher(model, Graph(spec_of(model)), random_data(vocab=model.cfg.d_vocab), ablation=ablation, metric=metric)
+
+
+@pytest.mark.parametrize(
+    "ablation,metric,threshold,kw",
+    [
+        ("resample", "kl", 0.002, {}),
+        ("resample", "kl", 0.02, {}),
+        ("zero", "kl", 0.01, {}),
+        ("mean", "logit_diff", 0.05, {}),
+        ("resample", "nll", 0.01, {"d_mlp": 0}),
+        ("resample", "prob", 0.001, {}),
+        ("resample", "kl", 0.01, {"normalization": None, "causal": False}),
+    ],
+)
+def test_fast_equals_reference(ablation, metric, threshold, kw):
+    p = make_patcher(ablation, metric, **kw)
+    ref = acdc_reference(p, threshold)
+    for k_init, k_max in [(1, 1), (8, None), (3, 5)]:
+        fast = acdc_fast(p, threshold, k_init=k_init, k_max=k_max)
+        np.testing.assert_array_equal(fast.alive, ref.alive)
+        np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-9, atol=1e-12)
+        assert fast.m_cur == pytest.approx(ref.m_cur, abs=1e-12)
+    assert 0 < ref.alive.sum() < p.graph.n_edges  # a nontrivial circuit, or the test proves little
+
+
+def test_threshold_zero_keeps_everything_that_matters_and_huge_removes_all():
+    p = make_patcher()
+    assert acdc_fast(p, 1e9).alive.sum() == 0
+    assert acdc_fast(p, 0.0).alive.sum() > acdc_fast(p, 0.01).alive.sum()
+
+
+def test_negative_threshold_is_refused():
+    p = make_patcher()
+    with pytest.raises(ConfigError, match=">= 0"):
+        run_acdc(p, -0.1)
+
+
+def test_fast_path_uses_fewer_layer_evaluations():
+    p = make_patcher()
+    c_ref = run_acdc(p, 0.05, algorithm="acdc-reference")
+    c_fast = run_acdc(p, 0.05)
+    assert c_fast.same_as(c_ref)
+    assert c_fast.meta["stats"]["forward_passes"] < c_ref.meta["stats"]["forward_passes"]
+    assert c_fast.meta["stats"]["layer_evaluations"] < c_ref.meta["stats"]["layer_evaluations"]
+
+
+def test_checkpoint_resume_gives_identical_circuit(tmp_path):
+    p = make_patcher()
+    full = acdc_fast(p, 0.002)
+    ck = tmp_path / "ck.json"
+    # Run, then rewind the checkpoint to a mid-way destination by replaying a partial run.
+    partial = acdc_fast(p, 0.002, checkpoint=ck, checkpoint_every=0.0)
+    assert ck.exists()
+    state = load_checkpoint(ck, {"threshold": 0.002, "n_edges": p.graph.n_edges})
+    assert state.next_dest == len(p.graph.visit_order())
+    np.testing.assert_array_equal(partial.alive, full.alive)
