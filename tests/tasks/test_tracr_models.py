@@ -128,6 +128,11 @@ def test_ground_truth_is_well_formed(task: TracrTask, ablation: str) -> None:
     inert = task.inert_edges(ablation)
     assert edges, "a ground truth with no edges"
     assert edges | inert == structural and not edges & inert
+    # Checked at compile time: each inert edge is inert on its own too, and plain ACDC
+    # at the default threshold on the default data finds exactly the ground truth.
+    assert set(gt[ablation]["inert_alone"]) == inert
+    assert gt[ablation]["acdc_on_task_data_matches"] is True
+    assert gt[ablation]["min_effect_on_task_data"] > 10 * task.default_threshold
     cfg = task.load_model().cfg
     for name in structural:
         m = EDGE.match(name)
