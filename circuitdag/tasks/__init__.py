@@ -29,6 +29,7 @@ BUILTIN: dict[str, str] = {
     "tracr-sort-unique": "circuitdag.tasks.tracr:SortUniqueTask",
     "tracr-hist": "circuitdag.tasks.tracr:HistTask",
     "tracr-length": "circuitdag.tasks.tracr:LengthTask",
+    "tracr-pair-balance": "circuitdag.tasks.tracr:PairBalanceTask",
 }
 
 _cache: dict[str, Task] = {}
