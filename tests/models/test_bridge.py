@@ -9,7 +9,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from circuitdag.errors import ModelError
-from circuitdag.models.bridge import ModelSpec, check_hooks, load_bridge, model_spec
+from circuitdag.models.bridge import (
+    ModelSpec,
+    check_hooks,
+    load_bridge,
+    model_spec,
+    resume,
+    skip_blocks_below,
+)
 
 PROMPTS = ["john is a really great friend , isn't", "the cat sat on the"]
 
@@ -166,6 +173,40 @@ def test_hooks_context_run_with_hooks_and_start_at_layer(gpt2) -> None:
     assert torch.equal(after, logits)  # the context removed its hook
     assert torch.equal(run, in_context)
     torch.testing.assert_close(resumed, run)
+
+
+@pytest.mark.parametrize("which", ["gpt2", "llama"])
+def test_resume_skips_lower_blocks(which: str, request: pytest.FixtureRequest) -> None:
+    model = request.getfixturevalue(which)
+    tokens = model.to_tokens(PROMPTS)
+    calls: list[int] = []
+    handles = [b.register_forward_hook(lambda *a, i=i: calls.append(i)) for i, b in enumerate(model.blocks)]
+    fired: list[str] = []
+
+    def double_v(t: torch.Tensor, hook) -> torch.Tensor:
+        fired.append(hook.name)
+        return 2 * t
+
+    hooks = [("blocks.0.hook_v_input", double_v), ("blocks.1.hook_v_input", double_v)]
+    try:
+        with torch.no_grad():
+            _, cache = model.run_with_cache(tokens)
+            calls.clear()
+            resumed = resume(model, cache["blocks.1.hook_resid_pre"], 1, fwd_hooks=hooks[1:])
+            assert calls == [1]  # block 0 did no work
+            fired.clear()
+            resumed_all_hooks = resume(model, cache["blocks.1.hook_resid_pre"], 1, fwd_hooks=hooks)
+            assert fired == ["blocks.1.hook_v_input"]  # hooks below the start do not fire
+            full = model.run_with_hooks(tokens, fwd_hooks=hooks[1:])
+    finally:
+        for h in handles:
+            h.remove()
+    torch.testing.assert_close(resumed, full, atol=1e-5, rtol=1e-5)
+    assert torch.equal(resumed_all_hooks, resumed)
+    blocks = list(model.blocks)
+    with skip_blocks_below(model, 1):
+        assert model.blocks[0] is not blocks[0]
+    assert list(model.blocks) == blocks  # restored
 
 
 def test_right_padding_leaves_real_tokens_alone(gpt2) -> None:
