@@ -1,0 +1,50 @@
+import json
+
+import numpy as np
+import pytest
+from randmodel import random_data, random_tiny
+
+from circuitdag.acdc import run_acdc
+from circuitdag.errors import CircuitFileError
+from circuitdag.graph import Graph
+from circuitdag.io import load_circuit, save_circuit
+from circuitdag.models import spec_of
+from circuitdag.patching import Patcher
+
+
+@pytest.fixture(scope="module")
+def circuit():
+    model = random_tiny()
+    p = Patcher(model, Graph(spec_of(model)), random_data())
+    return run_acdc(p, 0.01, meta={"task": "random-test", "model": "tiny", "metric": "kl", "seed": 0})
+
+
+def test_roundtrip(circuit, tmp_path):
+    path = save_circuit(circuit, tmp_path / "c.json")
+    back = load_circuit(path)
+    assert back.same_as(circuit)
+    np.testing.assert_array_equal(np.isnan(back.scores), np.isnan(circuit.scores))
+    np.testing.assert_array_equal(back.scores[~np.isnan(back.scores)], circuit.scores[~np.isnan(circuit.scores)])
+    assert back.meta == json.loads(json.dumps(circuit.meta))
+    doc = json.loads(path.read_text())
+    assert doc["format"] == "circuitdag.circuit/1"
+    assert {"name", "src", "dst", "input", "src_pos", "dst_pos", "score", "in_circuit"} <= set(doc["edges"][0])
+    assert doc["n_edges"] == circuit.n_edges and doc["threshold"] == 0.01
+
+
+def test_damaged_files(circuit, tmp_path):
+    path = save_circuit(circuit, tmp_path / "c.json")
+    doc = json.loads(path.read_text())
+    doc["edges"] = doc["edges"][:-1]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CircuitFileError, match="does not match the graph"):
+        load_circuit(path)
+    del doc["graph"]
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CircuitFileError, match="malformed"):
+        load_circuit(path)
+
+
+def test_svg(circuit, tmp_path):
+    svg = circuit.to_svg(tmp_path / "c.svg").read_text()
+    assert "<svg" in svg and "logits" in svg
