@@ -172,6 +172,8 @@ class Patcher:
         self.B, self.P = self.data.clean.shape
         self.n_forward = 0  # forward passes run (one per batch of candidates)
         self.n_layer_evals = 0  # block evaluations x candidates (a batch of K counts K)
+        self._cache: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        self._cache_layer = -1
         with torch.no_grad():
             clean = self._capture(self.data.clean)
             self.S_clean: Float[Tensor, "batch pos slot d_model"] = clean["slots"]
@@ -316,7 +318,7 @@ class Patcher:
             sl, k = lay.rows(L, kind), lay.readable_slots(L, kind)
             rows = list(range(sl.start, sl.stop))
             mask = absent[sl]  # r slot
-            out = torch.einsum("bpsd,rs->bprd", D_clean0, mask[:, :n0]).unsqueeze(0)
+            out = self._clean_contribution(start_layer, sl, mask[:, :n0]).unsqueeze(0)
             if k > n0:
                 out = out + torch.einsum("kbpsd,rs->kbprd", D_now[:, :, :, : k - n0], mask[:, n0:k])
             hit = [(i, rows.index(r)) for i, r in enumerate(cand_row_list) if r in rows]
@@ -370,6 +372,24 @@ class Patcher:
         self.n_forward += 1
         self.n_layer_evals += K * (n - start_layer)
         return self.metric_of_logits(logits.reshape(K, B, *logits.shape[1:]))
+
+    def _clean_contribution(self, start_layer: int, rows: slice, mask: Tensor) -> Tensor:
+        """``einsum(D_clean[:, :, :n0], mask)`` for a row group, cached per start layer.
+
+        The senders before the start layer are the same in every candidate and every batch
+        of a destination, so their contribution is computed once and reused while the
+        group's mask rows are unchanged (they change only when ACDC accepts a removal)."""
+        if self._cache_layer != start_layer:
+            self._cache.clear()
+            self._cache_layer = start_layer
+        key = (rows.start, rows.stop)
+        hit = self._cache.get(key)
+        if hit is not None and torch.equal(hit[0], mask):
+            return hit[1]
+        n0 = mask.shape[1]
+        out = torch.einsum("bpsd,rs->bprd", self.D_clean[:, :, :n0], mask)
+        self._cache[key] = (mask.clone(), out)
+        return out
 
     def _unembed(self, resid: Tensor) -> Tensor:
         try:
