@@ -185,11 +185,26 @@ def masked(url: str) -> str:
         return url
 
 
+def _with_driver(url: str) -> str:
+    """A plain ``postgresql://`` URL names SQLAlchemy's default driver, which is
+    psycopg 3 since SQLAlchemy 2.1 but psycopg2 before; use whichever is installed."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+            if importlib.util.find_spec(module) is not None:
+                return f"postgresql+{driver}://{rest}"
+    return url
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage with heartbeats, or a :class:`CircuitDagError` saying what
     to fix (missing driver, unreachable server, malformed URL)."""
     import optuna
     import sqlalchemy.exc
+
+    url = _with_driver(url)
 
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
@@ -487,13 +502,13 @@ def work(
     if out is not None:
         settings = SweepSettings(**{**asdict(settings), "out": str(Path(out).resolve())})
     _prepare_out(Path(settings.out))
-    runner = TrialRunner(settings, device=device, study_name=study_name)
+    fail_interrupted_trials(probe)
+    target = int(probe.user_attrs.get(TARGET_ATTR, 0))
+    todo = max(0, target - _finished(probe)) if n_trials is None else n_trials
+    runner = TrialRunner(settings, device=device, study_name=study_name) if todo else None
     study = optuna.load_study(study_name=study_name, storage=store, sampler=_sampler(sampler_seed, probe))
-    fail_interrupted_trials(study)
-    target = int(study.user_attrs.get(TARGET_ATTR, 0))
-    if n_trials is None:
-        n_trials = max(0, target - _finished(study))
-        _optimize(study, runner, None if n_trials else 0, target, progress, total=n_trials)
+    if n_trials is None:  # help until the study holds what the sweep asked for
+        _optimize(study, runner, None, target, progress, total=todo)
     else:
         _optimize(study, runner, n_trials, None, progress)
     return write_report(study, Path(settings.out), storage)
