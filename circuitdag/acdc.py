@@ -74,15 +74,20 @@ def _finish(graph: Graph, reach: Reachability, alive: np.ndarray) -> np.ndarray:
     return reach.on_path(alive, 0, len(graph.nodes) - 1)
 
 
-def acdc_reference(patcher: Patcher, threshold: float, progress: bool = False) -> SearchState:
-    """Sequential ACDC: one full forward pass per edge (the slow, obviously correct one)."""
+def acdc_reference(
+    patcher: Patcher, threshold: float, progress: bool = False, max_destinations: int | None = None
+) -> SearchState:
+    """Sequential ACDC: one full forward pass per edge (the slow, obviously correct one).
+
+    ``max_destinations`` stops after that many destinations (benchmarks on big graphs);
+    the edges into the others stay present."""
     threshold = _check_threshold(threshold)
     graph = patcher.graph
     reach = _reachability(graph)
     state = _initial_state(patcher)
     alive, scores, sink = state.alive, state.scores, len(graph.nodes) - 1
     bar = tqdm(total=graph.n_edges, desc="ACDC (reference)", unit="edge", disable=not progress)
-    for dest in graph.visit_order():
+    for dest in graph.visit_order()[:max_destinations]:
         edges = graph.incoming[dest]
         if not reach.reaches_sink(alive, sink)[dest]:
             bar.update(len(edges))
@@ -139,6 +144,7 @@ def acdc_fast(
     resume: bool = False,
     checkpoint_every: float = 30.0,
     run_info: dict[str, Any] | None = None,
+    max_destinations: int | None = None,
 ) -> SearchState:
     """Exact speculative-batched ACDC (same edges as :func:`acdc_reference`).
 
@@ -153,7 +159,7 @@ def acdc_fast(
     graph = patcher.graph
     reach = _reachability(graph)
     sink = len(graph.nodes) - 1
-    order = graph.visit_order()
+    order = graph.visit_order()[:max_destinations]
     info = {"threshold": threshold, "n_edges": graph.n_edges, **(run_info or {})}
     state = None
     if resume and checkpoint is not None and Path(checkpoint).exists():

@@ -72,7 +72,16 @@ class ModelSpec:
 
     @property
     def group(self) -> int:
+        """Query heads per key/value head (1 without grouped-query attention)."""
         return self.n_heads // self.n_kv_heads
+
+    def kv_head(self, head: int) -> int:
+        """The key/value head query head ``head`` reads (Hugging Face's ``repeat_kv``)."""
+        return head // self.group
+
+    def query_heads(self, kv_head: int) -> range:
+        """The contiguous query heads that share key/value head ``kv_head``."""
+        return range(kv_head * self.group, (kv_head + 1) * self.group)
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from torch import Tensor
 from circuitdag.errors import ConfigError, ModelError
 from circuitdag.graph import Graph, Input, NodeKind
 from circuitdag.metrics import MetricRef, check_finite, get_metric
+from circuitdag.models.bridge import resume
 from circuitdag.tasks.base import TaskData
 
 
@@ -368,7 +369,7 @@ class Patcher:
                     hooks.append((_HOOK["mlp_in"](L), patch_single(L, Input.MLP)))
                     hooks.append((_HOOK["mlp_out"](L), record(lay.mlp_slot(L), 1, True)))
             hooks.append((f"blocks.{n - 1}.hook_resid_post", patch_single(n, Input.RESID)))
-            logits = self.model.run_with_hooks(resid, fwd_hooks=hooks, start_at_layer=start_layer)
+            logits = resume(self.model, resid, start_layer, fwd_hooks=hooks)
         self.n_forward += 1
         self.n_layer_evals += K * (n - start_layer)
         return self.metric_of_logits(logits.reshape(K, B, *logits.shape[1:]))
@@ -393,7 +394,7 @@ class Patcher:
 
     def _unembed(self, resid: Tensor) -> Tensor:
         try:
-            return self.model(resid, start_at_layer=self.layout.n_layers)
+            return resume(self.model, resid, self.layout.n_layers)
         except Exception as exc:  # pragma: no cover - depends on the model class
             raise ModelError(
                 f"{type(self.model).__name__} cannot resume a forward pass at its last layer "

@@ -25,7 +25,9 @@ def spec_of(model: Any) -> ModelSpec:
     if cfg is None:
         raise ModelError(f"{type(model).__name__} has no .cfg; load models with circuitdag.load_model")
     n_heads = int(cfg.n_heads)
-    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads
+    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads  # None means no GQA
+    if n_heads % n_kv:
+        raise ModelError(f"{n_heads} query heads cannot be grouped over {n_kv} key/value heads")
     return ModelSpec(
         n_layers=int(cfg.n_layers),
         n_heads=n_heads,

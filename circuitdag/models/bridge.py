@@ -39,69 +39,22 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from circuitdag.errors import ModelError
+from circuitdag.graph import ModelSpec
+from circuitdag.models import spec_of
 
 if TYPE_CHECKING:
     from transformer_lens import TransformerBridge
 
 __all__ = [
     "HookReport",
-    "ModelSpec",
     "check_hooks",
     "load_bridge",
-    "model_spec",
     "required_hooks",
     "resume",
     "skip_blocks_below",
 ]
 
 logger = logging.getLogger("circuitdag")
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """The shape facts the patching engine needs, for any supported model.
-
-    Grouped-query attention: key/value head ``g`` is shared by the contiguous query heads
-    ``g * group_size ... (g + 1) * group_size - 1`` (Hugging Face's ``repeat_kv``), so query
-    head ``h`` reads key/value head ``h // group_size``. Without GQA ``n_kv_heads == n_heads``.
-    """
-
-    n_layers: int
-    n_heads: int
-    n_kv_heads: int
-    d_model: int
-    attn_only: bool
-    parallel_attn_mlp: bool
-
-    @property
-    def group_size(self) -> int:
-        """Query heads per key/value head (1 without GQA)."""
-        return self.n_heads // self.n_kv_heads
-
-    def kv_head(self, head: int) -> int:
-        """The key/value head that query head ``head`` reads."""
-        return head // self.group_size
-
-    def query_heads(self, kv_head: int) -> range:
-        """The query heads that share key/value head ``kv_head``."""
-        return range(kv_head * self.group_size, (kv_head + 1) * self.group_size)
-
-
-def model_spec(model: Any) -> ModelSpec:
-    """:class:`ModelSpec` of a ``TransformerBridge`` or a ``TinyTransformer`` (same cfg names)."""
-    cfg = model.cfg
-    n_heads = int(cfg.n_heads)
-    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads  # None means no GQA
-    if n_heads % n_kv:
-        raise ModelError(f"{n_heads} query heads cannot be grouped over {n_kv} key/value heads")
-    return ModelSpec(
-        n_layers=int(cfg.n_layers),
-        n_heads=n_heads,
-        n_kv_heads=int(n_kv),
-        d_model=int(cfg.d_model),
-        attn_only=bool(getattr(cfg, "attn_only", False)),
-        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
-    )
 
 
 def load_bridge(
@@ -266,7 +219,7 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
       head changes exactly the query heads of :meth:`ModelSpec.query_heads`; one written into
       ``hook_mlp_in`` changes ``hook_mlp_out`` (checked on the last layer).
     """
-    spec = model_spec(model)
+    spec = spec_of(model)
     if tokens is None:
         tokens = _probe_tokens(model)
     names = required_hooks(spec)

@@ -9,14 +9,9 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from circuitdag.errors import ModelError
-from circuitdag.models.bridge import (
-    ModelSpec,
-    check_hooks,
-    load_bridge,
-    model_spec,
-    resume,
-    skip_blocks_below,
-)
+from circuitdag.graph import ModelSpec
+from circuitdag.models import spec_of as model_spec
+from circuitdag.models.bridge import check_hooks, load_bridge, resume, skip_blocks_below
 
 PROMPTS = ["john is a really great friend , isn't", "the cat sat on the"]
 
@@ -63,7 +58,7 @@ def test_model_spec(gpt2, llama) -> None:
     assert model_spec(gpt2) == ModelSpec(2, 4, 4, 64, False, False)
     spec = model_spec(llama)
     assert spec == ModelSpec(2, 4, 2, 64, False, False)
-    assert spec.group_size == 2
+    assert spec.group == 2
     assert [spec.kv_head(h) for h in range(4)] == [0, 0, 1, 1]
     assert list(spec.query_heads(1)) == [2, 3]
 
