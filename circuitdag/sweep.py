@@ -33,6 +33,7 @@ import math
 import os
 import shutil
 import socket
+import sys
 import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -393,6 +394,9 @@ class TrialRunner:
                          "seconds": m["stats"]["seconds"]}.items():  # fmt: skip
                 trial.set_user_attr(k, v)
             return circuit.n_edges, faith
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            raise
         except Exception as exc:
             # Optuna marks the trial FAIL (optimize(catch=...)); keep the reason with it.
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
@@ -463,8 +467,13 @@ def sweep(
     study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
     fail_interrupted_trials(study)
     target = _finished(study) + n_trials
-    study.set_user_attr(TARGET_ATTR, target)
-    _optimize(study, runner, n_trials, target, progress)
+    if n_trials:  # (--trials 0 only rewrites the report: it leaves helping workers' goal alone)
+        study.set_user_attr(TARGET_ATTR, target)
+    try:
+        _optimize(study, runner, n_trials, target, progress)
+    except KeyboardInterrupt:  # Optuna has marked the running trial FAIL
+        write_report(study, out, url)
+        raise
     return write_report(study, out, url, target_faithfulness=target_faithfulness)
 
 
@@ -507,10 +516,14 @@ def work(
     todo = max(0, target - _finished(probe)) if n_trials is None else n_trials
     runner = TrialRunner(settings, device=device, study_name=study_name) if todo else None
     study = optuna.load_study(study_name=study_name, storage=store, sampler=_sampler(sampler_seed, probe))
-    if n_trials is None:  # help until the study holds what the sweep asked for
-        _optimize(study, runner, None, target, progress, total=todo)
-    else:
-        _optimize(study, runner, n_trials, None, progress)
+    try:
+        if n_trials is None:  # help until the study holds what the sweep asked for
+            _optimize(study, runner, None, target, progress, total=todo)
+        else:
+            _optimize(study, runner, n_trials, None, progress)
+    except KeyboardInterrupt:
+        write_report(study, Path(settings.out), storage)
+        raise
     return write_report(study, Path(settings.out), storage)
 
 
@@ -604,7 +617,7 @@ def _trial_rows(study: optuna.Study, out: Path) -> list[dict[str, Any]]:
             "faithfulness": float(t.values[1]) if t.values else None,
             "circuit": _rel(path, out) if path else None, "seconds": a.get("seconds"),
             "worker": a.get("worker"),
-            "error": a.get("error") or ("no heartbeat: its worker died" if t.state.name == "FAIL" else None),
+            "error": a.get("error") or ("no error recorded (its worker died?)" if t.state.name == "FAIL" else None),
         })  # fmt: skip
     return rows
 
@@ -935,6 +948,21 @@ def _print_report(report: SweepReport, target: float | None) -> None:
               f"faithfulness {b['faithfulness']:.6f} -> {report.files['best']}")  # fmt: skip
 
 
+def _interruptible(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Ctrl-C ends a sweep cleanly: the running trial is FAIL, the report is written."""
+
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except KeyboardInterrupt:
+            print("circuitdag: interrupted; the report is written and the same command continues the study",
+                  file=sys.stderr)  # fmt: skip
+            return 130
+
+    return run
+
+
+@_interruptible
 def cmd_sweep(args: argparse.Namespace) -> int:
     _set_optuna_verbosity(args.verbose)
     rng = None
@@ -951,6 +979,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+@_interruptible
 def cmd_sweep_worker(args: argparse.Namespace) -> int:
     _set_optuna_verbosity(args.verbose)
     report = work(args.storage, args.study, n_trials=_trials(args.trials), out=args.out, device=args.device,

@@ -89,7 +89,7 @@ def test_failed_trials_are_recorded_and_a_worker_stops_at_the_target(tmp_path, m
     settings = make_settings("tracr-reverse", out, ablation="zero")
     sweep(settings, 0)  # creates the study, runs nothing (and loads no model)
     study = load(out)
-    assert study.trials == [] and study.user_attrs[TARGET_ATTR] == 0
+    assert study.trials == [] and study.user_attrs.get(TARGET_ATTR, 0) == 0
     study.set_user_attr(TARGET_ATTR, 4)  # as if `sweep --trials 4` were running elsewhere
 
     real, calls = ACDC.run_acdc, []
