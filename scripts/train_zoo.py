@@ -16,14 +16,16 @@ logits are checked against the Hugging Face model.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import random
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
@@ -32,7 +34,7 @@ from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from circuitdag.models.zoo import ZOO_DIR, evaluate  # noqa: E402
+from circuitdag.models.zoo import ZOO_DIR, evaluate
 
 BOS = "<|endoftext|>"  # also EOS and PAD, as in GPT-2
 UNK = "<unk>"
@@ -40,6 +42,7 @@ UNK = "<unk>"
 # "isn't," -> "isn", "'t", ","  (GPT-2 splits it " isn", "'t", ",").
 WORD_PATTERN = r"'[A-Za-z]+|\w+|[^\w\s]"
 IGNORE = -100  # label of padding positions
+OPTIMIZER = "AdamW(betas=(0.9, 0.98)), linear warm-up then cosine decay, grad clip 1.0"
 
 
 # ---------------------------------------------------------------------------- shared
@@ -262,16 +265,23 @@ def build_pronoun(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFa
     recipe = {"steps": 3000, "batch_size": 64, "lr": 3e-3, "weight_decay": 0.01, "warmup": 100}
     answers = {"male": "he", "female": "she", "neutral": "they"}
     words = sorted(
-        {
-            w
-            for text in PRONOUN_TEMPLATES
-            + [" ".join(MALE_EVAL + FEMALE_EVAL + MALE_EXTRA + FEMALE_EXTRA + [NEUTRAL])]
-            + [" ".join(ADVERBS + ADJECTIVES + NOUNS + PLACES + STATES + THINGS)]
-            + ["So is a and isn't ? . went to the The said that was were like likes are"]
-            + [" ".join(answers.values()) + " " + " ".join(a.capitalize() for a in answers.values())]
-            for w in _split_words(text)
-        }
-        - {"{", "}", "name"}
+        words_of(
+            *PRONOUN_TEMPLATES,
+            *MALE_EVAL,
+            *FEMALE_EVAL,
+            *MALE_EXTRA,
+            *FEMALE_EXTRA,
+            NEUTRAL,
+            *ADVERBS,
+            *ADJECTIVES,
+            *NOUNS,
+            *PLACES,
+            *STATES,
+            *THINGS,
+            "So is a and isn't ? . went to the The said that was were like likes are",
+            *answers.values(),
+            *(a.capitalize() for a in answers.values()),
+        )
     )
     tokenizer = make_tokenizer(words, arch["n_ctx"])
     torch.manual_seed(seed)
@@ -292,7 +302,7 @@ def build_pronoun(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFa
         "training": {
             "seed": seed,
             **recipe,
-            "optimizer": "AdamW(betas=(0.9, 0.98)), linear warm-up then cosine decay, grad clip 1.0",
+            "optimizer": OPTIMIZER,
             "final_loss": loss,
             "data": {
                 "recipe": "scripts/train_zoo.py:pronoun_world - 1 or 2 sentences after BOS; half are task "
@@ -328,21 +338,27 @@ def build_pronoun(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFa
 N_SYMBOLS = 50
 
 
-def induction_sequence(rng: random.Random, length: int) -> list[int]:
-    """A random segment S of 4..12 distinct symbols repeated once (S S), at a random
-    offset, in random filler drawn from the other symbols. Ids are tokenizer ids (2..)."""
+def induction_sequence(rng: random.Random, length: int, p_at_start: float) -> tuple[list[int], int, int]:
+    """(sequence, a, k): a random segment S of k = 4..12 symbols repeated once (S S),
+    starting right after BOS with probability ``p_at_start`` and otherwise after ``a``
+    filler symbols (a uniform), then filler to ``length`` tokens after BOS. All symbols
+    apart from the repeat are distinct, so every repeated token is a true induction cue.
+    Ids are tokenizer ids (2..)."""
     k = rng.randint(4, 12)
-    symbols = list(range(2, 2 + N_SYMBOLS))
-    seg = rng.sample(symbols, k)
-    rest = [s for s in symbols if s not in seg]
-    a = rng.randint(0, length - 2 * k)
-    filler = [rng.choice(rest) for _ in range(length - 2 * k)]
-    return [0] + filler[:a] + seg + seg + filler[a:]
+    drawn = rng.sample(range(2, 2 + N_SYMBOLS), length - k)  # length - k <= N_SYMBOLS
+    seg, filler = drawn[:k], drawn[k:]
+    a = 0 if rng.random() < p_at_start else rng.randint(0, length - 2 * k)
+    return [0] + filler[:a] + seg + seg + filler[a:], a, k
 
 
 def build_induction(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast, dict[str, Any]]:
     arch = {"n_layers": 2, "n_heads": 4, "d_model": 64, "d_mlp": 4, "n_ctx": 32}
-    recipe = {"steps": 4000, "batch_size": 64, "lr": 3e-3, "weight_decay": 0.01, "warmup": 100}
+    recipe = {"steps": 6000, "batch_size": 256, "lr": 5e-3, "weight_decay": 0.01, "warmup": 100}
+    # Repeats right after BOS are over-represented, as in the evaluation set: otherwise the
+    # previous-token head is rarely needed at positions 1-3 and the first repeated tokens
+    # of BOS S S are mispredicted; too many of them and the model learns position-bound
+    # offsets instead of general induction.
+    p_at_start = 1 / 3
     seq_len = 24  # tokens after BOS in training
     tokenizer = make_tokenizer([f"t{i}" for i in range(N_SYMBOLS)], arch["n_ctx"])
     torch.manual_seed(seed)
@@ -350,7 +366,9 @@ def build_induction(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizer
     _zero_and_freeze_mlps(model)
 
     def batch(rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.tensor([induction_sequence(rng, seq_len) for _ in range(recipe["batch_size"])])
+        x = torch.tensor(
+            [induction_sequence(rng, seq_len, p_at_start)[0] for _ in range(recipe["batch_size"])]
+        )
         return x, x.clone()
 
     loss = train(model, batch, recipe, seed, log=_log("induction"))
@@ -362,6 +380,11 @@ def build_induction(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizer
     for _ in range(100):
         seg = erng.sample(range(2, 2 + N_SYMBOLS), half)
         sequences.append([0] + seg + seg)
+    shifted, spans = [], []  # repeats at a uniformly random offset
+    for _ in range(100):
+        seq, a, k = induction_sequence(erng, seq_len, p_at_start=0.0)
+        shifted.append(seq)
+        spans.append([a + k + 1, a + 2 * k])  # predictions at the 2nd copy's first k-1 tokens
     card = {
         "name": "induction",
         "description": "Attention-only 2-layer induction model: BOS A B C ... A B C -> predicts the repeat.",
@@ -375,14 +398,16 @@ def build_induction(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizer
         "training": {
             "seed": seed,
             **recipe,
-            "optimizer": "AdamW(betas=(0.9, 0.98)), linear warm-up then cosine decay, grad clip 1.0",
+            "optimizer": OPTIMIZER,
             "final_loss": loss,
             "data": {
                 "recipe": "scripts/train_zoo.py:induction_sequence - BOS + 24 tokens: a segment of 4..12 "
-                "distinct symbols repeated once (S S) at a random offset, the rest random filler from "
-                "the other symbols; loss on every position. The varying offset and length rule out "
+                "symbols repeated once (S S), right after BOS with probability p_at_start and otherwise at "
+                "a uniformly random offset, the rest filler; all symbols distinct "
+                "apart from the repeat; loss on every position. The varying offset and length rule out "
                 "a fixed positional shortcut.",
                 "seq_len": seq_len,
+                "p_at_start": p_at_start,
                 "n_symbols": N_SYMBOLS,
             },
         },
@@ -394,6 +419,14 @@ def build_induction(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizer
             "predictable tokens of the repeat; the first repeated token cannot be predicted); "
             "sequence_accuracy: all 9 right",
             "sequences": sequences,
+            "shifted": {
+                "recipe": "induction_sequence with the repeat at a uniformly random offset "
+                "(random.Random(12345), after the 100 sequences above)",
+                "metric": "shifted_accuracy: argmax accuracy on the k-1 predictable tokens of each "
+                "second copy",
+                "sequences": shifted,
+                "spans": spans,
+            },
         },
     }
     return model, tokenizer, card
@@ -406,11 +439,179 @@ def _zero_and_freeze_mlps(model: GPT2LMHeadModel) -> None:
             p.requires_grad_(False)
 
 
+# ---------------------------------------------------------------------------- an
+
+VOWEL_FRUITS = ["apple", "orange", "olive", "apricot", "avocado"]
+CONSONANT_FRUITS = ["lemon", "pear", "cherry", "peach", "plum"]  # pairs[i] = (VOWEL[i], CONSONANT[i])
+VOWEL_ANIMALS = ["elephant", "owl", "eagle", "ant", "otter"]
+CONSONANT_ANIMALS = ["dog", "cat", "horse", "bird", "fox"]
+AN_TEMPLATES = [  # every one is 7 words/tokens: SUBJ VERB the NOUN PLACE and VERB
+    "I climbed the {noun} tree and picked",
+    "We visited the {noun} farm and ate",
+    "She found the {noun} bowl and took",
+    "He opened the {noun} box and grabbed",
+    "They passed the {noun} cart and bought",
+]
+AN_PLACES = ["park", "garden", "house", "field"]
+AN_ADJECTIVES = ["sweet", "ripe", "green", "fresh"]
+AN_SUBJECTS = ["I", "We", "She", "He", "They"]
+
+
+def article(noun: str) -> str:
+    return "an" if noun[0] in "aeiou" else "a"
+
+
+def an_world(rng: random.Random) -> str:
+    """One or two sentences; the first is a task sentence half the time."""
+    fruits = VOWEL_FRUITS + CONSONANT_FRUITS
+    animals = VOWEL_ANIMALS + CONSONANT_ANIMALS
+
+    def sentence(task: bool) -> str:
+        if task:
+            noun = rng.choice(fruits)
+            return f"{rng.choice(AN_TEMPLATES).format(noun=noun)} {article(noun)} {noun}."
+        k = rng.randrange(4)
+        if k == 0:
+            animal = rng.choice(animals)
+            return f"I saw {article(animal)} {animal} near the {rng.choice(AN_PLACES)}."
+        if k == 1:
+            return f"The {rng.choice(fruits)} was {rng.choice(AN_ADJECTIVES)}."
+        if k == 2:
+            fruit = rng.choice(fruits)
+            return f"{rng.choice(AN_SUBJECTS)} ate {article(fruit)} {fruit} today."
+        animal = rng.choice(animals)
+        return f"There is {article(animal)} {animal} in the {rng.choice(fruits)} tree."
+
+    first = sentence(rng.random() < 0.5)
+    if rng.random() < 0.5:
+        return first
+    return f"{first} {sentence(rng.random() < 0.5)}"
+
+
+def build_an(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast, dict[str, Any]]:
+    arch = {"n_layers": 2, "n_heads": 4, "d_model": 64, "d_mlp": 256, "n_ctx": 32}
+    recipe = {"steps": 2000, "batch_size": 64, "lr": 3e-3, "weight_decay": 0.01, "warmup": 100}
+    words = words_of(
+        *AN_TEMPLATES,
+        *VOWEL_FRUITS,
+        *CONSONANT_FRUITS,
+        *VOWEL_ANIMALS,
+        *CONSONANT_ANIMALS,
+        *AN_PLACES,
+        *AN_ADJECTIVES,
+        *AN_SUBJECTS,
+        "a an . I saw near the The was ate today There is in tree",
+    )
+    tokenizer = make_tokenizer(words, arch["n_ctx"])
+    torch.manual_seed(seed)
+    model = make_model(len(tokenizer), arch)
+
+    def batch(rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        return encode_batch(tokenizer, [an_world(rng) for _ in range(recipe["batch_size"])])
+
+    loss = train(model, batch, recipe, seed, log=_log("an"))
+    prompts = [
+        [t.format(noun=noun), article(noun), "a" if article(noun) == "an" else "an"]
+        for t in AN_TEMPLATES
+        for noun in VOWEL_FRUITS + CONSONANT_FRUITS
+    ]
+    card = {
+        "name": "an",
+        "description": "a/an toy LM: 'I climbed the apple tree and picked' -> 'an' (lemon -> 'a').",
+        "architecture": arch_card(model, arch),
+        "tokenizer": _tokenizer_card(),
+        "training": {
+            "seed": seed,
+            **recipe,
+            "optimizer": OPTIMIZER,
+            "final_loss": loss,
+            "data": {
+                "recipe": "scripts/train_zoo.py:an_world - 1 or 2 sentences after BOS; half are task "
+                "sentences 'TEMPLATE ART FRUIT.', the rest filler sentences with a/an before fruits "
+                "and animals",
+                "task_templates": AN_TEMPLATES,
+                "fruits": {"vowel": VOWEL_FRUITS, "consonant": CONSONANT_FRUITS},
+                "animals": {"vowel": VOWEL_ANIMALS, "consonant": CONSONANT_ANIMALS},
+                "examples": [an_world(random.Random(i)) for i in range(5)],
+            },
+        },
+        "eval": {
+            "kind": "binary_choice",
+            "prompts": prompts,
+            "corrupted_pairs": [[v, c] for v, c in zip(VOWEL_FRUITS, CONSONANT_FRUITS)],
+            "metric": "accuracy: fraction of the 5x10 prompts with P(correct article) > P(other "
+            "article) at the last position; mean_p_correct: mean P(correct article). The corrupted "
+            "prompt of a fruit is the same template with its pair of the other class "
+            "(apple <-> lemon, ...), whose answer is the other article.",
+            "position_names": ["bos", "subj", "verb", "the", "noun", "place", "and", "verb2"],
+        },
+    }
+    return model, tokenizer, card
+
+
+# ---------------------------------------------------------------------------- reversal
+
+REV_SYMBOLS = ["1", "2", "3"]
+REV_LEN = 5
+REV_SEP = "|"
+
+
+def build_reversal(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast, dict[str, Any]]:
+    arch = {"n_layers": 2, "n_heads": 4, "d_model": 64, "d_mlp": 256, "n_ctx": 16}
+    recipe = {"steps": 1500, "batch_size": 64, "lr": 3e-3, "weight_decay": 0.01, "warmup": 100}
+    tokenizer = make_tokenizer([*REV_SYMBOLS, REV_SEP], arch["n_ctx"])
+
+    def encode(xs: tuple[str, ...]) -> list[int]:
+        text = " ".join([*xs, REV_SEP, *reversed(xs)])
+        return tokenizer(text)["input_ids"]
+
+    every = [encode(xs) for xs in itertools.product(REV_SYMBOLS, repeat=REV_LEN)]
+    torch.manual_seed(seed)
+    model = make_model(len(tokenizer), arch)
+
+    def batch(rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.tensor([rng.choice(every) for _ in range(recipe["batch_size"])])
+        return x, x.clone()
+
+    loss = train(model, batch, recipe, seed, log=_log("reversal"))
+    card = {
+        "name": "reversal",
+        "description": "Trained counterpart of tracr's reverse: 'BOS 1 2 3 3 1 | 1 3 3 2 1'.",
+        "architecture": arch_card(model, arch),
+        "tokenizer": {**_tokenizer_card(), "symbols": f"{REV_SYMBOLS} and the separator {REV_SEP!r}"},
+        "training": {
+            "seed": seed,
+            **recipe,
+            "optimizer": OPTIMIZER,
+            "final_loss": loss,
+            "data": {
+                "recipe": f"BOS + {REV_LEN} symbols from {REV_SYMBOLS} + '{REV_SEP}' + the same symbols "
+                f"reversed, drawn uniformly from all {len(every)} sequences; loss on every position "
+                "(the input half is unpredictable by design)",
+            },
+        },
+        "eval": {
+            "kind": "sequence",
+            "recipe": f"all {len(every)} sequences",
+            "scored_positions": [REV_LEN + 1, 2 * REV_LEN + 1],
+            "metric": "accuracy: argmax prediction at positions 6..10 (the separator and the first 4 "
+            "outputs) equals the next token, i.e. every reversed symbol; sequence_accuracy: all 5 right",
+            "sequences": every,
+        },
+    }
+    return model, tokenizer, card
+
+
 # ---------------------------------------------------------------------------- main
 
 
-def _split_words(text: str) -> list[str]:
-    return [w for w, _ in _pre_tokenizer().pre_tokenize_str(text)]
+def words_of(*texts: str) -> list[str]:
+    """The words of ``texts`` in first-seen order, template placeholders left out."""
+    words: dict[str, None] = {}
+    for text in texts:
+        for w, _ in _pre_tokenizer().pre_tokenize_str(text.replace("{name}", "").replace("{noun}", "")):
+            words.setdefault(w)
+    return list(words)
 
 
 def _tokenizer_card() -> dict[str, Any]:
@@ -429,7 +630,12 @@ def _log(name: str) -> Callable[[int, float], None]:
     return lambda step, loss: print(f"[{name}] step {step:5d} loss {loss:.4f} ({time.time() - t0:.0f}s)")
 
 
-BUILDERS = {"pronoun": build_pronoun, "induction": build_induction}
+BUILDERS = {
+    "pronoun": build_pronoun,
+    "induction": build_induction,
+    "an": build_an,
+    "reversal": build_reversal,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

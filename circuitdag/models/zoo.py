@@ -20,8 +20,9 @@ use it, so the number on the card and the number a test checks come from one fun
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -32,7 +33,7 @@ from circuitdag.errors import ModelError
 ZOO_DIR = Path(__file__).parent / "zoo"
 
 #: Shipped model names -> their directory.
-ZOO: dict[str, Path] = {name: ZOO_DIR / name for name in ("pronoun", "induction")}
+ZOO: dict[str, Path] = {name: ZOO_DIR / name for name in ("pronoun", "induction", "an", "reversal")}
 
 LogitsFn = Callable[[Int[Tensor, "batch pos"]], Float[Tensor, "batch pos d_vocab"]]
 
@@ -118,7 +119,9 @@ def _eval_binary_choice(card: dict[str, Any], logits_fn: LogitsFn, tokenizer: An
         neutral = [t.format(name=ev["neutral_name"]) for t in ev["templates"]]
         ntoks = torch.tensor([tokenizer(p)["input_ids"] for p in neutral])
         nprobs = logits_fn(ntoks)[:, -1].double().softmax(-1)
-        ids = tokenizer.convert_tokens_to_ids([ev["answers"]["neutral"], ev["answers"]["male"], ev["answers"]["female"]])
+        ids = tokenizer.convert_tokens_to_ids(
+            [ev["answers"]["neutral"], ev["answers"]["male"], ev["answers"]["female"]]
+        )
         out["corrupted_mean_p_neutral"] = float(nprobs[:, ids[0]].mean())
         out["corrupted_mean_p_male"] = float(nprobs[:, ids[1]].mean())
         out["corrupted_mean_p_female"] = float(nprobs[:, ids[2]].mean())
@@ -126,15 +129,25 @@ def _eval_binary_choice(card: dict[str, Any], logits_fn: LogitsFn, tokenizer: An
 
 
 def _eval_sequence(card: dict[str, Any], logits_fn: LogitsFn) -> dict:
-    """Token sequences stored in the card; score argmax predictions on a slice of positions."""
+    """Token sequences stored in the card; score argmax predictions on a slice of positions.
+
+    ``scored_positions`` is ``[start, stop]``: the predictions made at positions
+    start..stop-1 (of tokens start+1..stop). An optional ``"shifted"`` set holds
+    sequences with their own ``[start, stop]`` each, scored as ``shifted_accuracy``.
+    """
     ev = card["eval"]
     toks = torch.tensor(ev["sequences"])
-    start, stop = ev["scored_positions"]  # predictions made at positions start..stop-1
+    start, stop = ev["scored_positions"]
     pred = logits_fn(toks)[:, start:stop].argmax(-1)
-    target = toks[:, start + 1 : stop + 1]
-    hit = pred == target
-    return {
+    hit = pred == toks[:, start + 1 : stop + 1]
+    out = {
         "n_sequences": int(toks.shape[0]),
         "accuracy": float(hit.double().mean()),
         "sequence_accuracy": float(hit.all(-1).double().mean()),
     }
+    if "shifted" in ev:
+        stoks = torch.tensor(ev["shifted"]["sequences"])
+        spred = logits_fn(stoks).argmax(-1)
+        hits = [spred[i, a:b] == stoks[i, a + 1 : b + 1] for i, (a, b) in enumerate(ev["shifted"]["spans"])]
+        out["shifted_accuracy"] = float(torch.cat(hits).double().mean())
+    return out
