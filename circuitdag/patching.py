@@ -35,6 +35,14 @@ from circuitdag.models.bridge import resume
 from circuitdag.tasks.base import TaskData
 
 
+class _StopForward(Exception):
+    """Raised by the last hook of a fast pass to hand back the final residual stream."""
+
+    def __init__(self, resid: Tensor) -> None:
+        super().__init__("final residual reached")
+        self.resid = resid
+
+
 class Ablation(str, Enum):
     RESAMPLE = "resample"
     ZERO = "zero"
@@ -238,7 +246,10 @@ class Patcher:
         return logits[:, rows, ap]
 
     def metric_of_logits(self, logits: Float[Tensor, "k batch pos vocab"]) -> Float[Tensor, " k"]:
-        vals = self.metric_fn(self._answer_logits(logits), self.ref)
+        return self.metric_of_answer_logits(self._answer_logits(logits))
+
+    def metric_of_answer_logits(self, logits: Float[Tensor, "k batch n_ans vocab"]) -> Float[Tensor, " k"]:
+        vals = self.metric_fn(logits, self.ref)
         check_finite(vals, "for a patched forward pass")
         return vals
 
@@ -346,6 +357,9 @@ class Patcher:
                 return x - flat(contribution(L, kind)[:, :, :, 0])
             return fn
 
+        def stop_with_final(x, hook):
+            raise _StopForward(x - flat(contribution(n, Input.RESID)[:, :, :, 0]))
+
         def record(first_slot: int, count: int, single: bool):
             def fn(x, hook):
                 x = x.reshape(K, B, *x.shape[1:])
@@ -358,8 +372,7 @@ class Patcher:
         resid = self.resid_pre[start_layer] if start_layer < n else self.resid_final
         resid = resid.unsqueeze(0).expand(K, -1, -1, -1).reshape(K * B, self.P, -1)
         if start_layer == n:  # destination is logits: patch the final residual directly
-            resid = resid - flat(contribution(n, Input.RESID)[:, :, :, 0])
-            logits = self._unembed(resid)
+            final = resid - flat(contribution(n, Input.RESID)[:, :, :, 0])
         else:
             hooks: list[tuple[str, Callable]] = []
             for L in range(start_layer, n):
@@ -368,11 +381,25 @@ class Patcher:
                 if lay.has_mlp:
                     hooks.append((_HOOK["mlp_in"](L), patch_single(L, Input.MLP)))
                     hooks.append((_HOOK["mlp_out"](L), record(lay.mlp_slot(L), 1, True)))
-            hooks.append((f"blocks.{n - 1}.hook_resid_post", patch_single(n, Input.RESID)))
-            logits = resume(self.model, resid, start_layer, fwd_hooks=hooks)
+            # Stop at the final residual: only the answer positions are unembedded.
+            hooks.append((f"blocks.{n - 1}.hook_resid_post", stop_with_final))
+            try:
+                resume(self.model, resid, start_layer, fwd_hooks=hooks)
+                raise ModelError("the forward pass never reached the final residual hook")
+            except _StopForward as stop:
+                final = stop.resid
         self.n_forward += 1
         self.n_layer_evals += K * (n - start_layer)
-        return self.metric_of_logits(logits.reshape(K, B, *logits.shape[1:]))
+        return self.metric_of_answer_logits(self._unembed_answers(final.reshape(K, B, self.P, -1)))
+
+    def _unembed_answers(self, final: Float[Tensor, "k batch pos d_model"]) -> Float[Tensor, "k batch n_ans vocab"]:
+        """Logits at the answer positions only, from the final residual stream."""
+        ap = self.data.answer_pos
+        rows = torch.arange(ap.shape[0], device=ap.device).unsqueeze(1)
+        x = final[:, rows, ap]  # k batch n_ans d_model
+        k, b, a, d = x.shape
+        logits = self.model.unembed(self.model.ln_final(x.reshape(k * b, a, d)))
+        return logits.reshape(k, b, a, -1)
 
     def _clean_contribution(self, start_layer: int, rows: slice, mask: Tensor) -> Tensor:
         """``einsum(D_clean[:, :, :n0], mask)`` for a row group, cached per start layer.
@@ -391,12 +418,3 @@ class Patcher:
         out = torch.einsum("bpsd,rs->bprd", self.D_clean[:, :, :n0], mask)
         self._cache[key] = (mask.clone(), out)
         return out
-
-    def _unembed(self, resid: Tensor) -> Tensor:
-        try:
-            return resume(self.model, resid, self.layout.n_layers)
-        except Exception as exc:  # pragma: no cover - depends on the model class
-            raise ModelError(
-                f"{type(self.model).__name__} cannot resume a forward pass at its last layer "
-                f"(start_at_layer={self.layout.n_layers}): {exc}"
-            ) from exc

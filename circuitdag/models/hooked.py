@@ -214,7 +214,11 @@ class TinyTransformer(HookedRootModule):
             resid, start = input, start_at_layer
         for block in self.blocks[start:]:
             resid = block(resid)
-        return self.ln_final(resid) @ self.W_U + self.b_U
+        return self.unembed(self.ln_final(resid))
+
+    def unembed(self, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_vocab_out"]:
+        """Logits from the (normalised) final residual, as TransformerBridge's ``unembed``."""
+        return resid @ self.W_U + self.b_U
 
     def named_weights(self) -> dict[str, Tensor]:
         """Weights under TransformerLens names (``blocks.0.attn.W_Q``, ``embed.W_E``...)."""

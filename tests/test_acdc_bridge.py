@@ -1,0 +1,56 @@
+"""The same ACDC code on Hugging Face models booted through TransformerBridge from a local
+directory: a tiny GPT-2 and a tiny Llama with grouped-query attention."""
+
+import numpy as np
+import pytest
+import torch
+
+from circuitdag.acdc import acdc_fast, acdc_reference
+from circuitdag.graph import Graph, NodeKind
+from circuitdag.models import load_model, spec_of
+from circuitdag.patching import Patcher
+from circuitdag.tasks.base import TaskData
+
+
+def data_for(vocab: int) -> TaskData:
+    g = torch.Generator().manual_seed(3)
+    clean = torch.randint(2, vocab, (8, 6), generator=g)
+    corrupted = torch.randint(2, vocab, (8, 6), generator=g)
+    return TaskData(clean, corrupted, answer_pos=torch.tensor([[4, 5]] * 8))
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama-gqa"])
+def bridge_patcher(request, tiny_gpt2_dir, tiny_llama_dir):
+    path = tiny_gpt2_dir if request.param == "gpt2" else tiny_llama_dir
+    model = load_model(str(path), dtype=torch.float64)
+    graph = Graph(spec_of(model))
+    return request.param, Patcher(model, graph, data_for(model.cfg.d_vocab), ablation="resample", metric="kl")
+
+
+def test_graph_shape(bridge_patcher):
+    name, p = bridge_patcher
+    kv = [n.name for n in p.graph.nodes if n.kind == NodeKind.KV]
+    if name == "llama-gqa":
+        assert p.graph.spec.n_kv_heads == 2 and kv[:2] == ["a0.kv0", "a0.kv1"]
+        assert "a0.3->a1.kv1<k>" in p.graph.edge_index
+    else:
+        assert kv == []
+
+
+def test_patched_extremes(bridge_patcher):
+    _, p = bridge_patcher
+    n = p.graph.n_edges
+    full = p.reference_logits(p.absent_matrix(np.ones(n, bool)))
+    torch.testing.assert_close(full, p.model(p.data.clean), rtol=0, atol=1e-9)
+    none = p.reference_logits(p.absent_matrix(np.zeros(n, bool)))
+    torch.testing.assert_close(none, p.model(p.data.corrupted), rtol=0, atol=1e-8)
+
+
+def test_fast_equals_reference(bridge_patcher):
+    _, p = bridge_patcher
+    for threshold in (1e-5, 3e-4):
+        ref = acdc_reference(p, threshold)
+        fast = acdc_fast(p, threshold)
+        np.testing.assert_array_equal(fast.alive, ref.alive)
+        np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-7, atol=1e-10)
+    assert 0 < ref.alive.sum() < p.graph.n_edges
