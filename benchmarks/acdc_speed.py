@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -110,11 +111,14 @@ def gpt2_patcher(dtype: torch.dtype, device: str, n_layers: int, prompts: int, t
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from circuitdag.models.bridge import load_bridge
+    from circuitdag.models.zoo import zoo_path
 
     torch.manual_seed(0)
     cfg = GPT2Config(n_layer=n_layers, n_head=12, n_embd=768, vocab_size=1000, n_positions=64)
     tmp = tempfile.mkdtemp(prefix="gpt2-bench-")
     GPT2LMHeadModel(cfg).save_pretrained(tmp)
+    for f in zoo_path("pronoun").glob("tokenizer*"):  # any word-level tokenizer will do
+        shutil.copy(f, tmp)
     model = load_bridge(tmp, device=device, dtype=dtype)
     g = torch.Generator().manual_seed(2)
     clean = torch.randint(0, 1000, (prompts, tokens), generator=g)
