@@ -334,6 +334,7 @@ def run_acdc(
     resume: bool = False,
     k_max: int | None = None,
     meta: dict[str, Any] | None = None,
+    checkpoint_every: float = 30.0,
 ) -> Circuit:
     """Run ACDC on a prepared :class:`Patcher` and return the circuit with its metric
     values (full model, circuit, everything ablated) and run statistics in ``meta``."""
@@ -347,7 +348,7 @@ def run_acdc(
     else:
         info = {k: (meta or {}).get(k) for k in ("task", "model", "metric", "ablation", "seed", "positions")}
         state = acdc_fast(patcher, threshold, progress=progress, checkpoint=checkpoint, resume=resume,
-                          k_max=k_max, run_info=info)  # fmt: skip
+                          k_max=k_max, run_info=info, checkpoint_every=checkpoint_every)  # fmt: skip
     seconds = time.perf_counter() - t0
     n = patcher.graph.n_edges
     out_meta = {

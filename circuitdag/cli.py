@@ -55,9 +55,13 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from circuitdag.models import load_model
     from circuitdag.tasks import get_task
 
+    import torch
+
     from circuitdag.metrics import get_metric
     from circuitdag.patching import Ablation
 
+    if getattr(args, "threads", None):
+        torch.set_num_threads(args.threads)
     task = get_task(args.task)
     if args.metric and args.metric != "task":
         get_metric(args.metric)  # fail before loading the model
@@ -99,8 +103,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     threshold = _threshold(args.threshold)
     threshold = task.default_threshold if threshold is None else threshold
     circuit = run_acdc(patcher, threshold, algorithm=args.algorithm, progress=not args.quiet,
-                       checkpoint=out / "checkpoint.json", resume=args.resume,
-                       meta={**meta, "positions": False})  # fmt: skip
+                       checkpoint=out / "checkpoint.json", resume=args.resume, k_max=args.k_max,
+                       checkpoint_every=args.checkpoint_every, meta={**meta, "positions": False})  # fmt: skip
     circuit.save(out / "circuit.json")
     circuit.to_svg(out / "circuit.svg")
     (out / "checkpoint.json").unlink(missing_ok=True)
@@ -168,6 +172,8 @@ def _add_run_options(p: argparse.ArgumentParser, task_required: bool = False) ->
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--seed", type=int, default=0, help="seed of the task's dataset")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (tiny models are fastest with 1; default: torch's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -186,6 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--positions", action="store_true", help="position-aware circuit")
     p.add_argument("--out", help="output directory (default runs/<task>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.json")
+    p.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+                   help="write the checkpoint at most this often (default 30)")
+    p.add_argument("--k-max", type=int, default=None,
+                   help="most candidate circuits per batch (default: what fits in memory)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_discover)
 

@@ -6,6 +6,13 @@ from pathlib import Path
 
 import pytest
 
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tiny models run fastest on one thread, and CI has two cores for everything.
+    import torch
+
+    torch.set_num_threads(1)
+
 # A small closed vocabulary: enough words for the seed tasks' prompt shapes.
 _TINY_TEXT = (
     "the a an and of to is was he she it they his her him them john mary tom anna "

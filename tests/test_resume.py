@@ -1,0 +1,82 @@
+"""A fast ACDC run killed with SIGKILL mid-way and resumed gives the identical circuit."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from randmodel import random_data, random_tiny
+
+from circuitdag.acdc import acdc_fast
+from circuitdag.graph import Graph
+from circuitdag.models import spec_of
+from circuitdag.patching import Patcher
+
+HERE = Path(__file__).parent
+MODEL = {"n_layers": 3, "n_heads": 4, "d_model": 32, "d_head": 8, "d_mlp": 64}
+THRESHOLD = 0.01
+
+SCRIPT = f"""
+import sys, torch
+torch.set_num_threads(1)
+sys.path.insert(0, {str(HERE)!r})
+from randmodel import random_data, random_tiny
+from circuitdag.acdc import acdc_fast
+from circuitdag.graph import Graph
+from circuitdag.models import spec_of
+from circuitdag.patching import Patcher
+model = random_tiny(**{MODEL!r})
+p = Patcher(model, Graph(spec_of(model)), random_data(batch=40, vocab=model.cfg.d_vocab))
+acdc_fast(p, {THRESHOLD}, k_init=1, k_max=1, checkpoint=sys.argv[1], checkpoint_every=0.0)
+"""
+
+
+def patcher():
+    model = random_tiny(**MODEL)
+    return Patcher(model, Graph(spec_of(model)), random_data(batch=40, vocab=model.cfg.d_vocab))
+
+
+def test_sigkill_then_resume_is_identical(tmp_path):
+    ck = tmp_path / "checkpoint.json"
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT, str(ck)])
+    n_dest = None
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            if ck.exists():
+                doc = json.loads(ck.read_text())
+                if doc["next_dest"] >= 3:
+                    break
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        n_dest = json.loads(ck.read_text())["next_dest"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    p = patcher()
+    assert 3 <= n_dest < len(p.graph.visit_order()), "killed too late to test resuming"
+    resumed = acdc_fast(p, THRESHOLD, checkpoint=ck, resume=True)
+    uninterrupted = acdc_fast(patcher(), THRESHOLD)
+    np.testing.assert_array_equal(resumed.alive, uninterrupted.alive)
+    np.testing.assert_array_equal(np.isnan(resumed.scores), np.isnan(uninterrupted.scores))
+    assert resumed.m_cur == uninterrupted.m_cur
+
+
+def test_checkpoint_from_other_settings_is_refused(tmp_path):
+    from circuitdag.errors import ConfigError
+
+    ck = tmp_path / "checkpoint.json"
+    p = patcher()
+    acdc_fast(p, THRESHOLD, checkpoint=ck, checkpoint_every=0.0, max_destinations=2)
+    try:
+        acdc_fast(p, THRESHOLD * 2, checkpoint=ck, resume=True)
+    except ConfigError as exc:
+        assert "other settings" in str(exc)
+    else:
+        raise AssertionError("resuming with another threshold must be refused")
