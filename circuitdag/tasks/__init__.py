@@ -30,6 +30,11 @@ BUILTIN: dict[str, str] = {
     "tracr-hist": "circuitdag.tasks.tracr:HistTask",
     "tracr-length": "circuitdag.tasks.tracr:LengthTask",
     "tracr-pair-balance": "circuitdag.tasks.tracr:PairBalanceTask",
+    "pronoun": "circuitdag.tasks.pronoun:PronounTask",
+    "pronoun-opposite": "circuitdag.tasks.pronoun:PronounOppositeTask",
+    "induction": "circuitdag.tasks.induction:InductionTask",
+    "induction-compiled": "circuitdag.tasks.induction:CompiledInductionTask",
+    "an-neuron": "circuitdag.tasks.an_neuron:AnNeuronTask",
 }
 
 _cache: dict[str, Task] = {}
