@@ -26,7 +26,9 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
     "${PIP[@]}" install "torch==2.13.0"
   else  # CPU build: a local wheel when the machine has one, else PyTorch's CPU index
-    "${PIP[@]}" install "torch==2.13.0+cpu" --extra-index-url https://download.pytorch.org/whl/cpu
+    "${PIP[@]}" install --no-deps --retries 0 --timeout 20 "torch==2.13.0+cpu" \
+      --extra-index-url https://download.pytorch.org/whl/cpu
+    "${PIP[@]}" install "torch==2.13.0+cpu"  # its dependencies, from PyPI
   fi
 fi
 "${PIP[@]}" install -e ".[dev]"
