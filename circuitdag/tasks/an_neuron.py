@@ -41,7 +41,8 @@ class AnNeuronTask(Task):
     )
     default_model = "an"
     default_metric = "logit_diff"
-    # Chosen on the zoo model like the pronoun task's (docs/tasks.md).
+    # Chosen on the zoo model (docs/tasks.md): its logit difference is 9.3; 0.1 gives 11 edges
+    # with faithfulness 0.99, 0.3 to 1 give 6 edges with 0.97, 0.01 gives 17.
     default_threshold = 0.1
     default_ablation = "resample"
 

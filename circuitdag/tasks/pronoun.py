@@ -69,8 +69,9 @@ class PronounTask(Task):
     description = "gendered pronoun: 'So John is a really great friend, isn't' -> he/she; name -> 'someone'"
     default_model = "pronoun"
     default_metric = "logit_diff"
-    # Chosen on the zoo model (docs/tasks.md): the logit difference there is about 25, so
-    # 0.1 keeps the edges that each carry at least 0.4% of it.
+    # Chosen on the zoo model (docs/tasks.md): its logit difference is 13.8, so 0.1 keeps
+    # the edges that each carry at least 0.7% of it; 0.01 to 1 give 5-7 edges with
+    # "that-person" and 5-17 with "opposite-gender", all with faithfulness >= 0.96.
     default_threshold = 0.1
     default_ablation = "resample"
     corruption = "that-person"
