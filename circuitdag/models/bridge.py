@@ -19,7 +19,7 @@ The hooks the engine relies on (``L`` a layer, ``n`` the number of layers)::
 
 and :func:`resume` (``model(resid, start_at_layer=L)`` without computing blocks below ``L``)
 resuming from ``blocks.L.hook_resid_pre``.
-:func:`model_spec` reads the few shape facts the engine needs from either a bridge or the
+:func:`circuitdag.models.spec_of` reads the few shape facts the engine needs from either a bridge or the
 project's own :class:`~circuitdag.models.hooked.TinyTransformer`.
 """
 

@@ -106,9 +106,10 @@ def _token(model, text: str) -> int:
 
 @pytest.mark.slow
 def test_smollm2_shape(smol) -> None:
-    from circuitdag.models.bridge import ModelSpec, model_spec
+    from circuitdag.graph import ModelSpec
+    from circuitdag.models import spec_of
 
-    assert model_spec(smol) == ModelSpec(30, 9, 3, 576, False, False)
+    assert spec_of(smol) == ModelSpec(30, 9, 3, 576, False, False)
 
 
 @pytest.mark.slow
