@@ -48,12 +48,16 @@ def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float3
         from circuitdag.models.smollm2 import load_smollm2
 
         return load_smollm2(device=device, dtype=dtype)
-    try:
-        from circuitdag.models.zoo import ZOO, zoo_path
-    except ImportError:  # pragma: no cover
-        ZOO, zoo_path = {}, None
-    from circuitdag.models.bridge import load_bridge
+    from circuitdag.models.bridge import check_hooks, load_bridge
+    from circuitdag.models.zoo import ZOO, model_card, zoo_path
 
-    if name in ZOO and zoo_path is not None:
-        return load_bridge(str(zoo_path(name)), device=device, dtype=dtype)
+    if name in ZOO:
+        model = load_bridge(str(zoo_path(name)), device=device, dtype=dtype, check=False)
+        # GPT-2 cannot drop its MLPs: attention-only zoo models have them zeroed, which the
+        # hook check would rightly flag as MLPs that do nothing. Their graph has no MLPs.
+        if model_card(name).get("architecture", {}).get("attn_only"):
+            model.cfg.attn_only = True
+        check_hooks(model)
+        model.cfg.model_name = name
+        return model
     return load_bridge(name, device=device, dtype=dtype)

@@ -153,4 +153,7 @@ def load_smollm2(
     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *, check: bool = True
 ) -> TransformerBridge:
     """SmolLM2-135M-Instruct as a checked ``TransformerBridge`` (see :func:`load_bridge`)."""
-    return load_bridge(smollm2_hf_dir(), device=device, dtype=dtype, check=check)
+    model = load_bridge(smollm2_hf_dir(), device=device, dtype=dtype, check=check)
+    # Its BOS token (<|im_start|>) changes predictions on plain prompts: tasks leave it out.
+    model.cfg.default_prepend_bos = False
+    return model

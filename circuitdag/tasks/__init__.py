@@ -80,8 +80,8 @@ def get_task(name: str) -> Task:
     target, dist = sources[name]
     try:
         task = _instantiate(name, _load_target(target))
-    except TaskError:
-        raise
+    except TaskError as exc:
+        raise TaskError(f"task {name!r} from distribution {dist!r}: {exc}") from exc
     except Exception as exc:
         raise TaskError(f"task {name!r} from distribution {dist!r} failed to load: {exc}") from exc
     _cache[name] = task

@@ -240,16 +240,10 @@ def _compiled_circuit(ablation: str) -> frozenset[str]:
 
 
 def _load_zoo_induction(device: str, dtype: torch.dtype) -> Any:
-    """The zoo ``induction`` model. Its MLP weights are exactly zero (card
-    ``architecture.attn_only``), so it is marked attention-only: the graph has no MLP
-    nodes and the hook check skips the MLP input (which cannot change the output)."""
-    from circuitdag.models.bridge import check_hooks, load_bridge
-    from circuitdag.models.zoo import model_card, zoo_path
+    """The zoo ``induction`` model (attention-only: see ``circuitdag.models.load_model``)."""
+    from circuitdag.models import load_model
 
-    model = load_bridge(zoo_path("induction"), device=device, dtype=dtype, check=False)
-    model.cfg.attn_only = bool(model_card("induction")["architecture"].get("attn_only", False))
-    check_hooks(model)
-    return model
+    return load_model("induction", device=device, dtype=dtype)
 
 
 # ---------------------------------------------------------------------- compiled model
