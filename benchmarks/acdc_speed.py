@@ -133,6 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float64", choices=("float32", "float64"))
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (1 is fastest for tiny models)")
     ap.add_argument("--only", nargs="*", help="case names to run (default: all)")
+    ap.add_argument("--toy", action="store_true", help="add a random 4-layer 8-head toy model (dense circuit)")
     ap.add_argument("--gpt2", action="store_true", help="add the GPT-2-small-sized case")
     ap.add_argument("--gpt2-layers", type=int, default=12)
     ap.add_argument("--gpt2-prompts", type=int, default=100)
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
                 return prepare(model, task, ablation=ablation)[0]
 
             cases.append((label, build, task.default_threshold))
-    cases.append(("toy-4L8H", lambda: toy_patcher(dtype, args.device), 0.005))
+    if args.toy:
+        cases.append(("toy-4L8H", lambda: toy_patcher(dtype, args.device), 0.005))
     if args.gpt2:
         label = f"gpt2-small-random/{args.gpt2_layers}L"
         cases.append((label, lambda: gpt2_patcher(dtype, args.device, args.gpt2_layers, args.gpt2_prompts,
