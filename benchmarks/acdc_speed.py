@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from circuitdag.acdc import acdc_fast, acdc_reference, max_candidates, prepare
+from circuitdag.acdc import acdc_fast, acdc_reference, prepare
 from circuitdag.graph import Graph
 from circuitdag.models import spec_of
 from circuitdag.patching import Patcher

@@ -32,8 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitdag._kernels import Reachability, backend
-from circuitdag.errors import ConfigError
 from circuitdag.circuit import Circuit
+from circuitdag.errors import ConfigError
 from circuitdag.graph import Graph, NodeKind
 from circuitdag.patching import Patcher
 

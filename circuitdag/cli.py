@@ -52,13 +52,12 @@ def _threshold(text: str | None) -> float | None:
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
-    from circuitdag.models import load_model
-    from circuitdag.tasks import get_task
-
     import torch
 
     from circuitdag.metrics import get_metric
+    from circuitdag.models import load_model
     from circuitdag.patching import Ablation
+    from circuitdag.tasks import get_task
 
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)

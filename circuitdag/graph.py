@@ -156,9 +156,7 @@ class Graph:
         for i, s in enumerate(self.nodes):
             if not self.is_sender(s):
                 continue
-            if s.kind == NodeKind.EMBED or s.layer < limit_layer:
-                out.append(i)
-            elif include_same_layer_heads and s.layer == node.layer and s.kind == NodeKind.HEAD:
+            if s.kind == NodeKind.EMBED or s.layer < limit_layer or include_same_layer_heads and s.layer == node.layer and s.kind == NodeKind.HEAD:
                 out.append(i)
         return out[::-1]
 

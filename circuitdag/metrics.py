@@ -10,8 +10,8 @@ model". ``valid`` masks answer slots that do not count (e.g. padding).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from jaxtyping import Bool, Float, Int

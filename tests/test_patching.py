@@ -6,7 +6,7 @@ import torch
 from randmodel import random_data, random_tiny
 
 from circuitdag.errors import ConfigError, MetricError
-from circuitdag.graph import Graph, Input, NodeKind
+from circuitdag.graph import Graph, NodeKind
 from circuitdag.models import spec_of
 from circuitdag.patching import Patcher
 
@@ -43,9 +43,7 @@ def naive_patched_logits(model, graph, data, alive, ablation):
                 dst, kind = rest[:-1].split("<")
                 if kind != inp:
                     continue
-                if inp == "resid":
-                    x -= now[src] - corrupted(src)
-                elif inp == "mlp" and dst == f"m{layer}":
+                if inp == "resid" or inp == "mlp" and dst == f"m{layer}":
                     x -= now[src] - corrupted(src)
                 elif inp in "qkv" and dst.startswith(f"a{layer}."):
                     x[:, :, int(dst.split(".")[1])] -= now[src] - corrupted(src)

@@ -104,4 +104,4 @@ def get(name: str) -> Task:
     return get_task(name)
 
 
-__all__ = ["Task", "TaskData", "all_tasks", "get", "get_task", "task_names", "ENTRY_POINT_GROUP"]
+__all__ = ["ENTRY_POINT_GROUP", "Task", "TaskData", "all_tasks", "get", "get_task", "task_names"]

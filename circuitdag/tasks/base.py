@@ -8,8 +8,9 @@ is. Third parties subclass :class:`Task` and register it under the entry-point g
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from jaxtyping import Bool, Int
