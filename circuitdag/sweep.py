@@ -221,7 +221,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         extra = "psycopg2-binary" if url.startswith("postgres") else "the database driver"
         raise MissingExtraError(
             f"storage {masked(url)} needs {extra} ({exc}); `pip install psycopg2-binary` "
-            "(or `pip install circuitdag[dev]`)"
+            "(or `pip install circuitdag[postgres]`)"
         ) from exc
     except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
         raise ConfigError(f"--storage {masked(url)} is not a database URL ({exc}); "
