@@ -26,55 +26,32 @@ def backend() -> str:
 
 
 # --------------------------------------------------------------------------- numpy
-def _reaches_sink_np(n_nodes, src, dst, alive, order_by_src_desc, sink):
+def _propagate_np(n_nodes, mark, via, alive, order, start):
+    """Reachability along alive edges: ``mark[e]`` becomes reached when ``via[e]`` is.
+    ``order`` visits edges grouped by ``mark`` so that every ``via`` is final when read
+    (src descending for "reaches the sink", dst ascending for "reached from the source")."""
     reach = np.zeros(n_nodes, dtype=np.bool_)
-    reach[sink] = True
-    # Edges from node s are all visited after those of every node > s, so reach[dst] is final.
-    s_sorted = src[order_by_src_desc]
-    d_sorted = dst[order_by_src_desc]
-    a_sorted = alive[order_by_src_desc]
-    bounds = np.flatnonzero(np.diff(s_sorted)) + 1
-    for chunk in np.split(np.arange(s_sorted.shape[0]), bounds):
-        if chunk.size and np.any(a_sorted[chunk] & reach[d_sorted[chunk]]):
-            reach[s_sorted[chunk[0]]] = True
+    reach[start] = True
+    m_sorted, v_sorted, a_sorted = mark[order], via[order], alive[order]
+    bounds = np.flatnonzero(np.diff(m_sorted)) + 1
+    for chunk in np.split(np.arange(m_sorted.shape[0]), bounds):
+        if chunk.size and np.any(a_sorted[chunk] & reach[v_sorted[chunk]]):
+            reach[m_sorted[chunk[0]]] = True
     return reach
-
-
-def _reached_from_source_np(n_nodes, src, dst, alive, order_by_dst_asc, source):
-    reached = np.zeros(n_nodes, dtype=np.bool_)
-    reached[source] = True
-    s_sorted = src[order_by_dst_asc]
-    d_sorted = dst[order_by_dst_asc]
-    a_sorted = alive[order_by_dst_asc]
-    bounds = np.flatnonzero(np.diff(d_sorted)) + 1
-    for chunk in np.split(np.arange(d_sorted.shape[0]), bounds):
-        if chunk.size and np.any(a_sorted[chunk] & reached[s_sorted[chunk]]):
-            reached[d_sorted[chunk[0]]] = True
-    return reached
 
 
 # --------------------------------------------------------------------------- numba
 if _HAVE_NUMBA:
 
     @numba.njit(cache=True)
-    def _reaches_sink_nb(n_nodes, src, dst, alive, order_by_src_desc, sink):  # pragma: no cover
+    def _propagate_nb(n_nodes, mark, via, alive, order, start):  # pragma: no cover
         reach = np.zeros(n_nodes, dtype=np.bool_)
-        reach[sink] = True
-        for i in range(order_by_src_desc.shape[0]):
-            e = order_by_src_desc[i]
-            if alive[e] and reach[dst[e]]:
-                reach[src[e]] = True
+        reach[start] = True
+        for i in range(order.shape[0]):
+            e = order[i]
+            if alive[e] and reach[via[e]]:
+                reach[mark[e]] = True
         return reach
-
-    @numba.njit(cache=True)
-    def _reached_from_source_nb(n_nodes, src, dst, alive, order_by_dst_asc, source):  # pragma: no cover
-        reached = np.zeros(n_nodes, dtype=np.bool_)
-        reached[source] = True
-        for i in range(order_by_dst_asc.shape[0]):
-            e = order_by_dst_asc[i]
-            if alive[e] and reached[src[e]]:
-                reached[dst[e]] = True
-        return reached
 
     @numba.njit(cache=True)
     def _on_path_nb(src, dst, alive, from_source, to_sink):  # pragma: no cover
@@ -103,13 +80,13 @@ class Reachability:
 
     def reaches_sink(self, alive: np.ndarray, sink: int) -> np.ndarray:
         """Bool per node: some path of alive edges leads from it to ``sink``."""
-        fn = _reaches_sink_nb if backend() == "numba" else _reaches_sink_np
+        fn = _propagate_nb if backend() == "numba" else _propagate_np
         return fn(self.n_nodes, self.src, self.dst, self._alive(alive), self.by_src_desc, sink)
 
     def reached_from_source(self, alive: np.ndarray, source: int) -> np.ndarray:
         """Bool per node: some path of alive edges leads from ``source`` to it."""
-        fn = _reached_from_source_nb if backend() == "numba" else _reached_from_source_np
-        return fn(self.n_nodes, self.src, self.dst, self._alive(alive), self.by_dst_asc, source)
+        fn = _propagate_nb if backend() == "numba" else _propagate_np
+        return fn(self.n_nodes, self.dst, self.src, self._alive(alive), self.by_dst_asc, source)
 
     def on_path(self, alive: np.ndarray, source: int, sink: int) -> np.ndarray:
         """Bool per edge: alive and on some alive path from ``source`` to ``sink``."""

@@ -40,7 +40,8 @@ def confusion(circuit: Circuit, truth: set[str], ignore: Iterable[str] = ()) -> 
     Edges in ``ignore`` (e.g. tracr edges that can never change the output) count as
     neither positives nor negatives."""
     names = circuit.graph.edge_names
-    counted = np.array([n not in set(ignore) for n in names])
+    ignore = set(ignore)
+    counted = np.array([n not in ignore for n in names])
     truth_mask = circuit.graph.edges_by_name(truth)
     pred = circuit.in_circuit
     tp = int((pred & truth_mask & counted).sum())

@@ -143,19 +143,16 @@ class Layout:
         return lay
 
 
-def _hook_names(n_layers: int) -> dict[str, Callable[[int], str]]:
-    return {
-        "q": lambda L: f"blocks.{L}.hook_q_input",
-        "k": lambda L: f"blocks.{L}.hook_k_input",
-        "v": lambda L: f"blocks.{L}.hook_v_input",
-        "result": lambda L: f"blocks.{L}.attn.hook_result",
-        "mlp_in": lambda L: f"blocks.{L}.hook_mlp_in",
-        "mlp_out": lambda L: f"blocks.{L}.hook_mlp_out",
-        "resid_pre": lambda L: f"blocks.{L}.hook_resid_pre",
-    }
-
-
-_HOOK = _hook_names(0)
+#: TransformerLens hook names the engine reads and writes, by layer.
+_HOOK: dict[str, Callable[[int], str]] = {
+    "q": lambda L: f"blocks.{L}.hook_q_input",
+    "k": lambda L: f"blocks.{L}.hook_k_input",
+    "v": lambda L: f"blocks.{L}.hook_v_input",
+    "result": lambda L: f"blocks.{L}.attn.hook_result",
+    "mlp_in": lambda L: f"blocks.{L}.hook_mlp_in",
+    "mlp_out": lambda L: f"blocks.{L}.hook_mlp_out",
+    "resid_pre": lambda L: f"blocks.{L}.hook_resid_pre",
+}
 _QKV = ((Input.Q, "q"), (Input.K, "k"), (Input.V, "v"))
 
 
@@ -241,10 +238,11 @@ class Patcher:
         self.n_forward += 1
         return {"slots": slots, "resid_pre": resid_pre[:n], "resid_final": resid_pre[n], "logits": logits}
 
-    def _answer_logits(self, logits: Float[Tensor, "k batch pos vocab"]) -> Float[Tensor, "k batch n_ans vocab"]:
+    def _answer_logits(self, x: Float[Tensor, "k batch pos dim"]) -> Float[Tensor, "k batch n_ans dim"]:
+        """``x`` (logits or residuals) at the task's answer positions."""
         ap = self.data.answer_pos
         rows = torch.arange(ap.shape[0], device=ap.device).unsqueeze(1)
-        return logits[:, rows, ap]
+        return x[:, rows, ap]
 
     def metric_of_logits(self, logits: Float[Tensor, "k batch pos vocab"]) -> Float[Tensor, " k"]:
         return self.metric_of_answer_logits(self._answer_logits(logits))
@@ -395,9 +393,7 @@ class Patcher:
 
     def _unembed_answers(self, final: Float[Tensor, "k batch pos d_model"]) -> Float[Tensor, "k batch n_ans vocab"]:
         """Logits at the answer positions only, from the final residual stream."""
-        ap = self.data.answer_pos
-        rows = torch.arange(ap.shape[0], device=ap.device).unsqueeze(1)
-        x = final[:, rows, ap]  # k batch n_ans d_model
+        x = self._answer_logits(final)  # k batch n_ans d_model
         k, b, a, d = x.shape
         logits = self.model.unembed(self.model.ln_final(x.reshape(k * b, a, d)))
         return logits.reshape(k, b, a, -1)
