@@ -81,15 +81,19 @@ class Reachability:
     def reaches_sink(self, alive: np.ndarray, sink: int) -> np.ndarray:
         """Bool per node: some path of alive edges leads from it to ``sink``."""
         fn = _propagate_nb if backend() == "numba" else _propagate_np
-        return fn(self.n_nodes, self.src, self.dst, self._alive(alive), self.by_src_desc, sink)
+        start = np.atleast_1d(np.asarray(sink, dtype=np.int64))
+        return fn(self.n_nodes, self.src, self.dst, self._alive(alive), self.by_src_desc, start)
 
-    def reached_from_source(self, alive: np.ndarray, source: int) -> np.ndarray:
-        """Bool per node: some path of alive edges leads from ``source`` to it."""
+    def reached_from_source(self, alive: np.ndarray, source: int | np.ndarray) -> np.ndarray:
+        """Bool per node: some path of alive edges leads from ``source`` (a node or an
+        array of nodes) to it."""
         fn = _propagate_nb if backend() == "numba" else _propagate_np
-        return fn(self.n_nodes, self.dst, self.src, self._alive(alive), self.by_dst_asc, source)
+        start = np.atleast_1d(np.asarray(source, dtype=np.int64))
+        return fn(self.n_nodes, self.dst, self.src, self._alive(alive), self.by_dst_asc, start)
 
-    def on_path(self, alive: np.ndarray, source: int, sink: int) -> np.ndarray:
-        """Bool per edge: alive and on some alive path from ``source`` to ``sink``."""
+    def on_path(self, alive: np.ndarray, source: int | np.ndarray, sink: int) -> np.ndarray:
+        """Bool per edge: alive and on some alive path from ``source`` (a node or an array
+        of nodes) to ``sink``."""
         fwd = self.reached_from_source(alive, source)
         bwd = self.reaches_sink(alive, sink)
         src, dst = self.src[: self.n_edges], self.dst[: self.n_edges]

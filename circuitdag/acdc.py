@@ -71,7 +71,7 @@ def _reachability(graph: Graph) -> Reachability:
 
 
 def _finish(graph: Graph, reach: Reachability, alive: np.ndarray) -> np.ndarray:
-    return reach.on_path(alive, 0, len(graph.nodes) - 1)
+    return reach.on_path(alive, graph.sources, graph.sink)
 
 
 def acdc_reference(
@@ -247,23 +247,25 @@ def _decide_destination(
     in place."""
     lay = patcher.layout
     layer = _dest_layer(patcher.graph, dest)
-    rows_of_edge = lay.edge_row[edges]
-    dest_rows = np.unique(rows_of_edge)
-    cand_rows = torch.as_tensor(dest_rows, device=patcher.device)
-    local_row = np.searchsorted(dest_rows, rows_of_edge)
-    slots = lay.edge_slot[edges]
+    dev = patcher.device
+    # The destination's cells (row, view) of the absent mask; candidates differ only there.
+    cells, local_cell = np.unique(np.stack([lay.edge_row[edges], lay.edge_view[edges]], 1),
+                                  axis=0, return_inverse=True)  # fmt: skip
+    local_cell = local_cell.reshape(-1)
+    cell_rows, cell_views = torch.as_tensor(cells[:, 0], device=dev), torch.as_tensor(cells[:, 1], device=dev)
+    pos, slots = lay.edge_pos[edges], lay.edge_slot[edges]
     i = 0
     n_layers = patcher.graph.spec.n_layers - layer + 1
     while i < len(edges):
         k = min(sizer.k, len(edges) - i)
         t0 = time.perf_counter()
         # Nested candidates: candidate j removes edges i .. i+j on top of the current circuit.
-        steps = torch.zeros(k, len(dest_rows), lay.n_slots, dtype=patcher.dtype, device=patcher.device)
-        idx = torch.arange(k, device=patcher.device)
-        steps[idx, torch.as_tensor(local_row[i : i + k], device=patcher.device),
-              torch.as_tensor(slots[i : i + k], device=patcher.device)] = 1.0  # fmt: skip
-        cand = absent[cand_rows].unsqueeze(0) + steps.cumsum(0)
-        m = patcher.candidate_metrics(absent, layer, cand_rows, cand).tolist()
+        steps = torch.zeros(k, len(cells), absent.shape[2], lay.n_slots, dtype=patcher.dtype, device=dev)
+        at = slice(i, i + k)
+        steps[torch.arange(k, device=dev), torch.as_tensor(local_cell[at], device=dev),
+              torch.as_tensor(pos[at], device=dev), torch.as_tensor(slots[at], device=dev)] = 1.0  # fmt: skip
+        cand = absent[cell_rows, cell_views].unsqueeze(0) + steps.cumsum(0)
+        m = patcher.candidate_metrics(absent, layer, cell_rows, cand, cell_views).tolist()
         stats["batches"] += 1
         stats["candidates_evaluated"] += k
         accepted = 0
@@ -273,7 +275,7 @@ def _decide_destination(
             state.scores[e] = diff
             if diff < threshold:
                 state.alive[e] = False
-                absent[lay.edge_row[e], lay.edge_slot[e]] = 1.0
+                absent[lay.edge_row[e], lay.edge_view[e], lay.edge_pos[e], lay.edge_slot[e]] = 1.0
                 state.m_cur = m[j]
                 accepted += 1
             else:

@@ -15,6 +15,14 @@ inputs belong to the key/value head ``a{L}.kv{G}``, shared by query heads
 ``G*group .. (G+1)*group-1``; K and V edges end there (``a0.1->a1.kv0<k>``), Q edges end at
 the query head. Without grouping the key/value inputs are the head's own
 (``a0.1->a1.0<k>``) and no ``kv`` nodes exist.
+
+Position-aware graphs (``Graph(spec, Positions(...))``): every node except ``logits`` is a
+(component, position) pair named ``a1.0@name`` (the task's position name, or the index).
+Nodes are numbered component-major (all positions of ``embed``, then of the next
+component, ...), which keeps the numbering topological. Q, MLP and logits edges join one
+position (``m0@3->a1.2@3<q>``); K and V edges go from ``SRC@p`` to ``a1.2@q`` for every
+``p <= q`` (every ``p`` in a non-causal model such as tracr's); ``logits`` reads the task's answer positions. Senders are ordered latest
+component first, then latest position first.
 """
 
 from __future__ import annotations
@@ -61,6 +69,7 @@ class ModelSpec:
     d_model: int
     attn_only: bool = False
     parallel_attn_mlp: bool = False
+    causal: bool = True  # False: every query attends to every position (tracr)
 
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
@@ -85,11 +94,52 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class Positions:
+    """The token layout of a position-aware graph: ``n`` positions, optional names (one
+    per position, unique, made of letters, digits, ``_`` and ``'``), and the positions
+    whose residual stream the unembedding reads (the task's answer positions)."""
+
+    n: int
+    names: tuple[str, ...] | None = None
+    sink: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.n < 1:
+            raise ValueError(f"a position-aware graph needs at least one position, got {self.n}")
+        if self.names is not None:
+            names = tuple(self.names)
+            bad = [x for x in names if not _POS_NAME.match(x) or x.isdigit()]
+            if len(names) != self.n or bad or len(set(names)) != len(names):
+                dup = sorted({x for x in names if names.count(x) > 1})
+                raise ValueError(
+                    f"position names must be {self.n} unique words (letters, digits, _ or '), got {names}"
+                    + (f"; repeated: {dup}" if dup else "") + (f"; not words: {bad}" if bad else "")
+                )
+            object.__setattr__(self, "names", names)
+        sink = tuple(sorted(set(int(p) for p in self.sink))) or (self.n - 1,)
+        if sink[0] < 0 or sink[-1] >= self.n:
+            raise ValueError(f"answer positions {sink} are outside 0..{self.n - 1}")
+        object.__setattr__(self, "sink", sink)
+
+    def label(self, p: int) -> str:
+        return self.names[p] if self.names else str(p)
+
+
+_POS_NAME = re.compile(r"^[A-Za-z0-9_']+$")
+
+
+@dataclass(frozen=True)
 class Node:
     name: str
     kind: NodeKind
     layer: int  # -1 for embed, n_layers for logits
     head: int = -1  # head index; kv-group index for KV nodes
+    pos: int = -1  # token position (position-aware graphs; -1 otherwise and for logits)
+
+    @property
+    def component(self) -> str:
+        """The name without ``@position``."""
+        return self.name.split("@", 1)[0]
 
     @property
     def inputs(self) -> tuple[Input, ...]:
@@ -120,21 +170,51 @@ class EdgeTable:
 
 
 class Graph:
-    """The computational graph of one model architecture (non-positional)."""
+    """The computational graph of one model architecture; position-aware when
+    ``positions`` is given."""
 
-    def __init__(self, spec: ModelSpec) -> None:
+    def __init__(self, spec: ModelSpec, positions: Positions | None = None) -> None:
         self.spec = spec
-        nodes: list[Node] = [Node("embed", NodeKind.EMBED, -1)]
+        self.positions = positions
+        comps: list[Node] = [Node("embed", NodeKind.EMBED, -1)]
         for layer in range(spec.n_layers):
             if spec.gqa:
-                nodes += [Node(f"a{layer}.kv{g}", NodeKind.KV, layer, g) for g in range(spec.n_kv_heads)]
-            nodes += [Node(f"a{layer}.{h}", NodeKind.HEAD, layer, h) for h in range(spec.n_heads)]
+                comps += [Node(f"a{layer}.kv{g}", NodeKind.KV, layer, g) for g in range(spec.n_kv_heads)]
+            comps += [Node(f"a{layer}.{h}", NodeKind.HEAD, layer, h) for h in range(spec.n_heads)]
             if not spec.attn_only:
-                nodes.append(Node(f"m{layer}", NodeKind.MLP, layer))
-        nodes.append(Node("logits", NodeKind.LOGITS, spec.n_layers))
+                comps.append(Node(f"m{layer}", NodeKind.MLP, layer))
+        logits = Node("logits", NodeKind.LOGITS, spec.n_layers)
+        #: The position-free components, in topological order (``logits`` last).
+        self.components: tuple[Node, ...] = (*comps, logits)
+        if positions is None:
+            nodes = [*comps, logits]
+        else:
+            nodes = [Node(f"{c.name}@{positions.label(p)}", c.kind, c.layer, c.head, p)
+                     for c in comps for p in range(positions.n)] + [logits]  # fmt: skip
         self.nodes: tuple[Node, ...] = tuple(nodes)
         self.node_index: dict[str, int] = {n.name: i for i, n in enumerate(nodes)}
         self.edges = self._build_edges()
+
+    @property
+    def n_pos(self) -> int:
+        """Positions per component (1 without positions)."""
+        return self.positions.n if self.positions else 1
+
+    @property
+    def sink(self) -> int:
+        """Index of ``logits``."""
+        return len(self.nodes) - 1
+
+    @cached_property
+    def sources(self) -> np.ndarray:
+        """Indices of the ``embed`` nodes (one per position)."""
+        return np.arange(self.n_pos, dtype=np.int64)
+
+    def node_at(self, comp: int, pos: int) -> int:
+        """Node index of component ``comp`` (index into :attr:`components`) at ``pos``."""
+        if self.components[comp].kind == NodeKind.LOGITS:
+            return self.sink
+        return comp * self.n_pos + max(pos, 0)
 
     # ------------------------------------------------------------------ structure
     def node_inputs(self, node: Node) -> tuple[Input, ...]:
@@ -146,37 +226,52 @@ class Graph:
         return node.kind in (NodeKind.EMBED, NodeKind.HEAD, NodeKind.MLP)
 
     def senders_of(self, node: Node) -> list[int]:
-        """Node indices whose output is in the residual stream when ``node`` reads it,
+        """Component indices whose output is in the residual stream when ``node`` reads it,
         latest first."""
         if node.kind == NodeKind.MLP and not self.spec.parallel_attn_mlp:
             limit_layer, include_same_layer_heads = node.layer, True
         else:
             limit_layer, include_same_layer_heads = node.layer, False
         out = []
-        for i, s in enumerate(self.nodes):
+        for i, s in enumerate(self.components):
             if not self.is_sender(s):
                 continue
             if s.kind == NodeKind.EMBED or s.layer < limit_layer or include_same_layer_heads and s.layer == node.layer and s.kind == NodeKind.HEAD:
                 out.append(i)
         return out[::-1]
 
+    def _sender_positions(self, kind: Input, dst_pos: int) -> list[int]:
+        """Positions a destination input at ``dst_pos`` reads, latest first."""
+        if self.positions is None:
+            return [-1]
+        if kind in (Input.K, Input.V):
+            last = dst_pos if self.spec.causal else self.positions.n - 1
+            return list(range(last, -1, -1))
+        if kind == Input.RESID:
+            return list(self.positions.sink[::-1])
+        return [dst_pos]
+
     def _build_edges(self) -> EdgeTable:
-        src, dst, inp = [], [], []
+        src, dst, inp, spos, dpos = [], [], [], [], []
         for d in range(len(self.nodes) - 1, -1, -1):
             node = self.nodes[d]
-            senders = self.senders_of(node) if node.kind != NodeKind.EMBED else []
+            if node.kind == NodeKind.EMBED:
+                continue
+            senders = self.senders_of(node)
             for kind in self.node_inputs(node):
                 for s in senders:
-                    src.append(s)
-                    dst.append(d)
-                    inp.append(int(kind))
-        n = len(src)
+                    for p in self._sender_positions(kind, node.pos):
+                        src.append(self.node_at(s, p))
+                        dst.append(d)
+                        inp.append(int(kind))
+                        spos.append(p)
+                        dpos.append(node.pos)
         return EdgeTable(
             src=np.asarray(src, dtype=np.int32),
             dst=np.asarray(dst, dtype=np.int32),
             input=np.asarray(inp, dtype=np.int8),
-            src_pos=np.full(n, -1, dtype=np.int32),
-            dst_pos=np.full(n, -1, dtype=np.int32),
+            src_pos=np.asarray(spos, dtype=np.int32),
+            dst_pos=np.asarray(dpos, dtype=np.int32),
         )
 
     @property
@@ -191,7 +286,10 @@ class Graph:
         if self.spec.gqa:
             for i, n in enumerate(self.nodes):
                 if n.kind == NodeKind.HEAD:
-                    src.append(self.node_index[f"a{n.layer}.kv{n.head // self.spec.group}"])
+                    kv = f"a{n.layer}.kv{n.head // self.spec.group}"
+                    if self.positions is not None:
+                        kv += f"@{self.positions.label(n.pos)}"
+                    src.append(self.node_index[kv])
                     dst.append(i)
         return np.asarray(src, dtype=np.int32), np.asarray(dst, dtype=np.int32)
 
@@ -239,7 +337,7 @@ class Graph:
 
         g = nx.MultiDiGraph()
         for n in self.nodes:
-            g.add_node(n.name, kind=n.kind.name.lower(), layer=n.layer, head=n.head)
+            g.add_node(n.name, kind=n.kind.name.lower(), layer=n.layer, head=n.head, pos=n.pos)
         for e in range(self.n_edges):
             if alive is None or alive[e]:
                 t = self.edges
@@ -254,7 +352,8 @@ _EDGE_RE = re.compile(r"^(?P<src>[^-<>]+)->(?P<dst>[^-<>]+)<(?P<input>q|k|v|mlp|
 
 
 def parse_edge_name(name: str) -> tuple[str, str, str]:
-    """``"a0.1->a1.0<k>"`` -> ``("a0.1", "a1.0", "k")``."""
+    """``"a0.1->a1.0<k>"`` -> ``("a0.1", "a1.0", "k")``; positions stay in the node names
+    (``"a0.1@name->a1.0@end<k>"`` -> ``("a0.1@name", "a1.0@end", "k")``)."""
     m = _EDGE_RE.match(name)
     if not m:
         raise CircuitFileError(f"{name!r} is not an edge name like 'a0.1->a1.0<k>'")

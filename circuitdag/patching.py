@@ -61,15 +61,27 @@ class Ablation(str, Enum):
 
 @dataclass(frozen=True)
 class Layout:
-    """Where each sender (slot) and destination input (row) lives in the dense mask."""
+    """Where each sender (slot) and destination input (row) lives in the dense mask.
+
+    The mask is ``absent[row, view, pos, slot]``. Without positions ``view`` and ``pos``
+    have size 1. With positions, ``view`` is the query position ``q`` whose view of the
+    model the entry patches and ``pos`` the sender position ``p``: a K or V edge
+    ``SRC@p -> a@q`` is ``absent[k_row, q, p, SRC]``; every other input reads its own
+    position only, so its edges sit on the diagonal (``absent[q_row, q, q, SRC]``;
+    ``SRC@p -> logits`` is ``absent[logits_row, p, p, SRC]``).
+    """
 
     n_layers: int
     n_heads: int
     n_kv: int
     has_mlp: bool
     parallel: bool
+    n_pos: int  # positions of the graph; 1 without positions
+    positional: bool
     edge_row: np.ndarray  # int64 per edge
     edge_slot: np.ndarray  # int64 per edge
+    edge_view: np.ndarray  # int64 per edge (0 without positions)
+    edge_pos: np.ndarray  # int64 per edge (0 without positions)
 
     @property
     def per_layer_slots(self) -> int:
@@ -97,6 +109,11 @@ class Layout:
     def n_rows(self) -> int:
         return self.n_layers * self.per_layer_rows + 1
 
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        """Shape of the ``absent`` mask: rows, views, sender positions, slots."""
+        return (self.n_rows, self.n_pos, self.n_pos, self.n_slots)
+
     def rows(self, layer: int, kind: Input) -> slice:
         base = layer * self.per_layer_rows
         if kind == Input.Q:
@@ -117,19 +134,25 @@ class Layout:
             return self.slots_before(layer) + self.n_heads
         return self.slots_before(layer)
 
+    def crosses_positions(self, kind: Input) -> bool:
+        """Whether rows of this input read other positions (K and V with positions)."""
+        return self.positional and kind in (Input.K, Input.V)
+
     @classmethod
     def of(cls, graph: Graph) -> Layout:
         spec = graph.spec
+        empty = np.zeros(0, np.int64)
         lay = cls(spec.n_layers, spec.n_heads, spec.n_kv_heads, not spec.attn_only,
-                  spec.parallel_attn_mlp, np.zeros(0, np.int64), np.zeros(0, np.int64))  # fmt: skip
-        slot_of_node = np.full(len(graph.nodes), -1, dtype=np.int64)
-        for i, n in enumerate(graph.nodes):
+                  spec.parallel_attn_mlp, graph.n_pos, graph.positions is not None,
+                  empty, empty, empty, empty)  # fmt: skip
+        slot_of_comp = np.full(len(graph.components), -1, dtype=np.int64)
+        for i, n in enumerate(graph.components):
             if n.kind == NodeKind.EMBED:
-                slot_of_node[i] = 0
+                slot_of_comp[i] = 0
             elif n.kind == NodeKind.HEAD:
-                slot_of_node[i] = lay.head_slot(n.layer, n.head)
+                slot_of_comp[i] = lay.head_slot(n.layer, n.head)
             elif n.kind == NodeKind.MLP:
-                slot_of_node[i] = lay.mlp_slot(n.layer)
+                slot_of_comp[i] = lay.mlp_slot(n.layer)
         t = graph.edges
         rows = np.empty(len(t), dtype=np.int64)
         for e in range(len(t)):
@@ -137,9 +160,12 @@ class Layout:
             kind = Input(t.input[e])
             idx = 0 if d.kind in (NodeKind.MLP, NodeKind.LOGITS) else d.head
             rows[e] = lay.rows(d.layer, kind).start + idx
-        slots = slot_of_node[t.src]
+        src_pos = np.maximum(t.src_pos.astype(np.int64), 0)
+        dst_pos = t.dst_pos.astype(np.int64)
         object.__setattr__(lay, "edge_row", rows)
-        object.__setattr__(lay, "edge_slot", slots)
+        object.__setattr__(lay, "edge_slot", slot_of_comp[t.src.astype(np.int64) // graph.n_pos])
+        object.__setattr__(lay, "edge_view", np.where(dst_pos >= 0, dst_pos, src_pos))
+        object.__setattr__(lay, "edge_pos", src_pos)
         return lay
 
 
@@ -158,7 +184,17 @@ _QKV = ((Input.Q, "q"), (Input.K, "k"), (Input.V, "v"))
 
 class Patcher:
     """Caches the clean and corrupted runs of ``model`` on ``data`` and runs the model
-    with a circuit. ``metric`` compares patched logits with the clean run."""
+    with a circuit. ``metric`` compares patched logits with the clean run.
+
+    Position-aware graphs are run as ``P`` *views* of every prompt (the batch grows by
+    ``P``): view ``q`` is the model as query position ``q`` sees it. At every input hook
+    the true residual stream at position ``p`` is taken from view ``p`` (the diagonal),
+    and view ``q`` gets the inputs of query ``q``: at position ``p`` the residual minus
+    the contributions of the edges absent for the pair ``(q, p)``. Position ``q`` of view
+    ``q`` is then exactly the patched model at ``q``; its head and MLP outputs are read
+    off the diagonal. Nothing but the documented hooks is used, so this works for every
+    architecture (rotary embeddings, grouped-query attention, non-causal attention).
+    """
 
     def __init__(
         self,
@@ -177,6 +213,11 @@ class Patcher:
         self.dtype = next(model.parameters()).dtype
         self.data = data.to(self.device)
         self.B, self.P = self.data.clean.shape
+        self.positional = graph.positions is not None
+        if self.positional:
+            _check_layout(graph, self.data)
+        self.V = self.P if self.positional else 1  # views per prompt
+        self._diag_idx = torch.arange(self.P, device=self.device)
         self.n_forward = 0  # forward passes run (one per batch of candidates)
         self.n_layer_evals = 0  # block evaluations x candidates (a batch of K counts K)
         self._cache: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
@@ -196,8 +237,9 @@ class Patcher:
                 self.S_corr = self._capture(self.data.corrupted)["slots"]
             elif self.ablation == Ablation.ZERO:
                 self.S_corr = torch.zeros_like(self.S_clean)
-            else:
-                self.S_corr = self.S_clean.mean(dim=(0, 1), keepdim=True).expand_as(self.S_clean).clone()
+            else:  # mean over the dataset; per position in position-aware mode
+                dims = (0,) if self.positional else (0, 1)
+                self.S_corr = self.S_clean.mean(dim=dims, keepdim=True).expand_as(self.S_clean).clone()
             self.D_clean = self.S_clean - self.S_corr
 
     # ------------------------------------------------------------------ caching
@@ -252,51 +294,101 @@ class Patcher:
         check_finite(vals, "for a patched forward pass")
         return vals
 
-    def absent_matrix(self, alive: np.ndarray) -> Float[Tensor, "row slot"]:
-        """Dense ``absent[row, slot]`` (1.0 where the edge is removed) from an alive mask."""
-        m = torch.zeros(self.layout.n_rows, self.layout.n_slots, dtype=self.dtype)
+    def absent_matrix(self, alive: np.ndarray) -> Float[Tensor, "row view pos slot"]:
+        """Dense ``absent[row, view, pos, slot]`` (1.0 where the edge is removed) from an
+        alive mask (see :class:`Layout`)."""
+        lay = self.layout
+        m = torch.zeros(lay.shape, dtype=self.dtype)
         dead = ~np.asarray(alive, dtype=bool)
-        m[self.layout.edge_row[dead], self.layout.edge_slot[dead]] = 1.0
+        m[lay.edge_row[dead], lay.edge_view[dead], lay.edge_pos[dead], lay.edge_slot[dead]] = 1.0
         return m.to(self.device)
+
+    # ------------------------------------------------------------------ views
+    def _tokens_in_views(self, tokens: Tensor) -> Tensor:
+        B, P = tokens.shape
+        return tokens.unsqueeze(1).expand(B, self.V, P).reshape(B * self.V, P)
+
+    def _diagonal(self, x: Tensor, k: int) -> Tensor:
+        """Activations of a pass over ``k x batch x views`` sequences -> ``k batch pos ...``:
+        position ``p`` read from view ``p`` (every view, without positions)."""
+        x = x.reshape(k, self.B, self.V, *x.shape[1:])
+        if not self.positional:
+            return x[:, :, 0]
+        i = self._diag_idx
+        return x[:, :, i, i]
+
+    def _into_views(self, x: Float[Tensor, "k batch view pos ..."]) -> Tensor:
+        """``k batch view-or-1 pos ...`` -> the ``(k batch views) pos ...`` layout of a pass."""
+        k = x.shape[0]
+        x = x.expand(k, self.B, self.V, *x.shape[3:])
+        return x.reshape(k * self.B * self.V, *x.shape[3:])
+
+    def _contract(self, D: Tensor, mask: Tensor, kind: Input) -> Tensor:
+        """Contributions ``sum_s mask * D`` of senders to a group of rows.
+
+        ``D``: ``... batch pos slot d_model`` sender deltas; ``mask``: ``rows view pos slot``
+        (the same slots). Returns ``... batch view pos rows d_model``, with a view axis of
+        size 1 for rows that read their own position only."""
+        if not self.positional:
+            return torch.einsum("...bpsd,rs->...bprd", D, mask[:, 0, 0]).unsqueeze(-4)
+        if self.layout.crosses_positions(kind):
+            return torch.einsum("...bpsd,rvps->...bvprd", D, mask)
+        i = self._diag_idx
+        return torch.einsum("...bpsd,rps->...bprd", D, mask[:, i, i]).unsqueeze(-4)
 
     # ------------------------------------------------------------------ reference
     @torch.no_grad()
-    def reference_logits(self, absent: Float[Tensor, "row slot"]) -> Float[Tensor, "batch pos vocab"]:
+    def reference_logits(
+        self, absent: Float[Tensor, "row view pos slot"], capture: dict[str, Tensor] | None = None
+    ) -> Float[Tensor, "batch pos vocab"]:
         """Logits of the model with circuit ``absent``: a full pass from the embedding.
 
         Every sender's output in this pass is captured into ``S_now``; each destination
-        input subtracts ``sum_s absent[row, s] * (S_now[s] - S_corr[s])``.
+        input subtracts ``sum_s absent[row, s] * (S_now[s] - S_corr[s])`` (per view and
+        position with positions, see the class docstring). For each hook name that is a
+        key of ``capture``, its activation is stored there as ``batch view ...`` (view ``q``
+        is what query position ``q`` sees; one view without positions).
         """
         lay, n = self.layout, self.layout.n_layers
         S_now = torch.zeros_like(self.S_clean)
 
-        def delta(k: int) -> Tensor:
-            return S_now[:, :, :k] - self.S_corr[:, :, :k]
+        def patched(x: Tensor, L: int, kind: Input) -> Tensor:
+            single = x.dim() == 3
+            xs = x.unsqueeze(2) if single else x  # (batch views) pos rows d
+            sl, k = lay.rows(L, kind), lay.readable_slots(L, kind)
+            delta = S_now[:, :, :k] - self.S_corr[:, :, :k]
+            own = self._diagonal(xs, 1)[0].unsqueeze(1)  # batch 1 pos rows d
+            out = self._into_views((own - self._contract(delta, absent[sl, :, :, :k], kind)).unsqueeze(0))
+            return out[:, :, 0] if single else out
 
-        def patch_heads(L: int, kind: Input):
-            rows, k = lay.rows(L, kind), lay.readable_slots(L, kind)
-            return lambda x, hook: x - torch.einsum("bpsd,hs->bphd", delta(k), absent[rows, :k])
-
-        def patch_single(L: int, kind: Input):
-            row, k = lay.rows(L, kind).start, lay.readable_slots(L, kind)
-            return lambda x, hook: x - torch.einsum("bpsd,s->bpd", delta(k), absent[row, :k])
+        def patch(L: int, kind: Input):
+            return lambda x, hook: patched(x, L, kind)
 
         def record(sl: slice, single: bool):
             def fn(x, hook):
+                x = self._diagonal(x, 1)[0]
                 S_now[:, :, sl] = x.unsqueeze(2) if single else x
             return fn
 
         hooks: list[tuple[str, Callable]] = [(_HOOK["resid_pre"](0), record(slice(0, 1), True))]
         for L in range(n):
-            hooks += [(_HOOK[name](L), patch_heads(L, kind)) for kind, name in _QKV]
+            hooks += [(_HOOK[name](L), patch(L, kind)) for kind, name in _QKV]
             hooks.append((_HOOK["result"](L), record(slice(lay.head_slot(L, 0), lay.head_slot(L, 0) + lay.n_heads), False)))
             if lay.has_mlp:
-                hooks.append((_HOOK["mlp_in"](L), patch_single(L, Input.MLP)))
+                hooks.append((_HOOK["mlp_in"](L), patch(L, Input.MLP)))
                 hooks.append((_HOOK["mlp_out"](L), record(slice(lay.mlp_slot(L), lay.mlp_slot(L) + 1), True)))
-        hooks.append((f"blocks.{n - 1}.hook_resid_post", patch_single(n, Input.RESID)))
+        hooks.append((f"blocks.{n - 1}.hook_resid_post", patch(n, Input.RESID)))
+
+        def keep(name: str):
+            def fn(x, hook):
+                capture[name] = x.detach().reshape(self.B, self.V, *x.shape[1:]).clone()
+            return fn
+
+        hooks += [(name, keep(name)) for name in capture or {}]
         self.n_forward += 1
         self.n_layer_evals += n
-        return self.model.run_with_hooks(self.data.clean, fwd_hooks=hooks)
+        logits = self.model.run_with_hooks(self._tokens_in_views(self.data.clean), fwd_hooks=hooks)
+        return self._diagonal(logits, 1)[0]
 
     def reference_metric(self, alive: np.ndarray) -> float:
         logits = self.reference_logits(self.absent_matrix(alive))
@@ -305,10 +397,16 @@ class Patcher:
     # ------------------------------------------------------------------ fast path
     @torch.no_grad()
     def candidate_metrics(
-        self, absent: Float[Tensor, "row slot"], start_layer: int, cand_rows: Tensor, cand_absent: Tensor
+        self,
+        absent: Float[Tensor, "row view pos slot"],
+        start_layer: int,
+        cand_rows: Tensor,
+        cand_absent: Float[Tensor, "k cell pos slot"],
+        cand_views: Tensor | None = None,
     ) -> Float[Tensor, " k"]:
-        """Metric of K candidate circuits that equal ``absent`` except on rows
-        ``cand_rows`` (shape r), where candidate j uses ``cand_absent[j]`` (shape k r slot).
+        """Metric of K candidate circuits that equal ``absent`` except on the cells
+        ``(cand_rows[c], cand_views[c])``, where candidate j uses ``cand_absent[j, c]``
+        (views default to 0, as without positions).
 
         Valid only when every sender upstream of the candidates' destination node equals
         the clean run, i.e. all edges into nodes before the destination are present (true
@@ -318,67 +416,77 @@ class Patcher:
         lay, n = self.layout, self.layout.n_layers
         K, B = cand_absent.shape[0], self.B
         n0 = lay.slots_before(start_layer)
-        # In-pass sender deltas for slots >= n0, per candidate.
+        cells = list(zip(cand_rows.tolist(), [0] * len(cand_rows) if cand_views is None else cand_views.tolist()))
+        # In-pass sender deltas for slots >= n0, per candidate (true positions, no views).
         D_now = torch.zeros(K, B, self.P, lay.n_slots - n0, self.graph.spec.d_model,
                             device=self.device, dtype=self.dtype)  # fmt: skip
         D_clean0 = self.D_clean[:, :, :n0]
-        cand_row_list = cand_rows.tolist()
 
         def contribution(L: int, kind: Input) -> Tensor:
-            """Sum over absent edges of sender deltas for the rows of (L, kind): k b p r d."""
+            """Sum over absent edges of sender deltas into the rows of (L, kind):
+            k batch view-or-1 pos rows d."""
             sl, k = lay.rows(L, kind), lay.readable_slots(L, kind)
-            rows = list(range(sl.start, sl.stop))
-            mask = absent[sl]  # r slot
-            out = self._clean_contribution(start_layer, sl, mask[:, :n0]).unsqueeze(0)
+            mask = absent[sl]
+            out = self._clean_contribution(start_layer, sl, mask[..., :n0], kind).unsqueeze(0)
             if k > n0:
-                out = out + torch.einsum("kbpsd,rs->kbprd", D_now[:, :, :, : k - n0], mask[:, n0:k])
-            hit = [(i, rows.index(r)) for i, r in enumerate(cand_row_list) if r in rows]
+                out = out + self._contract(D_now[..., : k - n0, :], mask[..., n0:k], kind)
+            hit = [(c, r - sl.start, v) for c, (r, v) in enumerate(cells) if sl.start <= r < sl.stop]
             if hit:
-                out = out.expand(K, -1, -1, -1, -1).clone()
-                for ci, ri in hit:
-                    diff = cand_absent[:, ci, :k] - mask[ri, :k]  # k slot
-                    adj = torch.einsum("bpsd,ks->kbpd", D_clean0, diff[:, :n0])
-                    if k > n0:
-                        adj = adj + torch.einsum("kbpsd,ks->kbpd", D_now[:, :, :, : k - n0], diff[:, n0:k])
-                    out[:, :, :, ri] += adj
+                out = out.expand(K, *out.shape[1:]).clone()
+                for c, ri, v in hit:
+                    cm = cand_absent[:, c, :, :k]  # k pos slot: the row's mask in view v
+                    if lay.crosses_positions(kind):
+                        got = torch.einsum("bpsd,kps->kbpd", D_clean0, cm[..., :n0])
+                        if k > n0:
+                            got = got + torch.einsum("kbpsd,kps->kbpd", D_now[..., : k - n0, :], cm[..., n0:])
+                        out[:, :, v, :, ri] = got
+                    elif self.positional:  # the row reads position v only
+                        got = torch.einsum("bsd,ks->kbd", D_clean0[:, v], cm[:, v, :n0])
+                        if k > n0:
+                            got = got + torch.einsum("kbsd,ks->kbd", D_now[:, :, v, : k - n0], cm[:, v, n0:])
+                        out[:, :, 0, v, ri] = got
+                    else:
+                        got = torch.einsum("bpsd,ks->kbpd", D_clean0, cm[:, 0, :n0])
+                        if k > n0:
+                            got = got + torch.einsum("kbpsd,ks->kbpd", D_now[..., : k - n0, :], cm[:, 0, n0:])
+                        out[:, :, 0, :, ri] = got
             return out
 
-        def flat(t: Tensor) -> Tensor:
-            return t.expand(K, *t.shape[1:]).reshape(K * B, *t.shape[2:])
+        def patched(x: Tensor, L: int, kind: Input) -> Tensor:
+            single = x.dim() == 3
+            xs = x.unsqueeze(2) if single else x
+            own = self._diagonal(xs, K).unsqueeze(2)  # k batch 1 pos rows d
+            out = self._into_views(own - contribution(L, kind))
+            return out[:, :, 0] if single else out
 
-        def patch_heads(L: int, kind: Input):
-            def fn(x, hook):
-                return x - flat(contribution(L, kind))
-            return fn
-
-        def patch_single(L: int, kind: Input):
-            def fn(x, hook):
-                return x - flat(contribution(L, kind)[:, :, :, 0])
-            return fn
+        def patch(L: int, kind: Input):
+            return lambda x, hook: patched(x, L, kind)
 
         def stop_with_final(x, hook):
-            raise _StopForward(x - flat(contribution(n, Input.RESID)[:, :, :, 0]))
+            own = self._diagonal(x, K)  # k batch pos d
+            raise _StopForward(own - contribution(n, Input.RESID)[:, :, 0, :, 0])
 
         def record(first_slot: int, count: int, single: bool):
             def fn(x, hook):
-                x = x.reshape(K, B, *x.shape[1:])
+                x = self._diagonal(x, K)
                 if single:
                     x = x.unsqueeze(3)
                 lo = first_slot - n0
                 D_now[:, :, :, lo : lo + count] = x - self.S_corr[:, :, first_slot : first_slot + count]
             return fn
 
-        resid = self.resid_pre[start_layer] if start_layer < n else self.resid_final
-        resid = resid.unsqueeze(0).expand(K, -1, -1, -1).reshape(K * B, self.P, -1)
         if start_layer == n:  # destination is logits: patch the final residual directly
-            final = resid - flat(contribution(n, Input.RESID)[:, :, :, 0])
+            own = self.resid_final.unsqueeze(0).expand(K, -1, -1, -1)
+            final = own - contribution(n, Input.RESID)[:, :, 0, :, 0]
         else:
+            resid = self.resid_pre[start_layer].unsqueeze(0).unsqueeze(2)  # 1 batch 1 pos d
+            resid = self._into_views(resid.expand(K, -1, -1, -1, -1))
             hooks: list[tuple[str, Callable]] = []
             for L in range(start_layer, n):
-                hooks += [(_HOOK[name](L), patch_heads(L, kind)) for kind, name in _QKV]
+                hooks += [(_HOOK[name](L), patch(L, kind)) for kind, name in _QKV]
                 hooks.append((_HOOK["result"](L), record(lay.head_slot(L, 0), lay.n_heads, False)))
                 if lay.has_mlp:
-                    hooks.append((_HOOK["mlp_in"](L), patch_single(L, Input.MLP)))
+                    hooks.append((_HOOK["mlp_in"](L), patch(L, Input.MLP)))
                     hooks.append((_HOOK["mlp_out"](L), record(lay.mlp_slot(L), 1, True)))
             # Stop at the final residual: only the answer positions are unembedded.
             hooks.append((f"blocks.{n - 1}.hook_resid_post", stop_with_final))
@@ -389,7 +497,7 @@ class Patcher:
                 final = stop.resid
         self.n_forward += 1
         self.n_layer_evals += K * (n - start_layer)
-        return self.metric_of_answer_logits(self._unembed_answers(final.reshape(K, B, self.P, -1)))
+        return self.metric_of_answer_logits(self._unembed_answers(final))
 
     def _unembed_answers(self, final: Float[Tensor, "k batch pos d_model"]) -> Float[Tensor, "k batch n_ans vocab"]:
         """Logits at the answer positions only, from the final residual stream."""
@@ -398,8 +506,8 @@ class Patcher:
         logits = self.model.unembed(self.model.ln_final(x.reshape(k * b, a, d)))
         return logits.reshape(k, b, a, -1)
 
-    def _clean_contribution(self, start_layer: int, rows: slice, mask: Tensor) -> Tensor:
-        """``einsum(D_clean[:, :, :n0], mask)`` for a row group, cached per start layer.
+    def _clean_contribution(self, start_layer: int, rows: slice, mask: Tensor, kind: Input) -> Tensor:
+        """``_contract(D_clean[:, :, :n0], mask)`` for a row group, cached per start layer.
 
         The senders before the start layer are the same in every candidate and every batch
         of a destination, so their contribution is computed once and reused while the
@@ -411,7 +519,27 @@ class Patcher:
         hit = self._cache.get(key)
         if hit is not None and torch.equal(hit[0], mask):
             return hit[1]
-        n0 = mask.shape[1]
-        out = torch.einsum("bpsd,rs->bprd", self.D_clean[:, :, :n0], mask)
+        n0 = mask.shape[-1]
+        out = self._contract(self.D_clean[:, :, :n0], mask, kind)
         self._cache[key] = (mask.clone(), out)
         return out
+
+
+def _check_layout(graph: Graph, data: TaskData) -> None:
+    """Position-aware mode: the graph's positions fit the prompts and every prompt reads
+    its answers at the same positions."""
+    pos = graph.positions
+    assert pos is not None
+    if data.clean.shape[1] != pos.n:
+        raise ConfigError(
+            f"the position-aware graph has {pos.n} positions but the prompts have "
+            f"{data.clean.shape[1]} tokens; build the graph from the task's data"
+        )
+    ap = data.answer_pos
+    if not bool((ap == ap[:1]).all()):
+        raise ConfigError(
+            "position-aware mode needs the answer at the same positions in every prompt; "
+            f"prompt 0 reads {ap[0].tolist()}, but others differ"
+        )
+    if set(ap[0].tolist()) != set(pos.sink):
+        raise ConfigError(f"the graph's logits read positions {list(pos.sink)} but the task answers at {ap[0].tolist()}")

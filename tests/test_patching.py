@@ -125,17 +125,19 @@ def test_candidate_batch_matches_reference(setup):
             es = graph.incoming[d]
             alive[es[rng.random(len(es)) < 0.5]] = False
         edges = graph.incoming[dest][:4]
-        rows = np.unique(lay.edge_row[graph.incoming[dest]])
+        inc = graph.incoming[dest]
+        cells = np.unique(np.stack([lay.edge_row[inc], lay.edge_view[inc]], 1), axis=0)
+        rows, views = torch.as_tensor(cells[:, 0]), torch.as_tensor(cells[:, 1])
         absent = p.absent_matrix(alive)
         cands, refs = [], []
         cur = alive.copy()
         for e in edges:
             cur[e] = False
-            cands.append(p.absent_matrix(cur)[torch.as_tensor(rows)])
+            cands.append(p.absent_matrix(cur)[rows, views])
             refs.append(p.reference_metric(cur))
         node = graph.nodes[dest]
         layer = graph.spec.n_layers if node.kind == NodeKind.LOGITS else node.layer
-        got = p.candidate_metrics(absent, layer, torch.as_tensor(rows), torch.stack(cands)).tolist()
+        got = p.candidate_metrics(absent, layer, rows, torch.stack(cands), views).tolist()
         np.testing.assert_allclose(got, refs, rtol=1e-9, atol=1e-12)
 
 

@@ -35,6 +35,7 @@ def spec_of(model: Any) -> ModelSpec:
         d_model=int(cfg.d_model),
         attn_only=bool(getattr(cfg, "attn_only", False)),
         parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+        causal=bool(getattr(cfg, "causal", True)),
     )
 
 
