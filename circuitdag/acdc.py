@@ -33,9 +33,10 @@ from tqdm.auto import tqdm
 
 from circuitdag._kernels import Reachability, backend
 from circuitdag.circuit import Circuit
-from circuitdag.errors import ConfigError
-from circuitdag.graph import Graph, NodeKind
+from circuitdag.errors import ConfigError, TaskError
+from circuitdag.graph import Graph, ModelSpec, NodeKind, Positions
 from circuitdag.patching import Patcher
+from circuitdag.tasks.base import TaskData
 
 log = logging.getLogger("circuitdag")
 
@@ -392,18 +393,39 @@ def acdc(
 
     if isinstance(task, str):
         task = get_task(task)
-    if positions:
-        raise ConfigError("position-aware mode is not available yet; run without --positions")
-    patcher, meta = prepare(model, task, metric=metric, ablation=ablation, seed=seed)
+    patcher, meta = prepare(model, task, metric=metric, ablation=ablation, seed=seed, positions=positions)
     thr = task.default_threshold if threshold is None else threshold
     return run_acdc(patcher, thr, algorithm=algorithm, progress=progress, checkpoint=checkpoint,
-                    resume=resume, meta={**meta, "positions": positions})  # fmt: skip
+                    resume=resume, meta=meta)  # fmt: skip
+
+
+def position_layout(data: TaskData, spec: ModelSpec) -> tuple[TaskData, Positions]:
+    """The token layout of a position-aware run: the data (cut after the last answer
+    position in a causal model, since later tokens cannot change the answers) and the
+    graph's :class:`Positions`. Refuses data whose answers are not at the same positions
+    in every prompt."""
+    ap = data.answer_pos
+    if not bool((ap == ap[:1]).all()):
+        bad = int((ap != ap[:1]).any(dim=1).nonzero()[0, 0])
+        raise TaskError(
+            "position-aware mode needs every prompt to read its answer at the same positions; "
+            f"prompt 0 answers at {ap[0].tolist()} but prompt {bad} at {ap[bad].tolist()}. "
+            "Give the prompts one token layout, or run without --positions"
+        )
+    sink = tuple(sorted(set(ap[0].tolist())))
+    if spec.causal and sink[-1] + 1 < data.clean.shape[1]:
+        data = data.truncated(sink[-1] + 1)
+    try:
+        return data, Positions(data.clean.shape[1], data.position_names, sink)
+    except ValueError as exc:
+        raise TaskError(f"the task's position names cannot name graph nodes: {exc}") from None
 
 
 def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | None = None,
-            seed: int = 0) -> tuple[Patcher, dict[str, Any]]:  # fmt: skip
+            seed: int = 0, positions: bool = False) -> tuple[Patcher, dict[str, Any]]:  # fmt: skip
     """Build the graph and the cached runs for ``task`` on ``model``; returns the
-    :class:`Patcher` and the identity fields every saved result records."""
+    :class:`Patcher` and the identity fields every saved result records. With
+    ``positions`` the graph is position-aware (DESIGN.md)."""
     from circuitdag import __version__
     from circuitdag.models import spec_of
 
@@ -411,7 +433,11 @@ def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | No
     ablation = ablation or task.default_ablation
     task_metric = task.metric()
     data = task.data(model, seed=seed)
-    patcher = Patcher(model, Graph(spec_of(model)), data, ablation=ablation,
+    spec = spec_of(model)
+    layout = None
+    if positions:
+        data, layout = position_layout(data, spec)
+    patcher = Patcher(model, Graph(spec, layout), data, ablation=ablation,
                       metric=task_metric if (metric == "task" and task_metric) else metric)  # fmt: skip
     meta = {
         "task": task.name,
@@ -420,6 +446,7 @@ def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | No
         "ablation": patcher.ablation.value,
         "seed": seed,
         "n_prompts": data.n_prompts,
+        "positions": bool(positions),
         "version": __version__,
     }
     return patcher, meta

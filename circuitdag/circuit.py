@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from circuitdag.graph import Graph
+from circuitdag.graph import Graph, NodeKind
 
 
 @dataclass(eq=False)
@@ -49,6 +49,26 @@ class Circuit:
             return float((m["metric_corrupted"] - m["metric_circuit"]) / gap) if gap else None
         except KeyError:
             return None
+
+    def recovered(self) -> float | None:
+        """The circuit's metric as a fraction of the full model's (``m_circuit / m_full``),
+        the seed project's "65% as good": meaningful for metrics the model maximises
+        (``logit_diff``, ``prob``, stored negated, so the ratio is unchanged); None when the
+        full model's metric is 0 (``kl``, ``l2``, which compare with the full model)."""
+        m = self.meta
+        full, circ = m.get("metric_full"), m.get("metric_circuit")
+        if full is None or circ is None or abs(full) < 1e-12:
+            return None
+        return float(circ / full)
+
+    def head_positions(self) -> tuple[int, int]:
+        """(attention heads used, heads in the graph); with positions these count
+        (head, position) pairs. A head is used when a circuit edge starts or ends at it."""
+        heads = [i for i, n in enumerate(self.graph.nodes) if n.kind == NodeKind.HEAD]
+        t = self.graph.edges
+        idx = np.flatnonzero(self.in_circuit)
+        touched = set(t.src[idx].tolist()) | set(t.dst[idx].tolist())
+        return sum(i in touched for i in heads), len(heads)
 
     def to_networkx(self):
         return self.graph.to_networkx(self.in_circuit)

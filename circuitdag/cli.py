@@ -96,14 +96,13 @@ def cmd_discover(args: argparse.Namespace) -> int:
     out = _writable_dir(args.out or f"runs/{args.task}")
     _threshold(args.threshold)
     task, model = _load(args)
-    if args.positions:
-        raise ConfigError("position-aware mode (--positions) is not available yet; run without it")
-    patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed)
+    patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed,
+                            positions=args.positions)  # fmt: skip
     threshold = _threshold(args.threshold)
     threshold = task.default_threshold if threshold is None else threshold
     circuit = run_acdc(patcher, threshold, algorithm=args.algorithm, progress=not args.quiet,
                        checkpoint=out / "checkpoint.json", resume=args.resume, k_max=args.k_max,
-                       checkpoint_every=args.checkpoint_every, meta={**meta, "positions": False})  # fmt: skip
+                       checkpoint_every=args.checkpoint_every, meta=meta)  # fmt: skip
     circuit.save(out / "circuit.json")
     circuit.to_svg(out / "circuit.svg")
     (out / "checkpoint.json").unlink(missing_ok=True)

@@ -93,7 +93,11 @@ def summarize(circuit: Circuit, truth: set[str] | None = None, ignore: Iterable[
         "metric_circuit": m.get("metric_circuit"),
         "metric_corrupted": m.get("metric_corrupted"),
         "faithfulness": circuit.faithfulness(),
+        "recovered": circuit.recovered(),
     }
+    used, total = circuit.head_positions()
+    key = "head_positions" if circuit.graph.positions is not None else "heads"
+    out.update({f"{key}_used": used, f"{key}_total": total, f"{key}_fraction": used / total if total else None})
     if truth is not None:
         c = confusion(circuit, truth, ignore)
         out.update(precision=c.precision, recall=c.recall, true_positives=c.tp,

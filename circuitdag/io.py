@@ -18,7 +18,7 @@ import numpy as np
 
 from circuitdag.circuit import Circuit
 from circuitdag.errors import CircuitFileError
-from circuitdag.graph import Graph, Input, ModelSpec
+from circuitdag.graph import Graph, Input, ModelSpec, Positions
 
 FORMAT = "circuitdag.circuit/1"
 
@@ -44,6 +44,8 @@ def circuit_to_dict(circuit: Circuit) -> dict[str, Any]:
         "format": FORMAT,
         **meta,
         "graph": asdict(g.spec),
+        "position_layout": None if g.positions is None else {
+            "n": g.positions.n, "names": g.positions.names, "sink": list(g.positions.sink)},
         "n_edges_total": g.n_edges,
         "n_edges": circuit.n_edges,
         "edges": edges,
@@ -68,7 +70,10 @@ def circuit_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Circuit:
         got = doc.get("format") if isinstance(doc, dict) else type(doc).__name__
         raise CircuitFileError(f"{source} is not a circuitdag circuit (format {got!r}, expected {FORMAT!r})")
     try:
-        graph = Graph(ModelSpec(**doc["graph"]))
+        layout = doc.get("position_layout")
+        positions = None if layout is None else Positions(int(layout["n"]),
+            None if layout.get("names") is None else tuple(layout["names"]), tuple(layout["sink"]))  # fmt: skip
+        graph = Graph(ModelSpec(**doc["graph"]), positions)
         edges = doc["edges"]
         names = [e["name"] for e in edges]
         if len(names) != graph.n_edges or set(names) != set(graph.edge_names):
@@ -86,7 +91,8 @@ def circuit_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Circuit:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise CircuitFileError(f"{source}: missing or malformed field ({exc}); the file is damaged") from exc
-    meta = {k: v for k, v in doc.items() if k not in ("format", "graph", "edges", "n_edges_total", "n_edges")}
+    skip = ("format", "graph", "position_layout", "edges", "n_edges_total", "n_edges")
+    meta = {k: v for k, v in doc.items() if k not in skip}
     return Circuit(graph, in_circuit, scores, meta)
 
 

@@ -1,5 +1,7 @@
 """Draw a circuit as SVG with graphviz ``dot``: layers top to bottom, edges coloured by
-input (q/k/v/mlp/resid) and with width growing with the edge's score."""
+input (q/k/v/mlp/resid) and with width growing with the edge's score. Position-aware
+circuits are drawn in one labelled column (a graphviz cluster) per token position, in
+token order, named by the task's position names."""
 
 from __future__ import annotations
 
@@ -44,7 +46,39 @@ def to_dot(circuit: Circuit):  # -> graphviz.Digraph
             f"ablation={meta.get('ablation', '')}  edges={len(idx)}"  # fmt: skip
     dot = graphviz.Digraph("circuit", graph_attr={
         "rankdir": "TB", "label": title, "labelloc": "t", "fontname": "Helvetica", "nodesep": "0.25",
+        "newrank": "true",  # ranks may span the position clusters
     }, node_attr={"fontname": "Helvetica", "fontsize": "11"})  # fmt: skip
+    positions = g.positions
+    if positions is None:
+        for i in used:
+            n = g.nodes[i]
+            dot.node(n.name, n.name, **NODE_STYLE[n.kind])
+    else:
+        by_pos: dict[int, list[int]] = {}
+        for i in used:
+            by_pos.setdefault(g.nodes[i].pos, []).append(i)
+        for p, members in sorted(by_pos.items()):
+            if p < 0:  # logits: declared after the columns (below them, not among them)
+                continue
+            with dot.subgraph(name=f"cluster_pos{p}") as col:
+                col.attr(label="", style="rounded", color="#bbbbbb")
+                # The column's heading: a node on the top rank, so every column starts there.
+                col.node(f"pos_{p}", positions.label(p), shape="plaintext", fontname="Helvetica-Bold",
+                         fontsize="12", tooltip=f"position {p}")  # fmt: skip
+                for i in members:
+                    n = g.nodes[i]
+                    col.node(n.name, n.component, tooltip=n.name, **NODE_STYLE[n.kind])
+                    if n.kind == NodeKind.EMBED or n is g.nodes[min(members)]:
+                        col.edge(f"pos_{p}", n.name, style="invis")
+        for i in by_pos.get(-1, []):
+            dot.node(g.nodes[i].name, g.nodes[i].name, **NODE_STYLE[g.nodes[i].kind])
+        cols = [p for p in sorted(by_pos) if p >= 0]
+        with dot.subgraph() as top:
+            top.attr(rank="min")
+            for p in cols:
+                top.node(f"pos_{p}")
+            for a, b in zip(cols, cols[1:]):  # keep the columns in token order
+                top.edge(f"pos_{a}", f"pos_{b}", style="invis", weight="10")
     # One rank per (layer, attention|mlp) so the drawing reads top to bottom.
     ranks: dict[tuple[int, int], list[int]] = {}
     for i in used:
@@ -54,8 +88,7 @@ def to_dot(circuit: Circuit):  # -> graphviz.Digraph
         with dot.subgraph() as sub:
             sub.attr(rank="same")
             for i in members:
-                n = g.nodes[i]
-                sub.node(n.name, n.name, **NODE_STYLE[n.kind])
+                sub.node(g.nodes[i].name)
     finite = np.abs(circuit.scores[idx][np.isfinite(circuit.scores[idx])])
     top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     for e in idx:

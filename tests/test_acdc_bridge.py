@@ -54,3 +54,31 @@ def test_fast_equals_reference(bridge_patcher):
         np.testing.assert_array_equal(fast.alive, ref.alive)
         np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-7, atol=1e-10)
     assert 0 < ref.alive.sum() < p.graph.n_edges
+
+
+@pytest.fixture(scope="module", params=["gpt2", "llama-gqa"])
+def positional_patcher(request, tiny_gpt2_dir, tiny_llama_dir):
+    from circuitdag.graph import Positions
+
+    path = tiny_gpt2_dir if request.param == "gpt2" else tiny_llama_dir
+    model = load_model(str(path), dtype=torch.float64)
+    data = data_for(model.cfg.d_vocab)
+    data = TaskData(data.clean[:4, :5], data.corrupted[:4, :5], answer_pos=torch.tensor([[3, 4]] * 4))
+    graph = Graph(spec_of(model), Positions(5, sink=(3, 4)))
+    return Patcher(model, graph, data, ablation="resample", metric="kl")
+
+
+def test_positional_extremes_and_fast_equals_reference(positional_patcher):
+    """Position-aware mode through the bridge: rotary embeddings (Llama) and grouped-query
+    key/value heads are the model's own business; the views only patch its inputs."""
+    p = positional_patcher
+    n = p.graph.n_edges
+    full = p.reference_logits(p.absent_matrix(np.ones(n, bool)))
+    torch.testing.assert_close(full, p.model(p.data.clean), rtol=0, atol=1e-9)
+    none = p.reference_logits(p.absent_matrix(np.zeros(n, bool)))
+    torch.testing.assert_close(none[:, 3:], p.model(p.data.corrupted)[:, 3:], rtol=0, atol=1e-8)
+    ref = acdc_reference(p, 1e-4)
+    fast = acdc_fast(p, 1e-4, k_init=4)
+    np.testing.assert_array_equal(fast.alive, ref.alive)
+    np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-7, atol=1e-10)
+    assert 0 < ref.alive.sum() < n

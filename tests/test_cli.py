@@ -71,3 +71,26 @@ def test_unwritable_output_directory(tmp_path, capsys):
     blocker.write_text("")
     code, _, err = run(capsys, "discover", "--out", str(blocker / "sub"))
     assert code == 2 and "not writable" in err
+
+
+def test_pronoun_positions_end_to_end(tmp_path, capsys):
+    """The issue's acceptance run: discover --task pronoun --positions on the shipped toy
+    model, an SVG with one column per named position, evaluate's two seed numbers."""
+    out_dir = tmp_path / "pos"
+    code, out, err = run(capsys, "discover", "--task", "pronoun", "--positions", "--out", str(out_dir), "-q",
+                         "--threads", "1")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((out_dir / "circuit.json").read_text())
+    assert doc["positions"] is True and doc["position_layout"]["names"][2] == "name"
+    names = {e["name"] for e in doc["edges"] if e["in_circuit"]}
+    assert "embed@name->a0.1@'t<v>" in names  # the toy model's head reads the name at 't
+    assert all("@" in n.split("->")[0] for n in names)
+    svg = (out_dir / "circuit.svg").read_text()
+    assert ">name</text>" in svg and ">&#39;t</text>" in svg and "cluster_pos" not in svg.split("<svg")[0]
+    code, out, _ = run(capsys, "evaluate", str(out_dir / "circuit.json"))
+    summary = json.loads(out)
+    assert code == 0 and summary["head_positions_total"] == 2 * 4 * 11
+    assert 0 < summary["head_positions_used"] < 10 and summary["recovered"] > 0.9
+    code, _, _ = run(capsys, "render", str(out_dir / "circuit.json"), "-o", str(tmp_path / "again.svg"))
+    assert code == 0 and (tmp_path / "again.svg").read_text() == svg
+

@@ -250,3 +250,20 @@ def test_layout_must_fit_the_graph() -> None:
         Patcher(model, Graph(spec_of(model), Positions(P + 1)), data)
     with pytest.raises(ConfigError, match="logits read"):
         Patcher(model, Graph(spec_of(model), Positions(P, sink=(1,))), data)
+
+
+def test_position_layout_cuts_after_the_answer_and_refuses_ragged_answers() -> None:
+    from circuitdag.acdc import position_layout
+    from circuitdag.errors import TaskError
+    from circuitdag.tasks.base import TaskData
+
+    data = random_data(pos=P, batch=3)
+    names = ("bos", "a", "b", "c", "d")
+    early = TaskData(data.clean, data.corrupted, torch.full((3, 1), 2), data.correct, data.wrong, names)
+    cut, layout = position_layout(early, spec_of(random_tiny()))
+    assert cut.clean.shape == (3, 3) and layout == Positions(3, ("bos", "a", "b"), (2,))
+    kept, _ = position_layout(early, spec_of(random_tiny(causal=False)))  # later tokens matter
+    assert kept.clean.shape == (3, P)
+    ragged = TaskData(data.clean, data.corrupted, torch.tensor([[4], [4], [3]]))
+    with pytest.raises(TaskError, match=r"prompt 2 at \[3\]"):
+        position_layout(ragged, spec_of(random_tiny()))

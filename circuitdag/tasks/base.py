@@ -67,6 +67,14 @@ class TaskData:
             mv(self.wrong), self.position_names, mv(self.valid),
         )  # fmt: skip
 
+    def truncated(self, n_pos: int) -> TaskData:
+        """The first ``n_pos`` positions of every prompt (answers must lie within them)."""
+        if int(self.answer_pos.max()) >= n_pos:
+            raise TaskError(f"cannot cut prompts to {n_pos} positions: an answer is read at {int(self.answer_pos.max())}")
+        names = None if self.position_names is None else tuple(self.position_names[:n_pos])
+        return TaskData(self.clean[:, :n_pos], self.corrupted[:, :n_pos], self.answer_pos, self.correct,
+                        self.wrong, names, self.valid)  # fmt: skip
+
     @property
     def n_prompts(self) -> int:
         return int(self.clean.shape[0])
