@@ -116,7 +116,7 @@ class Positions:
                     + (f"; repeated: {dup}" if dup else "") + (f"; not words: {bad}" if bad else "")
                 )
             object.__setattr__(self, "names", names)
-        sink = tuple(sorted(set(int(p) for p in self.sink))) or (self.n - 1,)
+        sink = tuple(sorted({int(p) for p in self.sink})) or (self.n - 1,)
         if sink[0] < 0 or sink[-1] >= self.n:
             raise ValueError(f"answer positions {sink} are outside 0..{self.n - 1}")
         object.__setattr__(self, "sink", sink)

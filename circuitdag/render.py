@@ -5,6 +5,7 @@ token order, named by the task's position names."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -77,7 +78,7 @@ def to_dot(circuit: Circuit):  # -> graphviz.Digraph
             top.attr(rank="min")
             for p in cols:
                 top.node(f"pos_{p}")
-            for a, b in zip(cols, cols[1:]):  # keep the columns in token order
+            for a, b in itertools.pairwise(cols):  # keep the columns in token order
                 top.edge(f"pos_{a}", f"pos_{b}", style="invis", weight="10")
     # One rank per (layer, attention|mlp) so the drawing reads top to bottom.
     ranks: dict[tuple[int, int], list[int]] = {}

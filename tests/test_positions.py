@@ -83,8 +83,7 @@ def naive_positional_logits(model, graph, data, alive, S_corr):
         first = 1 + node.layer * per_layer
         return S_corr[:, p, first + (model.cfg.n_heads if node.kind == NodeKind.MLP else node.head)]
 
-    for q in range(P):
-
+    def run_pass(q):
         def patch(hook_name, layer, kind):
             def fn(x, hook):
                 r = raw.setdefault(hook_name, torch.zeros_like(x))
@@ -126,6 +125,9 @@ def naive_positional_logits(model, graph, data, alive, S_corr):
         hooks.append((f"blocks.{n - 1}.hook_resid_post", patch("final", n, "resid")))
         with torch.no_grad():
             logits.append(model.run_with_hooks(data.clean, fwd_hooks=hooks)[:, q])
+
+    for q in range(P):
+        run_pass(q)
     return torch.stack(logits, 1).reshape(B, P, -1)
 
 
