@@ -70,6 +70,26 @@ class Circuit:
         touched = set(t.src[idx].tolist()) | set(t.dst[idx].tolist())
         return sum(i in touched for i in heads), len(heads)
 
+    def without_positions(self) -> Circuit:
+        """The same circuit on the graph without positions: a component edge is in it when
+        any of its position copies is (score: the largest |score| of those copies). Used to
+        compare a position-aware circuit with a ground truth written without positions."""
+        g = self.graph
+        if g.positions is None:
+            return self
+        plain = g.plain
+        idx = g.plain_edge
+        in_circuit = np.zeros(plain.n_edges, dtype=bool)
+        np.logical_or.at(in_circuit, idx, self.in_circuit)
+        scores = np.full(plain.n_edges, np.nan)
+        finite = np.isfinite(self.scores)
+        mags = np.zeros(plain.n_edges)
+        np.maximum.at(mags, idx[finite], np.abs(self.scores[finite]))
+        tested = np.zeros(plain.n_edges, dtype=bool)
+        tested[idx[finite]] = True
+        scores[tested] = mags[tested]
+        return Circuit(plain, in_circuit, scores, {**self.meta, "collapsed_from_positions": True})
+
     def to_networkx(self):
         return self.graph.to_networkx(self.in_circuit)
 

@@ -38,7 +38,11 @@ class Confusion:
 def confusion(circuit: Circuit, truth: set[str], ignore: Iterable[str] = ()) -> Confusion:
     """Edge-level confusion counts of ``circuit`` against the ``truth`` edge set.
     Edges in ``ignore`` (e.g. tracr edges that can never change the output) count as
-    neither positives nor negatives."""
+    neither positives nor negatives. A position-aware circuit is compared with a truth
+    written without positions (``a0.1->a1.0<k>``) on its component edges
+    (:meth:`Circuit.without_positions`)."""
+    if circuit.graph.positions is not None and truth and not any("@" in n for n in truth):
+        circuit = circuit.without_positions()
     names = circuit.graph.edge_names
     ignore = set(ignore)
     counted = np.array([n not in ignore for n in names])

@@ -330,6 +330,21 @@ class Graph:
         mask[[self.edge_index[n] for n in names]] = True
         return mask
 
+    @cached_property
+    def plain(self) -> Graph:
+        """The graph without positions (itself when it has none)."""
+        return self if self.positions is None else Graph(self.spec)
+
+    @cached_property
+    def plain_edge(self) -> np.ndarray:
+        """For each edge, the index of the same edge in :attr:`plain` (positions dropped)."""
+        if self.positions is None:
+            return np.arange(self.n_edges)
+        t = self.edges
+        names = [f"{self.nodes[s].component}->{self.nodes[d].component}<{Input(i).label}>"
+                 for s, d, i in zip(t.src.tolist(), t.dst.tolist(), t.input.tolist())]  # fmt: skip
+        return np.asarray([self.plain.edge_index[n] for n in names], dtype=np.int64)
+
     # ------------------------------------------------------------------ export
     def to_networkx(self, alive: np.ndarray | None = None):  # -> nx.MultiDiGraph
         """A networkx MultiDiGraph of the (alive) edges; edge key is the input label."""

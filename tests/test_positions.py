@@ -269,3 +269,27 @@ def test_position_layout_cuts_after_the_answer_and_refuses_ragged_answers() -> N
     ragged = TaskData(data.clean, data.corrupted, torch.tensor([[4], [4], [3]]))
     with pytest.raises(TaskError, match=r"prompt 2 at \[3\]"):
         position_layout(ragged, spec_of(random_tiny()))
+
+
+def test_tracr_reverse_position_aware_circuit_is_the_mirror() -> None:
+    """Position-aware ACDC on tracr's reverse: the output head at query q reads its key and
+    value at the mirrored position 6 - q (the program's reverse selector), and compared
+    on component edges the circuit is a subset of the ground truth (evaluate collapses
+    positions)."""
+    from circuitdag.acdc import acdc
+    from circuitdag.evaluate import confusion, task_truth
+    from circuitdag.tasks import get_task
+
+    task = get_task("tracr-reverse")
+    circuit = acdc(task.load_model(), task, ablation="zero", positions=True)
+    names = circuit.edge_names
+    for q in range(1, 6):
+        assert f"embed@{6 - q}->a3.0@{q}<k>" in names and f"embed@{6 - q}->a3.0@{q}<v>" in names
+        assert f"a3.0@{q}->logits<resid>" in names
+    assert not any(n.startswith("embed@") and "a3.0@" in n and n.split("->")[0][6:] != str(6 - int(n.split("a3.0@")[1][0]))
+                   for n in names if "<k>" in n or "<v>" in n)  # fmt: skip
+    truth, ignore = task_truth(task, "zero")
+    c = confusion(circuit, truth, ignore)
+    assert c.fp == 0 and c.tp >= 7
+    plain = circuit.without_positions()
+    assert plain.graph.positions is None and plain.edge_names <= truth
