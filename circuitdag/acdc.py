@@ -124,7 +124,8 @@ def max_candidates(patcher: Patcher, budget_bytes: int | None = None) -> int:
     sender deltas, per-head inputs and activations, and the logits, per candidate)."""
     spec, lay = patcher.graph.spec, patcher.layout
     item = torch.finfo(patcher.dtype).bits // 8
-    per_token = spec.d_model * (lay.n_slots + 8 * spec.n_heads + 16) + 4 * patcher.ref.logits.shape[-1]
+    # Sender deltas (one copy), then activations and logits in every view.
+    per_token = spec.d_model * (lay.n_slots + patcher.V * (8 * spec.n_heads + 16)) + 4 * patcher.ref.logits.shape[-1]
     per_cand = patcher.B * patcher.P * per_token * item
     budget = _memory_budget(patcher) if budget_bytes is None else budget_bytes
     return max(1, min(512, budget // max(per_cand, 1)))

@@ -1,5 +1,7 @@
 """Position-aware graphs and patching (DESIGN.md, "Position-aware edges")."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -293,3 +295,16 @@ def test_tracr_reverse_position_aware_circuit_is_the_mirror() -> None:
     assert c.fp == 0 and c.tp >= 7
     plain = circuit.without_positions()
     assert plain.graph.positions is None and plain.edge_names <= truth
+
+
+def test_position_aware_run_resumes_to_the_identical_circuit(tmp_path) -> None:
+    model = random_tiny()
+    data = random_data(pos=P, batch=6)
+    p = Patcher(model, Graph(spec_of(model), Positions(P, sink=(P - 1,))), data)
+    whole = acdc_fast(p, 1e-3)
+    ck = tmp_path / "checkpoint.json"
+    acdc_fast(p, 1e-3, checkpoint=ck, max_destinations=7)  # stops early, as if interrupted
+    assert 0 < json.loads(ck.read_text())["next_dest"] < len(p.graph.visit_order())
+    resumed = acdc_fast(p, 1e-3, checkpoint=ck, resume=True)
+    np.testing.assert_array_equal(resumed.alive, whole.alive)
+    np.testing.assert_array_equal(np.isnan(resumed.scores), np.isnan(whole.scores))
