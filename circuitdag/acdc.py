@@ -174,6 +174,16 @@ def _dest_layer(graph: Graph, dest: int) -> int:
     return graph.spec.n_layers if node.kind == NodeKind.LOGITS else node.layer
 
 
+def _live_positions(graph: Graph, reaching: np.ndarray, layer: int) -> list[int] | None:
+    """Positions that need their own view in a fast pass starting at ``layer``: those of
+    the nodes from ``layer`` on that still reach ``logits``, and the answer positions
+    (None without positions)."""
+    if graph.positions is None:
+        return None
+    keep = reaching & (graph.node_layer >= layer) & (graph.node_pos >= 0)
+    return sorted(set(graph.node_pos[keep].tolist()) | set(graph.positions.sink))
+
+
 def acdc_fast(
     patcher: Patcher,
     threshold: float,
@@ -219,8 +229,10 @@ def acdc_fast(
     for pos in range(state.next_dest, len(order)):
         dest = order[pos]
         edges = graph.incoming[dest]
-        if reach.reaches_sink(state.alive, sink)[dest]:
-            _decide_destination(patcher, state, absent, dest, edges, threshold, sizer, stats, bar)
+        reaching = reach.reaches_sink(state.alive, sink)
+        if reaching[dest]:
+            live = _live_positions(graph, reaching, _dest_layer(graph, dest))
+            _decide_destination(patcher, state, absent, dest, edges, threshold, sizer, stats, bar, live)
         else:
             bar.update(len(edges))
         state.next_dest = pos + 1
@@ -244,6 +256,7 @@ def _decide_destination(
     sizer: BatchSizer,
     stats: dict[str, Any],
     bar: tqdm,
+    live: list[int] | None = None,
 ) -> None:
     """Run the speculative batches for one destination; updates ``state`` and ``absent``
     in place."""
@@ -267,7 +280,7 @@ def _decide_destination(
         steps[torch.arange(k, device=dev), torch.as_tensor(local_cell[at], device=dev),
               torch.as_tensor(pos[at], device=dev), torch.as_tensor(slots[at], device=dev)] = 1.0  # fmt: skip
         cand = absent[cell_rows, cell_views].unsqueeze(0) + steps.cumsum(0)
-        m = patcher.candidate_metrics(absent, layer, cell_rows, cand, cell_views).tolist()
+        m = patcher.candidate_metrics(absent, layer, cell_rows, cand, cell_views, live).tolist()
         stats["batches"] += 1
         stats["candidates_evaluated"] += k
         accepted = 0

@@ -107,12 +107,14 @@ def cmd_discover(args: argparse.Namespace) -> int:
     circuit.to_svg(out / "circuit.svg")
     (out / "checkpoint.json").unlink(missing_ok=True)
     f = circuit.faithfulness()
+    used, total = circuit.head_positions()
     st = circuit.meta["stats"]
     print(
         f"{task.name}: {circuit.n_edges}/{circuit.graph.n_edges} edges, {len(circuit.node_names)} nodes, "
         f"metric {circuit.meta['metric']} full={circuit.meta['metric_full']:.4g} "
         f"circuit={circuit.meta['metric_circuit']:.4g}"
         + (f" faithfulness={f:.3f}" if f is not None else "")
+        + (f", {used}/{total} (head, position) pairs" if circuit.graph.positions is not None else "")
         + f", {st['forward_passes']} forward passes in {st['seconds']:.1f}s -> {out}/circuit.json, {out}/circuit.svg"
     )
     return 0

@@ -210,6 +210,16 @@ class Graph:
         """Indices of the ``embed`` nodes (one per position)."""
         return np.arange(self.n_pos, dtype=np.int64)
 
+    @cached_property
+    def node_layer(self) -> np.ndarray:
+        """Layer of each node (-1 embed, ``n_layers`` logits)."""
+        return np.asarray([n.layer for n in self.nodes], dtype=np.int64)
+
+    @cached_property
+    def node_pos(self) -> np.ndarray:
+        """Position of each node (-1 without positions and for logits)."""
+        return np.asarray([n.pos for n in self.nodes], dtype=np.int64)
+
     def node_at(self, comp: int, pos: int) -> int:
         """Node index of component ``comp`` (index into :attr:`components`) at ``pos``."""
         if self.components[comp].kind == NodeKind.LOGITS:

@@ -19,7 +19,7 @@ Two forward implementations share the caches:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -227,6 +227,7 @@ class Patcher:
             self.S_clean: Float[Tensor, "batch pos slot d_model"] = clean["slots"]
             self.resid_pre: list[Tensor] = clean["resid_pre"]
             self.resid_final: Tensor = clean["resid_final"]
+            self.mlp_in: list[Tensor] = clean["mlp_in"]
             self.ref = MetricRef(
                 logits=self._answer_logits(clean["logits"].unsqueeze(0))[0],
                 correct=self.data.correct,
@@ -271,14 +272,24 @@ class Patcher:
         def put_final(x, hook):
             resid_pre[n] = x.detach().clone()
 
+        mlp_in: list[Tensor] = [torch.empty(0)] * n
+
+        def put_mlp_in(L: int):
+            def fn(x, hook):
+                mlp_in[L] = x.detach().clone()
+            return fn
+
         hooks = [(_HOOK["resid_pre"](L), put_resid(L)) for L in range(n)]
+        if lay.has_mlp:
+            hooks += [(_HOOK["mlp_in"](L), put_mlp_in(L)) for L in range(n)]
         hooks += [(_HOOK["result"](L), put_heads(L)) for L in range(n)]
         if lay.has_mlp:
             hooks += [(_HOOK["mlp_out"](L), put_mlp(L)) for L in range(n)]
         hooks.append((f"blocks.{n - 1}.hook_resid_post", put_final))
         logits = self.model.run_with_hooks(tokens, fwd_hooks=hooks)
         self.n_forward += 1
-        return {"slots": slots, "resid_pre": resid_pre[:n], "resid_final": resid_pre[n], "logits": logits}
+        return {"slots": slots, "resid_pre": resid_pre[:n], "resid_final": resid_pre[n], "mlp_in": mlp_in,
+                "logits": logits}  # fmt: skip
 
     def _answer_logits(self, x: Float[Tensor, "k batch pos dim"]) -> Float[Tensor, "k batch n_ans dim"]:
         """``x`` (logits or residuals) at the task's answer positions."""
@@ -403,6 +414,7 @@ class Patcher:
         cand_rows: Tensor,
         cand_absent: Float[Tensor, "k cell pos slot"],
         cand_views: Tensor | None = None,
+        live_positions: Sequence[int] | None = None,
     ) -> Float[Tensor, " k"]:
         """Metric of K candidate circuits that equal ``absent`` except on the cells
         ``(cand_rows[c], cand_views[c])``, where candidate j uses ``cand_absent[j, c]``
@@ -412,22 +424,56 @@ class Patcher:
         the clean run, i.e. all edges into nodes before the destination are present (true
         throughout ACDC, which visits destinations in reverse topological order). The pass
         starts at ``start_layer`` (the destination's layer) from the cached clean residual.
+
+        ``live_positions`` (position-aware graphs): the positions holding a node of layer
+        ``>= start_layer`` that still reaches ``logits`` in ``absent`` (and the answer
+        positions); only these get a view. Every other position p is computed from the
+        caches: its nodes from ``start_layer`` on reach nothing, so every edge out of them
+        that matters is absent, and the inputs that read p equal the clean input with
+        those senders' outputs replaced by their corrupted ones (see docs/positions.md).
         """
         lay, n = self.layout, self.layout.n_layers
-        K, B = cand_absent.shape[0], self.B
+        K, B, P = cand_absent.shape[0], self.B, self.P
         n0 = lay.slots_before(start_layer)
         cells = list(zip(cand_rows.tolist(), [0] * len(cand_rows) if cand_views is None else cand_views.tolist()))
-        # In-pass sender deltas for slots >= n0, per candidate (true positions, no views).
-        D_now = torch.zeros(K, B, self.P, lay.n_slots - n0, self.graph.spec.d_model,
+        live = list(range(P)) if not self.positional or live_positions is None else sorted(set(live_positions))
+        V = len(live) if self.positional else 1
+        view_of = {p: i for i, p in enumerate(live)}
+        live_t = torch.as_tensor(live, device=self.device)
+        dead = [p for p in range(P) if p not in view_of] if self.positional else []
+        # In-pass sender deltas for slots >= n0, per candidate (true positions, no views);
+        # zero at the positions without a view (their senders count as corrupted).
+        D_now = torch.zeros(K, B, P, lay.n_slots - n0, self.graph.spec.d_model,
                             device=self.device, dtype=self.dtype)  # fmt: skip
         D_clean0 = self.D_clean[:, :, :n0]
 
+        def diagonal(x: Tensor, L: int | None = None, kind: Input | None = None) -> Tensor:
+            """(k batch views) pos ... -> k batch pos ...: position p from view p; the
+            positions without a view from the caches (``L``/``kind`` name the input)."""
+            x = x.reshape(K, B, V, *x.shape[1:])
+            if not self.positional:
+                return x[:, :, 0]
+            if not dead:
+                return x[:, :, torch.arange(V, device=self.device), live_t]
+            out = x.new_empty(K, B, P, *x.shape[4:])
+            out[:, :, live_t] = x[:, :, torch.arange(V, device=self.device), live_t]
+            if L is not None:
+                fill = self._cached_input(start_layer, L, kind)[:, dead]  # batch dead d
+                out[:, :, dead] = fill.reshape(B, len(dead), *([1] * (x.dim() - 5)), -1).expand_as(out[:, :, dead])
+            return out
+
+        def into_views(t: Tensor) -> Tensor:
+            t = t.expand(K, B, V, *t.shape[3:])
+            return t.reshape(K * B * V, *t.shape[3:])
+
         def contribution(L: int, kind: Input) -> Tensor:
             """Sum over absent edges of sender deltas into the rows of (L, kind):
-            k batch view-or-1 pos rows d."""
+            k batch views-or-1 pos rows d."""
             sl, k = lay.rows(L, kind), lay.readable_slots(L, kind)
-            mask = absent[sl]
-            out = self._clean_contribution(start_layer, sl, mask[..., :n0], kind).unsqueeze(0)
+            cross = lay.crosses_positions(kind)
+            mask = absent[sl][:, live_t] if cross else absent[sl]
+            out = self._clean_contribution(start_layer, sl, absent[sl][..., :n0], kind)
+            out = (out[:, live_t] if cross else out).unsqueeze(0)
             if k > n0:
                 out = out + self._contract(D_now[..., : k - n0, :], mask[..., n0:k], kind)
             hit = [(c, r - sl.start, v) for c, (r, v) in enumerate(cells) if sl.start <= r < sl.stop]
@@ -435,11 +481,11 @@ class Patcher:
                 out = out.expand(K, *out.shape[1:]).clone()
                 for c, ri, v in hit:
                     cm = cand_absent[:, c, :, :k]  # k pos slot: the row's mask in view v
-                    if lay.crosses_positions(kind):
+                    if cross:
                         got = torch.einsum("bpsd,kps->kbpd", D_clean0, cm[..., :n0])
                         if k > n0:
                             got = got + torch.einsum("kbpsd,kps->kbpd", D_now[..., : k - n0, :], cm[..., n0:])
-                        out[:, :, v, :, ri] = got
+                        out[:, :, view_of[v], :, ri] = got
                     elif self.positional:  # the row reads position v only
                         got = torch.einsum("bsd,ks->kbd", D_clean0[:, v], cm[:, v, :n0])
                         if k > n0:
@@ -455,24 +501,29 @@ class Patcher:
         def patched(x: Tensor, L: int, kind: Input) -> Tensor:
             single = x.dim() == 3
             xs = x.unsqueeze(2) if single else x
-            own = self._diagonal(xs, K).unsqueeze(2)  # k batch 1 pos rows d
-            out = self._into_views(own - contribution(L, kind))
+            own = diagonal(xs, L, kind).unsqueeze(2)  # k batch 1 pos rows d
+            out = into_views(own - contribution(L, kind))
             return out[:, :, 0] if single else out
 
         def patch(L: int, kind: Input):
             return lambda x, hook: patched(x, L, kind)
 
         def stop_with_final(x, hook):
-            own = self._diagonal(x, K)  # k batch pos d
+            own = diagonal(x, n, Input.RESID)  # k batch pos d
             raise _StopForward(own - contribution(n, Input.RESID)[:, :, 0, :, 0])
 
         def record(first_slot: int, count: int, single: bool):
             def fn(x, hook):
-                x = self._diagonal(x, K)
+                x = x.reshape(K, B, V, *x.shape[1:])
+                x = x[:, :, torch.arange(V, device=self.device), live_t] if self.positional else x[:, :, 0]
                 if single:
                     x = x.unsqueeze(3)
                 lo = first_slot - n0
-                D_now[:, :, :, lo : lo + count] = x - self.S_corr[:, :, first_slot : first_slot + count]
+                corr = self.S_corr[:, :, first_slot : first_slot + count]
+                if self.positional:
+                    D_now[:, :, live_t, lo : lo + count] = x - corr[:, live_t]
+                else:
+                    D_now[:, :, :, lo : lo + count] = x - corr
             return fn
 
         if start_layer == n:  # destination is logits: patch the final residual directly
@@ -480,7 +531,7 @@ class Patcher:
             final = own - contribution(n, Input.RESID)[:, :, 0, :, 0]
         else:
             resid = self.resid_pre[start_layer].unsqueeze(0).unsqueeze(2)  # 1 batch 1 pos d
-            resid = self._into_views(resid.expand(K, -1, -1, -1, -1))
+            resid = into_views(resid.expand(K, -1, -1, -1, -1))
             hooks: list[tuple[str, Callable]] = []
             for L in range(start_layer, n):
                 hooks += [(_HOOK[name](L), patch(L, kind)) for kind, name in _QKV]
@@ -498,6 +549,28 @@ class Patcher:
         self.n_forward += 1
         self.n_layer_evals += K * (n - start_layer)
         return self.metric_of_answer_logits(self._unembed_answers(final))
+
+    def _cached_input(self, start_layer: int, L: int, kind: Input) -> Float[Tensor, "batch pos d_model"]:
+        """The clean run's input to (layer ``L``, ``kind``) with every sender from
+        ``start_layer`` on replaced by its corrupted output (cached per start layer)."""
+        if self._cache_layer != start_layer:
+            self._cache.clear()
+            self._cache_layer = start_layer
+        key = ("input", L, int(kind))
+        hit = self._cache.get(key)  # type: ignore[arg-type]
+        if hit is not None:
+            return hit[1]
+        lay = self.layout
+        if kind == Input.RESID:
+            clean = self.resid_final
+        elif kind == Input.MLP:
+            clean = self.mlp_in[L]
+        else:
+            clean = self.resid_pre[L]
+        n0, k = lay.slots_before(start_layer), lay.readable_slots(L, kind)
+        out = clean - self.D_clean[:, :, n0:k].sum(dim=2)
+        self._cache[key] = (None, out)  # type: ignore[index,assignment]
+        return out
 
     def _unembed_answers(self, final: Float[Tensor, "k batch pos d_model"]) -> Float[Tensor, "k batch n_ans vocab"]:
         """Logits at the answer positions only, from the final residual stream."""

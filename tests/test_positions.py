@@ -7,7 +7,7 @@ import pytest
 import torch
 from randmodel import random_data, random_tiny
 
-from circuitdag.acdc import acdc_fast, acdc_reference
+from circuitdag.acdc import _live_positions, _reachability, acdc_fast, acdc_reference
 from circuitdag.errors import ConfigError
 from circuitdag.graph import Graph, Input, ModelSpec, NodeKind, Positions
 from circuitdag.models import spec_of
@@ -212,12 +212,16 @@ def test_candidate_batch_matches_reference(setup) -> None:
     lay = p.layout
     rng = np.random.default_rng(1)
     order = graph.visit_order()
+    reach = _reachability(graph)
+    pruned = 0
     for at in [0, 1, len(order) // 3, len(order) // 2, len(order) - 1]:
         dest = order[at]
         alive = np.ones(graph.n_edges, bool)
         for d in order[:at]:
             es = graph.incoming[d]
             alive[es[rng.random(len(es)) < 0.5]] = False
+        if not reach.reaches_sink(alive, graph.sink)[dest]:
+            continue  # ACDC never evaluates a destination that no longer matters
         inc = graph.incoming[dest]
         edges = inc[rng.permutation(len(inc))[:5]]
         cells = np.unique(np.stack([lay.edge_row[inc], lay.edge_view[inc]], 1), axis=0)
@@ -233,6 +237,12 @@ def test_candidate_batch_matches_reference(setup) -> None:
         layer = graph.spec.n_layers if node.kind == NodeKind.LOGITS else node.layer
         got = p.candidate_metrics(absent, layer, rows, torch.stack(cands), views).tolist()
         np.testing.assert_allclose(got, refs, rtol=1e-9, atol=1e-12)
+        # Views only for the positions that still matter; the others come from the caches.
+        live = _live_positions(graph, reach.reaches_sink(alive, graph.sink), layer)
+        pruned += len(live) < P
+        got = p.candidate_metrics(absent, layer, rows, torch.stack(cands), views, live).tolist()
+        np.testing.assert_allclose(got, refs, rtol=1e-9, atol=1e-12)
+    assert pruned  # the cached-position path was exercised
 
 
 @pytest.mark.parametrize("ablation", ["resample", "zero"])
