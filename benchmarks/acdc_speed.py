@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/acdc_speed.py                # tracr + toy + zoo tasks, CPU
     .venv/bin/python benchmarks/acdc_speed.py --gpt2 --device cuda   # + GPT-2-small-sized graph
+    .venv/bin/python benchmarks/acdc_speed.py --positions --only pronoun   # position-aware cases
 
 For every case it runs the sequential reference and the speculative-batched fast path on
 the same cached runs and prints: edges, edges kept, forward passes, layer evaluations,
@@ -142,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="limit both paths to the first N destinations (CPU)")
     ap.add_argument("--gpt2-threshold", type=float, default=0.01)
     ap.add_argument("--gpt2-fast-only", action="store_true", help="skip the reference on the GPT-2 case")
+    ap.add_argument("--positions", action="store_true",
+                    help="also run every task position-aware (cases labelled +pos)")
     ap.add_argument("--json", help="also write the rows as JSON here")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -152,13 +155,14 @@ def main(argv: list[str] | None = None) -> int:
         task = get_task(name)
         is_tracr = name.startswith("tracr-")
         for ablation in (("zero", "resample") if is_tracr else (None,)):
-            label = f"{name}/{ablation}" if ablation else name
+            for positions in (False, True) if args.positions else (False,):
+                label = (f"{name}/{ablation}" if ablation else name) + ("+pos" if positions else "")
 
-            def build(task=task, ablation=ablation):
-                model = task.load_model(device=args.device, dtype=dtype)
-                return prepare(model, task, ablation=ablation)[0]
+                def build(task=task, ablation=ablation, positions=positions):
+                    model = task.load_model(device=args.device, dtype=dtype)
+                    return prepare(model, task, ablation=ablation, positions=positions)[0]
 
-            cases.append((label, build, task.default_threshold))
+                cases.append((label, build, task.default_threshold))
     if args.toy:
         cases.append(("toy-4L8H", lambda: toy_patcher(dtype, args.device), 0.005))
     if args.gpt2:
