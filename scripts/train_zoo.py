@@ -335,41 +335,59 @@ def build_pronoun(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFa
 
 # ---------------------------------------------------------------------------- induction
 
-N_SYMBOLS = 50
+N_SYMBOLS = 200
+IND_LEN = 31  # tokens after BOS in training (n_ctx 32)
 
 
-def induction_sequence(rng: random.Random, length: int, p_at_start: float) -> tuple[list[int], int, int]:
-    """(sequence, a, k): a random segment S of k = 4..12 symbols repeated once (S S),
-    starting right after BOS with probability ``p_at_start`` and otherwise after ``a``
-    filler symbols (a uniform), then filler to ``length`` tokens after BOS. All symbols
-    apart from the repeat are distinct, so every repeated token is a true induction cue.
-    Ids are tokenizer ids (2..)."""
-    k = rng.randint(4, 12)
-    drawn = rng.sample(range(2, 2 + N_SYMBOLS), length - k)  # length - k <= N_SYMBOLS
-    seg, filler = drawn[:k], drawn[k:]
-    a = 0 if rng.random() < p_at_start else rng.randint(0, length - 2 * k)
-    return [0] + filler[:a] + seg + seg + filler[a:], a, k
+def induction_sequence(rng: random.Random, length: int = IND_LEN) -> tuple[list[int], list[int], int, int]:
+    """(sequence, labels, a, k): ``length`` uniformly random symbols (drawn with
+    replacement) after BOS, in which the k = 4..15 symbols at offset a (uniform in
+    0 .. length - 2k) are copied right after themselves (S S). Labels are IGNORE except on
+    the k - 1 predictable tokens of the second copy (S[1] .. S[k-1]), so the loss is
+    the induction loss only. Ids are tokenizer ids (2..)."""
+    k = rng.randint(4, 15)
+    a = rng.randint(0, length - 2 * k)
+    toks = [rng.randrange(2, 2 + N_SYMBOLS) for _ in range(length)]
+    toks[a + k : a + 2 * k] = toks[a : a + k]
+    seq = [0] + toks
+    labels = [IGNORE] * len(seq)
+    for t in range(a + k + 2, a + 2 * k + 1):  # label t is predicted at position t - 1
+        labels[t] = seq[t]
+    return seq, labels, a, k
+
+
+def sinusoidal_positions(n_ctx: int, d_model: int, amplitude: float, base: float = 100.0) -> torch.Tensor:
+    """Sine/cosine position vectors (frequencies base^(-2i/d)), scaled by ``amplitude``.
+
+    Used only to initialise GPT-2's learned position embedding: with it, attending to
+    position q - 1 is one fixed rotation of the query, and a previous-token head forms in
+    a few hundred steps; with GPT-2's default random initialisation (std 0.02) the model
+    instead solved the task with heads that attend by position (docs/zoo.md).
+    """
+    pos = torch.arange(n_ctx, dtype=torch.float32)[:, None]
+    freqs = torch.exp(-math.log(base) * torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
+    pe = torch.zeros(n_ctx, d_model)
+    pe[:, 0::2] = torch.sin(pos * freqs)
+    pe[:, 1::2] = torch.cos(pos * freqs)
+    return amplitude * pe
 
 
 def build_induction(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast, dict[str, Any]]:
-    arch = {"n_layers": 2, "n_heads": 4, "d_model": 64, "d_mlp": 4, "n_ctx": 32}
-    recipe = {"steps": 6000, "batch_size": 256, "lr": 5e-3, "weight_decay": 0.01, "warmup": 100}
-    # Repeats right after BOS are over-represented, as in the evaluation set: otherwise the
-    # previous-token head is rarely needed at positions 1-3 and the first repeated tokens
-    # of BOS S S are mispredicted; too many of them and the model learns position-bound
-    # offsets instead of general induction.
-    p_at_start = 1 / 3
-    seq_len = 24  # tokens after BOS in training
+    arch = {"n_layers": 2, "n_heads": 2, "d_model": 64, "d_mlp": 4, "n_ctx": 32}
+    recipe = {"steps": 2000, "batch_size": 128, "lr": 5e-3, "weight_decay": 0.01, "warmup": 100}
+    pos_amplitude = 0.05
     tokenizer = make_tokenizer([f"t{i}" for i in range(N_SYMBOLS)], arch["n_ctx"])
     torch.manual_seed(seed)
     model = make_model(len(tokenizer), arch)
     _zero_and_freeze_mlps(model)
+    with torch.no_grad():
+        model.transformer.wpe.weight.copy_(
+            sinusoidal_positions(arch["n_ctx"], arch["d_model"], pos_amplitude)
+        )
 
     def batch(rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.tensor(
-            [induction_sequence(rng, seq_len, p_at_start)[0] for _ in range(recipe["batch_size"])]
-        )
-        return x, x.clone()
+        rows = [induction_sequence(rng) for _ in range(recipe["batch_size"])]
+        return torch.tensor([r[0] for r in rows]), torch.tensor([r[1] for r in rows])
 
     loss = train(model, batch, recipe, seed, log=_log("induction"))
     for block in model.transformer.h:  # still exactly zero after training
@@ -382,12 +400,13 @@ def build_induction(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizer
         sequences.append([0] + seg + seg)
     shifted, spans = [], []  # repeats at a uniformly random offset
     for _ in range(100):
-        seq, a, k = induction_sequence(erng, seq_len, p_at_start=0.0)
+        seq, _, a, k = induction_sequence(erng)
         shifted.append(seq)
         spans.append([a + k + 1, a + 2 * k])  # predictions at the 2nd copy's first k-1 tokens
     card = {
         "name": "induction",
-        "description": "Attention-only 2-layer induction model: BOS A B C ... A B C -> predicts the repeat.",
+        "description": "Attention-only 2-layer induction model: BOS A B C ... A B C -> predicts the repeat. "
+        "Layer 0 has a previous-token head, layer 1 induction heads (docs/zoo.md).",
         "architecture": {
             **arch_card(model, arch),
             "attn_only": True,
@@ -400,14 +419,18 @@ def build_induction(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizer
             **recipe,
             "optimizer": OPTIMIZER,
             "final_loss": loss,
+            "init": f"GPT-2 default (torch.manual_seed({seed})), except the learned position embedding "
+            f"(wpe), initialised to sinusoids of amplitude {pos_amplitude} "
+            "(scripts/train_zoo.py:sinusoidal_positions, base 100); it is trained like the rest",
             "data": {
-                "recipe": "scripts/train_zoo.py:induction_sequence - BOS + 24 tokens: a segment of 4..12 "
-                "symbols repeated once (S S), right after BOS with probability p_at_start and otherwise at "
-                "a uniformly random offset, the rest filler; all symbols distinct "
-                "apart from the repeat; loss on every position. The varying offset and length rule out "
-                "a fixed positional shortcut.",
-                "seq_len": seq_len,
-                "p_at_start": p_at_start,
+                "recipe": f"scripts/train_zoo.py:induction_sequence - BOS + {IND_LEN} uniformly random "
+                f"symbols (with replacement, {N_SYMBOLS} symbols) in which a segment S of 4..15 symbols at a "
+                "uniformly random offset is followed by a copy of itself (S S); loss only on the k-1 "
+                "predictable tokens of the second copy. The random offset, length and filler rule out "
+                "positional shortcuts.",
+                "seq_len": IND_LEN,
+                "segment_len": [4, 15],
+                "loss_positions": "second copy, S[1] .. S[k-1]",
                 "n_symbols": N_SYMBOLS,
             },
         },
@@ -420,8 +443,8 @@ def build_induction(seed: int = 0) -> tuple[GPT2LMHeadModel, PreTrainedTokenizer
             "sequence_accuracy: all 9 right",
             "sequences": sequences,
             "shifted": {
-                "recipe": "induction_sequence with the repeat at a uniformly random offset "
-                "(random.Random(12345), after the 100 sequences above)",
+                "recipe": "induction_sequence: the repeat at a uniformly random offset inside random "
+                "filler (random.Random(12345), after the 100 sequences above)",
                 "metric": "shifted_accuracy: argmax accuracy on the k-1 predictable tokens of each "
                 "second copy",
                 "sequences": shifted,
