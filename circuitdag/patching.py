@@ -319,20 +319,34 @@ class Patcher:
         B, P = tokens.shape
         return tokens.unsqueeze(1).expand(B, self.V, P).reshape(B * self.V, P)
 
-    def _diagonal(self, x: Tensor, k: int) -> Tensor:
+    def _diagonal(self, x: Tensor, k: int, live: Tensor | None = None, fill: Tensor | None = None) -> Tensor:
         """Activations of a pass over ``k x batch x views`` sequences -> ``k batch pos ...``:
-        position ``p`` read from view ``p`` (every view, without positions)."""
-        x = x.reshape(k, self.B, self.V, *x.shape[1:])
+        position ``p`` read from view ``p`` (every view is the same without positions).
+
+        With ``live`` (positions, in view order) only those positions have a view; the
+        others are taken from ``fill`` (``batch pos d_model``, broadcast over heads) or left
+        uninitialised when ``fill`` is None."""
+        n_views = self.V if live is None else len(live)
+        x = x.reshape(k, self.B, n_views, *x.shape[1:])
         if not self.positional:
             return x[:, :, 0]
-        i = self._diag_idx
-        return x[:, :, i, i]
+        if live is None or len(live) == self.P:
+            i = self._diag_idx
+            return x[:, :, i, i]
+        out = x.new_empty(k, self.B, self.P, *x.shape[4:])
+        out[:, :, live] = x[:, :, torch.arange(n_views, device=self.device), live]
+        if fill is not None:
+            dead = torch.ones(self.P, dtype=torch.bool, device=self.device)
+            dead[live] = False
+            part = fill[:, dead]  # batch dead d_model
+            out[:, :, dead] = part.reshape(*part.shape[:2], *([1] * (out.dim() - 4)), -1).expand_as(out[:, :, dead])
+        return out
 
-    def _into_views(self, x: Float[Tensor, "k batch view pos ..."]) -> Tensor:
+    def _into_views(self, x: Float[Tensor, "k batch view pos ..."], n_views: int | None = None) -> Tensor:
         """``k batch view-or-1 pos ...`` -> the ``(k batch views) pos ...`` layout of a pass."""
-        k = x.shape[0]
-        x = x.expand(k, self.B, self.V, *x.shape[3:])
-        return x.reshape(k * self.B * self.V, *x.shape[3:])
+        k, n_views = x.shape[0], self.V if n_views is None else n_views
+        x = x.expand(k, self.B, n_views, *x.shape[3:])
+        return x.reshape(k * self.B * n_views, *x.shape[3:])
 
     def _contract(self, D: Tensor, mask: Tensor, kind: Input) -> Tensor:
         """Contributions ``sum_s mask * D`` of senders to a group of rows.
@@ -440,31 +454,18 @@ class Patcher:
         V = len(live) if self.positional else 1
         view_of = {p: i for i, p in enumerate(live)}
         live_t = torch.as_tensor(live, device=self.device)
-        dead = [p for p in range(P) if p not in view_of] if self.positional else []
         # In-pass sender deltas for slots >= n0, per candidate (true positions, no views);
         # zero at the positions without a view (their senders count as corrupted).
         D_now = torch.zeros(K, B, P, lay.n_slots - n0, self.graph.spec.d_model,
                             device=self.device, dtype=self.dtype)  # fmt: skip
         D_clean0 = self.D_clean[:, :, :n0]
 
-        def diagonal(x: Tensor, L: int | None = None, kind: Input | None = None) -> Tensor:
-            """(k batch views) pos ... -> k batch pos ...: position p from view p; the
-            positions without a view from the caches (``L``/``kind`` name the input)."""
-            x = x.reshape(K, B, V, *x.shape[1:])
-            if not self.positional:
-                return x[:, :, 0]
-            if not dead:
-                return x[:, :, torch.arange(V, device=self.device), live_t]
-            out = x.new_empty(K, B, P, *x.shape[4:])
-            out[:, :, live_t] = x[:, :, torch.arange(V, device=self.device), live_t]
-            if L is not None:
-                fill = self._cached_input(start_layer, L, kind)[:, dead]  # batch dead d
-                out[:, :, dead] = fill.reshape(B, len(dead), *([1] * (x.dim() - 5)), -1).expand_as(out[:, :, dead])
-            return out
+        def diagonal(x: Tensor, L: int, kind: Input) -> Tensor:
+            fill = self._cached_input(start_layer, L, kind) if len(live) < P else None
+            return self._diagonal(x, K, live_t if self.positional else None, fill)
 
         def into_views(t: Tensor) -> Tensor:
-            t = t.expand(K, B, V, *t.shape[3:])
-            return t.reshape(K * B * V, *t.shape[3:])
+            return self._into_views(t, V)
 
         def contribution(L: int, kind: Input) -> Tensor:
             """Sum over absent edges of sender deltas into the rows of (L, kind):
@@ -514,16 +515,12 @@ class Patcher:
 
         def record(first_slot: int, count: int, single: bool):
             def fn(x, hook):
-                x = x.reshape(K, B, V, *x.shape[1:])
-                x = x[:, :, torch.arange(V, device=self.device), live_t] if self.positional else x[:, :, 0]
+                x = self._diagonal(x, K, live_t if self.positional else None)  # k batch pos ...
                 if single:
                     x = x.unsqueeze(3)
-                lo = first_slot - n0
+                lo, at = first_slot - n0, live_t if self.positional else slice(None)
                 corr = self.S_corr[:, :, first_slot : first_slot + count]
-                if self.positional:
-                    D_now[:, :, live_t, lo : lo + count] = x - corr[:, live_t]
-                else:
-                    D_now[:, :, :, lo : lo + count] = x - corr
+                D_now[:, :, at, lo : lo + count] = x[:, :, at] - corr[:, at]
             return fn
 
         if start_layer == n:  # destination is logits: patch the final residual directly
