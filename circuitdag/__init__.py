@@ -22,6 +22,7 @@ from circuitdag.circuit import Circuit as Circuit
 from circuitdag.errors import CircuitDagError as CircuitDagError
 from circuitdag.graph import Graph as Graph
 from circuitdag.graph import ModelSpec as ModelSpec
+from circuitdag.graph import Positions as Positions
 from circuitdag.io import load_circuit as load_circuit
 from circuitdag.models import load_model as load_model
 from circuitdag.patching import Patcher as Patcher

@@ -1,11 +1,10 @@
-"""Draw a circuit as SVG with graphviz ``dot``: layers top to bottom, edges coloured by
-input (q/k/v/mlp/resid) and with width growing with the edge's score. Position-aware
-circuits are drawn in one labelled column (a graphviz cluster) per token position, in
-token order, named by the task's position names."""
+"""Draw a circuit as SVG with graphviz: layers top to bottom, edges coloured by input
+(q/k/v/mlp/resid) and with width growing with the edge's score. Position-aware circuits
+are drawn as a grid: one column per token position, in token order, headed by the task's
+position name."""
 
 from __future__ import annotations
 
-import itertools
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,8 +33,14 @@ NODE_STYLE = {
 }
 
 
+def _rank(node) -> tuple[int, int]:
+    """Drawing row of a node: one per (layer, attention|MLP), top to bottom."""
+    return (node.layer, 1 if node.kind == NodeKind.MLP else 0)
+
+
 def to_dot(circuit: Circuit):  # -> graphviz.Digraph
-    """The circuit as a ``graphviz.Digraph`` (only nodes touched by circuit edges)."""
+    """The circuit as a ``graphviz.Digraph`` (only nodes touched by circuit edges): laid out
+    by ``dot`` without positions, on a pinned grid (``neato``) with positions."""
     import graphviz
 
     g = circuit.graph
@@ -45,51 +50,23 @@ def to_dot(circuit: Circuit):  # -> graphviz.Digraph
     meta = circuit.meta
     title = f"{meta.get('task', '')}  threshold={meta.get('threshold', '')}  metric={meta.get('metric', '')}  " \
             f"ablation={meta.get('ablation', '')}  edges={len(idx)}"  # fmt: skip
-    dot = graphviz.Digraph("circuit", graph_attr={
-        "rankdir": "TB", "label": title, "labelloc": "t", "fontname": "Helvetica", "nodesep": "0.25",
-        "newrank": "true",  # ranks may span the position clusters
-    }, node_attr={"fontname": "Helvetica", "fontsize": "11"})  # fmt: skip
-    positions = g.positions
-    if positions is None:
+    graph_attr = {"label": title, "labelloc": "t", "fontname": "Helvetica"}
+    node_attr = {"fontname": "Helvetica", "fontsize": "11"}
+    if g.positions is None:
+        dot = graphviz.Digraph("circuit", graph_attr={**graph_attr, "rankdir": "TB", "nodesep": "0.25"},
+                               node_attr=node_attr)  # fmt: skip
+        ranks: dict[tuple[int, int], list[int]] = {}
         for i in used:
-            n = g.nodes[i]
-            dot.node(n.name, n.name, **NODE_STYLE[n.kind])
-    else:
-        by_pos: dict[int, list[int]] = {}
-        for i in used:
-            by_pos.setdefault(g.nodes[i].pos, []).append(i)
-        for p, members in sorted(by_pos.items()):
-            if p < 0:  # logits: declared after the columns (below them, not among them)
-                continue
-            with dot.subgraph(name=f"cluster_pos{p}") as col:
-                col.attr(label="", style="rounded", color="#bbbbbb")
-                # The column's heading: a node on the top rank, so every column starts there.
-                col.node(f"pos_{p}", positions.label(p), shape="plaintext", fontname="Helvetica-Bold",
-                         fontsize="12", tooltip=f"position {p}")  # fmt: skip
+            ranks.setdefault(_rank(g.nodes[i]), []).append(i)
+        for _, members in sorted(ranks.items()):
+            with dot.subgraph() as sub:
+                sub.attr(rank="same")
                 for i in members:
-                    n = g.nodes[i]
-                    col.node(n.name, n.component, tooltip=n.name, **NODE_STYLE[n.kind])
-                    if n.kind == NodeKind.EMBED or n is g.nodes[min(members)]:
-                        col.edge(f"pos_{p}", n.name, style="invis")
-        for i in by_pos.get(-1, []):
-            dot.node(g.nodes[i].name, g.nodes[i].name, **NODE_STYLE[g.nodes[i].kind])
-        cols = [p for p in sorted(by_pos) if p >= 0]
-        with dot.subgraph() as top:
-            top.attr(rank="min")
-            for p in cols:
-                top.node(f"pos_{p}")
-            for a, b in itertools.pairwise(cols):  # keep the columns in token order
-                top.edge(f"pos_{a}", f"pos_{b}", style="invis", weight="10")
-    # One rank per (layer, attention|mlp) so the drawing reads top to bottom.
-    ranks: dict[tuple[int, int], list[int]] = {}
-    for i in used:
-        n = g.nodes[i]
-        ranks.setdefault((n.layer, 1 if n.kind == NodeKind.MLP else 0), []).append(i)
-    for _, members in sorted(ranks.items()):
-        with dot.subgraph() as sub:
-            sub.attr(rank="same")
-            for i in members:
-                sub.node(g.nodes[i].name)
+                    sub.node(g.nodes[i].name, g.nodes[i].name, **NODE_STYLE[g.nodes[i].kind])
+    else:
+        dot = graphviz.Digraph("circuit", engine="neato", graph_attr={**graph_attr, "splines": "true"},
+                               node_attr=node_attr)  # fmt: skip
+        _position_grid(dot, circuit, used)
     finite = np.abs(circuit.scores[idx][np.isfinite(circuit.scores[idx])])
     top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     for e in idx:
@@ -100,6 +77,46 @@ def to_dot(circuit: Circuit):  # -> graphviz.Digraph
                  penwidth=f"{width:.2f}", tooltip=g.edge_names[e], label=kind.label if kind in (Input.Q, Input.K, Input.V) else "",
                  fontcolor=INPUT_COLOURS[kind], fontsize="9")  # fmt: skip
     return dot
+
+
+#: Grid of the position-aware drawing, in inches: node slot width, gap between position
+#: columns, row height.
+_SLOT, _GAP, _ROW = 0.85, 0.45, 0.8
+
+
+def _position_grid(dot, circuit: Circuit, used: list[int]) -> None:
+    """Pin each node of a position-aware circuit to a grid: one column per token position,
+    in token order, headed by the position's name; one row per (layer, attention|MLP);
+    ``logits`` centred below. ``dot`` cannot keep clusters in token order when edges
+    cross between them, so the layout is computed here and ``neato`` only routes edges."""
+    g = circuit.graph
+    positions = g.positions
+    nodes = [g.nodes[i] for i in used if g.nodes[i].kind != NodeKind.LOGITS]
+    rows = {r: k for k, r in enumerate(sorted({_rank(n) for n in nodes}))}
+    cols = sorted({n.pos for n in nodes})
+    cells: dict[tuple[int, int], list] = {}
+    for n in sorted(nodes, key=lambda n: (n.kind, n.head)):
+        cells.setdefault((n.pos, rows[_rank(n)]), []).append(n)
+    width = {p: max(len(v) for (q, _), v in cells.items() if q == p) for p in cols}
+    left, x = {}, 0.0
+    for p in cols:
+        left[p] = x
+        x += width[p] * _SLOT + _GAP
+    total = x - _GAP
+    y_top = (len(rows) + 1) * _ROW
+    for p in cols:
+        centre = left[p] + (width[p] - 1) * _SLOT / 2
+        dot.node(f"pos_{p}", positions.label(p), shape="plaintext", fontname="Helvetica-Bold", fontsize="12",
+                 tooltip=f"position {p}", pos=f"{centre:.3f},{y_top:.3f}!")  # fmt: skip
+    for (p, r), members in cells.items():
+        # Centre the cell's nodes in their column.
+        offset = left[p] + (width[p] - len(members)) * _SLOT / 2
+        for j, n in enumerate(members):
+            dot.node(n.name, n.component, tooltip=n.name, pos=f"{offset + j * _SLOT:.3f},{y_top - (r + 1) * _ROW:.3f}!",
+                     **NODE_STYLE[n.kind])  # fmt: skip
+    if g.sink in used:
+        dot.node("logits", "logits", pos=f"{(total - _SLOT) / 2:.3f},{y_top - (len(rows) + 1) * _ROW:.3f}!",
+                 **NODE_STYLE[NodeKind.LOGITS])  # fmt: skip
 
 
 def render_svg(circuit: Circuit, path: str | Path) -> Path:
