@@ -339,3 +339,21 @@ def test_induction_position_aware_k_composition() -> None:
     truth, ignore = task_truth(task, "resample")
     c = confusion(circuit, truth, ignore)
     assert (c.fp, c.fn) == (0, 0)
+
+
+def test_svg_columns_follow_token_order(tmp_path) -> None:
+    import re
+
+    from circuitdag.circuit import Circuit
+
+    names = ("bos", "So", "name", "is", "'t")
+    graph = Graph(ModelSpec(2, 2, 2, 8), Positions(5, names, (4,)))
+    rng = np.random.default_rng(0)
+    alive = rng.random(graph.n_edges) < 0.15
+    circuit = Circuit(graph, alive, rng.random(graph.n_edges), {"task": "t"})
+    svg = circuit.to_svg(tmp_path / "c.svg").read_text()
+    heads = re.findall(r"<title>pos_(\d+)</title>\s*<g[^>]*><a[^>]*>\s*<text[^>]*x=\"([-0-9.]+)\"[^>]*>([^<]*)</text>", svg)
+    assert [int(p) for p, _, _ in heads] == sorted(int(p) for p, _, _ in heads)
+    xs = [float(x) for _, x, _ in heads]
+    assert xs == sorted(xs) and len(xs) >= 3
+    assert [label for _, _, label in heads] == [names[int(p)].replace("'", "&#39;") for p, _, _ in heads]
