@@ -11,7 +11,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from circuitdag.errors import CircuitDagError, ConfigError
 
@@ -39,6 +39,10 @@ def _writable_dir(path: str) -> Path:
     return out
 
 
+@overload
+def _threshold(text: str) -> float: ...
+@overload
+def _threshold(text: None) -> None: ...
 def _threshold(text: str | None) -> float | None:
     if text is None:
         return None
@@ -136,7 +140,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from circuitdag.tasks import get_task
 
     circuit = load_circuit(args.circuit)
-    truth, ignore = None, set()
+    truth: set[str] | None = None
+    ignore: set[str] = set()
     name = circuit.meta.get("task")
     if name:
         try:

@@ -62,7 +62,9 @@ def roc_auc(points: list[tuple[float, float]]) -> float:
     as the best tpr reached at that fpr or less (a threshold sweep can only move along
     the curve's upper envelope)."""
     pts = sorted(set(points) | {(0.0, 0.0), (1.0, 1.0)})
-    xs, ys, best = [], [], 0.0
+    xs: list[float] = []
+    ys: list[float] = []
+    best = 0.0
     for x, y in pts:
         best = max(best, y)
         if xs and xs[-1] == x:
@@ -70,7 +72,9 @@ def roc_auc(points: list[tuple[float, float]]) -> float:
         else:
             xs.append(x)
             ys.append(best)
-    return float(np.trapezoid(ys, xs) if hasattr(np, "trapezoid") else np.trapz(ys, xs))
+    if hasattr(np, "trapezoid"):
+        return float(np.trapezoid(ys, xs))
+    return float(np.trapz(ys, xs))  # type: ignore[attr-defined]  # numpy < 2 (newer stubs lack trapz)
 
 
 def task_truth(task: Any, ablation: str) -> tuple[set[str] | None, set[str]]:

@@ -91,6 +91,7 @@ def _position_grid(dot, circuit: Circuit, used: list[int]) -> None:
     cross between them, so the layout is computed here and ``neato`` only routes edges."""
     g = circuit.graph
     positions = g.positions
+    assert positions is not None  # render() calls this only for position-aware graphs
     nodes = [g.nodes[i] for i in used if g.nodes[i].kind != NodeKind.LOGITS]
     rows = {r: k for k, r in enumerate(sorted({_rank(n) for n in nodes}))}
     cols = sorted({n.pos for n in nodes})

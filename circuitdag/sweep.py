@@ -38,7 +38,7 @@ import warnings
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 from circuitdag.errors import CircuitDagError, ConfigError, MissingExtraError
 
@@ -55,7 +55,7 @@ SETTINGS_FORMAT = "circuitdag.sweep/1"
 PARETO_FORMAT = "circuitdag.pareto/1"
 SEARCHABLE = ("threshold", "metric", "ablation")
 ABLATIONS = ("resample", "zero", "mean")
-DIRECTIONS = ("minimize", "maximize")  # edges, faithfulness
+DIRECTIONS: tuple[Literal["minimize", "maximize"], ...] = ("minimize", "maximize")  # edges, faithfulness
 #: Seconds between heartbeats of a running trial, and the silence after which any
 #: process of the study may mark it failed (its worker is presumed dead).
 HEARTBEAT_INTERVAL = 10
@@ -88,13 +88,13 @@ class SweepSettings:
         return json.loads(json.dumps(asdict(self)))
 
     @classmethod
-    def from_dict(cls, doc: dict[str, Any], source: str) -> SweepSettings:
+    def from_dict(cls, doc: object, source: str) -> SweepSettings:
         if not isinstance(doc, dict) or doc.get("format") != SETTINGS_FORMAT:
             raise ConfigError(f"{source} holds no circuitdag sweep settings; start it with `circuitdag sweep`")
         try:
             return cls(
                 task=doc["task"], model=doc["model"], metrics=tuple(doc["metrics"]),
-                ablations=tuple(doc["ablations"]), threshold_range=tuple(doc["threshold_range"]),  # type: ignore[arg-type]
+                ablations=tuple(doc["ablations"]), threshold_range=tuple(doc["threshold_range"]),
                 search=tuple(doc["search"]), positions=bool(doc["positions"]), seed=int(doc["seed"]),
                 dtype=doc["dtype"], out=doc["out"],
             )  # fmt: skip
@@ -830,8 +830,9 @@ def _html(report: SweepReport, svg: str) -> str:
     head = ["trial", "state", "threshold", "metric", "ablation", "edges", "faithfulness", "seconds", "circuit", "error"]
     body = []
     for r in sorted(report.trials, key=lambda r: (r["edges"] is None, r["edges"] or 0, -(r["faithfulness"] or 0))):
+        trial_svg = svg_of.get(r["trial"])
         link = (f'<a href="{html.escape(r["circuit"])}">json</a>' if r["circuit"] else "") + (
-            f' <a href="{html.escape(svg_of[r["trial"]])}">svg</a>' if svg_of.get(r["trial"]) else "")
+            f' <a href="{html.escape(trial_svg)}">svg</a>' if trial_svg else "")
         cells = [r["trial"], r["state"], _fmt(r["threshold"]), r["metric"] or "", r["ablation"] or "",
                  "" if r["edges"] is None else r["edges"], _fmt(r["faithfulness"], 6), _fmt(r["seconds"], 3)]  # fmt: skip
         tds = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + f"<td>{link}</td>"
@@ -903,6 +904,10 @@ def _float(text: str, option: str) -> float:
     return value
 
 
+@overload
+def _trials(text: str | int) -> int: ...
+@overload
+def _trials(text: None) -> None: ...
 def _trials(text: str | int | None) -> int | None:
     if text is None:
         return None
@@ -991,7 +996,9 @@ def cmd_sweep_worker(args: argparse.Namespace) -> int:
 def register_cli(subparsers: Any, add_run_options: Callable[..., None] | None = None) -> None:
     """Add ``sweep`` and ``sweep-worker`` to the ``circuitdag`` command line."""
     if add_run_options is None:
-        from circuitdag.cli import _add_run_options as add_run_options
+        from circuitdag.cli import _add_run_options
+
+        add_run_options = _add_run_options
 
     p = subparsers.add_parser("sweep", help="Optuna study over the ACDC threshold: Pareto front of size vs faithfulness")
     add_run_options(p)

@@ -9,8 +9,8 @@ from circuitdag.tasks.base import Task, TaskData
 
 
 def random_tiny(seed: int = 0, dtype=torch.float64, **overrides) -> TinyTransformer:
-    kw = dict(n_layers=2, d_model=16, n_heads=3, d_head=4, d_vocab=12, n_ctx=8, d_mlp=32,
-              normalization="LN", act_fn="gelu")
+    kw = {"n_layers": 2, "d_model": 16, "n_heads": 3, "d_head": 4, "d_vocab": 12, "n_ctx": 8, "d_mlp": 32,
+          "normalization": "LN", "act_fn": "gelu"}
     kw.update(overrides)
     torch.manual_seed(seed)
     model = TinyTransformer(TinyConfig(**kw))

@@ -96,6 +96,15 @@ class _LayerNorm(nn.Module):
 
 
 class _Attention(nn.Module):
+    # Hook points registered by name in __init__ (declared so type checkers see modules).
+    hook_q: HookPoint
+    hook_k: HookPoint
+    hook_v: HookPoint
+    hook_attn_scores: HookPoint
+    hook_pattern: HookPoint
+    hook_z: HookPoint
+    hook_result: HookPoint
+
     def __init__(self, cfg: TinyConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -149,6 +158,17 @@ class _MLP(nn.Module):
 
 
 class _Block(nn.Module):
+    # Hook points registered by name in __init__ (declared so type checkers see modules).
+    hook_resid_pre: HookPoint
+    hook_q_input: HookPoint
+    hook_k_input: HookPoint
+    hook_v_input: HookPoint
+    hook_attn_out: HookPoint
+    hook_resid_mid: HookPoint
+    hook_mlp_in: HookPoint
+    hook_mlp_out: HookPoint
+    hook_resid_post: HookPoint
+
     def __init__(self, cfg: TinyConfig) -> None:
         super().__init__()
         self.cfg = cfg

@@ -139,10 +139,10 @@ def _convert(gguf: Path, out: Path) -> None:
         raise ModelError(f"transformers could not read {gguf}: {e} (it needs the `gguf` package)") from e
     # The de-quantised model still carries its GGUF quantisation config, which
     # save_pretrained refuses; copy the weights into a plain model of the same config.
-    config = quantised.config.to_dict()
-    config.pop("quantization_config", None)
-    config.pop("_name_or_path", None)
-    config = AutoConfig.for_model(**config)
+    config_dict = quantised.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**config_dict)
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantised.state_dict())
     plain.save_pretrained(out)

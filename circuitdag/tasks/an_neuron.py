@@ -92,7 +92,7 @@ class AnNeuronTask(Task):
                     answers.append(ans)
         clean = [_lm.encode(tok, t, bos) for t in clean_text]
         corrupted = [_lm.encode(tok, t, bos) for t in corrupted_text]
-        texts = {"clean_text": clean_text, "corrupted_text": corrupted_text, "task": self.name}
+        texts: dict[str, Any] = {"clean_text": clean_text, "corrupted_text": corrupted_text, "task": self.name}
         _lm.check_alignment(clean, corrupted, tok, **texts)
         noun_pos = len(_lm.encode(tok, self.templates[0].split("{noun}")[0].rstrip(), bos))
         positions = _lm.name_positions(clean, tok, fixed={noun_pos: "noun"}, bos=bos)

@@ -105,11 +105,11 @@ class InductionTask(Task):
         default data (:meth:`head_scores`, :func:`induction_circuit`)."""
         if ablation not in ("resample", "mean", "zero"):
             raise TaskError(f"{self.name} has no ground truth for ablation {ablation!r}")
-        return set(_circuit(type(self), ablation))
+        return set(_circuit(type(self), ablation))  # type: ignore[arg-type]  # mypy#11470
 
     def head_scores(self) -> HeadScores:
         """The scores the ground truth is derived from (default model, default data)."""
-        return _scores(type(self))
+        return _scores(type(self))  # type: ignore[arg-type]  # mypy#11470: classes are Hashable
 
     # ------------------------------------------------------------------ data
     def symbols(self, model: Any) -> tuple[list[int], int | None]:
@@ -170,7 +170,7 @@ class InductionTask(Task):
 def _zoo_symbols(tok: Any) -> list[int]:
     """Ids of ``t0``, ``t1``, ... up to the first one the tokenizer lacks."""
     vocab = tok.get_vocab()
-    ids = []
+    ids: list[int] = []
     while f"t{len(ids)}" in vocab:
         ids.append(int(vocab[f"t{len(ids)}"]))
     return ids
@@ -258,7 +258,7 @@ def _scores(cls: type[InductionTask]) -> HeadScores:
 
 @functools.cache
 def _circuit(cls: type[InductionTask], ablation: str) -> frozenset[str]:
-    edges = induction_circuit(_scores(cls), ablation)
+    edges = induction_circuit(_scores(cls), ablation)  # type: ignore[arg-type]  # mypy#11470
     if not edges:
         raise TaskError(f"{cls.name}: the default model has no previous-token -> induction head pair")
     return frozenset(edges)
@@ -357,8 +357,9 @@ def compiled_induction_model(
         for L, block in enumerate(model.blocks):
             for k in ("W_Q", "W_K", "W_V"):
                 getattr(block.attn, k).copy_(att[L][k] + noise * randn(*att[L][k].shape))
-            block.attn.W_O.copy_(W_O[L] + noise * randn(*W_O[L].shape))
-            block.attn.b_Q.copy_(b_Q[L])
+            # torch types a submodule's attributes as Tensor | Module (Module.__getattr__).
+            block.attn.W_O.copy_(W_O[L] + noise * randn(*W_O[L].shape))  # type: ignore[union-attr,operator]
+            block.attn.b_Q.copy_(b_Q[L])  # type: ignore[union-attr,operator]
     return model.to(device=device, dtype=dtype).eval()
 
 

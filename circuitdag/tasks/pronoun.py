@@ -190,7 +190,7 @@ class PronounTask(Task):
         corrupted = [_lm.encode(tok, t, bos) for t in p.corrupted]
         # The name sits right after the template's prefix ("So").
         name_pos = len(_lm.encode(tok, p.templates[0].split("{name}")[0].rstrip(), bos))
-        texts = {"clean_text": p.clean, "corrupted_text": p.corrupted, "task": self.name}
+        texts: dict[str, Any] = {"clean_text": p.clean, "corrupted_text": p.corrupted, "task": self.name}
         _lm.check_alignment(clean, corrupted, tok, **texts)  # one length for all
         positions = _lm.name_positions(clean, tok, fixed={name_pos: "name"}, bos=bos)
         _lm.check_alignment(clean, corrupted, tok, positions, may_differ={"name"}, **texts)
