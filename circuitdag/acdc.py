@@ -86,7 +86,7 @@ def acdc_reference(
     graph = patcher.graph
     reach = _reachability(graph)
     state = _initial_state(patcher)
-    alive, scores, sink = state.alive, state.scores, len(graph.nodes) - 1
+    alive, scores, sink = state.alive, state.scores, graph.sink
     bar = tqdm(total=graph.n_edges, desc="ACDC (reference)", unit="edge", disable=not progress)
     for dest in graph.visit_order()[:max_destinations]:
         edges = graph.incoming[dest]
@@ -207,7 +207,7 @@ def acdc_fast(
     threshold = _check_threshold(threshold)
     graph = patcher.graph
     reach = _reachability(graph)
-    sink = len(graph.nodes) - 1
+    sink = graph.sink
     order = graph.visit_order()[:max_destinations]
     info = {"threshold": threshold, "n_edges": graph.n_edges, **(run_info or {})}
     state = None
@@ -336,8 +336,6 @@ def load_checkpoint(path: str | Path, info: dict[str, Any]) -> SearchState:
     return SearchState(alive, scores, float(doc["m_cur"]), int(doc["next_dest"]), doc["stats"])
 
 
-
-
 # ---------------------------------------------------------------------- public API
 ALGORITHMS = ("acdc", "acdc-reference")
 
@@ -418,15 +416,7 @@ def position_layout(data: TaskData, spec: ModelSpec) -> tuple[TaskData, Position
     position in a causal model, since later tokens cannot change the answers) and the
     graph's :class:`Positions`. Refuses data whose answers are not at the same positions
     in every prompt."""
-    ap = data.answer_pos
-    if not bool((ap == ap[:1]).all()):
-        bad = int((ap != ap[:1]).any(dim=1).nonzero()[0, 0])
-        raise TaskError(
-            "position-aware mode needs every prompt to read its answer at the same positions; "
-            f"prompt 0 answers at {ap[0].tolist()} but prompt {bad} at {ap[bad].tolist()}. "
-            "Give the prompts one token layout, or run without --positions"
-        )
-    sink = tuple(sorted(set(ap[0].tolist())))
+    sink = data.shared_answer_positions()
     if spec.causal and sink[-1] + 1 < data.clean.shape[1]:
         data = data.truncated(sink[-1] + 1)
     try:

@@ -220,7 +220,9 @@ class Patcher:
         self._diag_idx = torch.arange(self.P, device=self.device)
         self.n_forward = 0  # forward passes run (one per batch of candidates)
         self.n_layer_evals = 0  # block evaluations x candidates (a batch of K counts K)
-        self._cache: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        # Caches valid for one start layer of the fast path (see _caches_for).
+        self._contrib_cache: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        self._input_cache: dict[tuple[int, int], Tensor] = {}
         self._cache_layer = -1
         with torch.no_grad():
             clean = self._capture(self.data.clean)
@@ -482,21 +484,16 @@ class Patcher:
                 out = out.expand(K, *out.shape[1:]).clone()
                 for c, ri, v in hit:
                     cm = cand_absent[:, c, :, :k]  # k pos slot: the row's mask in view v
-                    if cross:
-                        got = torch.einsum("bpsd,kps->kbpd", D_clean0, cm[..., :n0])
-                        if k > n0:
-                            got = got + torch.einsum("kbpsd,kps->kbpd", D_now[..., : k - n0, :], cm[..., n0:])
-                        out[:, :, view_of[v], :, ri] = got
+                    if cross:  # every key position, in view v
+                        at, view = slice(None), view_of[v]
                     elif self.positional:  # the row reads position v only
-                        got = torch.einsum("bsd,ks->kbd", D_clean0[:, v], cm[:, v, :n0])
-                        if k > n0:
-                            got = got + torch.einsum("kbsd,ks->kbd", D_now[:, :, v, : k - n0], cm[:, v, n0:])
-                        out[:, :, 0, v, ri] = got
-                    else:
-                        got = torch.einsum("bpsd,ks->kbpd", D_clean0, cm[:, 0, :n0])
-                        if k > n0:
-                            got = got + torch.einsum("kbpsd,ks->kbpd", D_now[..., : k - n0, :], cm[:, 0, n0:])
-                        out[:, :, 0, :, ri] = got
+                        at, view = slice(v, v + 1), 0
+                    else:  # one mask for every position
+                        at, view, cm = slice(None), 0, cm.expand(-1, P, -1)
+                    got = torch.einsum("bpsd,kps->kbpd", D_clean0[:, at], cm[:, at, :n0])
+                    if k > n0:
+                        got = got + torch.einsum("kbpsd,kps->kbpd", D_now[:, :, at, : k - n0], cm[:, at, n0:])
+                    out[:, :, view, at, ri] = got
             return out
 
         def patched(x: Tensor, L: int, kind: Input) -> Tensor:
@@ -550,13 +547,11 @@ class Patcher:
     def _cached_input(self, start_layer: int, L: int, kind: Input) -> Float[Tensor, "batch pos d_model"]:
         """The clean run's input to (layer ``L``, ``kind``) with every sender from
         ``start_layer`` on replaced by its corrupted output (cached per start layer)."""
-        if self._cache_layer != start_layer:
-            self._cache.clear()
-            self._cache_layer = start_layer
-        key = ("input", L, int(kind))
-        hit = self._cache.get(key)  # type: ignore[arg-type]
+        self._caches_for(start_layer)
+        key = (L, int(kind))
+        hit = self._input_cache.get(key)
         if hit is not None:
-            return hit[1]
+            return hit
         lay = self.layout
         if kind == Input.RESID:
             clean = self.resid_final
@@ -566,7 +561,7 @@ class Patcher:
             clean = self.resid_pre[L]
         n0, k = lay.slots_before(start_layer), lay.readable_slots(L, kind)
         out = clean - self.D_clean[:, :, n0:k].sum(dim=2)
-        self._cache[key] = (None, out)  # type: ignore[index,assignment]
+        self._input_cache[key] = out
         return out
 
     def _unembed_answers(self, final: Float[Tensor, "k batch pos d_model"]) -> Float[Tensor, "k batch n_ans vocab"]:
@@ -582,17 +577,22 @@ class Patcher:
         The senders before the start layer are the same in every candidate and every batch
         of a destination, so their contribution is computed once and reused while the
         group's mask rows are unchanged (they change only when ACDC accepts a removal)."""
-        if self._cache_layer != start_layer:
-            self._cache.clear()
-            self._cache_layer = start_layer
+        self._caches_for(start_layer)
         key = (rows.start, rows.stop)
-        hit = self._cache.get(key)
+        hit = self._contrib_cache.get(key)
         if hit is not None and torch.equal(hit[0], mask):
             return hit[1]
         n0 = mask.shape[-1]
         out = self._contract(self.D_clean[:, :, :n0], mask, kind)
-        self._cache[key] = (mask.clone(), out)
+        self._contrib_cache[key] = (mask.clone(), out)
         return out
+
+    def _caches_for(self, start_layer: int) -> None:
+        """Empty the fast path's caches when it moves to another start layer."""
+        if self._cache_layer != start_layer:
+            self._contrib_cache.clear()
+            self._input_cache.clear()
+            self._cache_layer = start_layer
 
 
 def _check_layout(graph: Graph, data: TaskData) -> None:
@@ -605,11 +605,6 @@ def _check_layout(graph: Graph, data: TaskData) -> None:
             f"the position-aware graph has {pos.n} positions but the prompts have "
             f"{data.clean.shape[1]} tokens; build the graph from the task's data"
         )
-    ap = data.answer_pos
-    if not bool((ap == ap[:1]).all()):
-        raise ConfigError(
-            "position-aware mode needs the answer at the same positions in every prompt; "
-            f"prompt 0 reads {ap[0].tolist()}, but others differ"
-        )
-    if set(ap[0].tolist()) != set(pos.sink):
-        raise ConfigError(f"the graph's logits read positions {list(pos.sink)} but the task answers at {ap[0].tolist()}")
+    sink = data.shared_answer_positions()
+    if sink != pos.sink:
+        raise ConfigError(f"the graph's logits read positions {list(pos.sink)} but the task answers at {list(sink)}")

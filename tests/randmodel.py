@@ -46,3 +46,26 @@ class RandomTask(Task):
 
     def data(self, model, seed=0):
         return random_data(seed, vocab=model.cfg.d_vocab)
+
+
+def nested_candidates(p, dest: int, alive, edges):
+    """The fast path's inputs for removing ``edges`` (into ``dest``) one after another on
+    top of ``alive``, and the reference metric of each nested circuit:
+    ``(absent, start_layer, rows, cand_absent, views, reference_metrics)``."""
+    import numpy as np
+
+    from circuitdag.graph import NodeKind
+
+    graph, lay = p.graph, p.layout
+    inc = graph.incoming[dest]
+    cells = np.unique(np.stack([lay.edge_row[inc], lay.edge_view[inc]], 1), axis=0)
+    rows, views = torch.as_tensor(cells[:, 0]), torch.as_tensor(cells[:, 1])
+    cands, refs = [], []
+    cur = alive.copy()
+    for e in edges:
+        cur[e] = False
+        cands.append(p.absent_matrix(cur)[rows, views])
+        refs.append(p.reference_metric(cur))
+    node = graph.nodes[dest]
+    layer = graph.spec.n_layers if node.kind == NodeKind.LOGITS else node.layer
+    return p.absent_matrix(alive), layer, rows, torch.stack(cands), views, refs

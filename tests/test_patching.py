@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from randmodel import random_data, random_tiny
+from randmodel import nested_candidates, random_data, random_tiny
 
 from circuitdag.errors import ConfigError, MetricError
 from circuitdag.graph import Graph, NodeKind
@@ -114,7 +114,6 @@ def test_candidate_batch_matches_reference(setup):
     nodes before the destination are present (the situation ACDC guarantees)."""
     model, graph, data = setup
     p = Patcher(model, graph, data, ablation="resample", metric="kl")
-    lay = p.layout
     rng = np.random.default_rng(1)
     order = graph.visit_order()
     for pos in [0, 1, len(order) // 2, len(order) - 1]:
@@ -124,20 +123,8 @@ def test_candidate_batch_matches_reference(setup):
         for d in visited:
             es = graph.incoming[d]
             alive[es[rng.random(len(es)) < 0.5]] = False
-        edges = graph.incoming[dest][:4]
-        inc = graph.incoming[dest]
-        cells = np.unique(np.stack([lay.edge_row[inc], lay.edge_view[inc]], 1), axis=0)
-        rows, views = torch.as_tensor(cells[:, 0]), torch.as_tensor(cells[:, 1])
-        absent = p.absent_matrix(alive)
-        cands, refs = [], []
-        cur = alive.copy()
-        for e in edges:
-            cur[e] = False
-            cands.append(p.absent_matrix(cur)[rows, views])
-            refs.append(p.reference_metric(cur))
-        node = graph.nodes[dest]
-        layer = graph.spec.n_layers if node.kind == NodeKind.LOGITS else node.layer
-        got = p.candidate_metrics(absent, layer, rows, torch.stack(cands), views).tolist()
+        absent, layer, rows, cands, views, refs = nested_candidates(p, dest, alive, graph.incoming[dest][:4])
+        got = p.candidate_metrics(absent, layer, rows, cands, views).tolist()
         np.testing.assert_allclose(got, refs, rtol=1e-9, atol=1e-12)
 
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from randmodel import random_data, random_tiny
+from randmodel import nested_candidates, random_data, random_tiny
 
 from circuitdag.acdc import _live_positions, _reachability, acdc_fast, acdc_reference
 from circuitdag.errors import ConfigError
@@ -209,7 +209,6 @@ def test_one_k_edge_changes_only_its_query_key_pair() -> None:
 def test_candidate_batch_matches_reference(setup) -> None:
     model, graph, data = setup
     p = Patcher(model, graph, data, ablation="resample", metric="kl")
-    lay = p.layout
     rng = np.random.default_rng(1)
     order = graph.visit_order()
     reach = _reachability(graph)
@@ -223,24 +222,13 @@ def test_candidate_batch_matches_reference(setup) -> None:
         if not reach.reaches_sink(alive, graph.sink)[dest]:
             continue  # ACDC never evaluates a destination that no longer matters
         inc = graph.incoming[dest]
-        edges = inc[rng.permutation(len(inc))[:5]]
-        cells = np.unique(np.stack([lay.edge_row[inc], lay.edge_view[inc]], 1), axis=0)
-        rows, views = torch.as_tensor(cells[:, 0]), torch.as_tensor(cells[:, 1])
-        absent = p.absent_matrix(alive)
-        cands, refs = [], []
-        cur = alive.copy()
-        for e in edges:
-            cur[e] = False
-            cands.append(p.absent_matrix(cur)[rows, views])
-            refs.append(p.reference_metric(cur))
-        node = graph.nodes[dest]
-        layer = graph.spec.n_layers if node.kind == NodeKind.LOGITS else node.layer
-        got = p.candidate_metrics(absent, layer, rows, torch.stack(cands), views).tolist()
+        absent, layer, rows, cands, views, refs = nested_candidates(p, dest, alive, inc[rng.permutation(len(inc))[:5]])
+        got = p.candidate_metrics(absent, layer, rows, cands, views).tolist()
         np.testing.assert_allclose(got, refs, rtol=1e-9, atol=1e-12)
         # Views only for the positions that still matter; the others come from the caches.
         live = _live_positions(graph, reach.reaches_sink(alive, graph.sink), layer)
         pruned += len(live) < P
-        got = p.candidate_metrics(absent, layer, rows, torch.stack(cands), views, live).tolist()
+        got = p.candidate_metrics(absent, layer, rows, cands, views, live).tolist()
         np.testing.assert_allclose(got, refs, rtol=1e-9, atol=1e-12)
     assert pruned  # the cached-position path was exercised
 

@@ -67,6 +67,19 @@ class TaskData:
             mv(self.wrong), self.position_names, mv(self.valid),
         )  # fmt: skip
 
+    def shared_answer_positions(self) -> tuple[int, ...]:
+        """The sorted answer positions, which every prompt must share (position-aware mode);
+        a :class:`TaskError` names the first prompt that differs."""
+        ap = self.answer_pos
+        if not bool((ap == ap[:1]).all()):
+            bad = int((ap != ap[:1]).any(dim=1).nonzero()[0, 0])
+            raise TaskError(
+                "position-aware mode needs every prompt to read its answer at the same positions; "
+                f"prompt 0 answers at {ap[0].tolist()} but prompt {bad} at {ap[bad].tolist()}. "
+                "Give the prompts one token layout, or run without --positions"
+            )
+        return tuple(sorted(set(ap[0].tolist())))
+
     def truncated(self, n_pos: int) -> TaskData:
         """The first ``n_pos`` positions of every prompt (answers must lie within them)."""
         if int(self.answer_pos.max()) >= n_pos:

@@ -86,6 +86,8 @@ class InductionTask(Task):
     has_ground_truth = True
     n_prompts = 100
     seq_len = 10  # |S|
+    #: dtype the ground truth's head scores are measured in (the model's own weights).
+    score_dtype: torch.dtype = torch.float32
 
     def __init__(self, n_prompts: int | None = None, seq_len: int | None = None,
                  prepend_bos: bool | None = None) -> None:  # fmt: skip
@@ -241,6 +243,7 @@ class CompiledInductionTask(InductionTask):
     # adds 9-16 distractor edges. 0.3 sits a decade inside that range (docs/tasks.md).
     default_threshold = 0.3
     has_ground_truth = True
+    score_dtype = torch.float64  # the model is built in float64
 
     def load_model(self, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
         return compiled_induction_model(device=device, dtype=dtype)
@@ -248,11 +251,9 @@ class CompiledInductionTask(InductionTask):
 
 @functools.cache
 def _scores(cls: type[InductionTask]) -> HeadScores:
-    """Head scores of ``cls``'s default model on its default data. The compiled model is
-    scored in float64 (it is built in float64), the trained one in float32 (its weights)."""
+    """Head scores of ``cls``'s default model on its default data, in ``cls.score_dtype``."""
     task = cls()
-    dtype = torch.float64 if cls is CompiledInductionTask else torch.float32
-    model = task.load_model(dtype=dtype)
+    model = task.load_model(dtype=task.score_dtype)
     return head_scores(model, task.data(model), task.seq_len)
 
 
