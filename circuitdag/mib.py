@@ -1,0 +1,443 @@
+"""MIB-style evaluation of an edge ranking: the faithfulness curve, CPR and CMD.
+
+Follows the circuit track of MIB (Mueller et al. 2025, "MIB: A Mechanistic
+Interpretability Benchmark"), whose code is ``hannamw/MIB-circuit-track``
+(``MIB_circuit_track/evaluation.py``, ``evaluate_area_under_curve``) on top of the EAP-IG
+library (``hannamw/EAP-IG``, ``src/eap/graph.py``: ``apply_topn``, ``prune``):
+
+1. Grid: a fraction ``x`` in (.001, .002, .005, .01, .02, .05, .1, .2, .5, 1) of all the
+   graph's edges (:data:`EDGE_PERCENTS`, in percent); point ``x`` keeps
+   ``n = int(x * n_edges)`` edges (truncated, as ``int()`` does there).
+2. Selection (:func:`select_top`): the ``n`` edges with the highest score, signed
+   (``absolute=False``) or by ``|score|`` (``absolute=True``); then the circuit is pruned
+   to the edges on some path from ``embed`` to ``logits`` (EAP-IG's ``prune``, which
+   repeatedly drops nodes without an incoming or outgoing in-graph edge, keeps exactly
+   those). MIB reports the pruned count; the x-axis stays the nominal fraction.
+3. Faithfulness of each circuit C: ``f(C) = (m(C) - m(empty)) / (m(full) - m(empty))``,
+   ``m(empty)`` with every edge removed (all inputs from the ablation), ``m(full)`` the
+   model itself. Here ``m`` is exact patching (:meth:`Patcher.reference_metric`); MIB
+   uses logit difference, and since ``f`` is a ratio of differences it is the same for a
+   metric stored negated (circuitdag stores "lower is better").
+4. CPR (circuit performance ratio, higher is better) is the area under ``f`` and CMD
+   (circuit-model distance, lower is better) the area under ``|1 - f|``, both by the
+   trapezoid rule over the fractions themselves (linear axis, 0.001 .. 1, no point added
+   at 0, no rescaling), so ``f = 1`` everywhere gives CPR 0.999 and CMD 0.
+   MIB's leaderboard (``print_results.py``) takes CPR from the signed ranking and CMD
+   from the absolute-value ranking (``run_evaluation.py --absolute``);
+   :func:`mib_curves` computes both.
+
+Where this differs, because MIB does not say: ties are broken by edge table order (MIB's
+``torch.argsort`` leaves them unspecified), and NaN scores (edges ACDC never tested) rank
+after every scored edge (``torch.argsort`` would rank them first; MIB's own scores have
+none). Position-aware graphs need nothing special: everything works on the edge table.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from fractions import Fraction
+from itertools import pairwise
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuitdag._kernels import Reachability
+from circuitdag.errors import CircuitFileError, ConfigError
+from circuitdag.graph import Graph
+
+log = logging.getLogger("circuitdag")
+
+#: MIB's grid, in percent of the graph's edges (``evaluation.py``: ``percentages``).
+EDGE_PERCENTS: tuple[float, ...] = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+
+CURVE_FORMAT = "circuitdag.curve/1"
+
+
+def fractions(percents: Sequence[float]) -> tuple[float, ...]:
+    """Percent -> fraction of edges, as the nearest double to ``p / 100`` (so 0.1 % is the
+    same double as MIB's literal ``.001`` and ``int(x * n)`` truncates the same way).
+    Raises :class:`ConfigError` unless the percents increase strictly within (0, 100]."""
+    ps = [float(p) for p in percents]
+    if not ps or any(not (0 < p <= 100) for p in ps) or any(a >= b for a, b in pairwise(ps)):
+        raise ConfigError(f"edge percents must increase strictly within (0, 100], got {list(percents)}")
+    return tuple(float(Fraction(repr(p)) / 100) for p in ps)
+
+
+def edge_counts(percents: Sequence[float], n_edges: int) -> tuple[int, ...]:
+    """Edges selected at each grid point: ``int(fraction * n_edges)``, as MIB does."""
+    return tuple(int(x * n_edges) for x in fractions(percents))
+
+
+# ---------------------------------------------------------------------- selection
+@dataclass(frozen=True, eq=False)
+class Selection:
+    """One grid point's circuit. ``selected``: bool ``[n_edges]``, the top-n edges;
+    ``alive``: bool ``[n_edges]``, those of them on an ``embed -> logits`` path."""
+
+    selected: np.ndarray
+    alive: np.ndarray
+
+    @property
+    def n_selected(self) -> int:
+        return int(self.selected.sum())
+
+    @property
+    def n_alive(self) -> int:
+        return int(self.alive.sum())
+
+
+def ranking(scores: np.ndarray, absolute: bool = False) -> np.ndarray:
+    """Edge indices, best first: by score (or ``|score|``) descending, NaN last, ties in
+    edge table order. ``scores``: float ``[n_edges]``."""
+    scores = np.asarray(scores, dtype=np.float64)
+    nan = np.isnan(scores)
+    key = -np.where(nan, 0.0, np.abs(scores) if absolute else scores)
+    return np.lexsort((np.arange(scores.shape[0]), key, nan))
+
+
+def _reachability(graph: Graph) -> Reachability:
+    return Reachability(len(graph.nodes), graph.edges.src, graph.edges.dst, graph.implicit_edges)
+
+
+def select_top(graph: Graph, scores: np.ndarray, n_edges: int, absolute: bool = False,
+               reach: Reachability | None = None) -> Selection:  # fmt: skip
+    """The top ``n_edges`` edges of ``scores`` (float ``[graph.n_edges]``, higher = more
+    important; :func:`ranking`), pruned to edges on an ``embed -> logits`` path (what
+    MIB's ``apply_topn(n, absolute, prune=True)`` gives). ``reach`` reuses a
+    :class:`Reachability` of ``graph``. Raises :class:`ConfigError` for a wrong-sized
+    ``scores`` or ``n_edges`` outside ``0..graph.n_edges``."""
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (graph.n_edges,):
+        raise ConfigError(f"scores have shape {scores.shape}, the graph has {graph.n_edges} edges")
+    if not 0 <= n_edges <= graph.n_edges:
+        raise ConfigError(f"cannot select {n_edges} edges of a graph with {graph.n_edges}")
+    selected = np.zeros(graph.n_edges, dtype=bool)
+    selected[ranking(scores, absolute)[:n_edges]] = True
+    reach = reach or _reachability(graph)
+    return Selection(selected, reach.on_path(selected, graph.sources, graph.sink))
+
+
+# ---------------------------------------------------------------------- curve
+def cpr(percents: Sequence[float], f: Sequence[float]) -> float:
+    """Circuit performance ratio: trapezoid area under faithfulness ``f`` over the edge
+    fraction (``percents / 100``, linear axis, no added endpoints), as MIB's
+    ``area_under``. Higher is better; ``f = 1`` on MIB's grid gives 0.999."""
+    return _trapezoid(fractions(percents), [float(v) for v in f])
+
+
+def cmd(percents: Sequence[float], f: Sequence[float]) -> float:
+    """Circuit-model distance: trapezoid area under ``|1 - f|`` over the edge fraction, as
+    MIB's ``area_from_1``. Lower is better; 0 when every point matches the model."""
+    return _trapezoid(fractions(percents), [abs(1.0 - float(v)) for v in f])
+
+
+def _trapezoid(x: Sequence[float], y: Sequence[float]) -> float:
+    if len(x) != len(y):
+        raise ConfigError(f"{len(y)} faithfulness values for {len(x)} grid points")
+    area = 0.0
+    for i in range(len(x) - 1):  # left to right, as MIB sums (same rounding)
+        area += (x[i + 1] - x[i]) * ((y[i] + y[i + 1]) / 2)
+    return area
+
+
+@dataclass(frozen=True)
+class Curve:
+    """A faithfulness curve on one ranking.
+
+    Per grid point (tuples of equal length): ``percents`` (% of the graph's edges),
+    ``n_selected`` (edges taken from the ranking), ``n_edges`` (left after pruning; MIB's
+    ``weighted_edge_counts``), ``metric`` (``m(C)``, lower is better) and
+    ``faithfulness`` (``f``, 1 = the full model, 0 = everything ablated). Also the
+    endpoints ``m_full``/``m_empty``, ``n_total`` (edges in the graph), whether the ranking
+    used ``|score|`` (``absolute``), and ``cpr``/``cmd`` of this curve.
+    """
+
+    percents: tuple[float, ...]
+    n_selected: tuple[int, ...]
+    n_edges: tuple[int, ...]
+    metric: tuple[float, ...]
+    faithfulness: tuple[float, ...]
+    m_full: float
+    m_empty: float
+    n_total: int
+    absolute: bool
+    cpr: float
+    cmd: float
+
+    @property
+    def mean_faithfulness(self) -> float:
+        """The plain mean of ``f`` over the grid (MIB's ``average``)."""
+        return sum(self.faithfulness) / len(self.faithfulness)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "fractions": list(fractions(self.percents)),
+                "mean_faithfulness": self.mean_faithfulness}  # fmt: skip
+
+
+class _Evaluator:
+    """Exact metrics of circuits on one patcher, each distinct (pruned) circuit once."""
+
+    def __init__(self, patcher: Any) -> None:
+        self.patcher = patcher
+        self.graph: Graph = patcher.graph
+        self.reach = _reachability(self.graph)
+        n = self.graph.n_edges
+        self.m_full = float(patcher.reference_metric(np.ones(n, dtype=bool)))
+        self.m_empty = float(patcher.reference_metric(np.zeros(n, dtype=bool)))
+        gap = self.m_full - self.m_empty
+        if not (math.isfinite(gap) and gap != 0):
+            raise ConfigError(
+                f"the metric is the same with every edge and with none (full {self.m_full}, empty "
+                f"{self.m_empty}), so faithfulness is undefined; choose another metric or ablation"
+            )
+        # Pruning the full graph only drops edges that cannot reach the logits, so it is
+        # the full model; the empty circuit is the empty circuit.
+        self.cache = {self._key(self.reach.on_path(np.ones(n, dtype=bool), self.graph.sources, self.graph.sink)):
+                      self.m_full, self._key(np.zeros(n, dtype=bool)): self.m_empty}  # fmt: skip
+
+    @staticmethod
+    def _key(mask: np.ndarray) -> bytes:
+        return np.packbits(mask).tobytes()
+
+    def metric(self, alive: np.ndarray) -> float:
+        key = self._key(alive)
+        if key not in self.cache:
+            self.cache[key] = float(self.patcher.reference_metric(alive))
+        return self.cache[key]
+
+    def curve(self, scores: np.ndarray, percents: Sequence[float], absolute: bool, progress: bool) -> Curve:
+        from tqdm.auto import tqdm
+
+        counts = edge_counts(percents, self.graph.n_edges)
+        sel, kept, ms = [], [], []
+        label = "MIB curve (|score|)" if absolute else "MIB curve"
+        for n in tqdm(counts, desc=label, unit="point", disable=not progress):
+            s = select_top(self.graph, scores, n, absolute, self.reach)
+            sel.append(s.n_selected)
+            kept.append(s.n_alive)
+            ms.append(self.metric(s.alive))
+        gap = self.m_full - self.m_empty
+        f = tuple((m - self.m_empty) / gap + 0.0 for m in ms)  # + 0.0: no -0.0 at the empty circuit
+        pcts = tuple(float(p) for p in percents)
+        return Curve(pcts, tuple(sel), tuple(kept), tuple(ms), f, self.m_full, self.m_empty,
+                     self.graph.n_edges, absolute, cpr(pcts, f), cmd(pcts, f))  # fmt: skip
+
+
+def _check_scores(graph: Graph, scores: np.ndarray) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.shape != (graph.n_edges,):
+        raise ConfigError(f"scores have shape {scores.shape}, the graph has {graph.n_edges} edges")
+    if np.isnan(scores).all():
+        raise CircuitFileError("every edge score is NaN (a circuit without scores), so there is no ranking to evaluate")
+    return scores
+
+
+def faithfulness_curve(patcher: Any, scores: np.ndarray, percents: Sequence[float] = EDGE_PERCENTS,
+                       absolute: bool = False, progress: bool = False) -> Curve:  # fmt: skip
+    """MIB's faithfulness curve of the ranking ``scores`` (float ``[n_edges]`` of
+    ``patcher.graph``, higher = more important, NaN = untested) on a
+    :class:`~circuitdag.patching.Patcher`: one exact forward pass per distinct circuit
+    (:meth:`Patcher.reference_metric`), plus the full and the empty one.
+
+    Raises :class:`ConfigError` for bad ``percents`` or scores of the wrong size, or when
+    the full and empty circuits have the same metric (``f`` undefined), and
+    :class:`CircuitFileError` when every score is NaN."""
+    scores = _check_scores(patcher.graph, scores)
+    fractions(percents)
+    return _Evaluator(patcher).curve(scores, percents, absolute, progress)
+
+
+def mib_curves(patcher: Any, scores: np.ndarray, percents: Sequence[float] = EDGE_PERCENTS,
+               progress: bool = False) -> dict[str, Curve]:  # fmt: skip
+    """Both curves MIB's leaderboard uses: ``"signed"`` (its CPR) and ``"absolute"`` (its
+    CMD), sharing the forward passes of identical circuits. Errors as
+    :func:`faithfulness_curve`."""
+    scores = _check_scores(patcher.graph, scores)
+    fractions(percents)
+    ev = _Evaluator(patcher)
+    return {"signed": ev.curve(scores, percents, False, progress),
+            "absolute": ev.curve(scores, percents, True, progress)}  # fmt: skip
+
+
+# ---------------------------------------------------------------------- plot
+def plot_curve(curves: dict[str, Curve], path: str | Path) -> Path:
+    """Draw ``f`` against the edge fraction (log x-axis, one line per curve, named by its
+    key with its CPR and CMD, a dotted line at f = 1) to an SVG file at ``path``."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.2))
+    ax = fig.add_subplot()
+    for name, c in curves.items():
+        ax.plot(c.percents, c.faithfulness, marker="o", markersize=3,
+                label=f"{name} (CPR {c.cpr:.3f}, CMD {c.cmd:.3f})")  # fmt: skip
+    ax.axhline(1.0, color="0.4", linestyle=":", linewidth=1, label="full model (f = 1)")
+    ax.set_xscale("log")
+    ticks = sorted({p for c in curves.values() for p in c.percents})
+    ax.set_xticks(ticks, [f"{p:g}%" for p in ticks])
+    ax.minorticks_off()
+    ax.set_xlabel("edges kept (% of the graph, log scale)")
+    ax.set_ylabel("faithfulness f")
+    ax.set_title("MIB faithfulness curve")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="svg")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out") from exc
+    return path
+
+
+# ---------------------------------------------------------------------- command line
+def register_cli(subparsers: Any) -> None:
+    """Add ``curve`` to the ``circuitdag`` command line."""
+    p = subparsers.add_parser(
+        "curve", help="MIB faithfulness curve, CPR and CMD of a scored circuit.json or EAP-IG graph JSON")
+    p.add_argument("scores", metavar="CIRCUIT_OR_SCORES.json",
+                   help="a circuitdag circuit.json (its edge scores are the ranking) or an EAP-IG/MIB graph JSON")
+    p.add_argument("--out", help="output directory for curve.json and curve.svg (default: the input file's)")
+    p.add_argument("--percents", nargs="+", metavar="P",
+                   help="grid in percent of edges (default MIB's: " + " ".join(f"{x:g}" for x in EDGE_PERCENTS) + ")")
+    p.add_argument("--task", help="task (default: the circuit's; required for an EAP-IG file)")
+    p.add_argument("--model", help="model (default: the circuit's, else the task's default)")
+    p.add_argument("--metric", help="metric (default: the circuit's, else the task's)")
+    p.add_argument("--ablation", help="resample, zero or mean (default: the circuit's, else the task's)")
+    p.add_argument("--seed", type=int, default=None, help="dataset seed (default: the circuit's, else 0)")
+    p.add_argument("--method", help="name of the method in the plot and curve.json (default: from the circuit)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_curve)  # fmt: skip
+
+
+def _read_json(path: Path) -> Any:
+    import json
+
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CircuitFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise CircuitFileError(f"{path} is not JSON ({exc.msg} at line {exc.lineno})") from exc
+
+
+def _write(path: Path, text: str) -> None:
+    import os
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out") from exc
+
+
+def _percents(texts: list[str] | None) -> tuple[float, ...]:
+    if not texts:
+        return EDGE_PERCENTS
+    try:
+        values = tuple(float(t.rstrip("%")) for t in texts)
+    except ValueError:
+        raise ConfigError(f"--percents takes numbers (percent of edges), got {' '.join(texts)}") from None
+    fractions(values)
+    return values
+
+
+def _no_scores(path: Path) -> CircuitFileError:
+    return CircuitFileError(
+        f"{path} has no edge scores, so there is no ranking to evaluate; "
+        "give a circuit.json from discover (ACDC scores) or a scored EAP-IG file"
+    )
+
+
+def cmd_curve(args: Any) -> int:
+    """``circuitdag curve``: rebuild the run's patcher from the file's settings, compute
+    both MIB curves, write ``curve.json`` and ``curve.svg``, print one summary line."""
+    import json
+
+    import torch
+
+    from circuitdag import __version__
+    from circuitdag.acdc import prepare
+    from circuitdag.eapig_json import FORMAT_NAME, is_eapig_json, load_eapig_json
+    from circuitdag.io import FORMAT, circuit_from_dict
+    from circuitdag.models import load_model
+    from circuitdag.tasks import get_task
+
+    path = Path(args.scores)
+    percents = _percents(args.percents)
+    doc = _read_json(path)
+    circuit = None
+    if isinstance(doc, dict) and doc.get("format") == FORMAT:
+        circuit = circuit_from_dict(doc, str(path))
+        if np.isnan(circuit.scores).all():
+            raise _no_scores(path)
+    elif not is_eapig_json(doc):
+        raise CircuitFileError(f"{path} is neither a circuitdag circuit.json ({FORMAT}) nor an EAP-IG graph JSON")
+    meta = circuit.meta if circuit is not None else {}
+    task_name = args.task or meta.get("task")
+    if not task_name:
+        raise ConfigError(f"{path} does not name its task; pass --task (and --model if not the task's default)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    task = get_task(task_name)
+    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
+    model_name = args.model or meta.get("model")
+    if not model_name or model_name in (task.default_model, task.name):
+        model = task.load_model(device=args.device, dtype=dtype)
+    else:
+        model = load_model(model_name, device=args.device, dtype=dtype)
+    seed = args.seed if args.seed is not None else int(meta.get("seed") or 0)
+    patcher, run = prepare(model, task, metric=args.metric or meta.get("metric"),
+                           ablation=args.ablation or meta.get("ablation"), seed=seed,
+                           positions=bool(meta.get("positions", False)))  # fmt: skip
+    if circuit is None:
+        circuit = load_eapig_json(path, patcher.graph)
+        if np.isnan(circuit.scores).all():
+            raise _no_scores(path)
+    elif circuit.graph.edge_names != patcher.graph.edge_names:
+        raise CircuitFileError(
+            f"{path} was made on a graph of {circuit.graph.n_edges} edges, model {run['model']!r} has "
+            f"{patcher.graph.n_edges} (or other names); pass the --model it was made with"
+        )
+    curves = mib_curves(patcher, circuit.scores, percents, progress=not args.quiet)
+    method = args.method or meta.get("method") or meta.get("algorithm") or "scores"
+    out = Path(args.out) if args.out else path.parent
+    signed, absolute = curves["signed"], curves["absolute"]
+    report = {
+        "format": CURVE_FORMAT,
+        "source": str(path),
+        "source_format": FORMAT if circuit.meta.get("source_format") != FORMAT_NAME else FORMAT_NAME,
+        "method": method,
+        "threshold": meta.get("threshold"),
+        **{k: run.get(k) for k in ("task", "model", "metric", "ablation", "seed", "positions", "n_prompts")},
+        "model": model_name or run.get("model"),
+        "dtype": args.dtype,
+        "version": __version__,
+        "evaluation": "MIB circuit track (Mueller et al. 2025; hannamw/MIB-circuit-track evaluation.py): "
+                      "top-n edges at each grid point, pruned to embed->logits paths, exact patching; "
+                      "CPR from the signed ranking, CMD from the |score| ranking",
+        "percents": list(percents),
+        "cpr": signed.cpr,
+        "cmd": absolute.cmd,
+        "curves": {k: c.to_dict() for k, c in curves.items()},
+    }  # fmt: skip
+    _write(out / "curve.json", json.dumps(report, indent=1))
+    plot_curve({f"{method}, signed": signed, f"{method}, |score|": absolute}, out / "curve.svg")
+
+    def points(c: Curve) -> str:
+        return " ".join(f"{p:g}%:{f:.3f}" for p, f in zip(c.percents, c.faithfulness))
+
+    print(f"{run['task']}: CPR {signed.cpr:.4f} (signed ranking), CMD {absolute.cmd:.4f} (|score| ranking); "
+          f"f signed [{points(signed)}]; f |score| [{points(absolute)}] -> {out}/curve.json, {out}/curve.svg")  # fmt: skip
+    return 0
