@@ -162,9 +162,9 @@ def is_eapig_json(doc: Any) -> bool:
     return isinstance(doc, dict) and all(isinstance(doc.get(k), dict) for k in ("cfg", "nodes", "edges"))
 
 
-def _read(path_or_dict: str | Path | dict[str, Any]) -> tuple[dict[str, Any], str]:
-    if isinstance(path_or_dict, dict):
-        return path_or_dict, "<dict>"
+def _read(path_or_dict: str | Path | dict[str, Any]) -> tuple[Any, str]:
+    if not isinstance(path_or_dict, (str, Path)):
+        return path_or_dict, "<dict>"  # an already parsed document
     path = Path(path_or_dict)
     try:
         text = path.read_text()
