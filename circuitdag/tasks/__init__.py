@@ -35,6 +35,7 @@ BUILTIN: dict[str, str] = {
     "induction": "circuitdag.tasks.induction:InductionTask",
     "induction-compiled": "circuitdag.tasks.induction:CompiledInductionTask",
     "an-neuron": "circuitdag.tasks.an_neuron:AnNeuronTask",
+    "ioi": "circuitdag.tasks.ioi:IOITask",
 }
 
 _cache: dict[str, Task] = {}
