@@ -68,11 +68,11 @@ def _initial_state(patcher: Patcher) -> SearchState:
 
 
 def _reachability(graph: Graph) -> Reachability:
-    return Reachability(len(graph.nodes), graph.edges.src, graph.edges.dst, graph.implicit_edges)
+    return graph.reach
 
 
 def _finish(graph: Graph, reach: Reachability, alive: np.ndarray) -> np.ndarray:
-    return reach.on_path(alive, graph.sources, graph.sink)
+    return graph.prune(alive)
 
 
 def acdc_reference(

@@ -34,6 +34,7 @@ from functools import cached_property
 
 import numpy as np
 
+from circuitdag._kernels import Reachability
 from circuitdag.errors import CircuitFileError
 
 
@@ -310,6 +311,16 @@ class Graph:
         for e, d in enumerate(self.edges.dst.tolist()):
             out.setdefault(d, []).append(e)
         return {d: np.asarray(v, dtype=np.int64) for d, v in out.items()}
+
+    @cached_property
+    def reach(self) -> Reachability:
+        """Reachability kernels over this edge table (plus the implicit kv links)."""
+        return Reachability(len(self.nodes), self.edges.src, self.edges.dst, self.implicit_edges)
+
+    def prune(self, alive: np.ndarray) -> np.ndarray:
+        """The edges of ``alive`` that lie on a path of alive edges from an ``embed`` node to
+        ``logits`` (ACDC's last step; every circuit is pruned this way)."""
+        return self.reach.on_path(np.asarray(alive, dtype=bool), self.sources, self.sink)
 
     def visit_order(self) -> list[int]:
         """Destination nodes in the order ACDC visits them (reverse topological)."""

@@ -1,0 +1,300 @@
+"""Gradient attribution of every edge at once: EAP and EAP-IG.
+
+An attribution score estimates, for every edge ``e`` of the graph at once, what ACDC
+measures one edge at a time: the metric change when ``e`` alone is removed from the full
+model, ``score(e) ~ m(G - {e}) - m(G)``. Same sign and units as ACDC's scores (the metric
+is "lower is closer to the full model", maximised metrics stored negated), so a positive
+score means "removing this edge hurts" and one ranking serves both.
+
+* **EAP** (Syed, Rager & Conmy 2023, "Attribution Patching Outperforms Automated Circuit
+  Discovery"): removing ``SRC->DST<in>`` changes DST's input by
+  ``S_corr[SRC] - S_clean[SRC]`` (DESIGN.md, patching); to first order the metric changes by
+  that difference dotted with the gradient of the metric with respect to DST's input in
+  the clean run::
+
+      score(SRC->DST<in>) = sum over prompts, positions of (S_corr[SRC] - S_clean[SRC]) . dm/d(DST input)
+
+  The caches of the :class:`~circuitdag.patching.Patcher` are the two forward passes;
+  one more forward and one backward pass give every edge's score.
+* **EAP-IG**, "inputs" variant (Hanna, Pezzelle & Belinkov 2024, "Have Faith in
+  Faithfulness"): the gradient is averaged over ``steps`` points where the ``embed`` node's
+  output moves from its ablated value to its clean value, ``x_k = x_corr + (k / steps)
+  (x_clean - x_corr)`` for ``k = 0 .. steps-1`` (the left Riemann sum of the EAP-IG
+  code); the sender difference stays ``S_corr - S_clean``. With resample ablation ``x_corr``
+  is the corrupted prompts' embedding, so the path runs from the corrupted run to the
+  clean one; with zero / mean ablation it is the zero / mean embedding.
+
+Position-aware graphs (docs/positions.md) get a score for every (component, position)
+edge, including the K and V edges of each (query, key) pair ``SRC@p -> a@q<k>``: the
+prompts run as ``P`` views exactly as in the patched forward pass, so the gradient at view
+``q``'s key input at position ``p`` is the gradient with respect to the key at ``p`` as
+query ``q`` sees it. The views multiply the cost by ``P``.
+
+Prompts are processed in chunks (``batch_size``); the metric of a chunk is weighted by its
+share of the answer slots, so the scores are the same for every chunk size. Metrics must be
+means over prompts (every built-in metric is).
+
+:func:`attribute` returns the scores; :func:`attribution_circuit` turns them into a
+circuit (the top edges by ``|score|``, pruned to ``embed -> logits`` paths), as
+``circuitdag discover --algorithm eap|eap-ig`` does.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from circuitdag.circuit import Circuit
+from circuitdag.errors import ConfigError, ModelError
+from circuitdag.graph import Input
+from circuitdag.metrics import MetricRef, check_finite
+from circuitdag.models.bridge import resume
+from circuitdag.patching import _HOOK, _QKV, Patcher, _StopForward
+
+#: Attribution methods, by the names the CLI uses.
+METHODS = ("eap", "eap-ig")
+#: Default number of EAP-IG steps (the EAP-IG paper and MIB use 5).
+DEFAULT_IG_STEPS = 5
+
+
+@dataclass(frozen=True)
+class Attribution:
+    """Edge scores of one attribution run.
+
+    ``scores[e]`` (float64, one per edge of ``patcher.graph``, in edge-table order) is the
+    estimated metric change when edge ``e`` alone is removed (units of the metric)."""
+
+    scores: np.ndarray
+    method: str
+    steps: int
+    batch_size: int
+    seconds: float
+    passes: int  # forward + backward passes run (one per chunk and step)
+
+
+def _check(method: str, steps: int) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"unknown attribution method {method!r}; choose one of {', '.join(METHODS)}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"--ig-steps must be an integer >= 1, got {steps!r}")
+
+
+def default_batch_size(patcher: Patcher, budget_bytes: int = 3 << 30) -> int:
+    """Prompts per chunk so that one forward + backward pass stays within about
+    ``budget_bytes`` of activations (a rough estimate of what autograd keeps per token)."""
+    spec, item = patcher.graph.spec, torch.finfo(patcher.dtype).bits // 8
+    per_token = spec.n_layers * spec.d_model * (4 * spec.n_heads + 4 * spec.n_kv_heads + 24) * item
+    per_prompt = max(1, patcher.V * patcher.P * per_token)
+    return int(max(1, min(patcher.B, budget_bytes // per_prompt)))
+
+
+def attribute(
+    patcher: Patcher,
+    method: str = "eap-ig",
+    steps: int = DEFAULT_IG_STEPS,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> Attribution:
+    """Score every edge of ``patcher.graph`` with EAP or EAP-IG (see the module docstring).
+
+    ``steps`` is used by EAP-IG only (EAP is one step at the clean input). Returns an
+    :class:`Attribution`; raises :class:`~circuitdag.errors.ConfigError` for an unknown
+    method or ``steps < 1`` and :class:`~circuitdag.errors.MetricError` if the metric is
+    not finite."""
+    _check(method, steps)
+    steps = 1 if method == "eap" else steps
+    b = default_batch_size(patcher) if batch_size is None else int(batch_size)
+    if b < 1:
+        raise ConfigError(f"batch size must be >= 1, got {batch_size}")
+    lay = patcher.layout
+    dense = torch.zeros(lay.shape, dtype=torch.float64, device=patcher.device)
+    alphas = [1.0] if method == "eap" else [k / steps for k in range(steps)]
+    chunks = [slice(i, min(i + b, patcher.B)) for i in range(0, patcher.B, b)]
+    valid = patcher.data.valid
+    n_valid = float(valid.sum()) if valid is not None else float(patcher.data.answer_pos.numel())
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(chunks) * len(alphas), desc=method.upper(), unit="pass", disable=not progress)
+    grad_mode = [p.requires_grad for p in patcher.model.parameters()]
+    try:
+        for p in patcher.model.parameters():  # gradients for the activations only
+            p.requires_grad_(False)
+        for c in chunks:
+            w = (float(valid[c].sum()) if valid is not None else float(patcher.data.answer_pos[c].numel())) / n_valid
+            for alpha in alphas:
+                _accumulate(patcher, dense, c, alpha, w)
+                bar.update(1)
+    finally:
+        for p, g in zip(patcher.model.parameters(), grad_mode):
+            p.requires_grad_(g)
+        bar.close()
+    dense /= len(alphas)
+    scores = dense[lay.edge_row, lay.edge_view, lay.edge_pos, lay.edge_slot].cpu().numpy()
+    return Attribution(scores, method, steps, b, time.perf_counter() - t0, len(chunks) * len(alphas))
+
+
+def _accumulate(patcher: Patcher, dense: Tensor, c: slice, alpha: float, weight: float) -> None:
+    """One forward + backward pass over the prompts ``c`` with the embedding at
+    ``x_corr + alpha (x_clean - x_corr)``; adds ``weight x`` their scores into ``dense``
+    (``absent``-shaped: row, view, pos, slot)."""
+    lay, n = patcher.layout, patcher.layout.n_layers
+    V, P, positional = patcher.V, patcher.P, patcher.positional
+    S_clean, S_corr = patcher.S_clean[c], patcher.S_corr[c]
+    b = S_clean.shape[0]
+    # Sender differences S_corr - S_clean: the change of an input when an edge is removed.
+    delta = S_corr - S_clean  # b pos slot d
+    diag = torch.arange(P, device=patcher.device)
+
+    def into_views(x: Tensor) -> Tensor:  # b pos ... -> (b views) pos ...
+        return x.unsqueeze(1).expand(b, V, *x.shape[1:]).reshape(b * V, *x.shape[1:])
+
+    def diagonal(x: Tensor) -> Tensor:  # (b views) pos ... -> b pos ..., position p from view p
+        if not positional:
+            return x
+        x = x.reshape(b, V, *x.shape[1:])
+        return x[:, diag, diag]
+
+    def collect(L: int, kind: Input) -> Callable[[Tensor], None]:
+        sl, k = lay.rows(L, kind), lay.readable_slots(L, kind)
+        d = delta[:, :, :k]
+
+        def fn(g: Tensor) -> None:
+            g = g.to(torch.float64) if g.dtype != torch.float64 else g
+            dd = d.to(g.dtype)
+            g = g if g.dim() == 4 else g.unsqueeze(2)  # (b views) pos rows d
+            if lay.crosses_positions(kind):  # every (query view, key position) pair
+                gv = g.reshape(b, V, P, *g.shape[2:])
+                dense[sl, :, :, :k] += torch.einsum("bpsd,bvprd->rvps", dd, gv)
+            elif positional:  # the row reads its own position: the diagonal
+                got = torch.einsum("bpsd,bprd->rps", dd, diagonal(g))
+                dense[sl, diag, diag, :k] += got  # rows pos slot
+            else:
+                dense[sl, 0, 0, :k] += torch.einsum("bpsd,bprd->rs", dd, g)
+
+        return fn
+
+    def watch(L: int, kind: Input) -> Callable[[Tensor, Any], Tensor]:
+        def fn(x: Tensor, hook: Any) -> Tensor:
+            # With views, every view reads the true residual (position p from view p), so
+            # the gradient at view q's input is the gradient as query q sees it.
+            x = into_views(diagonal(x)) if positional else x.clone()
+            x.register_hook(collect(L, kind))
+            return x
+
+        return fn
+
+    def stop(x: Tensor, hook: Any) -> None:
+        x = into_views(diagonal(x)) if positional else x.clone()
+        x.register_hook(collect(n, Input.RESID))
+        raise _StopForward(diagonal(x))
+
+    hooks: list[tuple[str, Callable[..., Any]]] = []
+    for L in range(n):
+        hooks += [(_HOOK[name](L), watch(L, kind)) for kind, name in _QKV]
+        if lay.has_mlp:
+            hooks.append((_HOOK["mlp_in"](L), watch(L, Input.MLP)))
+    hooks.append((f"blocks.{n - 1}.hook_resid_post", stop))
+
+    x_corr, x_clean = S_corr[:, :, 0], S_clean[:, :, 0]
+    with torch.enable_grad():
+        x0 = (x_corr + alpha * (x_clean - x_corr)).detach().requires_grad_(True)
+        try:
+            resume(patcher.model, into_views(x0), 0, fwd_hooks=hooks)
+            raise ModelError("the forward pass never reached the final residual hook")
+        except _StopForward as s:
+            final = s.resid  # b pos d
+        metric = _chunk_metric(patcher, final, c)
+        check_finite(metric.detach().unsqueeze(0), "in attribution")
+        torch.autograd.grad(metric * weight, x0)
+
+
+def _chunk_metric(patcher: Patcher, final: Float[Tensor, "b pos d_model"], c: slice) -> Tensor:
+    """The metric (a scalar) of prompts ``c`` from their final residual stream."""
+    ap = patcher.data.answer_pos[c]
+    rows = torch.arange(ap.shape[0], device=ap.device).unsqueeze(1)
+    x = final[rows, ap]  # b n_ans d
+    logits = patcher.model.unembed(patcher.model.ln_final(x)).unsqueeze(0)
+    ref = patcher.ref
+
+    def part(t: Tensor | None) -> Tensor | None:
+        return None if t is None else t[c]
+
+    sub = MetricRef(logits=ref.logits[c], correct=part(ref.correct), wrong=part(ref.wrong), valid=part(ref.valid))
+    return patcher.metric_fn(logits, sub)[0]
+
+
+# ---------------------------------------------------------------------- circuits
+def top_edges(scores: np.ndarray, n_edges: int | None = None, threshold: float | None = None) -> np.ndarray:
+    """Boolean mask of the edges kept by ``|score|``: the ``n_edges`` largest (ties broken by
+    edge-table order), or those with ``|score| >= threshold``. NaN scores are never kept."""
+    if (n_edges is None) == (threshold is None):
+        raise ConfigError("give exactly one of --edges N and --threshold X for an attribution circuit")
+    mag = np.abs(np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-1.0))
+    mag[np.isnan(scores)] = -1.0
+    keep = np.zeros(mag.shape[0], dtype=bool)
+    if threshold is not None:
+        if not threshold >= 0:
+            raise ConfigError(f"threshold must be >= 0, got {threshold}")
+        keep = mag >= threshold
+    else:
+        assert n_edges is not None
+        if n_edges < 0:
+            raise ConfigError(f"--edges must be >= 0, got {n_edges}")
+        order = np.argsort(-mag, kind="stable")[: min(n_edges, mag.shape[0])]
+        keep[order] = True
+    return keep & (mag >= 0)
+
+
+def attribution_circuit(
+    patcher: Patcher,
+    method: str = "eap-ig",
+    steps: int = DEFAULT_IG_STEPS,
+    n_edges: int | None = None,
+    threshold: float | None = None,
+    batch_size: int | None = None,
+    progress: bool = False,
+    meta: dict[str, Any] | None = None,
+    scores: Attribution | None = None,
+) -> Circuit:
+    """The circuit of the top edges by ``|score|`` (``n_edges`` of them, or every edge with
+    ``|score| >= threshold``), pruned to edges on an ``embed -> logits`` path, with its
+    exact metric values (``metric_full``, ``metric_circuit``, ``metric_corrupted``) and the
+    attribution scores of every edge. ``scores`` reuses an earlier :func:`attribute`."""
+    t0 = time.perf_counter()
+    att = scores if scores is not None else attribute(patcher, method, steps, batch_size, progress)
+    keep = top_edges(att.scores, n_edges, threshold)
+    alive = patcher.graph.prune(keep)
+    n = patcher.graph.n_edges
+    out_meta = {
+        **(meta or {}),
+        "algorithm": att.method,
+        "threshold": threshold,
+        "edges_requested": n_edges,
+        "edges_selected": int(keep.sum()),
+        "ig_steps": att.steps if att.method == "eap-ig" else None,
+        "metric_full": patcher.reference_metric(np.ones(n, dtype=bool)),
+        "metric_circuit": patcher.reference_metric(alive),
+        "metric_corrupted": patcher.reference_metric(np.zeros(n, dtype=bool)),
+        "score_meaning": "attribution estimate of the metric change when the edge alone is removed",
+        "stats": {
+            "attribution_seconds": round(att.seconds, 4),
+            "attribution_passes": att.passes,
+            "batch_size": att.batch_size,
+            "seconds": round(time.perf_counter() - t0, 4),
+        },
+    }
+    scores_arr = att.scores.astype(np.float64)
+    if not np.all(np.isfinite(scores_arr)):
+        scores_arr = np.where(np.isfinite(scores_arr), scores_arr, math.nan)
+    return Circuit(patcher.graph, alive, scores_arr, out_meta)
+
+
+__all__ = ["DEFAULT_IG_STEPS", "METHODS", "Attribution", "attribute", "attribution_circuit", "top_edges"]
