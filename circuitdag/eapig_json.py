@@ -75,7 +75,9 @@ def _check_graph(graph: Graph, what: str) -> None:
             "(export circuit.without_positions() or pass collapse_positions=True)"
         )
     if graph.spec.attn_only:
-        raise CircuitFileError(f"cannot {what} an attention-only graph: the EAP-IG/MIB graph always has MLP nodes")
+        raise CircuitFileError(
+            f"cannot {what} an attention-only graph: the EAP-IG/MIB graph always has MLP nodes"
+        )
 
 
 def eapig_edge_names(graph: Graph) -> list[tuple[str, ...]]:
@@ -173,7 +175,9 @@ def _read(path_or_dict: str | Path | dict[str, Any]) -> tuple[Any, str]:
     try:
         return json.loads(text), str(path)
     except json.JSONDecodeError as exc:
-        raise CircuitFileError(f"{path} is not JSON ({exc.msg} at line {exc.lineno}); is it an EAP-IG graph?") from exc
+        raise CircuitFileError(
+            f"{path} is not JSON ({exc.msg} at line {exc.lineno}); is it an EAP-IG graph?"
+        ) from exc
 
 
 def _score(value: Any, name: str, source: str) -> float:
@@ -202,7 +206,9 @@ def load_eapig_json(path_or_dict: str | Path | dict[str, Any], graph: Graph) -> 
     doc, source = _read(path_or_dict)
     if not is_eapig_json(doc):
         keys = sorted(doc) if isinstance(doc, dict) else type(doc).__name__
-        raise CircuitFileError(f"{source} is not an EAP-IG graph JSON (needs 'cfg', 'nodes' and 'edges'; has {keys})")
+        raise CircuitFileError(
+            f"{source} is not an EAP-IG graph JSON (needs 'cfg', 'nodes' and 'edges'; has {keys})"
+        )
     _check_graph(graph, "read an EAP-IG graph onto")
     cfg, spec = doc["cfg"], graph.spec
     want = {**_cfg(graph), "n_key_value_heads": spec.n_kv_heads}
@@ -211,17 +217,23 @@ def load_eapig_json(path_or_dict: str | Path | dict[str, Any], graph: Graph) -> 
         if got is None and key == "n_key_value_heads":  # MIB's files do not record it
             continue
         if got != value:
-            raise CircuitFileError(f"{source} was made for another model: cfg {key}={got!r}, this model has {value!r}")
+            raise CircuitFileError(
+                f"{source} was made for another model: cfg {key}={got!r}, this model has {value!r}"
+            )
     names = eapig_edge_names(graph)
     file_edges: dict[str, Any] = doc["edges"]
     known = {n for group in names for n in group}
     unknown = [n for n in file_edges if n not in known]
     if unknown:
         hint = " (node names are 'input', 'a0.h1', 'm0', 'logits')" if _LOOKS_OURS.search(unknown[0]) else ""
-        raise CircuitFileError(f"{source}: {len(unknown)} edge(s) are not in this model's graph, e.g. {unknown[0]!r}{hint}")
+        raise CircuitFileError(
+            f"{source}: {len(unknown)} edge(s) are not in this model's graph, e.g. {unknown[0]!r}{hint}"
+        )
     missing = [n for n in known if n not in file_edges]
     if missing:
-        raise CircuitFileError(f"{source}: {len(missing)} edge(s) of this model's graph are missing, e.g. {missing[0]!r}")
+        raise CircuitFileError(
+            f"{source}: {len(missing)} edge(s) of this model's graph are missing, e.g. {missing[0]!r}"
+        )
     in_circuit = np.zeros(graph.n_edges, dtype=bool)
     scores = np.zeros(graph.n_edges)
     for e, group in enumerate(names):

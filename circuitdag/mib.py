@@ -196,8 +196,8 @@ class _Evaluator:
             )
         # Pruning the full graph only drops edges that cannot reach the logits, so it is
         # the full model; the empty circuit is the empty circuit.
-        self.cache = {self._key(self.reach.on_path(np.ones(n, dtype=bool), self.graph.sources, self.graph.sink)):
-                      self.m_full, self._key(np.zeros(n, dtype=bool)): self.m_empty}  # fmt: skip
+        full = self.reach.on_path(np.ones(n, dtype=bool), self.graph.sources, self.graph.sink)
+        self.cache = {self._key(full): self.m_full, self._key(np.zeros(n, dtype=bool)): self.m_empty}
 
     @staticmethod
     def _key(mask: np.ndarray) -> bytes:
@@ -232,7 +232,9 @@ def _check_scores(graph: Graph, scores: np.ndarray) -> np.ndarray:
     if scores.shape != (graph.n_edges,):
         raise ConfigError(f"scores have shape {scores.shape}, the graph has {graph.n_edges} edges")
     if np.isnan(scores).all():
-        raise CircuitFileError("every edge score is NaN (a circuit without scores), so there is no ranking to evaluate")
+        raise CircuitFileError(
+            "every edge score is NaN (a circuit without scores), so there is no ranking to evaluate"
+        )
     return scores
 
 
@@ -298,18 +300,28 @@ def plot_curve(curves: dict[str, Curve], path: str | Path) -> Path:
 def register_cli(subparsers: Any) -> None:
     """Add ``curve`` to the ``circuitdag`` command line."""
     p = subparsers.add_parser(
-        "curve", help="MIB faithfulness curve, CPR and CMD of a scored circuit.json or EAP-IG graph JSON")
-    p.add_argument("scores", metavar="CIRCUIT_OR_SCORES.json",
-                   help="a circuitdag circuit.json (its edge scores are the ranking) or an EAP-IG/MIB graph JSON")
+        "curve", help="MIB faithfulness curve, CPR and CMD of a scored circuit.json or EAP-IG graph JSON"
+    )
+    p.add_argument(
+        "scores",
+        metavar="CIRCUIT_OR_SCORES.json",
+        help="a circuitdag circuit.json (its edge scores are the ranking) or an EAP-IG/MIB graph JSON",
+    )
     p.add_argument("--out", help="output directory for curve.json and curve.svg (default: the input file's)")
-    p.add_argument("--percents", nargs="+", metavar="P",
-                   help="grid in percent of edges (default MIB's: " + " ".join(f"{x:g}" for x in EDGE_PERCENTS) + ")")
+    p.add_argument(
+        "--percents",
+        nargs="+",
+        metavar="P",
+        help="grid in percent of edges (default MIB's: " + " ".join(f"{x:g}" for x in EDGE_PERCENTS) + ")",
+    )
     p.add_argument("--task", help="task (default: the circuit's; required for an EAP-IG file)")
     p.add_argument("--model", help="model (default: the circuit's, else the task's default)")
     p.add_argument("--metric", help="metric (default: the circuit's, else the task's)")
     p.add_argument("--ablation", help="resample, zero or mean (default: the circuit's, else the task's)")
     p.add_argument("--seed", type=int, default=None, help="dataset seed (default: the circuit's, else 0)")
-    p.add_argument("--method", help="name of the method in the plot and curve.json (default: from the circuit)")
+    p.add_argument(
+        "--method", help="name of the method in the plot and curve.json (default: from the circuit)"
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -383,11 +395,15 @@ def cmd_curve(args: Any) -> int:
         if np.isnan(circuit.scores).all():
             raise _no_scores(path)
     elif not is_eapig_json(doc):
-        raise CircuitFileError(f"{path} is neither a circuitdag circuit.json ({FORMAT}) nor an EAP-IG graph JSON")
+        raise CircuitFileError(
+            f"{path} is neither a circuitdag circuit.json ({FORMAT}) nor an EAP-IG graph JSON"
+        )
     meta = circuit.meta if circuit is not None else {}
     task_name = args.task or meta.get("task")
     if not task_name:
-        raise ConfigError(f"{path} does not name its task; pass --task (and --model if not the task's default)")
+        raise ConfigError(
+            f"{path} does not name its task; pass --task (and --model if not the task's default)"
+        )
     if args.threads:
         torch.set_num_threads(args.threads)
     task = get_task(task_name)
@@ -427,7 +443,7 @@ def cmd_curve(args: Any) -> int:
         "evaluation": "MIB circuit track (Mueller et al. 2025; hannamw/MIB-circuit-track evaluation.py): "
                       "top-n edges at each grid point, pruned to embed->logits paths, exact patching; "
                       "CPR from the signed ranking, CMD from the |score| ranking",
-        "percents": list(percents),
+        "percents": [float(p) for p in percents],
         "cpr": signed.cpr,
         "cmd": absolute.cmd,
         "curves": {k: c.to_dict() for k, c in curves.items()},

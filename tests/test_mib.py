@@ -91,6 +91,7 @@ def test_ranking_matches_a_plain_sort() -> None:
     s = rng.integers(-3, 4, GRAPH.n_edges).astype(float)  # many ties
     s[rng.random(GRAPH.n_edges) < 0.2] = np.nan
     for absolute in (False, True):
+
         def key(e, absolute=absolute):
             v = s[e]
             return (np.isnan(v), 0.0 if np.isnan(v) else -(abs(v) if absolute else v), e)
@@ -177,7 +178,10 @@ def test_signed_and_absolute_curves(patcher) -> None:
     scores = -np.abs(np.random.default_rng(3).normal(size=g.n_edges))
     both = mib_curves(patcher, scores, percents=[10, 50, 100])
     assert not both["signed"].absolute and both["absolute"].absolute
-    assert both["absolute"].faithfulness == faithfulness_curve(patcher, scores, [10, 50, 100], absolute=True).faithfulness
+    assert (
+        both["absolute"].faithfulness
+        == faithfulness_curve(patcher, scores, [10, 50, 100], absolute=True).faithfulness
+    )
     assert both["signed"].faithfulness != both["absolute"].faithfulness
 
 
@@ -249,8 +253,16 @@ def test_gqa_kv_edges_split_and_sum() -> None:
     e = g.edge_index["embed->a0.kv1<v>"]
     c.scores[e], c.in_circuit[e] = 3.0, True
     doc = to_eapig_json(c)
-    assert doc["cfg"] == {"n_layers": 1, "n_heads": 4, "parallel_attn_mlp": False, "d_model": 8, "n_key_value_heads": 2}
-    assert doc["edges"]["input->a0.h2<v>"] == doc["edges"]["input->a0.h3<v>"] == {"score": 1.5, "in_graph": True}
+    assert doc["cfg"] == {
+        "n_layers": 1,
+        "n_heads": 4,
+        "parallel_attn_mlp": False,
+        "d_model": 8,
+        "n_key_value_heads": 2,
+    }
+    assert (
+        doc["edges"]["input->a0.h2<v>"] == doc["edges"]["input->a0.h3<v>"] == {"score": 1.5, "in_graph": True}
+    )
     assert doc["edges"]["input->a0.h1<v>"]["in_graph"] is False
     doc["edges"]["input->a0.h3<v>"] = {"score": 0.5, "in_graph": False}  # one query head only
     back = load_eapig_json(doc, g)
@@ -281,7 +293,9 @@ def test_hand_written_file(tmp_path) -> None:
     path = tmp_path / "hand.json"
     path.write_text(HAND)
     c = load_eapig_json(path, g)
-    assert {n: (float(c.scores[g.edge_index[n]]), bool(c.in_circuit[g.edge_index[n]])) for n in g.edge_names} == HAND_OURS
+    assert {
+        n: (float(c.scores[g.edge_index[n]]), bool(c.in_circuit[g.edge_index[n]])) for n in g.edge_names
+    } == HAND_OURS
     assert to_eapig_json(c) == json.loads(HAND)  # nodes too, as EAP-IG's prune derives them
 
 
@@ -365,7 +379,9 @@ def tracr_run(tmp_path_factory):
     patcher, meta = prepare(task.load_model(), task)
     scores = np.random.default_rng(6).normal(size=patcher.graph.n_edges)
     scores[-3:] = np.nan
-    circuit = Circuit(patcher.graph, np.zeros(patcher.graph.n_edges, bool), scores, {**meta, "algorithm": "acdc"})
+    circuit = Circuit(
+        patcher.graph, np.zeros(patcher.graph.n_edges, bool), scores, {**meta, "algorithm": "acdc"}
+    )
     out = tmp_path_factory.mktemp("run")
     circuit.save(out / "circuit.json")
     return patcher, circuit, out
@@ -377,15 +393,24 @@ def test_cli_curve(tracr_run, capsys) -> None:
     line = capsys.readouterr().out.strip()
     assert "\n" not in line and line.startswith("tracr-reverse: CPR") and "100%:1.000" in line
     doc = json.loads((out / "curve.json").read_text())
-    assert doc["format"] == "circuitdag.curve/1" and doc["method"] == "acdc" and doc["model"] == "tracr-reverse"
-    assert (doc["task"], doc["metric"], doc["ablation"], doc["positions"]) == ("tracr-reverse", "l2", "resample", False)
+    assert (
+        doc["format"] == "circuitdag.curve/1" and doc["method"] == "acdc" and doc["model"] == "tracr-reverse"
+    )
+    assert (doc["task"], doc["metric"], doc["ablation"], doc["positions"]) == (
+        "tracr-reverse",
+        "l2",
+        "resample",
+        False,
+    )
     want = mib_curves(patcher, circuit.scores)
     assert doc["cpr"] == want["signed"].cpr and doc["cmd"] == want["absolute"].cmd
     assert doc["curves"]["absolute"]["faithfulness"] == list(want["absolute"].faithfulness)
     assert (out / "curve.svg").read_text().count("<svg") == 1
     # The same scores as an EAP-IG file (rank-equivalent: NaN -> 0.0 sits among the real
     # scores only under the signed ranking), with the task given on the command line.
-    save_eapig_json(Circuit(circuit.graph, circuit.in_circuit, np.nan_to_num(circuit.scores)), out / "mib" / "g.json")
+    save_eapig_json(
+        Circuit(circuit.graph, circuit.in_circuit, np.nan_to_num(circuit.scores)), out / "mib" / "g.json"
+    )
     with pytest.raises(ConfigError, match="--task"):
         run_cli(["curve", str(out / "mib" / "g.json")])
     assert run_cli(["curve", str(out / "mib" / "g.json"), "--task", "tracr-reverse", "--percents", "5", "50", "100",
