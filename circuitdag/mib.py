@@ -390,7 +390,9 @@ def cmd_curve(args: Any) -> int:
     percents = _percents(args.percents)
     doc = _read_json(path)
     circuit = None
+    source_format = FORMAT_NAME
     if isinstance(doc, dict) and doc.get("format") == FORMAT:
+        source_format = FORMAT
         circuit = circuit_from_dict(doc, str(path))
         if np.isnan(circuit.scores).all():
             raise _no_scores(path)
@@ -433,11 +435,12 @@ def cmd_curve(args: Any) -> int:
     report = {
         "format": CURVE_FORMAT,
         "source": str(path),
-        "source_format": FORMAT if circuit.meta.get("source_format") != FORMAT_NAME else FORMAT_NAME,
+        "source_format": source_format,
         "method": method,
         "threshold": meta.get("threshold"),
-        **{k: run.get(k) for k in ("task", "model", "metric", "ablation", "seed", "positions", "n_prompts")},
-        "model": model_name or run.get("model"),
+        "task": run["task"],
+        "model": model_name or run["model"],
+        **{k: run.get(k) for k in ("metric", "ablation", "seed", "positions", "n_prompts")},
         "dtype": args.dtype,
         "version": __version__,
         "evaluation": "MIB circuit track (Mueller et al. 2025; hannamw/MIB-circuit-track evaluation.py): "
