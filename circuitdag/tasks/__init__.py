@@ -36,6 +36,7 @@ BUILTIN: dict[str, str] = {
     "induction-compiled": "circuitdag.tasks.induction:CompiledInductionTask",
     "an-neuron": "circuitdag.tasks.an_neuron:AnNeuronTask",
     "ioi": "circuitdag.tasks.ioi:IOITask",
+    "greater-than": "circuitdag.tasks.greater_than:GreaterThanTask",
 }
 
 _cache: dict[str, Task] = {}
