@@ -45,7 +45,6 @@ from typing import Any
 
 import numpy as np
 
-from circuitdag._kernels import Reachability
 from circuitdag.errors import CircuitFileError, ConfigError
 from circuitdag.graph import Graph
 
@@ -99,16 +98,11 @@ def ranking(scores: np.ndarray, absolute: bool = False) -> np.ndarray:
     return np.lexsort((np.arange(scores.shape[0]), key, nan))
 
 
-def _reachability(graph: Graph) -> Reachability:
-    return Reachability(len(graph.nodes), graph.edges.src, graph.edges.dst, graph.implicit_edges)
-
-
-def select_top(graph: Graph, scores: np.ndarray, n_edges: int, absolute: bool = False,
-               reach: Reachability | None = None) -> Selection:  # fmt: skip
+def select_top(graph: Graph, scores: np.ndarray, n_edges: int, absolute: bool = False) -> Selection:
     """The top ``n_edges`` edges of ``scores`` (float ``[graph.n_edges]``, higher = more
     important; :func:`ranking`), pruned to edges on an ``embed -> logits`` path (what
-    MIB's ``apply_topn(n, absolute, prune=True)`` gives). ``reach`` reuses a
-    :class:`Reachability` of ``graph``. Raises :class:`ConfigError` for a wrong-sized
+    MIB's ``apply_topn(n, absolute, prune=True)`` gives; :meth:`Graph.prune`, the same
+    pruning ACDC ends with). Raises :class:`ConfigError` for a wrong-sized
     ``scores`` or ``n_edges`` outside ``0..graph.n_edges``."""
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (graph.n_edges,):
@@ -117,8 +111,7 @@ def select_top(graph: Graph, scores: np.ndarray, n_edges: int, absolute: bool = 
         raise ConfigError(f"cannot select {n_edges} edges of a graph with {graph.n_edges}")
     selected = np.zeros(graph.n_edges, dtype=bool)
     selected[ranking(scores, absolute)[:n_edges]] = True
-    reach = reach or _reachability(graph)
-    return Selection(selected, reach.on_path(selected, graph.sources, graph.sink))
+    return Selection(selected, graph.prune(selected))
 
 
 # ---------------------------------------------------------------------- curve
@@ -184,7 +177,6 @@ class _Evaluator:
     def __init__(self, patcher: Any) -> None:
         self.patcher = patcher
         self.graph: Graph = patcher.graph
-        self.reach = _reachability(self.graph)
         n = self.graph.n_edges
         self.m_full = float(patcher.reference_metric(np.ones(n, dtype=bool)))
         self.m_empty = float(patcher.reference_metric(np.zeros(n, dtype=bool)))
@@ -196,7 +188,7 @@ class _Evaluator:
             )
         # Pruning the full graph only drops edges that cannot reach the logits, so it is
         # the full model; the empty circuit is the empty circuit.
-        full = self.reach.on_path(np.ones(n, dtype=bool), self.graph.sources, self.graph.sink)
+        full = self.graph.prune(np.ones(n, dtype=bool))
         self.cache = {self._key(full): self.m_full, self._key(np.zeros(n, dtype=bool)): self.m_empty}
 
     @staticmethod
@@ -216,7 +208,7 @@ class _Evaluator:
         sel, kept, ms = [], [], []
         label = "MIB curve (|score|)" if absolute else "MIB curve"
         for n in tqdm(counts, desc=label, unit="point", disable=not progress):
-            s = select_top(self.graph, scores, n, absolute, self.reach)
+            s = select_top(self.graph, scores, n, absolute)
             sel.append(s.n_selected)
             kept.append(s.n_alive)
             ms.append(self.metric(s.alive))
