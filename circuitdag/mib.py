@@ -34,7 +34,6 @@ none). Position-aware graphs need nothing special: everything works on the edge 
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -47,8 +46,6 @@ import numpy as np
 
 from circuitdag.errors import CircuitFileError, ConfigError
 from circuitdag.graph import Graph
-
-log = logging.getLogger("circuitdag")
 
 #: MIB's grid, in percent of the graph's edges (``evaluation.py``: ``percentages``).
 EDGE_PERCENTS: tuple[float, ...] = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
