@@ -109,3 +109,50 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.save_pretrained(path)
     _save_word_tokenizer(path)
     return path
+
+
+def save_word_lm(path: Path, words: list[str], split_digits: bool = False) -> Path:
+    """A random 2-layer GPT-2 (4 heads, d_model 64, 32 positions) with a word-level tokenizer
+    over exactly ``words`` (punctuation split off; with ``split_digits`` one token per digit),
+    so a task test can use its own vocabulary without touching :data:`TINY_WORDS`."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(dict.fromkeys([*specials, *words]))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    splits = [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    if split_digits:
+        splits.append(pre_tokenizers.Digits(individual_digits=True))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(splits)
+    tok.decoder = decoders.WordPiece(prefix="##")
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|endoftext|>",
+        eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        unk_token="<unk>",
+    ).save_pretrained(path)
+    torch.manual_seed(0)
+    cfg = GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=len(vocab),
+                     bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
+    model = GPT2LMHeadModel(cfg).eval()
+    _perturb_norms_and_biases(model)
+    model.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def word_lm_dir(tmp_path_factory: pytest.TempPathFactory):
+    """``word_lm_dir(words, split_digits=False)``: the directory of :func:`save_word_lm`'s
+    model for ``words`` (a whitespace-separated string), built once per session."""
+    made: dict[tuple[str, bool], Path] = {}
+
+    def make(words: str, split_digits: bool = False) -> Path:
+        key = (words, split_digits)
+        if key not in made:
+            made[key] = save_word_lm(tmp_path_factory.mktemp("word_lm"), words.split(), split_digits)
+        return made[key]
+
+    return make

@@ -200,7 +200,11 @@ class GreaterThanTask(Task):
     def data(self, model: Any, seed: int = 0) -> TaskData:
         tok = _lm.tokenizer_of(model)
         bos = _lm.wants_bos(model, self.prepend_bos)
-        nouns = tuple(n for n in self.nouns if len(_lm.word_tokens(tok, n)) == 1)
+        nouns = tuple(
+            n
+            for n in self.nouns
+            if len(_lm.word_tokens(tok, n)) == 1 and _lm.single_token(tok, n) is not None
+        )
         dropped = [
             f"{n} -> {_lm.token_strings(tok, _lm.word_tokens(tok, n))}" for n in self.nouns if n not in nouns
         ]

@@ -152,7 +152,11 @@ class IOITask(Task):
 
     # ------------------------------------------------------------------ text
     def _single_tokens(self, tok: Any, words: tuple[str, ...], what: str) -> tuple[str, ...]:
-        ok = tuple(w for w in words if len(_lm.word_tokens(tok, w)) == 1)
+        # One token after a space, and a known one (word-level tokenizers map unknown words
+        # to a single <unk>, which single_token rejects).
+        ok = tuple(
+            w for w in words if len(_lm.word_tokens(tok, w)) == 1 and _lm.single_token(tok, w) is not None
+        )
         dropped = [f"{w} -> {_lm.token_strings(tok, _lm.word_tokens(tok, w))}" for w in words if w not in ok]
         _lm.drop_or_refuse(self.name, what, dropped, len(words), "are not single tokens", self.strict)
         return ok
