@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from circuitdag.acdc import prepare
+from circuitdag.acdc import prepare, run_acdc
 from circuitdag.errors import TaskError
 from circuitdag.metrics import MetricRef
 from circuitdag.models import load_model
@@ -184,6 +184,12 @@ def test_prepare_with_the_task_metric_in_position_aware_mode(tiny, task) -> None
     ref = MetricRef(logits, d.correct, d.wrong, None)
     full = patcher.reference_metric(np.ones(patcher.graph.n_edges, dtype=bool))
     assert full == pytest.approx(task.metric()(logits.unsqueeze(0), ref).item(), abs=1e-5)
+
+
+def test_acdc_runs_with_the_task_metric(tiny, task) -> None:
+    patcher, meta = prepare(tiny, task)
+    circuit = run_acdc(patcher, 0.01, meta=meta)
+    assert circuit.meta["metric"] == "task" and -1 <= circuit.meta["metric_full"] <= 1
 
 
 @pytest.mark.slow
