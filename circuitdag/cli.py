@@ -217,9 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(p, task_required=True)
     p.add_argument("--thresholds", nargs="+", help="thresholds to try")
     p.set_defaults(fn=cmd_roc)
+    from circuitdag.mib import register_cli as register_curve_cli
     from circuitdag.sweep import register_cli
 
     register_cli(sub)
+    register_curve_cli(sub)
     return parser
 
 

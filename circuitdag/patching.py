@@ -223,6 +223,7 @@ class Patcher:
         # Caches valid for one start layer of the fast path (see _caches_for).
         self._contrib_cache: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         self._input_cache: dict[tuple[int, int], Tensor] = {}
+        self._total_cache: dict[int, Tensor] = {}
         self._cache_layer = -1
         with torch.no_grad():
             clean = self._capture(self.data.clean)
@@ -244,6 +245,47 @@ class Patcher:
                 dims = (0,) if self.positional else (0, 1)
                 self.S_corr = self.S_clean.mean(dim=dims, keepdim=True).expand_as(self.S_clean).clone()
             self.D_clean = self.S_clean - self.S_corr
+        #: 1.0 where an edge exists (``absent``-shaped); the complement of a mask is
+        #: ``exists - absent``.
+        self.exists = self.absent_matrix(np.zeros(graph.n_edges, dtype=bool))
+        self._set_base(None)
+
+    # ------------------------------------------------------------------ base run
+    def _set_base(self, base: dict[str, Any] | None) -> None:
+        """The run the fast path resumes from: the clean run (``None``), or a patched run
+        captured by :meth:`rebase`."""
+        if base is None:
+            self.base_alive: np.ndarray | None = None
+            self.S_base, self.D_base = self.S_clean, self.D_clean
+            self.base_resid_pre, self.base_mlp_in = self.resid_pre, self.mlp_in
+            self.base_resid_final = self.resid_final
+        else:
+            self.S_base = base["slots"]
+            self.D_base = self.S_base - self.S_corr
+            self.base_resid_pre, self.base_mlp_in = base["resid_pre"], base["mlp_in"]
+            self.base_resid_final = base["resid_final"]
+        self._cache_layer = -1
+        self._contrib_cache.clear()
+        self._input_cache.clear()
+
+    @torch.no_grad()
+    def rebase(self, alive: np.ndarray | None) -> None:
+        """Let the fast path resume from the run of circuit ``alive`` instead of the clean run.
+
+        :meth:`candidate_metrics` is exact when every sender upstream of the destination has
+        its value in the base run. With the clean base that means "every edge into an
+        earlier node is present" (plain ACDC). A prefiltered ACDC starts from a circuit
+        with edges removed everywhere; since ACDC never changes the edges into a node before
+        it visits it, the upstream senders keep their values from the run of that starting
+        circuit, which ``rebase(start)`` captures (one reference pass). ``None`` (or every
+        edge present) goes back to the clean run."""
+        if alive is None or bool(np.all(alive)):
+            self._set_base(None)
+            return
+        raw: dict[str, Any] = {}
+        self.reference_logits(self.absent_matrix(alive), raw=raw)
+        self._set_base(raw)
+        self.base_alive = np.asarray(alive, dtype=bool).copy()
 
     # ------------------------------------------------------------------ caching
     def _capture(self, tokens: Tensor) -> dict[str, Any]:
@@ -366,7 +408,10 @@ class Patcher:
     # ------------------------------------------------------------------ reference
     @torch.no_grad()
     def reference_logits(
-        self, absent: Float[Tensor, "row view pos slot"], capture: dict[str, Tensor] | None = None
+        self,
+        absent: Float[Tensor, "row view pos slot"],
+        capture: dict[str, Tensor] | None = None,
+        raw: dict[str, Any] | None = None,
     ) -> Float[Tensor, "batch pos vocab"]:
         """Logits of the model with circuit ``absent``: a full pass from the embedding.
 
@@ -374,7 +419,10 @@ class Patcher:
         input subtracts ``sum_s absent[row, s] * (S_now[s] - S_corr[s])`` (per view and
         position with positions, see the class docstring). For each hook name that is a
         key of ``capture``, its activation is stored there as ``batch view ...`` (view ``q``
-        is what query position ``q`` sees; one view without positions).
+        is what query position ``q`` sees; one view without positions). ``raw`` receives
+        what :meth:`rebase` needs: every sender's output (``slots``) and the unpatched
+        residual stream before each block (``resid_pre``), before each MLP (``mlp_in``) and
+        at the end (``resid_final``), at the true positions (``batch pos ...``).
         """
         lay, n = self.layout, self.layout.n_layers
         S_now = torch.zeros_like(self.S_clean)
@@ -412,6 +460,25 @@ class Patcher:
             return fn
 
         hooks += [(name, keep(name)) for name in capture or {}]
+        if raw is not None:
+            raw.update(slots=S_now, resid_pre=[None] * n, mlp_in=[None] * n)
+
+            def put(key: str, L: int | None):
+                def fn(x, hook):
+                    x = self._diagonal(x, 1)[0].detach().clone()
+                    if L is None:
+                        raw[key] = x
+                    else:
+                        raw[key][L] = x
+                return fn
+
+            # Before the patching hooks on the same names: the unpatched residual stream.
+            mid = "resid_pre" if lay.parallel else "resid_mid"
+            first = [(_HOOK["resid_pre"](L), put("resid_pre", L)) for L in range(n)]
+            if lay.has_mlp:
+                first += [(f"blocks.{L}.hook_{mid}", put("mlp_in", L)) for L in range(n)]
+            hooks = first + hooks
+            hooks.insert(len(first), (f"blocks.{n - 1}.hook_resid_post", put("resid_final", None)))
         self.n_forward += 1
         self.n_layer_evals += n
         logits = self.model.run_with_hooks(self._tokens_in_views(self.data.clean), fwd_hooks=hooks)
@@ -460,7 +527,9 @@ class Patcher:
         # zero at the positions without a view (their senders count as corrupted).
         D_now = torch.zeros(K, B, P, lay.n_slots - n0, self.graph.spec.d_model,
                             device=self.device, dtype=self.dtype)  # fmt: skip
-        D_clean0 = self.D_clean[:, :, :n0]
+        # Running sums of D_now over its first slots (key: slot index), for complements.
+        total_now: dict[int, Tensor] = {n0: D_now.new_zeros(K, B, P, D_now.shape[-1])}
+        D_base0 = self.D_base[:, :, :n0]
 
         def diagonal(x: Tensor, L: int, kind: Input) -> Tensor:
             fill = self._cached_input(start_layer, L, kind) if len(live) < P else None
@@ -475,24 +544,33 @@ class Patcher:
             sl, k = lay.rows(L, kind), lay.readable_slots(L, kind)
             cross = lay.crosses_positions(kind)
             mask = absent[sl][:, live_t] if cross else absent[sl]
-            out = self._clean_contribution(start_layer, sl, absent[sl][..., :n0], kind)
-            out = (out[:, live_t] if cross else out).unsqueeze(0)
+            exists = self.exists[sl][:, live_t] if cross else self.exists[sl]
+            base = self._base_contribution(start_layer, sl, absent[sl][..., :n0], kind)
+            base = (base[:, live_t] if cross else base).unsqueeze(0)
+            out = base
             if k > n0:
-                out = out + self._contract(D_now[..., : k - n0, :], mask[..., n0:k], kind)
+                now = self._contract_sparse(D_now[..., : k - n0, :], mask[..., n0:k], exists[..., n0:k], kind,
+                                            total_now[k])  # fmt: skip
+                out = out + now
             hit = [(c, r - sl.start, v) for c, (r, v) in enumerate(cells) if sl.start <= r < sl.stop]
             if hit:
                 out = out.expand(K, *out.shape[1:]).clone()
                 for c, ri, v in hit:
-                    cm = cand_absent[:, c, :, :k]  # k pos slot: the row's mask in view v
                     if cross:  # every key position, in view v
                         at, view = slice(None), view_of[v]
                     elif self.positional:  # the row reads position v only
                         at, view = slice(v, v + 1), 0
                     else:  # one mask for every position
-                        at, view, cm = slice(None), 0, cm.expand(-1, P, -1)
-                    got = torch.einsum("bpsd,kps->kbpd", D_clean0[:, at], cm[:, at, :n0])
+                        at, view = slice(None), 0
+                    # Senders before the start layer: the current row's contribution plus the
+                    # few entries in which candidate j's mask differs from it.
+                    got = base[:, :, view, at, ri].expand(K, -1, -1, -1).clone()  # k batch pos d
+                    diff = cand_absent[:, c, :, :n0] - absent[sl.start + ri, v, :, :n0]  # k pos slot
+                    _add_sparse(got, diff[:, at] if self.positional else diff, D_base0[:, at], self.positional)
                     if k > n0:
-                        got = got + torch.einsum("kbpsd,kps->kbpd", D_now[:, :, at, : k - n0], cm[:, at, n0:])
+                        cm = cand_absent[:, c, :, n0:k]
+                        cm = cm[:, at] if self.positional else cm.expand(-1, P, -1)
+                        got = got + torch.einsum("kbpsd,kps->kbpd", D_now[:, :, at, : k - n0], cm)
                     out[:, :, view, at, ri] = got
             return out
 
@@ -518,6 +596,7 @@ class Patcher:
                 lo, at = first_slot - n0, live_t if self.positional else slice(None)
                 corr = self.S_corr[:, :, first_slot : first_slot + count]
                 D_now[:, :, at, lo : lo + count] = x[:, :, at] - corr[:, at]
+                total_now[first_slot + count] = total_now[first_slot] + D_now[:, :, :, lo : lo + count].sum(3)
             return fn
 
         if start_layer == n:  # destination is logits: patch the final residual directly
@@ -545,7 +624,7 @@ class Patcher:
         return self.metric_of_answer_logits(self._unembed_answers(final))
 
     def _cached_input(self, start_layer: int, L: int, kind: Input) -> Float[Tensor, "batch pos d_model"]:
-        """The clean run's input to (layer ``L``, ``kind``) with every sender from
+        """The base run's input to (layer ``L``, ``kind``) with every sender from
         ``start_layer`` on replaced by its corrupted output (cached per start layer)."""
         self._caches_for(start_layer)
         key = (L, int(kind))
@@ -554,13 +633,13 @@ class Patcher:
             return hit
         lay = self.layout
         if kind == Input.RESID:
-            clean = self.resid_final
+            base = self.base_resid_final
         elif kind == Input.MLP:
-            clean = self.mlp_in[L]
+            base = self.base_mlp_in[L]
         else:
-            clean = self.resid_pre[L]
+            base = self.base_resid_pre[L]
         n0, k = lay.slots_before(start_layer), lay.readable_slots(L, kind)
-        out = clean - self.D_clean[:, :, n0:k].sum(dim=2)
+        out = base - self.D_base[:, :, n0:k].sum(dim=2)
         self._input_cache[key] = out
         return out
 
@@ -571,8 +650,8 @@ class Patcher:
         logits = self.model.unembed(self.model.ln_final(x.reshape(k * b, a, d)))
         return logits.reshape(k, b, a, -1)
 
-    def _clean_contribution(self, start_layer: int, rows: slice, mask: Tensor, kind: Input) -> Tensor:
-        """``_contract(D_clean[:, :, :n0], mask)`` for a row group, cached per start layer.
+    def _base_contribution(self, start_layer: int, rows: slice, mask: Tensor, kind: Input) -> Tensor:
+        """``_contract(D_base[:, :, :n0], mask)`` for a row group, cached per start layer.
 
         The senders before the start layer are the same in every candidate and every batch
         of a destination, so their contribution is computed once and reused while the
@@ -583,16 +662,68 @@ class Patcher:
         if hit is not None and torch.equal(hit[0], mask):
             return hit[1]
         n0 = mask.shape[-1]
-        out = self._contract(self.D_clean[:, :, :n0], mask, kind)
+        total = self._total_cache.get(n0)
+        if total is None:
+            total = self._total_cache[n0] = self.D_base[:, :, :n0].sum(dim=2)
+        out = self._contract_sparse(self.D_base[:, :, :n0], mask, self.exists[rows][..., :n0], kind, total)
         self._contrib_cache[key] = (mask.clone(), out)
         return out
+
+    def _contract_sparse(self, D: Tensor, mask: Tensor, exists: Tensor, kind: Input, total: Tensor) -> Tensor:
+        """:meth:`_contract` that reads only the slots that matter.
+
+        Circuits are sparse: a row group has either few absent senders (early in ACDC) or
+        few present ones (later, and in prefiltered runs). The sum over absent edges is
+        taken directly over the slots with an absent edge, or as ``total - sum over present
+        edges`` over the slots with a present edge, whichever reads fewer slots. ``total``
+        (``... batch pos d_model``) is ``D`` summed over its slots; ``exists`` marks the
+        edges of the graph (``mask``'s shape)."""
+        absent_cols = (mask != 0).flatten(0, -2).any(0)
+        present = exists - mask
+        present_cols = (present != 0).flatten(0, -2).any(0)
+        if int(absent_cols.sum()) <= int(present_cols.sum()):
+            cols = absent_cols.nonzero().squeeze(1)
+            return self._contract(D[..., cols, :], mask[..., cols], kind)
+        cols = present_cols.nonzero().squeeze(1)
+        part = self._contract(D[..., cols, :], present[..., cols], kind)  # ... b v p r d
+        # Where the group has edges at all (a row, view and position), every readable slot
+        # is a sender, so the sum over existing edges is ``total`` there and 0 elsewhere.
+        has = (exists != 0).any(-1).to(D.dtype)  # rows view pos
+        if not self.positional:
+            has = has[:, 0, 0].reshape(1, 1, -1)  # 1 1 rows
+        elif self.layout.crosses_positions(kind):
+            has = has.permute(1, 2, 0)  # view pos rows
+        else:
+            i = self._diag_idx
+            has = has[:, i, i].T.unsqueeze(0)  # 1 pos rows
+        return total.unsqueeze(-3).unsqueeze(-2) * has.unsqueeze(-1) - part
 
     def _caches_for(self, start_layer: int) -> None:
         """Empty the fast path's caches when it moves to another start layer."""
         if self._cache_layer != start_layer:
             self._contrib_cache.clear()
             self._input_cache.clear()
+            self._total_cache.clear()
             self._cache_layer = start_layer
+
+
+def _add_sparse(got: Tensor, diff: Tensor, D: Tensor, positional: bool) -> None:
+    """``got[j] += sum over slots s, positions p of diff[j, p, s] * D[:, p, s]`` in place,
+    reading only the nonzero entries of ``diff``.
+
+    ``got``: ``k batch pos d``; ``diff``: ``k pos slot`` (pos 1 without positions, where the
+    mask applies at every position); ``D``: ``batch pos slot d`` (the same positions)."""
+    j, p, sl = diff.nonzero(as_tuple=True)
+    if j.numel() == 0:
+        return
+    vals = diff[j, p, sl].to(D.dtype)
+    if not positional:  # one mask entry moves the sender at every position
+        vecs = D[:, :, sl].permute(2, 0, 1, 3) * vals[:, None, None, None]  # e batch pos d
+        got.index_add_(0, j, vecs)
+        return
+    vecs = D[:, p, sl].permute(1, 0, 2) * vals[:, None, None]  # e batch d
+    view = got.permute(0, 2, 1, 3)  # k pos batch d (a view: index_put_ writes into got)
+    view.index_put_((j, p), vecs, accumulate=True)
 
 
 def _check_layout(graph: Graph, data: TaskData) -> None:
