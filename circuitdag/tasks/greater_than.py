@@ -116,7 +116,7 @@ class GreaterThanTask(Task):
     description = "greater-than: 'The war lasted from the year 1739 to the year 17' -> 4..9; start year -> 01"
     default_model = "smollm2-135m"
     default_metric = "task"
-    # SmolLM2's probability difference is 0.93 on the clean prompts (docs/tasks.md); the
+    # SmolLM2's probability difference is 0.95 on the clean prompts (docs/tasks.md); the
     # metric lies in [-1, 1], and 0.01 keeps the edges that each move about 1% of it.
     default_threshold = 0.01
     default_ablation = "resample"
