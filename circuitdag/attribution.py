@@ -149,8 +149,15 @@ def _accumulate(patcher: Patcher, dense: Tensor, c: slice, alpha: float, weight:
     V, P, positional = patcher.V, patcher.P, patcher.positional
     S_clean, S_corr = patcher.S_clean[c], patcher.S_corr[c]
     b = S_clean.shape[0]
-    # Sender differences S_corr - S_clean: the change of an input when an edge is removed.
+    # Sender differences S_corr - S_clean (the change of an input when an edge is removed),
+    # laid out once per chunk as the left operand of the score matmuls: per position
+    # ``pos slot (b d)`` with positions, else ``slot (b pos d)``.
     delta = S_corr - S_clean  # b pos slot d
+    if positional:
+        Dm = delta.permute(1, 2, 0, 3).reshape(P, lay.n_slots, -1)
+    else:
+        Dm = delta.permute(2, 0, 1, 3).reshape(lay.n_slots, -1)
+    del delta
     diag = torch.arange(P, device=patcher.device)
 
     def into_views(x: Tensor) -> Tensor:  # b pos ... -> (b views) pos ...
@@ -162,24 +169,41 @@ def _accumulate(patcher: Patcher, dense: Tensor, c: slice, alpha: float, weight:
         x = x.reshape(b, V, *x.shape[1:])
         return x[:, diag, diag]
 
+    pending: dict[int, list[tuple[slice, int, Tensor]]] = {}
+    groups = {L: 3 + int(lay.has_mlp) for L in range(n)} | {n: 1}  # input groups per layer
+
     def collect(L: int, kind: Input) -> Callable[[Tensor], None]:
         sl, k = lay.rows(L, kind), lay.readable_slots(L, kind)
-        d = delta[:, :, :k]
 
         def fn(g: Tensor) -> None:
-            g = g.to(torch.float64) if g.dtype != torch.float64 else g
-            dd = d.to(g.dtype)
+            # score[row, view, pos, slot] = sum over prompts and d_model of delta . gradient,
+            # as matmuls in the model's dtype, accumulated in float64.
             g = g if g.dim() == 4 else g.unsqueeze(2)  # (b views) pos rows d
+            r = g.shape[2]
             if lay.crosses_positions(kind):  # every (query view, key position) pair
-                gv = g.reshape(b, V, P, *g.shape[2:])
-                dense[sl, :, :, :k] += torch.einsum("bpsd,bvprd->rvps", dd, gv)
+                gv = g.reshape(b, V, P, r, -1).permute(2, 0, 4, 3, 1).reshape(P, -1, r * V)
+                got = torch.bmm(Dm[:, :k], gv).reshape(P, k, r, V)  # pos slot rows view
+                dense[sl, :, :, :k] += got.permute(2, 3, 0, 1)
             elif positional:  # the row reads its own position: the diagonal
-                got = torch.einsum("bpsd,bprd->rps", dd, diagonal(g))
-                dense[sl, diag, diag, :k] += got  # rows pos slot
-            else:
-                dense[sl, 0, 0, :k] += torch.einsum("bpsd,bprd->rs", dd, g)
+                gd = diagonal(g).permute(1, 0, 3, 2).reshape(P, -1, r)  # pos (b d) rows
+                got = torch.bmm(Dm[:, :k], gd)  # pos slot rows
+                dense[sl, diag, diag, :k] += got.permute(2, 0, 1)
+            else:  # buffered: one matmul per layer reads the senders once
+                waiting = pending.setdefault(L, [])
+                waiting.append((sl, k, g.permute(0, 1, 3, 2).reshape(-1, r)))  # (b pos d) rows
+                if len(waiting) == groups[L]:
+                    flush(L)
 
         return fn
+
+    def flush(L: int) -> None:
+        waiting = pending.pop(L)
+        kmax = max(w[1] for w in waiting)
+        got = Dm[:kmax] @ torch.cat([w[2] for w in waiting], dim=1)  # slot rows
+        at = 0
+        for rows, kk, gm in waiting:
+            dense[rows, 0, 0, :kk] += got[:kk, at : at + gm.shape[1]].T
+            at += gm.shape[1]
 
     def watch(L: int, kind: Input) -> Callable[[Tensor, Any], Tensor]:
         def fn(x: Tensor, hook: Any) -> Tensor:
@@ -214,6 +238,8 @@ def _accumulate(patcher: Patcher, dense: Tensor, c: slice, alpha: float, weight:
         metric = _chunk_metric(patcher, final, c)
         check_finite(metric.detach().unsqueeze(0), "in attribution")
         torch.autograd.grad(metric * weight, x0)
+    for L in list(pending):  # groups that got no gradient have score 0
+        flush(L)
 
 
 def _chunk_metric(patcher: Patcher, final: Float[Tensor, "b pos d_model"], c: slice) -> Tensor:
