@@ -32,6 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitdag._kernels import Reachability, backend
+from circuitdag.attribution import DEFAULT_IG_STEPS, METHODS, attribute, top_edges
 from circuitdag.circuit import Circuit
 from circuitdag.errors import ConfigError, TaskError
 from circuitdag.graph import Graph, ModelSpec, NodeKind, Positions
@@ -61,10 +62,25 @@ def _check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def _initial_state(patcher: Patcher) -> SearchState:
+def _initial_state(patcher: Patcher, start: np.ndarray | None = None) -> SearchState:
+    """Every edge present, or the circuit ``start`` (a prefiltered run) pruned to paths."""
     n = patcher.graph.n_edges
-    alive = np.ones(n, dtype=bool)
+    alive = np.ones(n, dtype=bool) if start is None else patcher.graph.prune(_check_start(start, n))
     return SearchState(alive, np.full(n, np.nan), patcher.reference_metric(alive))
+
+
+def _check_start(start: np.ndarray, n: int) -> np.ndarray:
+    start = np.asarray(start)
+    if start.dtype != bool or start.shape != (n,):
+        raise ConfigError(f"the starting circuit must be a boolean mask over the {n} edges, got {start.dtype} {start.shape}")
+    return start
+
+
+def _work(graph: Graph, dest: int, n_edges: int) -> int:
+    """Progress units of evaluating ``n_edges`` edges into ``dest``: each candidate runs the
+    blocks from the destination's layer to the end, so an edge's cost is about that number
+    of blocks (+1 for the unembedding). An honest ETA weighs edges by it."""
+    return n_edges * (graph.spec.n_layers - _dest_layer(graph, dest) + 1)
 
 
 def _reachability(graph: Graph) -> Reachability:
@@ -76,22 +92,30 @@ def _finish(graph: Graph, reach: Reachability, alive: np.ndarray) -> np.ndarray:
 
 
 def acdc_reference(
-    patcher: Patcher, threshold: float, progress: bool = False, max_destinations: int | None = None
+    patcher: Patcher,
+    threshold: float,
+    progress: bool = False,
+    max_destinations: int | None = None,
+    start: np.ndarray | None = None,
 ) -> SearchState:
     """Sequential ACDC: one full forward pass per edge (the slow, obviously correct one).
 
     ``max_destinations`` stops after that many destinations (benchmarks on big graphs);
-    the edges into the others stay present."""
+    the edges into the others stay present. ``start`` (a boolean mask over edges) makes
+    ACDC begin from that circuit instead of the full graph (prefiltered ACDC): only its
+    edges are tested, the others stay removed."""
     threshold = _check_threshold(threshold)
     graph = patcher.graph
     reach = _reachability(graph)
-    state = _initial_state(patcher)
+    state = _initial_state(patcher, start)
     alive, scores, sink = state.alive, state.scores, graph.sink
-    bar = tqdm(total=graph.n_edges, desc="ACDC (reference)", unit="edge", disable=not progress)
+    bar = tqdm(total=int(alive.sum()), desc="ACDC (reference)", unit="edge", disable=not progress)
     for dest in graph.visit_order()[:max_destinations]:
-        edges = graph.incoming[dest]
+        inc = graph.incoming[dest]
+        edges = inc[alive[inc]]
         if not reach.reaches_sink(alive, sink)[dest]:
-            bar.update(len(edges))
+            bar.total -= len(edges)
+            bar.refresh()
             continue
         for e in edges:
             alive[e] = False
@@ -195,14 +219,22 @@ def acdc_fast(
     checkpoint_every: float = 30.0,
     run_info: dict[str, Any] | None = None,
     max_destinations: int | None = None,
+    start: np.ndarray | None = None,
 ) -> SearchState:
-    """Exact speculative-batched ACDC (same edges as :func:`acdc_reference`).
+    """Exact speculative-batched ACDC (same edges as :func:`acdc_reference`, also with
+    ``start``).
 
     K starts at ``k_init`` and then follows :class:`BatchSizer`; it never exceeds ``k_max``
     (default: what fits the memory budget, see :func:`max_candidates`). With
     ``checkpoint``, the state is written there (atomically) at most every
     ``checkpoint_every`` seconds after a destination is finished; ``resume=True``
     continues from that file.
+
+    The fast pass resumes each candidate at the destination's layer from a cached run in
+    which every earlier node has its current inputs: the clean run when every edge is
+    present, else the run of the current circuit (:meth:`Patcher.rebase`, one reference
+    pass). That run stays valid for the whole search, because ACDC changes the edges into
+    a node only when it visits it, after every node upstream of it has been used.
     """
     threshold = _check_threshold(threshold)
     graph = patcher.graph
@@ -215,7 +247,8 @@ def acdc_fast(
         state = load_checkpoint(checkpoint, info)
         log.info("resuming ACDC at destination %d/%d", state.next_dest, len(order))
     if state is None:
-        state = _initial_state(patcher)
+        state = _initial_state(patcher, start)
+    patcher.rebase(state.alive)
     k_max = k_max or max_candidates(patcher)
     sizer = BatchSizer(k_init, k_max)
     absent = patcher.absent_matrix(state.alive)
@@ -223,18 +256,25 @@ def acdc_fast(
     stats.setdefault("batches", 0)
     stats.setdefault("candidates_evaluated", 0)
     stats.setdefault("candidates_discarded", 0)
-    done_edges = sum(len(graph.incoming[d]) for d in order[: state.next_dest])
-    bar = tqdm(total=graph.n_edges, initial=done_edges, desc="ACDC", unit="edge", disable=not progress)
+    stats.setdefault("edges_tested", 0)
+    # Progress counts the work of tested edges only (see _work): skipped destinations
+    # shrink the total instead of advancing the bar, so the ETA stays honest.
+    pending = [_work(graph, d, int(state.alive[graph.incoming[d]].sum())) for d in order[state.next_dest :]]
+    bar = tqdm(total=sum(pending), desc="ACDC", unit="block", disable=not progress,
+               bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}{postfix}]")  # fmt: skip
     last_write = time.monotonic()
     for pos in range(state.next_dest, len(order)):
         dest = order[pos]
-        edges = graph.incoming[dest]
+        inc = graph.incoming[dest]
+        edges = inc[state.alive[inc]]
         reaching = reach.reaches_sink(state.alive, sink)
-        if reaching[dest]:
+        if reaching[dest] and len(edges):
             live = _live_positions(graph, reaching, _dest_layer(graph, dest))
             _decide_destination(patcher, state, absent, dest, edges, threshold, sizer, stats, bar, live)
         else:
-            bar.update(len(edges))
+            bar.total -= _work(graph, dest, len(edges))
+            bar.refresh()
+        bar.set_postfix_str(f"destination {pos + 1}/{len(order)}, {stats['edges_tested']} edges tested", refresh=False)
         state.next_dest = pos + 1
         if checkpoint is not None and (time.monotonic() - last_write >= checkpoint_every or pos == len(order) - 1):
             save_checkpoint(checkpoint, state, info)
@@ -297,7 +337,8 @@ def _decide_destination(
                 break
         decided = accepted + (1 if accepted < k else 0)
         stats["candidates_discarded"] += k - decided
-        bar.update(decided)
+        stats["edges_tested"] += decided
+        bar.update(_work(patcher.graph, dest, decided))
         i += decided
         sizer.update(k, accepted, time.perf_counter() - t0, n_layers)
 
@@ -338,6 +379,28 @@ def load_checkpoint(path: str | Path, info: dict[str, Any]) -> SearchState:
 
 # ---------------------------------------------------------------------- public API
 ALGORITHMS = ("acdc", "acdc-reference")
+#: Edges kept by ``--prefilter eap-ig`` when no count is given (docs/real-models.md).
+DEFAULT_PREFILTER_EDGES = 1000
+
+
+def parse_prefilter(spec: str | tuple[str, int] | None) -> tuple[str, int] | None:
+    """``"eap-ig:500"`` -> ``("eap-ig", 500)``; ``"eap-ig"`` uses
+    :data:`DEFAULT_PREFILTER_EDGES`; None stays None. Raises ConfigError."""
+    if spec is None:
+        return None
+    if isinstance(spec, tuple):
+        method, n = spec
+    else:
+        method, _, count = str(spec).partition(":")
+        try:
+            n = int(count) if count else DEFAULT_PREFILTER_EDGES
+        except ValueError:
+            raise ConfigError(f"--prefilter takes METHOD[:N] such as eap-ig:1000, got {spec!r}") from None
+    if method not in METHODS:
+        raise ConfigError(f"--prefilter method must be one of {', '.join(METHODS)}, got {method!r}")
+    if n < 1:
+        raise ConfigError(f"--prefilter needs at least 1 edge, got {n}")
+    return method, int(n)
 
 
 def run_acdc(
@@ -350,29 +413,51 @@ def run_acdc(
     k_max: int | None = None,
     meta: dict[str, Any] | None = None,
     checkpoint_every: float = 30.0,
+    prefilter: str | tuple[str, int] | None = None,
+    ig_steps: int = DEFAULT_IG_STEPS,
 ) -> Circuit:
     """Run ACDC on a prepared :class:`Patcher` and return the circuit with its metric
-    values (full model, circuit, everything ablated) and run statistics in ``meta``."""
+    values (full model, circuit, everything ablated) and run statistics in ``meta``.
+
+    ``prefilter`` (``"eap-ig:N"``, ``"eap:N"``): score every edge by attribution first
+    (:mod:`circuitdag.attribution`), remove all but the N highest ``|score|`` up front, and
+    run exact ACDC on those N. An approximation of full ACDC (an edge outside the N is never
+    tested); ``meta["prefilter"]`` records the method, N, how many ACDC tested and kept,
+    and the attribution time. Untested edges have a NaN score."""
     if algorithm not in ALGORITHMS:
         raise ConfigError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
     threshold = _check_threshold(threshold)
+    pre = parse_prefilter(prefilter)
     f0, l0 = patcher.n_forward, patcher.n_layer_evals
     t0 = time.perf_counter()
+    start, pre_meta = None, None
+    if pre is not None:
+        att = attribute(patcher, pre[0], ig_steps, progress=progress)
+        start = top_edges(att.scores, n_edges=pre[1])
+        pre_meta = {"method": pre[0], "edges": pre[1], "ig_steps": att.steps if pre[0] == "eap-ig" else None,
+                    "edges_on_paths": int(patcher.graph.prune(start).sum()),
+                    "attribution_seconds": round(att.seconds, 4)}  # fmt: skip
     if algorithm == "acdc-reference":
-        state = acdc_reference(patcher, threshold, progress=progress)
+        state = acdc_reference(patcher, threshold, progress=progress, start=start)
     else:
         info = {k: (meta or {}).get(k) for k in ("task", "model", "metric", "ablation", "seed", "positions")}
+        info["prefilter"] = None if pre is None else f"{pre[0]}:{pre[1]}:{ig_steps}"
         state = acdc_fast(patcher, threshold, progress=progress, checkpoint=checkpoint, resume=resume,
-                          k_max=k_max, run_info=info, checkpoint_every=checkpoint_every)  # fmt: skip
+                          k_max=k_max, run_info=info, checkpoint_every=checkpoint_every, start=start)  # fmt: skip
     seconds = time.perf_counter() - t0
     n = patcher.graph.n_edges
+    if pre_meta is not None:
+        pre_meta["kept"] = int(state.alive.sum())
+        pre_meta["tested"] = int(np.isfinite(state.scores).sum())
     out_meta = {
         **(meta or {}),
         "threshold": threshold,
         "algorithm": algorithm,
+        "prefilter": pre_meta,
         "metric_full": patcher.reference_metric(np.ones(n, dtype=bool)),
         "metric_circuit": patcher.reference_metric(state.alive),
         "metric_corrupted": patcher.reference_metric(np.zeros(n, dtype=bool)),
+        "score_meaning": "metric change measured by ACDC when the edge was removed (null: never tested)",
         "stats": {
             **state.stats,
             "forward_passes": patcher.n_forward - f0,

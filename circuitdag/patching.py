@@ -600,10 +600,10 @@ class Patcher:
             return fn
 
         if start_layer == n:  # destination is logits: patch the final residual directly
-            own = self.resid_final.unsqueeze(0).expand(K, -1, -1, -1)
+            own = self.base_resid_final.unsqueeze(0).expand(K, -1, -1, -1)
             final = own - contribution(n, Input.RESID)[:, :, 0, :, 0]
         else:
-            resid = self.resid_pre[start_layer].unsqueeze(0).unsqueeze(2)  # 1 batch 1 pos d
+            resid = self.base_resid_pre[start_layer].unsqueeze(0).unsqueeze(2)  # 1 batch 1 pos d
             resid = into_views(resid.expand(K, -1, -1, -1, -1))
             hooks: list[tuple[str, Callable]] = []
             for L in range(start_layer, n):

@@ -73,3 +73,44 @@ def test_checkpoint_resume_gives_identical_circuit(tmp_path):
     state = load_checkpoint(ck, {"threshold": 0.002, "n_edges": p.graph.n_edges})
     assert state.next_dest == len(p.graph.visit_order())
     np.testing.assert_array_equal(partial.alive, full.alive)
+
+
+@pytest.mark.parametrize(
+    "ablation,metric,kw,positions",
+    [("resample", "kl", {}, False), ("zero", "logit_diff", {}, False), ("resample", "kl", {}, True),
+     ("mean", "kl", {"normalization": None, "causal": False}, True)],
+)  # fmt: skip
+def test_fast_equals_reference_from_a_prefiltered_start(ablation, metric, kw, positions):
+    """ACDC started from a circuit with most edges removed (prefiltered ACDC): the fast
+    path resumes from the run of that circuit (Patcher.rebase) and stays exact."""
+    from circuitdag.graph import Positions
+
+    model = random_tiny(**kw)
+    data = random_data(vocab=model.cfg.d_vocab)
+    n = data.clean.shape[1]
+    graph = Graph(spec_of(model), Positions(n, None, (n - 1,)) if positions else None)
+    p = Patcher(model, graph, data, ablation=ablation, metric=metric)
+    start = np.random.default_rng(3).random(graph.n_edges) < 0.3
+    ref = acdc_reference(p, 0.01, start=start)
+    assert not ref.alive[~start].any()  # edges outside the start are never put back
+    assert np.isnan(ref.scores[~start]).all()
+    for k_init, k_max in [(1, 1), (8, None)]:
+        fast = acdc_fast(p, 0.01, k_init=k_init, k_max=k_max, start=start)
+        np.testing.assert_array_equal(fast.alive, ref.alive)
+        np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-9, atol=1e-12)
+    assert 0 < ref.alive.sum() < graph.prune(start).sum()
+
+
+def test_prefiltered_run_acdc_records_how_it_was_made():
+    p = make_patcher("resample", "kl")
+    c = run_acdc(p, 0.005, prefilter="eap-ig:20", ig_steps=3)
+    pre = c.meta["prefilter"]
+    assert pre["method"] == "eap-ig" and pre["edges"] == 20 and pre["ig_steps"] == 3
+    assert pre["kept"] == c.n_edges <= pre["tested"] <= pre["edges_on_paths"] <= 20
+    assert np.isfinite(c.scores).sum() == pre["tested"]
+    ref = run_acdc(p, 0.005, algorithm="acdc-reference", prefilter="eap-ig:20", ig_steps=3)
+    assert ref.same_as(c)
+    with pytest.raises(ConfigError, match="METHOD"):
+        run_acdc(p, 0.005, prefilter="eap-ig:many")
+    with pytest.raises(ConfigError, match="prefilter method"):
+        run_acdc(p, 0.005, prefilter="acdc:10")
