@@ -62,11 +62,12 @@ def _check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def _initial_state(patcher: Patcher, start: np.ndarray | None = None) -> SearchState:
+def _initial_state(patcher: Patcher, start: np.ndarray | None = None, reference: bool = False) -> SearchState:
     """Every edge present, or the circuit ``start`` (a prefiltered run) pruned to paths."""
     n = patcher.graph.n_edges
     alive = np.ones(n, dtype=bool) if start is None else patcher.graph.prune(_check_start(start, n))
-    return SearchState(alive, np.full(n, np.nan), patcher.reference_metric(alive))
+    m = patcher.reference_metric(alive) if reference else patcher.circuit_metric(alive)
+    return SearchState(alive, np.full(n, np.nan), m)
 
 
 def _check_start(start: np.ndarray, n: int) -> np.ndarray:
@@ -107,7 +108,7 @@ def acdc_reference(
     threshold = _check_threshold(threshold)
     graph = patcher.graph
     reach = _reachability(graph)
-    state = _initial_state(patcher, start)
+    state = _initial_state(patcher, start, reference=True)
     alive, scores, sink = state.alive, state.scores, graph.sink
     bar = tqdm(total=int(alive.sum()), desc="ACDC (reference)", unit="edge", disable=not progress)
     for dest in graph.visit_order()[:max_destinations]:
@@ -454,9 +455,9 @@ def run_acdc(
         "threshold": threshold,
         "algorithm": algorithm,
         "prefilter": pre_meta,
-        "metric_full": patcher.reference_metric(np.ones(n, dtype=bool)),
-        "metric_circuit": patcher.reference_metric(state.alive),
-        "metric_corrupted": patcher.reference_metric(np.zeros(n, dtype=bool)),
+        "metric_full": patcher.circuit_metric(np.ones(n, dtype=bool)),
+        "metric_circuit": patcher.circuit_metric(state.alive),
+        "metric_corrupted": patcher.circuit_metric(np.zeros(n, dtype=bool)),
         "score_meaning": "metric change measured by ACDC when the edge was removed (null: never tested)",
         "stats": {
             **state.stats,

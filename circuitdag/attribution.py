@@ -54,7 +54,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitdag.circuit import Circuit
-from circuitdag.errors import ConfigError, ModelError
+from circuitdag.errors import ConfigError, MetricError, ModelError
 from circuitdag.graph import Input
 from circuitdag.metrics import MetricRef, check_finite
 from circuitdag.models.bridge import resume
@@ -138,6 +138,11 @@ def attribute(
         bar.close()
     dense /= len(alphas)
     scores = dense[lay.edge_row, lay.edge_view, lay.edge_pos, lay.edge_slot].cpu().numpy()
+    if not np.isfinite(scores).all():
+        raise MetricError(
+            f"{method} gave {int((~np.isfinite(scores)).sum())} non-finite edge scores: the metric's gradient "
+            "is not finite; use a metric that is differentiable at the clean run (kl, logit_diff, l2)"
+        )
     return Attribution(scores, method, steps, b, time.perf_counter() - t0, len(chunks) * len(alphas))
 
 
@@ -306,9 +311,9 @@ def attribution_circuit(
         "edges_requested": n_edges,
         "edges_selected": int(keep.sum()),
         "ig_steps": att.steps if att.method == "eap-ig" else None,
-        "metric_full": patcher.reference_metric(np.ones(n, dtype=bool)),
-        "metric_circuit": patcher.reference_metric(alive),
-        "metric_corrupted": patcher.reference_metric(np.zeros(n, dtype=bool)),
+        "metric_full": patcher.circuit_metric(np.ones(n, dtype=bool)),
+        "metric_circuit": patcher.circuit_metric(alive),
+        "metric_corrupted": patcher.circuit_metric(np.zeros(n, dtype=bool)),
         "score_meaning": "attribution estimate of the metric change when the edge alone is removed",
         "stats": {
             "attribution_seconds": round(att.seconds, 4),

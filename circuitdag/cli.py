@@ -95,33 +95,99 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
-    from circuitdag.acdc import prepare, run_acdc
+    from circuitdag.acdc import ALGORITHMS, parse_prefilter, prepare, run_acdc
+    from circuitdag.attribution import attribution_circuit
 
     out = _writable_dir(args.out or f"runs/{args.task}")
-    _threshold(args.threshold)
-    task, model = _load(args)
-    patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed,
-                            positions=args.positions)  # fmt: skip
     threshold = _threshold(args.threshold)
-    threshold = task.default_threshold if threshold is None else threshold
-    circuit = run_acdc(patcher, threshold, algorithm=args.algorithm, progress=not args.quiet,
-                       checkpoint=out / "checkpoint.json", resume=args.resume, k_max=args.k_max,
-                       checkpoint_every=args.checkpoint_every, meta=meta)  # fmt: skip
+    attribution = args.algorithm not in ALGORITHMS
+    if attribution and args.prefilter:
+        raise ConfigError("--prefilter goes with --algorithm acdc; an attribution circuit is already a prefilter")
+    if not attribution and args.edges is not None:
+        raise ConfigError("--edges sets the size of an attribution circuit (--algorithm eap or eap-ig); ACDC uses --threshold")
+    if attribution and args.edges is not None and threshold is not None:
+        raise ConfigError("give either --edges N or --threshold X for an attribution circuit, not both")
+    parse_prefilter(args.prefilter)  # fail before loading the model
+    if args.ig_steps < 1:
+        raise ConfigError(f"--ig-steps must be >= 1, got {args.ig_steps}")
+    task, model = _load(args)
+    with _phase("caching the clean and corrupted runs", args.quiet):
+        patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed,
+                                positions=args.positions)  # fmt: skip
+    meta.update(_run_facts(args))
+    if attribution:
+        n_edges = args.edges
+        if n_edges is None and threshold is None:
+            n_edges = default_attribution_edges(patcher.graph.n_edges)
+        circuit = attribution_circuit(patcher, args.algorithm, args.ig_steps, n_edges=n_edges, threshold=threshold,
+                                      batch_size=args.batch_size, progress=not args.quiet, meta=meta)  # fmt: skip
+    else:
+        threshold = task.default_threshold if threshold is None else threshold
+        circuit = run_acdc(patcher, threshold, algorithm=args.algorithm, progress=not args.quiet,
+                           checkpoint=out / "checkpoint.json", resume=args.resume, k_max=args.k_max,
+                           checkpoint_every=args.checkpoint_every, meta=meta, prefilter=args.prefilter,
+                           ig_steps=args.ig_steps)  # fmt: skip
+    circuit.meta["stats"]["peak_memory_gb"] = round(peak_memory_gb(), 3)
     circuit.save(out / "circuit.json")
     circuit.to_svg(out / "circuit.svg")
     (out / "checkpoint.json").unlink(missing_ok=True)
     f = circuit.faithfulness()
     used, total = circuit.head_positions()
     st = circuit.meta["stats"]
+    pre = circuit.meta.get("prefilter")
     print(
-        f"{task.name}: {circuit.n_edges}/{circuit.graph.n_edges} edges, {len(circuit.node_names)} nodes, "
+        f"{task.name} ({circuit.meta['algorithm']}"
+        + (f", prefilter {pre['method']}:{pre['edges']}: ACDC tested {pre['tested']}, kept {pre['kept']}" if pre else "")
+        + f"): {circuit.n_edges}/{circuit.graph.n_edges} edges, {len(circuit.node_names)} nodes, "
         f"metric {circuit.meta['metric']} full={circuit.meta['metric_full']:.4g} "
         f"circuit={circuit.meta['metric_circuit']:.4g}"
         + (f" faithfulness={f:.3f}" if f is not None else "")
         + (f", {used}/{total} (head, position) pairs" if circuit.graph.positions is not None else "")
-        + f", {st['forward_passes']} forward passes in {st['seconds']:.1f}s -> {out}/circuit.json, {out}/circuit.svg"
+        + f", {st['seconds']:.1f}s, peak memory {st['peak_memory_gb']:.2f} GB -> {out}/circuit.json, {out}/circuit.svg"
     )
     return 0
+
+
+def default_attribution_edges(n_edges: int) -> int:
+    """Edges an attribution circuit keeps without --edges or --threshold: 1% of the graph
+    (a point of MIB's grid), at least 10."""
+    return min(n_edges, max(10, round(0.01 * n_edges)))
+
+
+def peak_memory_gb() -> float:
+    """Peak resident memory of this process (GB; Linux and macOS)."""
+    import resource
+    import sys as _sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1 << 30) if _sys.platform == "darwin" else rss / (1 << 20)
+
+
+def _run_facts(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings of this process a result should record."""
+    import torch
+
+    return {"dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads()}
+
+
+class _phase:
+    """Logs a slow step with its duration (a bar where the step has its own)."""
+
+    def __init__(self, what: str, quiet: bool) -> None:
+        self.what, self.quiet = what, quiet
+
+    def __enter__(self) -> None:
+        import time
+
+        self.t0 = time.perf_counter()
+        if not self.quiet:
+            print(f"circuitdag: {self.what} ...", file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc: object) -> None:
+        import time
+
+        if not self.quiet and exc[0] is None:
+            print(f"circuitdag: {self.what}: {time.perf_counter() - self.t0:.1f}s", file=sys.stderr, flush=True)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -192,8 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("discover", help="find a circuit with ACDC; writes circuit.json and circuit.svg")
     _add_run_options(p)
-    p.add_argument("--threshold", help="ACDC threshold (default: the task's)")
-    p.add_argument("--algorithm", default="acdc", choices=("acdc", "acdc-reference"))
+    p.add_argument("--threshold", help="ACDC threshold (default: the task's); with eap/eap-ig: keep edges "
+                   "with |score| >= this")
+    p.add_argument("--algorithm", default="acdc", choices=("acdc", "acdc-reference", "eap", "eap-ig"),
+                   help="acdc (exact, fast), acdc-reference (exact, slow), eap or eap-ig (attribution: "
+                   "the top edges by |score|)")
+    p.add_argument("--edges", type=int, default=None,
+                   help="eap/eap-ig: keep the N edges with the largest |score| (default: 1%% of the graph)")
+    p.add_argument("--ig-steps", type=int, default=5, help="EAP-IG integration steps (default 5)")
+    p.add_argument("--prefilter", metavar="METHOD[:N]",
+                   help="acdc: score edges with eap or eap-ig first and run exact ACDC on the top N only "
+                   "(an approximation; default N 1000), e.g. eap-ig:1000")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="prompts per attribution pass (default: what fits in about 3 GB)")
     p.add_argument("--positions", action="store_true", help="position-aware circuit")
     p.add_argument("--out", help="output directory (default runs/<task>)")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.json")

@@ -84,7 +84,9 @@ def nll(logits: Tensor, ref: MetricRef) -> Tensor:
 
 def l2(logits: Tensor, ref: MetricRef) -> Tensor:
     """Mean Euclidean distance between patched and clean output vectors (tracr)."""
-    return _mean((logits - ref.logits).pow(2).sum(-1).sqrt(), ref)
+    # vector_norm, not pow-sum-sqrt: its gradient at distance 0 is 0 rather than NaN
+    # (attribution differentiates the metric at the clean run, where the distance is 0).
+    return _mean(torch.linalg.vector_norm(logits - ref.logits, dim=-1), ref)
 
 
 METRICS: dict[str, Metric] = {"kl": kl, "logit_diff": logit_diff, "prob": prob, "nll": nll, "l2": l2}

@@ -15,7 +15,7 @@ library (``hannamw/EAP-IG``, ``src/eap/graph.py``: ``apply_topn``, ``prune``):
    those). MIB reports the pruned count; the x-axis stays the nominal fraction.
 3. Faithfulness of each circuit C: ``f(C) = (m(C) - m(empty)) / (m(full) - m(empty))``,
    ``m(empty)`` with every edge removed (all inputs from the ablation), ``m(full)`` the
-   model itself. Here ``m`` is exact patching (:meth:`Patcher.reference_metric`); MIB
+   model itself. Here ``m`` is exact patching (:meth:`Patcher.circuit_metric`); MIB
    uses logit difference, and since ``f`` is a ratio of differences it is the same for a
    metric stored negated (circuitdag stores "lower is better").
 4. CPR (circuit performance ratio, higher is better) is the area under ``f`` and CMD
@@ -175,8 +175,8 @@ class _Evaluator:
         self.patcher = patcher
         self.graph: Graph = patcher.graph
         n = self.graph.n_edges
-        self.m_full = float(patcher.reference_metric(np.ones(n, dtype=bool)))
-        self.m_empty = float(patcher.reference_metric(np.zeros(n, dtype=bool)))
+        self.m_full = float(patcher.circuit_metric(np.ones(n, dtype=bool)))
+        self.m_empty = float(patcher.circuit_metric(np.zeros(n, dtype=bool)))
         gap = self.m_full - self.m_empty
         if not (math.isfinite(gap) and gap != 0):
             raise ConfigError(
@@ -195,7 +195,7 @@ class _Evaluator:
     def metric(self, alive: np.ndarray) -> float:
         key = self._key(alive)
         if key not in self.cache:
-            self.cache[key] = float(self.patcher.reference_metric(alive))
+            self.cache[key] = float(self.patcher.circuit_metric(alive))
         return self.cache[key]
 
     def curve(self, scores: np.ndarray, percents: Sequence[float], absolute: bool, progress: bool) -> Curve:
@@ -232,7 +232,7 @@ def faithfulness_curve(patcher: Any, scores: np.ndarray, percents: Sequence[floa
     """MIB's faithfulness curve of the ranking ``scores`` (float ``[n_edges]`` of
     ``patcher.graph``, higher = more important, NaN = untested) on a
     :class:`~circuitdag.patching.Patcher`: one exact forward pass per distinct circuit
-    (:meth:`Patcher.reference_metric`), plus the full and the empty one.
+    (:meth:`Patcher.circuit_metric`), plus the full and the empty one.
 
     Raises :class:`ConfigError` for bad ``percents`` or scores of the wrong size, or when
     the full and empty circuits have the same metric (``f`` undefined), and

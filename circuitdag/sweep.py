@@ -333,7 +333,7 @@ class TrialRunner:
             try:
                 patcher, _ = self.patcher(metric, ablation)
                 n = patcher.graph.n_edges
-                gap = patcher.reference_metric(np.zeros(n, dtype=bool)) - patcher.reference_metric(np.ones(n, dtype=bool))
+                gap = patcher.circuit_metric(np.zeros(n, dtype=bool)) - patcher.circuit_metric(np.ones(n, dtype=bool))
             except CircuitDagError as exc:
                 if len(combos) == 1:
                     raise

@@ -23,7 +23,7 @@ def test_discover_render_evaluate(tmp_path, capsys):
     code, out, err = run(capsys, "discover", "--task", "tracr-reverse", "--ablation", "zero", "--out", str(out_dir), "-q")
     assert code == 0, err
     assert (out_dir / "circuit.json").exists() and (out_dir / "circuit.svg").read_text().startswith("<?xml")
-    assert "tracr-reverse: 8/" in out
+    assert "tracr-reverse (acdc): 8/" in out
     assert not (out_dir / "checkpoint.json").exists()
     doc = json.loads((out_dir / "circuit.json").read_text())
     assert doc["format"] == "circuitdag.circuit/1" and doc["ablation"] == "zero" and doc["positions"] is False
@@ -32,6 +32,23 @@ def test_discover_render_evaluate(tmp_path, capsys):
     assert code == 0 and summary["matches_ground_truth"] is True and summary["precision"] == 1.0
     code, out, _ = run(capsys, "render", str(out_dir / "circuit.json"), "-o", str(tmp_path / "x.svg"))
     assert code == 0 and (tmp_path / "x.svg").exists()
+
+
+def test_discover_with_attribution_and_prefilter(tmp_path, capsys):
+    code, out, err = run(capsys, "discover", "--task", "tracr-reverse", "--algorithm", "eap-ig", "--edges", "20",
+                         "--ig-steps", "3", "--out", str(tmp_path / "ig"), "-q")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((tmp_path / "ig" / "circuit.json").read_text())
+    assert doc["algorithm"] == "eap-ig" and doc["ig_steps"] == 3 and doc["edges_requested"] == 20
+    assert 0 < doc["n_edges"] <= 20 and doc["stats"]["peak_memory_gb"] > 0 and doc["threads"] >= 1
+    code, out, err = run(capsys, "discover", "--task", "tracr-reverse", "--prefilter", "eap-ig:40",
+                         "--out", str(tmp_path / "pre"), "-q")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((tmp_path / "pre" / "circuit.json").read_text())
+    pre = doc["prefilter"]
+    assert doc["algorithm"] == "acdc" and pre["method"] == "eap-ig" and pre["edges"] == 40
+    assert f"prefilter eap-ig:40: ACDC tested {pre['tested']}, kept {pre['kept']}" in out
+    assert sum(e["score"] is not None for e in doc["edges"]) == pre["tested"]
 
 
 def test_roc(capsys):
@@ -48,6 +65,12 @@ def test_roc(capsys):
         (["discover", "--threshold", "-0.5"], "--threshold must be >= 0"),
         (["discover", "--threshold", "abc"], "--threshold must be a number"),
         (["evaluate", "/nonexistent/circuit.json"], "cannot read /nonexistent/circuit.json"),
+        (["discover", "--algorithm", "eap", "--prefilter", "eap-ig"], "--prefilter goes with --algorithm acdc"),
+        (["discover", "--edges", "5"], "--edges sets the size of an attribution circuit"),
+        (["discover", "--algorithm", "eap-ig", "--edges", "5", "--threshold", "1"], "either --edges N or --threshold"),
+        (["discover", "--prefilter", "eap-ig:lots"], "--prefilter takes METHOD[:N]"),
+        (["discover", "--prefilter", "random:10"], "--prefilter method must be one of"),
+        (["discover", "--algorithm", "eap-ig", "--ig-steps", "0"], "--ig-steps must be >= 1"),
     ],
 )
 def test_bad_input_gives_one_line_error(argv, message, capsys, tmp_path):

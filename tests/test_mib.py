@@ -153,14 +153,14 @@ def test_curve_points_are_exact_patching(patcher) -> None:
     scores[:5] = np.nan
     c = faithfulness_curve(patcher, scores)
     n = g.n_edges
-    m_full = patcher.reference_metric(np.ones(n, bool))
-    m_empty = patcher.reference_metric(np.zeros(n, bool))
+    m_full = patcher.circuit_metric(np.ones(n, bool))
+    m_empty = patcher.circuit_metric(np.zeros(n, bool))
     assert (c.m_full, c.m_empty, c.n_total, c.absolute) == (m_full, m_empty, n, False)
     assert c.n_selected == edge_counts(EDGE_PERCENTS, n)
     for i, k in enumerate(c.n_selected):
         sel = select_top(g, scores, k)
         assert c.n_edges[i] == sel.n_alive
-        m = patcher.reference_metric(sel.alive)
+        m = patcher.circuit_metric(sel.alive)
         assert c.metric[i] == m
         assert c.faithfulness[i] == pytest.approx((m - m_empty) / (m_full - m_empty), abs=1e-12)
     # Endpoints: the grid's 0-edge points and 100 % are exact.

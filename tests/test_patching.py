@@ -141,3 +141,25 @@ def test_nan_metric_is_refused(setup):
     p = Patcher(model, graph, data, metric=lambda logits, ref: torch.full(logits.shape[:1], float("nan")))
     with pytest.raises(MetricError, match="not finite"):
         p.reference_metric(np.ones(graph.n_edges, bool))
+
+
+@pytest.mark.parametrize("positions", [False, True])
+@pytest.mark.parametrize("ablation", ["resample", "zero", "mean"])
+def test_circuit_metric_equals_reference(setup, ablation, positions):
+    """The sparse full pass every result is reported with equals the dense reference, for
+    dense and sparse circuits alike; its run of a circuit (rebase) is the reference's."""
+    from circuitdag.graph import Positions
+
+    model, graph, data = setup
+    if positions:
+        graph = Graph(graph.spec, Positions(data.clean.shape[1], None, (data.clean.shape[1] - 1,)))
+    p = Patcher(model, graph, data, ablation=ablation)
+    rng = np.random.default_rng(2)
+    for frac in (0.0, 0.1, 0.5, 0.9, 1.0):
+        alive = rng.random(graph.n_edges) < frac
+        assert p.circuit_metric(alive) == pytest.approx(p.reference_metric(alive), rel=1e-9, abs=1e-12)
+    raw: dict = {}
+    p._full_pass(p.absent_matrix(alive), raw=raw, sparse=True)
+    cap: dict = dict.fromkeys(["blocks.1.hook_resid_pre"])
+    p.reference_logits(p.absent_matrix(alive), capture=cap)
+    torch.testing.assert_close(raw["resid_pre"][1], p._diagonal(cap["blocks.1.hook_resid_pre"].flatten(0, 1), 1)[0])
