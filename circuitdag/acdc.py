@@ -381,7 +381,7 @@ def load_checkpoint(path: str | Path, info: dict[str, Any]) -> SearchState:
 # ---------------------------------------------------------------------- public API
 ALGORITHMS = ("acdc", "acdc-reference")
 #: Edges kept by ``--prefilter eap-ig`` when no count is given (docs/real-models.md).
-DEFAULT_PREFILTER_EDGES = 1000
+DEFAULT_PREFILTER_EDGES = 500
 
 
 def parse_prefilter(spec: str | tuple[str, int] | None) -> tuple[str, int] | None:
@@ -396,7 +396,7 @@ def parse_prefilter(spec: str | tuple[str, int] | None) -> tuple[str, int] | Non
         try:
             n = int(count) if count else DEFAULT_PREFILTER_EDGES
         except ValueError:
-            raise ConfigError(f"--prefilter takes METHOD[:N] such as eap-ig:1000, got {spec!r}") from None
+            raise ConfigError(f"--prefilter takes METHOD[:N] such as eap-ig:500, got {spec!r}") from None
     if method not in METHODS:
         raise ConfigError(f"--prefilter method must be one of {', '.join(METHODS)}, got {method!r}")
     if n < 1:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any, overload
@@ -63,8 +64,11 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from circuitdag.patching import Ablation
     from circuitdag.tasks import get_task
 
-    if getattr(args, "threads", None):
-        torch.set_num_threads(args.threads)
+    threads = getattr(args, "threads", None) or default_threads()
+    if threads < 1:
+        raise ConfigError(f"--threads must be >= 1, got {threads}")
+    torch.set_num_threads(threads)
+    log.info("using %d torch threads", threads)
     task = get_task(args.task)
     if args.metric and args.metric != "task":
         get_metric(args.metric)  # fail before loading the model
@@ -76,6 +80,23 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     else:
         model = task.load_model(device=args.device, dtype=dtype)
     return task, model
+
+
+def default_threads() -> int:
+    """Torch CPU threads when --threads is not given: the cores this process may use, less
+    the load other processes already put on them (1-minute load average), at least 1.
+
+    torch's default (one thread per core) oversubscribes a busy machine: with another
+    CPU-bound job on a 2-core machine, 2 threads ran SmolLM2 slower than 1 (docs/real-models.md)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except OSError:  # pragma: no cover
+        busy = 0.0
+    return max(1, min(cores, round(cores - busy)))
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
@@ -244,7 +265,8 @@ def _add_run_options(p: argparse.ArgumentParser, task_required: bool = False) ->
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--seed", type=int, default=0, help="seed of the task's dataset")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (tiny models are fastest with 1; default: torch's)")
+                   help="torch CPU threads (tiny models are fastest with 1; default: the cores not "
+                   "already busy, from the load average)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -268,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ig-steps", type=int, default=5, help="EAP-IG integration steps (default 5)")
     p.add_argument("--prefilter", metavar="METHOD[:N]",
                    help="acdc: score edges with eap or eap-ig first and run exact ACDC on the top N only "
-                   "(an approximation; default N 1000), e.g. eap-ig:1000")
+                   "(an approximation; default N 500), e.g. eap-ig:500")
     p.add_argument("--batch-size", type=int, default=None,
                    help="prompts per attribution pass (default: what fits in about 3 GB)")
     p.add_argument("--positions", action="store_true", help="position-aware circuit")

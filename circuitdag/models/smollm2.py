@@ -102,7 +102,7 @@ def smollm2_hf_dir() -> Path:
     if _is_current(final, stamp):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("converting %s to a float32 copy in %s (once)", gguf, final)
+    logger.warning("converting %s to a float32 copy in %s (once; about a minute)", gguf, final)
     tmp = Path(tempfile.mkdtemp(prefix=f".{CACHE_NAME}.tmp-", dir=final.parent))
     umask = os.umask(0)
     os.umask(umask)
