@@ -84,19 +84,37 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
 
 def default_threads() -> int:
     """Torch CPU threads when --threads is not given: the cores this process may use, less
-    the load other processes already put on them (1-minute load average), at least 1.
+    those other processes keep busy right now, at least 1.
 
-    torch's default (one thread per core) oversubscribes a busy machine: with another
-    CPU-bound job on a 2-core machine, 2 threads ran SmolLM2 slower than 1 (docs/real-models.md)."""
+    torch's default (one thread per core) oversubscribes a busy machine: on the 2-core
+    machine with three other busy threads, a SmolLM2 forward pass took 16.3 s with 2
+    threads and 5.4 s with 1 (docs/real-models.md). "Busy right now" is the number of
+    runnable threads in ``/proc/loadavg`` (median of 5 samples over 0.2 s, less this
+    process), not the 1-minute load average, which still counts a job that just ended."""
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):  # pragma: no cover - not Linux
         cores = os.cpu_count() or 1
+    return max(1, min(cores, cores - _busy_threads()))
+
+
+def _busy_threads() -> int:
+    import statistics
+    import time
+
+    samples = []
     try:
-        busy = os.getloadavg()[0]
-    except OSError:  # pragma: no cover
-        busy = 0.0
-    return max(1, min(cores, round(cores - busy)))
+        for _ in range(5):
+            with open("/proc/loadavg") as f:
+                running = int(f.read().split()[3].split("/")[0])
+            samples.append(running - 1)  # this process is running
+            time.sleep(0.05)
+        return max(0, int(statistics.median(samples)))
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        try:
+            return round(os.getloadavg()[0])
+        except OSError:
+            return 0
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
