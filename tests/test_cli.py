@@ -117,3 +117,15 @@ def test_pronoun_positions_end_to_end(tmp_path, capsys):
     code, _, _ = run(capsys, "render", str(out_dir / "circuit.json"), "-o", str(tmp_path / "again.svg"))
     assert code == 0 and (tmp_path / "again.svg").read_text() == svg
 
+
+
+def test_default_threads_leaves_busy_cores_alone(monkeypatch):
+    import os
+
+    from circuitdag import cli
+
+    cores = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(cli, "_busy_threads", lambda: 0)
+    assert cli.default_threads() == cores
+    monkeypatch.setattr(cli, "_busy_threads", lambda: cores + 3)
+    assert cli.default_threads() == 1
