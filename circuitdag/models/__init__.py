@@ -48,7 +48,9 @@ def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     if name in ("smollm2-135m", "smollm2"):
         from circuitdag.models.smollm2 import load_smollm2
 
-        return load_smollm2(device=device, dtype=dtype)
+        model = load_smollm2(device=device, dtype=dtype)
+        model.cfg.model_name = "smollm2-135m"  # what results record, and what reloads it
+        return model
     from circuitdag.models.bridge import check_hooks, load_bridge
     from circuitdag.models.zoo import ZOO, model_card, zoo_path
 
