@@ -1,0 +1,300 @@
+"""Circuit-discovery methods side by side: ACDC, EAP, EAP-IG and prefiltered ACDC.
+
+    .venv/bin/python benchmarks/methods.py                     # tracr + zoo tasks, one thread
+    .venv/bin/python benchmarks/methods.py --quick             # smoke run: two tiny tasks, one repeat
+    .venv/bin/python benchmarks/methods.py --tasks pronoun --repeats 5 --json runs/methods.json
+
+For every task (its default model, metric, ablation and threshold; one cached
+:class:`~circuitdag.patching.Patcher` shared by all methods) it runs
+
+* ``acdc``: full exact ACDC, fast path (``run_acdc(patcher, threshold)``);
+* ``eap`` / ``eap-ig``: attribution scores (EAP-IG with ``--ig-steps``, default 5); the
+  circuit is the top ``k`` edges by ``|score|``, ``k`` = the edges full ACDC kept, pruned
+  to ``embed -> logits`` paths (``attribution_circuit(..., n_edges=k)``), so sizes compare;
+* ``acdc-pre``: prefiltered ACDC, ``run_acdc(..., prefilter="eap-ig:N")`` with
+  ``N = min(n_edges, --prefilter-factor * k)`` (default 3k; at least 1);
+
+and prints per method:
+
+* ``edges``: edges in the circuit (after pruning to paths; ``sel``: picked before pruning);
+  ``tested`` (ACDC rows): edges ACDC evaluated, i.e. with a score;
+* ``faith``: :meth:`Circuit.faithfulness`, ``(m_corrupted - m_circuit) / (m_corrupted - m_full)``;
+* ``CPR`` / ``CMD``: MIB's areas (:func:`circuitdag.mib.mib_curves`) of the method's own
+  edge scores: CPR from the signed ranking, CMD from the ``|score|`` ranking. For the ACDC
+  rows the scores are ACDC's (metric change when the edge was removed, positive = removing
+  it hurts); edges ACDC never tested (NaN) rank after every tested edge (mib.ranking);
+* ``jacc`` / ``rec``: edge overlap with full ACDC's circuit, ``|A & B| / |A | B|`` and
+  ``|A & B| / |A|`` (A = ACDC's edges);
+* ``AUC`` (tasks with ground truth): ROC AUC of ranking every edge by ``|score|`` (NaN
+  last) against the ground-truth edges, the task's inert edges left out (as
+  evaluate.confusion does): the rank-sum (Mann-Whitney) statistic with ties counted
+  half, which is exactly the trapezoid area under the ROC through every threshold. The
+  same definition for every method, ACDC included (on ACDC's scores). The ACDC row also
+  shows ``sweepAUC``: evaluate.roc_sweep's AUC of ACDC rerun at 26 thresholds (off with
+  ``--no-sweep`` and in ``--quick``);
+* ``s``: wall seconds, best of ``--repeats`` after one warm-up, the methods alternated
+  (rotated order) inside each repeat, one torch thread. Attribution rows include the
+  attribution and the three exact metric passes; ``acdc-pre`` includes its attribution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+
+import numpy as np
+import torch
+
+from circuitdag.acdc import prepare, run_acdc
+from circuitdag.attribution import DEFAULT_IG_STEPS, attribution_circuit
+from circuitdag.circuit import Circuit
+from circuitdag.evaluate import roc_sweep, task_truth
+from circuitdag.mib import mib_curves
+from circuitdag.patching import Patcher
+from circuitdag.tasks import get_task
+
+#: Tasks where full ACDC takes seconds on one CPU core (tracr programs, zoo models).
+DEFAULT_TASKS = ("tracr-reverse", "tracr-proportion", "tracr-sort-unique", "tracr-hist", "tracr-length",
+                 "tracr-pair-balance", "induction", "induction-compiled", "pronoun", "pronoun-opposite",
+                 "an-neuron")  # fmt: skip
+QUICK_TASKS = ("tracr-proportion", "tracr-sort-unique")
+METHODS = ("acdc", "eap", "eap-ig", "acdc-pre")
+
+
+@dataclass
+class MethodRow:
+    method: str
+    edges: int  # in the circuit, after pruning to paths
+    selected: int  # picked before pruning (attribution: k; ACDC: kept)
+    tested: int | None  # ACDC rows: edges ACDC evaluated (finite scores)
+    faithfulness: float | None
+    cpr: float
+    cmd: float
+    jaccard: float  # with full ACDC's edges
+    recall: float  # of full ACDC's edges
+    auc: float | None  # rank ROC AUC of |score| vs ground truth
+    sweep_auc: float | None  # ACDC row: evaluate.roc_sweep
+    seconds: float  # best of the repeats
+    stable: bool  # same edges in every repeat
+
+
+@dataclass
+class TaskResult:
+    task: str
+    model: str
+    metric: str
+    ablation: str
+    threshold: float
+    n_edges: int
+    k: int  # edges full ACDC kept
+    prefilter: int  # N of acdc-pre
+    truth_edges: int | None
+    inert_edges: int
+    rows: list[MethodRow] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------- measures
+def rank_auc(scores: np.ndarray, truth: np.ndarray, counted: np.ndarray) -> float | None:
+    """ROC AUC of ranking edges by ``|score|`` (NaN lowest) against the boolean ``truth``
+    mask, over the ``counted`` edges only: the rank-sum statistic with average ranks for
+    ties, equal to the trapezoid area under the ROC through every threshold (a tie is a
+    diagonal step). None when the counted edges are all positive or all negative."""
+    s = np.abs(np.asarray(scores, dtype=np.float64))
+    s[np.isnan(s)] = -np.inf
+    s, y = s[counted], truth[counted]
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    avg_rank = np.cumsum(counts) - (counts - 1) / 2  # 1-based average rank of each distinct value
+    ranks = avg_rank[inverse.reshape(-1)]
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """(Jaccard of edge sets a and b, recall of a's edges by b); 1.0 for two empty sets."""
+    inter, union = int((a & b).sum()), int((a | b).sum())
+    return (inter / union if union else 1.0), (inter / int(a.sum()) if a.any() else 1.0)
+
+
+# ---------------------------------------------------------------------- one task
+def runners(
+    patcher: Patcher, threshold: float, k: int, n_pre: int, ig_steps: int
+) -> dict[str, Callable[[], Circuit]]:
+    return {
+        "acdc": lambda: run_acdc(patcher, threshold),
+        "eap": lambda: attribution_circuit(patcher, "eap", n_edges=k),
+        "eap-ig": lambda: attribution_circuit(patcher, "eap-ig", ig_steps, n_edges=k),
+        "acdc-pre": lambda: run_acdc(patcher, threshold, prefilter=("eap-ig", n_pre), ig_steps=ig_steps),
+    }
+
+
+def timed(fn: Callable[[], Circuit]) -> tuple[Circuit, float]:
+    t = time.perf_counter()
+    c = fn()
+    return c, time.perf_counter() - t
+
+
+def bench_task(name: str, repeats: int, ig_steps: int, factor: float, sweep: bool, dtype: torch.dtype,
+               log: Callable[[str], None] = print) -> TaskResult:  # fmt: skip
+    task = get_task(name)
+    model = task.load_model(device="cpu", dtype=dtype)
+    patcher, meta = prepare(model, task)
+    graph, thr = patcher.graph, task.default_threshold
+    truth, inert = task_truth(task, meta["ablation"])
+
+    # Warm-up (one run of each), which also fixes k and N and gives the circuits judged.
+    acdc, s_acdc = timed(lambda: run_acdc(patcher, thr))
+    k = acdc.n_edges
+    n_pre = int(max(1, min(graph.n_edges, round(factor * k))))
+    run = runners(patcher, thr, k, n_pre, ig_steps)
+    circuits = {"acdc": acdc} | {m: run[m]() for m in METHODS[1:]}
+    best = {m: float("inf") for m in METHODS}
+    stable = dict.fromkeys(METHODS, True)
+    for r in range(repeats):
+        for m in METHODS[r % len(METHODS) :] + METHODS[: r % len(METHODS)]:  # rotate the order
+            c, s = timed(run[m])
+            best[m] = min(best[m], s)
+            stable[m] &= bool(np.array_equal(c.in_circuit, circuits[m].in_circuit))
+    if repeats == 0:
+        best["acdc"] = s_acdc
+
+    truth_mask = graph.edges_by_name(truth) if truth is not None else None
+    counted = np.array([n not in inert for n in graph.edge_names])
+    sweep_auc = roc_sweep(patcher, truth, inert, meta=meta)["auc"] if (sweep and truth is not None) else None
+    res = TaskResult(name, str(meta["model"]), str(meta["metric"]), str(meta["ablation"]), thr, graph.n_edges,
+                     k, n_pre, None if truth is None else len(truth), len(inert))  # fmt: skip
+    eap, eap_ig = np.abs(circuits["eap"].scores).max(), np.abs(circuits["eap-ig"].scores).max()
+    if eap <= 1e-6 * eap_ig:
+        res.notes.append(f"EAP scores vanish (max |score| {eap:.1e} vs EAP-IG {eap_ig:.1e}): the {res.metric} metric "
+                         "compares with the full model, so its gradient at the clean run is 0; EAP's top-k is "
+                         "edge-table order")  # fmt: skip
+    for m in METHODS:
+        c = circuits[m]
+        curves = mib_curves(patcher, c.scores)
+        jac, rec = overlap(acdc.in_circuit, c.in_circuit)
+        selected = c.meta.get("edges_selected", c.n_edges)
+        res.rows.append(MethodRow(
+            m, c.n_edges, int(selected), int(np.isfinite(c.scores).sum()) if m.startswith("acdc") else None,
+            c.faithfulness(), curves["signed"].cpr, curves["absolute"].cmd, jac, rec,
+            rank_auc(c.scores, truth_mask, counted) if truth_mask is not None else None,
+            sweep_auc if m == "acdc" else None, best[m], stable[m],
+        ))  # fmt: skip
+    return res
+
+
+# ---------------------------------------------------------------------- printing
+def _f(x: float | None, spec: str = ".3f", width: int = 6) -> str:
+    return f"{'-':>{width}}" if x is None else f"{x:>{width}{spec}}"
+
+
+HEADER = (f"{'method':<9} {'edges':>5} {'sel':>4} {'tested':>6} {'faith':>6} {'CPR':>6} {'CMD':>6} {'jacc':>5} {'rec':>5} "
+          f"{'AUC':>6} {'sweepAUC':>8} {'s':>7}")  # fmt: skip
+
+
+def format_task(t: TaskResult) -> str:
+    truth = (
+        "no ground truth"
+        if t.truth_edges is None
+        else f"ground truth {t.truth_edges} edges, {t.inert_edges} inert"
+    )
+    title = (f"== {t.task}  model={t.model} metric={t.metric} ablation={t.ablation} threshold={t.threshold:g}  "
+             f"edges={t.n_edges}  k={t.k}  prefilter N={t.prefilter}  {truth}")  # fmt: skip
+    lines = [title, HEADER]
+    for r in t.rows:
+        lines.append(f"{r.method:<9} {r.edges:>5} {r.selected:>4} {_f(r.tested, 'd')} {_f(r.faithfulness)} {_f(r.cpr)} {_f(r.cmd)} "
+                     f"{_f(r.jaccard, '.2f', 5)} {_f(r.recall, '.2f', 5)} {_f(r.auc)} {_f(r.sweep_auc, '.3f', 8)} "
+                     f"{r.seconds:>7.3f}" + ("" if r.stable else "  (edges differ between repeats)"))  # fmt: skip
+    lines += [f"note: {n}" for n in t.notes]
+    return "\n".join(lines)
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def format_summary(results: list[TaskResult]) -> str:
+    """Per method: means over tasks (AUC over the tasks with ground truth), total seconds
+    and the time relative to full ACDC; then faithfulness and AUC per task."""
+    lines = [f"== summary over {len(results)} tasks (means; AUC over tasks with ground truth)",
+             (f"{'method':<9} {'faith':>6} {'|1-f|':>6} {'CPR':>6} {'CMD':>6} {'jacc':>5} {'rec':>5} {'AUC':>6} "
+              f"{'total s':>8} {'vs acdc':>7}")]  # fmt: skip
+    by = {m: [next(r for r in t.rows if r.method == m) for t in results] for m in METHODS}
+    t_acdc = sum(r.seconds for r in by["acdc"])
+    for m, rows in by.items():
+        tot = sum(r.seconds for r in rows)
+        dev = _mean([None if r.faithfulness is None else abs(1 - r.faithfulness) for r in rows])
+        lines.append(f"{m:<9} {_f(_mean([r.faithfulness for r in rows]))} {_f(dev)} {_f(_mean([r.cpr for r in rows]))} "
+                     f"{_f(_mean([r.cmd for r in rows]))} {_f(_mean([r.jaccard for r in rows]), '.2f', 5)} "
+                     f"{_f(_mean([r.recall for r in rows]), '.2f', 5)} {_f(_mean([r.auc for r in rows]))} "
+                     f"{tot:>8.2f} {tot / t_acdc if t_acdc else float('nan'):>6.2f}x")  # fmt: skip
+    lines += ["", f"{'faithfulness / AUC':<20} " + " ".join(f"{m:>15}" for m in METHODS)]
+    for t in results:
+        cells = [f"{_f(r.faithfulness)} / {_f(r.auc)}" for r in t.rows]
+        lines.append(f"{t.task:<20} " + " ".join(f"{c:>15}" for c in cells))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tasks", nargs="+", help=f"tasks to run (default: {' '.join(DEFAULT_TASKS)})")
+    ap.add_argument(
+        "--repeats", type=int, default=None, help="timed repeats after the warm-up (default 3; --quick 1)"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"smoke run: {' '.join(QUICK_TASKS)} unless --tasks, 1 repeat, no threshold sweep",
+    )
+    ap.add_argument(
+        "--ig-steps", type=int, default=DEFAULT_IG_STEPS, help="EAP-IG steps (also for the prefilter)"
+    )
+    ap.add_argument(
+        "--prefilter-factor",
+        type=float,
+        default=3.0,
+        help="prefiltered ACDC keeps N = factor x (edges full ACDC kept) EAP-IG edges",
+    )
+    ap.add_argument("--no-sweep", action="store_true", help="skip the ACDC threshold-sweep AUC")
+    ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--json", help="also write the results as JSON here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tasks = args.tasks or (QUICK_TASKS if args.quick else DEFAULT_TASKS)
+    repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
+    sweep = not (args.no_sweep or args.quick)
+    dtype = getattr(torch, args.dtype)
+
+    print(f"date={datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} torch={torch.__version__} "
+          f"python={platform.python_version()} threads={torch.get_num_threads()} dtype={args.dtype} "
+          f"repeats={repeats} ig_steps={args.ig_steps} prefilter N=min(edges, {args.prefilter_factor:g}k) "
+          f"sweep={'yes' if sweep else 'no'}", flush=True)  # fmt: skip
+    t0 = time.perf_counter()
+    results = []
+    for name in tasks:
+        res = bench_task(name, repeats, args.ig_steps, args.prefilter_factor, sweep, dtype)
+        results.append(res)
+        print(format_task(res) + "\n", flush=True)
+    if results:
+        print(format_summary(results))
+    print(f"\nbenchmark wall time {time.perf_counter() - t0:.1f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"settings": {"threads": torch.get_num_threads(), "dtype": args.dtype, "repeats": repeats,
+                                    "ig_steps": args.ig_steps, "prefilter_factor": args.prefilter_factor,
+                                    "sweep": sweep},
+                       "tasks": [asdict(r) for r in results]}, f, indent=1)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
