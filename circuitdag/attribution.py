@@ -41,6 +41,7 @@ circuit (the top edges by ``|score|``, pruned to ``embed -> logits`` paths), as
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -54,11 +55,14 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitdag.circuit import Circuit
+from circuitdag import metrics
 from circuitdag.errors import ConfigError, MetricError, ModelError
 from circuitdag.graph import Input
 from circuitdag.metrics import MetricRef, check_finite
 from circuitdag.models.bridge import resume
 from circuitdag.patching import _HOOK, _QKV, Patcher, _StopForward
+
+log = logging.getLogger("circuitdag")
 
 #: Attribution methods, by the names the CLI uses.
 METHODS = ("eap", "eap-ig")
@@ -112,6 +116,11 @@ def attribute(
     not finite."""
     _check(method, steps)
     steps = 1 if method == "eap" else steps
+    if method == "eap" and patcher.metric_fn in (metrics.kl, metrics.l2):
+        log.warning(
+            "EAP with a metric that compares with the full model (kl, l2) scores every edge about 0: "
+            "its gradient vanishes at the clean run. Use eap-ig, or a metric such as logit_diff"
+        )
     b = default_batch_size(patcher) if batch_size is None else int(batch_size)
     if b < 1:
         raise ConfigError(f"batch size must be >= 1, got {batch_size}")

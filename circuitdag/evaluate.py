@@ -60,18 +60,11 @@ def roc_auc(points: list[tuple[float, float]]) -> float:
 
     Points are made monotone the way the ACDC paper does: sorted by fpr, each tpr taken
     as the best tpr reached at that fpr or less (a threshold sweep can only move along
-    the curve's upper envelope)."""
-    pts = sorted(set(points) | {(0.0, 0.0), (1.0, 1.0)})
-    xs: list[float] = []
-    ys: list[float] = []
-    best = 0.0
-    for x, y in pts:
-        best = max(best, y)
-        if xs and xs[-1] == x:
-            ys[-1] = best
-        else:
-            xs.append(x)
-            ys.append(best)
+    the curve's upper envelope). Points that share an fpr are all kept, so a vertical step
+    is drawn where it is (``[(0, .5), (.5, .5), (.5, 1)]`` -> 0.75)."""
+    pts = sorted(set(points) | {(0.0, 0.0), (1.0, 1.0)})  # by fpr, then tpr
+    xs = [x for x, _ in pts]
+    ys = list(np.maximum.accumulate([y for _, y in pts]))  # several points at one fpr: a vertical step
     if hasattr(np, "trapezoid"):
         return float(np.trapezoid(ys, xs))
     return float(np.trapz(ys, xs))  # type: ignore[attr-defined]  # numpy < 2 (newer stubs lack trapz)

@@ -114,3 +114,13 @@ def test_prefiltered_run_acdc_records_how_it_was_made():
         run_acdc(p, 0.005, prefilter="eap-ig:many")
     with pytest.raises(ConfigError, match="prefilter method"):
         run_acdc(p, 0.005, prefilter="acdc:10")
+
+
+def test_roc_auc_keeps_vertical_steps():
+    from circuitdag.evaluate import roc_auc
+
+    assert roc_auc([(0.0, 0.5), (0.5, 0.5), (0.5, 1.0)]) == pytest.approx(0.75)
+    assert roc_auc([(0.5, 0.5)]) == pytest.approx(0.5)
+    assert roc_auc([(0.0, 1.0)]) == pytest.approx(1.0)
+    # (0.3, 0.2) lies under the envelope: 0.6 from fpr 0.1 on
+    assert roc_auc([(0.3, 0.2), (0.1, 0.6)]) == pytest.approx(0.1 * 0.6 / 2 + 0.2 * 0.6 + 0.7 * (0.6 + 1) / 2)
