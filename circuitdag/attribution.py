@@ -54,8 +54,8 @@ from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from circuitdag.circuit import Circuit
 from circuitdag import metrics
+from circuitdag.circuit import Circuit
 from circuitdag.errors import ConfigError, MetricError, ModelError
 from circuitdag.graph import Input
 from circuitdag.metrics import MetricRef, check_finite
