@@ -75,10 +75,12 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.ablation:
         Ablation.parse(args.ablation)
     dtype = _dtype(args.dtype)
-    if getattr(args, "model", None):
-        model = load_model(args.model, device=args.device, dtype=dtype)
-    else:
-        model = task.load_model(device=args.device, dtype=dtype)
+    with _phase(f"loading {getattr(args, 'model', None) or task.default_model or 'the model'} "
+                f"({threads} torch threads)", getattr(args, "quiet", False)):  # fmt: skip
+        if getattr(args, "model", None):
+            model = load_model(args.model, device=args.device, dtype=dtype)
+        else:
+            model = task.load_model(device=args.device, dtype=dtype)
     return task, model
 
 
