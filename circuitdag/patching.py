@@ -7,14 +7,20 @@ Destination inputs live in *rows*: per layer its q rows (one per head), k and v 
 per key/value head), its MLP row, and finally the ``logits`` row. A circuit is then a
 dense ``absent[row, slot]`` matrix, kept on the model's device.
 
-Two forward implementations share the caches:
+Three forward implementations share the caches:
 
 * :meth:`Patcher.reference_metric` -- the obviously correct one: a full forward pass from
-  the embedding with every sender captured, one circuit at a time.
+  the embedding with every sender captured, one circuit at a time, dense sums over slots.
+* :meth:`Patcher.circuit_metric` -- the same pass with sparse sums (only the slots with an
+  absent edge, or ``total - present`` when fewer are present) that stops at the final
+  residual stream; every reported metric uses it (tested equal to the reference).
 * :meth:`Patcher.candidate_metrics` -- the fast one used by speculative ACDC: it starts at
-  the destination's layer from the cached clean residual (everything upstream equals the
-  clean run) and evaluates K candidate circuits, which differ only in the destination's
-  rows, as one batch of K x prompts.
+  the destination's layer from a cached *base* run (the clean run, or the run of the
+  circuit ACDC started from, :meth:`Patcher.rebase`), in which everything upstream of the
+  destination has its current value, and evaluates K candidate circuits, which differ
+  only in the destination's rows, as one batch of K x prompts.
+
+Gradient attribution (:mod:`circuitdag.attribution`) reads the same caches.
 """
 
 from __future__ import annotations
