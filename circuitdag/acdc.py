@@ -221,6 +221,7 @@ def acdc_fast(
     run_info: dict[str, Any] | None = None,
     max_destinations: int | None = None,
     start: np.ndarray | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> SearchState:
     """Exact speculative-batched ACDC (same edges as :func:`acdc_reference`, also with
     ``start``).
@@ -229,7 +230,8 @@ def acdc_fast(
     (default: what fits the memory budget, see :func:`max_candidates`). With
     ``checkpoint``, the state is written there (atomically) at most every
     ``checkpoint_every`` seconds after a destination is finished; ``resume=True``
-    continues from that file.
+    continues from that file (``stats`` seeds the run statistics of a fresh run and is
+    saved with it).
 
     The fast pass resumes each candidate at the destination's layer from a cached run in
     which every earlier node has its current inputs: the clean run when every edge is
@@ -249,6 +251,7 @@ def acdc_fast(
         log.info("resuming ACDC at destination %d/%d", state.next_dest, len(order))
     if state is None:
         state = _initial_state(patcher, start)
+        state.stats.update(stats or {})  # saved with the checkpoint
     patcher.rebase(state.alive)
     k_max = k_max or max_candidates(patcher)
     sizer = BatchSizer(k_init, k_max)
@@ -432,7 +435,8 @@ def run_acdc(
     f0, l0 = patcher.n_forward, patcher.n_layer_evals
     t0 = time.perf_counter()
     start, pre_meta = None, None
-    if pre is not None:
+    resuming = algorithm == "acdc" and resume and checkpoint is not None and Path(checkpoint).exists()
+    if pre is not None and not resuming:  # a resumed run takes its circuit from the checkpoint
         att = attribute(patcher, pre[0], ig_steps, progress=progress)
         start = top_edges(att.scores, n_edges=pre[1])
         pre_meta = {"method": pre[0], "edges": pre[1], "ig_steps": att.steps if pre[0] == "eap-ig" else None,
@@ -444,10 +448,12 @@ def run_acdc(
         info = {k: (meta or {}).get(k) for k in ("task", "model", "metric", "ablation", "seed", "positions")}
         info["prefilter"] = None if pre is None else f"{pre[0]}:{pre[1]}:{ig_steps}"
         state = acdc_fast(patcher, threshold, progress=progress, checkpoint=checkpoint, resume=resume,
-                          k_max=k_max, run_info=info, checkpoint_every=checkpoint_every, start=start)  # fmt: skip
+                          k_max=k_max, run_info=info, checkpoint_every=checkpoint_every, start=start,
+                          stats={"prefilter": pre_meta} if pre_meta else None)  # fmt: skip
     seconds = time.perf_counter() - t0
     n = patcher.graph.n_edges
-    if pre_meta is not None:
+    if pre is not None:
+        pre_meta = dict(state.stats.pop("prefilter", None) or pre_meta or {})
         pre_meta["kept"] = int(state.alive.sum())
         pre_meta["tested"] = int(np.isfinite(state.scores).sum())
     out_meta = {

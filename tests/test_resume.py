@@ -80,3 +80,24 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path):
         assert "other settings" in str(exc)
     else:
         raise AssertionError("resuming with another threshold must be refused")
+
+
+def test_prefiltered_run_resumes_from_its_checkpoint(tmp_path):
+    """Interrupted mid-way, a prefiltered ACDC run continues from the checkpoint's circuit
+    (the fast path rebases on it) to the identical result, without re-scoring."""
+    from circuitdag.acdc import run_acdc
+
+    ck = tmp_path / "checkpoint.json"
+    p = patcher()
+    start = np.random.default_rng(5).random(p.graph.n_edges) < 0.4
+    acdc_fast(p, THRESHOLD, checkpoint=ck, checkpoint_every=0.0, max_destinations=4, start=start,
+              stats={"prefilter": {"method": "eap-ig", "edges": 1}})  # fmt: skip
+    resumed = acdc_fast(patcher(), THRESHOLD, checkpoint=ck, resume=True, start=start)
+    uninterrupted = acdc_fast(patcher(), THRESHOLD, start=start)
+    np.testing.assert_array_equal(resumed.alive, uninterrupted.alive)
+    assert resumed.m_cur == uninterrupted.m_cur and resumed.stats["prefilter"]["method"] == "eap-ig"
+    # Through run_acdc: the second call finds the checkpoint and skips the attribution.
+    ck2 = tmp_path / "run.json"
+    first = run_acdc(patcher(), THRESHOLD, prefilter="eap-ig:60", ig_steps=2, checkpoint=ck2, checkpoint_every=0.0)
+    again = run_acdc(patcher(), THRESHOLD, prefilter="eap-ig:60", ig_steps=2, checkpoint=ck2, resume=True)
+    assert again.same_as(first) and again.meta["prefilter"]["edges"] == 60
