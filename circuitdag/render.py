@@ -76,6 +76,13 @@ def to_dot(circuit: Circuit):  # -> graphviz.Digraph
         dot.edge(g.nodes[t.src[e]].name, g.nodes[t.dst[e]].name, color=INPUT_COLOURS[kind],
                  penwidth=f"{width:.2f}", tooltip=g.edge_names[e], label=kind.label if kind in (Input.Q, Input.K, Input.V) else "",
                  fontcolor=INPUT_COLOURS[kind], fontsize="9")  # fmt: skip
+    # Grouped-query attention: a key/value head feeds its query heads (not an edge, never
+    # patched); drawn dashed so a path through a25.kv0 to a25.2 can be followed.
+    shown = set(used)
+    for s, d in zip(*(x.tolist() for x in g.implicit_edges)):
+        if s in shown and d in shown:
+            dot.edge(g.nodes[s].name, g.nodes[d].name, style="dashed", color="#999999", arrowsize="0.5",
+                     tooltip="key/value head read by its query head")  # fmt: skip
     return dot
 
 
