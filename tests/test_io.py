@@ -48,3 +48,17 @@ def test_damaged_files(circuit, tmp_path):
 def test_svg(circuit, tmp_path):
     svg = circuit.to_svg(tmp_path / "c.svg").read_text()
     assert "<svg" in svg and "logits" in svg
+
+
+def test_svg_links_a_key_value_head_to_its_query_heads():
+    import numpy as np
+
+    from circuitdag.circuit import Circuit
+    from circuitdag.graph import Graph, ModelSpec
+    from circuitdag.render import to_dot
+
+    g = Graph(ModelSpec(n_layers=2, n_heads=4, n_kv_heads=2, d_model=8))
+    alive = g.edges_by_name(["embed->a1.kv0<v>", "a1.1->logits<resid>"])
+    src = to_dot(Circuit(g, alive, np.full(g.n_edges, np.nan))).source
+    assert '"a1.kv0" -> "a1.1"' in src.replace("\t", "") and "dashed" in src
+    assert '"a1.kv0" -> "a1.0"' not in src  # a1.0 is not in the circuit
