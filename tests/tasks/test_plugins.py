@@ -82,7 +82,7 @@ def test_installed_plugin_is_listed_and_runs(installed: Path, on_path, tmp_path:
 
     out = tmp_path / "run"
     assert main(["discover", "--task", "toy-copy", "--out", str(out), "-q"]) == 0
-    assert "toy-copy: 2/" in capsys.readouterr().out
+    assert "toy-copy (acdc): 2/" in capsys.readouterr().out
     doc = json.loads((out / "circuit.json").read_text())
     assert doc["task"] == "toy-copy"
     assert main(["evaluate", str(out / "circuit.json")]) == 0
