@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from circuitdag._kernels import Reachability, backend
+from circuitdag._kernels import backend
 from circuitdag.attribution import DEFAULT_IG_STEPS, METHODS, attribute, top_edges
 from circuitdag.circuit import Circuit
 from circuitdag.errors import ConfigError, TaskError
@@ -84,14 +84,6 @@ def _work(graph: Graph, dest: int, n_edges: int) -> int:
     return n_edges * (graph.spec.n_layers - _dest_layer(graph, dest) + 1)
 
 
-def _reachability(graph: Graph) -> Reachability:
-    return graph.reach
-
-
-def _finish(graph: Graph, reach: Reachability, alive: np.ndarray) -> np.ndarray:
-    return graph.prune(alive)
-
-
 def acdc_reference(
     patcher: Patcher,
     threshold: float,
@@ -107,7 +99,7 @@ def acdc_reference(
     edges are tested, the others stay removed."""
     threshold = _check_threshold(threshold)
     graph = patcher.graph
-    reach = _reachability(graph)
+    reach = graph.reach
     state = _initial_state(patcher, start, reference=True)
     alive, scores, sink = state.alive, state.scores, graph.sink
     bar = tqdm(total=int(alive.sum()), desc="ACDC (reference)", unit="edge", disable=not progress)
@@ -128,7 +120,7 @@ def acdc_reference(
                 alive[e] = True
             bar.update(1)
     bar.close()
-    state.alive = _finish(graph, reach, alive)
+    state.alive = graph.prune(alive)
     return state
 
 
@@ -241,7 +233,7 @@ def acdc_fast(
     """
     threshold = _check_threshold(threshold)
     graph = patcher.graph
-    reach = _reachability(graph)
+    reach = graph.reach
     sink = graph.sink
     order = graph.visit_order()[:max_destinations]
     info = {"threshold": threshold, "n_edges": graph.n_edges, **(run_info or {})}
@@ -286,7 +278,7 @@ def acdc_fast(
     bar.close()
     stats["k_max"] = int(k_max)
     stats["kernels"] = backend()
-    state.alive = _finish(graph, reach, state.alive)
+    state.alive = graph.prune(state.alive)
     return state
 
 

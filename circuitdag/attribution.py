@@ -42,7 +42,6 @@ circuit (the top edges by ``|score|``, pruned to ``embed -> logits`` paths), as
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -277,8 +276,8 @@ def top_edges(scores: np.ndarray, n_edges: int | None = None, threshold: float |
     edge-table order), or those with ``|score| >= threshold``. NaN scores are never kept."""
     if (n_edges is None) == (threshold is None):
         raise ConfigError("give exactly one of --edges N and --threshold X for an attribution circuit")
-    mag = np.abs(np.nan_to_num(np.asarray(scores, dtype=np.float64), nan=-1.0))
-    mag[np.isnan(scores)] = -1.0
+    mag = np.abs(np.asarray(scores, dtype=np.float64))
+    mag[np.isnan(mag)] = -1.0  # never kept
     keep = np.zeros(mag.shape[0], dtype=bool)
     if threshold is not None:
         if not threshold >= 0:
@@ -331,10 +330,7 @@ def attribution_circuit(
             "seconds": round(time.perf_counter() - t0, 4),
         },
     }
-    scores_arr = att.scores.astype(np.float64)
-    if not np.all(np.isfinite(scores_arr)):
-        scores_arr = np.where(np.isfinite(scores_arr), scores_arr, math.nan)
-    return Circuit(patcher.graph, alive, scores_arr, out_meta)
+    return Circuit(patcher.graph, alive, att.scores.astype(np.float64), out_meta)
 
 
 __all__ = ["DEFAULT_IG_STEPS", "METHODS", "Attribution", "attribute", "attribution_circuit", "top_edges"]

@@ -198,10 +198,9 @@ def default_attribution_edges(n_edges: int) -> int:
 def peak_memory_gb() -> float:
     """Peak resident memory of this process (GB; Linux and macOS)."""
     import resource
-    import sys as _sys
 
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1 << 30) if _sys.platform == "darwin" else rss / (1 << 20)
+    return rss / (1 << 30) if sys.platform == "darwin" else rss / (1 << 20)
 
 
 def _run_facts(args: argparse.Namespace) -> dict[str, Any]:

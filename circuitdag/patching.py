@@ -261,7 +261,6 @@ class Patcher:
         """The run the fast path resumes from: the clean run (``None``), or a patched run
         captured by :meth:`rebase`."""
         if base is None:
-            self.base_alive: np.ndarray | None = None
             self.S_base, self.D_base = self.S_clean, self.D_clean
             self.base_resid_pre, self.base_mlp_in = self.resid_pre, self.mlp_in
             self.base_resid_final = self.resid_final
@@ -270,9 +269,7 @@ class Patcher:
             self.D_base = self.S_base - self.S_corr
             self.base_resid_pre, self.base_mlp_in = base["resid_pre"], base["mlp_in"]
             self.base_resid_final = base["resid_final"]
-        self._cache_layer = -1
-        self._contrib_cache.clear()
-        self._input_cache.clear()
+        self._cache_layer = -1  # the next _caches_for empties the caches made from the old base
 
     @torch.no_grad()
     def rebase(self, alive: np.ndarray | None) -> None:
@@ -291,7 +288,6 @@ class Patcher:
         raw: dict[str, Any] = {}
         self._full_pass(self.absent_matrix(alive), raw=raw, sparse=True)
         self._set_base(raw)
-        self.base_alive = np.asarray(alive, dtype=bool).copy()
 
     # ------------------------------------------------------------------ caching
     def _capture(self, tokens: Tensor) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 from randmodel import nested_candidates, random_data, random_tiny
 
-from circuitdag.acdc import _live_positions, _reachability, acdc_fast, acdc_reference
+from circuitdag.acdc import _live_positions, acdc_fast, acdc_reference
 from circuitdag.errors import ConfigError
 from circuitdag.graph import Graph, Input, ModelSpec, NodeKind, Positions
 from circuitdag.models import spec_of
@@ -211,7 +211,7 @@ def test_candidate_batch_matches_reference(setup) -> None:
     p = Patcher(model, graph, data, ablation="resample", metric="kl")
     rng = np.random.default_rng(1)
     order = graph.visit_order()
-    reach = _reachability(graph)
+    reach = graph.reach
     pruned = 0
     for at in [0, 1, len(order) // 3, len(order) // 2, len(order) - 1]:
         dest = order[at]
