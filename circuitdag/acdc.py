@@ -361,10 +361,14 @@ def load_checkpoint(path: str | Path, info: dict[str, Any]) -> SearchState:
     doc = json.loads(Path(path).read_text())
     if doc.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path} is not an ACDC checkpoint; delete it or pick another --out")
-    if doc["info"] != json.loads(json.dumps(info)):
+    want = json.loads(json.dumps(info))
+    if doc["info"] != want:
+        diff = {k: (doc["info"].get(k), want.get(k)) for k in sorted(set(doc["info"]) | set(want))
+                if doc["info"].get(k) != want.get(k)}  # fmt: skip
+        shown = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
         raise ConfigError(
-            f"checkpoint {path} was written by a run with other settings ({doc['info']}); "
-            "rerun without --resume to start over"
+            f"checkpoint {path} was written by a run with other settings ({shown}); "
+            "rerun with those settings to continue, or without --resume to start over"
         )
     n = info["n_edges"]
     alive = np.ones(n, dtype=bool)

@@ -145,7 +145,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if attribution and args.prefilter:
         raise ConfigError("--prefilter goes with --algorithm acdc; an attribution circuit is already a prefilter")
     if not attribution and args.edges is not None:
-        raise ConfigError("--edges sets the size of an attribution circuit (--algorithm eap or eap-ig); ACDC uses --threshold")
+        raise ConfigError("--edges sets the size of an attribution circuit (--algorithm eap or eap-ig); ACDC uses "
+                          "--threshold, and a prefilter's size goes in --prefilter eap-ig:N")
+    if args.edges is not None and args.edges < 0:
+        raise ConfigError(f"--edges must be >= 0, got {args.edges}")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if attribution and args.edges is not None and threshold is not None:
         raise ConfigError("give either --edges N or --threshold X for an attribution circuit, not both")
     parse_prefilter(args.prefilter)  # fail before loading the model

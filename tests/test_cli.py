@@ -71,6 +71,9 @@ def test_roc(capsys):
         (["discover", "--prefilter", "eap-ig:lots"], "--prefilter takes METHOD[:N]"),
         (["discover", "--prefilter", "random:10"], "--prefilter method must be one of"),
         (["discover", "--algorithm", "eap-ig", "--ig-steps", "0"], "--ig-steps must be >= 1"),
+        (["discover", "--algorithm", "eap", "--edges", "-1"], "--edges must be >= 0"),
+        (["discover", "--batch-size", "0"], "--batch-size must be >= 1"),
+        (["discover", "--prefilter", "eap-ig:20", "--edges", "5"], "--prefilter eap-ig:N"),
     ],
 )
 def test_bad_input_gives_one_line_error(argv, message, capsys, tmp_path):

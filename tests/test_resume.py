@@ -77,7 +77,7 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path):
     try:
         acdc_fast(p, THRESHOLD * 2, checkpoint=ck, resume=True)
     except ConfigError as exc:
-        assert "other settings" in str(exc)
+        assert "other settings" in str(exc) and "threshold: 0.01 there, 0.02 now" in str(exc)
     else:
         raise AssertionError("resuming with another threshold must be refused")
 
