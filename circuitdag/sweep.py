@@ -26,6 +26,7 @@ worker ran. See docs/sweeps.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import html
 import json
 import logging
@@ -35,7 +36,7 @@ import shutil
 import socket
 import sys
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, overload
@@ -199,36 +200,100 @@ def _with_driver(url: str) -> str:
     return url
 
 
+def _sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///path`` URL (None for other URLs and ``:memory:``)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 -- a malformed URL is reported by open_storage
+        return None
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+@contextlib.contextmanager
+def _schema_lock(db: Path | None) -> Iterator[None]:
+    """Held while Optuna creates (or checks) the schema of a SQLite file.
+
+    Optuna's RDBStorage creates its tables and stamps ``alembic_version`` without a lock,
+    so processes opening one new file at the same instant fail with "table studies already
+    exists" or a UNIQUE constraint on ``alembic_version``. An exclusive lock on
+    ``<file>.lock`` (POSIX ``flock``) lets one create the schema and the others find it.
+    """
+    if db is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: open_storage retries instead
+        yield
+        return
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(db.with_name(db.name + ".lock"), "a")  # noqa: SIM115 -- held across the yield
+    except OSError as exc:
+        raise ConfigError(f"cannot create the SQLite file {db} ({exc.strerror or exc}); "
+                          "choose a writable directory for --out or --storage") from exc  # fmt: skip
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+#: Errors a SQLite schema race leaves (retried; see _schema_lock).
+_SCHEMA_RACE = ("already exists", "UNIQUE constraint failed: alembic_version")
+
+
 def open_storage(url: str) -> optuna.storages.RDBStorage:
     """An Optuna RDB storage with heartbeats, or a :class:`CircuitDagError` saying what
-    to fix (missing driver, unreachable server, malformed URL)."""
+    to fix (missing driver, unreachable server, malformed URL, unwritable SQLite file).
+
+    Any number of local processes may open one SQLite file at once, also a new one: the
+    schema is created under a file lock (:func:`_schema_lock`)."""
+    import time
+
     import optuna
     import sqlalchemy.exc
 
     url = _with_driver(url)
+    db = _sqlite_file(url)
 
     engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
     if url.startswith("sqlite"):
         # Several local processes may share one SQLite file: wait for its lock.
         engine_kwargs = {"connect_args": {"timeout": 60}}
-    try:
-        with warnings.catch_warnings():
-            # heartbeat_interval is flagged experimental by Optuna; it is what we want.
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=HEARTBEAT_INTERVAL,
-                                              grace_period=GRACE_PERIOD)  # fmt: skip
-    except ImportError as exc:
-        extra = "psycopg2-binary" if url.startswith("postgres") else "the database driver"
-        raise MissingExtraError(
-            f"storage {masked(url)} needs {extra} ({exc}); `pip install psycopg2-binary` "
-            "(or `pip install circuitdag[postgres]`)"
-        ) from exc
-    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
-        raise ConfigError(f"--storage {masked(url)} is not a database URL ({exc}); "
-                          "use sqlite:///path/sweep.db or postgresql://user:pass@host:port/db") from exc  # fmt: skip
-    except sqlalchemy.exc.SQLAlchemyError as exc:
-        raise ConfigError(f"cannot open storage {masked(url)}: {str(exc).splitlines()[0]}; "
-                          "is the database server running and the URL right?") from exc  # fmt: skip
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings(), _schema_lock(db):
+                # heartbeat_interval is flagged experimental by Optuna; it is what we want.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=HEARTBEAT_INTERVAL,
+                                                  grace_period=GRACE_PERIOD)  # fmt: skip
+        except ImportError as exc:
+            extra = "psycopg2-binary" if url.startswith("postgres") else "the database driver"
+            raise MissingExtraError(
+                f"storage {masked(url)} needs {extra} ({exc}); `pip install psycopg2-binary` "
+                "(or `pip install circuitdag[postgres]`)"
+            ) from exc
+        except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+            raise ConfigError(f"--storage {masked(url)} is not a database URL ({exc}); "
+                              "use sqlite:///path/sweep.db or postgresql://user:pass@host:port/db") from exc  # fmt: skip
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            first = str(exc).splitlines()[0]
+            if any(s in first for s in _SCHEMA_RACE) and attempt < 4:
+                time.sleep(0.2 * (attempt + 1))  # another process created the schema meanwhile
+                continue
+            if db is not None:
+                raise ConfigError(f"cannot use the SQLite file {db}: {first}; check that it is a sweep database "
+                                  "and that its directory is writable, or choose another --out/--storage") from exc  # fmt: skip
+            raise ConfigError(f"cannot open storage {masked(url)}: {first}; "
+                              "is the database server running and the URL right?") from exc  # fmt: skip
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _load_settings(study: optuna.Study) -> SweepSettings:

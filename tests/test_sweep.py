@@ -18,7 +18,15 @@ import torch
 from circuitdag.cli import main
 from circuitdag.errors import ConfigError
 from circuitdag.io import load_circuit
-from circuitdag.sweep import TARGET_ATTR, default_storage, make_settings, pareto_front, sweep, work
+from circuitdag.sweep import (
+    TARGET_ATTR,
+    default_storage,
+    make_settings,
+    open_storage,
+    pareto_front,
+    sweep,
+    work,
+)
 from circuitdag.tasks import get_task
 
 torch.set_num_threads(1)
@@ -219,3 +227,41 @@ def test_killed_sweep_continues(tmp_path):
             t.state, t.values, t.params, t.user_attrs, t.datetime_complete)  # fmt: skip
     doc = json.loads((out / "pareto.json").read_text())
     assert doc["trials"]["total"] == len(after) and doc["trials"]["fail"] == 1
+
+
+_OPEN_AT = """
+import sys, time
+from circuitdag.sweep import open_storage
+start, urls = float(sys.argv[1]), sys.argv[2:]
+for i, url in enumerate(urls):
+    while time.time() < start + 0.4 * i:
+        pass
+    try:
+        open_storage(url)
+        print("ok", flush=True)
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}", flush=True)
+"""
+
+
+def test_processes_open_a_new_sqlite_file_at_the_same_instant(tmp_path):
+    """Three processes open the same new SQLite file at the same instant, six times over
+    (before the schema lock, 5 of 6 rounds failed with 'table studies already exists' or
+    a UNIQUE constraint on alembic_version); every open succeeds and the schema is usable."""
+    urls = [f"sqlite:///{tmp_path / f'round{i}' / 'sweep.db'}" for i in range(6)]
+    start = time.time() + 4  # after the imports of all three
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, str(start), *urls], env=ENV,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]  # fmt: skip
+    results = [p.communicate(timeout=120) for p in procs]
+    for out, err in results:
+        assert out.splitlines() == ["ok"] * len(urls), out + err
+    study = optuna.create_study(storage=urls[0], study_name="s", directions=["minimize"])
+    assert study.study_name == "s"
+
+
+def test_an_unusable_sqlite_file_is_named_as_a_file(tmp_path):
+    bad = tmp_path / "sweep.db"
+    bad.write_text("this is not a database")
+    with pytest.raises(ConfigError, match=r"SQLite file .*sweep\.db.*directory is writable") as info:
+        open_storage(f"sqlite:///{bad}")
+    assert "server" not in str(info.value)
