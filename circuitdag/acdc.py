@@ -37,6 +37,7 @@ from circuitdag.circuit import Circuit
 from circuitdag.errors import ConfigError, TaskError
 from circuitdag.graph import Graph, ModelSpec, NodeKind, Positions
 from circuitdag.patching import Patcher
+from circuitdag.recompute import SparseFastPath
 from circuitdag.tasks.base import TaskData
 
 log = logging.getLogger("circuitdag")
@@ -214,6 +215,7 @@ def acdc_fast(
     max_destinations: int | None = None,
     start: np.ndarray | None = None,
     stats: dict[str, Any] | None = None,
+    sparse: bool | None = None,
 ) -> SearchState:
     """Exact speculative-batched ACDC (same edges as :func:`acdc_reference`, also with
     ``start``).
@@ -244,7 +246,9 @@ def acdc_fast(
     if state is None:
         state = _initial_state(patcher, start)
         state.stats.update(stats or {})  # saved with the checkpoint
-    patcher.rebase(state.alive)
+    fast = _sparse_path(patcher, state.alive, sparse)
+    if fast is None:
+        patcher.rebase(state.alive)
     k_max = k_max or max_candidates(patcher)
     sizer = BatchSizer(k_init, k_max)
     absent = patcher.absent_matrix(state.alive)
@@ -253,6 +257,8 @@ def acdc_fast(
     stats.setdefault("candidates_evaluated", 0)
     stats.setdefault("candidates_discarded", 0)
     stats.setdefault("edges_tested", 0)
+    stats["fast_path"] = "layers" if fast is None else "components"
+    c0 = 0 if fast is None else fast.component_evals
     # Progress counts the work of tested edges only (see _work): skipped destinations
     # shrink the total instead of advancing the bar, so the ETA stays honest.
     pending = [_work(graph, d, int(state.alive[graph.incoming[d]].sum())) for d in order[state.next_dest :]]
@@ -266,7 +272,7 @@ def acdc_fast(
         reaching = reach.reaches_sink(state.alive, sink)
         if reaching[dest] and len(edges):
             live = _live_positions(graph, reaching, _dest_layer(graph, dest))
-            _decide_destination(patcher, state, absent, dest, edges, threshold, sizer, stats, bar, live)
+            _decide_destination(patcher, state, absent, dest, edges, threshold, sizer, stats, bar, live, fast)
         else:
             bar.total -= _work(graph, dest, len(edges))
             bar.refresh()
@@ -276,6 +282,8 @@ def acdc_fast(
             save_checkpoint(checkpoint, state, info)
             last_write = time.monotonic()
     bar.close()
+    if fast is not None:
+        stats["component_evaluations"] = stats.get("component_evaluations", 0) + fast.component_evals - c0
     stats["k_max"] = int(k_max)
     stats["kernels"] = backend()
     state.alive = graph.prune(state.alive)
@@ -293,9 +301,11 @@ def _decide_destination(
     stats: dict[str, Any],
     bar: tqdm,
     live: list[int] | None = None,
+    fast: SparseFastPath | None = None,
 ) -> None:
     """Run the speculative batches for one destination; updates ``state`` and ``absent``
-    in place."""
+    in place. With ``fast`` candidates are evaluated by recomputing only what they
+    change."""
     lay = patcher.layout
     layer = _dest_layer(patcher.graph, dest)
     dev = patcher.device
@@ -304,19 +314,17 @@ def _decide_destination(
                                   axis=0, return_inverse=True)  # fmt: skip
     local_cell = local_cell.reshape(-1)
     cell_rows, cell_views = torch.as_tensor(cells[:, 0], device=dev), torch.as_tensor(cells[:, 1], device=dev)
-    pos, slots = lay.edge_pos[edges], lay.edge_slot[edges]
     i = 0
     n_layers = patcher.graph.spec.n_layers - layer + 1
+    if fast is not None:
+        fast.forget_affected()
     while i < len(edges):
         k = min(sizer.k, len(edges) - i)
         t0 = time.perf_counter()
-        # Nested candidates: candidate j removes edges i .. i+j on top of the current circuit.
-        steps = torch.zeros(k, len(cells), absent.shape[2], lay.n_slots, dtype=patcher.dtype, device=dev)
-        at = slice(i, i + k)
-        steps[torch.arange(k, device=dev), torch.as_tensor(local_cell[at], device=dev),
-              torch.as_tensor(pos[at], device=dev), torch.as_tensor(slots[at], device=dev)] = 1.0  # fmt: skip
-        cand = absent[cell_rows, cell_views].unsqueeze(0) + steps.cumsum(0)
-        m = patcher.candidate_metrics(absent, layer, cell_rows, cand, cell_views, live).tolist()
+        if fast is not None:
+            m = fast.evaluate(dest, edges[i : i + k], state.alive).tolist()
+        else:
+            m = _layer_candidates(patcher, absent, layer, edges, i, k, cells, local_cell, cell_rows, cell_views, live)
         stats["batches"] += 1
         stats["candidates_evaluated"] += k
         accepted = 0
@@ -331,12 +339,48 @@ def _decide_destination(
                 accepted += 1
             else:
                 break
+        if fast is not None:
+            fast.commit(accepted)
         decided = accepted + (1 if accepted < k else 0)
         stats["candidates_discarded"] += k - decided
         stats["edges_tested"] += decided
         bar.update(_work(patcher.graph, dest, decided))
         i += decided
         sizer.update(k, accepted, time.perf_counter() - t0, n_layers)
+
+
+def _layer_candidates(patcher: Patcher, absent: torch.Tensor, layer: int, edges: np.ndarray, i: int, k: int,
+                      cells: np.ndarray, local_cell: np.ndarray, cell_rows: torch.Tensor, cell_views: torch.Tensor,
+                      live: list[int] | None) -> list[float]:  # fmt: skip
+    """Metrics of the nested candidates ``edges[i .. i+j]`` (j < k) by the layer-by-layer
+    fast pass (:meth:`Patcher.candidate_metrics`)."""
+    lay, dev = patcher.layout, patcher.device
+    pos, slots = lay.edge_pos[edges], lay.edge_slot[edges]
+    # Nested candidates: candidate j removes edges i .. i+j on top of the current circuit.
+    steps = torch.zeros(k, len(cells), absent.shape[2], lay.n_slots, dtype=patcher.dtype, device=dev)
+    at = slice(i, i + k)
+    steps[torch.arange(k, device=dev), torch.as_tensor(local_cell[at], device=dev),
+          torch.as_tensor(pos[at], device=dev), torch.as_tensor(slots[at], device=dev)] = 1.0  # fmt: skip
+    cand = absent[cell_rows, cell_views].unsqueeze(0) + steps.cumsum(0)
+    return patcher.candidate_metrics(absent, layer, cell_rows, cand, cell_views, live).tolist()
+
+
+def _sparse_path(patcher: Patcher, alive: np.ndarray, want: bool | None) -> SparseFastPath | None:
+    """The component-level fast path for ``patcher`` from circuit ``alive``, or None where
+    it cannot run (``want=True`` then raises)."""
+    if want is False:
+        return None
+    why = None
+    if patcher.positional:
+        why = "position-aware graphs use the layer-by-layer fast path"
+    elif patcher.kernels() is None:
+        why = f"the per-component kernels do not reproduce this model ({patcher.kernel_problem})"
+    if why is not None:
+        if want:
+            raise ConfigError(f"the sparse fast path cannot run: {why}")
+        log.info("%s", why)
+        return None
+    return SparseFastPath(patcher, patcher.kernels(), alive)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- checkpoints

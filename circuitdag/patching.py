@@ -35,6 +35,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from circuitdag.components import ComponentKernels, KernelMismatch, rotary_hooks
 from circuitdag.errors import ConfigError, ModelError
 from circuitdag.graph import Graph, Input, NodeKind
 from circuitdag.metrics import MetricRef, check_finite, get_metric
@@ -237,6 +238,7 @@ class Patcher:
             self.resid_pre: list[Tensor] = clean["resid_pre"]
             self.resid_final: Tensor = clean["resid_final"]
             self.mlp_in: list[Tensor] = clean["mlp_in"]
+            self._rotary: dict[str, Tensor] = clean["rotary"]
             self.ref = MetricRef(
                 logits=self._answer_logits(clean["logits"].unsqueeze(0))[0],
                 correct=self.data.correct,
@@ -255,6 +257,29 @@ class Patcher:
         #: ``exists - absent``.
         self.exists = self.absent_matrix(np.zeros(graph.n_edges, dtype=bool))
         self._set_base(None)
+
+    # ------------------------------------------------------------------ components
+    def kernels(self) -> ComponentKernels | None:
+        """Per-head and per-MLP kernels of the model (:mod:`circuitdag.components`), verified
+        once against the clean run; None (the reason in :attr:`kernel_problem`) when they do
+        not reproduce the model. Built on first use."""
+        if not hasattr(self, "_kernels"):
+            self._kernels: ComponentKernels | None = None
+            self.kernel_problem: str | None = None
+            spec, lay = self.graph.spec, self.layout
+            rotary = {}
+            for L in range(spec.n_layers):
+                cos, sin = self._rotary.get(f"blocks.{L}.attn.hook_cos"), self._rotary.get(f"blocks.{L}.attn.hook_sin")
+                if cos is not None and sin is not None:
+                    rotary[L] = (cos, sin)
+            try:
+                with torch.no_grad():
+                    kern = ComponentKernels(self.model, spec, rotary)
+                    kern.verify(self.resid_pre, self.mlp_in, self.S_clean, lay.head_slot, lay.mlp_slot)
+                self._kernels = kern
+            except (KernelMismatch, AttributeError, RuntimeError, TypeError, IndexError) as exc:
+                self.kernel_problem = f"{type(exc).__name__}: {exc}"
+        return self._kernels
 
     # ------------------------------------------------------------------ base run
     def _set_base(self, base: dict[str, Any] | None) -> None:
@@ -332,10 +357,16 @@ class Patcher:
         if lay.has_mlp:
             hooks += [(_HOOK["mlp_out"](L), put_mlp(L)) for L in range(n)]
         hooks.append((f"blocks.{n - 1}.hook_resid_post", put_final))
+        rotary: dict[str, Tensor] = {}
+
+        def put_rotary(x, hook):
+            rotary[hook.name] = x.detach().clone()
+
+        hooks += [(name, put_rotary) for name in rotary_hooks(self.model, self.graph.spec)]
         logits = self.model.run_with_hooks(tokens, fwd_hooks=hooks)
         self.n_forward += 1
         return {"slots": slots, "resid_pre": resid_pre[:n], "resid_final": resid_pre[n], "mlp_in": mlp_in,
-                "logits": logits}  # fmt: skip
+                "logits": logits, "rotary": rotary}  # fmt: skip
 
     def _answer_logits(self, x: Float[Tensor, "k batch pos dim"]) -> Float[Tensor, "k batch n_ans dim"]:
         """``x`` (logits or residuals) at the task's answer positions."""

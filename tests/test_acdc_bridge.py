@@ -46,14 +46,26 @@ def test_patched_extremes(bridge_patcher):
     torch.testing.assert_close(none, p.model(p.data.corrupted), rtol=0, atol=1e-8)
 
 
-def test_fast_equals_reference(bridge_patcher):
+@pytest.mark.parametrize("sparse", [True, False], ids=["components", "layers"])
+def test_fast_equals_reference(bridge_patcher, sparse):
     _, p = bridge_patcher
     for threshold in (1e-5, 3e-4):
         ref = acdc_reference(p, threshold)
-        fast = acdc_fast(p, threshold)
+        fast = acdc_fast(p, threshold, sparse=sparse)
+        assert fast.stats["fast_path"] == ("components" if sparse else "layers")
         np.testing.assert_array_equal(fast.alive, ref.alive)
         np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-7, atol=1e-10)
     assert 0 < ref.alive.sum() < p.graph.n_edges
+
+
+def test_component_kernels_reproduce_the_model(bridge_patcher):
+    name, p = bridge_patcher
+    kern = p.kernels()
+    assert kern is not None, p.kernel_problem
+    assert bool(kern.rotary) == (name == "llama-gqa")  # the Llama's rotary cos/sin were captured
+    lay = p.layout
+    err = kern.verify(p.resid_pre, p.mlp_in, p.S_clean, lay.head_slot, lay.mlp_slot)
+    assert err < 1e-7  # float64; the Llama differs by ~3e-9 (its rotary tables are float32)
 
 
 @pytest.fixture(scope="module", params=["gpt2", "llama-gqa"])

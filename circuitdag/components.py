@@ -1,0 +1,170 @@
+"""One attention head or one MLP evaluated on its own, from its inputs.
+
+The sparse fast path of ACDC (:mod:`circuitdag.recompute`) recomputes only the
+components a candidate circuit changes. A model's blocks compute all heads of a layer at
+once; :class:`ComponentKernels` computes a chosen set of heads (or one MLP) from their
+own inputs, which in a patched pass differ from head to head:
+
+* a head's result (``blocks.L.attn.hook_result[:, :, h]``) from its query input and the
+  key/value inputs of its key/value head, each a residual stream taken before LayerNorm
+  (``hook_q_input`` / ``hook_k_input`` / ``hook_v_input``): LayerNorm, the head's
+  ``W_Q``/``W_K``/``W_V`` (+ biases), rotary embeddings (the model's own ``cos``/``sin``,
+  captured from its rotary hooks), causal (or, for tracr, unmasked) softmax attention and
+  ``W_O``;
+* an MLP's output (``hook_mlp_out``) from ``hook_mlp_in``: the block's own ``ln2`` and
+  ``mlp`` modules.
+
+Nothing here is trusted blindly: :meth:`ComponentKernels.verify` recomputes every head and
+MLP of the clean run and compares with the model's hooks; a model on which any component
+differs (an architecture these kernels do not know) is refused with the reason, and ACDC
+falls back to its layer-by-layer fast path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitdag.graph import ModelSpec
+
+
+class KernelMismatch(Exception):
+    """The kernels do not reproduce the model's own computation (message says where)."""
+
+
+def _param(module: Any, name: str) -> Tensor | None:
+    try:
+        value = getattr(module, name)
+    except AttributeError:  # a bridge raises for bias-free projections
+        return None
+    return value if isinstance(value, Tensor) else None
+
+
+class ComponentKernels:
+    """Per-head and per-MLP evaluation of ``model`` (a ``TinyTransformer`` or a
+    ``TransformerBridge``); see the module docstring.
+
+    ``rotary`` maps a layer to its ``(cos, sin)`` (``1 pos rotary_dim``, Hugging Face's
+    rotate-half convention), captured from ``blocks.L.attn.hook_cos``/``hook_sin``; empty
+    for models without rotary embeddings.
+    """
+
+    def __init__(self, model: Any, spec: ModelSpec, rotary: dict[int, tuple[Tensor, Tensor]] | None = None) -> None:
+        self.model = model
+        self.spec = spec
+        self.rotary = rotary or {}
+        cfg = model.cfg
+        d_head = int(cfg.d_head)
+        scale = float(getattr(cfg, "attn_scale", -1.0) or -1.0)
+        self.scale = 1.0 / (scale if scale > 0 else math.sqrt(d_head))
+        self.W: list[dict[str, Tensor | None]] = []
+        for L in range(spec.n_layers):
+            attn = model.blocks[L].attn
+            self.W.append({name: _param(attn, name) for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")})
+            for name in ("W_Q", "W_K", "W_V", "W_O"):
+                if self.W[L][name] is None:
+                    raise KernelMismatch(f"blocks.{L}.attn has no {name}")
+
+    # ------------------------------------------------------------------ attention
+    def _project(self, L: int, which: str, x: Tensor, heads: Tensor) -> Tensor:
+        """``x`` (``n pos d_model``, before LayerNorm) through LayerNorm and the ``which``
+        projection of ``heads`` -> ``n pos heads d_head`` (rotated for q and k)."""
+        w = self.W[L]
+        ln = self.model.blocks[L].ln1(x)
+        out = torch.einsum("npd,hde->nphe", ln, w[f"W_{which}"][heads])  # type: ignore[index]
+        b = w[f"b_{which}"]
+        if b is not None:
+            out = out + b[heads]
+        if which != "V" and L in self.rotary:
+            out = self._rotate(out, *self.rotary[L])
+        return out
+
+    @staticmethod
+    def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        r = cos.shape[-1]
+        cos, sin = cos[0, :, None, :], sin[0, :, None, :]  # pos 1 r
+        rot, rest = x[..., :r], x[..., r:]
+        half = r // 2
+        turned = torch.cat([-rot[..., half:], rot[..., :half]], dim=-1)
+        out = rot * cos.to(x.dtype) + turned * sin.to(x.dtype)
+        return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
+
+    def queries(self, L: int, heads: Sequence[int], x: Float[Tensor, "n pos d_model"]) -> Tensor:
+        """Rotated queries of ``heads`` from one shared query input: ``n pos heads d_head``."""
+        return self._project(L, "Q", x, torch.as_tensor(list(heads), device=x.device))
+
+    def query_per_head(self, L: int, heads: Sequence[int], xs: Sequence[Tensor]) -> Tensor:
+        """Queries of ``heads``, head ``heads[i]`` reading its own input ``xs[i]``."""
+        return torch.cat([self.queries(L, [h], x) for h, x in zip(heads, xs)], dim=2)
+
+    def keys_values(self, L: int, kv: int, xk: Tensor, xv: Tensor) -> tuple[Tensor, Tensor]:
+        """Rotated keys and values of key/value head ``kv``: two ``n pos d_head``."""
+        g = torch.as_tensor([kv], device=xk.device)
+        return self._project(L, "K", xk, g)[:, :, 0], self._project(L, "V", xv, g)[:, :, 0]
+
+    def attend(
+        self, L: int, heads: Sequence[int], q: Float[Tensor, "n pos heads d_head"],
+        k: Float[Tensor, "n pos heads d_head"], v: Float[Tensor, "n pos heads d_head"],
+    ) -> Float[Tensor, "n pos heads d_model"]:  # fmt: skip
+        """Each head's result (its write to the residual stream, ``hook_result``)."""
+        scores = torch.einsum("nqhe,nkhe->nhqk", q, k) * self.scale
+        if self.spec.causal:
+            P = scores.shape[-1]
+            mask = torch.ones(P, P, dtype=torch.bool, device=scores.device).triu(1)
+            scores = scores.masked_fill(mask, float("-inf"))
+        z = torch.einsum("nhqk,nkhe->nqhe", scores.softmax(-1), v)
+        W_O = self.W[L]["W_O"][torch.as_tensor(list(heads), device=q.device)]  # type: ignore[index]
+        return torch.einsum("nqhe,hed->nqhd", z, W_O)
+
+    def mlp(self, L: int, x: Float[Tensor, "n pos d_model"]) -> Float[Tensor, "n pos d_model"]:
+        """The MLP's output (``hook_mlp_out``) from its input (``hook_mlp_in``)."""
+        block = self.model.blocks[L]
+        return block.mlp(block.ln2(x))
+
+    # ------------------------------------------------------------------ checks
+    @torch.no_grad()
+    def verify(self, resid_pre: Sequence[Tensor], mlp_in: Sequence[Tensor], slots: Tensor, head_slot, mlp_slot) -> float:
+        """Recompute every head and MLP of a run whose inputs are unpatched
+        (``resid_pre[L]``, ``mlp_in[L]``: ``batch pos d_model``) and compare with its sender
+        outputs ``slots`` (``batch pos slot d_model``; ``head_slot(L, h)``/``mlp_slot(L)``
+        index them). Returns the largest difference; raises :class:`KernelMismatch` naming
+        the first component that differs by more than sqrt(eps) relative."""
+        spec, worst = self.spec, 0.0
+        heads = list(range(spec.n_heads))
+        for L in range(spec.n_layers):
+            x = resid_pre[L]
+            q = self.queries(L, heads, x)
+            kvs = [self.keys_values(L, g, x, x) for g in range(spec.n_kv_heads)]
+            k = torch.stack([kvs[spec.kv_head(h)][0] for h in heads], dim=2)
+            v = torch.stack([kvs[spec.kv_head(h)][1] for h in heads], dim=2)
+            got = self.attend(L, heads, q, k, v)
+            want = slots[:, :, head_slot(L, 0) : head_slot(L, 0) + spec.n_heads]
+            worst = max(worst, _compare(got, want, f"head results of layer {L}"))
+            if not spec.attn_only:
+                got = self.mlp(L, mlp_in[L])
+                worst = max(worst, _compare(got, slots[:, :, mlp_slot(L)], f"MLP output of layer {L}"))
+        return worst
+
+
+def _compare(got: Tensor, want: Tensor, what: str) -> float:
+    err = (got - want).abs().max().item() if want.numel() else 0.0
+    tol = torch.finfo(want.dtype).eps ** 0.5 * (1.0 + want.abs().max().item())
+    if not err <= tol:
+        raise KernelMismatch(f"{what} differ from the model's hooks by {err:.3g} (tolerance {tol:.3g})")
+    return err
+
+
+def rotary_hooks(model: Any, spec: ModelSpec) -> list[str]:
+    """Names of the rotary ``cos``/``sin`` hooks the model has (empty without rotary)."""
+    names = []
+    for L in range(spec.n_layers):
+        for x in ("cos", "sin"):
+            name = f"blocks.{L}.attn.hook_{x}"
+            if name in getattr(model, "hook_dict", {}):
+                names.append(name)
+    return names

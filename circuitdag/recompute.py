@@ -1,0 +1,234 @@
+"""Exact candidate evaluation that recomputes only what a candidate changes (DESIGN.md,
+"Recompute only what a candidate changes").
+
+A candidate circuit differs from the current circuit ``C`` in the inputs of one
+destination node ``d``. In the patched pass of ``C`` every destination input is
+
+    input[row] = const + sum over present edges (s -> row) of S_now[s]
+                       + sum over absent edges of S_corrupted[s],
+
+so when a candidate changes some senders' outputs by ``dS``, an input changes by the sum
+of ``dS`` over its *present* edges only. :class:`SparseFastPath` keeps the run of ``C``
+(every sender's output ``S[s]`` and every destination input ``I[row]``) and evaluates K
+nested candidates as one batch:
+
+1. ``d``'s inputs: ``I[row] - sum of (S[s] - S_corrupted[s])`` over the edges the
+   candidate removes;
+2. in topological order, each node that is downstream of ``d`` through present edges and
+   still reaches ``logits`` (in a sparse circuit, a handful) gets ``I[row] + sum dS``
+   over its present edges from changed senders and is recomputed on its own
+   (:class:`~circuitdag.components.ComponentKernels`: one head, or one MLP);
+3. the final residual stream ``I[logits] + sum dS`` over present edges into ``logits`` is
+   unembedded at the answer positions only, and the metric taken.
+
+Nodes that do not reach ``logits`` are never recomputed: no present edge carries their
+output to a node that matters. When ACDC accepts a candidate, its recomputed inputs and
+outputs become the new run of ``C`` (:meth:`SparseFastPath.commit`). Everything upstream of
+``d`` keeps its value because ACDC visits destinations in reverse topological order.
+
+Plain graphs only (no positions); position-aware graphs use the layer-by-layer fast path
+(:meth:`circuitdag.patching.Patcher.candidate_metrics`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from circuitdag.components import ComponentKernels
+from circuitdag.graph import Input, NodeKind
+from circuitdag.patching import Patcher
+
+
+@dataclass
+class _Pending:
+    """What :meth:`SparseFastPath.evaluate` computed, for :meth:`SparseFastPath.commit`."""
+
+    rows: dict[int, Tensor] = field(default_factory=dict)  # row -> k batch pos d
+    slots: dict[int, Tensor] = field(default_factory=dict)  # slot -> k batch pos d
+    removed: list[tuple[int, int]] = field(default_factory=list)  # (row, slot) per candidate step
+
+
+class SparseFastPath:
+    """The run of the current circuit and the sparse evaluation of candidates (module
+    docstring). ``alive``: the circuit ACDC starts from (every edge, or a prefiltered
+    start). Counts component evaluations in ``patcher.n_layer_evals``-compatible units
+    (:attr:`component_evals`)."""
+
+    def __init__(self, patcher: Patcher, kernels: ComponentKernels, alive: np.ndarray) -> None:
+        if patcher.positional:
+            raise ValueError("SparseFastPath works on graphs without positions")
+        self.p, self.kernels = patcher, kernels
+        graph, lay, spec = patcher.graph, patcher.layout, patcher.graph.spec
+        self.graph, self.lay, self.spec = graph, lay, spec
+        self.component_evals = 0
+        exists = patcher.exists[:, 0, 0].cpu().numpy() != 0  # rows slots
+        self.present = exists.copy()
+        dead = ~np.asarray(alive, dtype=bool)
+        self.present[lay.edge_row[dead], lay.edge_slot[dead]] = False
+        # The run of the starting circuit: sender outputs and unpatched residual streams.
+        if not dead.any():
+            slots, resid_pre, mlp_in, final = patcher.S_clean, patcher.resid_pre, patcher.mlp_in, patcher.resid_final
+        else:
+            raw: dict[str, Any] = {}
+            patcher._full_pass(patcher.absent_matrix(alive), raw=raw, sparse=True)
+            slots, resid_pre, mlp_in, final = raw["slots"], raw["resid_pre"], raw["mlp_in"], raw["resid_final"]
+        self.S: list[Tensor] = [slots[:, :, s] for s in range(lay.n_slots)]
+        self.S_corr: list[Tensor] = [patcher.S_corr[:, :, s] for s in range(lay.n_slots)]
+        # Destination inputs of the current circuit: the unpatched stream minus the
+        # deltas of absent senders (shared tensors while nothing is absent).
+        self.I: list[Tensor] = []
+        for r in range(lay.n_rows):
+            L, kind = self._row_layer_kind(r)
+            base = final if kind == Input.RESID else (mlp_in[L] if kind == Input.MLP else resid_pre[L])
+            gone = np.flatnonzero(exists[r] & ~self.present[r])
+            if len(gone):
+                base = base - sum(self.S[s] - self.S_corr[s] for s in gone.tolist())
+            self.I.append(base)
+        self._kv: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        self._pending: _Pending | None = None
+        self._affected: dict[int, list[int]] = {}
+
+    # ------------------------------------------------------------------ structure
+    def _row_layer_kind(self, r: int) -> tuple[int, Input]:
+        lay = self.lay
+        if r == lay.n_rows - 1:
+            return lay.n_layers, Input.RESID
+        L, i = divmod(r, lay.per_layer_rows)
+        if i < lay.n_heads:
+            return L, Input.Q
+        if i < lay.n_heads + lay.n_kv:
+            return L, Input.K
+        if i < lay.n_heads + 2 * lay.n_kv:
+            return L, Input.V
+        return L, Input.MLP
+
+    def _head_rows(self, L: int, h: int) -> tuple[int, int, int]:
+        lay, g = self.lay, self.spec.kv_head(h)
+        return lay.rows(L, Input.Q).start + h, lay.rows(L, Input.K).start + g, lay.rows(L, Input.V).start + g
+
+    def affected(self, dest: int, alive: np.ndarray) -> list[int]:
+        """Nodes a change at ``dest`` can reach through present edges and that still reach
+        ``logits`` (``dest`` first), in topological order; fixed while ACDC decides
+        ``dest``, since only edges into ``dest`` change then."""
+        hit = self._affected.get(dest)
+        if hit is None:
+            reach = self.graph.reach
+            down = reach.reached_from_source(alive, dest) & reach.reaches_sink(alive, self.graph.sink)
+            hit = self._affected[dest] = np.flatnonzero(down).tolist()
+        return hit
+
+    def forget_affected(self) -> None:
+        self._affected.clear()
+
+    # ------------------------------------------------------------------ evaluation
+    def _delta(self, s: int) -> Tensor:
+        return self.S[s] - self.S_corr[s]
+
+    def _kv_current(self, L: int, g: int) -> tuple[Tensor, Tensor]:
+        hit = self._kv.get((L, g))
+        if hit is None:
+            _, rk, rv = self._head_rows(L, self.spec.query_heads(g)[0])
+            hit = self._kv[(L, g)] = self.kernels.keys_values(L, g, self.I[rk], self.I[rv])
+            self.component_evals += 1
+        return hit
+
+    @torch.no_grad()
+    def evaluate(self, dest: int, edges: np.ndarray, alive: np.ndarray) -> Tensor:
+        """Metric of the K nested candidates "current circuit minus ``edges[:j+1]``"
+        (``edges`` all into ``dest``, alive in the current circuit): a tensor of K values.
+        ``alive`` is the current circuit (for the affected set)."""
+        lay, k = self.lay, len(edges)
+        rows_e, slots_e = lay.edge_row[edges], lay.edge_slot[edges]
+        pend = _Pending(removed=list(zip(rows_e.tolist(), slots_e.tolist())))
+        dev, dt = self.p.device, self.p.dtype
+        steps = torch.arange(k, device=dev)
+        for r in np.unique(rows_e).tolist():
+            idx = np.flatnonzero(rows_e == r)
+            W = (steps[:, None] >= torch.as_tensor(idx, device=dev)[None, :]).to(dt)  # k n
+            D = torch.stack([self._delta(s) for s in slots_e[idx].tolist()])  # n batch pos d
+            pend.rows[r] = self.I[r].unsqueeze(0) - torch.einsum("jn,nbpd->jbpd", W, D)
+        deltas: dict[int, Tensor] = {}  # slot -> k batch pos d, new minus current output
+        sink_row = lay.n_rows - 1
+
+        def row_input(r: int) -> Tensor | None:
+            """The candidates' input of row ``r`` if it differs from the current one."""
+            got = pend.rows.get(r)
+            if got is not None:
+                return got
+            senders = [s for s in deltas if self.present[r, s]]
+            if not senders:
+                return None
+            got = self.I[r].unsqueeze(0) + sum(deltas[s] for s in senders)
+            pend.rows[r] = got
+            return got
+
+        def batch(x: Tensor) -> Tensor:  # k batch pos d (or batch pos d) -> (k batch) pos d
+            return x.expand(k, *x.shape[-3:]).reshape(-1, *x.shape[-2:])
+
+        B, P, d = self.I[0].shape
+        for u in self.affected(dest, alive):
+            node = self.graph.nodes[u]
+            if node.kind == NodeKind.MLP:
+                x = row_input(lay.rows(node.layer, Input.MLP).start)
+                if x is None:
+                    continue
+                out = self.kernels.mlp(node.layer, batch(x)).reshape(k, B, P, d)
+                self.component_evals += k
+                s = lay.mlp_slot(node.layer)
+                pend.slots[s], deltas[s] = out, out - self.S[s]
+            elif node.kind == NodeKind.HEAD:
+                L, h = node.layer, node.head
+                rq, rk, rv = self._head_rows(L, h)
+                xq, xk, xv = row_input(rq), row_input(rk), row_input(rv)
+                if xq is None and xk is None and xv is None:
+                    continue
+                kern = self.kernels
+                q = kern.queries(L, [h], batch(xq) if xq is not None else self.I[rq])
+                if xk is None and xv is None:
+                    kc, vc = self._kv_current(L, self.spec.kv_head(h))
+                    kk, vv = kc, vc
+                else:
+                    kk, vv = kern.keys_values(L, self.spec.kv_head(h), batch(self.I[rk] if xk is None else xk),
+                                              batch(self.I[rv] if xv is None else xv))  # fmt: skip
+                q, kk, vv = _rep(q, k, B), _rep(kk, k, B), _rep(vv, k, B)
+                out = kern.attend(L, [h], q, kk.unsqueeze(2), vv.unsqueeze(2))[:, :, 0].reshape(k, B, P, d)
+                self.component_evals += k
+                s = lay.head_slot(L, h)
+                pend.slots[s], deltas[s] = out, out - self.S[s]
+            # KV nodes are no senders: their inputs are read by the heads of their group.
+        final = row_input(sink_row)
+        if final is None:
+            final = self.I[sink_row].unsqueeze(0).expand(k, B, P, d)
+        self._pending = pend
+        p = self.p
+        return p.metric_of_answer_logits(p._unembed_answers(final))
+
+    def commit(self, n_accepted: int) -> None:
+        """Make candidate ``n_accepted`` (1-based; its first ``n_accepted`` removals) of the
+        last :meth:`evaluate` the current circuit; 0 keeps the current one."""
+        pend, self._pending = self._pending, None
+        if pend is None or n_accepted == 0:
+            return
+        j = n_accepted - 1
+        for r, x in pend.rows.items():
+            self.I[r] = x[j].clone()
+            L, kind = self._row_layer_kind(r)
+            if kind in (Input.K, Input.V):
+                g = r - self.lay.rows(L, kind).start
+                self._kv.pop((L, g), None)
+        for s, x in pend.slots.items():
+            self.S[s] = x[j].clone()
+        for r, s in pend.removed[:n_accepted]:
+            self.present[r, s] = False
+
+
+def _rep(x: Tensor, k: int, B: int) -> Tensor:
+    """``batch ...`` (one value for every candidate) or ``(k batch) ...`` -> ``(k batch) ...``."""
+    if x.shape[0] == k * B:
+        return x
+    return x.unsqueeze(0).expand(k, *x.shape).reshape(k * B, *x.shape[1:])
