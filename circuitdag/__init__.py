@@ -26,3 +26,5 @@ from circuitdag.graph import Positions as Positions
 from circuitdag.io import load_circuit as load_circuit
 from circuitdag.models import load_model as load_model
 from circuitdag.patching import Patcher as Patcher
+from circuitdag.tasks import Task as Task
+from circuitdag.tasks import TaskData as TaskData

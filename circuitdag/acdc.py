@@ -485,7 +485,8 @@ def run_acdc(
     if algorithm == "acdc-reference":
         state = acdc_reference(patcher, threshold, progress=progress, start=start)
     else:
-        info = {k: (meta or {}).get(k) for k in ("task", "model", "metric", "ablation", "seed", "positions")}
+        info = {k: (meta or {}).get(k) for k in ("task", "model", "metric", "ablation", "seed", "positions",
+                                                  "n_prompts")}  # fmt: skip
         info["prefilter"] = None if pre is None else f"{pre[0]}:{pre[1]}:{ig_steps}"
         state = acdc_fast(patcher, threshold, progress=progress, checkpoint=checkpoint, resume=resume,
                           k_max=k_max, run_info=info, checkpoint_every=checkpoint_every, start=start,
@@ -515,6 +516,42 @@ def run_acdc(
     return Circuit(patcher.graph, state.alive, state.scores, out_meta)
 
 
+def metric_gap(patcher: Patcher) -> float:
+    """``m_corrupted - m_full``: the metric with every edge removed (every sender's output
+    taken from the corrupted run, or zero / mean) minus the full model's. The scale of the
+    task's metric on this model, which a relative threshold is a fraction of."""
+    n = patcher.graph.n_edges
+    return patcher.circuit_metric(np.zeros(n, dtype=bool)) - patcher.circuit_metric(np.ones(n, dtype=bool))
+
+
+def resolve_threshold(
+    patcher: Patcher, task: Any, threshold: float | None = None, relative: float | None = None
+) -> tuple[float, dict[str, Any]]:
+    """The threshold in metric units, and what to record about it.
+
+    ``threshold`` is used as given; ``relative`` means ``relative * |m_corrupted - m_full|``
+    (:func:`metric_gap`), the same fraction of the metric's scale on any model; with
+    neither, the task's ``default_relative_threshold`` if it has one, else its
+    ``default_threshold``. Raises ConfigError for both, or a relative threshold on a
+    task whose full and corrupted metric are equal."""
+    if threshold is not None and relative is not None:
+        raise ConfigError("give either a threshold (metric units) or a relative threshold, not both")
+    if threshold is None and relative is None:
+        relative = getattr(task, "default_relative_threshold", None)
+        if relative is None:
+            return _check_threshold(task.default_threshold), {}
+    if relative is None:
+        return _check_threshold(threshold), {}  # type: ignore[arg-type]
+    if isinstance(relative, bool) or not isinstance(relative, (int, float)) or not relative >= 0:
+        raise ConfigError(f"the relative threshold must be a number >= 0, got {relative!r}")
+    gap = metric_gap(patcher)
+    if not math.isfinite(gap) or gap == 0:
+        raise ConfigError(f"a relative threshold needs a metric gap, but the full model and the fully corrupted "
+                          f"one score the same ({gap:.3g}); give --threshold in metric units, or corrupted "
+                          "prompts that change the answer")  # fmt: skip
+    return float(relative) * abs(gap), {"relative_threshold": float(relative), "metric_gap": gap}
+
+
 def acdc(
     model: Any,
     task: Any,
@@ -527,20 +564,31 @@ def acdc(
     progress: bool = False,
     checkpoint: str | Path | None = None,
     resume: bool = False,
+    relative_threshold: float | None = None,
+    n_prompts: int | None = None,
 ) -> Circuit:
     """Find the circuit of ``task`` in ``model`` with ACDC.
 
-    ``task`` is a :class:`~circuitdag.tasks.Task` or a registered task name; unset
-    options take the task's defaults.
+    ``model`` is a loaded model or a name for :func:`circuitdag.load_model` (zoo name,
+    ``smollm2-135m``, Hugging Face name or local directory); ``task`` a
+    :class:`~circuitdag.tasks.Task` or a registered task name. ``threshold`` is in metric
+    units; ``relative_threshold`` a fraction of the full-vs-corrupted metric gap
+    (:func:`resolve_threshold`); unset options take the task's defaults. ``n_prompts``
+    sets the number of prompts (:func:`circuitdag.tasks.load_data`).
     """
     from circuitdag.tasks import get_task
 
     if isinstance(task, str):
         task = get_task(task)
-    patcher, meta = prepare(model, task, metric=metric, ablation=ablation, seed=seed, positions=positions)
-    thr = task.default_threshold if threshold is None else threshold
+    if isinstance(model, (str, Path)):
+        from circuitdag.models import load_model
+
+        model = load_model(str(model))
+    patcher, meta = prepare(model, task, metric=metric, ablation=ablation, seed=seed, positions=positions,
+                            n_prompts=n_prompts)  # fmt: skip
+    thr, recorded = resolve_threshold(patcher, task, threshold, relative_threshold)
     return run_acdc(patcher, thr, algorithm=algorithm, progress=progress, checkpoint=checkpoint,
-                    resume=resume, meta=meta)  # fmt: skip
+                    resume=resume, meta={**meta, **recorded})  # fmt: skip
 
 
 def position_layout(data: TaskData, spec: ModelSpec) -> tuple[TaskData, Positions]:
@@ -558,27 +606,31 @@ def position_layout(data: TaskData, spec: ModelSpec) -> tuple[TaskData, Position
 
 
 def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | None = None,
-            seed: int = 0, positions: bool = False) -> tuple[Patcher, dict[str, Any]]:  # fmt: skip
+            seed: int = 0, positions: bool = False,
+            n_prompts: int | None = None) -> tuple[Patcher, dict[str, Any]]:  # fmt: skip
     """Build the graph and the cached runs for ``task`` on ``model``; returns the
     :class:`Patcher` and the identity fields every saved result records. With
-    ``positions`` the graph is position-aware (DESIGN.md)."""
+    ``positions`` the graph is position-aware (docs/positions.md); ``n_prompts`` sets the
+    number of prompts (:func:`circuitdag.tasks.load_data`)."""
     from circuitdag import __version__
+    from circuitdag.metrics import STORED_AS, resolve_metric
     from circuitdag.models import spec_of
+    from circuitdag.tasks.base import load_data
 
     metric = metric or task.default_metric
     ablation = ablation or task.default_ablation
-    task_metric = task.metric()
-    data = task.data(model, seed=seed)
+    metric_fn = resolve_metric(task, metric)
+    data = load_data(task, model, seed=seed, n_prompts=n_prompts)
     spec = spec_of(model)
     layout = None
     if positions:
         data, layout = position_layout(data, spec)
-    patcher = Patcher(model, Graph(spec, layout), data, ablation=ablation,
-                      metric=task_metric if (metric == "task" and task_metric) else metric)  # fmt: skip
+    patcher = Patcher(model, Graph(spec, layout), data, ablation=ablation, metric=metric_fn)
     meta = {
         "task": task.name,
         "model": getattr(getattr(model, "cfg", None), "model_name", type(model).__name__),
         "metric": metric,
+        "metric_stored_as": STORED_AS.get(metric, "the task's metric") + " (lower is closer to the full model)",
         "ablation": patcher.ablation.value,
         "seed": seed,
         "n_prompts": data.n_prompts,

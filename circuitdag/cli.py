@@ -19,13 +19,13 @@ from circuitdag.errors import CircuitDagError, ConfigError
 log = logging.getLogger("circuitdag")
 
 DEFAULT_TASK = "tracr-reverse"
-DTYPES = ("float32", "float64")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
 
 
 def _dtype(name: str):
     import torch
 
-    return {"float32": torch.float32, "float64": torch.float64}[name]
+    return getattr(torch, name)
 
 
 def _writable_dir(path: str) -> Path:
@@ -41,42 +41,71 @@ def _writable_dir(path: str) -> Path:
 
 
 @overload
-def _threshold(text: str) -> float: ...
+def _threshold(text: str, flag: str = ...) -> float: ...
 @overload
-def _threshold(text: None) -> None: ...
-def _threshold(text: str | None) -> float | None:
+def _threshold(text: None, flag: str = ...) -> None: ...
+def _threshold(text: str | None, flag: str = "--threshold") -> float | None:
     if text is None:
         return None
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"--threshold must be a number, got {text!r}") from None
+        raise ConfigError(f"{flag} must be a number, got {text!r}") from None
     if not value >= 0:
-        raise ConfigError(f"--threshold must be >= 0, got {text}")
+        raise ConfigError(f"{flag} must be >= 0, got {text}")
     return value
+
+
+def _task(args: argparse.Namespace) -> Any:
+    """The task of a run: ``--prompts FILE`` (with ``--model``) or ``--task NAME``."""
+    from circuitdag.tasks import Task, get_task
+
+    prompts = getattr(args, "prompts", None)
+    if prompts:
+        if args.task:
+            raise ConfigError("give either --task NAME or --prompts FILE, not both")
+        if not args.model:
+            raise ConfigError("--prompts needs --model NAME_OR_DIR, the model the prompts are for "
+                              "(a Hugging Face directory, a hub name, a zoo name or smollm2-135m)")  # fmt: skip
+        return Task.from_prompts(prompts)
+    return get_task(args.task or DEFAULT_TASK)
+
+
+def _silence_loading_bars() -> None:
+    """Turn off the progress bars Hugging Face libraries draw while loading (``-q``)."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        pass
 
 
 def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
 
-    from circuitdag.metrics import get_metric
+    from circuitdag.metrics import resolve_metric
     from circuitdag.models import load_model
     from circuitdag.patching import Ablation
-    from circuitdag.tasks import get_task
 
     threads = getattr(args, "threads", None) or default_threads()
     if threads < 1:
         raise ConfigError(f"--threads must be >= 1, got {threads}")
+    if getattr(args, "n_prompts", None) is not None and args.n_prompts < 1:
+        raise ConfigError(f"--n-prompts must be >= 1, got {args.n_prompts}")
     torch.set_num_threads(threads)
     log.info("using %d torch threads", threads)
-    task = get_task(args.task)
-    if args.metric and args.metric != "task":
-        get_metric(args.metric)  # fail before loading the model
+    task = _task(args)
+    resolve_metric(task, args.metric)  # fail before loading the model
     if args.ablation:
         Ablation.parse(args.ablation)
     dtype = _dtype(args.dtype)
+    quiet = getattr(args, "quiet", False)
+    if quiet:
+        _silence_loading_bars()
     with _phase(f"loading {getattr(args, 'model', None) or task.default_model or 'the model'} "
-                f"({threads} torch threads)", getattr(args, "quiet", False)):  # fmt: skip
+                f"({threads} torch threads)", quiet):  # fmt: skip
         if getattr(args, "model", None):
             model = load_model(args.model, device=args.device, dtype=dtype)
         else:
@@ -136,11 +165,15 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
-    from circuitdag.acdc import ALGORITHMS, parse_prefilter, prepare, run_acdc
+    from circuitdag.acdc import ALGORITHMS, parse_prefilter, prepare, resolve_threshold, run_acdc
     from circuitdag.attribution import attribution_circuit
 
-    out = _writable_dir(args.out or f"runs/{args.task}")
+    out = _writable_dir(args.out or (f"runs/{Path(args.prompts).stem}" if args.prompts else f"runs/{args.task or DEFAULT_TASK}"))
     threshold = _threshold(args.threshold)
+    relative = _threshold(args.relative_threshold, "--relative-threshold")
+    if threshold is not None and relative is not None:
+        raise ConfigError("give either --threshold (metric units) or --relative-threshold (a fraction of the "
+                          "full-vs-corrupted metric gap), not both")  # fmt: skip
     attribution = args.algorithm not in ALGORITHMS
     if attribution and args.prefilter:
         raise ConfigError("--prefilter goes with --algorithm acdc; an attribution circuit is already a prefilter")
@@ -151,47 +184,76 @@ def cmd_discover(args: argparse.Namespace) -> int:
         raise ConfigError(f"--edges must be >= 0, got {args.edges}")
     if args.batch_size is not None and args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if attribution and args.edges is not None and threshold is not None:
+    if attribution and args.edges is not None and (threshold is not None or relative is not None):
         raise ConfigError("give either --edges N or --threshold X for an attribution circuit, not both")
     parse_prefilter(args.prefilter)  # fail before loading the model
     if args.ig_steps < 1:
         raise ConfigError(f"--ig-steps must be >= 1, got {args.ig_steps}")
+    checkpoint = out / "checkpoint.json"
+    if args.resume and not checkpoint.exists() and not attribution and args.algorithm == "acdc":
+        print(f"circuitdag: --resume: there is no {checkpoint} to resume from (a run deletes it when it "
+              f"finishes, and writes the first one after --checkpoint-every={args.checkpoint_every:g}s); "
+              "starting from the beginning", file=sys.stderr)  # fmt: skip
     task, model = _load(args)
     with _phase("caching the clean and corrupted runs", args.quiet):
         patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed,
-                                positions=args.positions)  # fmt: skip
+                                positions=args.positions, n_prompts=args.n_prompts)  # fmt: skip
     meta.update(_run_facts(args))
     if attribution:
         n_edges = args.edges
+        if relative is not None:
+            threshold, recorded = resolve_threshold(patcher, task, None, relative)
+            meta.update(recorded)
         if n_edges is None and threshold is None:
             n_edges = default_attribution_edges(patcher.graph.n_edges)
         circuit = attribution_circuit(patcher, args.algorithm, args.ig_steps, n_edges=n_edges, threshold=threshold,
                                       batch_size=args.batch_size, progress=not args.quiet, meta=meta)  # fmt: skip
     else:
-        threshold = task.default_threshold if threshold is None else threshold
+        threshold, recorded = resolve_threshold(patcher, task, threshold, relative)
+        meta.update(recorded)
         circuit = run_acdc(patcher, threshold, algorithm=args.algorithm, progress=not args.quiet,
-                           checkpoint=out / "checkpoint.json", resume=args.resume, k_max=args.k_max,
+                           checkpoint=checkpoint, resume=args.resume, k_max=args.k_max,
                            checkpoint_every=args.checkpoint_every, meta=meta, prefilter=args.prefilter,
                            ig_steps=args.ig_steps)  # fmt: skip
     circuit.meta["stats"]["peak_memory_gb"] = round(peak_memory_gb(), 3)
     circuit.save(out / "circuit.json")
     circuit.to_svg(out / "circuit.svg")
     (out / "checkpoint.json").unlink(missing_ok=True)
+    print(summary_line(circuit, task.name, out))
+    return 0
+
+
+def _num(x: float | None) -> str:
+    """A metric value for the summary: 4 significant digits; never rounds a nonzero to 0."""
+    return "n/a" if x is None else "0" if x == 0 else f"{x:.4g}"
+
+
+def summary_line(circuit: Any, task_name: str, out: Path) -> str:
+    """The one line ``discover`` prints: size, threshold, the three metric values (with what
+    they are: every metric is stored as "lower is closer to the full model", so
+    ``logit_diff`` and ``prob`` appear negated), faithfulness, time, memory, files."""
+    from circuitdag.metrics import STORED_AS
+
+    m = circuit.meta
     f = circuit.faithfulness()
     used, total = circuit.head_positions()
-    st = circuit.meta["stats"]
-    pre = circuit.meta.get("prefilter")
-    print(
-        f"{task.name} ({circuit.meta['algorithm']}"
+    st = m["stats"]
+    pre = m.get("prefilter")
+    thr = m.get("threshold")
+    rel = m.get("relative_threshold")
+    quantity = STORED_AS.get(m["metric"], "the task's metric")
+    return (
+        f"{task_name} ({m['algorithm']}"
         + (f", prefilter {pre['method']}:{pre['edges']}: ACDC tested {pre['tested']}, kept {pre['kept']}" if pre else "")
-        + f"): {circuit.n_edges}/{circuit.graph.n_edges} edges, {len(circuit.node_names)} nodes, "
-        f"metric {circuit.meta['metric']} full={circuit.meta['metric_full']:.4g} "
-        f"circuit={circuit.meta['metric_circuit']:.4g}"
-        + (f" faithfulness={f:.3f}" if f is not None else "")
+        + f"): {circuit.n_edges}/{circuit.graph.n_edges} edges, {len(circuit.node_names)} nodes"
+        + (f", threshold {_num(thr)}" if thr is not None else "")
+        + (f" (= {rel:g} x the metric gap)" if rel is not None else "")
+        + f"; metric {m['metric']} = {quantity}, lower is closer to the full model: full {_num(m['metric_full'])}, "
+        f"circuit {_num(m['metric_circuit'])}, corrupted {_num(m.get('metric_corrupted'))}"
+        + (f"; faithfulness {f:.3f}" if f is not None else "")
         + (f", {used}/{total} (head, position) pairs" if circuit.graph.positions is not None else "")
-        + f", {st['seconds']:.1f}s, peak memory {st['peak_memory_gb']:.2f} GB -> {out}/circuit.json, {out}/circuit.svg"
+        + f"; {st['seconds']:.1f}s, peak memory {st['peak_memory_gb']:.2f} GB -> {out}/circuit.json, {out}/circuit.svg"
     )
-    return 0
 
 
 def default_attribution_edges(n_edges: int) -> int:
@@ -265,25 +327,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_roc(args: argparse.Namespace) -> int:
     from circuitdag.acdc import prepare
-    from circuitdag.evaluate import DEFAULT_ROC_THRESHOLDS, roc_sweep, task_truth
+    from circuitdag.evaluate import DEFAULT_ROC_THRESHOLDS, plot_roc, roc_sweep, task_truth
 
     task, model = _load(args)
-    patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed)
+    patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed,
+                            n_prompts=args.n_prompts)  # fmt: skip
     truth, ignore = task_truth(task, patcher.ablation.value)
     if truth is None:
         raise ConfigError(f"task {task.name!r} has no ground truth, so there is no ROC to compute")
     thresholds = [_threshold(t) for t in args.thresholds] if args.thresholds else DEFAULT_ROC_THRESHOLDS
     res = roc_sweep(patcher, truth, ignore, thresholds, meta=meta)
     res = {"task": task.name, "ablation": patcher.ablation.value, "metric": meta["metric"], **res}
-    print(json.dumps(res if args.verbose else {k: v for k, v in res.items() if k != "points"}))
+    if args.plot:
+        res["plot"] = str(plot_roc(res, args.plot, f"{task.name}: edge ROC ({meta['metric']}, "
+                                                    f"{patcher.ablation.value} ablation)"))  # fmt: skip
+    # One point per line: the AUC first, then (threshold, edges, fpr, tpr) of every run.
+    head = {k: v for k, v in res.items() if k != "points"}
+    rows = ",\n  ".join(json.dumps(p) for p in res["points"])
+    print(json.dumps(head)[:-1] + ', "points": [\n  ' + rows + "\n]}")
     return 0
 
 
 def _add_run_options(p: argparse.ArgumentParser, task_required: bool = False) -> None:
-    p.add_argument("--task", default=None if task_required else DEFAULT_TASK, required=task_required,
-                   help=f"task name (see `circuitdag tasks`; default {DEFAULT_TASK})")  # fmt: skip
+    if task_required:
+        p.add_argument("--task", required=True, help="task name (see `circuitdag tasks`)")
+    else:
+        p.add_argument("--task", default=None, help=f"task name (see `circuitdag tasks`; default {DEFAULT_TASK})")
     p.add_argument("--model", help="model to use instead of the task's default (zoo name, hub name, local dir)")
-    p.add_argument("--metric", help="kl, logit_diff, prob, nll, l2 (default: the task's)")
+    p.add_argument("--metric", help="kl, logit_diff, prob, nll, l2, or task (the task's own metric); "
+                   "default: the task's")  # fmt: skip
+    p.add_argument("--n-prompts", type=int, default=None, metavar="N",
+                   help="number of prompts (default: the task's; a task with a fixed list uses a subset drawn "
+                   "with --seed)")  # fmt: skip
     p.add_argument("--ablation", help="resample, zero or mean (default: the task's)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
@@ -304,8 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("discover", help="find a circuit with ACDC; writes circuit.json and circuit.svg")
     _add_run_options(p)
-    p.add_argument("--threshold", help="ACDC threshold (default: the task's); with eap/eap-ig: keep edges "
-                   "with |score| >= this")
+    p.add_argument("--prompts", metavar="FILE",
+                   help="your own prompts instead of --task: a .jsonl/.json/.csv/.tsv file with clean, corrupted, "
+                   "correct and optionally wrong, positions (needs --model; see docs/own-prompts.md)")
+    p.add_argument("--threshold", help="ACDC threshold in metric units (default: the task's); with eap/eap-ig: "
+                   "keep edges with |score| >= this")
+    p.add_argument("--relative-threshold", metavar="R",
+                   help="threshold = R x |metric_corrupted - metric_full|, the same fraction of the metric's "
+                   "scale on any model (see docs/thresholds.md)")
     p.add_argument("--algorithm", default="acdc", choices=("acdc", "acdc-reference", "eap", "eap-ig"),
                    help="acdc (exact, fast), acdc-reference (exact, slow), eap or eap-ig (attribution: "
                    "the top edges by |score|)")
@@ -319,12 +400,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="prompts per attribution pass (default: what fits in about 3 GB)")
     p.add_argument("--positions", action="store_true", help="position-aware circuit")
     p.add_argument("--out", help="output directory (default runs/<task>)")
-    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.json")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/checkpoint.json (it exists only while a run is unfinished)")
     p.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
                    help="write the checkpoint at most this often (default 30)")
     p.add_argument("--k-max", type=int, default=None,
                    help="most candidate circuits per batch (default: what fits in memory)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or phase messages")
     p.set_defaults(fn=cmd_discover)
 
     p = sub.add_parser("render", help="draw a circuit.json as SVG")
@@ -336,9 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("circuit")
     p.set_defaults(fn=cmd_evaluate)
 
-    p = sub.add_parser("roc", help="sweep thresholds and print the edge ROC AUC against ground truth")
+    p = sub.add_parser("roc", help="sweep thresholds; print the edge ROC points and AUC against ground truth")
     _add_run_options(p, task_required=True)
-    p.add_argument("--thresholds", nargs="+", help="thresholds to try")
+    p.add_argument("--thresholds", nargs="+", help="thresholds to try (default: 0 and 25 from 1e-5 to 10)")
+    p.add_argument("--plot", metavar="FILE.svg", help="also draw the ROC curve to this SVG file")
     p.set_defaults(fn=cmd_roc)
     from circuitdag.mib import register_cli as register_curve_cli
     from circuitdag.sweep import register_cli

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -126,3 +127,36 @@ def roc_sweep(patcher: Any, truth: set[str], ignore: Iterable[str] = (),
         rows.append({"threshold": thr, "edges": c.n_edges, "tpr": conf.tpr, "fpr": conf.fpr,
                      "exact": conf.fp == 0 and conf.fn == 0})  # fmt: skip
     return {"auc": roc_auc(points), "points": rows}
+
+
+def plot_roc(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
+    """Draw the ROC curve of a :func:`roc_sweep` result (false positive rate across, true
+    positive rate up; the points ACDC reached, each marked, and the monotone envelope whose
+    area is the AUC) to an SVG file, with a legend."""
+    from matplotlib.figure import Figure
+
+    from circuitdag.errors import ConfigError
+
+    pts = sorted({(p["fpr"], p["tpr"]) for p in result["points"]} | {(0.0, 0.0), (1.0, 1.0)})
+    env = list(np.maximum.accumulate([y for _, y in pts]))
+    fig = Figure(figsize=(5.2, 4.6))
+    ax = fig.add_subplot()
+    ax.plot([x for x, _ in pts], env, color="#1f77b4", label=f"ROC envelope (AUC {result['auc']:.3f})")
+    ax.scatter([p["fpr"] for p in result["points"]], [p["tpr"] for p in result["points"]], color="#d62728",
+               zorder=3, s=18, label=f"ACDC at {len(result['points'])} thresholds")  # fmt: skip
+    ax.plot([0, 1], [0, 1], color="0.5", linestyle=":", linewidth=1, label="chance")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("false positive rate (edges kept that are not in the ground truth)")
+    ax.set_ylabel("true positive rate (ground-truth edges kept)")
+    ax.set_title(title or "edge ROC against the ground truth", fontsize=10)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="svg")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose another --plot") from exc
+    return path

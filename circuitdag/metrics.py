@@ -92,13 +92,43 @@ def l2(logits: Tensor, ref: MetricRef) -> Tensor:
 METRICS: dict[str, Metric] = {"kl": kl, "logit_diff": logit_diff, "prob": prob, "nll": nll, "l2": l2}
 
 
+#: What the stored metric values are, per built-in metric: every value in circuit.json and
+#: in ``discover``'s summary is this quantity (lower is closer to the full model).
+STORED_AS: dict[str, str] = {
+    "kl": "KL(full || patched)",
+    "logit_diff": "-(logit[correct] - logit[wrong])",
+    "prob": "-P(correct)",
+    "nll": "-log P(correct)",
+    "l2": "||patched - full||",
+    "task": "the task's own metric",
+}
+
+
 def get_metric(name_or_fn: str | Metric) -> Metric:
+    """The metric called ``name_or_fn`` (or the callable itself). ``"task"`` needs the task,
+    so it is resolved by :func:`resolve_metric`."""
     if callable(name_or_fn):
         return name_or_fn
     try:
         return METRICS[name_or_fn]
     except KeyError:
-        raise MetricError(f"unknown metric {name_or_fn!r}; choose one of {', '.join(METRICS)}") from None
+        if name_or_fn == "task":
+            raise MetricError("metric 'task' means the task's own metric; resolve it with "
+                              "circuitdag.metrics.resolve_metric(task, 'task')") from None  # fmt: skip
+        raise MetricError(f"unknown metric {name_or_fn!r}; choose one of {', '.join((*METRICS, 'task'))}") from None
+
+
+def resolve_metric(task: object, name: str | Metric | None) -> Metric:
+    """The metric a run of ``task`` uses: ``name`` (a built-in, or ``"task"`` for the
+    task's own :meth:`~circuitdag.tasks.Task.metric`), or the task's default when None."""
+    name = name or str(getattr(task, "default_metric", "kl"))
+    if name != "task":
+        return get_metric(name)
+    fn = task.metric() if callable(getattr(task, "metric", None)) else None  # type: ignore[attr-defined]
+    if fn is None:
+        raise MetricError(f"task {getattr(task, 'name', task)!r} has no metric of its own, so --metric task cannot "
+                          f"be used with it; choose one of {', '.join(METRICS)}")  # fmt: skip
+    return fn
 
 
 def check_finite(values: Tensor, what: str) -> None:

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from circuitdag.cli import main
+from circuitdag.cli import build_parser, main
 
 
 def run(capsys, *argv):
@@ -132,3 +132,54 @@ def test_default_threads_leaves_busy_cores_alone(monkeypatch):
     assert cli.default_threads() == cores
     monkeypatch.setattr(cli, "_busy_threads", lambda: cores + 3)
     assert cli.default_threads() == 1
+
+
+def test_metric_task(word_lm_dir, tmp_path, capsys):
+    """`--metric task` (docs/tasks.md) runs a task's own metric, and a task without one says so."""
+    from circuitdag.tasks.greater_than import NOUNS
+
+    model = word_lm_dir(" ".join(["The", "lasted", "from", "the", "year", "to", *NOUNS, *"0123456789"]),
+                        split_digits=True)  # fmt: skip
+    code, out, err = run(capsys, "discover", "--task", "greater-than", "--model", str(model), "--metric", "task",
+                         "--n-prompts", "20", "--out", str(tmp_path / "gt"), "-q", "--threads", "1")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((tmp_path / "gt" / "circuit.json").read_text())
+    assert doc["metric"] == "task" and doc["n_prompts"] == 20 and "metric task = the task's own metric" in out
+    code, _, err = run(capsys, "discover", "--task", "pronoun", "--metric", "task", "--out", str(tmp_path), "-q")
+    assert code == 2 and "task 'pronoun' has no metric of its own, so --metric task cannot be used" in err
+
+
+def test_roc_help_and_points(tmp_path, capsys):
+    parser = build_parser()
+    roc = next(a for a in parser._subparsers._group_actions[0].choices["roc"]._actions if "--task" in a.option_strings)
+    assert roc.required and "default" not in roc.help  # required, so it has no default
+    code, out, err = run(capsys, "roc", "--task", "tracr-reverse", "--ablation", "zero", "--thresholds", "0", "0.001",
+                         "1", "--plot", str(tmp_path / "roc.svg"), "--threads", "1")  # fmt: skip
+    res = json.loads(out)
+    assert code == 0 and res["auc"] == 1.0
+    assert [(p["threshold"], p["fpr"], p["tpr"]) for p in res["points"]] == [(0.0, 1.0, 1.0), (0.001, 0.0, 1.0),
+                                                                              (1.0, 0.0, 0.0)]  # fmt: skip
+    svg = (tmp_path / "roc.svg").read_text()
+    assert "AUC 1.000" in svg and "chance" in svg  # the legend
+
+
+def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
+    code, out, err = run(capsys, "discover", "--resume", "--out", str(tmp_path), "-q", "--threads", "1")
+    assert code == 0 and f"--resume: there is no {tmp_path / 'checkpoint.json'} to resume from" in err
+
+
+def test_summary_line_shows_what_the_values_are(tmp_path, capsys):
+    code, out, err = run(capsys, "discover", "--task", "pronoun", "--out", str(tmp_path), "-q", "--threads", "1")
+    assert code == 0, err
+    doc = json.loads((tmp_path / "circuit.json").read_text())
+    # logit_diff is stored negated (lower is closer); the line says so, and shows all three values.
+    assert "metric logit_diff = -(logit[correct] - logit[wrong]), lower is closer to the full model" in out
+    assert f"full {doc['metric_full']:.4g}, circuit {doc['metric_circuit']:.4g}, corrupted " in out
+    assert doc["metric_stored_as"].startswith("-(logit[correct] - logit[wrong])")
+    assert main_num(0.0) == "0" and main_num(3e-9) == "3e-09"
+
+
+def main_num(x):
+    from circuitdag.cli import _num
+
+    return _num(x)

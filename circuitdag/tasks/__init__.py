@@ -18,7 +18,7 @@ import warnings
 from importlib.metadata import entry_points
 
 from circuitdag.errors import TaskError
-from circuitdag.tasks.base import Task, TaskData
+from circuitdag.tasks.base import Task, TaskData, load_data
 
 ENTRY_POINT_GROUP = "circuitdag.tasks"
 
@@ -73,9 +73,12 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str) -> Task:
-    """The task registered as ``name``; raises TaskError listing the known ones."""
+    """The task registered as ``name``, or ``prompts:FILE`` for a prompts file
+    (:mod:`circuitdag.tasks.prompts`); raises TaskError listing the known ones."""
     if name in _cache:
         return _cache[name]
+    if name.startswith("prompts:"):  # a prompts file
+        return _load_target("circuitdag.tasks.prompts:PromptTask.from_file")(name.removeprefix("prompts:"))  # type: ignore[operator]
     sources = _sources()
     if name not in sources:
         raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(sources))} (see `circuitdag tasks`)")
@@ -106,4 +109,4 @@ def get(name: str) -> Task:
     return get_task(name)
 
 
-__all__ = ["ENTRY_POINT_GROUP", "Task", "TaskData", "all_tasks", "get", "get_task", "task_names"]
+__all__ = ["ENTRY_POINT_GROUP", "Task", "TaskData", "all_tasks", "get", "get_task", "load_data", "task_names"]

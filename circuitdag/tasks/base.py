@@ -8,8 +8,9 @@ is. Third parties subclass :class:`Task` and register it under the entry-point g
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -92,6 +93,16 @@ class TaskData:
     def n_prompts(self) -> int:
         return int(self.clean.shape[0])
 
+    def subset(self, index: Sequence[int] | Tensor) -> TaskData:
+        """The prompts at ``index`` (rows of every tensor), in that order."""
+        idx = torch.as_tensor(index, dtype=torch.long)
+
+        def take(t: Tensor | None) -> Tensor | None:
+            return None if t is None else t[idx.to(t.device)]
+
+        return TaskData(take(self.clean), take(self.corrupted), take(self.answer_pos), take(self.correct),  # type: ignore[arg-type]
+                        take(self.wrong), self.position_names, take(self.valid))  # fmt: skip
+
 
 class Task:
     """Base class of task plugins. Subclasses set the class attributes and implement
@@ -103,6 +114,9 @@ class Task:
     default_metric: str = "kl"
     default_threshold: float = 0.01
     default_ablation: str = "resample"
+    #: When set (and no threshold is given), ACDC's threshold is this fraction of the
+    #: full-vs-corrupted metric gap, ``|m_corrupted - m_full|`` (docs/thresholds.md).
+    default_relative_threshold: float | None = None
     #: True when :meth:`ground_truth` returns an edge set.
     has_ground_truth: bool = False
 
@@ -122,5 +136,60 @@ class Task:
         """A task-specific metric (see :mod:`circuitdag.metrics` for the signature)."""
         return None
 
+    @classmethod
+    def from_prompts(cls, prompts: str | Path | Iterable[Any], **kwargs: Any) -> Task:
+        """A task from your own prompts, without writing a class.
+
+        ``prompts`` is a file (``.jsonl``, ``.json``, ``.csv``, ``.tsv``) or a list of rows,
+        each a dict with ``clean``, ``corrupted``, ``correct`` and optionally ``wrong`` and
+        ``positions``, or a tuple ``(clean, corrupted, correct[, wrong])``. Keyword
+        arguments go to :class:`~circuitdag.tasks.prompts.PromptTask` (``model``,
+        ``metric``, ``threshold``, ``relative_threshold``, ``prepend_bos``, ``name``)::
+
+            task = cd.Task.from_prompts("prompts.jsonl")
+            circuit = cd.acdc("path/to/hf-model", task)
+        """
+        import importlib
+
+        # Imported by name, as the registry imports every built-in task: prompts.py builds on
+        # this module.
+        PromptTask = importlib.import_module("circuitdag.tasks.prompts").PromptTask
+        if isinstance(prompts, (str, Path)):
+            return PromptTask.from_file(prompts, **kwargs)
+        return PromptTask(prompts, **kwargs)
+
     def __repr__(self) -> str:
         return f"<Task {self.name}>"
+
+
+def load_data(task: Task, model: Any, seed: int = 0, n_prompts: int | None = None) -> TaskData:
+    """``task.data(model, seed)`` with ``n_prompts`` prompts (None: the task's own number).
+
+    A task that generates its prompts (a class attribute ``n_prompts``: IOI, greater-than,
+    induction, tracr) generates exactly that many; a task with a fixed list (pronoun, a/an,
+    a prompts file) gives a subset drawn with ``seed``, kept in the list's order, and
+    refuses more prompts than it has."""
+    if n_prompts is None:
+        return task.data(model, seed=seed)
+    if isinstance(n_prompts, bool) or not isinstance(n_prompts, int) or n_prompts < 1:
+        raise TaskError(f"the number of prompts must be an integer >= 1, got {n_prompts!r}")
+    if isinstance(getattr(type(task), "n_prompts", None), int):
+        before = task.__dict__.get("n_prompts")
+        task.n_prompts = n_prompts  # type: ignore[attr-defined]
+        try:
+            data = task.data(model, seed=seed)
+        finally:
+            if before is None:
+                del task.n_prompts  # type: ignore[attr-defined]
+            else:
+                task.n_prompts = before  # type: ignore[attr-defined]
+    else:
+        data = task.data(model, seed=seed)
+    if data.n_prompts == n_prompts:
+        return data
+    if data.n_prompts < n_prompts:
+        raise TaskError(f"task {task.name!r} has {data.n_prompts} prompts for this model; "
+                        f"--n-prompts {n_prompts} asks for more")  # fmt: skip
+    g = torch.Generator().manual_seed(seed)
+    keep = torch.randperm(data.n_prompts, generator=g)[:n_prompts].sort().values
+    return data.subset(keep)

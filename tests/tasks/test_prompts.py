@@ -1,0 +1,194 @@
+"""Your own model and prompts: a prompts file (JSONL/CSV) on a local Hugging Face directory,
+from the command line and from Python, and the checks at the task boundary."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+import circuitdag as cd
+from circuitdag.cli import main
+from circuitdag.errors import TaskError
+from circuitdag.tasks import get_task, load_data
+from circuitdag.tasks.prompts import PromptTask, read_prompts
+
+WORDS = "when after john mary tom anna and went to the store park , gave a book ball"
+NAMES = ["john", "mary", "tom", "anna"]
+
+
+def ioi_rows(n: int = 20, seed: int = 0) -> list[dict[str, str]]:
+    """IOI-style prompts over the tiny vocabulary: ``a`` is the indirect object."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        a, b = rng.sample(NAMES, 2)
+        c, e = [x for x in NAMES if x not in (a, b)]
+        w, place, obj = rng.choice(["when", "after"]), rng.choice(["store", "park"]), rng.choice(["book", "ball"])
+        rows.append({"clean": f"{w} {a} and {b} went to the {place} , {b} gave a {obj} to",
+                     "corrupted": f"{w} {c} and {e} went to the {place} , {e} gave a {obj} to",
+                     "correct": a, "wrong": b})  # fmt: skip
+    return rows
+
+
+@pytest.fixture(scope="module")
+def model_dir(word_lm_dir) -> Path:
+    """A tiny GPT-2-format model directory (config, safetensors, tokenizer), as a user has."""
+    return word_lm_dir(WORDS)
+
+
+@pytest.fixture
+def prompts_file(tmp_path: Path) -> Path:
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in ioi_rows()))
+    assert len(path.read_text().splitlines()) == 20
+    return path
+
+
+def test_discover_with_own_model_and_prompts_file(model_dir, prompts_file, tmp_path, capsys) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # on, as in a fresh process: -q must turn off the loading bar
+    out = tmp_path / "run"
+    code = main(["discover", "--model", str(model_dir), "--prompts", str(prompts_file), "--out", str(out),
+                 "-q", "--threads", "1"])  # fmt: skip
+    stdout, err = capsys.readouterr()
+    assert code == 0, err
+    assert err == ""  # -q: no loading bar, no phase messages
+    doc = json.loads((out / "circuit.json").read_text())
+    assert doc["task"] == f"prompts:{prompts_file.resolve()}" and doc["n_prompts"] == 20
+    assert doc["metric"] == "logit_diff" and doc["relative_threshold"] == 0.01
+    assert doc["threshold"] == pytest.approx(0.01 * abs(doc["metric_gap"]))
+    assert doc["n_edges"] > 0 and (out / "circuit.svg").exists()
+    assert stdout.startswith(f"prompts:{prompts_file.resolve()} (acdc): {doc['n_edges']}/")
+    # The saved task name finds the prompts again (evaluate, curve, sweep).
+    assert main(["evaluate", str(out / "circuit.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["edges"] == doc["n_edges"]
+
+
+def test_three_lines_of_python(model_dir, prompts_file) -> None:
+    task = cd.Task.from_prompts(prompts_file)
+    circuit = cd.acdc(str(model_dir), task)
+    assert circuit.n_edges > 0 and circuit.meta["n_prompts"] == 20
+    # The same prompts as a list, with a threshold in metric units.
+    again = cd.acdc(str(model_dir), cd.Task.from_prompts(ioi_rows()), threshold=circuit.meta["threshold"])
+    assert again.edge_names == circuit.edge_names
+
+
+def test_csv_file_and_tuples_give_the_same_data(model_dir, tmp_path) -> None:
+    rows = ioi_rows(6)
+    csv = tmp_path / "p.csv"
+    csv.write_text("clean,corrupted,correct,wrong\n" + "".join(
+        f"\"{r['clean']}\",\"{r['corrupted']}\",{r['correct']},{r['wrong']}\n" for r in rows))  # fmt: skip
+    model = cd.load_model(str(model_dir))
+    a = PromptTask.from_file(csv).data(model)
+    b = PromptTask([(r["clean"], r["corrupted"], r["correct"], r["wrong"]) for r in rows]).data(model)
+    assert torch.equal(a.clean, b.clean) and torch.equal(a.correct, b.correct) and torch.equal(a.wrong, b.wrong)
+    # One layout: positions named automatically (a shared token by its text, else w1, w2, ...).
+    assert a.position_names == ("bos", "w1", "w2", "and", "w3", "went", "to", "the", "w4", "comma", "w5", "gave",
+                                "a", "w6", "to_2")  # fmt: skip
+    assert torch.equal(a.answer_pos[:, 0], torch.full((6,), a.clean.shape[1] - 1))
+
+
+def test_prompts_of_different_lengths_are_padded(model_dir) -> None:
+    model = cd.load_model(str(model_dir))
+    task = PromptTask([("john gave a book to", "tom gave a book to", "mary"),
+                       ("when john went to the store , john gave a ball to", "when tom went to the store , tom gave a ball to",
+                        "anna")])  # fmt: skip
+    d = task.data(model)
+    assert task.default_metric == "kl"  # no wrong answers
+    assert d.answer_pos[:, 0].tolist() == [5, 12] and d.position_names is None  # BOS first
+    assert d.clean.shape == (2, 13) and int(d.clean[0, 6]) == model.tokenizer.pad_token_id
+
+
+def test_position_names_from_the_file(model_dir, tmp_path) -> None:
+    rows = ioi_rows(3)
+    names = "w IO and S1 went to the place comma S2 gave a object end"
+    for r in rows:
+        r["positions"] = names
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(rows))
+    d = PromptTask.from_file(path).data(cd.load_model(str(model_dir)))
+    assert d.position_names == ("bos", *names.split())  # the model wants BOS: named "bos"
+
+
+@pytest.mark.parametrize(
+    "rows,message",
+    [
+        ([{"clean": "john gave a book to", "corrupted": "tom gave a book to"}], "missing 'correct'"),
+        ([{"clean": "john gave a book to", "corrupted": "tom gave a book to", "correct": "x", "answer": "y"}],
+         "unknown field(s) 'answer'"),
+        ([("john gave a book to", "tom gave a book", "mary")], "the clean prompt has 6 tokens"),
+        ([("john gave a book to", "john gave a book to", "mary")], "are the same tokens"),
+        ([("john gave a book to", "tom gave a book to", "marybeth")], "'marybeth' is not a single token"),
+        ([("john gave a book to", "tom gave a book to", "mary", "mary")], "the same token"),
+        ([("john gave a book to", "tom gave a book to", "mary", "tom"), ("a", "b", "mary")],
+         "prompt 1 has no 'wrong' answer"),
+        ([{"clean": "john gave", "corrupted": "tom gave", "correct": "a", "positions": "x"}], "1 position names"),
+        ([("to " * 40, "a " * 40, "mary")], "more than the model's context of 32"),
+    ],
+)
+def test_bad_prompts_are_refused_with_the_row(rows, message, model_dir) -> None:
+    with pytest.raises(TaskError, match=None) as err:
+        PromptTask(rows).data(cd.load_model(str(model_dir)))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "text,suffix,message",
+    [
+        ("", ".jsonl", "holds no prompts"),
+        ("{not json\n", ".jsonl", "line 1 is not JSON"),
+        ("clean,corrupted\na,b\n", ".csv", "missing correct"),
+        ("x", ".txt", "end in .jsonl, .json, .csv or .tsv"),
+    ],
+)
+def test_bad_files_are_refused(text, suffix, message, tmp_path) -> None:
+    path = tmp_path / f"p{suffix}"
+    path.write_text(text)
+    with pytest.raises(TaskError) as err:
+        read_prompts(path)
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--prompts", "p.jsonl"], "--prompts needs --model"),
+        (["--prompts", "p.jsonl", "--model", "x", "--task", "pronoun"], "either --task NAME or --prompts FILE"),
+        (["--prompts", "/nonexistent.jsonl", "--model", "x"], "cannot read prompts file /nonexistent.jsonl"),
+        (["--n-prompts", "0"], "--n-prompts must be >= 1"),
+        (["--n-prompts", "500", "--task", "pronoun"], "has 100 prompts for this model; --n-prompts 500"),
+        (["--threshold", "1", "--relative-threshold", "0.1"], "not both"),
+        (["--relative-threshold", "-1"], "--relative-threshold must be >= 0"),
+    ],
+)
+def test_cli_errors(argv, message, tmp_path, capsys) -> None:
+    code = main(["discover", *argv, "--out", str(tmp_path), "-q", "--threads", "1"])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_n_prompts_for_every_kind_of_task(model_dir) -> None:
+    """A generated task makes N prompts; a fixed list gives a seeded subset in list order."""
+    pronoun = get_task("pronoun")
+    zoo = pronoun.load_model()
+    full = pronoun.data(zoo)
+    sub = load_data(pronoun, zoo, seed=3, n_prompts=10)
+    rows = [next(i for i in range(full.n_prompts) if torch.equal(full.clean[i], r)) for r in sub.clean]
+    assert sub.n_prompts == 10 and rows == sorted(rows) and len(set(sub.correct[:, 0].tolist())) == 2
+    assert torch.equal(load_data(pronoun, zoo, seed=3, n_prompts=10).clean, sub.clean)
+    rev = get_task("tracr-reverse")
+    assert load_data(rev, rev.load_model(), n_prompts=7).n_prompts == 7 and rev.n_prompts == 100
+    own = PromptTask(ioi_rows())
+    assert load_data(own, cd.load_model(str(model_dir)), n_prompts=5).n_prompts == 5
+
+
+def test_n_prompts_on_the_command_line(tmp_path, capsys) -> None:
+    code = main(["discover", "--task", "tracr-reverse", "--n-prompts", "12", "--out", str(tmp_path), "-q",
+                 "--threads", "1"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert json.loads((tmp_path / "circuit.json").read_text())["n_prompts"] == 12
