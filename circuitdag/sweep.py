@@ -56,6 +56,7 @@ SETTINGS_FORMAT = "circuitdag.sweep/1"
 PARETO_FORMAT = "circuitdag.pareto/1"
 SEARCHABLE = ("threshold", "metric", "ablation")
 ABLATIONS = ("resample", "zero", "mean")
+DTYPES = ("float32", "float64", "float16", "bfloat16")
 DIRECTIONS: tuple[Literal["minimize", "maximize"], ...] = ("minimize", "maximize")  # edges, faithfulness
 #: Seconds between heartbeats of a running trial, and the silence after which any
 #: process of the study may mark it failed (its worker is presumed dead).
@@ -84,6 +85,7 @@ class SweepSettings:
     dtype: str = "float32"
     out: str = ""
     format: str = SETTINGS_FORMAT
+    prepend_bos: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -97,7 +99,7 @@ class SweepSettings:
                 task=doc["task"], model=doc["model"], metrics=tuple(doc["metrics"]),
                 ablations=tuple(doc["ablations"]), threshold_range=tuple(doc["threshold_range"]),
                 search=tuple(doc["search"]), positions=bool(doc["positions"]), seed=int(doc["seed"]),
-                dtype=doc["dtype"], out=doc["out"],
+                dtype=doc["dtype"], out=doc["out"], prepend_bos=doc.get("prepend_bos", "auto"),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: damaged sweep settings ({exc}); start a new study") from exc
@@ -135,6 +137,7 @@ def make_settings(
     positions: bool = False,
     seed: int = 0,
     dtype: str = "float32",
+    prepend_bos: str = "auto",
 ) -> SweepSettings:
     """Validate sweep options and resolve the task's defaults (raises :class:`ConfigError`).
 
@@ -144,6 +147,7 @@ def make_settings(
     from circuitdag.metrics import METRICS, get_metric
     from circuitdag.patching import Ablation
     from circuitdag.tasks import get_task
+    from circuitdag.tasks._lm import with_prepend_bos
 
     names = [s.strip() for s in (search.split(",") if isinstance(search, str) else search) if s.strip()]
     unknown = [s for s in names if s not in SEARCHABLE]
@@ -164,11 +168,12 @@ def make_settings(
     lo, hi = threshold_range or default_threshold_range(t.default_threshold)
     if not (0 < lo < hi < math.inf):
         raise ConfigError(f"--threshold-range needs 0 < LO < HI, got {lo} {hi}")
-    if dtype not in ("float32", "float64"):
-        raise ConfigError(f"dtype must be float32 or float64, got {dtype!r}")
+    if dtype not in DTYPES:
+        raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    with_prepend_bos(t, prepend_bos)  # refuses yes/no for a task without the option
     return SweepSettings(task=t.name, model=model, metrics=metrics, ablations=ablations,
                          threshold_range=(float(lo), float(hi)), search=searched, positions=positions,
-                         seed=seed, dtype=dtype, out=str(Path(out).resolve()))  # fmt: skip
+                         seed=seed, dtype=dtype, out=str(Path(out).resolve()), prepend_bos=prepend_bos)  # fmt: skip
 
 
 # ---------------------------------------------------------------------- storage
@@ -371,12 +376,13 @@ class TrialRunner:
 
         from circuitdag.models import load_model
         from circuitdag.tasks import get_task
+        from circuitdag.tasks._lm import with_prepend_bos
 
         self.settings = settings
         self.study_name = study_name
         self.out = Path(settings.out)
-        self.task = get_task(settings.task)
-        dtype = {"float32": torch.float32, "float64": torch.float64}[settings.dtype]
+        self.task = with_prepend_bos(get_task(settings.task), settings.prepend_bos)
+        dtype = getattr(torch, settings.dtype)
         if settings.model:
             self.model = load_model(settings.model, device=device, dtype=dtype)
         else:
@@ -619,6 +625,8 @@ def _describe(s: SweepSettings) -> str:
         parts.append(f"seed {s.seed}")
     if s.dtype != "float32":
         parts.append(s.dtype)
+    if s.prepend_bos != "auto":
+        parts.append(f"prepend-bos {s.prepend_bos}")
     return ", ".join(parts)
 
 
@@ -1042,7 +1050,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     trials = _trials(args.trials)
     settings = make_settings(args.task, args.out or f"runs/{args.task}-sweep", model=args.model, metric=args.metric,
                              ablation=args.ablation, search=args.search, threshold_range=rng,
-                             positions=args.positions, seed=args.seed, dtype=args.dtype)  # fmt: skip
+                             positions=args.positions, seed=args.seed, dtype=args.dtype,
+                             prepend_bos=getattr(args, "prepend_bos", "auto"))  # fmt: skip
     report = sweep(settings, trials, storage=args.storage, study_name=args.study, device=args.device,
                    sampler_seed=args.sampler_seed, progress=not args.quiet, target_faithfulness=target)  # fmt: skip
     _print_report(report, target)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import torch
@@ -37,6 +38,52 @@ def spec_of(model: Any) -> ModelSpec:
         parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
         causal=bool(getattr(cfg, "causal", True)),
     )
+
+
+#: Role names a chat template writes after the token that opens a turn.
+_ROLES = ("system", "user", "assistant")
+
+
+def _bos_opens_chat_turns(tokenizer: Any, bos: str) -> bool:
+    """True when the tokenizer's chat template writes ``bos`` directly before a role name
+    (ChatML's ``<|im_start|>user``): the token opens a chat turn, not a document."""
+    template = getattr(tokenizer, "chat_template", None)
+    if not template:
+        return False
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    except Exception:  # noqa: BLE001 -- an unusual template: read it as text below
+        text = ""
+    if isinstance(text, str) and any(bos + role in text for role in _ROLES):
+        return True
+    # The template's own text: bos + "system", or bos + message['role'] / message.role.
+    pattern = re.escape(bos) + r"""['"]?\s*(?:\+\s*)?(?:\{\{\s*)?(?:['"]?(?:system|user|assistant)|message\[|message\.role)"""
+    return re.search(pattern, str(template)) is not None
+
+
+def bos_decision(model: Any) -> tuple[bool, str]:
+    """Whether prompts for ``model`` start with BOS by default, and why (for the log).
+
+    Decided from the tokenizer and the model, never from the model's name or directory,
+    so a copy saved elsewhere (a fine-tune, a ``save_pretrained`` copy) gets the same
+    prompts:
+
+    1. no BOS when the tokenizer has no BOS token;
+    2. no BOS when the BOS token opens a chat turn: the tokenizer's chat template writes
+       it directly before a role name (SmolLM2-Instruct's ``<|im_start|>``), so the model
+       never saw it in front of plain text (P(he | John) 0.55 without it, 0.19 with);
+    3. otherwise ``cfg.default_prepend_bos`` (TransformerLens's choice per architecture;
+       True for GPT-2-style models and the zoo models, which were trained with BOS at
+       position 0); True when the model has no such setting.
+    """
+    tok = getattr(model, "tokenizer", None)
+    bos = getattr(tok, "bos_token", None) if tok is not None else None
+    if tok is not None and getattr(tok, "bos_token_id", None) is None:
+        return False, "the tokenizer has no BOS token"
+    if bos is not None and _bos_opens_chat_turns(tok, str(bos)):
+        return False, f"the tokenizer's BOS {bos} opens a chat turn in its chat template, not a document"
+    default = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
+    return default, f"cfg.default_prepend_bos is {default}" + (f" (BOS {bos})" if bos else "")
 
 
 def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from circuitdag.errors import ModelError
 from circuitdag.graph import ModelSpec
-from circuitdag.models import spec_of
+from circuitdag.models import bos_decision, spec_of
 
 if TYPE_CHECKING:
     from transformer_lens import TransformerBridge
@@ -103,6 +103,11 @@ def load_bridge(
     model.set_use_attn_result(True)
     model.set_use_split_qkv_input(True)
     model.set_use_hook_mlp_in(True)
+    # Whether prompts start with BOS follows the tokenizer, not the directory's name
+    # (circuitdag.models.bos_decision); model.to_tokens follows the same decision.
+    bos, why = bos_decision(model)
+    model.cfg.default_prepend_bos = bos
+    logger.info("%s: prompts %s BOS (%s)", name, "start with" if bos else "do not start with", why)
     if check:
         check_hooks(model)
     return model

@@ -12,9 +12,10 @@ minute on a laptop CPU) and saves a float32 Hugging Face copy in the cache direc
 through :func:`circuitdag.models.bridge.load_bridge`.
 
 Llama architecture: 30 layers, 9 query heads sharing 3 key/value heads, d_model 576,
-RMSNorm, rotary positions, tied embeddings. The tokenizer's BOS is ``<|im_start|>``; the
-chat model was not trained on text that starts with it, so predictions on plain prompts
-are better without it (``model.to_tokens(text, prepend_bos=False)``).
+RMSNorm, rotary positions, tied embeddings. The tokenizer's BOS is ``<|im_start|>``, which
+opens chat turns; the model was not trained on text that starts with it, so predictions
+on plain prompts are better without it. :func:`circuitdag.models.bos_decision` reads this
+off the tokenizer's chat template, so any copy of the model gets no BOS.
 """
 
 from __future__ import annotations
@@ -153,7 +154,6 @@ def load_smollm2(
     device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32, *, check: bool = True
 ) -> TransformerBridge:
     """SmolLM2-135M-Instruct as a checked ``TransformerBridge`` (see :func:`load_bridge`)."""
-    model = load_bridge(smollm2_hf_dir(), device=device, dtype=dtype, check=check)
-    # Its BOS token (<|im_start|>) changes predictions on plain prompts: tasks leave it out.
-    model.cfg.default_prepend_bos = False
-    return model
+    # Its BOS token (<|im_start|>) opens chat turns, so load_bridge sets
+    # cfg.default_prepend_bos False (circuitdag.models.bos_decision) and tasks leave it out.
+    return load_bridge(smollm2_hf_dir(), device=device, dtype=dtype, check=check)

@@ -7,8 +7,9 @@ Three conventions differ between tokenizers and are settled here, once:
 * **Leading spaces.** BPE tokenizers (GPT-2, SmolLM2) spell the word " he" as one token
   ``Ġhe``; the zoo's word-level tokenizers have no leading-space tokens (``he``).
   :func:`single_token` tries the leading-space form first, then the bare word.
-* **BOS.** Whether a prompt starts with the BOS token is the task's decision
-  (:func:`wants_bos`), never the tokenizer's: prompts are encoded with
+* **BOS.** Whether a prompt starts with the BOS token is decided once, from the model and
+  its tokenizer (:func:`bos_decision`; a task option or ``--prepend-bos`` overrides it,
+  :func:`wants_bos`), never by the tokenizer's encode: prompts are encoded with
   ``add_special_tokens=False`` and BOS is prepended explicitly.
 * **Layout.** Position-aware circuits need every prompt, clean and corrupted, to have the
   same length and the same role at each position. :func:`check_alignment` refuses
@@ -25,11 +26,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from circuitdag.errors import TaskError
-
-#: Models (matched case-insensitively in ``cfg.model_name``) whose predictions on plain
-#: prompts are worse with a BOS token: SmolLM2-Instruct's BOS is the chat marker
-#: ``<|im_start|>``, which it never saw in front of plain text.
-NO_BOS_MODELS: tuple[str, ...] = ("smollm2",)
+from circuitdag.models import bos_decision
 
 #: Names of punctuation positions (a position name must be a readable word).
 PUNCTUATION_NAMES: dict[str, str] = {",": "comma", ".": "period", "?": "qmark", "!": "bang", ":": "colon"}
@@ -50,20 +47,57 @@ def tokenizer_of(model: Any) -> Any:
 
 
 def wants_bos(model: Any, prepend_bos: bool | None = None) -> bool:
-    """Whether prompts for ``model`` start with BOS.
-
-    ``prepend_bos`` (a task option) wins when given. Otherwise: no BOS for the models in
-    :data:`NO_BOS_MODELS` and for models whose ``cfg.default_prepend_bos`` is False; BOS
-    for every other model (GPT-2-style models, and the zoo models, which were trained
-    with BOS at position 0).
-    """
+    """Whether prompts for ``model`` start with BOS: ``prepend_bos`` (a task option, the
+    CLI's ``--prepend-bos yes|no``) when given, else :func:`bos_decision`."""
     if prepend_bos is not None:
         return bool(prepend_bos)
-    cfg = getattr(model, "cfg", None)
-    name = str(getattr(cfg, "model_name", "") or "").lower()
-    if any(m in name for m in NO_BOS_MODELS):
-        return False
-    return bool(getattr(cfg, "default_prepend_bos", True))
+    return bos_decision(model)[0]
+
+
+#: ``--prepend-bos`` values and the task option each stands for.
+PREPEND_BOS = {"auto": None, "yes": True, "no": False}
+
+
+def with_prepend_bos(task: Any, option: str | bool | None) -> Any:
+    """``task`` with its BOS option set (``"auto"``/None: :func:`bos_decision`; ``"yes"``/
+    ``"no"``): a copy, so the registry's instance keeps its own. A task that builds its
+    token ids without a BOS option (tracr, most plugins) accepts only ``"auto"``."""
+    import copy
+
+    from circuitdag.errors import ConfigError
+
+    if isinstance(option, str):
+        if option not in PREPEND_BOS:
+            raise ConfigError(f"--prepend-bos takes {', '.join(PREPEND_BOS)}, got {option!r}")
+        option = PREPEND_BOS[option]
+    if option is None and getattr(task, "prepend_bos", None) is None:
+        return task
+    if not hasattr(task, "prepend_bos"):
+        raise ConfigError(f"task {getattr(task, 'name', task)!r} builds its own token ids and has no BOS option; "
+                          "leave --prepend-bos at auto")  # fmt: skip
+    task = copy.copy(task)
+    task.prepend_bos = option
+    return task
+
+
+def bos_record(model: Any, task: Any, first_tokens: Sequence[int] | None = None) -> dict[str, Any]:
+    """What a result records about BOS: ``prepend_bos`` (the task's option: ``"auto"``,
+    ``"yes"``, ``"no"``; None for a task without one), ``bos`` (whether the prompts start
+    with BOS: the task's decision, or for a task without the option whether every prompt's
+    first token, ``first_tokens``, is the tokenizer's BOS; None when unknown) and
+    ``bos_reason``."""
+    if hasattr(task, "prepend_bos"):
+        option = getattr(task, "prepend_bos", None)
+        if option is None:
+            bos, reason = bos_decision(model)
+        else:
+            bos, reason = bool(option), "the task's prepend_bos option"
+        return {"prepend_bos": {None: "auto", True: "yes", False: "no"}[option], "bos": bos, "bos_reason": reason}
+    bos_id = getattr(getattr(model, "tokenizer", None), "bos_token_id", None)
+    if bos_id is None or first_tokens is None:
+        return {"prepend_bos": None, "bos": None, "bos_reason": "the task builds its own token ids"}
+    bos = all(int(t) == int(bos_id) for t in first_tokens)
+    return {"prepend_bos": None, "bos": bos, "bos_reason": "read off the task's prompts"}
 
 
 def encode(tokenizer: Any, text: str, bos: bool) -> list[int]:
@@ -248,7 +282,9 @@ def most_common(values: Iterable[int]) -> int:
 
 
 __all__ = [
-    "NO_BOS_MODELS",
+    "PREPEND_BOS",
+    "bos_decision",
+    "bos_record",
     "check_alignment",
     "drop_or_refuse",
     "encode",
@@ -258,5 +294,6 @@ __all__ = [
     "token_strings",
     "tokenizer_of",
     "wants_bos",
+    "with_prepend_bos",
     "word_tokens",
 ]

@@ -128,3 +128,38 @@ def test_smollm2_predicts_an(smol) -> None:
     an, a = _token(smol, " an"), _token(smol, " a")
     assert int(probs.argmax()) == an
     assert 0.5 < probs[an] < 0.7 and 0.2 < probs[a] < 0.4
+
+
+def _pronoun_scores(model, task) -> tuple[torch.Tensor, float, float]:
+    """Clean tokens, mean logit difference and mean P(correct) of ``task`` on ``model``."""
+    d = task.data(model)
+    with torch.no_grad():
+        at = model(d.clean)[torch.arange(d.n_prompts)[:, None], d.answer_pos]
+    ld = (at.gather(-1, d.correct[..., None]) - at.gather(-1, d.wrong[..., None])).mean().item()
+    return d.clean, ld, at.softmax(-1).gather(-1, d.correct[..., None]).mean().item()
+
+
+@pytest.mark.slow
+def test_a_copy_in_another_directory_gets_the_same_prompts(smol, tmp_path) -> None:
+    """The same weights in a directory without "smollm2" in its name (a user's
+    save_pretrained copy) get the same prompts: no BOS, because the tokenizer's BOS opens
+    chat turns. Before, the copy got <|im_start|> and its logit difference dropped."""
+    from circuitdag.models import load_model
+    from circuitdag.tasks import get_task
+    from circuitdag.tasks._lm import with_prepend_bos
+
+    smol.tokenizer.save_pretrained(tmp_path)
+    for name in ("config.json", "model.safetensors"):
+        (tmp_path / name).symlink_to(smollm2.smollm2_hf_dir() / name)
+    copy = load_model(str(tmp_path))
+    assert copy.cfg.default_prepend_bos is False
+    task = get_task("pronoun")
+    tokens, ld, p = _pronoun_scores(smol, task)
+    copy_tokens, copy_ld, copy_p = _pronoun_scores(copy, task)
+    assert torch.equal(tokens, copy_tokens) and int(tokens[0, 0]) != smol.tokenizer.bos_token_id
+    assert (copy_ld, copy_p) == pytest.approx((5.33, 0.536), abs=0.01)
+    assert (ld, p) == pytest.approx((copy_ld, copy_p), abs=1e-4)
+    # --prepend-bos yes puts it back, and the model does visibly worse.
+    bos_tokens, bos_ld, bos_p = _pronoun_scores(copy, with_prepend_bos(task, "yes"))
+    assert int(bos_tokens[0, 0]) == smol.tokenizer.bos_token_id
+    assert (bos_ld, bos_p) == pytest.approx((3.28, 0.267), abs=0.01)

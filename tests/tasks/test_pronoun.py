@@ -90,10 +90,31 @@ def test_single_token_tries_the_leading_space_form_then_the_bare_word(zoo) -> No
     assert _lm.single_token(tok, "zyzzyva") is None  # <unk> is not an answer
 
 
-def test_bos_is_the_tasks_decision(zoo) -> None:
+CHATML = ("{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+          "'<|im_end|>' + '\\n'}}{% endfor %}")
+
+
+def chat_model(template: str | None, bos: str = "<|im_start|>", name: str = "my-finetune") -> SimpleNamespace:
+    """A fake model whose tokenizer has BOS ``bos`` and the chat template ``template``."""
+    tok = SimpleNamespace(bos_token=bos, bos_token_id=1, chat_template=template)
+    return SimpleNamespace(tokenizer=tok, cfg=SimpleNamespace(model_name=name, default_prepend_bos=True))
+
+
+def test_bos_is_decided_from_the_tokenizer_not_the_name(zoo) -> None:
     assert _lm.wants_bos(zoo) is True
-    assert _lm.wants_bos(fake_model("", "/root/.cache/circuitdag/smollm2-135m")) is False
     assert _lm.wants_bos(zoo, prepend_bos=False) is False
+    # A BOS that opens chat turns (ChatML, SmolLM2-Instruct) is left out, whatever the name.
+    for name in ("my-finetune", "/tmp/copy", "smollm2-135m"):
+        bos, why = _lm.bos_decision(chat_model(CHATML, name=name))
+        assert bos is False and "opens a chat turn" in why
+    assert _lm.wants_bos(chat_model(CHATML), prepend_bos=True) is True
+    # The name alone decides nothing (it used to: "smollm2" in the name meant no BOS).
+    assert _lm.bos_decision(chat_model(None, name="/root/.cache/circuitdag/smollm2-135m"))[0] is True
+    # A template that writes its document BOS before an [INST] marker keeps it.
+    llama2 = "{{ bos_token }}{% for m in messages %}{{ '<s>[INST] ' + m['content'] + ' [/INST]' }}{% endfor %}"
+    assert _lm.bos_decision(chat_model(llama2, bos="<s>"))[0] is True
+    no_bos = SimpleNamespace(tokenizer=SimpleNamespace(bos_token=None, bos_token_id=None), cfg=SimpleNamespace())
+    assert _lm.bos_decision(no_bos) == (False, "the tokenizer has no BOS token")
     tok = zoo.tokenizer
     assert _lm.encode(tok, "So John", bos=True) == tok("So John")["input_ids"]
     assert _lm.encode(tok, "So John", bos=False) == tok("So John")["input_ids"][1:]
@@ -185,6 +206,7 @@ def test_acdc_at_the_default_threshold_is_small_and_faithful(zoo, name: str) -> 
 # ---------------------------------------------------------------------- other tokenizers
 def test_bpe_names_that_split_are_dropped_with_a_warning() -> None:
     model = fake_model(_card_words(drop={"Michael", "Karen"}), model_name="smollm2-135m")
+    model.cfg.default_prepend_bos = False  # as load_bridge sets it for SmolLM2 (bos_decision)
     with pytest.warns(
         UserWarning,
         match=r"2 of 20 names are not single tokens.*Michael -> \['ĠM', 'ic', 'ha', 'el'\], Karen",
