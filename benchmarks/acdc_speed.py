@@ -53,7 +53,7 @@ from circuitdag.graph import Graph
 from circuitdag.models import spec_of
 from circuitdag.patching import Patcher
 from circuitdag.tasks import get_task, task_names
-from circuitdag.tasks.base import TaskData
+from circuitdag.tasks.base import TaskData, load_data
 
 
 @dataclass
@@ -225,18 +225,12 @@ def gpt2_patcher(dtype: torch.dtype, device: str, n_layers: int, prompts: int, t
 def smollm2_patcher(device: str, dtype: torch.dtype, prompts: int, task_name: str) -> tuple[Patcher, float]:
     """SmolLM2-135M (``circuitdag.load_model("smollm2-135m")``, weights from
     ~/.cache/circuitdag/smollm2-135m) on the ``pronoun`` task's data, plain graph, the
-    task's default metric and ablation; the first ``prompts`` prompts (100 in all)."""
+    task's default metric and ablation; ``prompts`` of its 100 prompts (``load_data``)."""
     from circuitdag import load_model
 
     task = get_task(task_name)
     model = load_model("smollm2-135m", device=device, dtype=dtype)
-    data = task.data(model)
-    if prompts < data.n_prompts:
-        cut = slice(0, prompts)
-        data = TaskData(data.clean[cut], data.corrupted[cut], data.answer_pos[cut],
-                        None if data.correct is None else data.correct[cut],
-                        None if data.wrong is None else data.wrong[cut], data.position_names,
-                        None if data.valid is None else data.valid[cut])  # fmt: skip
+    data = load_data(task, model, n_prompts=prompts)
     metric = task.metric() if task.default_metric == "task" else task.default_metric
     patcher = Patcher(model, Graph(spec_of(model)), data, ablation=task.default_ablation, metric=metric)
     return patcher, task.default_threshold
@@ -287,7 +281,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="limit the SmolLM2 case to the first N destinations ACDC visits (default 3)",
     )
-    ap.add_argument("--smollm2-prompts", type=int, default=100, help="first N of the task's 100 prompts")
+    ap.add_argument(
+        "--smollm2-prompts",
+        type=int,
+        default=100,
+        help="N of the task's 100 prompts (a seeded subset, as discover --n-prompts)",
+    )
     ap.add_argument("--smollm2-task", default="pronoun")
     ap.add_argument(
         "--smollm2-reference",

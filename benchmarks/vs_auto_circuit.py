@@ -99,10 +99,9 @@ def write_dataset(case: Case, path: Path, seed: int = 0) -> dict[str, Any]:
     "wrong_answers": []}]}``; BOS is already the first token, so it is read with
     ``prepend_bos=False``)."""
     from circuitdag.tasks import get_task
+    from circuitdag.tasks.base import load_data
 
-    task = get_task(case.task)
-    task.n_prompts = case.n_prompts  # instance attribute: the task's data() reads it
-    data = task.data(None, seed=seed)
+    data = load_data(get_task(case.task), None, seed=seed, n_prompts=case.n_prompts)
     if data.clean.shape[0] != case.n_prompts:
         raise SystemExit(
             f"{case.task} has only {data.clean.shape[0]} distinct prompts, asked for {case.n_prompts}"
@@ -146,13 +145,13 @@ class CircuitdagCase:
         from circuitdag.graph import Graph
         from circuitdag.models import spec_of
         from circuitdag.tasks import get_task
+        from circuitdag.tasks.base import load_data
 
         self.algos = {"fast": acdc_fast, "reference": acdc_reference}
         task = get_task(spec["task"])
         self.model = task.load_model(dtype=getattr(torch, spec["dtype"]))
         self.data = read_dataset(Path(spec["data"]))
-        task.n_prompts = spec["n_prompts"]
-        own = task.data(self.model, seed=spec["seed"])
+        own = load_data(task, self.model, seed=spec["seed"], n_prompts=spec["n_prompts"])
         if not (torch.equal(own.clean, self.data.clean) and torch.equal(own.corrupted, self.data.corrupted)):
             raise SystemExit("the JSON dataset differs from circuitdag's task data")
         layout = None
