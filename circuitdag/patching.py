@@ -249,9 +249,8 @@ class Patcher:
                 self.S_corr = self._capture(self.data.corrupted)["slots"]
             elif self.ablation == Ablation.ZERO:
                 self.S_corr = torch.zeros_like(self.S_clean)
-            else:  # mean over the dataset; per position in position-aware mode
-                dims = (0,) if self.positional else (0, 1)
-                self.S_corr = self.S_clean.mean(dim=dims, keepdim=True).expand_as(self.S_clean).clone()
+            else:  # mean over the dataset's real tokens; per position in position-aware mode
+                self.S_corr = mean_activations(self.S_clean, self.data, graph.spec.causal, self.positional)
             self.D_clean = self.S_clean - self.S_corr
         #: 1.0 where an edge exists (``absent``-shaped); the complement of a mask is
         #: ``exists - absent``.
@@ -804,6 +803,40 @@ def _add_sparse(got: Tensor, diff: Tensor, D: Tensor, positional: bool) -> None:
     vecs = D[:, p, sl].permute(1, 0, 2) * vals[:, None, None]  # e batch d
     view = got.permute(0, 2, 1, 3)  # k pos batch d (a view: index_put_ writes into got)
     view.index_put_((j, p), vecs, accumulate=True)
+
+
+def real_positions(data: TaskData, causal: bool = True) -> Tensor:
+    """``(batch, pos)`` mask of the positions whose activations a mean ablation averages.
+
+    In a causal model the tokens after a prompt's last answer position cannot change its
+    answers: they are padding (or text the task does not ask about), and averaging them in
+    would make the mean depend on how much padding a task appends. So a position counts
+    when it is at or before its prompt's last answer position. In a non-causal model
+    every position counts.
+    """
+    B, P = data.clean.shape
+    if not causal:
+        return torch.ones(B, P, dtype=torch.bool, device=data.clean.device)
+    last = data.answer_pos.max(dim=1).values
+    return torch.arange(P, device=data.clean.device)[None, :] <= last[:, None]
+
+
+def mean_activations(
+    S: Float[Tensor, "batch pos slot d_model"], data: TaskData, causal: bool, per_position: bool
+) -> Float[Tensor, "batch pos slot d_model"]:
+    """Mean-ablation values of the sender outputs ``S`` of the clean run, broadcast to its
+    shape: the mean over the real tokens (:func:`real_positions`) of every prompt, or in
+    position-aware mode (where prompts share one layout) per position over the prompts
+    for which that position is real."""
+    # Sums in float32 at least (a half-precision sum over thousands of tokens loses digits);
+    # einsum avoids a masked copy of S, which is the largest cache.
+    acc = torch.promote_types(S.dtype, torch.float32)
+    w = real_positions(data, causal).to(acc)
+    if per_position:
+        mean = torch.einsum("bp,bpsd->psd", w, S.to(acc)) / w.sum(0).clamp(min=1)[:, None, None]
+    else:
+        mean = torch.einsum("bp,bpsd->sd", w, S.to(acc)) / w.sum().clamp(min=1)
+    return mean.to(S.dtype).expand_as(S).clone()
 
 
 def _check_layout(graph: Graph, data: TaskData) -> None:
