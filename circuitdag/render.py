@@ -1,11 +1,18 @@
 """Draw a circuit as SVG with graphviz: layers top to bottom, edges coloured by input
-(q/k/v/mlp/resid) and with width growing with the edge's score. Position-aware circuits
+(q/k/v/mlp/resid) and with width growing with the edge's ``|score|``. Position-aware circuits
 are drawn as a grid: one column per token position, in token order, headed by the task's
-position name."""
+position name.
+
+Every SVG has a title (task, threshold, metric, ablation, edges, faithfulness) and a
+legend below the drawing (:func:`add_legend`): the colour of each input, the width scale
+in metric units, and the circuit's edges by name, largest ``|score|`` first, so no edge needs
+hovering to be read."""
 
 from __future__ import annotations
 
+import html
 import math
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -47,9 +54,7 @@ def to_dot(circuit: Circuit):  # -> graphviz.Digraph
     t = g.edges
     idx = np.flatnonzero(circuit.in_circuit)
     used = sorted(set(t.src[idx].tolist()) | set(t.dst[idx].tolist()))
-    meta = circuit.meta
-    title = f"{meta.get('task', '')}  threshold={meta.get('threshold', '')}  metric={meta.get('metric', '')}  " \
-            f"ablation={meta.get('ablation', '')}  edges={len(idx)}"  # fmt: skip
+    title = _title(circuit)
     graph_attr = {"label": title, "labelloc": "t", "fontname": "Helvetica"}
     node_attr = {"fontname": "Helvetica", "fontsize": "11"}
     if g.positions is None:
@@ -67,11 +72,10 @@ def to_dot(circuit: Circuit):  # -> graphviz.Digraph
         dot = graphviz.Digraph("circuit", engine="neato", graph_attr={**graph_attr, "splines": "true"},
                                node_attr=node_attr)  # fmt: skip
         _position_grid(dot, circuit, used)
-    finite = np.abs(circuit.scores[idx][np.isfinite(circuit.scores[idx])])
-    top = float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+    top = _top_score(circuit)
     for e in idx:
         s = circuit.scores[e]
-        width = 1.0 + 3.0 * (abs(s) / top if math.isfinite(s) else 0.0)
+        width = _width(s, top)
         kind = Input(t.input[e])
         dot.edge(g.nodes[t.src[e]].name, g.nodes[t.dst[e]].name, color=INPUT_COLOURS[kind],
                  penwidth=f"{width:.2f}", tooltip=g.edge_names[e], label=kind.label if kind in (Input.Q, Input.K, Input.V) else "",
@@ -127,13 +131,110 @@ def _position_grid(dot, circuit: Circuit, used: list[int]) -> None:
                  **NODE_STYLE[NodeKind.LOGITS])  # fmt: skip
 
 
+def _title(circuit: Circuit) -> str:
+    meta = circuit.meta
+    task = str(meta.get("task", ""))
+    if task.startswith("prompts:"):  # a prompts file: its name, not its whole path
+        task = "prompts:" + Path(task.removeprefix("prompts:")).name
+    thr = meta.get("threshold")
+    rel = meta.get("relative_threshold")
+    f = circuit.faithfulness()
+    return "  ".join([
+        task,
+        f"threshold={thr:.4g}" if isinstance(thr, (int, float)) else "",
+        f"(= {rel:g} x metric gap)" if rel is not None else "",
+        f"metric={meta.get('metric', '')}",
+        f"ablation={meta.get('ablation', '')}",
+        f"edges={circuit.n_edges}",
+        f"faithfulness={f:.3f}" if f is not None else "faithfulness=n/a",
+    ]).replace("    ", "  ")  # fmt: skip
+
+
+def _top_score(circuit: Circuit) -> float:
+    """The largest ``|score|`` among the circuit's edges: the width scale's maximum."""
+    s = circuit.scores[circuit.in_circuit]
+    finite = np.abs(s[np.isfinite(s)])
+    return float(finite.max()) if finite.size and finite.max() > 0 else 1.0
+
+
+def _width(score: float, top: float) -> float:
+    """Line width in points: 1 for ``|score|`` 0 or an untested edge, 4 for the largest ``|score|``."""
+    return 1.0 + 3.0 * (abs(score) / top if math.isfinite(score) else 0.0)
+
+
+#: Edges listed by name in the legend (the rest are counted).
+LEGEND_EDGES = 60
+
+
+def add_legend(svg: str, circuit: Circuit) -> str:
+    """Append the legend to graphviz's SVG: a band below the drawing with the input colours,
+    the width scale (``|score|`` in metric units at 1, 2.5 and 4 points) and the circuit's
+    edges by name with their scores, largest ``|score|`` first (the first
+    :data:`LEGEND_EDGES`)."""
+    m = re.search(r'<svg width="([\d.]+)pt" height="([\d.]+)pt"\s+viewBox="([\d.\s-]+)"', svg)
+    if m is None:  # pragma: no cover - graphviz always writes these
+        return svg
+    width, height = float(m.group(1)), float(m.group(2))
+    top = _top_score(circuit)
+    g = circuit.graph
+    used = set(g.edges.input[circuit.in_circuit].tolist())
+    kinds = [k for k in Input if int(k) in used] or list(Input)
+    esc = html.escape
+    parts: list[str] = []
+    y = height + 16.0
+    x = 8.0
+    parts.append(f'<text x="{x}" y="{y}" font-size="10" font-weight="bold">colour = the input the edge feeds:</text>')
+    x += 200
+    for kind in kinds:
+        c = INPUT_COLOURS[kind]
+        parts.append(f'<line x1="{x}" y1="{y - 3}" x2="{x + 22}" y2="{y - 3}" stroke="{c}" stroke-width="2.5"/>'
+                     f'<text x="{x + 26}" y="{y}" font-size="10" fill="{c}">{esc(kind.label)}</text>')  # fmt: skip
+        x += 26 + 7 * len(kind.label) + 12
+    if any(len(v) for v in g.implicit_edges):
+        parts.append(f'<line x1="{x}" y1="{y - 3}" x2="{x + 22}" y2="{y - 3}" stroke="#999999" stroke-dasharray="5,2"/>'
+                     f'<text x="{x + 26}" y="{y}" font-size="10">key/value head to its query heads (not an edge)</text>')  # fmt: skip
+    y += 18
+    score = str(circuit.meta.get("score_meaning", "the metric change when the edge is removed")).split(" (")[0]
+    parts.append(f'<text x="8" y="{y}" font-size="10" font-weight="bold">width = |score|, the {esc(score)}, '
+                 f"in {esc(str(circuit.meta.get('metric', 'metric')))} units:</text>")  # fmt: skip
+    y += 16
+    x = 8.0
+    for frac, text in ((0.0, "0 or untested"), (0.5, f"{top / 2:.3g}"), (1.0, f"{top:.3g}")):
+        parts.append(f'<line x1="{x}" y1="{y - 3}" x2="{x + 30}" y2="{y - 3}" stroke="#555555" '
+                     f'stroke-width="{1 + 3 * frac:.2f}"/><text x="{x + 36}" y="{y}" font-size="10">{text}</text>')  # fmt: skip
+        x += 36 + 6 * len(text) + 20
+    idx = np.flatnonzero(circuit.in_circuit)
+    order = sorted(idx.tolist(), key=lambda e: -abs(circuit.scores[e]) if math.isfinite(circuit.scores[e]) else 0.0)
+    y += 20
+    parts.append(f'<text x="8" y="{y}" font-size="10" font-weight="bold">edges, largest |score| first '
+                 f"({len(order)}):</text>")  # fmt: skip
+    names = [f"{g.edge_names[e]}  {circuit.scores[e]:.3g}" if math.isfinite(circuit.scores[e])
+             else f"{g.edge_names[e]}  untested" for e in order[:LEGEND_EDGES]]  # fmt: skip
+    if len(order) > LEGEND_EDGES:
+        names.append(f"... and {len(order) - LEGEND_EDGES} more (circuit.json)")
+    col_w = 6.0 * max((len(n) for n in names), default=10) + 24
+    n_cols = max(1, int((max(width, 560) - 16) // col_w))
+    rows = math.ceil(len(names) / n_cols) if names else 0
+    for i, name in enumerate(names):
+        cx, cy = 8 + (i // rows) * col_w, y + 14 * (1 + i % rows)
+        parts.append(f'<text x="{cx:.1f}" y="{cy:.1f}" font-size="10" font-family="Courier,monospace">{esc(name)}</text>')
+    y += 14 * rows + 10
+    new_w = max(width, 8 + n_cols * col_w, 560.0)
+    band = (f'<g id="legend" font-family="Helvetica,sans-Serif"><rect x="0" y="{height}" width="{new_w}" '
+            f'height="{y - height}" fill="white"/>' + "".join(parts) + "</g>\n</svg>")  # fmt: skip
+    head = f'<svg width="{new_w:.0f}pt" height="{y:.0f}pt"\n viewBox="0.00 0.00 {new_w:.2f} {y:.2f}"'
+    svg = svg[: m.start()] + head + svg[m.end() :]
+    return svg[: svg.rindex("</svg>")] + band + "\n"
+
+
 def render_svg(circuit: Circuit, path: str | Path) -> Path:
-    """Write the circuit's SVG to ``path`` (needs the ``dot`` program from graphviz)."""
+    """Write the circuit's SVG, with its legend, to ``path`` (needs the ``dot`` program
+    from graphviz)."""
     import graphviz
 
     path = Path(path)
     try:
-        svg = to_dot(circuit).pipe(format="svg")
+        svg = add_legend(to_dot(circuit).pipe(format="svg", encoding="utf-8"), circuit).encode()
     except graphviz.ExecutableNotFound as exc:
         raise CircuitDagError(
             "graphviz's `dot` program is not installed; install it (Debian/Ubuntu: "

@@ -62,3 +62,38 @@ def test_svg_links_a_key_value_head_to_its_query_heads():
     src = to_dot(Circuit(g, alive, np.full(g.n_edges, np.nan))).source
     assert '"a1.kv0" -> "a1.1"' in src.replace("\t", "") and "dashed" in src
     assert '"a1.kv0" -> "a1.0"' not in src  # a1.0 is not in the circuit
+
+
+def test_svg_has_a_legend_and_the_faithfulness_in_its_title(tmp_path):
+    """Every SVG says what colour and width mean (with the width scale in metric units) and
+    lists the circuit's edges by name, so none needs hovering; the title has faithfulness."""
+    import html
+    import math
+    import xml.dom.minidom
+
+    import numpy as np
+
+    from circuitdag.circuit import Circuit
+    from circuitdag.graph import Graph, ModelSpec
+
+    g = Graph(ModelSpec(n_layers=2, n_heads=2, n_kv_heads=2, d_model=8))
+    given = {"embed->a0.1<v>": 0.5, "a0.1->a1.0<k>": 2.0, "a1.0->logits<resid>": -4.0, "embed->a1.0<q>": np.nan}
+    alive = g.edges_by_name(list(given))
+    scores = np.full(g.n_edges, np.nan)
+    for name, s in given.items():
+        scores[g.edge_names.index(name)] = s
+    meta = {"task": "prompts:/some/dir/mine.jsonl", "metric": "kl", "ablation": "resample", "threshold": 0.01,
+            "metric_full": 0.0, "metric_circuit": 0.1, "metric_corrupted": 2.0}  # fmt: skip
+    svg = Circuit(g, alive, scores, meta).to_svg(tmp_path / "c.svg").read_text()
+    xml.dom.minidom.parseString(svg)  # still well-formed
+    text = html.unescape(svg)
+    assert "prompts:mine.jsonl" in text and "faithfulness=0.950" in text
+    assert "colour = the input the edge feeds:" in text
+    for label in ("q", "k", "v", "resid"):
+        assert f">{label}</text>" in text
+    assert "width = |score|" in text and "in kl units" in text and ">4<" in text and ">2<" in text  # top, top/2
+    listed = [n for n in g.edge_names if n in text]
+    assert sorted(listed) == sorted(g.edge_names[e] for e in np.flatnonzero(alive))
+    first = min((text.index(n + "  "), n) for n in listed)[1]
+    assert first == "a1.0->logits<resid>" and "untested" in text  # largest |score| first; NaN says so
+    assert not math.isnan(float(svg.split('height="')[1].split("pt")[0]))
