@@ -72,7 +72,7 @@ class Circuit:
 
     def without_positions(self) -> Circuit:
         """The same circuit on the graph without positions: a component edge is in it when
-        any of its position copies is (score: the largest |score| of those copies). Used to
+        any of its position copies is (score: the largest ``|score|`` of those copies). Used to
         compare a position-aware circuit with a ground truth written without positions."""
         g = self.graph
         if g.positions is None:

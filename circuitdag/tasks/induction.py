@@ -58,7 +58,7 @@ class HeadScores:
 
     ``prev_token[L, H]``: from each position q >= 2 to q - 1.
     ``induction[L, H]``: from each second-copy position q to the token after the previous
-    occurrence of the token at q (q - |S| + 1).
+    occurrence of the token at q (``q - |S| + 1``).
     """
 
     prev_token: Float[Tensor, "layer head"]
