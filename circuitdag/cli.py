@@ -88,6 +88,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from circuitdag.metrics import resolve_metric
     from circuitdag.models import load_model
     from circuitdag.patching import Ablation
+    from circuitdag.tasks._lm import with_prepend_bos
 
     threads = getattr(args, "threads", None) or default_threads()
     if threads < 1:
@@ -96,7 +97,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
         raise ConfigError(f"--n-prompts must be >= 1, got {args.n_prompts}")
     torch.set_num_threads(threads)
     log.info("using %d torch threads", threads)
-    task = _task(args)
+    task = with_prepend_bos(_task(args), getattr(args, "prepend_bos", "auto"))
     resolve_metric(task, args.metric)  # fail before loading the model
     if args.ablation:
         Ablation.parse(args.ablation)
@@ -363,6 +364,9 @@ def _add_run_options(p: argparse.ArgumentParser, task_required: bool = False) ->
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
     p.add_argument("--seed", type=int, default=0, help="seed of the task's dataset")
+    p.add_argument("--prepend-bos", choices=("auto", "yes", "no"), default="auto",
+                   help="start prompts with the tokenizer's BOS token (default auto: decided from the tokenizer "
+                   "and model, see docs/tasks.md; recorded in circuit.json)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (tiny models are fastest with 1; default: the cores not "
                    "already busy, from the load average)")

@@ -63,6 +63,7 @@ DIRECTIONS: tuple[Literal["minimize", "maximize"], ...] = ("minimize", "maximize
 HEARTBEAT_INTERVAL = 10
 GRACE_PERIOD = 60
 HOST = socket.gethostname()
+DEFAULT_TASK = "tracr-reverse"  # the same as `discover`'s
 
 
 # ---------------------------------------------------------------------- settings
@@ -1048,7 +1049,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         rng = (_float(args.threshold_range[0], "--threshold-range"), _float(args.threshold_range[1], "--threshold-range"))
     target = None if args.target_faithfulness is None else _float(args.target_faithfulness, "--target-faithfulness")
     trials = _trials(args.trials)
-    settings = make_settings(args.task, args.out or f"runs/{args.task}-sweep", model=args.model, metric=args.metric,
+    task = args.task or DEFAULT_TASK  # (--task has no argparse default: discover may take --prompts instead)
+    settings = make_settings(task, args.out or f"runs/{task}-sweep", model=args.model, metric=args.metric,
                              ablation=args.ablation, search=args.search, threshold_range=rng,
                              positions=args.positions, seed=args.seed, dtype=args.dtype,
                              prepend_bos=getattr(args, "prepend_bos", "auto"))  # fmt: skip

@@ -74,10 +74,12 @@ def test_roc(capsys):
         (["discover", "--algorithm", "eap", "--edges", "-1"], "--edges must be >= 0"),
         (["discover", "--batch-size", "0"], "--batch-size must be >= 1"),
         (["discover", "--prefilter", "eap-ig:20", "--edges", "5"], "--prefilter eap-ig:N"),
+        (["discover", "--prepend-bos", "yes"], "task 'tracr-reverse' builds its own token ids and has no BOS option"),
+        (["sweep", "--prepend-bos", "no", "--trials", "0"], "has no BOS option; leave --prepend-bos at auto"),
     ],
 )
 def test_bad_input_gives_one_line_error(argv, message, capsys, tmp_path):
-    code, _, err = run(capsys, *argv, *(["--out", str(tmp_path)] if argv[0] == "discover" else []))
+    code, _, err = run(capsys, *argv, *(["--out", str(tmp_path)] if argv[0] in ("discover", "sweep") else []))
     assert code == 2
     assert message in err and err.count("\n") == 1
 
