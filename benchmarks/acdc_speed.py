@@ -36,14 +36,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -241,6 +244,19 @@ def smollm2_patcher(device: str, dtype: torch.dtype, prompts: int, task_name: st
 BIG_DEFAULT_MODELS = ("smollm2-135m",)
 
 
+def _commit() -> str:
+    """The commit circuitdag is measured at, with '+changes' when circuitdag/ differs from it."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "circuitdag"], cwd=root, capture_output=True,
+                               text=True, check=True).stdout.strip() != ""  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return head + (" +changes" if dirty else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
@@ -338,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
            f"{'layers ref':>10} {'layers fast':>11} {'s ref: best (median-max)':>25} "
            f"{'s fast: best (median-max)':>26} {'speedup':>7} {'s/edge fast':>11} {'s/edge ref':>10} {'same':>5} "
            f"{'Kmax':>5} {'peak MB':>8}")  # fmt: skip
-    print(f"device={args.device} dtype={args.dtype} threads={args.threads} reps={args.reps} "
+    print(f"circuitdag at {_commit()}; load average {os.getloadavg()[0]:.2f}; "
+          f"device={args.device} dtype={args.dtype} threads={args.threads} reps={args.reps} "
           f"(GPT-2/SmolLM2: {args.big_reps}); a warm-up run of each path first, then alternating runs on "
           "fresh Patchers; seconds of ACDC alone (caches built outside the timer)")  # fmt: skip
     print(hdr, flush=True)

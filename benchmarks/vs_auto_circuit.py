@@ -284,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--reps", type=int, default=5, help="timed rounds per case (best of N; default 5)")
+    ap.add_argument("--ref-reps", type=int, help="timed rounds of circuitdag's reference (default: --reps)")
     ap.add_argument("--only", nargs="*", help="run the cases whose label contains one of these words")
     ap.add_argument("--prompts", type=int, nargs="*", help="run only the cases with these prompt counts")
     ap.add_argument(
@@ -315,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     cases = [c for c in CASES if (not args.only or any(o in c.label for o in args.only))
              and (not args.prompts or c.n_prompts in args.prompts)]  # fmt: skip
     algos = [a for a in ALGOS if not (args.no_reference and a == "reference")]
+    ref_reps = args.reps if args.ref_reps is None else min(args.ref_reps, args.reps)
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="vs-auto-circuit-"))
     work.mkdir(parents=True, exist_ok=True)
 
@@ -352,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
             stable = True
             for r in range(args.reps):
                 for algo in algos[r % len(algos) :] + algos[: r % len(algos)]:  # rotate the order
+                    if algo == "reference" and r >= ref_reps:
+                        continue
                     ans = (
                         ac.ask({"cmd": "run"})
                         if algo == "auto-circuit"
@@ -397,6 +401,18 @@ def _program(task: str) -> str:
     return get_task(task).program
 
 
+def _commit() -> str:
+    """The commit circuitdag was measured at, with '+changes' when circuitdag/ differs from it."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "circuitdag"], cwd=ROOT, capture_output=True,
+                               text=True, check=True).stdout.strip() != ""  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return "an unknown commit"
+    return head + (" +changes" if dirty else "")
+
+
 def _row_line(r: dict[str, Any]) -> str:
     s = {a: min(v) for a, v in r["seconds"].items()}
     ratio = f"ac/fast {s['auto-circuit'] / s['fast']:.2f}x" + (
@@ -407,6 +423,7 @@ def _row_line(r: dict[str, Any]) -> str:
 
 
 def _report(rows: list[dict[str, Any]], args, versions: dict[str, str], load0, load1, wall: float) -> str:
+    ref_reps = args.reps if args.ref_reps is None else min(args.ref_reps, args.reps)
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -417,9 +434,11 @@ def _report(rows: list[dict[str, Any]], args, versions: dict[str, str], load0, l
         "circuitdag vs auto-circuit: exact ACDC on the same tracr models, prompts, corrupted prompts and metric",
         (f"(benchmarks/vs_auto_circuit.py; {time.strftime('%Y-%m-%d %H:%M')}; {cpu}, {os.cpu_count()} cores; "
          f"load average {load0[0]:.2f} at the start, {load1[0]:.2f} at the end; {wall:.0f} s in all)"),
-        (f"resample ablation, one torch thread, {args.dtype}, a warm-up run, then {args.reps} interleaved rounds: "
+        (f"resample ablation, one torch thread, {args.dtype}, a warm-up run, then {args.reps} interleaved rounds"
+         f"{f' ({ref_reps} of the reference)' if ref_reps < args.reps else ''}: "
          "best (median-worst) seconds; ratios of the bests"),
-        "versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())),
+        "versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + f"; circuitdag at {_commit()}",
+        "command: " + " ".join(["benchmarks/vs_auto_circuit.py", *sys.argv[1:]]),
         "circuitdag: Patcher (cached clean/corrupted runs) + search; auto-circuit: acdc_prune_scores (caches its own runs)",
         "",
         ("| setup | prompts | tau | auto-circuit 1.0.1 | circuitdag fast | circuitdag reference | auto-circuit / fast "
