@@ -66,7 +66,7 @@ class SparseFastPath:
         graph, lay, spec = patcher.graph, patcher.layout, patcher.graph.spec
         self.graph, self.lay, self.spec = graph, lay, spec
         self.component_evals = 0
-        exists = patcher.exists[:, 0, 0].cpu().numpy() != 0  # rows slots
+        exists = (patcher.exists[:, 0, 0] != 0).cpu().numpy()  # rows slots (bool: numpy has no bfloat16)
         self.present = exists.copy()
         dead = ~np.asarray(alive, dtype=bool)
         self.present[lay.edge_row[dead], lay.edge_slot[dead]] = False

@@ -202,9 +202,11 @@ def _device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
-def _tol(ref: Tensor) -> float:
-    """Agreement expected of two computations of ``ref``'s value: sqrt(eps) relative."""
-    return torch.finfo(ref.dtype).eps ** 0.5 * (1.0 + ref.abs().max().item())
+def _tol(ref: Tensor, dtype: torch.dtype | None = None) -> float:
+    """Agreement expected of two computations of ``ref``'s value in ``dtype`` (default:
+    ``ref``'s): sqrt(eps) relative to ``ref``'s largest entry, so the tolerance follows the
+    dtype (float64 1.5e-8, float32 3.5e-4, float16 0.031, bfloat16 0.088 relative)."""
+    return torch.finfo(dtype or ref.dtype).eps ** 0.5 * (1.0 + ref.abs().max().item())
 
 
 def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> HookReport:
@@ -239,11 +241,15 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
     _check_shapes(spec, cache, n_batch, n_pos)
     errors: list[float] = []
 
-    def expect_equal(name: str, got: Tensor, want: Tensor, what: str) -> None:
+    def expect_equal(name: str, got: Tensor, want: Tensor, what: str, scale: Tensor | None = None) -> None:
+        """``got == want`` up to rounding in the model's dtype, relative to ``scale``'s size
+        (default ``want``'s)."""
         err = (got - want).abs().max().item()
         errors.append(err)
-        if not err <= _tol(want):
-            raise ModelError(f"{name} {what} (max difference {err:.3g}); circuitdag cannot patch this model")
+        tol = _tol(want if scale is None else scale, logits.dtype)
+        if not err <= tol:
+            raise ModelError(f"{name} {what} (max difference {err:.3g}, more than rounding in {_dtype_name(logits)} "
+                             f"explains: {tol:.3g}); circuitdag cannot patch this model")  # fmt: skip
 
     # Inputs are read before LayerNorm: every head sees the same residual stream.
     for L in range(spec.n_layers):
@@ -257,23 +263,27 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
                 f"blocks.{L}.hook_mlp_in", cache[f"blocks.{L}.hook_mlp_in"], cache[src], f"is not {src}"
             )
 
-    # The residual stream decomposes into node outputs plus a constant.
+    # The residual stream decomposes into node outputs plus a constant. Summed in float32
+    # at least; the model's own sums round in its dtype, so the tolerance is relative to
+    # the size of the residual stream, not of the constant.
+    acc = torch.promote_types(logits.dtype, torch.float32)
     embed = cache["blocks.0.hook_resid_pre"]
-    total = embed.clone()
+    total = embed.to(acc)
     offsets = [torch.zeros_like(embed[0, 0])]
     for L in range(spec.n_layers):
-        total = total + cache[f"blocks.{L}.attn.hook_result"].sum(2)
+        total = total + cache[f"blocks.{L}.attn.hook_result"].to(acc).sum(2)
         if not spec.attn_only:
-            total = total + cache[f"blocks.{L}.hook_mlp_out"]
+            total = total + cache[f"blocks.{L}.hook_mlp_out"].to(acc)
         name = f"blocks.{L + 1}.hook_resid_pre" if L + 1 < spec.n_layers else f"blocks.{L}.hook_resid_post"
-        left = cache[name] - total
-        offsets.append(left.mean((0, 1)))
+        left = cache[name].to(acc) - total
+        offsets.append(left.mean((0, 1)).to(embed.dtype))
         expect_equal(
             name,
             left,
-            offsets[-1].expand_as(left),
+            left.mean((0, 1)).expand_as(left),
             "is not blocks.0.hook_resid_pre + attn.hook_result + hook_mlp_out of the layers below "
             "plus a constant",
+            scale=cache[name],
         )
 
     # Resuming at a layer from its residual reproduces the full forward pass (every block
@@ -292,6 +302,10 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
 
     _check_writes(model, spec, cache, logits)
     return HookReport(resid_offset=torch.stack(offsets), max_error=max(errors))
+
+
+def _dtype_name(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
 
 
 def _check_shapes(spec: ModelSpec, cache: Any, n_batch: int, n_pos: int) -> None:
