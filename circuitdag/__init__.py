@@ -3,7 +3,7 @@
     import circuitdag as cd
     task = cd.tasks.get("tracr-reverse")
     model = task.load_model()
-    circuit = cd.acdc(model, task, threshold=0.01)
+    circuit = cd.acdc(model, task, threshold=0.001)  # the task's default
     circuit.save("runs/rev/circuit.json"); circuit.to_svg("runs/rev/circuit.svg")
 """
 
