@@ -49,6 +49,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -335,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             task_model = ROOT / "circuitdag" / "models" / "zoo" / "tracr" / _program(case.task)
             spec = {"task": case.task, "model": str(task_model), "data": str(data), "metric": case.metric,
                     "n_prompts": case.n_prompts, "seq_len": shape["seq_len"], "positions": case.positions,
-                    "tau": list(case.tau), "threshold": case.threshold, "dtype": args.dtype, "seed": args.seed}  # fmt: skip
+                    "tau": list(case.tau), "threshold": case.threshold, "dtype": args.dtype, "seed": args.seed,
+                    "algos": algos}  # fmt: skip
             print(
                 f"[{case.label}, {case.n_prompts} prompts] setting up and warming up ...",
                 file=sys.stderr,
@@ -383,6 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for w in (ac, cd):
             w.close()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
     text = _report(results, args, versions, load0, os.getloadavg(), time.time() - started)
     print(text)
     if args.out:
