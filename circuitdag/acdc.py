@@ -580,12 +580,16 @@ def acdc(
 
     if isinstance(task, str):
         task = get_task(task)
+    name = None
     if isinstance(model, (str, Path)):
         from circuitdag.models import load_model
 
+        name = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
         model = load_model(str(model))
     patcher, meta = prepare(model, task, metric=metric, ablation=ablation, seed=seed, positions=positions,
                             n_prompts=n_prompts)  # fmt: skip
+    if name is not None:  # what circuit.json records, and what reloads the model
+        meta["model"] = name
     thr, recorded = resolve_threshold(patcher, task, threshold, relative_threshold)
     return run_acdc(patcher, thr, algorithm=algorithm, progress=progress, checkpoint=checkpoint,
                     resume=resume, meta={**meta, **recorded})  # fmt: skip

@@ -103,8 +103,6 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
         Ablation.parse(args.ablation)
     dtype = _dtype(args.dtype)
     quiet = getattr(args, "quiet", False)
-    if quiet:
-        _silence_loading_bars()
     with _phase(f"loading {getattr(args, 'model', None) or task.default_model or 'the model'} "
                 f"({threads} torch threads)", quiet):  # fmt: skip
         if getattr(args, "model", None):
@@ -200,6 +198,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
         patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed,
                                 positions=args.positions, n_prompts=args.n_prompts)  # fmt: skip
     meta.update(_run_facts(args))
+    if args.model and Path(args.model).is_dir():  # a local directory: recorded so that curve can reload it
+        meta["model"] = str(Path(args.model).resolve())
     if attribution:
         n_edges = args.edges
         if relative is not None:
@@ -441,6 +441,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
     try:
+        if getattr(args, "quiet", False):  # every command's -q, curve and sweep included
+            _silence_loading_bars()
         return args.fn(args)
     except CircuitDagError as exc:
         print(f"circuitdag: error: {exc}", file=sys.stderr)

@@ -52,7 +52,8 @@ def _need(ref: MetricRef, field: str, metric: str) -> Tensor:
 
 
 def kl(logits: Tensor, ref: MetricRef) -> Tensor:
-    """KL(clean || patched) of the next-token distribution, mean over answer slots."""
+    """KL(full || patched): from the full model's next-token distribution on the clean
+    prompt to the patched model's, mean over answer slots."""
     clean = ref.logprobs
     patched = logits.log_softmax(-1)
     per = (clean.exp() * (clean - patched)).sum(-1)

@@ -36,24 +36,52 @@ def ioi_rows(n: int = 20, seed: int = 0) -> list[dict[str, str]]:
 
 @pytest.fixture(scope="module")
 def model_dir(word_lm_dir) -> Path:
-    """A tiny GPT-2-format model directory (config, safetensors, tokenizer), as a user has."""
+    """A tiny random GPT-2-format model directory over :data:`WORDS` (for the data checks)."""
     return word_lm_dir(WORDS)
+
+
+@pytest.fixture(scope="module")
+def trained_dir(tmp_path_factory) -> Path:
+    """A tiny GPT-2-format model directory that does a task, as a user has one: the zoo's
+    pronoun model written out with ``save_pretrained`` (config, safetensors, tokenizer)."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from circuitdag.models.zoo import zoo_path
+
+    path = tmp_path_factory.mktemp("my-model")
+    GPT2LMHeadModel.from_pretrained(zoo_path("pronoun")).save_pretrained(path)
+    AutoTokenizer.from_pretrained(zoo_path("pronoun")).save_pretrained(path)
+    return path
+
+
+def pronoun_rows(n: int = 20, seed: int = 0) -> list[dict[str, str]]:
+    """Pronoun prompts for :func:`trained_dir`; the corruption swaps the name's gender."""
+    rng = random.Random(seed)
+    names = {"he": ["John", "David", "Michael", "James", "Paul"], "she": ["Mary", "Sarah", "Emma", "Anna", "Helen"]}
+    rows = []
+    for i in range(n):
+        right, wrong = ("he", "she") if i % 2 else ("she", "he")
+        tail = f"is a {rng.choice(['really', 'very', 'quite'])} {rng.choice(['kind', 'smart', 'calm'])} " \
+               f"{rng.choice(['teacher', 'driver', 'writer'])}, isn't"  # fmt: skip
+        rows.append({"clean": f"So {rng.choice(names[right])} {tail}", "corrupted": f"So {rng.choice(names[wrong])} {tail}",
+                     "correct": right, "wrong": wrong})  # fmt: skip
+    return rows
 
 
 @pytest.fixture
 def prompts_file(tmp_path: Path) -> Path:
     path = tmp_path / "prompts.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in ioi_rows()))
+    path.write_text("".join(json.dumps(r) + "\n" for r in pronoun_rows()))
     assert len(path.read_text().splitlines()) == 20
     return path
 
 
-def test_discover_with_own_model_and_prompts_file(model_dir, prompts_file, tmp_path, capsys) -> None:
+def test_discover_with_own_model_and_prompts_file(trained_dir, prompts_file, tmp_path, capsys) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.enable_progress_bar()  # on, as in a fresh process: -q must turn off the loading bar
     out = tmp_path / "run"
-    code = main(["discover", "--model", str(model_dir), "--prompts", str(prompts_file), "--out", str(out),
+    code = main(["discover", "--model", str(trained_dir), "--prompts", str(prompts_file), "--out", str(out),
                  "-q", "--threads", "1"])  # fmt: skip
     stdout, err = capsys.readouterr()
     assert code == 0, err
@@ -64,17 +92,22 @@ def test_discover_with_own_model_and_prompts_file(model_dir, prompts_file, tmp_p
     assert doc["threshold"] == pytest.approx(0.01 * abs(doc["metric_gap"]))
     assert doc["n_edges"] > 0 and (out / "circuit.svg").exists()
     assert stdout.startswith(f"prompts:{prompts_file.resolve()} (acdc): {doc['n_edges']}/")
-    # The saved task name finds the prompts again (evaluate, curve, sweep).
+    # The saved task and model names find the prompts and the model again (evaluate, curve).
+    assert doc["model"] == str(trained_dir.resolve())
+    assert (doc["metric_corrupted"] - doc["metric_circuit"]) / (doc["metric_corrupted"] - doc["metric_full"]) > 0.9
     assert main(["evaluate", str(out / "circuit.json")]) == 0
     assert json.loads(capsys.readouterr().out)["edges"] == doc["n_edges"]
+    hf_logging.enable_progress_bar()
+    assert main(["curve", str(out / "circuit.json"), "-q", "--threads", "1"]) == 0
+    assert capsys.readouterr().err == "" and (out / "curve.svg").exists()
 
 
-def test_three_lines_of_python(model_dir, prompts_file) -> None:
+def test_three_lines_of_python(trained_dir, prompts_file) -> None:
     task = cd.Task.from_prompts(prompts_file)
-    circuit = cd.acdc(str(model_dir), task)
-    assert circuit.n_edges > 0 and circuit.meta["n_prompts"] == 20
+    circuit = cd.acdc(str(trained_dir), task)
+    assert circuit.n_edges > 0 and circuit.meta["n_prompts"] == 20 and circuit.faithfulness() > 0.9
     # The same prompts as a list, with a threshold in metric units.
-    again = cd.acdc(str(model_dir), cd.Task.from_prompts(ioi_rows()), threshold=circuit.meta["threshold"])
+    again = cd.acdc(str(trained_dir), cd.Task.from_prompts(pronoun_rows()), threshold=circuit.meta["threshold"])
     assert again.edge_names == circuit.edge_names
 
 
