@@ -36,7 +36,8 @@ from circuitdag.attribution import DEFAULT_IG_STEPS, METHODS, attribute, top_edg
 from circuitdag.circuit import Circuit
 from circuitdag.errors import ConfigError, TaskError
 from circuitdag.graph import Graph, ModelSpec, NodeKind, Positions
-from circuitdag.patching import Patcher
+from circuitdag.patching import Ablation, Patcher
+from circuitdag.provenance import RESUME_KEYS
 from circuitdag.recompute import SparseFastPath
 from circuitdag.tasks.base import TaskData
 
@@ -485,8 +486,7 @@ def run_acdc(
     if algorithm == "acdc-reference":
         state = acdc_reference(patcher, threshold, progress=progress, start=start)
     else:
-        info = {k: (meta or {}).get(k) for k in ("task", "model", "metric", "ablation", "seed", "positions",
-                                                  "n_prompts")}  # fmt: skip
+        info = {k: (meta or {}).get(k) for k in RESUME_KEYS}
         info["prefilter"] = None if pre is None else f"{pre[0]}:{pre[1]}:{ig_steps}"
         state = acdc_fast(patcher, threshold, progress=progress, checkpoint=checkpoint, resume=resume,
                           k_max=k_max, run_info=info, checkpoint_every=checkpoint_every, start=start,
@@ -619,17 +619,23 @@ def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | No
     from circuitdag import __version__
     from circuitdag.metrics import STORED_AS, resolve_metric
     from circuitdag.models import spec_of
+    from circuitdag.provenance import run_record
     from circuitdag.tasks.base import load_data
+    from circuitdag.tasks.validate import check_metric_gap, validate_task_data
 
     metric = metric or task.default_metric
     ablation = ablation or task.default_ablation
     metric_fn = resolve_metric(task, metric)
     data = load_data(task, model, seed=seed, n_prompts=n_prompts)
+    validate_task_data(data, model, Ablation.parse(ablation).value, task.name)  # the task/engine boundary
     spec = spec_of(model)
     layout = None
     if positions:
         data, layout = position_layout(data, spec)
     patcher = Patcher(model, Graph(spec, layout), data, ablation=ablation, metric=metric_fn)
+    n = patcher.graph.n_edges
+    check_metric_gap(patcher.circuit_metric(np.ones(n, dtype=bool)), patcher.circuit_metric(np.zeros(n, dtype=bool)),
+                     metric, patcher.ablation.value, task.name)  # fmt: skip
     meta = {
         "task": task.name,
         "model": getattr(getattr(model, "cfg", None), "model_name", type(model).__name__),
@@ -640,5 +646,8 @@ def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | No
         "n_prompts": data.n_prompts,
         "positions": bool(positions),
         "version": __version__,
+        **run_record(model, task, data),
     }
+    log.info("%s: prompts %s BOS (%s)", task.name, {True: "start with", False: "do not start with",
+             None: "may or may not start with"}[meta["bos"]], meta["bos_reason"])  # fmt: skip
     return patcher, meta

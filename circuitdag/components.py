@@ -37,6 +37,13 @@ class KernelMismatch(Exception):
     """The kernels do not reproduce the model's own computation (message says where)."""
 
 
+def plain_module(module: Any) -> Any:
+    """The module a ``TransformerBridge`` component wraps (its Hugging Face original,
+    called without the bridge's hook bookkeeping), or ``module`` itself."""
+    inner = getattr(module, "original_component", None)
+    return inner if isinstance(inner, torch.nn.Module) else module
+
+
 def _param(module: Any, name: str) -> Tensor | None:
     try:
         value = getattr(module, name)
@@ -69,13 +76,22 @@ class ComponentKernels:
             for name in ("W_Q", "W_K", "W_V", "W_O"):
                 if self.W[L][name] is None:
                     raise KernelMismatch(f"blocks.{L}.attn has no {name}")
+        self._ln1 = [plain_module(model.blocks[L].ln1) for L in range(spec.n_layers)]
+        if not spec.attn_only:
+            self._ln2 = [plain_module(model.blocks[L].ln2) for L in range(spec.n_layers)]
+            self._mlp = [plain_module(model.blocks[L].mlp) for L in range(spec.n_layers)]
 
     # ------------------------------------------------------------------ attention
-    def _project(self, L: int, which: str, x: Tensor, heads: Tensor) -> Tensor:
-        """``x`` (``n pos d_model``, before LayerNorm) through LayerNorm and the ``which``
-        projection of ``heads`` -> ``n pos heads d_head`` (rotated for q and k)."""
+    def norm1(self, L: int, x: Tensor) -> Tensor:
+        """The attention's LayerNorm (RMSNorm) of block ``L``."""
+        return self._ln1[L](x)
+
+    def _project(self, L: int, which: str, x: Tensor, heads: Tensor, normed: bool = False) -> Tensor:
+        """``x`` (``n pos d_model``, before LayerNorm; after it with ``normed``) through
+        LayerNorm and the ``which`` projection of ``heads`` -> ``n pos heads d_head``
+        (rotated for q and k)."""
         w = self.W[L]
-        ln = self.model.blocks[L].ln1(x)
+        ln = x if normed else self.norm1(L, x)
         out = torch.einsum("npd,hde->nphe", ln, w[f"W_{which}"][heads])  # type: ignore[index]
         b = w[f"b_{which}"]
         if b is not None:
@@ -105,7 +121,9 @@ class ComponentKernels:
     def keys_values(self, L: int, kv: int, xk: Tensor, xv: Tensor) -> tuple[Tensor, Tensor]:
         """Rotated keys and values of key/value head ``kv``: two ``n pos d_head``."""
         g = torch.as_tensor([kv], device=xk.device)
-        return self._project(L, "K", xk, g)[:, :, 0], self._project(L, "V", xv, g)[:, :, 0]
+        nk = self.norm1(L, xk)
+        nv = nk if xv is xk else self.norm1(L, xv)
+        return self._project(L, "K", nk, g, True)[:, :, 0], self._project(L, "V", nv, g, True)[:, :, 0]
 
     def attend(
         self, L: int, heads: Sequence[int], q: Float[Tensor, "n pos heads d_head"],
@@ -123,8 +141,7 @@ class ComponentKernels:
 
     def mlp(self, L: int, x: Float[Tensor, "n pos d_model"]) -> Float[Tensor, "n pos d_model"]:
         """The MLP's output (``hook_mlp_out``) from its input (``hook_mlp_in``)."""
-        block = self.model.blocks[L]
-        return block.mlp(block.ln2(x))
+        return self._mlp[L](self._ln2[L](x))
 
     # ------------------------------------------------------------------ checks
     @torch.no_grad()
@@ -138,8 +155,11 @@ class ComponentKernels:
         heads = list(range(spec.n_heads))
         for L in range(spec.n_layers):
             x = resid_pre[L]
-            q = self.queries(L, heads, x)
-            kvs = [self.keys_values(L, g, x, x) for g in range(spec.n_kv_heads)]
+            n = self.norm1(L, x)
+            q = self._project(L, "Q", n, torch.as_tensor(heads, device=x.device), True)
+            all_kv = torch.arange(spec.n_kv_heads, device=x.device)
+            ks, vs = self._project(L, "K", n, all_kv, True), self._project(L, "V", n, all_kv, True)
+            kvs = [(ks[:, :, g], vs[:, :, g]) for g in range(spec.n_kv_heads)]
             k = torch.stack([kvs[spec.kv_head(h)][0] for h in heads], dim=2)
             v = torch.stack([kvs[spec.kv_head(h)][1] for h in heads], dim=2)
             got = self.attend(L, heads, q, k, v)

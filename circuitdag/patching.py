@@ -35,10 +35,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitdag.components import ComponentKernels, KernelMismatch, rotary_hooks
+from circuitdag.components import ComponentKernels, KernelMismatch, plain_module, rotary_hooks
 from circuitdag.errors import ConfigError, ModelError
 from circuitdag.graph import Graph, Input, NodeKind
-from circuitdag.metrics import MetricRef, check_finite, get_metric
+from circuitdag.metrics import MetricRef, check_finite, get_metric, logit_diff
 from circuitdag.models.bridge import resume
 from circuitdag.tasks.base import TaskData
 
@@ -555,9 +555,21 @@ class Patcher:
     def circuit_metric(self, alive: np.ndarray) -> float:
         """The metric of circuit ``alive``: the same value as :meth:`reference_metric`
         (tested), computed faster (sparse sums over edges, only the answer positions
-        unembedded). What every result reports."""
+        unembedded). What every result reports. The full model's value is read off the
+        clean run and the value with every edge removed is computed once, so asking for
+        them again costs nothing."""
+        alive = np.asarray(alive, dtype=bool)
+        if alive.all():  # the full model is the clean run: no pass needed
+            if not hasattr(self, "_m_full"):
+                self._m_full = float(self.final_metric(self.resid_final.unsqueeze(0))[0])
+            return self._m_full
+        if not alive.any() and hasattr(self, "_m_none"):  # every edge removed: asked for often
+            return self._m_none
         final = self._full_pass(self.absent_matrix(alive), sparse=True)
-        return float(self.metric_of_answer_logits(self._unembed_answers(final.unsqueeze(0)))[0])
+        value = float(self.final_metric(final.unsqueeze(0))[0])
+        if not alive.any():
+            self._m_none = value
+        return value
 
     def reference_metric(self, alive: np.ndarray) -> float:
         logits = self.reference_logits(self.absent_matrix(alive))
@@ -696,7 +708,7 @@ class Patcher:
                 final = stop.resid
         self.n_forward += 1
         self.n_layer_evals += K * (n - start_layer)
-        return self.metric_of_answer_logits(self._unembed_answers(final))
+        return self.final_metric(final)
 
     def _cached_input(self, start_layer: int, L: int, kind: Input) -> Float[Tensor, "batch pos d_model"]:
         """The base run's input to (layer ``L``, ``kind``) with every sender from
@@ -717,6 +729,52 @@ class Patcher:
         out = base - self.D_base[:, :, n0:k].sum(dim=2)
         self._input_cache[key] = out
         return out
+
+    def final_metric(self, final: Float[Tensor, "k batch pos d_model"]) -> Float[Tensor, " k"]:
+        """The metric of ``k`` patched runs from their final residual streams (true
+        positions). Metrics that read only a few vocabulary entries (``logit_diff``: the
+        correct and wrong answers) unembed only those columns (:meth:`_answer_columns`,
+        checked once against the full unembedding)."""
+        cols = self._answer_columns()
+        if cols is None:
+            return self.metric_of_answer_logits(self._unembed_answers(final))
+        ln, W_U, b_U, ref = cols
+        x = self._answer_logits(final)
+        logits = ln(x) @ W_U
+        if b_U is not None:
+            logits = logits + b_U
+        vals = self.metric_fn(logits, ref)
+        check_finite(vals, "for a patched forward pass")
+        return vals
+
+    def _answer_columns(self) -> tuple[Any, Tensor, Tensor | None, MetricRef] | None:
+        """For ``logit_diff``: the final norm, the unembedding restricted to the answer
+        tokens, and the metric's reference with token ids renumbered into those columns;
+        None for metrics that need the whole vocabulary, or where the restricted
+        unembedding does not reproduce the model's logits on the clean run."""
+        if hasattr(self, "_cols"):
+            return self._cols
+        self._cols = None
+        ref = self.ref
+        W_U = getattr(self.model, "W_U", None)
+        if self.metric_fn is not logit_diff or ref.correct is None or ref.wrong is None or not isinstance(W_U, Tensor):
+            return None
+        try:
+            b_U = getattr(self.model, "b_U", None)
+        except AttributeError:
+            b_U = None
+        cols = torch.unique(torch.cat([ref.correct.flatten(), ref.wrong.flatten()]))
+        sub = (plain_module(self.model.ln_final), W_U[:, cols].contiguous(),
+               None if not isinstance(b_U, Tensor) else b_U[cols].contiguous(),
+               MetricRef(logits=ref.logits[..., cols], correct=torch.searchsorted(cols, ref.correct),
+                         wrong=torch.searchsorted(cols, ref.wrong), valid=ref.valid))  # fmt: skip
+        with torch.no_grad():
+            x = self._answer_logits(self.resid_final.unsqueeze(0))
+            want = self._unembed_answers(self.resid_final.unsqueeze(0))[..., cols]
+            got = sub[0](x) @ sub[1] + (0 if sub[2] is None else sub[2])
+            if got.shape == want.shape and (got - want).abs().max().item() <= _tol(want):
+                self._cols = sub
+        return self._cols
 
     def _unembed_answers(self, final: Float[Tensor, "k batch pos d_model"]) -> Float[Tensor, "k batch n_ans vocab"]:
         """Logits at the answer positions only, from the final residual stream."""
@@ -784,6 +842,11 @@ class Patcher:
             self._input_cache.clear()
             self._total_cache.clear()
             self._cache_layer = start_layer
+
+
+def _tol(ref: Tensor) -> float:
+    """Agreement expected of two computations of ``ref``'s value: sqrt(eps) relative."""
+    return torch.finfo(ref.dtype).eps ** 0.5 * (1.0 + ref.abs().max().item())
 
 
 def _add_sparse(got: Tensor, diff: Tensor, D: Tensor, positional: bool) -> None:

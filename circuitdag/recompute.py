@@ -92,6 +92,14 @@ class SparseFastPath:
         self._kv: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         self._pending: _Pending | None = None
         self._affected: dict[int, list[int]] = {}
+        self._need: dict[int, np.ndarray] = {}
+        src = graph.edges.src.astype(np.int64)
+        order = np.argsort(src, kind="stable")
+        bounds = np.searchsorted(src[order], np.arange(len(graph.nodes) + 1))
+        #: Edges out of each node (indices into the edge table).
+        self._out = [order[bounds[i] : bounds[i + 1]] for i in range(len(graph.nodes))]
+        ap = patcher.data.answer_pos
+        self._answers = np.unique(ap.cpu().numpy()) if ap.numel() else np.zeros(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ structure
     def _row_layer_kind(self, r: int) -> tuple[int, Input]:
@@ -120,10 +128,57 @@ class SparseFastPath:
             reach = self.graph.reach
             down = reach.reached_from_source(alive, dest) & reach.reaches_sink(alive, self.graph.sink)
             hit = self._affected[dest] = np.flatnonzero(down).tolist()
+            self._needed_positions(hit)
         return hit
+
+    def _needed_positions(self, nodes: list[int]) -> None:
+        """For each node of ``nodes`` (an affected set, topological order), the positions
+        at which anything that matters reads its output: ``logits`` reads the answer
+        positions; a Q, MLP or ``logits`` input reads the positions its node is needed at;
+        a K or V input reads every key position up to the last needed query position (all
+        positions without a causal mask). A node's consumers are visited nodes, whose
+        edges ACDC never changes again, so these sets do not change either: outputs are
+        recomputed (MLPs) and kept exact at these positions only."""
+        graph, lay, P = self.graph, self.lay, self.I[0].shape[1]
+        member = set(nodes)
+        need = self._need
+        need[graph.sink] = self._answers
+        every = np.arange(P)
+
+        def key_range(v: int) -> np.ndarray:
+            node = graph.nodes[v]
+            heads = [v] if node.kind == NodeKind.HEAD else [
+                graph.node_index[f"a{node.layer}.{h}"] for h in self.spec.query_heads(node.head)]
+            last = max((int(need[h].max()) for h in heads if h in member and len(need.get(h, ()))), default=-1)
+            return every if not self.spec.causal else np.arange(last + 1)
+
+        for u in reversed(nodes):
+            if u in need and u != graph.sink and graph.nodes[u].kind != NodeKind.KV:
+                continue
+            if graph.nodes[u].kind in (NodeKind.KV, NodeKind.LOGITS):
+                continue
+            slot = lay.edge_slot[self._out[u][0]] if len(self._out[u]) else -1
+            parts = []
+            for e in self._out[u].tolist():
+                v = int(graph.edges.dst[e])
+                if v not in member or not self.present[lay.edge_row[e], slot]:
+                    continue
+                kind = Input(int(graph.edges.input[e]))
+                parts.append(key_range(v) if kind in (Input.K, Input.V) else need[v])
+            need[u] = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+    def bytes_per_candidate(self, dest: int, alive: np.ndarray) -> int:
+        """Memory one candidate of ``dest`` needs (inputs, outputs and deltas of the
+        affected nodes, and the answer logits), a conservative estimate."""
+        B, P, d = self.I[0].shape
+        item = torch.finfo(self.p.dtype).bits // 8
+        n = len(self.affected(dest, alive))
+        vocab = self.p.ref.logits.shape[-1]
+        return (6 * n + 8) * B * P * d * item + 4 * B * self.p.data.answer_pos.shape[1] * vocab * item
 
     def forget_affected(self) -> None:
         self._affected.clear()
+        self._need.clear()
 
     # ------------------------------------------------------------------ evaluation
     def _delta(self, s: int) -> Tensor:
@@ -177,9 +232,16 @@ class SparseFastPath:
                 x = row_input(lay.rows(node.layer, Input.MLP).start)
                 if x is None:
                     continue
-                out = self.kernels.mlp(node.layer, batch(x)).reshape(k, B, P, d)
-                self.component_evals += k
                 s = lay.mlp_slot(node.layer)
+                at = self._need.get(u)
+                if at is not None and len(at) < P:  # only where anything reads it
+                    at_t = torch.as_tensor(at, device=dev)
+                    part = self.kernels.mlp(node.layer, batch(x[:, :, at_t] if x.dim() == 4 else x[:, at_t]))
+                    out = self.S[s].unsqueeze(0).repeat(k, 1, 1, 1)
+                    out[:, :, at_t] = part.reshape(k, B, len(at), d)
+                else:
+                    out = self.kernels.mlp(node.layer, batch(x)).reshape(k, B, P, d)
+                self.component_evals += k
                 pend.slots[s], deltas[s] = out, out - self.S[s]
             elif node.kind == NodeKind.HEAD:
                 L, h = node.layer, node.head
@@ -206,7 +268,7 @@ class SparseFastPath:
             final = self.I[sink_row].unsqueeze(0).expand(k, B, P, d)
         self._pending = pend
         p = self.p
-        return p.metric_of_answer_logits(p._unembed_answers(final))
+        return p.final_metric(final)
 
     def commit(self, n_accepted: int) -> None:
         """Make candidate ``n_accepted`` (1-based; its first ``n_accepted`` removals) of the

@@ -519,9 +519,15 @@ def sweep(
     if n_trials < 0:
         raise ConfigError(f"--trials must be >= 0, got {n_trials}")
     out = Path(settings.out)
-    _prepare_out(out)
     url = storage or default_storage(out)
     name = study_name or settings.task
+    runner = None
+    db = _sqlite_file(url)
+    if n_trials and db is not None and not db.exists():
+        # A new SQLite study holds no settings to compare: load the model and check the task
+        # first, so that a refused task or option leaves no half-made sweep behind.
+        runner = TrialRunner(settings, device=device, study_name=name)
+    _prepare_out(out)
     store = open_storage(url)
     existing = _existing(store, name)
     if existing is not None:
@@ -533,7 +539,8 @@ def sweep(
             )
     # Load the model and build the first patcher before touching the study, so bad options
     # fail fast; --trials 0 (create the study, rewrite the report) needs no model.
-    runner = TrialRunner(settings, device=device, study_name=name) if n_trials else None
+    if n_trials and runner is None:
+        runner = TrialRunner(settings, device=device, study_name=name)
     study = optuna.create_study(storage=store, study_name=name, directions=list(DIRECTIONS),
                                 sampler=_sampler(sampler_seed, existing), load_if_exists=True)  # fmt: skip
     study.set_user_attr(SETTINGS_ATTR, settings.to_dict())

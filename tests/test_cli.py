@@ -142,8 +142,9 @@ def test_metric_task(word_lm_dir, tmp_path, capsys):
 
     model = word_lm_dir(" ".join(["The", "lasted", "from", "the", "year", "to", *NOUNS, *"0123456789"]),
                         split_digits=True)  # fmt: skip
-    code, out, err = run(capsys, "discover", "--task", "greater-than", "--model", str(model), "--metric", "task",
-                         "--n-prompts", "20", "--out", str(tmp_path / "gt"), "-q", "--threads", "1")  # fmt: skip
+    with pytest.warns(UserWarning, match="the model barely does this task"):  # an untrained model
+        code, out, err = run(capsys, "discover", "--task", "greater-than", "--model", str(model), "--metric", "task",
+                             "--n-prompts", "20", "--out", str(tmp_path / "gt"), "-q", "--threads", "1")  # fmt: skip
     assert code == 0, err
     doc = json.loads((tmp_path / "gt" / "circuit.json").read_text())
     assert doc["metric"] == "task" and doc["n_prompts"] == 20 and "metric task = the task's own metric" in out

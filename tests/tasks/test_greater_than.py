@@ -174,6 +174,7 @@ def test_task_metric_is_the_negated_prob_diff(tiny) -> None:
     assert d.wrong.unsqueeze(-1).eq(digits).any(-1).all()
 
 
+@pytest.mark.filterwarnings("ignore:.*barely does this task:UserWarning")  # a random tiny model
 def test_prepare_with_the_task_metric_in_position_aware_mode(tiny, task) -> None:
     patcher, meta = prepare(tiny, task, metric="task", positions=True)
     assert meta["metric"] == "task" and patcher.graph.positions is not None
@@ -186,6 +187,7 @@ def test_prepare_with_the_task_metric_in_position_aware_mode(tiny, task) -> None
     assert full == pytest.approx(task.metric()(logits.unsqueeze(0), ref).item(), abs=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:.*barely does this task:UserWarning")  # a random tiny model
 def test_acdc_runs_with_the_task_metric(tiny, task) -> None:
     patcher, meta = prepare(tiny, task)
     circuit = run_acdc(patcher, 0.01, meta=meta)

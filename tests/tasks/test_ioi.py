@@ -128,6 +128,7 @@ def test_bad_arguments_are_refused() -> None:
         IOITask(n_prompts=0)
 
 
+@pytest.mark.filterwarnings("ignore:.*barely does this task:UserWarning")  # a random tiny model
 def test_position_aware_preparation(tiny) -> None:
     task = IOITask(names=NAMES[:N_NAMES], n_prompts=20)
     patcher, meta = prepare(tiny, task, positions=True)

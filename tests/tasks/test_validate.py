@@ -1,0 +1,133 @@
+"""The validation step between a task and the engine (circuitdag.tasks.validate): one test
+per kind of task data it refuses or warns about, through prepare() and the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from circuitdag.acdc import prepare
+from circuitdag.cli import main
+from circuitdag.errors import TaskError
+from circuitdag.models import load_model
+from circuitdag.tasks import _cache
+from circuitdag.tasks.base import Task, TaskData
+from circuitdag.tasks.pronoun import PronounTask
+from circuitdag.tasks.validate import check_metric_gap
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def zoo():
+    return load_model("pronoun")
+
+
+@pytest.fixture(scope="module")
+def good(zoo) -> TaskData:
+    return PronounTask().data(zoo)
+
+
+class Given(Task):
+    """A plugin task that returns the data it is given."""
+
+    name = "given"
+    default_metric = "logit_diff"
+
+    def __init__(self, data: TaskData) -> None:
+        self._data = data
+
+    def data(self, model, seed=0):
+        return self._data
+
+
+def _with(data: TaskData, name: str, i: int, j: int, value: int) -> TaskData:
+    t = getattr(data, name).clone()
+    t[i, j] = value
+    return replace(data, **{name: t})
+
+
+def refused(zoo, data: TaskData, match: str, ablation: str = "resample") -> str:
+    with pytest.raises(TaskError, match=match) as info:
+        prepare(zoo, Given(data), ablation=ablation)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("given: ")
+    return msg
+
+
+def test_a_token_the_model_cannot_embed(zoo, good) -> None:
+    refused(zoo, _with(good, "clean", 7, 3, 113), r"clean prompt 7 has token id 113 at position 3, but the model "
+            r"embeds ids 0\.\.112 only")  # fmt: skip
+    refused(zoo, _with(good, "corrupted", 2, 0, -1), "corrupted prompt 2 has token id -1 at position 0")
+
+
+def test_an_answer_the_model_cannot_unembed(zoo, good) -> None:
+    refused(zoo, _with(good, "correct", 4, 0, 5000), r"the correct answer of prompt 4 \(slot 0, position 10\) is "
+            r"token id 5000, but the model's logits cover ids 0\.\.112 only")  # fmt: skip
+    refused(zoo, _with(good, "wrong", 9, 0, 113), "the wrong answer of prompt 9")
+
+
+def test_an_answer_position_outside_the_prompt(zoo, good) -> None:
+    refused(zoo, _with(good, "answer_pos", 5, 0, 11), r"prompt 5 reads answer 0 at position 11, outside its 11 "
+            r"tokens \(positions 0\.\.10\)")  # fmt: skip
+    refused(zoo, _with(good, "answer_pos", 0, 0, -2), "prompt 0 reads answer 0 at position -2")
+
+
+def test_an_answer_position_in_the_padding(zoo, good) -> None:
+    pad = torch.zeros(good.n_prompts, 3, dtype=good.clean.dtype)  # <|endoftext|>, the pad token
+    padded = replace(good, clean=torch.cat([good.clean, pad], 1), corrupted=torch.cat([good.corrupted, pad], 1),
+                     position_names=None)  # fmt: skip
+    prepare(zoo, Given(padded))  # the answer before the padding: fine
+    refused(zoo, _with(padded, "answer_pos", 6, 0, 12), r"prompt 6 reads answer 0 at position 12, which is padding "
+            r"\(token '<\|endoftext\|>' from position 11 on\)")  # fmt: skip
+
+
+def test_every_answer_slot_invalid(zoo, good) -> None:
+    none = replace(good, valid=torch.zeros_like(good.answer_pos, dtype=torch.bool))
+    msg = refused(zoo, none, r"every answer slot is marked invalid \(valid is False for all 100 slots\)")
+    assert "float16" not in msg  # (the NaN metric it caused used to blame float16)
+
+
+def test_corrupted_prompts_identical_to_the_clean_ones(zoo, good, tmp_path, capsys) -> None:
+    same = replace(good, corrupted=good.clean.clone())
+    refused(zoo, same, "the corrupted prompts are identical to the clean ones \\(all 100\\), so resample ablation")
+    prepare(zoo, Given(same), ablation="zero")  # other ablations do not read them
+    # discover used to return an empty circuit; now it stops with exit 2 and writes nothing.
+    _cache["given"] = Given(same)
+    try:
+        for cmd in ("discover", "sweep"):
+            out = tmp_path / cmd
+            code = main([cmd, "--task", "given", "--model", "pronoun", "--out", str(out), "-q", "--threads", "1",
+                         *(["--trials", "2"] if cmd == "sweep" else [])])  # fmt: skip
+            err = capsys.readouterr().err.strip().splitlines()
+            assert code == 2 and "the corrupted prompts are identical to the clean ones" in err[-1]
+            assert not out.exists() or not any(out.rglob("*")), sorted(out.rglob("*"))
+    finally:
+        del _cache["given"]
+
+
+def test_some_corrupted_prompts_identical_warns(zoo, good) -> None:
+    some = replace(good, corrupted=torch.where(torch.arange(good.n_prompts)[:, None] < 3, good.clean, good.corrupted))
+    with pytest.warns(UserWarning, match="3 of 100 corrupted prompts are identical to their clean prompt"):
+        prepare(zoo, Given(some))
+
+
+def test_a_corruption_the_model_cannot_see_is_refused(zoo, good) -> None:
+    """Corrupted prompts that differ only after the answer: a causal model's metric is
+    exactly the clean one, so every circuit would be empty."""
+    extra = torch.full((good.n_prompts, 1), 5)
+    after = replace(good, clean=torch.cat([good.clean, extra], 1), corrupted=torch.cat([good.clean, extra + 1], 1),
+                    position_names=None)  # fmt: skip
+    refused(zoo, after, r"the full model and the resample-ablated model have the same metric \(metric logit_diff: "
+            r"full model -13\.77\d*, resample-ablated -13\.77\d*\)")  # fmt: skip
+
+
+def test_a_model_that_barely_does_the_task_warns_with_both_numbers() -> None:
+    with pytest.warns(UserWarning, match=r"the model barely does this task \(metric logit_diff: full model -0\.31, "
+                      r"resample-ablated -0\.3, a gap of 0\.01\)"):  # fmt: skip
+        check_metric_gap(-0.31, -0.30, "logit_diff", "resample", "t")
+    with pytest.warns(UserWarning, match="barely does this task"):
+        check_metric_gap(0.0, 0.0004, "kl", "zero", "t")
+    check_metric_gap(-13.77, -0.5, "logit_diff", "resample", "t")  # the zoo pronoun model: no warning
