@@ -85,3 +85,16 @@ def test_the_fingerprint_sees_one_changed_token(task) -> None:
 
     assert data_fingerprint(replace(data, clean=clean)) != data_fingerprint(data)
     assert data_fingerprint(replace(data)) == data_fingerprint(data)
+
+
+def test_prepend_bos_is_recorded(tmp_path, capsys) -> None:
+    docs = {}
+    for option in ("auto", "no"):
+        out = tmp_path / option
+        argv = ["discover", "--task", "pronoun", "--prepend-bos", option, "--out", str(out), "-q", "--threads", "1"]
+        assert main(argv) == 0, capsys.readouterr().err
+        docs[option] = json.loads((out / "circuit.json").read_text())
+    auto, no = docs["auto"], docs["no"]
+    assert (auto["prepend_bos"], auto["bos"]) == ("auto", True) and "default_prepend_bos is True" in auto["bos_reason"]
+    assert (no["prepend_bos"], no["bos"], no["bos_reason"]) == ("no", False, "the task's prepend_bos option")
+    assert no["data_sha256"] != auto["data_sha256"]
