@@ -156,7 +156,7 @@ def test_roc_help_and_points(tmp_path, capsys):
     parser = build_parser()
     roc = next(a for a in parser._subparsers._group_actions[0].choices["roc"]._actions if "--task" in a.option_strings)
     assert roc.required and "default" not in roc.help  # required, so it has no default
-    code, out, err = run(capsys, "roc", "--task", "tracr-reverse", "--ablation", "zero", "--thresholds", "0", "0.001",
+    code, out, _ = run(capsys, "roc", "--task", "tracr-reverse", "--ablation", "zero", "--thresholds", "0", "0.001",
                          "1", "--plot", str(tmp_path / "roc.svg"), "--threads", "1")  # fmt: skip
     res = json.loads(out)
     assert code == 0 and res["auc"] == 1.0
@@ -167,7 +167,7 @@ def test_roc_help_and_points(tmp_path, capsys):
 
 
 def test_resume_without_a_checkpoint_says_so(tmp_path, capsys):
-    code, out, err = run(capsys, "discover", "--resume", "--out", str(tmp_path), "-q", "--threads", "1")
+    code, _, err = run(capsys, "discover", "--resume", "--out", str(tmp_path), "-q", "--threads", "1")
     assert code == 0 and f"--resume: there is no {tmp_path / 'checkpoint.json'} to resume from" in err
 
 
