@@ -24,8 +24,9 @@ GPT-2-small-sized case (``--gpt2``: 12 layers, 12 heads, d_model 768, random wei
 prompts x 16 tokens, booted through TransformerBridge from a local directory) runs in
 full on a GPU; on a CPU ``--gpt2-destinations N`` limits both paths to the first N
 destinations ACDC visits (the reference would take hours otherwise). The SmolLM2 case
-(``--smollm2-destinations N``, default 14 with ``--smollm2``: ``logits`` and the 13
-nodes of layer 29) runs SmolLM2-135M in float32
+(``--smollm2-destinations N``, default 40 with ``--smollm2``: ``logits`` and the 13
+nodes of each of layers 29-27; once ``logits`` is decided many of them no longer reach it and are
+skipped, so the edges tested, not N, measure the work) runs SmolLM2-135M in float32
 (``circuitdag.load_model("smollm2-135m")``) on the ``pronoun`` task's 100 prompts, plain
 graph, the task's metric, threshold and ablation, limited to the first N destinations;
 it runs only the fast path unless ``--smollm2-reference`` is given (the reference is
@@ -296,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
         "--smollm2-destinations",
         type=int,
         default=None,
-        help="limit the SmolLM2 case to the first N destinations ACDC visits (default 14: logits and layer 29)",
+        help="limit the SmolLM2 case to the first N destinations ACDC visits (default 40: logits, layers 29-27)",
     )
     ap.add_argument(
         "--smollm2-prompts",
@@ -344,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
                                                    args.gpt2_tokens), args.gpt2_threshold),
                       args.gpt2_destinations, args.gpt2_fast_only, True))  # fmt: skip
     if args.smollm2 or args.smollm2_destinations is not None:
-        n_dest = args.smollm2_destinations if args.smollm2_destinations is not None else 14
+        n_dest = args.smollm2_destinations if args.smollm2_destinations is not None else 40
         label = f"smollm2-135m/{args.smollm2_task}/fp32/first{n_dest}"
         cases.append((label, lambda: smollm2_patcher(args.device, torch.float32, args.smollm2_prompts,
                                                      args.smollm2_task),
