@@ -315,9 +315,17 @@ def main(argv: list[str] | None = None) -> int:
         "--positions", action="store_true", help="also run every task position-aware (cases labelled +pos)"
     )
     ap.add_argument("--json", help="also write the rows as JSON here")
+    ap.add_argument(
+        "--out", help="also write the printed table here (e.g. benchmarks/results/acdc_speed.txt)"
+    )
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
+    lines: list[str] = []
+
+    def emit(*text: str, flush: bool = False) -> None:
+        print(*text, flush=flush)
+        lines.append(" ".join(text))
 
     # (label, build, limit to N destinations, skip the reference, big)
     cases: list[tuple[str, Callable[[], tuple[Patcher, float]], int | None, bool, bool]] = []
@@ -356,18 +364,18 @@ def main(argv: list[str] | None = None) -> int:
            f"{'layers ref':>10} {'layers fast':>11} {'s ref: best (median-max)':>25} "
            f"{'s fast: best (median-max)':>26} {'speedup':>7} {'s/edge fast':>11} {'s/edge ref':>10} {'same':>5} "
            f"{'Kmax':>5} {'peak MB':>8}")  # fmt: skip
-    print(f"circuitdag at {_commit()}; load average {os.getloadavg()[0]:.2f}; "
+    emit(f"circuitdag at {_commit()}; load average {os.getloadavg()[0]:.2f}; "
           f"device={args.device} dtype={args.dtype} threads={args.threads} reps={args.reps} "
           f"(GPT-2/SmolLM2: {args.big_reps}); a warm-up run of each path first, then alternating runs on "
           "fresh Patchers; seconds of ACDC alone (caches built outside the timer)")  # fmt: skip
-    print(hdr, flush=True)
+    emit(hdr, flush=True)
     for label, build, n_dest, skip_ref, big in cases:
         if args.only and not any(o in label for o in args.only):
             continue
         try:
             patcher, thr = build()
         except Exception as exc:  # noqa: BLE001 (a zoo task whose model is not shipped yet, ...)
-            print(f"{label:<30} skipped: {exc}", flush=True)
+            emit(f"{label:<30} skipped: {exc}", flush=True)
             continue
         # Big cases warm up on their first destination only.
         row = compare(label, Fresh(patcher), thr, max_dest=n_dest, skip_ref=skip_ref,
@@ -376,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         same = {True: "yes", False: "NO", None: "-"}[row.identical]
         ref_edge = f"{row.ref_per_edge:.2e}" if row.s_ref else "-"
-        print(f"{row.case:<30} {row.edges:>6} {row.kept:>5} {row.tested:>6} {row.fwd_ref:>8} {row.fwd_fast:>8} "
+        emit(f"{row.case:<30} {row.edges:>6} {row.kept:>5} {row.tested:>6} {row.fwd_ref:>8} {row.fwd_fast:>8} "
               f"{row.layers_ref:>10} {row.layers_fast:>11} {spread(row.s_ref):>25} {spread(row.s_fast):>26} "
               f"{row.speedup:>7.1f} {row.fast_per_edge:>11.2e} {ref_edge:>10} {same:>5} {row.k_max:>5} "
               f"{row.peak_mb:>8.0f}", flush=True)  # fmt: skip
@@ -385,10 +393,14 @@ def main(argv: list[str] | None = None) -> int:
         tot_ref = sum(r.best_ref for r in both)
         tot_fast = sum(r.best_fast for r in both)
         speedups = sorted(r.speedup for r in both)
-        print(f"total (best runs): reference {tot_ref:.2f} s, fast {tot_fast:.2f} s, speed-up "
+        emit(f"total (best runs): reference {tot_ref:.2f} s, fast {tot_fast:.2f} s, speed-up "
               f"{tot_ref / max(tot_fast, 1e-9):.1f}x (per case {speedups[0]:.1f}x-{speedups[-1]:.1f}x, median "
               f"{statistics.median(speedups):.1f}x); identical on {sum(bool(r.identical) for r in both)}/{len(both)} "
               "cases")  # fmt: skip
+    if args.out:
+        Path(args.out).write_text(
+            "\n".join(["benchmarks/acdc_speed.py " + " ".join(argv or sys.argv[1:]), *lines]) + "\n"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.__dict__ | {"speedup": r.speedup, "fast_per_edge": r.fast_per_edge,
