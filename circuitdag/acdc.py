@@ -250,7 +250,9 @@ def acdc_fast(
     fast = _sparse_path(patcher, state.alive, sparse)
     if fast is None:
         patcher.rebase(state.alive)
-    k_max = k_max or max_candidates(patcher)
+        k_max = k_max or max_candidates(patcher)
+    else:  # the batch is capped per destination by what its affected nodes need
+        k_max = k_max or 512
     sizer = BatchSizer(k_init, k_max)
     absent = patcher.absent_matrix(state.alive)
     stats = state.stats
@@ -317,10 +319,12 @@ def _decide_destination(
     cell_rows, cell_views = torch.as_tensor(cells[:, 0], device=dev), torch.as_tensor(cells[:, 1], device=dev)
     i = 0
     n_layers = patcher.graph.spec.n_layers - layer + 1
+    cap = len(edges)
     if fast is not None:
         fast.forget_affected()
+        cap = max(1, _memory_budget(patcher) // fast.bytes_per_candidate(dest, state.alive))
     while i < len(edges):
-        k = min(sizer.k, len(edges) - i)
+        k = min(sizer.k, len(edges) - i, cap)
         t0 = time.perf_counter()
         if fast is not None:
             m = fast.evaluate(dest, edges[i : i + k], state.alive).tolist()

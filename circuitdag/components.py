@@ -86,10 +86,12 @@ class ComponentKernels:
         """The attention's LayerNorm (RMSNorm) of block ``L``."""
         return self._ln1[L](x)
 
-    def _project(self, L: int, which: str, x: Tensor, heads: Tensor, normed: bool = False) -> Tensor:
+    def _project(self, L: int, which: str, x: Tensor, heads: Tensor, normed: bool = False,
+                 pos: Tensor | None = None) -> Tensor:  # fmt: skip
         """``x`` (``n pos d_model``, before LayerNorm; after it with ``normed``) through
         LayerNorm and the ``which`` projection of ``heads`` -> ``n pos heads d_head``
-        (rotated for q and k)."""
+        (rotated for q and k). ``pos``: the absolute positions of ``x``'s rows when they
+        are not ``0 .. n_pos-1`` (for the rotary angles)."""
         w = self.W[L]
         ln = x if normed else self.norm1(L, x)
         out = torch.einsum("npd,hde->nphe", ln, w[f"W_{which}"][heads])  # type: ignore[index]
@@ -97,7 +99,10 @@ class ComponentKernels:
         if b is not None:
             out = out + b[heads]
         if which != "V" and L in self.rotary:
-            out = self._rotate(out, *self.rotary[L])
+            cos, sin = self.rotary[L]
+            if pos is not None:
+                cos, sin = cos[:, pos], sin[:, pos]
+            out = self._rotate(out, cos, sin)
         return out
 
     @staticmethod
@@ -110,31 +115,32 @@ class ComponentKernels:
         out = rot * cos.to(x.dtype) + turned * sin.to(x.dtype)
         return torch.cat([out, rest], dim=-1) if rest.shape[-1] else out
 
-    def queries(self, L: int, heads: Sequence[int], x: Float[Tensor, "n pos d_model"]) -> Tensor:
-        """Rotated queries of ``heads`` from one shared query input: ``n pos heads d_head``."""
-        return self._project(L, "Q", x, torch.as_tensor(list(heads), device=x.device))
+    def queries(self, L: int, heads: Sequence[int], x: Float[Tensor, "n pos d_model"],
+                pos: Tensor | None = None) -> Tensor:  # fmt: skip
+        """Rotated queries of ``heads`` from one shared query input: ``n pos heads d_head``
+        (``pos``: absolute positions of ``x``'s rows, default all)."""
+        return self._project(L, "Q", x, torch.as_tensor(list(heads), device=x.device), pos=pos)
 
-    def query_per_head(self, L: int, heads: Sequence[int], xs: Sequence[Tensor]) -> Tensor:
-        """Queries of ``heads``, head ``heads[i]`` reading its own input ``xs[i]``."""
-        return torch.cat([self.queries(L, [h], x) for h, x in zip(heads, xs)], dim=2)
-
-    def keys_values(self, L: int, kv: int, xk: Tensor, xv: Tensor) -> tuple[Tensor, Tensor]:
+    def keys_values(self, L: int, kv: int, xk: Tensor, xv: Tensor, pos: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Rotated keys and values of key/value head ``kv``: two ``n pos d_head``."""
         g = torch.as_tensor([kv], device=xk.device)
         nk = self.norm1(L, xk)
         nv = nk if xv is xk else self.norm1(L, xv)
-        return self._project(L, "K", nk, g, True)[:, :, 0], self._project(L, "V", nv, g, True)[:, :, 0]
+        return self._project(L, "K", nk, g, True, pos)[:, :, 0], self._project(L, "V", nv, g, True, pos)[:, :, 0]
 
     def attend(
-        self, L: int, heads: Sequence[int], q: Float[Tensor, "n pos heads d_head"],
-        k: Float[Tensor, "n pos heads d_head"], v: Float[Tensor, "n pos heads d_head"],
-    ) -> Float[Tensor, "n pos heads d_model"]:  # fmt: skip
-        """Each head's result (its write to the residual stream, ``hook_result``)."""
+        self, L: int, heads: Sequence[int], q: Float[Tensor, "n q heads d_head"],
+        k: Float[Tensor, "n k heads d_head"], v: Float[Tensor, "n k heads d_head"],
+        q_pos: Tensor | None = None, k_pos: Tensor | None = None,
+    ) -> Float[Tensor, "n q heads d_model"]:  # fmt: skip
+        """Each head's result (its write to the residual stream, ``hook_result``) at the
+        query positions ``q_pos`` (default all), attending to keys at ``k_pos``."""
         scores = torch.einsum("nqhe,nkhe->nhqk", q, k) * self.scale
         if self.spec.causal:
-            P = scores.shape[-1]
-            mask = torch.ones(P, P, dtype=torch.bool, device=scores.device).triu(1)
-            scores = scores.masked_fill(mask, float("-inf"))
+            nq, nk = scores.shape[-2:]
+            qp = torch.arange(nq, device=q.device) if q_pos is None else q_pos
+            kp = torch.arange(nk, device=q.device) if k_pos is None else k_pos
+            scores = scores.masked_fill(kp[None, :] > qp[:, None], float("-inf"))
         z = torch.einsum("nhqk,nkhe->nqhe", scores.softmax(-1), v)
         W_O = self.W[L]["W_O"][torch.as_tensor(list(heads), device=q.device)]  # type: ignore[index]
         return torch.einsum("nqhe,hed->nqhd", z, W_O)

@@ -367,9 +367,12 @@ class Patcher:
         return {"slots": slots, "resid_pre": resid_pre[:n], "resid_final": resid_pre[n], "mlp_in": mlp_in,
                 "logits": logits, "rotary": rotary}  # fmt: skip
 
-    def _answer_logits(self, x: Float[Tensor, "k batch pos dim"]) -> Float[Tensor, "k batch n_ans dim"]:
-        """``x`` (logits or residuals) at the task's answer positions."""
+    def _answer_logits(self, x: Float[Tensor, "k batch pos dim"], positions: Tensor | None = None) -> Float[Tensor, "k batch n_ans dim"]:
+        """``x`` (logits or residuals) at the task's answer positions (``x`` holding only the
+        sorted ``positions`` when given)."""
         ap = self.data.answer_pos
+        if positions is not None:
+            ap = torch.searchsorted(positions, ap)
         rows = torch.arange(ap.shape[0], device=ap.device).unsqueeze(1)
         return x[:, rows, ap]
 
@@ -730,16 +733,17 @@ class Patcher:
         self._input_cache[key] = out
         return out
 
-    def final_metric(self, final: Float[Tensor, "k batch pos d_model"]) -> Float[Tensor, " k"]:
+    def final_metric(self, final: Float[Tensor, "k batch pos d_model"], positions: Tensor | None = None) -> Float[Tensor, " k"]:
         """The metric of ``k`` patched runs from their final residual streams (true
-        positions). Metrics that read only a few vocabulary entries (``logit_diff``: the
+        positions, or only the sorted ``positions``, which must hold every answer
+        position). Metrics that read only a few vocabulary entries (``logit_diff``: the
         correct and wrong answers) unembed only those columns (:meth:`_answer_columns`,
         checked once against the full unembedding)."""
         cols = self._answer_columns()
         if cols is None:
-            return self.metric_of_answer_logits(self._unembed_answers(final))
+            return self.metric_of_answer_logits(self._unembed_answers(final, positions))
         ln, W_U, b_U, ref = cols
-        x = self._answer_logits(final)
+        x = self._answer_logits(final, positions)
         logits = ln(x) @ W_U
         if b_U is not None:
             logits = logits + b_U
@@ -776,9 +780,9 @@ class Patcher:
                 self._cols = sub
         return self._cols
 
-    def _unembed_answers(self, final: Float[Tensor, "k batch pos d_model"]) -> Float[Tensor, "k batch n_ans vocab"]:
+    def _unembed_answers(self, final: Float[Tensor, "k batch pos d_model"], positions: Tensor | None = None) -> Float[Tensor, "k batch n_ans vocab"]:
         """Logits at the answer positions only, from the final residual stream."""
-        x = self._answer_logits(final)  # k batch n_ans d_model
+        x = self._answer_logits(final, positions)  # k batch n_ans d_model
         k, b, a, d = x.shape
         logits = self.model.unembed(self.model.ln_final(x.reshape(k * b, a, d)))
         return logits.reshape(k, b, a, -1)

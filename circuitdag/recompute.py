@@ -48,8 +48,8 @@ from circuitdag.patching import Patcher
 class _Pending:
     """What :meth:`SparseFastPath.evaluate` computed, for :meth:`SparseFastPath.commit`."""
 
-    rows: dict[int, Tensor] = field(default_factory=dict)  # row -> k batch pos d
-    slots: dict[int, Tensor] = field(default_factory=dict)  # slot -> k batch pos d
+    rows: dict[int, Tensor] = field(default_factory=dict)  # row -> k batch |positions| d
+    slots: dict[int, tuple[Tensor, np.ndarray]] = field(default_factory=dict)  # slot -> (k batch |pos| d, pos)
     removed: list[tuple[int, int]] = field(default_factory=list)  # (row, slot) per candidate step
 
 
@@ -90,6 +90,11 @@ class SparseFastPath:
                 base = base - sum(self.S[s] - self.S_corr[s] for s in gone.tolist())
             self.I.append(base)
         self._kv: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
+        self._D: dict[int, Tensor] = {}
+        self._rowpos: dict[int, np.ndarray] = {}
+        self._pos_cache: dict[bytes, Tensor] = {}
+        self._own_I: set[int] = set()
+        self._own_S: set[int] = set()
         self._pending: _Pending | None = None
         self._affected: dict[int, list[int]] = {}
         self._need: dict[int, np.ndarray] = {}
@@ -179,10 +184,42 @@ class SparseFastPath:
     def forget_affected(self) -> None:
         self._affected.clear()
         self._need.clear()
+        self._rowpos.clear()
 
     # ------------------------------------------------------------------ evaluation
     def _delta(self, s: int) -> Tensor:
-        return self.S[s] - self.S_corr[s]
+        """``S[s] - S_corrupted[s]`` (``batch pos d``), cached until ``S[s]`` changes."""
+        hit = self._D.get(s)
+        if hit is None:
+            hit = self._D[s] = self.S[s] - self.S_corr[s]
+        return hit
+
+    def _row_positions(self, r: int) -> np.ndarray:
+        """Positions at which row ``r``'s input matters (see :meth:`_needed_positions`): its
+        node's needed positions for Q and MLP inputs, the key range of its key/value head
+        for K and V inputs, the answer positions for ``logits``."""
+        hit = self._rowpos.get(r)
+        if hit is not None:
+            return hit
+        L, kind = self._row_layer_kind(r)
+        g, lay = self.graph, self.lay
+        if kind == Input.RESID:
+            pos = self._answers
+        elif kind == Input.MLP:
+            pos = self._need[g.node_index[f"m{L}"]]
+        elif kind == Input.Q:
+            pos = self._need[g.node_index[f"a{L}.{r - lay.rows(L, kind).start}"]]
+        else:
+            pos = self._key_range(L, r - lay.rows(L, kind).start)
+        self._rowpos[r] = pos
+        return pos
+
+    def _key_range(self, L: int, kv: int) -> np.ndarray:
+        """Key positions the affected query heads of key/value head ``kv`` read."""
+        P = self.I[0].shape[1]
+        heads = [self.graph.node_index[f"a{L}.{h}"] for h in self.spec.query_heads(kv)]
+        last = max((int(self._need[h].max()) for h in heads if len(self._need.get(h, ()))), default=-1)
+        return np.arange(P) if not self.spec.causal else np.arange(last + 1)
 
     def _kv_current(self, L: int, g: int) -> tuple[Tensor, Tensor]:
         hit = self._kv.get((L, g))
@@ -196,95 +233,119 @@ class SparseFastPath:
     def evaluate(self, dest: int, edges: np.ndarray, alive: np.ndarray) -> Tensor:
         """Metric of the K nested candidates "current circuit minus ``edges[:j+1]``"
         (``edges`` all into ``dest``, alive in the current circuit): a tensor of K values.
-        ``alive`` is the current circuit (for the affected set)."""
+        ``alive`` is the current circuit (for the affected set).
+
+        Every tensor is kept at the positions that matter only (:meth:`_needed_positions`):
+        ``k batch n_positions d``."""
         lay, k = self.lay, len(edges)
+        affected = self.affected(dest, alive)
         rows_e, slots_e = lay.edge_row[edges], lay.edge_slot[edges]
         pend = _Pending(removed=list(zip(rows_e.tolist(), slots_e.tolist())))
         dev, dt = self.p.device, self.p.dtype
         steps = torch.arange(k, device=dev)
+        tpos = self._tpos
         for r in np.unique(rows_e).tolist():
             idx = np.flatnonzero(rows_e == r)
+            at = tpos(self._row_positions(r))
             W = (steps[:, None] >= torch.as_tensor(idx, device=dev)[None, :]).to(dt)  # k n
-            D = torch.stack([self._delta(s) for s in slots_e[idx].tolist()])  # n batch pos d
-            pend.rows[r] = self.I[r].unsqueeze(0) - torch.einsum("jn,nbpd->jbpd", W, D)
-        deltas: dict[int, Tensor] = {}  # slot -> k batch pos d, new minus current output
+            D = torch.stack([self._delta(s)[:, at] for s in slots_e[idx].tolist()])  # n batch pos d
+            pend.rows[r] = self.I[r][:, at].unsqueeze(0) - torch.einsum("jn,nbpd->jbpd", W, D)
+        # slot -> (k batch |need| d new-minus-current output, its positions)
+        deltas: dict[int, tuple[Tensor, np.ndarray]] = {}
         sink_row = lay.n_rows - 1
 
         def row_input(r: int) -> Tensor | None:
-            """The candidates' input of row ``r`` if it differs from the current one."""
+            """The candidates' input of row ``r`` (at its positions) if it differs from the
+            current one."""
             got = pend.rows.get(r)
             if got is not None:
                 return got
             senders = [s for s in deltas if self.present[r, s]]
             if not senders:
                 return None
-            got = self.I[r].unsqueeze(0) + sum(deltas[s] for s in senders)
+            pos = self._row_positions(r)
+            got = self.I[r][:, tpos(pos)].unsqueeze(0)
+            for s in senders:
+                delta, have = deltas[s]
+                got = got + (delta if np.array_equal(have, pos) else delta[:, :, tpos(np.searchsorted(have, pos))])
             pend.rows[r] = got
             return got
 
         def batch(x: Tensor) -> Tensor:  # k batch pos d (or batch pos d) -> (k batch) pos d
             return x.expand(k, *x.shape[-3:]).reshape(-1, *x.shape[-2:])
 
-        B, P, d = self.I[0].shape
-        for u in self.affected(dest, alive):
+        B, d = self.I[0].shape[0], self.I[0].shape[2]
+        kern, new_kv = self.kernels, {}
+        for u in affected:
             node = self.graph.nodes[u]
             if node.kind == NodeKind.MLP:
                 x = row_input(lay.rows(node.layer, Input.MLP).start)
                 if x is None:
                     continue
+                at = self._need[u]
+                out = kern.mlp(node.layer, batch(x)).reshape(k, B, len(at), d)
                 s = lay.mlp_slot(node.layer)
-                at = self._need.get(u)
-                if at is not None and len(at) < P:  # only where anything reads it
-                    at_t = torch.as_tensor(at, device=dev)
-                    part = self.kernels.mlp(node.layer, batch(x[:, :, at_t] if x.dim() == 4 else x[:, at_t]))
-                    out = self.S[s].unsqueeze(0).repeat(k, 1, 1, 1)
-                    out[:, :, at_t] = part.reshape(k, B, len(at), d)
-                else:
-                    out = self.kernels.mlp(node.layer, batch(x)).reshape(k, B, P, d)
-                self.component_evals += k
-                pend.slots[s], deltas[s] = out, out - self.S[s]
             elif node.kind == NodeKind.HEAD:
-                L, h = node.layer, node.head
+                L, h, g = node.layer, node.head, self.spec.kv_head(node.head)
                 rq, rk, rv = self._head_rows(L, h)
                 xq, xk, xv = row_input(rq), row_input(rk), row_input(rv)
                 if xq is None and xk is None and xv is None:
                     continue
-                kern = self.kernels
-                q = kern.queries(L, [h], batch(xq) if xq is not None else self.I[rq])
+                at, keys = self._need[u], self._row_positions(rk)
+                at_t, keys_t = tpos(at), tpos(keys)
+                q = kern.queries(L, [h], batch(xq) if xq is not None else self.I[rq][:, at_t], at_t)
                 if xk is None and xv is None:
-                    kc, vc = self._kv_current(L, self.spec.kv_head(h))
-                    kk, vv = kc, vc
+                    kk, vv = (t[:, keys_t] for t in self._kv_current(L, g))
+                elif (L, g) in new_kv:  # another head of the group computed them
+                    kk, vv = new_kv[(L, g)]
                 else:
-                    kk, vv = kern.keys_values(L, self.spec.kv_head(h), batch(self.I[rk] if xk is None else xk),
-                                              batch(self.I[rv] if xv is None else xv))  # fmt: skip
+                    xk = batch(xk) if xk is not None else self.I[rk][:, keys_t]
+                    xv = batch(xv) if xv is not None else self.I[rv][:, keys_t]
+                    kk, vv = new_kv[(L, g)] = kern.keys_values(L, g, xk, xv, keys_t)
                 q, kk, vv = _rep(q, k, B), _rep(kk, k, B), _rep(vv, k, B)
-                out = kern.attend(L, [h], q, kk.unsqueeze(2), vv.unsqueeze(2))[:, :, 0].reshape(k, B, P, d)
-                self.component_evals += k
+                out = kern.attend(L, [h], q, kk.unsqueeze(2), vv.unsqueeze(2), at_t, keys_t)
+                out = out[:, :, 0].reshape(k, B, len(at), d)
                 s = lay.head_slot(L, h)
-                pend.slots[s], deltas[s] = out, out - self.S[s]
-            # KV nodes are no senders: their inputs are read by the heads of their group.
+            else:  # KV nodes are no senders: the heads of their group read their inputs
+                continue
+            self.component_evals += k
+            pend.slots[s] = (out, at)
+            deltas[s] = (out - self.S[s][:, tpos(at)], at)
         final = row_input(sink_row)
         if final is None:
-            final = self.I[sink_row].unsqueeze(0).expand(k, B, P, d)
+            final = self.I[sink_row][:, tpos(self._answers)].unsqueeze(0).expand(k, -1, -1, -1)
         self._pending = pend
-        p = self.p
-        return p.final_metric(final)
+        return self.p.final_metric(final, positions=tpos(self._answers))
+
+    def _tpos(self, pos: np.ndarray) -> Tensor:
+        key = pos.tobytes()
+        hit = self._pos_cache.get(key)
+        if hit is None:
+            hit = self._pos_cache[key] = torch.as_tensor(pos, dtype=torch.long, device=self.p.device)
+        return hit
 
     def commit(self, n_accepted: int) -> None:
         """Make candidate ``n_accepted`` (1-based; its first ``n_accepted`` removals) of the
-        last :meth:`evaluate` the current circuit; 0 keeps the current one."""
+        last :meth:`evaluate` the current circuit; 0 keeps the current one. Values are
+        written at the positions that matter; the others are never read again."""
         pend, self._pending = self._pending, None
         if pend is None or n_accepted == 0:
             return
         j = n_accepted - 1
         for r, x in pend.rows.items():
-            self.I[r] = x[j].clone()
+            if r not in self._own_I:  # the cache may share storage with the clean run
+                self.I[r] = self.I[r].clone()
+                self._own_I.add(r)
+            self.I[r][:, self._tpos(self._row_positions(r))] = x[j]
             L, kind = self._row_layer_kind(r)
             if kind in (Input.K, Input.V):
-                g = r - self.lay.rows(L, kind).start
-                self._kv.pop((L, g), None)
-        for s, x in pend.slots.items():
-            self.S[s] = x[j].clone()
+                self._kv.pop((L, r - self.lay.rows(L, kind).start), None)
+        for s, (x, at) in pend.slots.items():
+            if s not in self._own_S:
+                self.S[s] = self.S[s].clone()
+                self._own_S.add(s)
+            self.S[s][:, self._tpos(at)] = x[j]
+            self._D.pop(s, None)
         for r, s in pend.removed[:n_accepted]:
             self.present[r, s] = False
 
