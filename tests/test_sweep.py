@@ -265,3 +265,21 @@ def test_an_unusable_sqlite_file_is_named_as_a_file(tmp_path):
     with pytest.raises(ConfigError, match=r"SQLite file .*sweep\.db.*directory is writable") as info:
         open_storage(f"sqlite:///{bad}")
     assert "server" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_two_sweeps_start_on_a_new_directory_at_once(tmp_path):
+    """The reported case: two `sweep --trials 6 --out D` started together on a new D. One
+    used to die with an IntegrityError on alembic_version and a hint about "the database
+    server"; both finish, and the study holds their trials."""
+    out = tmp_path / "D"
+    cmd = [sys.executable, "-m", "circuitdag.cli", "sweep", "--task", "tracr-reverse", "--ablation", "zero",
+           "--trials", "6", "--out", str(out), "-q", "--threads", "1"]  # fmt: skip
+    procs = [subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]  # fmt: skip
+    results = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err
+    study = load(out)
+    assert sum(t.state.name == "COMPLETE" for t in study.trials) >= 6
+    assert json.loads((out / "pareto.json").read_text())["trials"].get("fail", 0) == 0
