@@ -35,6 +35,7 @@ none). Position-aware graphs need nothing special: everything works on the edge 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -374,6 +375,7 @@ def cmd_curve(args: Any) -> int:
     from circuitdag.io import FORMAT, circuit_from_dict
     from circuitdag.models import load_model
     from circuitdag.tasks import get_task
+    from circuitdag.tasks._lm import with_prepend_bos
 
     path = Path(args.scores)
     percents = _percents(args.percents)
@@ -397,7 +399,9 @@ def cmd_curve(args: Any) -> int:
         )
     if args.threads:
         torch.set_num_threads(args.threads)
-    task = get_task(task_name)
+    # The circuit's BOS option and number of prompts rebuild the prompts it was found on.
+    same_task = task_name == meta.get("task")
+    task = with_prepend_bos(get_task(task_name), (meta.get("prepend_bos") if same_task else None) or "auto")
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     model_name = args.model or meta.get("model")
     if not model_name or model_name in (task.default_model, task.name):
@@ -407,7 +411,12 @@ def cmd_curve(args: Any) -> int:
     seed = args.seed if args.seed is not None else int(meta.get("seed") or 0)
     patcher, run = prepare(model, task, metric=args.metric or meta.get("metric"),
                            ablation=args.ablation or meta.get("ablation"), seed=seed,
-                           positions=bool(meta.get("positions", False)))  # fmt: skip
+                           positions=bool(meta.get("positions", False)),
+                           n_prompts=meta.get("n_prompts") if same_task else None)  # fmt: skip
+    if same_task and meta.get("data_sha256") and run["data_sha256"] != meta["data_sha256"]:
+        warnings.warn(f"{path} was found on other prompts than this curve runs on (data fingerprint "
+                      f"{meta['data_sha256']} there, {run['data_sha256']} here: another --seed, task version "
+                      "or tokenizer)", UserWarning, stacklevel=2)  # fmt: skip
     if circuit is None:
         circuit = load_eapig_json(path, patcher.graph)
         if np.isnan(circuit.scores).all():

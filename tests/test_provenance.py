@@ -98,3 +98,19 @@ def test_prepend_bos_is_recorded(tmp_path, capsys) -> None:
     assert (auto["prepend_bos"], auto["bos"]) == ("auto", True) and "default_prepend_bos is True" in auto["bos_reason"]
     assert (no["prepend_bos"], no["bos"], no["bos_reason"]) == ("no", False, "the task's prepend_bos option")
     assert no["data_sha256"] != auto["data_sha256"]
+
+
+def test_curve_rebuilds_the_prompts_a_circuit_was_found_on(tmp_path, capsys) -> None:
+    """`curve` takes the BOS option and number of prompts from circuit.json (here
+    --prepend-bos no, which changes the zoo model's prompts), and warns when the prompts it
+    rebuilds have another fingerprint."""
+    out = tmp_path / "no-bos"
+    argv = ["discover", "--task", "pronoun", "--prepend-bos", "no", "--out", str(out), "-q", "--threads", "1"]
+    assert main(argv) == 0, capsys.readouterr().err
+    path = out / "circuit.json"
+    assert main(["curve", str(path), "-q", "--threads", "1"]) == 0, capsys.readouterr().err  # no warning
+    doc = json.loads(path.read_text())
+    doc["data_sha256"] = "0" * 16
+    path.write_text(json.dumps(doc))
+    with pytest.warns(UserWarning, match="was found on other prompts than this curve runs on"):
+        assert main(["curve", str(path), "-q", "--threads", "1"]) == 0
