@@ -79,11 +79,13 @@ def _check_start(start: np.ndarray, n: int) -> np.ndarray:
     return start
 
 
-def _work(graph: Graph, dest: int, n_edges: int) -> int:
-    """Progress units of evaluating ``n_edges`` edges into ``dest``: each candidate runs the
-    blocks from the destination's layer to the end, so an edge's cost is about that number
-    of blocks (+1 for the unembedding). An honest ETA weighs edges by it."""
-    return n_edges * (graph.spec.n_layers - _dest_layer(graph, dest) + 1)
+def _work(graph: Graph, dest: int, n_edges: int, per_edge: bool = False) -> int:
+    """Progress units of evaluating ``n_edges`` edges into ``dest``. On the layer-by-layer
+    path each candidate runs the blocks from the destination's layer to the end, so an
+    edge's cost is about that number of blocks (+1 for the unembedding), and an honest ETA
+    weighs edges by it; on the component path (``per_edge``) a candidate recomputes a few
+    components wherever it is, and every edge counts 1."""
+    return n_edges * (1 if per_edge else graph.spec.n_layers - _dest_layer(graph, dest) + 1)
 
 
 def acdc_reference(
@@ -264,8 +266,9 @@ def acdc_fast(
     c0 = 0 if fast is None else fast.component_evals
     # Progress counts the work of tested edges only (see _work): skipped destinations
     # shrink the total instead of advancing the bar, so the ETA stays honest.
-    pending = [_work(graph, d, int(state.alive[graph.incoming[d]].sum())) for d in order[state.next_dest :]]
-    bar = tqdm(total=sum(pending), desc="ACDC", unit="block", disable=not progress,
+    per_edge = fast is not None
+    pending = [_work(graph, d, int(state.alive[graph.incoming[d]].sum()), per_edge) for d in order[state.next_dest :]]
+    bar = tqdm(total=sum(pending), desc="ACDC", unit="edge" if per_edge else "block", disable=not progress,
                bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}{postfix}]")  # fmt: skip
     last_write = time.monotonic()
     for pos in range(state.next_dest, len(order)):
@@ -277,7 +280,7 @@ def acdc_fast(
             live = _live_positions(graph, reaching, _dest_layer(graph, dest))
             _decide_destination(patcher, state, absent, dest, edges, threshold, sizer, stats, bar, live, fast)
         else:
-            bar.total -= _work(graph, dest, len(edges))
+            bar.total -= _work(graph, dest, len(edges), per_edge)
             bar.refresh()
         bar.set_postfix_str(f"destination {pos + 1}/{len(order)}, {stats['edges_tested']} edges tested", refresh=False)
         state.next_dest = pos + 1
@@ -349,7 +352,7 @@ def _decide_destination(
         decided = accepted + (1 if accepted < k else 0)
         stats["candidates_discarded"] += k - decided
         stats["edges_tested"] += decided
-        bar.update(_work(patcher.graph, dest, decided))
+        bar.update(_work(patcher.graph, dest, decided, fast is not None))
         i += decided
         sizer.update(k, accepted, time.perf_counter() - t0, n_layers)
 

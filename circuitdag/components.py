@@ -61,7 +61,9 @@ class ComponentKernels:
     for models without rotary embeddings.
     """
 
-    def __init__(self, model: Any, spec: ModelSpec, rotary: dict[int, tuple[Tensor, Tensor]] | None = None) -> None:
+    def __init__(
+        self, model: Any, spec: ModelSpec, rotary: dict[int, tuple[Tensor, Tensor]] | None = None
+    ) -> None:
         self.model = model
         self.spec = spec
         self.rotary = rotary or {}
@@ -72,7 +74,9 @@ class ComponentKernels:
         self.W: list[dict[str, Tensor | None]] = []
         for L in range(spec.n_layers):
             attn = model.blocks[L].attn
-            self.W.append({name: _param(attn, name) for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")})
+            self.W.append(
+                {name: _param(attn, name) for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")}
+            )
             for name in ("W_Q", "W_K", "W_V", "W_O"):
                 if self.W[L][name] is None:
                     raise KernelMismatch(f"blocks.{L}.attn has no {name}")
@@ -121,12 +125,16 @@ class ComponentKernels:
         (``pos``: absolute positions of ``x``'s rows, default all)."""
         return self._project(L, "Q", x, torch.as_tensor(list(heads), device=x.device), pos=pos)
 
-    def keys_values(self, L: int, kv: int, xk: Tensor, xv: Tensor, pos: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def keys_values(
+        self, L: int, kv: int, xk: Tensor, xv: Tensor, pos: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """Rotated keys and values of key/value head ``kv``: two ``n pos d_head``."""
         g = torch.as_tensor([kv], device=xk.device)
         nk = self.norm1(L, xk)
         nv = nk if xv is xk else self.norm1(L, xv)
-        return self._project(L, "K", nk, g, True, pos)[:, :, 0], self._project(L, "V", nv, g, True, pos)[:, :, 0]
+        return self._project(L, "K", nk, g, True, pos)[:, :, 0], self._project(L, "V", nv, g, True, pos)[
+            :, :, 0
+        ]
 
     def attend(
         self, L: int, heads: Sequence[int], q: Float[Tensor, "n q heads d_head"],
@@ -151,7 +159,9 @@ class ComponentKernels:
 
     # ------------------------------------------------------------------ checks
     @torch.no_grad()
-    def verify(self, resid_pre: Sequence[Tensor], mlp_in: Sequence[Tensor], slots: Tensor, head_slot, mlp_slot) -> float:
+    def verify(
+        self, resid_pre: Sequence[Tensor], mlp_in: Sequence[Tensor], slots: Tensor, head_slot, mlp_slot
+    ) -> float:
         """Recompute every head and MLP of a run whose inputs are unpatched
         (``resid_pre[L]``, ``mlp_in[L]``: ``batch pos d_model``) and compare with its sender
         outputs ``slots`` (``batch pos slot d_model``; ``head_slot(L, h)``/``mlp_slot(L)``

@@ -256,6 +256,10 @@ class Patcher:
         #: ``exists - absent``.
         self.exists = self.absent_matrix(np.zeros(graph.n_edges, dtype=bool))
         self._set_base(None)
+        self._m_full: float | None = None  # circuit_metric of every edge / of no edge, once known
+        self._m_none: float | None = None
+        self._cols_checked = False
+        self._cols: tuple[Any, Tensor, Tensor | None, MetricRef] | None = None
 
     # ------------------------------------------------------------------ components
     def kernels(self) -> ComponentKernels | None:
@@ -563,10 +567,10 @@ class Patcher:
         them again costs nothing."""
         alive = np.asarray(alive, dtype=bool)
         if alive.all():  # the full model is the clean run: no pass needed
-            if not hasattr(self, "_m_full"):
+            if self._m_full is None:
                 self._m_full = float(self.final_metric(self.resid_final.unsqueeze(0))[0])
             return self._m_full
-        if not alive.any() and hasattr(self, "_m_none"):  # every edge removed: asked for often
+        if not alive.any() and self._m_none is not None:  # every edge removed: asked for often
             return self._m_none
         final = self._full_pass(self.absent_matrix(alive), sparse=True)
         value = float(self.final_metric(final.unsqueeze(0))[0])
@@ -756,9 +760,9 @@ class Patcher:
         tokens, and the metric's reference with token ids renumbered into those columns;
         None for metrics that need the whole vocabulary, or where the restricted
         unembedding does not reproduce the model's logits on the clean run."""
-        if hasattr(self, "_cols"):
+        if self._cols_checked:
             return self._cols
-        self._cols = None
+        self._cols_checked = True
         ref = self.ref
         W_U = getattr(self.model, "W_U", None)
         if self.metric_fn is not logit_diff or ref.correct is None or ref.wrong is None or not isinstance(W_U, Tensor):

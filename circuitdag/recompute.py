@@ -49,7 +49,9 @@ class _Pending:
     """What :meth:`SparseFastPath.evaluate` computed, for :meth:`SparseFastPath.commit`."""
 
     rows: dict[int, Tensor] = field(default_factory=dict)  # row -> k batch |positions| d
-    slots: dict[int, tuple[Tensor, np.ndarray]] = field(default_factory=dict)  # slot -> (k batch |pos| d, pos)
+    slots: dict[int, tuple[Tensor, np.ndarray]] = field(
+        default_factory=dict
+    )  # slot -> (k batch |pos| d, pos)
     removed: list[tuple[int, int]] = field(default_factory=list)  # (row, slot) per candidate step
 
 
@@ -72,11 +74,21 @@ class SparseFastPath:
         self.present[lay.edge_row[dead], lay.edge_slot[dead]] = False
         # The run of the starting circuit: sender outputs and unpatched residual streams.
         if not dead.any():
-            slots, resid_pre, mlp_in, final = patcher.S_clean, patcher.resid_pre, patcher.mlp_in, patcher.resid_final
+            slots, resid_pre, mlp_in, final = (
+                patcher.S_clean,
+                patcher.resid_pre,
+                patcher.mlp_in,
+                patcher.resid_final,
+            )
         else:
             raw: dict[str, Any] = {}
             patcher._full_pass(patcher.absent_matrix(alive), raw=raw, sparse=True)
-            slots, resid_pre, mlp_in, final = raw["slots"], raw["resid_pre"], raw["mlp_in"], raw["resid_final"]
+            slots, resid_pre, mlp_in, final = (
+                raw["slots"],
+                raw["resid_pre"],
+                raw["mlp_in"],
+                raw["resid_final"],
+            )
         self.S: list[Tensor] = [slots[:, :, s] for s in range(lay.n_slots)]
         self.S_corr: list[Tensor] = [patcher.S_corr[:, :, s] for s in range(lay.n_slots)]
         # Destination inputs of the current circuit: the unpatched stream minus the
@@ -152,9 +164,14 @@ class SparseFastPath:
 
         def key_range(v: int) -> np.ndarray:
             node = graph.nodes[v]
-            heads = [v] if node.kind == NodeKind.HEAD else [
-                graph.node_index[f"a{node.layer}.{h}"] for h in self.spec.query_heads(node.head)]
-            last = max((int(need[h].max()) for h in heads if h in member and len(need.get(h, ()))), default=-1)
+            heads = (
+                [v]
+                if node.kind == NodeKind.HEAD
+                else [graph.node_index[f"a{node.layer}.{h}"] for h in self.spec.query_heads(node.head)]
+            )
+            last = max(
+                (int(need[h].max()) for h in heads if h in member and len(need.get(h, ()))), default=-1
+            )
             return every if not self.spec.causal else np.arange(last + 1)
 
         for u in reversed(nodes):
@@ -246,10 +263,10 @@ class SparseFastPath:
         tpos = self._tpos
         for r in np.unique(rows_e).tolist():
             idx = np.flatnonzero(rows_e == r)
-            at = tpos(self._row_positions(r))
+            where = tpos(self._row_positions(r))
             W = (steps[:, None] >= torch.as_tensor(idx, device=dev)[None, :]).to(dt)  # k n
-            D = torch.stack([self._delta(s)[:, at] for s in slots_e[idx].tolist()])  # n batch pos d
-            pend.rows[r] = self.I[r][:, at].unsqueeze(0) - torch.einsum("jn,nbpd->jbpd", W, D)
+            D = torch.stack([self._delta(s)[:, where] for s in slots_e[idx].tolist()])  # n batch pos d
+            pend.rows[r] = self.I[r][:, where].unsqueeze(0) - torch.einsum("jn,nbpd->jbpd", W, D)
         # slot -> (k batch |need| d new-minus-current output, its positions)
         deltas: dict[int, tuple[Tensor, np.ndarray]] = {}
         sink_row = lay.n_rows - 1
@@ -267,7 +284,9 @@ class SparseFastPath:
             got = self.I[r][:, tpos(pos)].unsqueeze(0)
             for s in senders:
                 delta, have = deltas[s]
-                got = got + (delta if np.array_equal(have, pos) else delta[:, :, tpos(np.searchsorted(have, pos))])
+                got = got + (
+                    delta if np.array_equal(have, pos) else delta[:, :, tpos(np.searchsorted(have, pos))]
+                )
             pend.rows[r] = got
             return got
 
@@ -275,7 +294,8 @@ class SparseFastPath:
             return x.expand(k, *x.shape[-3:]).reshape(-1, *x.shape[-2:])
 
         B, d = self.I[0].shape[0], self.I[0].shape[2]
-        kern, new_kv = self.kernels, {}
+        kern = self.kernels
+        new_kv: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         for u in affected:
             node = self.graph.nodes[u]
             if node.kind == NodeKind.MLP:
