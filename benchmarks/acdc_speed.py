@@ -30,7 +30,10 @@ skipped, so the edges tested, not N, measure the work) runs SmolLM2-135M in floa
 (``circuitdag.load_model("smollm2-135m")``) on the ``pronoun`` task's 100 prompts, plain
 graph, the task's metric, threshold and ablation, limited to the first N destinations;
 it runs only the fast path unless ``--smollm2-reference`` is given (the reference is
-very slow there). The GPT-2 and SmolLM2 cases warm up on their first destination and are
+very slow there). ``--layer-path`` also times ``acdc_fast(..., sparse=False)``, the fast
+path that evaluates candidates by whole layers instead of recomputing only the components
+they change, and prints its seconds per tested edge and the ratio (the SmolLM2 baseline
+of issue 14's "seconds per evaluated edge"). The GPT-2 and SmolLM2 cases warm up on their first destination and are
 timed ``--big-reps`` times (default 1).
 """
 
@@ -47,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -77,6 +80,7 @@ class Row:
     peak_mb: float
     k_max: int
     fast_path: str
+    s_layers: list[float] = field(default_factory=list)  # --layer-path: acdc_fast(sparse=False)
 
     @property
     def best_ref(self) -> float:
@@ -97,6 +101,10 @@ class Row:
     @property
     def ref_per_edge(self) -> float:
         return self.best_ref / self.tested if self.tested else float("nan")
+
+    @property
+    def layers_per_edge(self) -> float:
+        return min(self.s_layers) / self.tested if self.s_layers and self.tested else float("nan")
 
 
 def spread(xs: list[float]) -> str:
@@ -133,11 +141,15 @@ def run_once(make: Fresh, algo: str, threshold: float, max_dest: int | None) -> 
     the timer, and no run profits from what an earlier run cached)."""
     patcher = make()
     dev = patcher.device
-    fn = acdc_fast if algo == "fast" else acdc_reference
     _sync(dev)
     f0, l0 = patcher.n_forward, patcher.n_layer_evals
     t = time.perf_counter()
-    state = fn(patcher, threshold, max_destinations=max_dest)
+    if algo == "reference":
+        state = acdc_reference(patcher, threshold, max_destinations=max_dest)
+    elif algo == "layers":  # the fast path without the component-level recomputation
+        state = acdc_fast(patcher, threshold, max_destinations=max_dest, sparse=False)
+    else:
+        state = acdc_fast(patcher, threshold, max_destinations=max_dest)
     _sync(dev)
     seconds = time.perf_counter() - t
     return Run(state.alive.copy(), int((~np.isnan(state.scores)).sum()), seconds, patcher.n_forward - f0,
@@ -145,26 +157,28 @@ def run_once(make: Fresh, algo: str, threshold: float, max_dest: int | None) -> 
 
 
 def compare(case: str, make: Fresh, threshold: float, max_dest: int | None = None,
-            skip_ref: bool = False, reps: int = 3, warmup_dest: int | None = None) -> Row:  # fmt: skip
+            skip_ref: bool = False, reps: int = 3, warmup_dest: int | None = None,
+            layer_path: bool = False) -> Row:  # fmt: skip
     """Warm up (one run of each path, limited to ``warmup_dest`` destinations when given),
-    then ``reps`` timed runs of each, alternating which path goes first."""
-    algos = ["fast"] if skip_ref else ["reference", "fast"]
+    then ``reps`` timed runs of each, alternating which path goes first (with
+    ``layer_path`` also ``acdc_fast(sparse=False)``, the fast path by whole layers)."""
+    algos = (["fast"] if skip_ref else ["reference", "fast"]) + (["layers"] if layer_path else [])
     for algo in algos:  # warm-up: allocator, kernels, lazy caches of the model
         run_once(make, algo, threshold, warmup_dest if warmup_dest is not None else max_dest)
     runs: dict[str, list[Run]] = {a: [] for a in algos}
     for r in range(reps):
         for algo in algos if r % 2 == 0 else algos[::-1]:
             runs[algo].append(run_once(make, algo, threshold, max_dest))
-    fast, ref = runs["fast"], runs.get("reference", [])
+    fast, ref, lay = runs["fast"], runs.get("reference", []), runs.get("layers", [])
     identical = None
     if ref:
-        identical = all(np.array_equal(x.alive, fast[0].alive) for x in fast + ref)
-    elif not all(np.array_equal(x.alive, fast[0].alive) for x in fast):
+        identical = all(np.array_equal(x.alive, fast[0].alive) for x in fast + ref + lay)
+    elif not all(np.array_equal(x.alive, fast[0].alive) for x in fast + lay):
         identical = False
     last = fast[-1]
     return Row(case, len(last.alive), int(last.alive.sum()), last.tested, ref[-1].fwd if ref else -1, last.fwd,
                ref[-1].layers if ref else -1, last.layers, [x.seconds for x in ref], [x.seconds for x in fast],
-               identical, _peak_mb(make.device), last.k_max, last.fast_path)  # fmt: skip
+               identical, _peak_mb(make.device), last.k_max, last.fast_path, [x.seconds for x in lay])  # fmt: skip
 
 
 class Fresh:
@@ -314,6 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--positions", action="store_true", help="also run every task position-aware (cases labelled +pos)"
     )
+    ap.add_argument(
+        "--layer-path",
+        action="store_true",
+        help="also time acdc_fast(sparse=False) (the fast path without component-level recomputation)",
+    )
     ap.add_argument("--json", help="also write the rows as JSON here")
     ap.add_argument(
         "--out", help="also write the printed table here (e.g. benchmarks/results/acdc_speed.txt)"
@@ -340,9 +359,8 @@ def main(argv: list[str] | None = None) -> int:
 
                 def build(task=task, ablation=ablation, positions=positions):
                     model = task.load_model(device=args.device, dtype=dtype)
-                    return prepare(model, task, ablation=ablation, positions=positions)[
-                        0
-                    ], task.default_threshold
+                    patcher = prepare(model, task, ablation=ablation, positions=positions)[0]
+                    return patcher, task.default_threshold
 
                 cases.append((label, build, None, False, False))
     if args.toy:
@@ -365,9 +383,9 @@ def main(argv: list[str] | None = None) -> int:
            f"{'s fast: best (median-max)':>26} {'speedup':>7} {'s/edge fast':>11} {'s/edge ref':>10} {'same':>5} "
            f"{'Kmax':>5} {'peak MB':>8}")  # fmt: skip
     emit(f"circuitdag at {_commit()}; load average {os.getloadavg()[0]:.2f}; "
-          f"device={args.device} dtype={args.dtype} threads={args.threads} reps={args.reps} "
-          f"(GPT-2/SmolLM2: {args.big_reps}); a warm-up run of each path first, then alternating runs on "
-          "fresh Patchers; seconds of ACDC alone (caches built outside the timer)")  # fmt: skip
+         f"device={args.device} dtype={args.dtype} threads={args.threads} reps={args.reps} "
+         f"(GPT-2/SmolLM2: {args.big_reps}); a warm-up run of each path first, then alternating runs on "
+         "fresh Patchers; seconds of ACDC alone (caches built outside the timer)")  # fmt: skip
     emit(hdr, flush=True)
     for label, build, n_dest, skip_ref, big in cases:
         if args.only and not any(o in label for o in args.only):
@@ -379,24 +397,29 @@ def main(argv: list[str] | None = None) -> int:
             continue
         # Big cases warm up on their first destination only.
         row = compare(label, Fresh(patcher), thr, max_dest=n_dest, skip_ref=skip_ref,
-                      reps=args.big_reps if big else args.reps, warmup_dest=1 if big else None)  # fmt: skip
+                      reps=args.big_reps if big else args.reps, warmup_dest=1 if big else None,
+                      layer_path=args.layer_path)  # fmt: skip
         del patcher
         rows.append(row)
         same = {True: "yes", False: "NO", None: "-"}[row.identical]
         ref_edge = f"{row.ref_per_edge:.2e}" if row.s_ref else "-"
         emit(f"{row.case:<30} {row.edges:>6} {row.kept:>5} {row.tested:>6} {row.fwd_ref:>8} {row.fwd_fast:>8} "
-              f"{row.layers_ref:>10} {row.layers_fast:>11} {spread(row.s_ref):>25} {spread(row.s_fast):>26} "
-              f"{row.speedup:>7.1f} {row.fast_per_edge:>11.2e} {ref_edge:>10} {same:>5} {row.k_max:>5} "
-              f"{row.peak_mb:>8.0f}", flush=True)  # fmt: skip
+             f"{row.layers_ref:>10} {row.layers_fast:>11} {spread(row.s_ref):>25} {spread(row.s_fast):>26} "
+             f"{row.speedup:>7.1f} {row.fast_per_edge:>11.2e} {ref_edge:>10} {same:>5} {row.k_max:>5} "
+             f"{row.peak_mb:>8.0f}", flush=True)  # fmt: skip
+        if row.s_layers:
+            emit(f"{'':<30} layer path (acdc_fast sparse=False): {spread(row.s_layers)} s, "
+                 f"{row.layers_per_edge:.2e} s/edge; the default fast path is "
+                 f"{min(row.s_layers) / row.best_fast:.1f}x faster", flush=True)  # fmt: skip
     both = [r for r in rows if r.s_ref]
     if both:
         tot_ref = sum(r.best_ref for r in both)
         tot_fast = sum(r.best_fast for r in both)
         speedups = sorted(r.speedup for r in both)
         emit(f"total (best runs): reference {tot_ref:.2f} s, fast {tot_fast:.2f} s, speed-up "
-              f"{tot_ref / max(tot_fast, 1e-9):.1f}x (per case {speedups[0]:.1f}x-{speedups[-1]:.1f}x, median "
-              f"{statistics.median(speedups):.1f}x); identical on {sum(bool(r.identical) for r in both)}/{len(both)} "
-              "cases")  # fmt: skip
+             f"{tot_ref / max(tot_fast, 1e-9):.1f}x (per case {speedups[0]:.1f}x-{speedups[-1]:.1f}x, median "
+             f"{statistics.median(speedups):.1f}x); identical on {sum(bool(r.identical) for r in both)}/{len(both)} "
+             "cases")  # fmt: skip
     if args.out:
         Path(args.out).write_text(
             "\n".join(["benchmarks/acdc_speed.py " + " ".join(argv or sys.argv[1:]), *lines]) + "\n"
@@ -404,7 +427,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump([r.__dict__ | {"speedup": r.speedup, "fast_per_edge": r.fast_per_edge,
-                                     "ref_per_edge": r.ref_per_edge} for r in rows], f, indent=1)  # fmt: skip
+                                     "ref_per_edge": r.ref_per_edge, "layers_per_edge": r.layers_per_edge}
+                       for r in rows], f, indent=1)  # fmt: skip
     return 0 if all(r.identical is not False for r in rows) else 1
 
 
