@@ -37,11 +37,12 @@ def vs():
 
 def test_acdc_speed_best_of_n(speed, tmp_path, capsys) -> None:
     out = tmp_path / "rows.json"
-    assert speed.main(["--only", "tracr-proportion/resample", "--reps", "2", "--json", str(out)]) == 0
+    args = ["--only", "tracr-proportion/resample", "--reps", "2", "--layer-path", "--json", str(out)]
+    assert speed.main(args) == 0
     printed = capsys.readouterr().out
     assert "tracr-proportion/resample" in printed and "identical on 1/1" in printed
     (row,) = json.loads(out.read_text())
-    assert len(row["s_ref"]) == len(row["s_fast"]) == 2 and row["identical"] is True
+    assert len(row["s_ref"]) == len(row["s_fast"]) == len(row["s_layers"]) == 2 and row["identical"] is True
     assert 0 < row["tested"] <= row["edges"] and row["fast_per_edge"] > 0
 
 
