@@ -43,6 +43,7 @@ import argparse
 import json
 import os
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -422,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
              "cases")  # fmt: skip
     if args.out:
         Path(args.out).write_text(
-            "\n".join(["benchmarks/acdc_speed.py " + " ".join(argv or sys.argv[1:]), *lines]) + "\n"
+            "\n".join([shlex.join(["benchmarks/acdc_speed.py", *(argv or sys.argv[1:])]), *lines]) + "\n"
         )
     if args.json:
         with open(args.json, "w") as f:

@@ -49,6 +49,7 @@ import argparse
 import json
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -442,7 +443,7 @@ def _report(rows: list[dict[str, Any]], args, versions: dict[str, str], load0, l
          f"{f' ({ref_reps} of the reference)' if ref_reps < args.reps else ''}: "
          "best (median-worst) seconds; ratios of the bests"),
         "versions: " + ", ".join(f"{k} {v}" for k, v in sorted(versions.items())) + f"; circuitdag at {_commit()}",
-        "command: " + " ".join(["benchmarks/vs_auto_circuit.py", *sys.argv[1:]]),
+        "command: " + shlex.join(["benchmarks/vs_auto_circuit.py", *sys.argv[1:]]),
         "circuitdag: Patcher (cached clean/corrupted runs) + search; auto-circuit: acdc_prune_scores (caches its own runs)",
         "",
         ("| setup | prompts | tau | auto-circuit 1.0.1 | circuitdag fast | circuitdag reference | auto-circuit / fast "
