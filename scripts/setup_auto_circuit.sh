@@ -24,8 +24,8 @@ if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   fi
 fi
 if ! "$VENV/bin/python" -c "import importlib.metadata as m; assert m.version('auto-circuit') == '1.0.1'" >/dev/null 2>&1; then
-  # TransformerLens 2.x pins numpy<2, and the newest pyarrow (pulled in by datasets>=4) needs
-  # numpy 2; pyarrow 21 (the oldest datasets accepts) works with numpy 1.26;
+  # TransformerLens 2.x pins numpy<2, and the newest pyarrow (pulled in by datasets) needs
+  # numpy 2; pyarrow 21 (the oldest datasets 5 accepts) works with numpy 1.26;
   # torch stays the build installed above.
   TORCH=$("$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('torch'))")
   "${PIP[@]}" install "auto-circuit==1.0.1" "transformer-lens>=2,<3" "pyarrow>=21,<22" "torch==$TORCH"
