@@ -17,7 +17,13 @@ circuitdag's ``acdc_fast`` and ``acdc_reference`` on
   circuit) on reverse (auto-circuit's ``kl_div``, circuitdag's ``kl``), mean squared error
   on xproportion (auto-circuit's ``mse``; circuitdag gets the same function as a
   callable metric, its tracr default ``l2`` is a different metric);
-* the same rule: resample ablation, remove an edge when metric(G - e) - metric(G) < tau.
+* the same rule: resample ablation, remove an edge when metric(G - e) - metric(G) < tau,
+  tau = 1e-3 on every row (circuitdag's tracr default; without positions every tau from
+  1e-5 to 0.1 gives the same circuits here: 2 edges on reverse, 3 on xproportion).
+
+The rows are those of issue 14's table: no positions with 200 prompts; position-aware
+with the batch sizes of auto-circuit's own tracr token-circuit tasks (11 prompts for
+reverse, 64 for xproportion; its ACDC uses the first batch only) and with 200.
 
 Each side runs in its own process and virtual environment (auto-circuit pins
 TransformerLens 2.x): ``.venv-autocircuit/bin/python benchmarks/_auto_circuit_worker.py``
@@ -25,7 +31,7 @@ and this file with ``--worker`` under circuitdag's python. Both use one torch th
 (and OMP/MKL_NUM_THREADS=1). Per case each worker builds its model and graph once
 (untimed) and runs every algorithm once to warm up; then the three algorithms run
 interleaved (the order rotates every round) ``--reps`` times and the best, median and
-worst seconds are reported. What is timed: auto-circuit's ``acdc_prune_scores`` call
+worst seconds are reported (``--ref-reps`` runs the slow reference fewer times). What is timed: auto-circuit's ``acdc_prune_scores`` call
 (which caches its clean and corrupted activations itself); for circuitdag the
 ``Patcher`` (its cached clean and corrupted runs) plus the search, and separately the
 search alone. Graph/patchable-model construction is untimed on both sides.
@@ -40,7 +46,8 @@ set of its Edge objects; PYTHONHASHSEED=0 makes that order, and so its result, t
 in every run.
 
 The table is printed and written to benchmarks/results/vs_auto_circuit.txt (``--out``);
-``--json`` also writes every timing.
+``--json`` also writes every timing. The exit status is 1 when an edge set differs (auto-
+circuit vs circuitdag, fast vs reference, or between runs) or the two models' outputs do.
 """
 
 from __future__ import annotations
