@@ -38,7 +38,7 @@ from circuitdag.errors import ConfigError, TaskError
 from circuitdag.graph import Graph, ModelSpec, NodeKind, Positions
 from circuitdag.patching import Ablation, Patcher
 from circuitdag.provenance import RESUME_KEYS
-from circuitdag.recompute import SparseFastPath
+from circuitdag.recompute import PositionalFastPath, SparseFastPath
 from circuitdag.tasks.base import TaskData
 
 log = logging.getLogger("circuitdag")
@@ -307,7 +307,7 @@ def _decide_destination(
     stats: dict[str, Any],
     bar: tqdm,
     live: list[int] | None = None,
-    fast: SparseFastPath | None = None,
+    fast: SparseFastPath | PositionalFastPath | None = None,
 ) -> None:
     """Run the speculative batches for one destination; updates ``state`` and ``absent``
     in place. With ``fast`` candidates are evaluated by recomputing only what they
@@ -373,22 +373,21 @@ def _layer_candidates(patcher: Patcher, absent: torch.Tensor, layer: int, edges:
     return patcher.candidate_metrics(absent, layer, cell_rows, cand, cell_views, live).tolist()
 
 
-def _sparse_path(patcher: Patcher, alive: np.ndarray, want: bool | None) -> SparseFastPath | None:
+def _sparse_path(patcher: Patcher, alive: np.ndarray, want: bool | None) -> SparseFastPath | PositionalFastPath | None:
     """The component-level fast path for ``patcher`` from circuit ``alive``, or None where
     it cannot run (``want=True`` then raises)."""
     if want is False:
         return None
     why = None
-    if patcher.positional:
-        why = "position-aware graphs use the layer-by-layer fast path"
-    elif patcher.kernels() is None:
+    if patcher.kernels() is None:
         why = f"the per-component kernels do not reproduce this model ({patcher.kernel_problem})"
     if why is not None:
         if want:
             raise ConfigError(f"the sparse fast path cannot run: {why}")
         log.info("%s", why)
         return None
-    return SparseFastPath(patcher, patcher.kernels(), alive)  # type: ignore[arg-type]
+    kind = PositionalFastPath if patcher.positional else SparseFastPath
+    return kind(patcher, patcher.kernels(), alive)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------- checkpoints

@@ -103,13 +103,32 @@ def test_kernels_that_do_not_reproduce_the_model_are_refused():
     np.testing.assert_array_equal(state.alive, acdc_reference(p, 0.05).alive)
 
 
-def test_position_aware_graphs_use_the_layer_path():
+POS_CASES = [(arch, "resample", "kl") for arch in ARCHS] + [("ln-gelu-mlp", "zero", "logit_diff"),
+                                                            ("ln-gelu-mlp", "mean", "kl")]  # fmt: skip
+
+
+@pytest.mark.parametrize("arch,ablation,metric", POS_CASES)
+def test_position_aware_component_path_equals_reference(arch, ablation, metric):
+    """Position-aware graphs: a node is a component at one position; K/V edges patch one
+    (query, key) pair. Two answer positions, so ``logits`` reads two cells."""
     from circuitdag.graph import Positions
 
-    model = random_tiny()
-    data = random_data(batch=4, pos=5)
-    p = Patcher(model, Graph(spec_of(model), Positions(5)), data, metric="kl")
-    assert acdc_fast(p, 0.05, max_destinations=3).stats["fast_path"] == "layers"
+    model = random_tiny(**ARCHS[arch])
+    d = random_data(batch=5, pos=5)
+    data = TaskData(d.clean, d.corrupted, answer_pos=torch.tensor([[3, 4]] * 5),
+                    correct=torch.randint(0, 12, (5, 2)), wrong=torch.randint(0, 12, (5, 2)))  # fmt: skip
+    p = Patcher(
+        model, Graph(spec_of(model), Positions(5, sink=(3, 4))), data, ablation=ablation, metric=metric
+    )
+    ref = acdc_reference(p, 0.02)
+    fast = acdc_fast(p, 0.02, sparse=True, k_init=3)
+    assert fast.stats["fast_path"] == "components"
+    np.testing.assert_array_equal(fast.alive, ref.alive)
+    np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-9, atol=1e-12)
+    # and from a prefiltered start
+    start = np.random.default_rng(1).random(p.graph.n_edges) < 0.4
+    ref = acdc_reference(p, 0.02, start=start)
+    np.testing.assert_array_equal(acdc_fast(p, 0.02, start=start, sparse=True).alive, ref.alive)
 
 
 def test_full_and_ablated_metrics_cost_one_pass_in_all():
