@@ -83,18 +83,26 @@ def load_bridge(
     local = isinstance(name_or_dir, os.PathLike) or os.path.exists(name)
     if local or name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name:
         path = Path(name).expanduser()
+        if not path.is_dir():
+            raise ModelError(f"no model directory {path}; pass a directory written by save_pretrained, or a hub name")
         if not (path / "config.json").is_file():
             raise ModelError(
                 f"{path} is not a Hugging Face model directory (no config.json); "
                 "write one with model.save_pretrained(dir) and tokenizer.save_pretrained(dir)"
+            )
+        if not any((path / f).is_file() for f in _TOKENIZER_FILES):
+            raise ModelError(
+                f"{path} has no tokenizer files (none of {', '.join(_TOKENIZER_FILES)}); "
+                "save the tokenizer next to the weights with tokenizer.save_pretrained(dir)"
             )
         name = str(path)
     try:
         model = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
     except OSError as e:
         raise ModelError(
-            f"could not load {name!r}: {e}. Pass a local directory written by save_pretrained, "
-            "or make the model available in the Hugging Face cache"
+            f"could not load {name!r}: no local directory of that name, and the Hugging Face hub or cache "
+            f"does not have it ({str(e).splitlines()[0][:200]}). Pass a local directory written by "
+            "save_pretrained (./name for a directory here), or make the model available in the cache"
         ) from e
     except (ValueError, NotImplementedError, KeyError) as e:
         raise ModelError(f"TransformerBridge cannot boot {name!r}: {e}") from e
@@ -111,6 +119,10 @@ def load_bridge(
     if check:
         check_hooks(model)
     return model
+
+
+#: Files of which a saved tokenizer has at least one (``tokenizer.save_pretrained``).
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
 
 
 class _SkippedBlock(nn.Module):

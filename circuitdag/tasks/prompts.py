@@ -200,6 +200,10 @@ class PromptTask(Task):
 
     def _answer(self, tok: Any, word: str, i: int, field: str) -> int:
         token = _lm.single_token(tok, word)
+        unk = getattr(tok, "unk_token_id", None)
+        if token is None and unk is not None and tok.encode(" " + word.strip(), add_special_tokens=False) == [unk]:
+            raise TaskError(f"{self.name}: prompt {i}: the {field} answer {word!r} is not in the model's vocabulary "
+                            f"(it becomes {tok.unk_token!r}); use a word the tokenizer knows")  # fmt: skip
         if token is None:
             shown = _lm.token_strings(tok, tok.encode(" " + word.strip(), add_special_tokens=False))
             raise TaskError(f"{self.name}: prompt {i}: the {field} answer {word!r} is not a single token for this "
@@ -220,9 +224,16 @@ class PromptTask(Task):
                                 f"{_lm.token_strings(tok, a)} but the corrupted one {len(b)} "
                                 f"{_lm.token_strings(tok, b)}; patching pairs them position by position, so "
                                 "give both the same number of tokens")  # fmt: skip
+            unk = getattr(tok, "unk_token_id", None)
+            for text, ids in ((p.clean, a), (p.corrupted, b)):
+                if unk is not None and unk in ids:
+                    raise TaskError(f"{self.name}: prompt {i}: {text!r} has words the model's tokenizer does not "
+                                    f"know ({_lm.token_strings(tok, ids)}: {tok.unk_token!r}); reword the prompt "
+                                    "or check the model directory's tokenizer files")  # fmt: skip
             if a == b:
                 raise TaskError(f"{self.name}: prompt {i}: the clean and corrupted prompts are the same tokens "
-                                f"({p.clean!r}); the corrupted prompt must change what the answer depends on")
+                                f"({p.clean!r}, tokens {_lm.token_strings(tok, a)}); the corrupted prompt must "
+                                "change what the answer depends on")  # fmt: skip
             clean.append(a)
             corrupted.append(b)
             correct.append(self._answer(tok, p.correct, i, "correct"))

@@ -264,7 +264,18 @@ def test_ignored_hook_is_refused(gpt2, monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_missing_directory(tmp_path: Path) -> None:
-    with pytest.raises(ModelError, match="no config.json"):
+    with pytest.raises(ModelError, match="no model directory"):
         load_bridge(tmp_path / "nowhere")
-    with pytest.raises(ModelError, match="save_pretrained"):
+    with pytest.raises(ModelError, match="no config.json.*save_pretrained"):
         load_bridge(str(tmp_path))
+
+
+def test_directory_without_tokenizer_is_refused(tmp_path: Path, tiny_gpt2_dir: Path) -> None:
+    """Weights without tokenizer files used to load with an empty tokenizer and fail later
+    with a message about identical prompts."""
+    import shutil
+
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_gpt2_dir / f, tmp_path / f)
+    with pytest.raises(ModelError, match="no tokenizer files.*tokenizer.save_pretrained"):
+        load_bridge(tmp_path)
