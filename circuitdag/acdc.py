@@ -11,9 +11,11 @@ Both follow DESIGN.md exactly:
 
 :func:`acdc_reference` runs one full forward pass per edge. :func:`acdc_fast` gives the
 identical result with speculative batching: for the next K edges e1..eK of the current
-destination it evaluates the nested circuits G - {e1..ej} (j = 1..K) in one batched pass
-that starts at the destination's layer, then walks j = 1..K accepting while the
-threshold test passes; at the first kept edge the rest of the batch is discarded.
+destination it evaluates the nested circuits G - {e1..ej} (j = 1..K) as one batch, then
+walks j = 1..K accepting while the threshold test passes; at the first kept edge the rest
+of the batch is discarded. A batch recomputes only the heads and MLPs its candidates
+change (:mod:`circuitdag.recompute`), or, where the per-component kernels do not fit the
+model, runs the blocks from the destination's layer on.
 """
 
 from __future__ import annotations
@@ -230,11 +232,15 @@ def acdc_fast(
     continues from that file (``stats`` seeds the run statistics of a fresh run and is
     saved with it).
 
-    The fast pass resumes each candidate at the destination's layer from a cached run in
-    which every earlier node has its current inputs: the clean run when every edge is
-    present, else the run of the current circuit (:meth:`Patcher.rebase`, one reference
-    pass). That run stays valid for the whole search, because ACDC changes the edges into
-    a node only when it visits it, after every node upstream of it has been used.
+    Candidates are evaluated from a cached run of the current circuit, valid for the whole
+    search because ACDC changes the edges into a node only when it visits it, after every
+    node upstream of it has been used. By default (``sparse=None``) a candidate recomputes
+    only the heads and MLPs it changes (:mod:`circuitdag.recompute`; plain and
+    position-aware graphs), on models whose per-component kernels reproduce the model's
+    hooks (:meth:`Patcher.kernels`); elsewhere, or with ``sparse=False``, the layer-by-layer
+    path resumes each candidate at the destination's layer (:meth:`Patcher.rebase`,
+    :meth:`Patcher.candidate_metrics`). ``sparse=True`` raises :class:`ConfigError` where
+    the component path cannot run. ``stats["fast_path"]`` says which ran.
     """
     threshold = _check_threshold(threshold)
     graph = patcher.graph

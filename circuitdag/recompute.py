@@ -26,7 +26,9 @@ output to a node that matters. When ACDC accepts a candidate, its recomputed inp
 outputs become the new run of ``C`` (:meth:`SparseFastPath.commit`). Everything upstream of
 ``d`` keeps its value because ACDC visits destinations in reverse topological order.
 
-Plain graphs only (no positions); position-aware graphs use the layer-by-layer fast path
+:class:`SparseFastPath` serves plain graphs; :class:`PositionalFastPath` position-aware
+ones, where a node is a component at one position. Where the component kernels do not
+reproduce a model, ACDC uses the layer-by-layer fast path instead
 (:meth:`circuitdag.patching.Patcher.candidate_metrics`).
 """
 
