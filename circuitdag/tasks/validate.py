@@ -153,6 +153,15 @@ def check_metric_gap(m_full: float, m_corrupted: float, metric: str, ablation: s
             f"{task}: the full model and the {ablation}-ablated model have the same metric ({both}), so every "
             "edge is removable and faithfulness is undefined; choose another metric, ablation or corruption"
         )
+    if metric == "logit_diff" and m_full >= 0:  # stored negated: the full model favours the wrong answer
+        warnings.warn(
+            f"{task}: the full model does not prefer the correct answer on average ({both}; logit_diff is "
+            "stored negated, so a model that does the task has a negative value); a circuit of it explains "
+            "nothing about the task. Check the model (is it trained?), the answers and --prepend-bos",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
     if gap <= WEAK_GAP * max(abs(m_full), abs(m_corrupted)) or gap < WEAK_GAP_ABS:
         warnings.warn(
             f"{task}: the model barely does this task ({both}, a gap of {gap:.3g}); a circuit will explain "

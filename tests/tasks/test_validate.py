@@ -131,3 +131,12 @@ def test_a_model_that_barely_does_the_task_warns_with_both_numbers() -> None:
     with pytest.warns(UserWarning, match="barely does this task"):
         check_metric_gap(0.0, 0.0004, "kl", "zero", "t")
     check_metric_gap(-13.77, -0.5, "logit_diff", "resample", "t")  # the zoo pronoun model: no warning
+
+
+def test_a_model_that_prefers_the_wrong_answer_warns() -> None:
+    """The fresh-user walkthrough's random GPT-2: full 0.0033 vs corrupted 0.0013 under
+    logit_diff passed the gap rules; a non-negative stored logit_diff means the full model
+    favours the wrong answer on average."""
+    with pytest.warns(UserWarning, match=r"does not prefer the correct answer on average \(metric logit_diff: "
+                      r"full model 0\.0033, resample-ablated 0\.0013"):  # fmt: skip
+        check_metric_gap(0.0033, 0.0013, "logit_diff", "resample", "t")
