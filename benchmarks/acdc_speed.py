@@ -153,8 +153,11 @@ def run_once(make: Fresh, algo: str, threshold: float, max_dest: int | None) -> 
         state = acdc_fast(patcher, threshold, max_destinations=max_dest)
     _sync(dev)
     seconds = time.perf_counter() - t
+    # The component path runs no hooked passes: count its component evaluations instead.
+    work = (int(state.stats.get("component_evaluations", 0)) if state.stats.get("fast_path") == "components"
+            else patcher.n_layer_evals - l0)  # fmt: skip
     return Run(state.alive.copy(), int((~np.isnan(state.scores)).sum()), seconds, patcher.n_forward - f0,
-               patcher.n_layer_evals - l0, int(state.stats.get("k_max", -1)), str(state.stats.get("fast_path", "")))  # fmt: skip
+               work, int(state.stats.get("k_max", -1)), str(state.stats.get("fast_path", "")))  # fmt: skip
 
 
 def compare(case: str, make: Fresh, threshold: float, max_dest: int | None = None,
@@ -387,6 +390,8 @@ def main(argv: list[str] | None = None) -> int:
          f"device={args.device} dtype={args.dtype} threads={args.threads} reps={args.reps} "
          f"(GPT-2/SmolLM2: {args.big_reps}); a warm-up run of each path first, then alternating runs on "
          "fresh Patchers; seconds of ACDC alone (caches built outside the timer)")  # fmt: skip
+    emit("(fwd: hooked forward passes; layers: blocks x candidates on the reference and layer paths, "
+         "heads and MLPs recomputed x candidates on the default component path)")
     emit(hdr, flush=True)
     for label, build, n_dest, skip_ref, big in cases:
         if args.only and not any(o in label for o in args.only):
