@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from circuitdag.graph import Graph, NodeKind
+from circuitdag.errors import CircuitFileError
+from circuitdag.graph import Graph, Input, NodeKind
 
 
 @dataclass(eq=False)
@@ -94,8 +98,6 @@ class Circuit:
         return self.graph.to_networkx(self.in_circuit)
 
     def save(self, path: str | Path) -> None:
-        from circuitdag.io import save_circuit
-
         save_circuit(self, path)
 
     def to_svg(self, path: str | Path, **kwargs: Any) -> Path:
@@ -107,3 +109,48 @@ class Circuit:
         return self.graph.edge_names == other.graph.edge_names and bool(
             np.array_equal(self.in_circuit, other.in_circuit)
         )
+
+
+FORMAT = "circuitdag.circuit/1"
+
+
+def circuit_to_dict(circuit: Circuit) -> dict[str, Any]:
+    g = circuit.graph
+    t = g.edges
+    edges = []
+    for e in range(g.n_edges):
+        s = float(circuit.scores[e])
+        edges.append({
+            "name": g.edge_names[e],
+            "src": g.nodes[t.src[e]].name,
+            "dst": g.nodes[t.dst[e]].name,
+            "input": Input(t.input[e]).label,
+            "src_pos": None if t.src_pos[e] < 0 else int(t.src_pos[e]),
+            "dst_pos": None if t.dst_pos[e] < 0 else int(t.dst_pos[e]),
+            "score": None if math.isnan(s) else s,
+            "in_circuit": bool(circuit.in_circuit[e]),
+        })  # fmt: skip
+    meta = dict(circuit.meta)
+    return {
+        "format": FORMAT,
+        **meta,
+        "graph": asdict(g.spec),
+        "position_layout": None if g.positions is None else {
+            "n": g.positions.n, "names": g.positions.names, "sink": list(g.positions.sink)},
+        "n_edges_total": g.n_edges,
+        "n_edges": circuit.n_edges,
+        "edges": edges,
+    }
+
+
+def save_circuit(circuit: Circuit, path: str | Path) -> Path:
+    """Write ``path`` atomically (temp file + rename); creates the parent directory."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(circuit_to_dict(circuit), indent=1))
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise CircuitFileError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out") from exc
+    return path

@@ -430,7 +430,7 @@ def build_parser() -> argparse.ArgumentParser:
     from circuitdag.mib import register_cli as register_curve_cli
     from circuitdag.sweep import register_cli
 
-    register_cli(sub)
+    register_cli(sub, _add_run_options)
     register_curve_cli(sub)
     return parser
 

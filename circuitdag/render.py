@@ -14,15 +14,27 @@ import html
 import math
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 
 from circuitdag.errors import CircuitDagError, CircuitFileError
 from circuitdag.graph import Input, NodeKind
 
-if TYPE_CHECKING:
-    from circuitdag.circuit import Circuit
+
+class Circuit(Protocol):
+    """What drawing needs of a :class:`circuitdag.circuit.Circuit` (named here so that
+    imports run one way: circuit -> render)."""
+
+    graph: Any
+    in_circuit: np.ndarray
+    scores: np.ndarray
+    meta: dict[str, Any]
+
+    @property
+    def n_edges(self) -> int: ...
+
+    def faithfulness(self) -> float | None: ...
 
 INPUT_COLOURS = {
     Input.Q: "#1f77b4",  # blue

@@ -1076,12 +1076,10 @@ def cmd_sweep_worker(args: argparse.Namespace) -> int:
     return 0
 
 
-def register_cli(subparsers: Any, add_run_options: Callable[..., None] | None = None) -> None:
-    """Add ``sweep`` and ``sweep-worker`` to the ``circuitdag`` command line."""
-    if add_run_options is None:
-        from circuitdag.cli import _add_run_options
-
-        add_run_options = _add_run_options
+def register_cli(subparsers: Any, add_run_options: Callable[..., None]) -> None:
+    """Add ``sweep`` and ``sweep-worker`` to the ``circuitdag`` command line;
+    ``add_run_options`` adds the options every run takes (``--task``, ``--model``, ...),
+    passed in by :mod:`circuitdag.cli` so that imports run one way."""
 
     p = subparsers.add_parser("sweep", help="Optuna study over the ACDC threshold: Pareto front of size vs faithfulness")
     add_run_options(p)

@@ -156,11 +156,14 @@ def test_extremes(setup, ablation) -> None:
         torch.testing.assert_close(none[:, -1], model(data.corrupted)[:, -1], rtol=0, atol=1e-10)
 
 
+CAUSAL = [a for a, kw in ARCHS.items() if kw.get("causal", True)]  # the sequential implementation needs one
+
+
 @pytest.mark.parametrize("ablation", ["resample", "mean"])
+@pytest.mark.parametrize("setup", CAUSAL, ids=CAUSAL, indirect=True)
 def test_reference_matches_sequential_implementation(setup, ablation) -> None:
     model, graph, data = setup
-    if not model.cfg.causal:
-        pytest.skip("the sequential implementation needs a causal model")
+    assert model.cfg.causal
     p = Patcher(model, graph, data, ablation=ablation)
     rng = np.random.default_rng(0)
     for _ in range(2):
