@@ -133,6 +133,24 @@ class Layout:
             return slice(base + self.per_layer_rows - 1, base + self.per_layer_rows)
         return slice(self.n_rows - 1, self.n_rows)
 
+    def row_layer_kind(self, r: int) -> tuple[int, Input]:
+        """The layer and input of row ``r`` (``logits``: ``n_layers``, RESID)."""
+        if r == self.n_rows - 1:
+            return self.n_layers, Input.RESID
+        L, i = divmod(r, self.per_layer_rows)
+        if i < self.n_heads:
+            return L, Input.Q
+        if i < self.n_heads + self.n_kv:
+            return L, Input.K
+        if i < self.n_heads + 2 * self.n_kv:
+            return L, Input.V
+        return L, Input.MLP
+
+    def head_rows(self, layer: int, head: int, kv: int) -> tuple[int, int, int]:
+        """The q row of ``head`` and the k and v rows of its key/value head ``kv``."""
+        return (self.rows(layer, Input.Q).start + head, self.rows(layer, Input.K).start + kv,
+                self.rows(layer, Input.V).start + kv)  # fmt: skip
+
     def readable_slots(self, layer: int, kind: Input) -> int:
         """Slots a row of this (layer, input) may read: a prefix of the slot order."""
         if kind == Input.RESID:

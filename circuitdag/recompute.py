@@ -97,7 +97,7 @@ class SparseFastPath:
         # deltas of absent senders (shared tensors while nothing is absent).
         self.I: list[Tensor] = []
         for r in range(lay.n_rows):
-            L, kind = self._row_layer_kind(r)
+            L, kind = self.lay.row_layer_kind(r)
             base = final if kind == Input.RESID else (mlp_in[L] if kind == Input.MLP else resid_pre[L])
             gone = np.flatnonzero(exists[r] & ~self.present[r])
             if len(gone):
@@ -121,23 +121,6 @@ class SparseFastPath:
         self._answers = np.unique(ap.cpu().numpy()) if ap.numel() else np.zeros(0, dtype=np.int64)
 
     # ------------------------------------------------------------------ structure
-    def _row_layer_kind(self, r: int) -> tuple[int, Input]:
-        lay = self.lay
-        if r == lay.n_rows - 1:
-            return lay.n_layers, Input.RESID
-        L, i = divmod(r, lay.per_layer_rows)
-        if i < lay.n_heads:
-            return L, Input.Q
-        if i < lay.n_heads + lay.n_kv:
-            return L, Input.K
-        if i < lay.n_heads + 2 * lay.n_kv:
-            return L, Input.V
-        return L, Input.MLP
-
-    def _head_rows(self, L: int, h: int) -> tuple[int, int, int]:
-        lay, g = self.lay, self.spec.kv_head(h)
-        return lay.rows(L, Input.Q).start + h, lay.rows(L, Input.K).start + g, lay.rows(L, Input.V).start + g
-
     def affected(self, dest: int, alive: np.ndarray) -> list[int]:
         """Nodes a change at ``dest`` can reach through present edges and that still reach
         ``logits`` (``dest`` first), in topological order; fixed while ACDC decides
@@ -220,7 +203,7 @@ class SparseFastPath:
         hit = self._rowpos.get(r)
         if hit is not None:
             return hit
-        L, kind = self._row_layer_kind(r)
+        L, kind = self.lay.row_layer_kind(r)
         g, lay = self.graph, self.lay
         if kind == Input.RESID:
             pos = self._answers
@@ -243,7 +226,7 @@ class SparseFastPath:
     def _kv_current(self, L: int, g: int) -> tuple[Tensor, Tensor]:
         hit = self._kv.get((L, g))
         if hit is None:
-            _, rk, rv = self._head_rows(L, self.spec.query_heads(g)[0])
+            _, rk, rv = self.lay.head_rows(L, self.spec.query_heads(g)[0], g)
             hit = self._kv[(L, g)] = self.kernels.keys_values(L, g, self.I[rk], self.I[rv])
             self.component_evals += 1
         return hit
@@ -309,7 +292,7 @@ class SparseFastPath:
                 s = lay.mlp_slot(node.layer)
             elif node.kind == NodeKind.HEAD:
                 L, h, g = node.layer, node.head, self.spec.kv_head(node.head)
-                rq, rk, rv = self._head_rows(L, h)
+                rq, rk, rv = self.lay.head_rows(L, h, self.spec.kv_head(h))
                 xq, xk, xv = row_input(rq), row_input(rk), row_input(rv)
                 if xq is None and xk is None and xv is None:
                     continue
@@ -359,7 +342,7 @@ class SparseFastPath:
                 self.I[r] = self.I[r].clone()
                 self._own_I.add(r)
             self.I[r][:, self._tpos(self._row_positions(r))] = x[j]
-            L, kind = self._row_layer_kind(r)
+            L, kind = self.lay.row_layer_kind(r)
             if kind in (Input.K, Input.V):
                 self._kv.pop((L, r - self.lay.rows(L, kind).start), None)
         for s, (x, at) in pend.slots.items():
@@ -424,7 +407,7 @@ class PositionalFastPath:
         diag = torch.arange(P, device=patcher.device)
         self.I: list[Tensor] = []  # batch pos d (own-position inputs) or batch view pos d (K, V)
         for r in range(lay.n_rows):
-            L, kind = SparseFastPath._row_layer_kind(self, r)  # type: ignore[arg-type]
+            L, kind = self.lay.row_layer_kind(r)
             base = final if kind == Input.RESID else (mlp_in[L] if kind == Input.MLP else resid_pre[L])
             mask = absent[r]  # view pos slot
             cross = lay.crosses_positions(kind)
@@ -474,7 +457,7 @@ class PositionalFastPath:
         for r, v in sorted(set(zip(rows_e.tolist(), views_e.tolist()))):
             idx = np.flatnonzero((rows_e == r) & (views_e == v))
             W = (steps[:, None] >= torch.as_tensor(idx, device=dev)[None, :]).to(dt)  # k n
-            L, kind = SparseFastPath._row_layer_kind(self, r)  # type: ignore[arg-type]
+            L, kind = self.lay.row_layer_kind(r)
             if lay.crosses_positions(kind):
                 cur = self.I[r][:, v]  # batch pos d
                 D = torch.zeros(len(idx), *cur.shape, dtype=dt, device=dev)
@@ -521,7 +504,7 @@ class PositionalFastPath:
                 s = lay.mlp_slot(node.layer)
             elif node.kind == NodeKind.HEAD:
                 L, h = node.layer, node.head
-                rq, rk, rv = SparseFastPath._head_rows(self, L, h)  # type: ignore[arg-type]
+                rq, rk, rv = self.lay.head_rows(L, h, self.spec.kv_head(h))
                 xq, xk, xv = cell(rq, q, Input.Q), cell(rk, q, Input.K), cell(rv, q, Input.V)
                 if xq is None and xk is None and xv is None:
                     continue
