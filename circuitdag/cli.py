@@ -97,7 +97,9 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
         raise ConfigError(f"--n-prompts must be >= 1, got {args.n_prompts}")
     torch.set_num_threads(threads)
     log.info("using %d torch threads", threads)
-    task = with_prepend_bos(_task(args), getattr(args, "prepend_bos", "auto"))
+    task = _task(args)
+    own = task.for_model(args.model) if getattr(args, "model", None) else None  # one of the task's own models
+    task = with_prepend_bos(own or task, getattr(args, "prepend_bos", "auto"))
     resolve_metric(task, args.metric)  # fail before loading the model
     if args.ablation:
         Ablation.parse(args.ablation)
@@ -105,7 +107,7 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     quiet = getattr(args, "quiet", False)
     with _phase(f"loading {getattr(args, 'model', None) or task.default_model or 'the model'} "
                 f"({threads} torch threads)", quiet):  # fmt: skip
-        if getattr(args, "model", None):
+        if getattr(args, "model", None) and own is None:
             model = load_model(args.model, device=args.device, dtype=dtype)
         else:
             model = task.load_model(device=args.device, dtype=dtype)

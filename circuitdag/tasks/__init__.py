@@ -37,6 +37,7 @@ BUILTIN: dict[str, str] = {
     "an-neuron": "circuitdag.tasks.an_neuron:AnNeuronTask",
     "ioi": "circuitdag.tasks.ioi:IOITask",
     "greater-than": "circuitdag.tasks.greater_than:GreaterThanTask",
+    "reversal": "circuitdag.tasks.reversal:ReversalTask",
 }
 
 _cache: dict[str, Task] = {}

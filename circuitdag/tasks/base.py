@@ -128,6 +128,14 @@ class Task:
         """Clean/corrupted token batches for ``model`` (its tokenizer decides the ids)."""
         raise NotImplementedError
 
+    def for_model(self, name: str) -> Task | None:
+        """This task set up for ``--model name`` when ``name`` is one of the task's own
+        models (its :meth:`load_model` then loads that model, and its defaults fit it), or
+        None when ``name`` is for :func:`circuitdag.load_model` (a zoo, hub or directory
+        name). A task that runs only on its own models raises :class:`TaskError` for any
+        other name (``reversal``: ``compiled`` or ``trained``)."""
+        return None
+
     def ground_truth(self, ablation: str = "zero") -> set[str] | None:
         """Edge names (``a0.1->a1.0<k>``) that the true circuit has, or None if unknown."""
         return None

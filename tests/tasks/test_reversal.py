@@ -1,0 +1,53 @@
+"""The ``reversal`` task: one task, the compiled (tracr) and the trained (zoo) model."""
+
+import pytest
+import torch
+
+from circuitdag.acdc import prepare, run_acdc
+from circuitdag.cli import main
+from circuitdag.errors import TaskError
+from circuitdag.tasks import get_task
+from circuitdag.tasks.reversal import ReversalTask
+
+
+def test_model_names_select_the_variant_and_others_are_refused():
+    task = get_task("reversal")
+    assert task.variant == "trained"
+    assert task.for_model("compiled").variant == "compiled"
+    assert task.for_model("tracr-reverse").variant == "compiled"
+    assert task.for_model("trained").variant == "trained"
+    with pytest.raises(TaskError, match="--model compiled .* or --model trained"):
+        task.for_model("gpt2")
+
+
+def test_cli_refuses_another_model_before_loading(capsys, tmp_path):
+    assert main(["discover", "--task", "reversal", "--model", "gpt2", "--out", str(tmp_path), "-q"]) == 2
+    assert "runs on --model compiled" in capsys.readouterr().err
+
+
+def test_compiled_data_and_circuit_are_tracr_reverse():
+    task = ReversalTask("compiled")
+    model = task.load_model(dtype=torch.float64)
+    mine, theirs = task.data(model), get_task("tracr-reverse").data(model)
+    for field in ("clean", "corrupted", "answer_pos", "correct"):
+        assert torch.equal(getattr(mine, field), getattr(theirs, field))
+    patcher, meta = prepare(model, task, ablation="zero")
+    circuit = run_acdc(patcher, task.default_threshold, meta=meta)
+    truth, inert = task.ground_truth("zero"), task.inert_edges("zero")
+    assert circuit.edge_names - inert == truth - inert
+
+
+def test_trained_model_answers_every_slot_and_slots_line_up():
+    task = ReversalTask("trained")
+    model = task.load_model()
+    data = task.data(model)
+    assert data.position_names[:6] == ("bos", "x1", "x2", "x3", "x4", "x5")
+    assert data.clean.shape == (100, 11)
+    with torch.no_grad():
+        logits = model(data.clean)
+    pred = logits.gather(1, data.answer_pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1])).argmax(-1)
+    assert torch.equal(pred, data.correct)
+    # slot i answers x_{6-i} in both layouts: the trained answer is the token at position 6 - i
+    assert torch.equal(data.correct, data.clean[:, 1:6].flip(1))
+    compiled = ReversalTask("compiled").data(ReversalTask("compiled").load_model())
+    assert torch.equal(compiled.correct + 2, data.correct)  # output ids 0..2 are the zoo's tokens 2..4
