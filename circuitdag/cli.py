@@ -437,6 +437,9 @@ def build_parser() -> argparse.ArgumentParser:
     from circuitdag.heads import register_cli as register_heads_cli
 
     register_heads_cli(sub)
+    from circuitdag.compare import register_cli as register_compare_cli
+
+    register_compare_cli(sub)
     return parser
 
 
