@@ -440,6 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     from circuitdag.compare import register_cli as register_compare_cli
 
     register_compare_cli(sub)
+    from circuitdag.neurons.command import register_cli as register_neurons_cli  # the " an" neuron method
+
+    register_neurons_cli(sub, _add_run_options, _load)
     return parser
 
 

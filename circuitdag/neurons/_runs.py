@@ -1,0 +1,273 @@
+"""The clean and corrupted runs every step of the neuron analysis reads, cached once.
+
+:class:`TaskRuns` holds, for the task's clean and corrupted prompts, the residual stream
+entering each block, each block's attention and MLP outputs, each MLP's neuron
+activations and the final residual stream, plus the answer direction: for prompt ``b``
+and answer slot ``a``, ``W_U[:, correct] - W_U[:, wrong]`` (the logit difference is that
+direction applied to the final norm's output, plus ``b_U[correct] - b_U[wrong]``).
+
+A *neuron* is one entry of ``blocks.L.mlp.hook_post``: ``act(pre)`` in a GPT-2-style MLP
+(``mlp_out = post @ W_out + b_out``) and ``act(gate) * up`` in a Llama-style gated MLP
+(SmolLM2: ``mlp_out = post @ W_down``), so in both the MLP output is a sum over neurons of
+``post[n] * W_out[n]`` plus a bias that belongs to no neuron.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitdag.components import plain_module
+from circuitdag.errors import ConfigError, ModelError, TaskError
+from circuitdag.graph import ModelSpec
+from circuitdag.models import spec_of
+from circuitdag.models.bridge import resume
+from circuitdag.tasks.base import TaskData
+
+#: Hooks cached per layer, by short name.
+SITES = {
+    "resid_pre": "blocks.{L}.hook_resid_pre",
+    "attn_out": "blocks.{L}.hook_attn_out",
+    "resid_mid": "blocks.{L}.hook_resid_mid",
+    "mlp_out": "blocks.{L}.hook_mlp_out",
+    "post": "blocks.{L}.mlp.hook_post",
+}
+
+#: Ablations of a component or neuron (never negation, which the seed's reviewer warned off).
+ABLATIONS = ("resample", "zero", "mean")
+
+
+class _Stop(Exception):
+    """Raised by the hook on the final residual stream to end a forward pass there."""
+
+    def __init__(self, resid: Tensor) -> None:
+        super().__init__("final residual reached")
+        self.resid = resid
+
+
+def final_hook(spec: ModelSpec) -> str:
+    return f"blocks.{spec.n_layers - 1}.hook_resid_post"
+
+
+def run_to_final(
+    model: Any,
+    inputs: Tensor,
+    start_layer: int = 0,
+    fwd_hooks: Sequence[tuple[str, Callable[..., Any]]] = (),
+) -> Float[Tensor, "batch pos d_model"]:
+    """The final residual stream (``blocks.{n-1}.hook_resid_post``) of a forward pass.
+
+    ``inputs`` are token ids (``start_layer == 0``) or the residual stream entering block
+    ``start_layer`` (:func:`circuitdag.models.bridge.resume`); the unembedding is never
+    computed, so a pass costs only the blocks from ``start_layer`` on.
+    """
+    spec = spec_of(model)
+
+    def stop(x: Tensor, hook: Any) -> None:
+        raise _Stop(x)
+
+    hooks = [*fwd_hooks, (final_hook(spec), stop)]
+    try:
+        with torch.no_grad():
+            if inputs.is_floating_point():
+                resume(model, inputs, start_layer, fwd_hooks=hooks)
+            else:
+                model.run_with_hooks(inputs, fwd_hooks=hooks)
+    except _Stop as s:
+        return s.resid
+    raise ModelError(f"hook {final_hook(spec)} did not fire; load the model with circuitdag.load_model")
+
+
+def w_out(model: Any) -> Float[Tensor, "layer d_mlp d_model"]:
+    """Every MLP's output weights, one row per neuron (``W_out``; ``W_down`` of a gated MLP)."""
+    try:
+        W = getattr(model, "W_out", None)  # a bridge stacks its layers' weights
+    except AttributeError:
+        W = None
+    if isinstance(W, Tensor):
+        return W
+    blocks = getattr(model, "blocks", None)
+    try:
+        return torch.stack([b.mlp.W_out for b in blocks])  # type: ignore[union-attr]
+    except (AttributeError, TypeError):
+        raise ModelError(f"{type(model).__name__} exposes no MLP output weights (W_out); "
+                         "load the model with circuitdag.load_model") from None  # fmt: skip
+
+
+def b_u(model: Any) -> Tensor | None:
+    try:
+        b = getattr(model, "b_U", None)
+    except AttributeError:  # a bridge raises for a bias-free unembedding
+        return None
+    return b if isinstance(b, Tensor) else None
+
+
+def final_norm_weight(model: Any) -> Tensor | None:
+    """The final norm's elementwise scale (None when it has none, or it is folded into
+    ``W_U``, as :func:`circuitdag.models.bridge.load_bridge` does by default: then it is 1)."""
+    ln = plain_module(getattr(model, "ln_final", None))
+    for name in ("weight", "w"):
+        w = getattr(ln, name, None)
+        if isinstance(w, Tensor):
+            return w
+    return None
+
+
+def norm_kind(model: Any) -> str:
+    """``"LN"`` (centre, then divide by the standard deviation), ``"RMS"`` (divide by the
+    root mean square) or ``"none"``: what the final norm does before its elementwise scale."""
+    kind = getattr(model.cfg, "normalization_type", None)
+    if kind in ("LN", "LNPre"):
+        return "LN"
+    if kind in ("RMS", "RMSPre"):
+        return "RMS"
+    if kind is None:
+        return "none"
+    raise ModelError(f"final norm of type {kind!r} is not supported by the neuron analysis")
+
+
+def final_scale(model: Any, resid: Float[Tensor, "... d_model"]) -> Float[Tensor, ...]:
+    """The final norm's divisor for residual vectors ``resid``: ``sqrt(var + eps)`` for
+    LayerNorm, ``sqrt(mean(x^2) + eps)`` for RMSNorm, 1 without a norm (tracr)."""
+    kind = norm_kind(model)
+    if kind == "none":
+        return torch.ones(resid.shape[:-1], dtype=resid.dtype, device=resid.device)
+    eps = float(getattr(model.cfg, "eps", 1e-5))
+    x = resid - resid.mean(-1, keepdim=True) if kind == "LN" else resid
+    return (x.pow(2).mean(-1) + eps).sqrt()
+
+
+@dataclass
+class TaskRuns:
+    """Cached clean and corrupted runs of ``data`` on ``model`` (see the module docstring).
+
+    ``clean[site]`` / ``corrupted[site]`` are stacked over layers: ``resid_pre``,
+    ``attn_out``, ``resid_mid``, ``mlp_out`` are ``layer batch pos d_model``, ``post``
+    (neuron activations) is ``layer batch pos d_mlp``; ``final`` is the last block's
+    ``hook_resid_post``, ``batch pos d_model``. ``direction`` is ``batch n_ans d_model``
+    (``W_U[:, correct] - W_U[:, wrong]``), ``bias`` ``batch n_ans``. Logit differences
+    ``ld_*`` are per prompt and answer slot, ``batch n_ans``.
+    """
+
+    model: Any
+    data: TaskData
+    spec: ModelSpec
+    clean: dict[str, Tensor]
+    corrupted: dict[str, Tensor]
+    direction: Tensor
+    bias: Tensor
+    ld_clean: Tensor
+    ld_corrupted: Tensor
+
+    @property
+    def d_mlp(self) -> int:
+        return int(self.clean["post"].shape[-1])
+
+    @property
+    def metric_clean(self) -> float:
+        """Mean logit difference (correct - wrong) on the clean prompts."""
+        return float(self.ld_clean.mean())
+
+    @property
+    def metric_corrupted(self) -> float:
+        return float(self.ld_corrupted.mean())
+
+    def logit_diff(self, final: Float[Tensor, "*k batch pos d_model"]) -> Float[Tensor, "*k batch n_ans"]:
+        """Logit difference correct - wrong at the answer positions of final residual streams."""
+        ap = self.data.answer_pos
+        rows = torch.arange(ap.shape[0], device=ap.device).unsqueeze(1)
+        x = final[..., rows, ap, :]
+        with torch.no_grad():
+            y = plain_module(self.model.ln_final)(x)
+            return (y * self.direction).sum(-1) + self.bias
+
+    def normalised(self, metric: Tensor | float) -> Tensor | float:
+        """``(metric - corrupted) / (clean - corrupted)`` of mean logit differences: 0 is the
+        corrupted run, 1 the clean run."""
+        return (metric - self.metric_corrupted) / (self.metric_clean - self.metric_corrupted)
+
+    def source_and_base(self, site: str, ablation: str) -> tuple[Tensor, str]:
+        """The values a patched ``site`` takes (stacked over layers) and which run is patched.
+
+        ``resample``: the clean values, written into the corrupted run (denoising, as in
+        the seed's "apple" -> "lemon" patching). ``zero``: zeros, and ``mean``: the mean
+        over the clean prompts at each position, written into the clean run."""
+        if ablation == "resample":
+            return self.clean[site], "corrupted"
+        if ablation == "zero":
+            return torch.zeros_like(self.clean[site]), "clean"
+        if ablation == "mean":
+            return self.clean[site].mean(1, keepdim=True).expand_as(self.clean[site]), "clean"
+        raise ConfigError(f"unknown ablation {ablation!r}; choose one of {', '.join(ABLATIONS)}")
+
+    def effect(self, metric: Tensor, ablation: str) -> Tensor:
+        """Fraction of the clean-vs-corrupted logit difference a patched component carries:
+        ``normalised(metric)`` for resample (how much of it patching the clean value in
+        recovers), ``1 - normalised(metric)`` for zero and mean ablation (how much of it is
+        lost when the component is ablated in the clean run)."""
+        n = self.normalised(metric)
+        assert isinstance(n, Tensor)
+        return n if ablation == "resample" else 1 - n
+
+
+def cache_runs(model: Any, data: TaskData) -> TaskRuns:
+    """Run ``data``'s clean and corrupted prompts once each, keeping what the analysis reads.
+
+    Raises :class:`TaskError` when the task has no wrong answers (the logit difference
+    needs them) or the clean and corrupted prompts give the same mean logit difference.
+    """
+    if data.correct is None or data.wrong is None:
+        raise TaskError("the neuron analysis reads the logit difference correct - wrong; "
+                        "this task gives no wrong answers")  # fmt: skip
+    spec = spec_of(model)
+    if spec.attn_only:
+        raise ModelError("the model is attention-only: it has no MLP neurons to analyse")
+    device = data.clean.device
+    W_U = model.W_U
+    direction = (W_U[:, data.correct] - W_U[:, data.wrong]).detach().permute(1, 2, 0).to(device)
+    b = b_u(model)
+    bias = torch.zeros(data.correct.shape, dtype=W_U.dtype, device=device)
+    if b is not None:
+        bias = (b[data.correct] - b[data.wrong]).detach().to(device)
+    runs: dict[str, dict[str, Tensor]] = {}
+    for which, tokens in (("clean", data.clean), ("corrupted", data.corrupted)):
+        got: dict[str, Tensor] = {}
+
+        def save(key: str, got: dict[str, Tensor] = got) -> Callable[..., None]:
+            def fn(x: Tensor, hook: Any) -> None:
+                got[key] = x.detach().clone()
+
+            return fn
+
+        hooks = [(SITES[s].format(L=L), save(f"{s}.{L}")) for L in range(spec.n_layers) for s in SITES]
+        final = run_to_final(model, tokens, 0, hooks)
+        missing = [k for k in (f"{s}.{L}" for L in range(spec.n_layers) for s in SITES) if k not in got]
+        if missing:
+            s, L = missing[0].split(".")
+            raise ModelError(f"hook {SITES[s].format(L=L)} did not fire; load the model with circuitdag.load_model")
+        stacked = {s: torch.stack([got[f"{s}.{L}"] for L in range(spec.n_layers)]) for s in SITES}
+        stacked["final"] = final
+        runs[which] = stacked
+    tr = TaskRuns(model, data, spec, runs["clean"], runs["corrupted"], direction, bias,
+                  torch.empty(0), torch.empty(0))  # fmt: skip
+    tr.ld_clean = tr.logit_diff(runs["clean"]["final"])
+    tr.ld_corrupted = tr.logit_diff(runs["corrupted"]["final"])
+    if abs(tr.metric_clean - tr.metric_corrupted) < 1e-6 * (1 + abs(tr.metric_clean)):
+        raise TaskError(f"clean and corrupted prompts give the same mean logit difference ({tr.metric_clean:.4g}); "
+                        "patching has nothing to recover")  # fmt: skip
+    return tr
+
+
+def chunk_size(runs: TaskRuns, budget_bytes: float = 2e9) -> int:
+    """Patched copies of the prompt batch per forward pass: as many as fit in about
+    ``budget_bytes`` of activations (at least 1)."""
+    b, p = runs.data.clean.shape
+    s = runs.spec
+    per_pos = 8 * s.d_model + 3 * runs.d_mlp + 2 * s.n_heads * s.d_model + s.n_heads * p
+    elem = runs.clean["final"].element_size()
+    return max(1, int(budget_bytes // (b * p * per_pos * elem)))
