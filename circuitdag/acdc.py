@@ -34,6 +34,7 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitdag._kernels import backend
+from circuitdag.attention import attention_record
 from circuitdag.attribution import DEFAULT_IG_STEPS, METHODS, attribute, top_edges
 from circuitdag.circuit import Circuit
 from circuitdag.errors import ConfigError, TaskError
@@ -524,6 +525,8 @@ def run_acdc(
             "layer_evaluations": patcher.n_layer_evals - l0,
             "seconds": round(seconds, 4),
         },
+        "attention": attention_record(patcher.model, patcher.graph, patcher.data.clean, patcher.data.answer_pos,
+                                      state.alive),  # for the explorer (circuitdag.explore)
     }
     return Circuit(patcher.graph, state.alive, state.scores, out_meta)
 

@@ -54,6 +54,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitdag import metrics
+from circuitdag.attention import attention_record
 from circuitdag.circuit import Circuit
 from circuitdag.errors import ConfigError, MetricError, ModelError
 from circuitdag.graph import Input
@@ -329,6 +330,8 @@ def attribution_circuit(
             "batch_size": att.batch_size,
             "seconds": round(time.perf_counter() - t0, 4),
         },
+        "attention": attention_record(patcher.model, patcher.graph, patcher.data.clean, patcher.data.answer_pos,
+                                      alive),  # for the explorer (circuitdag.explore)
     }
     return Circuit(patcher.graph, alive, att.scores.astype(np.float64), out_meta)
 

@@ -105,6 +105,21 @@ class Circuit:
 
         return render_svg(self, path, **kwargs)
 
+    def to_html(self, path: str | Path | None = None) -> str:
+        """The interactive explorer (:mod:`circuitdag.explore`): one self-contained HTML
+        page; also written to ``path`` when given."""
+        from circuitdag.explore import explorer_html, write_explorer
+
+        if path is not None:
+            return write_explorer(self, path).read_text(encoding="utf-8")
+        return explorer_html(self)
+
+    def _repr_html_(self) -> str:
+        """The explorer in a notebook cell (an iframe holding :meth:`to_html`'s page)."""
+        from circuitdag.explore import notebook_html
+
+        return notebook_html(self)
+
     def same_as(self, other: Circuit) -> bool:
         return self.graph.edge_names == other.graph.edge_names and bool(
             np.array_equal(self.in_circuit, other.in_circuit)

@@ -434,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_cli(sub, _add_run_options)
     register_curve_cli(sub)
+    from circuitdag.views import register_cli as register_views_cli  # explore, activations
+
+    register_views_cli(sub)
     from circuitdag.heads import register_cli as register_heads_cli
 
     register_heads_cli(sub)

