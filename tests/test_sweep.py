@@ -85,9 +85,11 @@ def test_ground_truth_is_on_the_front(tmp_path, capsys):
         assert 1e-6 <= t.params["threshold"] <= 1.0 and c.meta["threshold"] == t.params["threshold"]
     assert study.user_attrs["circuitdag.sweep"]["ablations"] == ["zero"]
 
-    ET.fromstring((out / "sweep.svg").read_text())  # well-formed
+    svg = ET.fromstring((out / "sweep.svg").read_text())  # well-formed, drawn by matplotlib
+    front = svg.find(".//{http://www.w3.org/2000/svg}g[@id='front']")
+    assert front is not None and len(list(front.iter("{http://www.w3.org/2000/svg}use"))) == len(doc["points"])
     page = (out / "sweep.html").read_text()
-    assert "<svg" in page and "Pareto front" in page and page.count('<tr data-trial="') == 20
+    assert 'id="pareto-plot"' in page and "Pareto front" in page and page.count('<tr data-trial="') == 20
 
 
 def test_failed_trials_are_recorded_and_a_worker_stops_at_the_target(tmp_path, monkeypatch):

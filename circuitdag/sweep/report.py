@@ -1,0 +1,97 @@
+"""Writing a sweep's report from its study: ``pareto.json``, ``sweep.svg`` (matplotlib),
+``sweep.html`` (the interactive page, :mod:`circuitdag.sweep.page`), each front circuit's
+drawing, and with ``--target-faithfulness`` the chosen circuit in ``best/``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from circuitdag.errors import CircuitDagError
+from circuitdag.sweep.figures import static_svg
+from circuitdag.sweep.front import SweepReport, front_points, pick_best, trial_rows
+from circuitdag.sweep.page import sweep_html
+from circuitdag.sweep.storage import load_settings
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger("circuitdag")
+
+#: The report's files, relative to the sweep's output directory.
+FILES = {"pareto": "pareto.json", "svg": "sweep.svg", "html": "sweep.html"}
+
+
+def write_report(study: optuna.Study, out: str | Path, storage: str = "",
+                 target_faithfulness: float | None = None) -> SweepReport:  # fmt: skip
+    """Write ``pareto.json``, ``sweep.svg`` and ``sweep.html`` into ``out``, and each front
+    circuit's ``trials/<n>/circuit.svg`` (and, with ``target_faithfulness``,
+    ``best/circuit.json`` + ``best/circuit.svg``: the smallest circuit of the front whose
+    faithfulness reaches it). A front point links to ``trials/<n>/circuit.html`` when
+    that explorer page exists, else to its SVG."""
+    out = Path(out)
+    settings = load_settings(study)
+    rows = trial_rows(study, out)
+    points = front_points(rows, out)
+    counts: dict[str, int] = {"total": len(rows)}
+    for r in rows:
+        counts[r["state"].lower()] = counts.get(r["state"].lower(), 0) + 1
+    report = SweepReport(study.study_name, storage, settings, rows, points, counts)
+    views: dict[int, dict[str, str]] = {}
+    for p in points:
+        p["svg"] = _render(out, p["circuit"], out / "trials" / str(p["trial"]) / "circuit.svg")
+        page = out / "trials" / str(p["trial"]) / "circuit.html"
+        views[p["trial"]] = {k: v for k, v in (("svg", p["svg"]),
+                                               ("html", str(page.relative_to(out)) if page.exists() else None)) if v}  # fmt: skip
+    if target_faithfulness is not None:
+        report.best = pick_best(points, target_faithfulness)
+        if report.best is not None:
+            best = out / "best"
+            best.mkdir(exist_ok=True)
+            shutil.copyfile(out / report.best["circuit"], best / "circuit.json")
+            report.best = {**report.best, "copied_to": "best/circuit.json",
+                           "svg": _render(out, "best/circuit.json", best / "circuit.svg")}  # fmt: skip
+    n_total = _n_edges_total(out, points)
+    _write(out / FILES["pareto"], json.dumps(report.to_dict(), indent=1))
+    _write(out / FILES["svg"], static_svg(report, n_total, {t: v["svg"] for t, v in views.items() if "svg" in v}))
+    _write(out / FILES["html"], sweep_html(report, n_total, views))
+    report.files = {k: str(out / f) for k, f in FILES.items()}
+    if report.best is not None:
+        report.files["best"] = str(out / "best" / "circuit.json")
+    return report
+
+
+def _render(out: Path, circuit: str | None, svg: Path) -> str | None:
+    """Draw a front circuit (once); a missing ``dot`` only costs the picture."""
+    from circuitdag.io import load_circuit
+
+    if circuit is None or not (out / circuit).exists():
+        return None
+    if not svg.exists():
+        try:
+            load_circuit(out / circuit).to_svg(svg)
+        except CircuitDagError as exc:
+            log.warning("cannot draw %s: %s", circuit, exc)
+            return None
+    return str(svg.relative_to(out))
+
+
+def _n_edges_total(out: Path, points: list[dict[str, Any]]) -> int | None:
+    for p in points:
+        if p["circuit"] and (out / p["circuit"]).exists():
+            try:
+                return int(json.loads((out / p["circuit"]).read_text())["n_edges_total"])
+            except (OSError, ValueError, KeyError):
+                pass
+    return None
+
+
+def _write(path: Path, text: str) -> None:
+    """Replace ``path`` atomically; processes of one study may write the report at once."""
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,213 @@
+"""Where a study lives: Optuna RDB storages (embedded SQLite, or PostgreSQL shared by
+workers on many machines) and the recovery of trials whose worker died.
+
+Interrupted trials. A trial whose process is killed stays ``RUNNING`` in the storage. Two
+mechanisms turn it into ``FAIL``: every trial records ``worker = host:pid``, and any sweep
+or worker starting on the same host fails the ``RUNNING`` trials whose process no longer
+exists, at once (:func:`fail_interrupted_trials`); and Optuna's heartbeat (every
+:data:`HEARTBEAT_INTERVAL` s) lets any process fail a trial whose heartbeat is older than
+:data:`GRACE_PERIOD` s, wherever its worker ran. See docs/sweeps.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from circuitdag.errors import ConfigError, MissingExtraError
+from circuitdag.sweep.settings import SETTINGS_ATTR, SweepSettings
+
+if TYPE_CHECKING:
+    import optuna
+
+log = logging.getLogger("circuitdag")
+
+#: Seconds between heartbeats of a running trial, and the silence after which any
+#: process of the study may mark it failed (its worker is presumed dead).
+HEARTBEAT_INTERVAL = 10
+GRACE_PERIOD = 60
+HOST = socket.gethostname()
+
+
+def default_storage(out: str | Path) -> str:
+    """The embedded SQLite storage of a sweep writing to ``out``."""
+    return f"sqlite:///{Path(out).resolve() / 'sweep.db'}"
+
+
+def masked(url: str) -> str:
+    """``url`` with its password hidden, for messages."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 -- a malformed URL is reported elsewhere
+        return url
+
+
+def _with_driver(url: str) -> str:
+    """A plain ``postgresql://`` URL names SQLAlchemy's default driver, which is
+    psycopg 3 since SQLAlchemy 2.1 but psycopg2 before; use whichever is installed."""
+    import importlib.util
+
+    scheme, sep, rest = url.partition("://")
+    if sep and scheme in ("postgresql", "postgres"):
+        for module, driver in (("psycopg", "psycopg"), ("psycopg2", "psycopg2")):
+            if importlib.util.find_spec(module) is not None:
+                return f"postgresql+{driver}://{rest}"
+    return url
+
+
+def sqlite_file(url: str) -> Path | None:
+    """The database file of a ``sqlite:///path`` URL (None for other URLs and ``:memory:``)."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # noqa: BLE001 -- a malformed URL is reported by open_storage
+        return None
+    if not parsed.drivername.startswith("sqlite") or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).expanduser()
+
+
+@contextlib.contextmanager
+def _schema_lock(db: Path | None) -> Iterator[None]:
+    """Held while Optuna creates (or checks) the schema of a SQLite file.
+
+    Optuna's RDBStorage creates its tables and stamps ``alembic_version`` without a lock,
+    so processes opening one new file at the same instant fail with "table studies already
+    exists" or a UNIQUE constraint on ``alembic_version``. An exclusive lock on
+    ``<file>.lock`` (POSIX ``flock``) lets one create the schema and the others find it.
+    """
+    if db is None:
+        yield
+        return
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: open_storage retries instead
+        yield
+        return
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(db.with_name(db.name + ".lock"), "a")  # noqa: SIM115 -- held across the yield
+    except OSError as exc:
+        raise ConfigError(f"cannot create the SQLite file {db} ({exc.strerror or exc}); "
+                          "choose a writable directory for --out or --storage") from exc  # fmt: skip
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+#: Errors a SQLite schema race leaves (retried; see _schema_lock).
+_SCHEMA_RACE = ("already exists", "UNIQUE constraint failed: alembic_version")
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """An Optuna RDB storage with heartbeats, or a :class:`CircuitDagError` saying what
+    to fix (missing driver, unreachable server, malformed URL, unwritable SQLite file).
+
+    Any number of local processes may open one SQLite file at once, also a new one: the
+    schema is created under a file lock (:func:`_schema_lock`)."""
+    import time
+
+    import optuna
+    import sqlalchemy.exc
+
+    url = _with_driver(url)
+    db = sqlite_file(url)
+
+    engine_kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if url.startswith("sqlite"):
+        # Several local processes may share one SQLite file: wait for its lock.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings(), _schema_lock(db):
+                # heartbeat_interval is flagged experimental by Optuna; it is what we want.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
+                                                  heartbeat_interval=HEARTBEAT_INTERVAL,
+                                                  grace_period=GRACE_PERIOD)  # fmt: skip
+        except ImportError as exc:
+            extra = "psycopg2-binary" if url.startswith("postgres") else "the database driver"
+            raise MissingExtraError(
+                f"storage {masked(url)} needs {extra} ({exc}); `pip install psycopg2-binary` "
+                "(or `pip install circuitdag[postgres]`)"
+            ) from exc
+        except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+            raise ConfigError(f"--storage {masked(url)} is not a database URL ({exc}); "
+                              "use sqlite:///path/sweep.db or postgresql://user:pass@host:port/db") from exc  # fmt: skip
+        except sqlalchemy.exc.SQLAlchemyError as exc:
+            first = str(exc).splitlines()[0]
+            if any(s in first for s in _SCHEMA_RACE) and attempt < 4:
+                time.sleep(0.2 * (attempt + 1))  # another process created the schema meanwhile
+                continue
+            if db is not None:
+                raise ConfigError(f"cannot use the SQLite file {db}: {first}; check that it is a sweep database "
+                                  "and that its directory is writable, or choose another --out/--storage") from exc  # fmt: skip
+            raise ConfigError(f"cannot open storage {masked(url)}: {first}; "
+                              "is the database server running and the URL right?") from exc  # fmt: skip
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def load_settings(study: optuna.Study) -> SweepSettings:
+    """The settings stored in ``study`` when ``sweep`` created it (raises :class:`ConfigError`)."""
+    return SweepSettings.from_dict(study.user_attrs.get(SETTINGS_ATTR), f"study {study.study_name!r}")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child not yet reaped by its parent is a zombie: dead for us
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def fail_interrupted_trials(study: optuna.Study) -> list[int]:
+    """Mark ``FAIL`` the running trials whose worker is dead: those of this host whose
+    process no longer exists (at once), and, through Optuna's heartbeat, those anywhere
+    whose heartbeat stopped more than :data:`GRACE_PERIOD` seconds ago. Returns the
+    numbers of the trials failed here by the first rule."""
+    import optuna
+    from optuna.trial import TrialState
+
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        host, _, pid = str(t.user_attrs.get("worker", "")).rpartition(":")
+        if host != HOST or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        try:
+            # FrozenTrial has no public id accessor; storages address trials by it.
+            study._storage.set_trial_user_attr(t._trial_id, "error", f"its process {pid} on {host} ended "
+                                               "while the trial ran (killed?); marked failed on restart")  # fmt: skip
+            if study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL):
+                failed.append(t.number)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another process got there first
+    if failed:
+        log.warning("marked %d interrupted trial(s) failed: %s", len(failed), failed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return failed
+
+
+def finished_trials(study: optuna.Study) -> int:
+    """How many trials of ``study`` are complete, failed or pruned."""
+    from optuna.trial import TrialState
+
+    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))

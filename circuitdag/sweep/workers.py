@@ -1,0 +1,134 @@
+"""The work of one trial: :class:`TrialRunner`, the Optuna objective every ``sweep`` and
+``sweep-worker`` process runs. A trial is one fast ACDC run at the sampled threshold
+(and metric and ablation); it saves its circuit and returns ``(edges, faithfulness)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from circuitdag.errors import CircuitDagError, ConfigError
+from circuitdag.sweep.settings import SweepSettings
+from circuitdag.sweep.storage import HOST
+
+if TYPE_CHECKING:
+    import optuna
+
+    from circuitdag.patching import Patcher
+
+log = logging.getLogger("circuitdag")
+
+
+class TrialRunner:
+    """The objective: one fast ACDC run per trial.
+
+    Loads the task and the model once, and builds one :class:`Patcher` per
+    (metric, ablation) on first use, reused by every later trial of this process.
+    """
+
+    def __init__(self, settings: SweepSettings, device: str = "cpu", study_name: str = "") -> None:
+        import torch
+
+        from circuitdag.models import load_model
+        from circuitdag.tasks import get_task
+        from circuitdag.tasks._lm import with_prepend_bos
+
+        self.settings = settings
+        self.study_name = study_name
+        self.out = Path(settings.out)
+        self.task = with_prepend_bos(get_task(settings.task), settings.prepend_bos)
+        dtype = getattr(torch, settings.dtype)
+        if settings.model:
+            self.model = load_model(settings.model, device=device, dtype=dtype)
+        else:
+            self.model = self.task.load_model(device=device, dtype=dtype)
+        self._patchers: dict[tuple[str, str], tuple[Patcher, dict[str, Any]]] = {}
+        self.check()
+
+    def check(self) -> None:
+        """Build the patcher of every (metric, ablation) the study may sample and measure
+        its metric gap, so that an option that cannot work (``--positions`` on a task
+        without a token layout, a metric the task cannot compute, an ablation that changes
+        nothing) is an error before any trial runs -- not a failure of every trial that
+        samples it (the sampler learns nothing from failed trials and keeps choosing them)."""
+        import numpy as np
+
+        s = self.settings
+        combos = [(m, a) for m in s.metrics for a in s.ablations]
+        for metric, ablation in combos:
+            try:
+                patcher, _ = self.patcher(metric, ablation)
+                n = patcher.graph.n_edges
+                gap = patcher.circuit_metric(np.zeros(n, dtype=bool)) - patcher.circuit_metric(np.ones(n, dtype=bool))
+            except CircuitDagError as exc:
+                if len(combos) == 1:
+                    raise
+                raise ConfigError(f"metric {metric!r} with {ablation!r} ablation cannot run on task {s.task!r} "
+                                  f"({exc}); leave it out of --metric/--ablation") from exc  # fmt: skip
+            if not (math.isfinite(gap) and gap != 0):
+                raise ConfigError(
+                    f"under {ablation!r} ablation, metric {metric!r} is the same for the full and the fully "
+                    f"ablated model (gap {gap}), so faithfulness is undefined; choose another metric or ablation"
+                )
+
+    def patcher(self, metric: str, ablation: str) -> tuple[Patcher, dict[str, Any]]:
+        import inspect
+
+        from circuitdag.acdc import prepare
+
+        key = (metric, ablation)
+        if key not in self._patchers:
+            kwargs: dict[str, Any] = {}
+            if self.settings.positions:
+                if "positions" not in inspect.signature(prepare).parameters:
+                    raise ConfigError("position-aware mode (--positions) is not available yet; run without it")
+                kwargs["positions"] = True
+            patcher, meta = prepare(self.model, self.task, metric=metric, ablation=ablation,
+                                    seed=self.settings.seed, **kwargs)  # fmt: skip
+            meta = {"positions": self.settings.positions, **meta}
+            if self.settings.model:
+                meta["model"] = self.settings.model
+            self._patchers[key] = (patcher, meta)
+        return self._patchers[key]
+
+    def __call__(self, trial: optuna.Trial) -> tuple[int, float]:
+        from circuitdag.acdc import run_acdc
+
+        s = self.settings
+        trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
+        try:
+            threshold = trial.suggest_float("threshold", *s.threshold_range, log=True)
+            metric = trial.suggest_categorical("metric", s.metrics) if "metric" in s.search else s.metrics[0]
+            ablation = trial.suggest_categorical("ablation", s.ablations) if "ablation" in s.search else s.ablations[0]
+            trial.set_user_attr("metric", metric)
+            trial.set_user_attr("ablation", ablation)
+            patcher, meta = self.patcher(str(metric), str(ablation))
+            circuit = run_acdc(patcher, threshold,
+                               meta={**meta, "sweep": {"study": self.study_name, "trial": trial.number}})  # fmt: skip
+            faith = circuit.faithfulness()
+            if faith is None or not math.isfinite(faith):
+                raise CircuitDagError(
+                    f"faithfulness is undefined: metric {metric!r} is the same for the full model and "
+                    f"under {ablation!r} ablation; choose another metric or ablation"
+                )
+            path = self.out / "trials" / str(trial.number) / "circuit.json"
+            circuit.save(path)
+            m = circuit.meta
+            for k, v in {"circuit": str(path), "edges": circuit.n_edges, "faithfulness": faith,
+                         "metric_full": m["metric_full"], "metric_circuit": m["metric_circuit"],
+                         "metric_corrupted": m["metric_corrupted"],
+                         "seconds": m["stats"]["seconds"]}.items():  # fmt: skip
+                trial.set_user_attr(k, v)
+            return circuit.n_edges, faith
+        except KeyboardInterrupt:
+            trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            raise
+        except Exception as exc:
+            # Optuna marks the trial FAIL (optimize(catch=...)); keep the reason with it.
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
+            raise
