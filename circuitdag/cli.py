@@ -429,11 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thresholds", nargs="+", help="thresholds to try (default: 0 and 25 from 1e-5 to 10)")
     p.add_argument("--plot", metavar="FILE.svg", help="also draw the ROC curve to this SVG file")
     p.set_defaults(fn=cmd_roc)
+    from circuitdag.export import register_cli as register_export_cli
     from circuitdag.mib import register_cli as register_curve_cli
     from circuitdag.sweep import register_cli
 
     register_cli(sub, _add_run_options)
     register_curve_cli(sub)
+    register_export_cli(sub)
     from circuitdag.views import register_cli as register_views_cli  # explore, activations
 
     register_views_cli(sub)
