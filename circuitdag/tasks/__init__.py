@@ -74,12 +74,15 @@ def task_names() -> list[str]:
 
 
 def get_task(name: str) -> Task:
-    """The task registered as ``name``, or ``prompts:FILE`` for a prompts file
-    (:mod:`circuitdag.tasks.prompts`); raises TaskError listing the known ones."""
+    """The task registered as ``name``, ``prompts:FILE`` for a prompts file
+    (:mod:`circuitdag.tasks.prompts`), or ``tracr:DIR[@N]`` for a compiled RASP program
+    (:class:`~circuitdag.tasks.tracr.CompiledTracrTask`); raises TaskError listing the known ones."""
     if name in _cache:
         return _cache[name]
     if name.startswith("prompts:"):  # a prompts file
         return _load_target("circuitdag.tasks.prompts:PromptTask.from_file")(name.removeprefix("prompts:"))  # type: ignore[operator]
+    if name.startswith("tracr:"):  # a directory written by `circuitdag tracr compile`
+        return _load_target("circuitdag.tasks.tracr:CompiledTracrTask.from_spec")(name.removeprefix("tracr:"))  # type: ignore[operator]
     sources = _sources()
     if name not in sources:
         raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(sources))} (see `circuitdag tasks`)")

@@ -27,8 +27,16 @@ from typing import Any
 
 import torch
 
-from circuitdag.errors import TaskError
+from circuitdag.errors import ModelError, TaskError
 from circuitdag.models.hooked import TinyTransformer, load_tiny
+from circuitdag.models.tracr_dir import (
+    DIR_FORMAT,
+    INPUTS_FILE,
+    MODEL_FILE,
+    is_compiled_dir,
+    load_compiled,
+    split_spec,
+)
 from circuitdag.tasks.base import Task, TaskData
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "models" / "zoo" / "tracr"
@@ -123,7 +131,18 @@ def counterfactual_pairs(
     length its output would never change, so its counterfactuals are padded inputs of
     any length.
     """
-    space = input_space(spec)
+    return pair_counterfactuals(input_space(spec), seed, n_max)
+
+
+def pair_counterfactuals(
+    space: Sequence[list[Value]], seed: int, n_max: int | None = 100
+) -> tuple[list[list[Value]], list[list[Value]]]:
+    """Clean inputs (a sample of at most ``n_max`` of ``space`` drawn with ``seed``, or all
+    of it, in order, when ``None``) and, for each, a different input of ``space`` drawn at
+    random as its resample-ablation counterfactual. ``space`` needs two distinct inputs."""
+    space = list(space)
+    if len({tuple(xs) for xs in space}) < 2:
+        raise TaskError(f"an input space needs two different inputs to pair counterfactuals, got {space!r}")
     rng = random.Random(seed)
     clean = space if n_max is None or n_max >= len(space) else rng.sample(space, n_max)
     corrupted = []
@@ -168,11 +187,7 @@ class TracrTask(Task):
 
     def encode(self, xs: Sequence[Value]) -> list[int]:
         """Token ids of ``[BOS, *xs]``."""
-        ids = {v: i for i, v in enumerate(self.meta()["input_vocab"])}
-        try:
-            return [ids[BOS]] + [ids[x] for x in xs]
-        except KeyError as e:
-            raise TaskError(f"{self.name}: token {e.args[0]!r} is not in the program's vocabulary") from e
+        return _encode(self.meta()["input_vocab"], xs, self.name)
 
     def expected(self, xs: Sequence[Value]) -> list[Value]:
         """The program's output at every non-BOS position (``None`` at padding)."""
@@ -265,3 +280,129 @@ class PairBalanceTask(TracrTask):
 TASKS: list[type[TracrTask]] = [
     ReverseTask, ProportionTask, SortUniqueTask, HistTask, LengthTask, PairBalanceTask,
 ]  # fmt: skip
+
+
+# --------------------------------------------------------------------------- your own programs
+
+
+class CompiledTracrTask(Task):
+    """Any program compiled by ``circuitdag tracr compile`` (docs/tracr.md, "Your own RASP
+    program"), read from its directory without JAX: ``--task tracr:DIR`` or ``tracr:DIR@N``.
+
+    The inputs of one run all have one length ``N`` (BOS excluded), one of the lengths the
+    directory was compiled for (default: the longest): the patching engine caches one
+    clean and one corrupted batch of one shape, and right-padding is not exact for tracr's
+    non-causal attention, which the ported model runs without tracr's padding mask. Each
+    length has its own ground truth. Counterfactuals have the same length as their clean
+    input (Miller et al. 2024). Metric ``l2`` over every non-BOS position.
+
+    Raises :class:`TaskError` when ``path`` is not a compiled directory or ``length`` is
+    not one of its lengths.
+    """
+
+    default_metric = "l2"
+    default_ablation = "resample"
+    has_ground_truth = True
+    n_prompts = 100
+
+    def __init__(self, path: str | Path, length: int | None = None, name: str | None = None) -> None:
+        self.path = Path(path)
+        if not is_compiled_dir(self.path):
+            raise TaskError(f"{self.path} is not a compiled tracr directory (no {MODEL_FILE}.json with "
+                            f'"tracr_dir": "{DIR_FORMAT}"); write one with `circuitdag tracr compile`')  # fmt: skip
+        meta = self.meta()
+        lengths = [int(n) for n in meta["lengths"]]
+        self.length = max(lengths) if length is None else int(length)
+        if self.length not in lengths:
+            raise TaskError(f"{self.path} was compiled for input lengths {lengths}, not {self.length}; "
+                            "recompile with --lengths to add it")  # fmt: skip
+        self.name = name or f"tracr:{path}" + ("" if length is None else f"@{length}")
+        self.description = f"tracr-compiled {meta['name']} on inputs of length {self.length}"
+        self.default_model = f"tracr:{path}"
+        self.default_threshold = float(meta["default_threshold"])
+
+    @classmethod
+    def from_spec(cls, spec: str) -> CompiledTracrTask:
+        """The task of ``DIR`` or ``DIR@N`` (inputs of length N), as ``--task tracr:...`` names it."""
+        try:
+            path, length = split_spec(spec)
+        except ModelError as exc:
+            raise TaskError(str(exc)) from None
+        return cls(path, length, name=f"tracr:{spec}")
+
+    def meta(self) -> dict[str, Any]:
+        """``model.json``: config, program, vocabularies, ground truth, provenance."""
+        return _read_json(self.path / f"{MODEL_FILE}.json")
+
+    def inputs(self) -> dict[str, Any]:
+        """This length's entry of ``inputs.json``: ``inputs`` (BOS excluded), ``outputs``
+        (the program's, by tracr's RASP evaluator), ``n_space`` and ``sampled``."""
+        doc = _read_json(self.path / INPUTS_FILE)
+        return doc["lengths"][str(self.length)]
+
+    def load_model(self, device: str = "cpu", dtype: torch.dtype = torch.float32) -> TinyTransformer:
+        return load_compiled(self.path, device=device, dtype=dtype)
+
+    def encode(self, xs: Sequence[Value]) -> list[int]:
+        """Token ids of ``[BOS, *xs]``."""
+        return _encode(self.meta()["input_vocab"], xs, self.name)
+
+    def data(self, model: Any = None, seed: int = 0) -> TaskData:
+        entry = self.inputs()
+        clean, corrupted = pair_counterfactuals(entry["inputs"], seed, self.n_prompts)
+        n = self.length
+        correct = None
+        output = self.meta()["output"]
+        if output["kind"] == "categorical":
+            out_ids = {_key(v): i for i, v in enumerate(output["vocab"])}
+            answer = {tuple(map(_key, xs)): ys for xs, ys in zip(entry["inputs"], entry["outputs"])}
+            correct = torch.tensor([[out_ids[_key(y)] for y in answer[tuple(map(_key, xs))]] for xs in clean])
+        return TaskData(
+            clean=torch.tensor([self.encode(xs) for xs in clean]),
+            corrupted=torch.tensor([self.encode(xs) for xs in corrupted]),
+            answer_pos=torch.arange(1, n + 1).expand(len(clean), n).clone(),
+            correct=correct,
+        )
+
+    def ground_truth(self, ablation: str = "zero") -> set[str] | None:
+        """The edges that can change the output under ``ablation`` on inputs of this
+        length (derived from the compiled weights at compile time, docs/tracr.md)."""
+        return set(self._ground_truth(ablation)["edges"])
+
+    def inert_edges(self, ablation: str = "zero") -> set[str]:
+        """Edges whose weights connect sender and receiver but that never change the output
+        under ``ablation`` on inputs of this length."""
+        return set(self._ground_truth(ablation)["inert"])
+
+    def _ground_truth(self, ablation: str) -> dict[str, Any]:
+        if ablation not in ("zero", "resample"):
+            raise TaskError(
+                f"{self.name} has ground truth for ablations 'zero' and 'resample', not {ablation!r}"
+            )
+        return self.meta()["ground_truth"]["by_length"][str(self.length)][ablation]
+
+
+def _key(v: Value) -> tuple[str, Value]:
+    """A dictionary key that keeps 1, 1.0, True and "1" apart (JSON keeps them apart too)."""
+    return (type(v).__name__, v)
+
+
+def _encode(input_vocab: Sequence[Value], xs: Sequence[Value], name: str) -> list[int]:
+    ids = {_key(v): i for i, v in enumerate(input_vocab)}
+    try:
+        return [ids[_key(BOS)]] + [ids[_key(x)] for x in xs]
+    except KeyError as e:
+        raise TaskError(f"{name}: token {e.args[0][1]!r} is not in the program's vocabulary") from e
+
+
+def _read_json(file: Path) -> dict[str, Any]:
+    """``file`` parsed, cached until it changes (a directory may be recompiled in place)."""
+    try:
+        return _read_json_at(file, file.stat().st_mtime_ns)
+    except OSError as e:
+        raise TaskError(f"cannot read {file}: {e.strerror or e}") from e
+
+
+@functools.lru_cache(maxsize=64)
+def _read_json_at(file: Path, mtime_ns: int) -> dict[str, Any]:
+    return json.loads(file.read_text())

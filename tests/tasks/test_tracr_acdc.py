@@ -56,3 +56,18 @@ def test_fast_equals_reference_on_tracr(name, zero_patchers):
         fast = run_acdc(patcher, thr, meta=meta)
         ref = run_acdc(patcher, thr, algorithm="acdc-reference", meta=meta)
         assert fast.same_as(ref)
+
+
+def test_roc_refuses_a_ground_truth_without_edges(zero_patchers):
+    """No edge to find (or none to leave out): the rates are undefined, and an AUC of 1.0
+    would be reported whatever ACDC did."""
+    from circuitdag.errors import ConfigError
+
+    task, patcher, meta = zero_patchers["tracr-hist"]
+    truth, _ = task_truth(task, "zero")
+    with pytest.raises(ConfigError, match="no edges"):
+        roc_sweep(patcher, set(), set(), [1e-3], meta=meta)
+    with pytest.raises(ConfigError, match="no edges"):
+        roc_sweep(patcher, truth, truth, [1e-3], meta=meta)  # every truth edge ignored
+    with pytest.raises(ConfigError, match="every edge of the graph"):
+        roc_sweep(patcher, set(patcher.graph.edge_names), set(), [1e-3], meta=meta)

@@ -1,0 +1,694 @@
+"""Compile a RASP program with tracr into a model circuitdag runs, with its ground truth.
+
+    circuitdag tracr compile my_programs.py:make_program --vocab 1 2 3 --max-len 5 --out runs/prog
+    circuitdag discover --task tracr:runs/prog
+
+:func:`compile_tracr` (the command) compiles a RASP program with tracr (Lindner et al.
+2023, "Tracr: Compiled Transformers as a Laboratory for Interpretability"), ports the
+weights into the project's :class:`~circuitdag.models.hooked.TinyTransformer`, checks the
+port against tracr on the inputs, derives the ground-truth circuit per input length
+(:mod:`circuitdag.tracr_truth`) and writes a self-contained directory that
+``--task tracr:DIR`` (:class:`~circuitdag.tasks.tracr.CompiledTracrTask`) runs without JAX.
+
+The port (:func:`port_program`): tracr's layer i (attention, then MLP) becomes block i;
+heads and MLP widths are already padded by tracr; ``W_U`` projects the residual stream
+onto the program's output directions; all biases must be zero (tracr writes constants
+through a ``one`` direction). Weights are rounded to float32, the precision written, before
+any check, so the checks and the ground truth see exactly the written model.
+
+The checks (:func:`check_port`), every input of every length (or a seeded sample of
+``max_inputs`` when there are more), each failure a :class:`TracrCheckError` with a
+one-line reason (the command exits 1):
+
+* the layer-0 residual equals tracr's input embedding (max abs difference <= 1e-6);
+* the raw output-space values equal tracr's final residual projected by the unembedding
+  (<= 1e-3) at every non-BOS, non-PAD position;
+* the decoded outputs (argmax, or the number) equal tracr's compiled model's, and equal
+  tracr's RASP evaluator (``rasp.evaluate``) on the program (numbers within 1e-3); an
+  output ``None`` (an Aggregate that selects nothing) fails, since no model output can be
+  compared with it;
+* the numpy model of :mod:`circuitdag.tracr_truth` equals the torch model (1e-9), and the
+  ground truth passes that module's checks.
+
+JAX, haiku and tracr are imported only inside :func:`port_program` (the ``tracr`` extra);
+nothing at run time imports them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import importlib
+import importlib.metadata
+import importlib.util
+import inspect
+import itertools
+import json
+import random
+import shutil
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from circuitdag.errors import ConfigError, MissingExtraError
+from circuitdag.models.hooked import TinyConfig, TinyTransformer, load_tiny, save_tiny
+from circuitdag.models.tracr_dir import DIR_FORMAT, INPUTS_FILE, MODEL_FILE
+from circuitdag.tasks.tracr import BOS, PAD, CompiledTracrTask, pair_counterfactuals
+from circuitdag.tracr_truth import NodeModel, Probe, TracrCheckError, derive_ground_truth, make_probe
+
+__all__ = [
+    "DEFAULT_MAX_INPUTS",
+    "Port",
+    "check_node_model",
+    "check_port",
+    "compile_tracr",
+    "examples",
+    "load_program",
+    "port_program",
+    "probes",
+    "register_cli",
+]
+
+Value = Any
+#: Inputs per length above which a seeded sample of this many is checked instead.
+DEFAULT_MAX_INPUTS = 1024
+#: Counterfactuals per clean input when deriving the resample ground truth.
+N_RESAMPLE_SEEDS = 4
+#: ACDC threshold (l2) of a compiled task: the shipped programs' (docs/tracr.md).
+DEFAULT_THRESHOLD = 1e-3
+COMPILE_OPTIONS = {"causal": False, "mlp_exactness": 100, "compiler_bos": BOS, "compiler_pad": PAD}
+
+
+# --------------------------------------------------------------------------- the port
+
+
+@dataclass
+class Port:
+    """A compiled program and its port.
+
+    ``model``: float64 TinyTransformer holding the float32-rounded weights;
+    ``input_vocab``: token id -> value (with ``BOS`` and ``PAD``); ``output``:
+    ``{"kind": "numerical", "dims": 1}`` or ``{"kind": "categorical", "vocab": [...]}``
+    (output index -> value); ``assembled``: tracr's ``AssembledTransformerModel``.
+    """
+
+    program: Any
+    assembled: Any
+    model: TinyTransformer
+    input_vocab: list[Value]
+    output: dict[str, Any]
+
+    @property
+    def numerical(self) -> bool:
+        return self.output["kind"] == "numerical"
+
+    def encode(self, xs: Sequence[Value]) -> list[int]:
+        """Token ids of ``[BOS, *xs]``."""
+        enc = self.assembled.input_encoder.encoding_map
+        return [enc[BOS]] + [enc[x] for x in xs]
+
+    def tracr_forward(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """tracr's own run on ``tokens`` (batch pos): input embedding (batch pos d_model),
+        raw output-space values (batch pos d_out) and decoded output ids or numbers (batch pos)."""
+        import jax.numpy as jnp
+
+        ref = self.assembled.forward(self.assembled.params, jnp.array(tokens))
+        resid = np.asarray(ref.transformer_output.output, dtype=np.float64)
+        raw = resid @ self.model.named_weights()["unembed.W_U"].double().cpu().numpy()
+        emb = np.asarray(ref.transformer_output.input_embeddings, dtype=np.float64)
+        return emb, raw, np.asarray(ref.unembedded_output)
+
+
+def _jsonable(v: Any) -> Any:
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _import_tracr() -> tuple[Any, Any]:
+    """(tracr.compiler.compiling, tracr.rasp.rasp), with JAX on the CPU."""
+    try:
+        import jax
+
+        jax.config.update("jax_platforms", "cpu")
+        from tracr.compiler import compiling
+        from tracr.rasp import rasp
+    except ImportError as exc:
+        raise MissingExtraError(
+            f"compiling RASP programs needs tracr and JAX ({exc}); install the extra: pip install 'circuitdag[tracr]'"
+        ) from exc
+    return compiling, rasp
+
+
+def port_program(program: Any, vocab: Sequence[Value], max_seq_len: int, name: str = "tracr") -> Port:
+    """Compile the RASP ``program`` with tracr (``compile_rasp_to_model``, BOS ``"BOS"``,
+    PAD ``"PAD"``, non-causal, ``mlp_exactness=100``) for inputs over ``vocab`` of length
+    at most ``max_seq_len`` (BOS excluded), and copy its weights into a TinyTransformer.
+
+    Raises :class:`~circuitdag.errors.ConfigError` when tracr cannot compile the program,
+    :class:`TracrCheckError` when a compiled bias is non-zero, and
+    :class:`~circuitdag.errors.MissingExtraError` without the ``tracr`` extra.
+    """
+    compiling, rasp = _import_tracr()
+    if not isinstance(program, rasp.SOp):
+        raise ConfigError(f"expected a RASP program (a tracr.rasp.rasp.SOp), got {type(program).__name__}")
+    try:
+        assembled = compiling.compile_rasp_to_model(program, vocab=set(vocab), max_seq_len=max_seq_len,
+                                                    **COMPILE_OPTIONS)  # fmt: skip
+    except Exception as exc:  # tracr raises many kinds; report them in one line
+        raise ConfigError(
+            f"tracr cannot compile {name}: {type(exc).__name__}: {exc}".splitlines()[0]
+        ) from exc
+    numerical = bool(rasp.is_numerical(program))
+    if numerical:
+        output: dict[str, Any] = {"kind": "numerical", "dims": 1}
+    else:
+        enc = assembled.output_encoder.encoding_map
+        output = {
+            "kind": "categorical",
+            "vocab": [_jsonable(v) for v, _ in sorted(enc.items(), key=lambda kv: kv[1])],
+        }
+    enc_in = assembled.input_encoder.encoding_map
+    input_vocab = [_jsonable(v) for v, _ in sorted(enc_in.items(), key=lambda kv: kv[1])]
+    model = _to_tiny(assembled, program.label, output, name)
+    return Port(program, assembled, model, input_vocab, output)
+
+
+def _to_tiny(assembled: Any, label: str, output: dict[str, Any], name: str) -> TinyTransformer:
+    """Copy tracr's haiku parameters into a TinyTransformer (float64, float32-rounded)."""
+    p = {
+        k: {kk: np.asarray(vv, dtype=np.float64) for kk, vv in v.items()} for k, v in assembled.params.items()
+    }
+    mc = assembled.model_config
+    n_layers, n_heads, d_head, d_mlp = mc.num_layers, mc.num_heads, mc.key_size, mc.mlp_hidden_size
+    W_E = p["token_embed"]["embeddings"]
+    W_pos = p["pos_embed"]["embeddings"]
+    d_vocab, d_model = W_E.shape
+    # tracr's unembedding is a projection of the residual onto the output space: the
+    # directions named after the program's label (one per value when categorical).
+    labels = assembled.residual_labels
+    if output["kind"] == "numerical":
+        out_dirs = [labels.index(label)]
+    else:
+        out_dirs = [labels.index(f"{label}:{v}") for v in output["vocab"]]
+    W_U = np.zeros((d_model, len(out_dirs)))
+    for j, d in enumerate(out_dirs):
+        W_U[d, j] = 1.0
+    cfg = TinyConfig(
+        n_layers=n_layers, d_model=d_model, n_heads=n_heads, d_head=d_head, d_vocab=d_vocab,
+        n_ctx=W_pos.shape[0], d_mlp=d_mlp, d_vocab_out=len(out_dirs), act_fn="relu",
+        normalization=None, causal=False, model_name=name,
+    )  # fmt: skip
+    model = TinyTransformer(cfg).to(torch.float64)
+    sd = {"W_E": W_E, "W_pos": W_pos, "W_U": W_U, "b_U": np.zeros(len(out_dirs))}
+
+    def heads_in(w: np.ndarray) -> np.ndarray:  # (d_model, heads*d_head) -> (heads, d_model, d_head)
+        return w.reshape(d_model, n_heads, d_head).transpose(1, 0, 2)
+
+    for layer in range(n_layers):
+        a, m = f"transformer/layer_{layer}/attn", f"transformer/layer_{layer}/mlp"
+        b = f"blocks.{layer}"
+        # tracr divides attention scores by sqrt(key_size) exactly as TinyTransformer
+        # divides by sqrt(d_head), and d_head == key_size, so W_Q is copied unscaled.
+        for ours, theirs in (("Q", "query"), ("K", "key"), ("V", "value")):
+            sd[f"{b}.attn.W_{ours}"] = heads_in(p[f"{a}/{theirs}"]["w"])
+            sd[f"{b}.attn.b_{ours}"] = p[f"{a}/{theirs}"]["b"].reshape(n_heads, d_head)
+        sd[f"{b}.attn.W_O"] = p[f"{a}/linear"]["w"].reshape(n_heads, d_head, d_model)
+        sd[f"{b}.attn.b_O"] = p[f"{a}/linear"]["b"]
+        sd[f"{b}.mlp.W_in"] = p[f"{m}/linear_1"]["w"]
+        sd[f"{b}.mlp.b_in"] = p[f"{m}/linear_1"]["b"]
+        sd[f"{b}.mlp.W_out"] = p[f"{m}/linear_2"]["w"]
+        sd[f"{b}.mlp.b_out"] = p[f"{m}/linear_2"]["b"]
+    for k, v in sd.items():
+        if k.split(".")[-1].startswith("b_") and k != "b_U" and np.abs(v).max() > 0:
+            raise TracrCheckError(
+                f"{name}: tracr bias {k} is non-zero; the ground-truth model assumes zero biases"
+            )
+    missing, unexpected = model.load_state_dict({k: torch.tensor(v) for k, v in sd.items()}, strict=False)
+    if unexpected or [k for k in missing if not k.endswith((".w", ".b"))]:
+        raise TracrCheckError(f"{name}: tracr's parameters do not fit the model ({missing}, {unexpected})")
+    # Round-trip through float32, the precision that is written, so that everything
+    # below (checks and ground truth) uses exactly the written weights.
+    model.float().double()
+    return model
+
+
+# --------------------------------------------------------------------------- the checks
+
+
+def check_port(
+    port: Port, inputs: Sequence[Sequence[Value]], name: str = "tracr",
+    reference: Callable[[list[Value]], list[Value]] | None = None,
+) -> tuple[dict[str, float], list[list[Value]]]:  # fmt: skip
+    """Check the port on ``inputs`` (sequences of one token length, BOS excluded, ``PAD``
+    at the end allowed) against tracr (module docstring). Returns the largest differences
+    ``{"embed": ..., "output": ...}`` and the program's outputs per input (RASP evaluation,
+    ``PAD`` positions left out). ``reference``: a plain-Python version of the program to
+    check as well. Raises :class:`TracrCheckError` on the first failure."""
+    _, rasp = _import_tracr()
+    tokens = np.array([port.encode(xs) for xs in inputs])
+    emb0, theirs_raw, theirs_dec = port.tracr_forward(tokens)
+    cache: dict[str, torch.Tensor] = {}
+    port.model.add_hook("blocks.0.hook_resid_pre", lambda t, hook: cache.__setitem__("r0", t.detach()))
+    try:
+        with torch.no_grad():
+            ours = port.model(torch.tensor(tokens)).numpy()
+    finally:
+        port.model.reset_hooks()
+    mask = np.array([[False] + [x != PAD for x in xs] for xs in inputs])
+    d_emb = float(np.abs(cache["r0"].numpy() - emb0).max())
+    d_raw = float(np.abs(ours - theirs_raw)[mask].max())
+    if d_emb > 1e-6 or d_raw > 1e-3:
+        raise TracrCheckError(f"{name}: the ported model differs from tracr's (embedding by {d_emb:.3g}, "
+                              f"output by {d_raw:.3g})")  # fmt: skip
+    if port.numerical:
+        d_dec = float(np.abs(ours[..., 0] - theirs_dec)[mask].max())
+        if d_dec > 1e-3:
+            raise TracrCheckError(
+                f"{name}: the ported model's numerical output differs from tracr's by {d_dec:.3g}"
+            )
+        decoded = ours[..., 0]
+    else:
+        bad = (ours.argmax(-1) != theirs_dec) & mask
+        if bad.any():
+            i = int(np.argwhere(bad)[0, 0])
+            raise TracrCheckError(
+                f"{name}: the ported model's decoded output differs from tracr's on {list(inputs[i])}"
+            )
+        decoded = ours.argmax(-1)
+    outputs = []
+    for xs, row in zip(inputs, decoded):
+        xs = [x for x in xs if x != PAD]
+        want = [_jsonable(v) for v in rasp.evaluate(port.program, xs)]
+        if any(v is None for v in want):
+            raise TracrCheckError(f"{name}: the program's output on {xs} is {want}: an Aggregate selects nothing "
+                                  "(give it a default, or leave such inputs out with --inputs)")  # fmt: skip
+        got = [float(v) if port.numerical else port.output["vocab"][int(v)] for v in row[1 : 1 + len(want)]]
+        ok = np.allclose(got, want, atol=1e-3) if port.numerical else got == want
+        if not ok:
+            raise TracrCheckError(f"{name}: the compiled model outputs {got} on {xs} but tracr's RASP evaluation "
+                                  f"gives {want} (tracr compiles this program inexactly on this input)")  # fmt: skip
+        if reference is not None:
+            ref = list(reference(xs))
+            if not (np.allclose(ref, want, atol=1e-3) if port.numerical else ref == want):
+                raise TracrCheckError(
+                    f"{name}: the reference gives {ref} on {xs} but tracr's RASP evaluation {want}"
+                )
+        outputs.append(want)
+    return {"embed": d_emb, "output": d_raw}, outputs
+
+
+def check_node_model(port: Port, tokens: np.ndarray, name: str = "tracr") -> NodeModel:
+    """The numpy model of the ground truth, checked equal to the torch model on ``tokens``."""
+    nm = NodeModel(port.model)
+    with torch.no_grad():
+        diff = float(np.abs(nm.run(tokens)[0] - port.model(torch.tensor(tokens)).numpy()).max())
+    if not diff < 1e-9:
+        raise TracrCheckError(f"{name}: the ground-truth model differs from the ported model by {diff:.3g}")
+    return nm
+
+
+def examples(
+    port: Port, inputs: Sequence[Sequence[Value]], outputs: Sequence[Sequence[Value]], n: int = 5
+) -> list[dict[str, Any]]:
+    """``n`` inputs spread over ``inputs``, with the program's ``outputs`` and tracr's raw
+    output values (tests compare the written model with them)."""
+    step = max(1, len(inputs) // n)
+    picked = list(zip(inputs, outputs))[::step][:n]
+    _, raw, _ = port.tracr_forward(np.array([port.encode(xs) for xs, _ in picked]))
+    return [{"input": [_jsonable(x) for x in xs], "tokens": port.encode(xs), "output": [_jsonable(v) for v in ys],
+             "raw": np.round(r, 6).tolist()} for (xs, ys), r in zip(picked, raw)]  # fmt: skip
+
+
+def probes(nm: NodeModel, port: Port, space: Sequence[list[Value]], pairs: Callable[..., Any],
+           n_task: int) -> tuple[dict[str, Probe], dict[str, Probe]]:  # fmt: skip
+    """(ground-truth probes, task-data probes) per ablation on ``space``. ``pairs(seed,
+    n_max)`` gives (clean, counterfactual) inputs; the ground truth uses all of ``space``
+    with :data:`N_RESAMPLE_SEEDS` counterfactuals each, the task data ``n_task`` pairs of
+    seed 0 (what the task's ``data(seed=0)`` gives)."""
+
+    def tok(xss: Sequence[Sequence[Value]]) -> np.ndarray:
+        return np.array([port.encode(xs) for xs in xss])
+
+    def answer_mask(xss: Sequence[Sequence[Value]]) -> np.ndarray:
+        return np.array([[False] + [x != PAD for x in xs] for xs in xss])
+
+    def probe(ablation: str, seeds: Iterable[int], n_max: int | None) -> Probe:
+        clean: list[list[Value]] = []
+        corr: list[list[Value]] = []
+        for seed in seeds:
+            c, r = pairs(seed, n_max)
+            clean += c
+            corr += r
+        return make_probe(nm, tok(clean), answer_mask(clean), None if ablation == "zero" else tok(corr))
+
+    truth = {"zero": probe("zero", [0], None), "resample": probe("resample", range(N_RESAMPLE_SEEDS), None)}
+    task = {"zero": probe("zero", [0], n_task), "resample": probe("resample", [0], n_task)}
+    return truth, task
+
+
+# --------------------------------------------------------------------------- user programs
+
+
+def load_program(target: str) -> tuple[Any, dict[str, Any]]:
+    """What ``MODULE:FUNCTION`` returns (``FUNCTION()`` is called with no arguments; a RASP
+    program, or for ``--inputs`` the input sequences), and where it came from. ``MODULE`` is a ``.py`` file or an importable
+    module. Raises :class:`~circuitdag.errors.ConfigError` naming what is missing."""
+    module_name, sep, func_name = target.rpartition(":")
+    if not sep or not module_name or not func_name:
+        raise ConfigError(
+            f"expected MODULE:FUNCTION (a .py file or module, and a function in it), got {target!r}"
+        )
+    file = Path(module_name)
+    if module_name.endswith(".py") or file.is_file():
+        if not file.is_file():
+            raise ConfigError(f"no Python file {file}")
+        spec = importlib.util.spec_from_file_location(f"circuitdag_user_rasp_{file.stem}", file)
+        if spec is None or spec.loader is None:
+            raise ConfigError(f"cannot import {file} as a Python module")
+        module = importlib.util.module_from_spec(spec)
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:  # the user's code: report it in one line
+            raise ConfigError(f"importing {file} failed: {type(exc).__name__}: {exc}") from exc
+        source_file: Path | None = file
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise ConfigError(
+                f"cannot import module {module_name!r} ({exc}); give a .py file or an importable module"
+            ) from exc
+        source_file = Path(module.__file__) if module.__file__ else None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise ConfigError(f"{module_name} has no function {func_name!r}")
+    try:
+        program = func()
+    except Exception as exc:  # the user's code
+        raise ConfigError(f"{target}() failed: {type(exc).__name__}: {exc}") from exc
+    try:
+        func_source = inspect.getsource(func)
+    except (OSError, TypeError):
+        func_source = None
+    origin: dict[str, Any] = {"target": target, "function": func_name, "function_source": func_source}
+    if source_file is not None:
+        origin["source_file"] = str(source_file)
+        origin["source_sha256"] = hashlib.sha256(source_file.read_bytes()).hexdigest()
+        origin["_source_path"] = source_file
+    return program, origin
+
+
+def _parse_vocab(vocab: Iterable[Value]) -> list[Value]:
+    out = list(vocab)
+    if not out:
+        raise ConfigError("--vocab is empty; give the input tokens, e.g. --vocab 1 2 3")
+    for v in out:
+        if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+            raise ConfigError(f"vocabulary entries must be numbers or strings, got {v!r}")
+        if v in (BOS, PAD):
+            raise ConfigError(f"{v!r} is the compiler's {v} token; it cannot be in the vocabulary")
+    if len({(type(v), v) for v in out}) != len(out):
+        raise ConfigError(f"--vocab has repeated entries: {out}")
+    return out
+
+
+def _input_space(
+    vocab: list[Value], length: int, max_inputs: int, seed: int
+) -> tuple[list[list[Value]], int]:
+    """All sequences of ``length`` over ``vocab`` (in product order), or a seeded sample of
+    ``max_inputs`` of them (sorted by index) when there are more; and how many there are."""
+    total = len(vocab) ** length
+    if total <= max_inputs:
+        return [list(t) for t in itertools.product(vocab, repeat=length)], total
+    picked = sorted(random.Random(seed).sample(range(total), max_inputs))
+    out = []
+    for index in picked:
+        digits = []
+        for _ in range(length):
+            index, d = divmod(index, len(vocab))
+            digits.append(vocab[d])
+        out.append(digits[::-1])
+    return out, total
+
+
+def compile_tracr(
+    program: Any, vocab: Iterable[Value], max_len: int, out: str | Path, *,
+    lengths: Iterable[int] | None = None, inputs: Iterable[Sequence[Value]] | None = None,
+    max_inputs: int = DEFAULT_MAX_INPUTS, seed: int = 0, overwrite: bool = False,
+    command: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Compile ``program`` and write the directory ``out`` that ``--task tracr:OUT`` runs.
+
+    ``program``: a RASP ``SOp`` or ``"MODULE:FUNCTION"`` (:func:`load_program`). ``vocab``:
+    input token values (numbers or strings); ``max_len``: the longest input (BOS excluded).
+    The input space: every sequence over ``vocab`` of each length in ``lengths`` (default
+    ``[max_len]``, fixed-length), or a seeded (``seed``) sample of ``max_inputs`` per length
+    when there are more; or exactly ``inputs`` (sequences, grouped by length). Each length
+    gets its own ground truth (the engine runs one length at a time:
+    :class:`~circuitdag.tasks.tracr.CompiledTracrTask`).
+
+    Writes ``model.safetensors``, ``model.json`` (config, vocabularies, ground truth per
+    length and ablation, checks, provenance), ``inputs.json`` (inputs and the program's
+    outputs per length) and, for a program from a file, ``program.py`` (a copy). Nothing
+    is written unless every check passes. Returns a summary (also in ``model.json``).
+
+    Raises :class:`TracrCheckError` when a check fails (module docstring),
+    :class:`~circuitdag.errors.ConfigError` for bad arguments or a program tracr cannot
+    compile, :class:`~circuitdag.errors.MissingExtraError` without the ``tracr`` extra.
+    """
+    out = Path(out)
+    vocab = _parse_vocab(vocab)
+    if isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1:
+        raise ConfigError(f"--max-len must be an integer >= 1, got {max_len!r}")
+    if max_inputs < 2:
+        raise ConfigError(f"--max-inputs must be >= 2, got {max_inputs}")
+    if out.exists() and any(out.iterdir()) and not overwrite and not (out / f"{MODEL_FILE}.json").exists():
+        raise ConfigError(
+            f"{out} exists and is not a compiled directory; choose another --out or pass --force"
+        )
+    origin: dict[str, Any] = {}
+    if isinstance(program, str):
+        program, origin = load_program(program)
+    name = str(origin.get("function") or getattr(program, "label", "program"))
+
+    groups: dict[int, list[list[Value]]] = {}
+    space_size: dict[int, int] = {}
+    if inputs is not None:
+        if lengths is not None:
+            raise ConfigError("give either --lengths or --inputs (whose lengths are used), not both")
+        known = {(type(v), v) for v in vocab}
+        for xs in inputs:
+            xs = list(xs)
+            if not 1 <= len(xs) <= max_len:
+                raise ConfigError(
+                    f"input {xs} has length {len(xs)}; inputs need length 1..{max_len} (--max-len)"
+                )
+            bad = [x for x in xs if (type(x), x) not in known]
+            if bad:
+                raise ConfigError(f"input {xs} has {bad[0]!r}, which is not in --vocab")
+            groups.setdefault(len(xs), []).append(xs)
+        space_size = {n: len(g) for n, g in groups.items()}
+        if not groups:
+            raise ConfigError("--inputs gave no inputs")
+    else:
+        wanted = sorted(set(lengths)) if lengths is not None else [max_len]
+        bad_len = [
+            n for n in wanted if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= max_len
+        ]
+        if bad_len or not wanted:
+            raise ConfigError(f"--lengths must be integers in 1..{max_len} (--max-len), got {list(wanted)}")
+        for n in wanted:
+            groups[n], space_size[n] = _input_space(vocab, n, max_inputs, seed)
+    for n, g in groups.items():
+        if len({tuple(map(repr, xs)) for xs in g}) < 2:
+            raise ConfigError(f"length {n} has fewer than two distinct inputs; resample ablation needs two")
+
+    port = port_program(program, vocab, max_len, name=name)
+    checks: dict[str, Any] = {}
+    outputs: dict[int, list[list[Value]]] = {}
+    by_length: dict[str, Any] = {}
+    truth: dict[str, Any] = {}
+    n_task = CompiledTracrTask.n_prompts
+    for n in sorted(groups):
+        where = f"{name} (length {n})"
+        diffs, outputs[n] = check_port(port, groups[n], name=where)
+        checks[str(n)] = {**diffs, "inputs_checked": len(groups[n]), "inputs_in_space": space_size[n],
+                          "sampled": len(groups[n]) < space_size[n]}  # fmt: skip
+        nm = check_node_model(port, np.array([port.encode(xs) for xs in groups[n]]), where)
+        space = groups[n]
+        gt_probes, task_probes = probes(
+            nm, port, space, lambda s, m, space=space: pair_counterfactuals(space, s, m), n_task
+        )
+        gt = derive_ground_truth(nm, gt_probes, task_probes, DEFAULT_THRESHOLD, label=where)
+        truth = {k: gt[k] for k in ("rule", "tolerance", "n_full_graph_edges", "structural")}
+        by_length[str(n)] = {a: gt[a] for a in ("zero", "resample")}
+
+    provenance = {
+        **{k: v for k, v in origin.items() if not k.startswith("_")},
+        "command": command,
+        "compiled_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "compile_options": COMPILE_OPTIONS,
+        "versions": _versions(),
+    }
+    meta = {
+        "tracr_dir": DIR_FORMAT,
+        "name": name,
+        "program": origin.get("function_source") or f"RASP program {program.label!r}",
+        "input_vocab": port.input_vocab,
+        "bos": BOS,
+        "pad": PAD,
+        "max_seq_len": max_len,
+        "lengths": sorted(groups),
+        "output": port.output,
+        "default_threshold": DEFAULT_THRESHOLD,
+        "check_vs_tracr": checks,
+        "examples": examples(port, groups[max(groups)], outputs[max(groups)]),
+        "ground_truth": {**truth, "by_length": by_length},
+        "provenance": provenance,
+    }
+    inputs_doc = {
+        "lengths": {
+            str(n): {
+                "n_space": space_size[n],
+                "sampled": len(groups[n]) < space_size[n],
+                "seed": seed,
+                "inputs": groups[n],
+                "outputs": outputs[n],
+            }
+            for n in sorted(groups)
+        }
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    model32 = port.model.float()
+    save_tiny(model32, out / MODEL_FILE, meta=meta)
+    (out / INPUTS_FILE).write_text(json.dumps(inputs_doc))
+    if "_source_path" in origin:
+        shutil.copyfile(origin["_source_path"], out / "program.py")
+    elif (out / "program.py").exists():  # from an earlier compile into this directory
+        (out / "program.py").unlink()
+    # The written files reload to the same outputs.
+    loaded, _ = load_tiny(out / MODEL_FILE)
+    tokens = torch.tensor([port.encode(xs) for xs in groups[max(groups)]])
+    with torch.no_grad():
+        if not torch.allclose(loaded(tokens), model32(tokens)):
+            raise TracrCheckError(f"{name}: the written model does not reload to the same outputs")
+    return summary(meta, port.model.cfg)
+
+
+def summary(meta: dict[str, Any], cfg: TinyConfig) -> dict[str, Any]:
+    """What ``circuitdag tracr compile`` prints: sizes, checks and ground truth per length."""
+    gt = meta["ground_truth"]
+    return {
+        "name": meta["name"],
+        "layers": cfg.n_layers,
+        "heads": cfg.n_heads,
+        "d_model": cfg.d_model,
+        "full_graph_edges": gt["n_full_graph_edges"],
+        "structural_edges": len(gt["structural"]),
+        "lengths": {
+            n: {"inputs_checked": meta["check_vs_tracr"][n]["inputs_checked"],
+                "inputs_in_space": meta["check_vs_tracr"][n]["inputs_in_space"],
+                **{a: {"edges": len(t[a]["edges"]), "inert": len(t[a]["inert"]),
+                       "acdc_on_task_data_matches": t[a]["acdc_on_task_data_matches"]} for a in ("zero", "resample")}}
+            for n, t in gt["by_length"].items()
+        },
+    }  # fmt: skip
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for dist in ("circuitdag", "tracr-pypi", "jax", "jaxlib", "dm-haiku", "torch", "numpy"):
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def _vocab_value(text: str) -> Value:
+    """A --vocab entry: an integer when it reads as one, else the string."""
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    inputs = None
+    if args.inputs:  # MODULE:FUNCTION returning the input sequences
+        inputs = [list(xs) for xs in load_program(args.inputs)[0]]
+    try:
+        result = compile_tracr(
+            args.program, [_vocab_value(v) for v in args.vocab], args.max_len, args.out, lengths=args.lengths,
+            inputs=inputs, max_inputs=args.max_inputs, seed=args.seed, overwrite=args.force,
+            command=" ".join(["circuitdag", *sys.argv[1:]]),
+        )  # fmt: skip
+    except TracrCheckError as exc:
+        print(f"circuitdag: error: check failed: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(result, indent=1))
+    for n, row in result["lengths"].items():
+        for a in ("zero", "resample"):
+            if not row[a]["acdc_on_task_data_matches"]:
+                print(f"circuitdag: warning: length {n}, {a} ablation: ACDC at the default threshold "
+                      f"{DEFAULT_THRESHOLD:g} on the task data does not recover the ground truth; "
+                      "see ground_truth in model.json", file=sys.stderr)  # fmt: skip
+    print(f"wrote {args.out}; run it with: circuitdag discover --task tracr:{args.out}")
+    return 0
+
+
+def register_cli(subparsers: Any) -> None:
+    """Add ``tracr compile`` to the ``circuitdag`` command line."""
+    p = subparsers.add_parser("tracr", help="compile your own RASP program with tracr (extra: tracr)")
+    sub = p.add_subparsers(dest="tracr_command", required=True)
+    c = sub.add_parser(
+        "compile", help="compile MODULE:FUNCTION's RASP program, check it against tracr, derive its ground truth",
+        description="Compile a RASP program with tracr into a directory that `--task tracr:DIR` runs without "
+        "JAX (docs/tracr.md, 'Your own RASP program'). Exit status 1 when a check fails, 2 for bad input.",
+    )  # fmt: skip
+    c.add_argument(
+        "program",
+        metavar="MODULE:FUNCTION",
+        help="a .py file or importable module, and a function in it that returns the RASP program",
+    )
+    c.add_argument(
+        "--vocab",
+        nargs="+",
+        required=True,
+        metavar="TOKEN",
+        help="input tokens; an entry that reads as an integer is an integer, e.g. --vocab 1 2 3 or a b c",
+    )
+    c.add_argument("--max-len", type=int, required=True, help="longest input the model takes (BOS excluded)")
+    c.add_argument(
+        "--out", required=True, help="directory to write (model, inputs, ground truth, provenance)"
+    )
+    c.add_argument(
+        "--lengths",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="input lengths of the input space, each with its own ground truth (default: --max-len)",
+    )
+    c.add_argument(
+        "--inputs",
+        metavar="MODULE:FUNCTION",
+        help="the input space instead: a function returning the input sequences (no BOS)",
+    )
+    c.add_argument(
+        "--max-inputs",
+        type=int,
+        default=DEFAULT_MAX_INPUTS,
+        metavar="N",
+        help=f"check a seeded sample of N inputs per length when there are more (default {DEFAULT_MAX_INPUTS})",
+    )
+    c.add_argument("--seed", type=int, default=0, help="seed of that sample (default 0)")
+    c.add_argument("--force", action="store_true", help="write into --out even when it holds other files")
+    c.set_defaults(fn=cmd_compile)  # fmt: skip

@@ -1,0 +1,146 @@
+"""`circuitdag tracr compile` on a RASP program that is not shipped (tests/tasks/user_rasp),
+then `--task tracr:DIR` without JAX: the discovered circuit equals the derived ground truth."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from circuitdag.cli import main
+from circuitdag.errors import ConfigError, TaskError
+from circuitdag.models import load_model
+from circuitdag.tasks import get_task
+from circuitdag.tasks.tracr import CompiledTracrTask
+from circuitdag.tracr_compile import compile_tracr
+
+PROGRAM = Path(__file__).parent / "user_rasp" / "program.py"
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.slow  # compiling imports JAX and runs tracr (~15 s on 2 busy cores)
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("tracr") / "smaller"
+    argv = ["tracr", "compile", f"{PROGRAM}:smaller_count", "--vocab", "1", "2", "3", "--max-len", "4"]
+    assert main([*argv, "--lengths", "3", "4", "--out", str(out)]) == 0
+    return out
+
+
+def test_directory_holds_model_inputs_truth_and_provenance(compiled: Path) -> None:
+    assert sorted(p.name for p in compiled.iterdir()) == [
+        "inputs.json", "model.json", "model.safetensors", "program.py",
+    ]  # fmt: skip
+    meta = json.loads((compiled / "model.json").read_text())
+    assert meta["lengths"] == [3, 4] and meta["output"] == {"kind": "categorical", "vocab": [0, 1, 2]}
+    assert sorted(map(str, meta["input_vocab"])) == ["1", "2", "3", "BOS", "PAD"]
+    prov = meta["provenance"]
+    assert prov["target"] == f"{PROGRAM}:smaller_count" and "def smaller_count" in prov["function_source"]
+    assert prov["source_sha256"] == hashlib.sha256(PROGRAM.read_bytes()).hexdigest()
+    assert prov["versions"]["tracr-pypi"] and (compiled / "program.py").read_bytes() == PROGRAM.read_bytes()
+    for n, total in (("3", 27), ("4", 81)):  # the whole input space, nothing sampled
+        assert (
+            meta["check_vs_tracr"][n]["inputs_checked"] == total and not meta["check_vs_tracr"][n]["sampled"]
+        )
+        gt = meta["ground_truth"]["by_length"][n]
+        assert gt["zero"]["edges"] and gt["resample"]["edges"]
+        assert gt["zero"]["acdc_on_task_data_matches"] and gt["resample"]["acdc_on_task_data_matches"]
+
+
+def test_model_computes_the_program_on_every_input(compiled: Path) -> None:
+    """The written model, loaded without the compiler, decodes to the outputs tracr's RASP
+    evaluator gave (inputs.json) and to the program itself: min(#smaller tokens, 2)."""
+    task = get_task(f"tracr:{compiled}@3")
+    assert isinstance(task, CompiledTracrTask) and task.length == 3
+    model = load_model(str(compiled), dtype=torch.float64)  # --model DIR
+    vocab = task.meta()["output"]["vocab"]
+    for n in (3, 4):
+        entry = json.loads((compiled / "inputs.json").read_text())["lengths"][str(n)]
+        with torch.no_grad():
+            out = model(torch.tensor([task.encode(xs) for xs in entry["inputs"]]))[:, 1:]
+        decoded = [[vocab[i] for i in row] for row in out.argmax(-1).tolist()]
+        assert decoded == entry["outputs"]
+        assert decoded == [[min(sum(y < x for y in xs), 2) for x in xs] for xs in entry["inputs"]]
+    for ex in task.meta()["examples"]:  # raw values from tracr's own forward pass
+        with torch.no_grad():
+            raw = model(torch.tensor([ex["tokens"]]))[0, 1:]
+        assert np.abs(raw.numpy() - np.array(ex["raw"])[1:]).max() < 1e-4
+
+
+def test_discover_without_jax_equals_the_ground_truth(compiled: Path, tmp_path: Path) -> None:
+    """The done-when of issue 11: discover with --task tracr:DIR (in a fresh process, which
+    must not import JAX) returns exactly the derived ground truth, each length, each ablation."""
+    script = textwrap.dedent(f"""
+        import json, sys
+        from circuitdag.cli import main
+        from circuitdag.tasks import get_task
+        result = {{}}
+        for spec in ("tracr:{compiled}", "tracr:{compiled}@3"):
+            for ablation in ("zero", "resample"):
+                out = "{tmp_path}/" + spec[-2:] + ablation
+                assert main(["discover", "--task", spec, "--ablation", ablation, "--out", out, "-q"]) == 0
+                doc = json.load(open(out + "/circuit.json"))
+                edges = sorted(e["name"] for e in doc["edges"] if e["in_circuit"])
+                result[spec + " " + ablation] = [edges, sorted(get_task(spec).ground_truth(ablation))]
+        assert "jax" not in sys.modules and "tracr" not in sys.modules, "the run imported JAX"
+        print(json.dumps(result))
+    """)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", script], check=False, cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout.splitlines()[-1])
+    assert len(result) == 4
+    for key, (found, truth) in result.items():
+        assert truth and found == truth, key
+
+
+def test_task_refuses_unknown_lengths_and_directories(compiled: Path, tmp_path: Path) -> None:
+    with pytest.raises(TaskError, match=r"input lengths \[3, 4\], not 7"):
+        get_task(f"tracr:{compiled}@7")
+    with pytest.raises(TaskError, match="must be an input length"):
+        get_task(f"tracr:{compiled}@x")
+    with pytest.raises(TaskError, match="not a compiled tracr directory"):
+        get_task(f"tracr:{tmp_path}")
+
+
+def _compile(capsys: pytest.CaptureFixture[str], target: str, out: Path, *extra: str) -> tuple[int, str]:
+    rc = main(
+        ["tracr", "compile", target, "--vocab", "1", "2", "3", "--max-len", "3", "--out", str(out), *extra]
+    )
+    return rc, capsys.readouterr().err
+
+
+def test_a_failing_check_exits_1_and_writes_nothing(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The previous-token program leaves position 1 without an output (None): no model
+    output can be checked against it, so the compile fails with one line."""
+    rc, err = _compile(capsys, f"{PROGRAM}:no_default", tmp_path / "prev")
+    assert rc == 1 and err.count("\n") == 1 and "check failed" in err and "selects nothing" in err
+    assert not (tmp_path / "prev").exists()
+
+
+def test_bad_input_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cases = [
+        (f"{PROGRAM}:not_a_program", (), "expected a RASP program"),
+        (f"{PROGRAM}:missing", (), "has no function 'missing'"),
+        (f"{tmp_path}/nope.py:f", (), "no Python file"),
+        ("no_such_module_xyz:f", (), "cannot import module"),
+        (f"{PROGRAM}:smaller_count", ("--lengths", "5"), "--lengths must be integers in 1..3"),
+    ]
+    for target, extra, message in cases:
+        with pytest.raises(ConfigError, match=message):
+            compile_tracr(target, [1, 2, 3], 3, tmp_path / "x", lengths=[int(extra[1])] if extra else None)
+        rc, err = _compile(capsys, target, tmp_path / "x", *extra)
+        assert rc == 2 and err.startswith("circuitdag: error:") and err.count("\n") == 1, err
+    with pytest.raises(ConfigError, match="compiler's BOS token"):
+        compile_tracr(f"{PROGRAM}:smaller_count", [1, "BOS"], 3, tmp_path / "x")
