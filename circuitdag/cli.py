@@ -321,7 +321,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     name = circuit.meta.get("task")
     if name:
         try:
-            truth, ignore = task_truth(get_task(name), circuit.meta.get("ablation", "resample"))
+            task = get_task(name)
+            task = task.for_model(str(circuit.meta.get("model"))) or task  # e.g. reversal's compiled model
+            truth, ignore = task_truth(task, circuit.meta.get("ablation", "resample"))
         except CircuitDagError as exc:
             log.warning("cannot read the ground truth of task %s: %s", name, exc)
     print(json.dumps(summarize(circuit, truth, ignore), indent=1))
@@ -423,9 +425,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="print a circuit's size, metrics and ground-truth precision/recall")
     p.add_argument("circuit")
     p.set_defaults(fn=cmd_evaluate)
-    from circuitdag.tracr_compile import register_cli as register_tracr_cli  # tracr compile
-
-    register_tracr_cli(sub)
 
     p = sub.add_parser("roc", help="sweep thresholds; print the edge ROC points and AUC against ground truth")
     _add_run_options(p, task_required=True)

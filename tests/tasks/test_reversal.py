@@ -1,5 +1,7 @@
 """The ``reversal`` task: one task, the compiled (tracr) and the trained (zoo) model."""
 
+import json
+
 import pytest
 import torch
 
@@ -25,7 +27,7 @@ def test_cli_refuses_another_model_before_loading(capsys, tmp_path):
     assert "runs on --model compiled" in capsys.readouterr().err
 
 
-def test_compiled_data_and_circuit_are_tracr_reverse():
+def test_compiled_data_and_circuit_are_tracr_reverse(tmp_path, capsys):
     task = ReversalTask("compiled")
     model = task.load_model(dtype=torch.float64)
     mine, theirs = task.data(model), get_task("tracr-reverse").data(model)
@@ -35,6 +37,11 @@ def test_compiled_data_and_circuit_are_tracr_reverse():
     circuit = run_acdc(patcher, task.default_threshold, meta=meta)
     truth, inert = task.ground_truth("zero"), task.inert_edges("zero")
     assert circuit.edge_names - inert == truth - inert
+    # evaluate finds the compiled model's ground truth from the file's model name
+    circuit.save(tmp_path / "circuit.json")
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "circuit.json")]) == 0
+    assert json.loads(capsys.readouterr().out)["matches_ground_truth"] is True
 
 
 def test_trained_model_answers_every_slot_and_slots_line_up():
