@@ -74,6 +74,8 @@ def test_ground_truth_is_on_the_front(tmp_path, capsys):
     best = load_circuit(out / "best" / "circuit.json")
     assert best.edge_names == truth and best.faithfulness() >= 0.99
     assert (out / "best" / "circuit.svg").read_text().lstrip().startswith("<?xml")
+    assert (out / "best" / "circuit.html").read_text().startswith("<!DOCTYPE html>")  # the explorer page
+    assert all(p["html"] == f"trials/{p['trial']}/circuit.html" and (out / p["html"]).exists() for p in doc["points"])
 
     study = load(out)
     assert study.directions == [optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MAXIMIZE]

@@ -53,7 +53,7 @@ gd.on('plotly_hover', ev => {
 });
 gd.on('plotly_unhover', unhighlight);
 gd.on('plotly_click', ev => { const link = ev.points[0].customdata[1]; if (link) window.open(link); });
-rows().forEach(r => {
+const wireRows = () => rows().forEach(r => {
   r.onmouseenter = () => {
     r.classList.add('hl');
     const w = where[pointOf[r.dataset.trial] ?? r.dataset.trial];
@@ -61,6 +61,8 @@ rows().forEach(r => {
   };
   r.onmouseleave = () => { r.classList.remove('hl'); Plotly.Fx.unhover(gd); };
 });
+// The plot is drawn while the page is still loading: the table below it may not exist yet.
+if (document.readyState === 'loading') document.addEventListener('DOMContentLoaded', wireRows); else wireRows();
 """
 
 _SORT_SCRIPT = """

@@ -1,6 +1,7 @@
 """Writing a sweep's report from its study: ``pareto.json``, ``sweep.svg`` (matplotlib),
 ``sweep.html`` (the interactive page, :mod:`circuitdag.sweep.page`), each front circuit's
-drawing, and with ``--target-faithfulness`` the chosen circuit in ``best/``."""
+SVG drawing and explorer page, and with ``--target-faithfulness`` the chosen circuit in
+``best/``."""
 
 from __future__ import annotations
 
@@ -30,9 +31,9 @@ def write_report(study: optuna.Study, out: str | Path, storage: str = "",
                  target_faithfulness: float | None = None) -> SweepReport:  # fmt: skip
     """Write ``pareto.json``, ``sweep.svg`` and ``sweep.html`` into ``out``, and each front
     circuit's ``trials/<n>/circuit.svg`` (and, with ``target_faithfulness``,
-    ``best/circuit.json`` + ``best/circuit.svg``: the smallest circuit of the front whose
-    faithfulness reaches it). A front point links to ``trials/<n>/circuit.html`` when
-    that explorer page exists, else to its SVG."""
+    ``best/circuit.json``, ``.svg`` and ``.html``: the smallest circuit of the front whose
+    faithfulness reaches it). A front point links to its explorer page
+    ``trials/<n>/circuit.html`` (:meth:`Circuit.to_html`), and to its SVG."""
     out = Path(out)
     settings = load_settings(study)
     rows = trial_rows(study, out)
@@ -43,18 +44,19 @@ def write_report(study: optuna.Study, out: str | Path, storage: str = "",
     report = SweepReport(study.study_name, storage, settings, rows, points, counts)
     views: dict[int, dict[str, str]] = {}
     for p in points:
-        p["svg"] = _render(out, p["circuit"], out / "trials" / str(p["trial"]) / "circuit.svg")
-        page = out / "trials" / str(p["trial"]) / "circuit.html"
-        views[p["trial"]] = {k: v for k, v in (("svg", p["svg"]),
-                                               ("html", str(page.relative_to(out)) if page.exists() else None)) if v}  # fmt: skip
+        views[p["trial"]] = _draw(out, p["circuit"], out / "trials" / str(p["trial"]))
+        p.update(views[p["trial"]])
     if target_faithfulness is not None:
         report.best = pick_best(points, target_faithfulness)
         if report.best is not None:
             best = out / "best"
             best.mkdir(exist_ok=True)
-            shutil.copyfile(out / report.best["circuit"], best / "circuit.json")
-            report.best = {**report.best, "copied_to": "best/circuit.json",
-                           "svg": _render(out, "best/circuit.json", best / "circuit.svg")}  # fmt: skip
+            source = (out / report.best["circuit"]).read_bytes()
+            if not (best / "circuit.json").exists() or (best / "circuit.json").read_bytes() != source:
+                for old in ("circuit.svg", "circuit.html"):  # drawings of another circuit
+                    (best / old).unlink(missing_ok=True)
+                shutil.copyfile(out / report.best["circuit"], best / "circuit.json")
+            report.best = {**report.best, "copied_to": "best/circuit.json", **_draw(out, "best/circuit.json", best)}
     n_total = _n_edges_total(out, points)
     _write(out / FILES["pareto"], json.dumps(report.to_dict(), indent=1))
     _write(out / FILES["svg"], static_svg(report, n_total, {t: v["svg"] for t, v in views.items() if "svg" in v}))
@@ -65,19 +67,28 @@ def write_report(study: optuna.Study, out: str | Path, storage: str = "",
     return report
 
 
-def _render(out: Path, circuit: str | None, svg: Path) -> str | None:
-    """Draw a front circuit (once); a missing ``dot`` only costs the picture."""
+def _draw(out: Path, circuit: str | None, where: Path) -> dict[str, str]:
+    """Draw a front circuit (once) as ``where/circuit.svg`` and its explorer page
+    ``where/circuit.html``; returns the paths written, relative to ``out``, by kind
+    (``svg``, ``html``). A missing ``dot`` only costs the SVG."""
     from circuitdag.io import load_circuit
 
     if circuit is None or not (out / circuit).exists():
-        return None
-    if not svg.exists():
+        return {}
+    files = {"svg": where / "circuit.svg", "html": where / "circuit.html"}
+    loaded = None
+    for kind, path in files.items():
+        if path.exists():
+            continue
         try:
-            load_circuit(out / circuit).to_svg(svg)
+            loaded = loaded or load_circuit(out / circuit)
+            if kind == "svg":
+                loaded.to_svg(path)
+            else:
+                loaded.to_html(path)
         except CircuitDagError as exc:
-            log.warning("cannot draw %s: %s", circuit, exc)
-            return None
-    return str(svg.relative_to(out))
+            log.warning("cannot draw %s as %s: %s", circuit, kind.upper(), exc)
+    return {kind: str(path.relative_to(out)) for kind, path in files.items() if path.exists()}
 
 
 def _n_edges_total(out: Path, points: list[dict[str, Any]]) -> int | None:
