@@ -425,6 +425,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="print a circuit's size, metrics and ground-truth precision/recall")
     p.add_argument("circuit")
     p.set_defaults(fn=cmd_evaluate)
+    from circuitdag.tracr_compile import register_cli as register_tracr_cli  # tracr compile
+
+    register_tracr_cli(sub)
 
     p = sub.add_parser("roc", help="sweep thresholds; print the edge ROC points and AUC against ground truth")
     _add_run_options(p, task_required=True)
