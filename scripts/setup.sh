@@ -27,6 +27,14 @@ if ! command -v chromedriver >/dev/null 2>&1 && command -v apt-get >/dev/null 2>
     || echo "setup: warning: cannot install chromium here; the browser tests (tests/test_explore.py) will fail" >&2
 fi
 
+# Debian's fortunes: English text, the default corpus of `circuitdag neurons` (docs/neurons.md).
+if [ ! -f /usr/share/games/fortunes/literature ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing Debian's fortunes (the neuron analysis's text corpus)"
+  SUDO=""; [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && SUDO=sudo
+  $SUDO apt-get install -y -q fortunes >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q fortunes >/dev/null; } || \
+    echo "setup: warning: cannot install fortunes; pass circuitdag neurons --corpus FILE" >&2
+fi
+
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip -q --disable-pip-version-check)
 

@@ -61,7 +61,7 @@ def readout(runs: TaskRuns) -> Float[Tensor, "batch n_ans d_model"]:
     g = runs.direction
     w = final_norm_weight(runs.model)
     if w is not None:
-        g = g * w.to(g)
+        g = g * w.detach().to(g)
     if norm_kind(runs.model) == "LN":
         g = g - g.mean(-1, keepdim=True)
     return g
