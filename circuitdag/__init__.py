@@ -9,14 +9,8 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("circuitdag")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+source"
-
 from circuitdag import tasks as tasks
+from circuitdag._version import __version__ as __version__
 from circuitdag.acdc import acdc as acdc
 from circuitdag.circuit import Circuit as Circuit
 from circuitdag.errors import CircuitDagError as CircuitDagError

@@ -631,7 +631,7 @@ def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | No
     :class:`Patcher` and the identity fields every saved result records. With
     ``positions`` the graph is position-aware (docs/positions.md); ``n_prompts`` sets the
     number of prompts (:func:`circuitdag.tasks.load_data`)."""
-    from circuitdag import __version__
+    from circuitdag._version import __version__
     from circuitdag.metrics import STORED_AS, resolve_metric
     from circuitdag.models import spec_of
     from circuitdag.provenance import run_record

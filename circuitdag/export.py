@@ -134,7 +134,7 @@ def to_circuit_tracer(circuit: Circuit, slug: str | None = None) -> dict[str, An
                    f"ablation {meta.get('ablation', '?')}"
                    + (f", threshold {threshold:g}" if isinstance(threshold, (int, float)) else "")
                    + (f", faithfulness {faith:.3f}" if faith is not None else ""))  # fmt: skip
-    from circuitdag import __version__
+    from circuitdag._version import __version__
 
     return {
         "metadata": {

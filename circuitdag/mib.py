@@ -369,7 +369,7 @@ def cmd_curve(args: Any) -> int:
 
     import torch
 
-    from circuitdag import __version__
+    from circuitdag._version import __version__
     from circuitdag.acdc import prepare
     from circuitdag.eapig_json import FORMAT_NAME, is_eapig_json, load_eapig_json
     from circuitdag.io import FORMAT, circuit_from_dict

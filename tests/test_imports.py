@@ -1,0 +1,82 @@
+"""Imports among circuitdag's modules run one way: the graph of ``import`` statements
+between package modules, lazy ones inside functions and ``TYPE_CHECKING`` ones included,
+has no circle."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import networkx as nx
+
+PACKAGE = Path(__file__).resolve().parents[1] / "circuitdag"
+
+
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for path in PACKAGE.rglob("*.py"):
+        parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+        mods[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
+    return mods
+
+
+def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, mods: dict[str, Path]) -> list[str]:
+    """The package modules an import statement names (``from circuitdag.x import y``:
+    ``circuitdag.x.y`` when that is a module, else ``circuitdag.x``). A parent package's
+    ``__init__`` that Python runs on the way is not counted: it is not named."""
+    if isinstance(node, ast.Import):
+        names = [a.name for a in node.names]
+    else:
+        base = node.module or ""
+        if node.level:  # relative import
+            here = module.split(".") if is_package else module.split(".")[:-1]
+            base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
+        names = [f"{base}.{a.name}" if f"{base}.{a.name}" in mods else base for a in node.names]
+    out = []
+    for name in names:
+        while name and name not in mods:
+            name = name.rpartition(".")[0]
+        if name:
+            out.append(name)
+    return out
+
+
+def import_graph() -> nx.DiGraph:
+    mods = _modules()
+    graph = nx.DiGraph()
+    for module, path in mods.items():
+        graph.add_node(module)
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                for target in _targets(node, module, path.name == "__init__.py", mods):
+                    if target != module:
+                        graph.add_edge(module, target)
+    return graph
+
+
+def test_the_graph_sees_lazy_imports():
+    g = import_graph()
+    assert g.has_edge("circuitdag.circuit", "circuitdag.render")  # inside Circuit.to_svg
+    assert g.has_edge("circuitdag.cli", "circuitdag.sweep")  # inside build_parser
+    assert g.has_edge("circuitdag.sweep.study", "circuitdag.sweep.report")
+    assert g.has_edge("circuitdag", "circuitdag._version")
+
+
+#: Circles known and not yet removed, each as its sorted modules. circuitdag.models.bridge
+#: imports spec_of/bos_decision from circuitdag.models, whose load_model imports bridge (and
+#: smollm2, which imports bridge): the fix is to move spec_of and bos_decision down into a
+#: module of their own (models/__init__ is being changed for neuron nodes meanwhile).
+KNOWN = {("circuitdag.models", "circuitdag.models.bridge"),
+         ("circuitdag.models", "circuitdag.models.bridge", "circuitdag.models.smollm2")}  # fmt: skip
+
+
+def test_no_import_circles():
+    cycles = {tuple(sorted(c)) for c in nx.simple_cycles(import_graph())}
+    new = sorted(cycles - KNOWN, key=len)
+    assert not new, "imports in a circle: " + "; ".join(" -> ".join(c) for c in new[:10])
+    assert KNOWN <= cycles, f"removed: {sorted(KNOWN - cycles)}; drop them from KNOWN"
+
+
+def test_nothing_imports_the_command_line():
+    g = import_graph()
+    assert sorted(g.predecessors("circuitdag.cli")) == []
