@@ -123,7 +123,15 @@ def explorer_data(circuit: Circuit, max_edges: int = MAX_DRAWN_EDGES) -> dict[st
     for e in shown.tolist():
         s = float(circuit.scores[e])
         kind = Input(t.input[e])
+        a, b = int(t.src[e]), int(t.dst[e])
+        skip = rows[b] - rows[a] - 1  # rows between the ends
+        bend = (
+            {"bend": (1 if cols[a] % 4 else -1) * (24 + 8 * min(skip, 20))}
+            if cols[a] == cols[b] and skip > 0
+            else {}
+        )
         edges.append({
+            **bend,
             "id": g.edge_names[e], "source": g.nodes[t.src[e]].name, "target": g.nodes[t.dst[e]].name,
             "input": kind.label, "colour": INPUT_COLOURS[kind],
             "width": round(1.0 + 5.0 * (abs(s) / top if math.isfinite(s) else 0.0), 2),

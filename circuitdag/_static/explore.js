@@ -9,6 +9,7 @@
   const FILL = { embed: "#e8e8e8", kv: "#d9f0d3", head: "#deebf7", mlp: "#efe3f7", neuron: "#efe3f7", logits: "#e8e8e8" };
   const SHAPE = { embed: "rectangle", kv: "ellipse", head: "ellipse", mlp: "round-rectangle", neuron: "ellipse", logits: "rectangle" };
 
+  const CELL_W = 32, CELL_H = 52;  // px of a half node slot and of a row, at zoom 1
   const elements = [];
   for (const n of data.nodes) elements.push({ group: "nodes", data: Object.assign({}, n), classes: "unit " + n.kind });
   for (const c of data.position_columns) {
@@ -33,17 +34,34 @@
       { selector: "edge", style: {
         width: "data(width)", "line-color": "data(colour)", "target-arrow-color": "data(colour)",
         "target-arrow-shape": "triangle", "arrow-scale": 0.8, "curve-style": "bezier", opacity: 0.85 } },
+      { selector: "edge[bend]", style: {  // an edge that skips rows of its own column arcs around them
+        "curve-style": "unbundled-bezier", "control-point-distances": (e) => e.data("bend"), "control-point-weights": 0.5 } },
       { selector: ".hidden", style: { display: "none" } },
       { selector: ".faded", style: { opacity: 0.1 } },
       { selector: "edge.highlight", style: { opacity: 1, "z-index": 10 } },
       { selector: "node.picked", style: { "border-width": 3, "border-color": "#d62728" } },
     ],
+    // One grid cell per half node slot and per row, at a fixed size, so that nodes never
+    // overlap however many layers there are; the view is then zoomed to fit (scroll to zoom).
     layout: {
       name: "grid", rows: data.grid.rows, cols: data.grid.cols, fit: true, padding: 24,
       avoidOverlap: false, condense: false,
+      boundingBox: { x1: 0, y1: 0, w: data.grid.cols * CELL_W, h: data.grid.rows * CELL_H },
       position: (n) => ({ row: n.data("row"), col: n.data("col") }),
     },
   });
+
+  // The first view: the drawn edges at the zoom that fills the width (at most 1.5), the
+  // bottom (logits, where a circuit is read from) in view; "fit all" shows everything.
+  function initialView() {
+    cy.fit(cy.elements().not(".hidden"), 24);
+    const bb = cy.elements().not(".hidden").boundingBox();
+    const z = Math.min(1.5, (cy.width() - 48) / Math.max(bb.w, 1));
+    if (z > cy.zoom() || cy.zoom() > 1.5) {
+      cy.zoom(z);
+      cy.pan({ x: (cy.width() - bb.w * z) / 2 - bb.x1 * z, y: Math.min(cy.height() - 24 - bb.y2 * z, 24 - bb.y1 * z) });
+    }
+  }
 
   // ------------------------------------------------------------------ summary and legend
   $("title").textContent = data.title;
@@ -175,7 +193,7 @@
       n.removeClass("faded").addClass("picked");
     });
     const st = nodeStats(n);
-    $("details").innerHTML = "<h2>" + esc(n.id()) + "</h2><div>" + nodeText(n) + "</div>" +
+    $("details").innerHTML = "<div>" + nodeText(n) + "</div>" +
       "<h2>Inputs (" + st.inE.length + ")</h2>" + edgeList(st.inE, "source") +
       "<h2>Outputs (" + st.outE.length + ")</h2>" + edgeList(st.outE, "target") + attentionHtml(n.data());
   }
@@ -187,5 +205,7 @@
   cy.on("tap", (evt) => { if (evt.target === cy) unpick(); });
 
   show(null);
+  initialView();
+  $("fit-all").addEventListener("click", () => cy.fit(cy.elements().not(".hidden"), 24));
   window.circuitdagExplorer = { cy: cy, data: data, show: show, pick: pick, drawnEdges: counts };
 })();
