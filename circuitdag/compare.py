@@ -267,7 +267,8 @@ def patterns_svg(a: Side, b: Side, report: dict[str, Any], path: str | Path) -> 
     task's position names. None when no heads are matched."""
     from matplotlib.figure import Figure
 
-    from circuitdag.heads import _key_names, _save
+    from circuitdag._plotting import save_svg
+    from circuitdag.heads import _key_names
 
     pairs = [(p["a"], p["b"]) for p in report["matched"] if p["a"].startswith("a") and "." in p["a"]]
     if not pairs or a.model is None or b.model is None or a.data is None or b.data is None:
@@ -287,7 +288,7 @@ def patterns_svg(a: Side, b: Side, report: dict[str, Any], path: str | Path) -> 
             ax.set_xlabel("key", fontsize=8)
             ax.set_ylabel("query", fontsize=8)
         fig.colorbar(im, ax=axes[row].tolist(), shrink=0.8, label="mean attention")
-    return _save(fig, path)
+    return save_svg(fig, path)
 
 
 def cmd_compare(args: Any) -> int:

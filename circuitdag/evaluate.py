@@ -149,7 +149,7 @@ def plot_roc(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
     area is the AUC) to an SVG file, with a legend."""
     from matplotlib.figure import Figure
 
-    from circuitdag.errors import ConfigError
+    from circuitdag._plotting import save_svg
 
     pts = sorted({(p["fpr"], p["tpr"]) for p in result["points"]} | {(0.0, 0.0), (1.0, 1.0)})
     env = list(np.maximum.accumulate([y for _, y in pts]))
@@ -167,10 +167,4 @@ def plot_roc(result: dict[str, Any], path: str | Path, title: str = "") -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="svg")
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose another --plot") from exc
-    return path
+    return save_svg(fig, path, "--plot")

@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from circuitdag._plotting import save_svg
 from circuitdag.errors import ConfigError, TaskError
 from circuitdag.tasks.base import Task, TaskData
 
@@ -317,19 +318,7 @@ def plot_map(emb: Embedding, path: str | Path, title: str = "") -> Path:
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    return _save(fig, path)
-
-
-def _save(fig: Any, path: str | Path) -> Path:
-    from circuitdag.errors import CircuitFileError
-
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="svg")
-    except OSError as exc:
-        raise CircuitFileError(f"cannot write {path}: {exc.strerror or exc}; choose another --out") from exc
-    return path
+    return save_svg(fig, path)
 
 
 def to_json(emb: Embedding, k: int = 3, meta: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -261,6 +261,8 @@ def plot_curve(curves: dict[str, Curve], path: str | Path) -> Path:
     key with its CPR and CMD, a dotted line at f = 1) to an SVG file at ``path``."""
     from matplotlib.figure import Figure
 
+    from circuitdag._plotting import save_svg
+
     fig = Figure(figsize=(6.4, 4.2))
     ax = fig.add_subplot()
     for name, c in curves.items():
@@ -277,13 +279,7 @@ def plot_curve(curves: dict[str, Curve], path: str | Path) -> Path:
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="svg")
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out") from exc
-    return path
+    return save_svg(fig, path)
 
 
 # ---------------------------------------------------------------------- command line
