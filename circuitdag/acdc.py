@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,12 +385,14 @@ def _sparse_path(patcher: Patcher, alive: np.ndarray, want: bool | None) -> Spar
     """The component-level fast path for ``patcher`` from circuit ``alive``, or None where
     it cannot run (``want=True`` then raises)."""
     if want is False:
+        if patcher.neurons:
+            raise ConfigError("neuron nodes need the component fast path; the layer-by-layer path has none")
         return None
     why = None
     if patcher.kernels() is None:
         why = f"the per-component kernels do not reproduce this model ({patcher.kernel_problem})"
     if why is not None:
-        if want:
+        if want or patcher.neurons:  # the layer path has no neuron nodes
             raise ConfigError(f"the sparse fast path cannot run: {why}")
         log.info("%s", why)
         return None
@@ -626,11 +629,12 @@ def position_layout(data: TaskData, spec: ModelSpec) -> tuple[TaskData, Position
 
 def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | None = None,
             seed: int = 0, positions: bool = False,
-            n_prompts: int | None = None) -> tuple[Patcher, dict[str, Any]]:  # fmt: skip
+            n_prompts: int | None = None, neurons: Sequence[int] = ()) -> tuple[Patcher, dict[str, Any]]:  # fmt: skip
     """Build the graph and the cached runs for ``task`` on ``model``; returns the
     :class:`Patcher` and the identity fields every saved result records. With
     ``positions`` the graph is position-aware (docs/positions.md); ``n_prompts`` sets the
-    number of prompts (:func:`circuitdag.tasks.load_data`)."""
+    number of prompts (:func:`circuitdag.tasks.load_data`); ``neurons`` lists MLP layers
+    split into one node per neuron (docs/neurons.md)."""
     from circuitdag._version import __version__
     from circuitdag.metrics import STORED_AS, resolve_metric
     from circuitdag.models import spec_of
@@ -643,8 +647,11 @@ def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | No
     metric_fn = resolve_metric(task, metric)
     data = load_data(task, model, seed=seed, n_prompts=n_prompts)
     validate_task_data(data, model, Ablation.parse(ablation).value, task.name)  # the task/engine boundary
-    spec = spec_of(model)
+    spec = spec_of(model, neurons)
     layout = None
+    if positions and neurons:
+        raise ConfigError("--neurons and --positions cannot be combined yet; split MLPs into neurons "
+                          "in a circuit without positions")
     if positions:
         data, layout = position_layout(data, spec)
     patcher = Patcher(model, Graph(spec, layout), data, ablation=ablation, metric=metric_fn)
@@ -660,6 +667,7 @@ def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | No
         "seed": seed,
         "n_prompts": data.n_prompts,
         "positions": bool(positions),
+        **({"neurons": sorted(int(L) for L in neurons)} if neurons else {}),
         "version": __version__,
         **run_record(model, task, data),
     }

@@ -116,6 +116,8 @@ def attribute(
     not finite."""
     _check(method, steps)
     steps = 1 if method == "eap" else steps
+    if patcher.neurons:
+        raise ConfigError(f"{method} does not score neuron nodes yet (--neurons); use acdc, which is exact on them")
     if method == "eap" and patcher.metric_fn in (metrics.kl, metrics.l2):
         log.warning(
             "EAP with a metric that compares with the full model (kl, l2) scores every edge about 0: "

@@ -56,6 +56,19 @@ def _threshold(text: str | None, flag: str = "--threshold") -> float | None:
     return value
 
 
+def _neuron_layers(text: str | None) -> list[int]:
+    """``--neurons 1,2`` -> ``[1, 2]``; a one-line error for anything else."""
+    if not text:
+        return []
+    try:
+        layers = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--neurons takes MLP layer numbers separated by commas, e.g. 1 or 0,2; got {text!r}") from None
+    if not layers or min(layers) < 0:
+        raise ConfigError(f"--neurons takes MLP layer numbers >= 0, e.g. 1 or 0,2; got {text!r}")
+    return layers
+
+
 def _task(args: argparse.Namespace) -> Any:
     """The task of a run: ``--prompts FILE`` (with ``--model``) or ``--task NAME``."""
     from circuitdag.tasks import Task, get_task
@@ -187,6 +200,11 @@ def cmd_discover(args: argparse.Namespace) -> int:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if attribution and args.edges is not None and (threshold is not None or relative is not None):
         raise ConfigError("give either --edges N or --threshold X for an attribution circuit, not both")
+    neurons = _neuron_layers(args.neurons)
+    if neurons and args.positions:
+        raise ConfigError("--neurons and --positions cannot be combined yet; drop one")
+    if neurons and attribution:
+        raise ConfigError(f"--neurons works with --algorithm acdc (exact); {args.algorithm} does not score neurons")
     parse_prefilter(args.prefilter)  # fail before loading the model
     if args.ig_steps < 1:
         raise ConfigError(f"--ig-steps must be >= 1, got {args.ig_steps}")
@@ -198,7 +216,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     task, model = _load(args)
     with _phase("caching the clean and corrupted runs", args.quiet):
         patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed,
-                                positions=args.positions, n_prompts=args.n_prompts)  # fmt: skip
+                                positions=args.positions, n_prompts=args.n_prompts, neurons=neurons)  # fmt: skip
     meta.update(_run_facts(args))
     if args.model and Path(args.model).is_dir():  # a local directory: recorded so that curve can reload it
         meta["model"] = str(Path(args.model).resolve())
@@ -407,6 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None,
                    help="prompts per attribution pass (default: what fits in about 3 GB)")
     p.add_argument("--positions", action="store_true", help="position-aware circuit")
+    p.add_argument("--neurons", metavar="LAYER[,LAYER]",
+                   help="split these MLP layers into one node per neuron (acdc only; docs/neurons.md)")
     p.add_argument("--out", help="output directory (default runs/<task>)")
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>/checkpoint.json (it exists only while a run is unfinished)")

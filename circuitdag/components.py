@@ -84,6 +84,8 @@ class ComponentKernels:
         if not spec.attn_only:
             self._ln2 = [plain_module(model.blocks[L].ln2) for L in range(spec.n_layers)]
             self._mlp = [plain_module(model.blocks[L].mlp) for L in range(spec.n_layers)]
+        #: The MLPs split into neurons (``spec.neuron_layers``).
+        self.neurons = {L: NeuronKernel(model, L) for L in spec.neuron_layers}
 
     # ------------------------------------------------------------------ attention
     def norm1(self, L: int, x: Tensor) -> Tensor:
@@ -157,16 +159,27 @@ class ComponentKernels:
         """The MLP's output (``hook_mlp_out``) from its input (``hook_mlp_in``)."""
         return self._mlp[L](self._ln2[L](x))
 
+    def neuron(self, L: int, n: int, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
+        """Neuron ``n`` of MLP ``L``'s output (``act_n * W_out[n] + b_out / d_mlp``) from its
+        input ``x`` (before ``ln2``)."""
+        idx = torch.as_tensor([n], device=x.device)
+        return self.neurons[L].outputs(x.unsqueeze(-2), idx * 0, idx)[..., 0, :]
+
+    def _zero_groups(self, L: int, x: Tensor) -> Tensor:
+        """Every neuron of MLP ``L`` reads input group 0."""
+        return torch.zeros(self.neurons[L].d_mlp, dtype=torch.long, device=x.device)
+
     # ------------------------------------------------------------------ checks
     @torch.no_grad()
     def verify(
-        self, resid_pre: Sequence[Tensor], mlp_in: Sequence[Tensor], slots: Tensor, head_slot, mlp_slot
+        self, resid_pre: Sequence[Tensor], mlp_in: Sequence[Tensor], slots: Tensor, head_slot, mlp_slots
     ) -> float:
         """Recompute every head and MLP of a run whose inputs are unpatched
         (``resid_pre[L]``, ``mlp_in[L]``: ``batch pos d_model``) and compare with its sender
-        outputs ``slots`` (``batch pos slot d_model``; ``head_slot(L, h)``/``mlp_slot(L)``
-        index them). Returns the largest difference; raises :class:`KernelMismatch` naming
-        the first component that differs by more than sqrt(eps) relative."""
+        outputs ``slots`` (``batch pos slot d_model``; ``head_slot(L, h)``/``mlp_slots(L)``
+        index them; an MLP split into neurons has one slot per neuron, compared one by one).
+        Returns the largest difference; raises :class:`KernelMismatch` naming the first
+        component that differs by more than sqrt(eps) relative."""
         spec, worst = self.spec, 0.0
         heads = list(range(spec.n_heads))
         for L in range(spec.n_layers):
@@ -182,9 +195,112 @@ class ComponentKernels:
             want = slots[:, :, head_slot(L, 0) : head_slot(L, 0) + spec.n_heads]
             worst = max(worst, _compare(got, want, f"head results of layer {L}"))
             if not spec.attn_only:
+                sl = mlp_slots(L)
+                if L in self.neurons:
+                    got = self.neurons[L].outputs(mlp_in[L].unsqueeze(-2), self._zero_groups(L, mlp_in[L]))
+                    worst = max(worst, _compare(got, slots[:, :, sl], f"neuron outputs of MLP {L}"))
+                    continue
                 got = self.mlp(L, mlp_in[L])
-                worst = max(worst, _compare(got, slots[:, :, mlp_slot(L)], f"MLP output of layer {L}"))
+                worst = max(worst, _compare(got, slots[:, :, sl.start], f"MLP output of layer {L}"))
         return worst
+
+
+class _Hidden(Exception):
+    """Raised by the capture hook of :class:`NeuronKernel` to stop the MLP once its hidden
+    activations are known."""
+
+    def __init__(self, value: Tensor) -> None:
+        super().__init__("hidden activations reached")
+        self.value = value
+
+
+#: Output projections of Hugging Face MLPs, whose input is the hidden activation.
+_OUT_PROJECTIONS = ("c_proj", "down_proj", "fc2", "dense_4h_to_h", "fc_out", "w2")
+
+
+class NeuronKernel:
+    """The neurons of one MLP, each evaluated from its own input (neuron nodes, see
+    :mod:`circuitdag.graph`).
+
+    A neuron ``n`` of the MLP of layer ``L`` writes ``h_n(x) * W_out[n] + b_out / d_mlp`` to the
+    residual stream, where ``h(x)`` (``d_mlp``) is the MLP's hidden activation on input ``x``
+    (``hook_mlp_in``, before ``ln2``): ``act(ln2(x) W_in + b_in)``, or ``act(ln2(x) W_gate) *
+    (ln2(x) W_up)`` in gated MLPs such as Llama's. The hidden activation is read from the
+    model's own modules (the input of the output projection, or ``mlp.hook_post``), so any
+    activation function and gating is reproduced; ``W_out``'s rows and ``b_out`` are read
+    off the output projection itself (``proj(e_n) - proj(0)``). The neurons of a layer sum
+    to the MLP's output (checked by :meth:`verify`); splitting ``b_out`` evenly keeps that
+    true under every ablation, zero ablation included.
+    """
+
+    def __init__(self, model: Any, layer: int) -> None:
+        block = model.blocks[layer]
+        self.layer = layer
+        self.ln2 = plain_module(block.ln2)
+        self.mlp = plain_module(block.mlp)
+        site = getattr(self.mlp, "hook_post", None)
+        proj = next((m for m in (getattr(self.mlp, n, None) for n in _OUT_PROJECTIONS)
+                     if isinstance(m, torch.nn.Module)), None)  # fmt: skip
+        if isinstance(site, torch.nn.Module) and isinstance(_param(self.mlp, "W_out"), Tensor):
+            W, b = _param(self.mlp, "W_out"), _param(self.mlp, "b_out")
+            self._site, self._read_input = site, False
+
+            def project(h: Tensor) -> Tensor:
+                return h @ W + (b if b is not None else 0.0)  # type: ignore[operator]
+        elif proj is not None:
+            self._site, self._read_input = proj, True
+            project = proj
+        else:
+            raise KernelMismatch(f"blocks.{layer}.mlp ({type(self.mlp).__name__}) has no output "
+                                 f"projection named one of {', '.join(_OUT_PROJECTIONS)} and no hook_post")  # fmt: skip
+        ref = next(self.mlp.parameters())
+        probe = torch.zeros(1, 1, 1, dtype=ref.dtype, device=ref.device)
+        self.d_mlp = int(self._hidden_of_normed(probe.new_zeros(1, 1, int(model.cfg.d_model))).shape[-1])
+        with torch.no_grad():
+            eye = torch.eye(self.d_mlp, dtype=ref.dtype, device=ref.device)
+            zero = project(eye[:1] * 0)
+            #: ``d_mlp d_model``: neuron ``n``'s output direction; ``d_model``: the bias.
+            self.W_out: Tensor = project(eye) - zero
+            self.b_out: Tensor = zero[0]
+
+    def _hidden_of_normed(self, x: Tensor) -> Tensor:
+        def grab(module, args, output=None):
+            raise _Hidden(args[0] if self._read_input else output)
+
+        handle = (self._site.register_forward_pre_hook(grab) if self._read_input
+                  else self._site.register_forward_hook(grab))  # fmt: skip
+        try:
+            self.mlp(x)
+        except _Hidden as h:
+            return h.value
+        finally:
+            handle.remove()
+        raise KernelMismatch(f"blocks.{self.layer}.mlp never reached its hidden activation")
+
+    def hidden(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_mlp"]:
+        """The MLP's hidden activations on input ``x`` (``hook_mlp_in``, before ``ln2``)."""
+        shape = x.shape
+        flat = x.reshape(-1, 1, shape[-1])
+        return self._hidden_of_normed(self.ln2(flat)).reshape(*shape[:-1], -1)
+
+    def outputs(
+        self, x: Float[Tensor, "... groups d_model"], group_of: Tensor, neurons: Tensor | None = None
+    ) -> Float[Tensor, "... n d_model"]:
+        """Outputs of neurons ``neurons`` (default all, ``n`` of them), neuron ``neurons[i]``
+        reading input ``x[..., group_of[i], :]``: the MLP runs once per group of neurons
+        that share an input."""
+        h = self.hidden(x)  # ... groups d_mlp
+        idx = torch.arange(self.d_mlp, device=x.device) if neurons is None else neurons
+        act = h[..., group_of, idx]  # ... n
+        return act.unsqueeze(-1) * self.W_out[idx] + self.b_out / self.d_mlp
+
+    @torch.no_grad()
+    def verify(self, mlp_in: Tensor, mlp_out: Tensor) -> float:
+        """The neurons on the clean input ``mlp_in`` (``batch pos d_model``) sum to the MLP's
+        output ``mlp_out``; raises :class:`KernelMismatch` otherwise."""
+        zeros = torch.zeros(self.d_mlp, dtype=torch.long, device=mlp_in.device)
+        got = self.outputs(mlp_in.unsqueeze(-2), zeros).sum(-2)
+        return _compare(got, mlp_out, f"the neurons of MLP {self.layer} (summed)")
 
 
 def _compare(got: Tensor, want: Tensor, what: str) -> float:

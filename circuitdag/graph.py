@@ -2,7 +2,10 @@
 
 The computational graph of DESIGN.md. Nodes are numbered in a topological order:
 ``embed`` first, then per layer L its key/value heads (grouped-query models only), its
-heads ``a{L}.{H}`` and its MLP ``m{L}``, and ``logits`` last. Every edge goes from a
+heads ``a{L}.{H}`` and its MLP ``m{L}``, and ``logits`` last. An MLP layer listed in
+``ModelSpec.neuron_layers`` is split into its neurons ``m{L}.{n}`` instead: each neuron is
+a node with its own copy of the MLP input and writes ``act_n * W_out[n] + b_out / d_mlp``
+(so the neurons of a layer sum to the MLP's output; docs/neurons.md). Every edge goes from a
 lower to a higher node index.
 
 The edge table is a set of flat numpy arrays built once (:class:`EdgeTable`), stored in
@@ -44,6 +47,7 @@ class NodeKind(IntEnum):
     HEAD = 2
     MLP = 3
     LOGITS = 4
+    NEURON = 5  # one neuron of an MLP split with ``ModelSpec.neuron_layers``
 
 
 class Input(IntEnum):
@@ -71,10 +75,30 @@ class ModelSpec:
     attn_only: bool = False
     parallel_attn_mlp: bool = False
     causal: bool = True  # False: every query attends to every position (tracr)
+    #: MLP layers split into one node per neuron (``m{L}.{n}``), and the neurons per MLP.
+    neuron_layers: tuple[int, ...] = ()
+    d_mlp: int = 0
 
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        layers = tuple(sorted({int(L) for L in self.neuron_layers}))
+        object.__setattr__(self, "neuron_layers", layers)
+        if layers:
+            if self.attn_only:
+                raise ValueError("an attention-only model has no MLP neurons to split")
+            if self.d_mlp < 1:
+                raise ValueError("neuron_layers needs d_mlp, the number of neurons per MLP")
+            bad = [L for L in layers if not 0 <= L < self.n_layers]
+            if bad:
+                raise ValueError(f"MLP layer(s) {bad} do not exist; the model has layers 0..{self.n_layers - 1}")
+
+    def units(self, layer: int) -> int:
+        """Sender nodes the MLP of ``layer`` is made of: ``d_mlp`` neurons when the layer is
+        split, else 1 (0 in attention-only models)."""
+        if self.attn_only:
+            return 0
+        return self.d_mlp if layer in self.neuron_layers else 1
 
     @property
     def gqa(self) -> bool:
@@ -153,6 +177,7 @@ _NODE_INPUTS = {
     NodeKind.HEAD: (Input.Q,),  # K/V are added for non-GQA heads by Graph
     NodeKind.MLP: (Input.MLP,),
     NodeKind.LOGITS: (Input.RESID,),
+    NodeKind.NEURON: (Input.MLP,),  # each neuron reads its own copy of the MLP input
 }
 
 
@@ -182,11 +207,16 @@ class Graph:
             if spec.gqa:
                 comps += [Node(f"a{layer}.kv{g}", NodeKind.KV, layer, g) for g in range(spec.n_kv_heads)]
             comps += [Node(f"a{layer}.{h}", NodeKind.HEAD, layer, h) for h in range(spec.n_heads)]
-            if not spec.attn_only:
+            if layer in spec.neuron_layers:
+                comps += [Node(f"m{layer}.{i}", NodeKind.NEURON, layer, i) for i in range(spec.d_mlp)]
+            elif not spec.attn_only:
                 comps.append(Node(f"m{layer}", NodeKind.MLP, layer))
         logits = Node("logits", NodeKind.LOGITS, spec.n_layers)
         #: The position-free components, in topological order (``logits`` last).
         self.components: tuple[Node, ...] = (*comps, logits)
+        if positions is not None and spec.neuron_layers:
+            raise ValueError("neuron nodes are not available in position-aware graphs yet; "
+                             "split MLPs into neurons without positions")
         if positions is None:
             nodes = [*comps, logits]
         else:
@@ -234,12 +264,12 @@ class Graph:
         return node.inputs
 
     def is_sender(self, node: Node) -> bool:
-        return node.kind in (NodeKind.EMBED, NodeKind.HEAD, NodeKind.MLP)
+        return node.kind in (NodeKind.EMBED, NodeKind.HEAD, NodeKind.MLP, NodeKind.NEURON)
 
     def senders_of(self, node: Node) -> list[int]:
         """Component indices whose output is in the residual stream when ``node`` reads it,
         latest first."""
-        if node.kind == NodeKind.MLP and not self.spec.parallel_attn_mlp:
+        if node.kind in (NodeKind.MLP, NodeKind.NEURON) and not self.spec.parallel_attn_mlp:
             limit_layer, include_same_layer_heads = node.layer, True
         else:
             limit_layer, include_same_layer_heads = node.layer, False

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import Enum
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from circuitdag.components import ComponentKernels, KernelMismatch, plain_module, rotary_hooks
+from circuitdag.components import ComponentKernels, KernelMismatch, NeuronKernel, plain_module, rotary_hooks
 from circuitdag.errors import ConfigError, ModelError
 from circuitdag.graph import Graph, Input, NodeKind
 from circuitdag.metrics import MetricRef, check_finite, get_metric, logit_diff
@@ -89,32 +90,55 @@ class Layout:
     edge_slot: np.ndarray  # int64 per edge
     edge_view: np.ndarray  # int64 per edge (0 without positions)
     edge_pos: np.ndarray  # int64 per edge (0 without positions)
+    #: Sender slots (and MLP input rows) of each layer's MLP: 1, or ``d_mlp`` for a layer
+    #: split into neurons (``ModelSpec.neuron_layers``); empty means 1 per layer.
+    mlp_units: tuple[int, ...] = ()
+
+    def units(self, layer: int) -> int:
+        """MLP slots (= MLP input rows) of ``layer``: 0 without MLPs, ``d_mlp`` when split."""
+        if not self.has_mlp:
+            return 0
+        return self.mlp_units[layer] if self.mlp_units else 1
+
+    @cached_property
+    def _slot_start(self) -> np.ndarray:
+        """First slot of each layer (and, at ``n_layers``, the number of slots)."""
+        sizes = [self.n_heads + self.units(L) for L in range(self.n_layers)]
+        return np.concatenate([[1], 1 + np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
+
+    @cached_property
+    def _row_start(self) -> np.ndarray:
+        """First row of each layer (and, at ``n_layers``, the ``logits`` row)."""
+        sizes = [self.n_heads + 2 * self.n_kv + self.units(L) for L in range(self.n_layers)]
+        return np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)]).astype(np.int64)
 
     @property
-    def per_layer_slots(self) -> int:
-        return self.n_heads + int(self.has_mlp)
+    def split(self) -> tuple[int, ...]:
+        """The layers whose MLP is split into neurons."""
+        return tuple(L for L in range(self.n_layers) if self.units(L) > 1)
 
     @property
     def n_slots(self) -> int:
-        return 1 + self.n_layers * self.per_layer_slots
+        return int(self._slot_start[-1])
 
     def slots_before(self, layer: int) -> int:
         """Number of slots written before block ``layer`` starts (embed + earlier layers)."""
-        return 1 + layer * self.per_layer_slots
+        return int(self._slot_start[layer])
 
     def head_slot(self, layer: int, head: int) -> int:
         return self.slots_before(layer) + head
 
     def mlp_slot(self, layer: int) -> int:
+        """The (first) slot of the MLP of ``layer``."""
         return self.slots_before(layer) + self.n_heads
 
-    @property
-    def per_layer_rows(self) -> int:
-        return self.n_heads + 2 * self.n_kv + int(self.has_mlp)
+    def mlp_slots(self, layer: int) -> slice:
+        """The slots of the MLP of ``layer``: one, or one per neuron."""
+        return slice(self.mlp_slot(layer), self.mlp_slot(layer) + self.units(layer))
 
     @property
     def n_rows(self) -> int:
-        return self.n_layers * self.per_layer_rows + 1
+        return int(self._row_start[-1]) + 1
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -122,7 +146,7 @@ class Layout:
         return (self.n_rows, self.n_pos, self.n_pos, self.n_slots)
 
     def rows(self, layer: int, kind: Input) -> slice:
-        base = layer * self.per_layer_rows
+        base = int(self._row_start[min(layer, self.n_layers)])
         if kind == Input.Q:
             return slice(base, base + self.n_heads)
         if kind == Input.K:
@@ -130,14 +154,16 @@ class Layout:
         if kind == Input.V:
             return slice(base + self.n_heads + self.n_kv, base + self.n_heads + 2 * self.n_kv)
         if kind == Input.MLP:
-            return slice(base + self.per_layer_rows - 1, base + self.per_layer_rows)
+            start = base + self.n_heads + 2 * self.n_kv
+            return slice(start, start + self.units(layer))
         return slice(self.n_rows - 1, self.n_rows)
 
     def row_layer_kind(self, r: int) -> tuple[int, Input]:
         """The layer and input of row ``r`` (``logits``: ``n_layers``, RESID)."""
         if r == self.n_rows - 1:
             return self.n_layers, Input.RESID
-        L, i = divmod(r, self.per_layer_rows)
+        L = int(np.searchsorted(self._row_start, r, side="right")) - 1
+        i = r - int(self._row_start[L])
         if i < self.n_heads:
             return L, Input.Q
         if i < self.n_heads + self.n_kv:
@@ -167,9 +193,10 @@ class Layout:
     def of(cls, graph: Graph) -> Layout:
         spec = graph.spec
         empty = np.zeros(0, np.int64)
+        units = tuple(spec.units(L) for L in range(spec.n_layers)) if spec.neuron_layers else ()
         lay = cls(spec.n_layers, spec.n_heads, spec.n_kv_heads, not spec.attn_only,
                   spec.parallel_attn_mlp, graph.n_pos, graph.positions is not None,
-                  empty, empty, empty, empty)  # fmt: skip
+                  empty, empty, empty, empty, units)  # fmt: skip
         slot_of_comp = np.full(len(graph.components), -1, dtype=np.int64)
         for i, n in enumerate(graph.components):
             if n.kind == NodeKind.EMBED:
@@ -178,12 +205,14 @@ class Layout:
                 slot_of_comp[i] = lay.head_slot(n.layer, n.head)
             elif n.kind == NodeKind.MLP:
                 slot_of_comp[i] = lay.mlp_slot(n.layer)
+            elif n.kind == NodeKind.NEURON:
+                slot_of_comp[i] = lay.mlp_slot(n.layer) + n.head
         t = graph.edges
         rows = np.empty(len(t), dtype=np.int64)
         for e in range(len(t)):
             d = graph.nodes[t.dst[e]]
             kind = Input(t.input[e])
-            idx = 0 if d.kind in (NodeKind.MLP, NodeKind.LOGITS) else d.head
+            idx = 0 if d.kind in (NodeKind.MLP, NodeKind.LOGITS) else d.head  # head, kv group or neuron
             rows[e] = lay.rows(d.layer, kind).start + idx
         src_pos = np.maximum(t.src_pos.astype(np.int64), 0)
         dst_pos = t.dst_pos.astype(np.int64)
@@ -250,6 +279,15 @@ class Patcher:
         self._input_cache: dict[tuple[int, int], Tensor] = {}
         self._total_cache: dict[int, Tensor] = {}
         self._cache_layer = -1
+        #: Per-neuron evaluation of the MLPs split into neurons (``ModelSpec.neuron_layers``).
+        self.neurons: dict[int, NeuronKernel] = {}
+        for L in self.layout.split:
+            try:
+                self.neurons[L] = NeuronKernel(model, L)
+            except (KernelMismatch, AttributeError, RuntimeError, TypeError) as exc:
+                raise ModelError(f"cannot split MLP {L} of this model into neurons: {exc}") from None
+            if self.neurons[L].d_mlp != graph.spec.d_mlp:
+                raise ModelError(f"MLP {L} has {self.neurons[L].d_mlp} neurons, the graph says {graph.spec.d_mlp}")
         with torch.no_grad():
             clean = self._capture(self.data.clean)
             self.S_clean: Float[Tensor, "batch pos slot d_model"] = clean["slots"]
@@ -296,7 +334,7 @@ class Patcher:
             try:
                 with torch.no_grad():
                     kern = ComponentKernels(self.model, spec, rotary)
-                    kern.verify(self.resid_pre, self.mlp_in, self.S_clean, lay.head_slot, lay.mlp_slot)
+                    kern.verify(self.resid_pre, self.mlp_in, self.S_clean, lay.head_slot, lay.mlp_slots)
                 self._kernels = kern
             except (KernelMismatch, AttributeError, RuntimeError, TypeError, IndexError) as exc:
                 self.kernel_problem = f"{type(exc).__name__}: {exc}"
@@ -358,7 +396,17 @@ class Patcher:
 
         def put_mlp(L: int):
             def fn(x, hook):
-                slots[:, :, lay.mlp_slot(L)] = x
+                if L in self.neurons:  # one slot per neuron, from this pass's MLP input
+                    kern = self.neurons[L]
+                    out = kern.outputs(mlp_in[L].unsqueeze(-2), torch.zeros(kern.d_mlp, dtype=torch.long,
+                                                                            device=x.device))  # fmt: skip
+                    try:
+                        _compare_sum(out.sum(-2), x, L)
+                    except KernelMismatch as exc:
+                        raise ModelError(f"cannot split MLP {L} of this model into neurons: {exc}") from None
+                    slots[:, :, lay.mlp_slots(L)] = out
+                else:
+                    slots[:, :, lay.mlp_slot(L)] = x
             return fn
 
         def put_final(x, hook):
@@ -530,11 +578,43 @@ class Patcher:
         def stop(x, hook):
             raise _StopForward(self._diagonal(patched(x, n, Input.RESID), 1)[0])
 
+        # MLPs split into neurons: each neuron gets its own input at hook_mlp_in (the model's
+        # MLP runs on the unpatched stream and its output is replaced by the neurons' sum).
+        pending: dict[int, Tensor] = {}
+
+        def neurons_in(L: int):
+            def fn(x, hook):
+                sl, k = lay.rows(L, Input.MLP), lay.readable_slots(L, Input.MLP)
+                mask = absent[sl, :, :, :k]
+                reps, group_of = _unique_rows(mask)  # neurons with the same absent edges share one input
+                if sparse:
+                    gone = self._contract_sparse(lambda cols: S_now[:, :, cols] - self.S_corr[:, :, cols],
+                                                 mask[reps], self.exists[sl][reps][..., :k], Input.MLP, totals[k])
+                else:
+                    gone = self._contract(S_now[:, :, :k] - self.S_corr[:, :, :k], mask[reps], Input.MLP)
+                pending[L] = self.neurons[L].outputs(x.unsqueeze(2) - gone[:, 0], group_of)
+                return x
+            return fn
+
+        def neurons_out(L: int):
+            sl = lay.mlp_slots(L)
+
+            def fn(x, hook):
+                out = pending.pop(L)
+                S_now[:, :, sl] = out
+                if sparse:
+                    totals[sl.stop] = totals[sl.start] + (out - self.S_corr[:, :, sl]).sum(2)
+                return out.sum(2)
+            return fn
+
         hooks: list[tuple[str, Callable]] = [(_HOOK["resid_pre"](0), record(slice(0, 1), True))]
         for L in range(n):
             hooks += [(_HOOK[name](L), patch(L, kind)) for kind, name in _QKV]
             hooks.append((_HOOK["result"](L), record(slice(lay.head_slot(L, 0), lay.head_slot(L, 0) + lay.n_heads), False)))
-            if lay.has_mlp:
+            if L in self.neurons:
+                hooks.append((_HOOK["mlp_in"](L), neurons_in(L)))
+                hooks.append((_HOOK["mlp_out"](L), neurons_out(L)))
+            elif lay.has_mlp:
                 hooks.append((_HOOK["mlp_in"](L), patch(L, Input.MLP)))
                 hooks.append((_HOOK["mlp_out"](L), record(slice(lay.mlp_slot(L), lay.mlp_slot(L) + 1), True)))
         hooks.append((f"blocks.{n - 1}.hook_resid_post", stop if sparse else patch(n, Input.RESID)))
@@ -628,6 +708,9 @@ class Patcher:
         those senders' outputs replaced by their corrupted ones (see docs/positions.md).
         """
         lay, n = self.layout, self.layout.n_layers
+        if self.neurons:
+            raise ConfigError("the layer-by-layer fast path does not evaluate neuron nodes; ACDC uses the "
+                              "component path for graphs with neurons")
         K, B, P = cand_absent.shape[0], self.B, self.P
         n0 = lay.slots_before(start_layer)
         cells = list(zip(cand_rows.tolist(), [0] * len(cand_rows) if cand_views is None else cand_views.tolist()))
@@ -868,6 +951,22 @@ class Patcher:
             self._input_cache.clear()
             self._total_cache.clear()
             self._cache_layer = start_layer
+
+
+def _unique_rows(mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Rows of ``mask`` (``rows ...``) grouped by equal content: the index of one row per
+    group, and each row's group."""
+    flat = mask.reshape(mask.shape[0], -1).cpu().numpy()
+    _, first, inverse = np.unique(flat, axis=0, return_index=True, return_inverse=True)
+    dev = mask.device
+    return torch.as_tensor(first, device=dev), torch.as_tensor(inverse.reshape(-1), device=dev)
+
+
+def _compare_sum(got: Tensor, want: Tensor, layer: int) -> None:
+    """The neurons of MLP ``layer`` summed (``got``) reproduce its output ``want``."""
+    err = (got - want).abs().max().item() if want.numel() else 0.0
+    if not err <= _tol(want):
+        raise KernelMismatch(f"its neurons sum to an output {err:.3g} away from the MLP's (tolerance {_tol(want):.3g})")
 
 
 def _tol(ref: Tensor) -> float:

@@ -208,7 +208,8 @@ class SparseFastPath:
         if kind == Input.RESID:
             pos = self._answers
         elif kind == Input.MLP:
-            pos = self._need[g.node_index[f"m{L}"]]
+            unit = r - lay.rows(L, kind).start
+            pos = self._need[g.node_index[f"m{L}.{unit}" if L in self.spec.neuron_layers else f"m{L}"]]
         elif kind == Input.Q:
             pos = self._need[g.node_index[f"a{L}.{r - lay.rows(L, kind).start}"]]
         else:
@@ -290,6 +291,13 @@ class SparseFastPath:
                 at = self._need[u]
                 out = kern.mlp(node.layer, batch(x)).reshape(k, B, len(at), d)
                 s = lay.mlp_slot(node.layer)
+            elif node.kind == NodeKind.NEURON:
+                x = row_input(lay.rows(node.layer, Input.MLP).start + node.head)
+                if x is None:
+                    continue
+                at = self._need[u]
+                out = kern.neuron(node.layer, node.head, batch(x)).reshape(k, B, len(at), d)
+                s = lay.mlp_slot(node.layer) + node.head
             elif node.kind == NodeKind.HEAD:
                 L, h, g = node.layer, node.head, self.spec.kv_head(node.head)
                 rq, rk, rv = self.lay.head_rows(L, h, self.spec.kv_head(h))

@@ -49,12 +49,13 @@ NODE_STYLE = {
     NodeKind.HEAD: {"shape": "ellipse", "style": "filled", "fillcolor": "#deebf7"},
     NodeKind.MLP: {"shape": "box", "style": "filled", "fillcolor": "#efe3f7"},
     NodeKind.LOGITS: {"shape": "box", "style": "filled", "fillcolor": "#e8e8e8"},
+    NodeKind.NEURON: {"shape": "box", "style": "filled,rounded", "fillcolor": "#efe3f7", "fontsize": "10"},
 }
 
 
 def _rank(node) -> tuple[int, int]:
     """Drawing row of a node: one per (layer, attention|MLP), top to bottom."""
-    return (node.layer, 1 if node.kind == NodeKind.MLP else 0)
+    return (node.layer, 1 if node.kind in (NodeKind.MLP, NodeKind.NEURON) else 0)
 
 
 def to_dot(circuit: Circuit):  # -> graphviz.Digraph

@@ -64,7 +64,7 @@ def test_component_kernels_reproduce_the_model(bridge_patcher):
     assert kern is not None, p.kernel_problem
     assert bool(kern.rotary) == (name == "llama-gqa")  # the Llama's rotary cos/sin were captured
     lay = p.layout
-    err = kern.verify(p.resid_pre, p.mlp_in, p.S_clean, lay.head_slot, lay.mlp_slot)
+    err = kern.verify(p.resid_pre, p.mlp_in, p.S_clean, lay.head_slot, lay.mlp_slots)
     assert err < 1e-7  # float64; the Llama differs by ~3e-9 (its rotary tables are float32)
 
 

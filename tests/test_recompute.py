@@ -93,7 +93,7 @@ def test_kernels_that_do_not_reproduce_the_model_are_refused():
     kern.scale *= 1.5
     lay = p.layout
     with pytest.raises(KernelMismatch, match="head results of layer 0"):
-        kern.verify(p.resid_pre, p.mlp_in, p.S_clean, lay.head_slot, lay.mlp_slot)
+        kern.verify(p.resid_pre, p.mlp_in, p.S_clean, lay.head_slot, lay.mlp_slots)
     # Patcher.kernels() then reports the problem; ACDC falls back to the layer path.
     p._kernels, p.kernel_problem = None, "KernelMismatch: test"
     state = acdc_fast(p, 0.05)

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,9 +22,13 @@ from circuitdag.graph import ModelSpec
 from circuitdag.models.tracr_dir import is_compiled_dir, load_compiled, split_spec
 
 
-def spec_of(model: Any) -> ModelSpec:
+def spec_of(model: Any, neuron_layers: Sequence[int] = ()) -> ModelSpec:
     """The architecture facts the graph needs, read from ``model.cfg`` (TransformerLens
-    field names, shared by TransformerBridge and :class:`~circuitdag.models.hooked.TinyTransformer`)."""
+    field names, shared by TransformerBridge and :class:`~circuitdag.models.hooked.TinyTransformer`).
+    ``neuron_layers``: MLP layers to split into one node per neuron.
+
+    Raises :class:`~circuitdag.errors.ModelError` for a model without ``cfg`` or a neuron
+    layer that does not exist."""
     cfg = getattr(model, "cfg", None)
     if cfg is None:
         raise ModelError(f"{type(model).__name__} has no .cfg; load models with circuitdag.load_model")
@@ -39,7 +44,23 @@ def spec_of(model: Any) -> ModelSpec:
         attn_only=bool(getattr(cfg, "attn_only", False)),
         parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
         causal=bool(getattr(cfg, "causal", True)),
+        **_neuron_fields(cfg, neuron_layers),
     )
+
+
+def _neuron_fields(cfg: Any, neuron_layers: Sequence[int]) -> dict[str, Any]:
+    if not neuron_layers:
+        return {}
+    n_layers = int(cfg.n_layers)
+    bad = [L for L in neuron_layers if not 0 <= int(L) < n_layers]
+    if bad:
+        raise ModelError(f"--neurons {bad[0]}: the model has MLP layers 0..{n_layers - 1}")
+    if bool(getattr(cfg, "attn_only", False)):
+        raise ModelError("--neurons: this model is attention-only; it has no MLP neurons")
+    d_mlp = getattr(cfg, "d_mlp", None)
+    if not d_mlp:
+        raise ModelError("--neurons: the model's config does not say how many neurons its MLPs have (d_mlp)")
+    return {"neuron_layers": tuple(int(L) for L in neuron_layers), "d_mlp": int(d_mlp)}
 
 
 #: Role names a chat template writes after the token that opens a turn.
