@@ -86,41 +86,43 @@ def layer_activations(
 
 
 def activations_figure(acts: LayerActivations):  # -> plotly.graph_objects.Figure
-    """One row per layer: the top neurons' heatmap (left, diverging colours around 0) and
-    the heads' output norms (right); tokens top to bottom, hover for the value."""
+    """One row per layer: the top neurons' heatmap (left; red positive, blue negative) and
+    the heads' output norms (right; blue); tokens top to bottom, hover for the value. Each
+    heatmap has its own colour scale, from 0 to the largest value in it (given in its
+    title), so that quiet layers are as readable as the few with outlier activations."""
     from plotly.subplots import make_subplots
 
     n_layers = len(acts.heads)
     rows = [f"{p}: {t!r}" for p, t in enumerate(acts.tokens)]  # unique labels, in token order
+    peak_n = [float(np.abs(a).max()) if a.size else 0.0 for a in acts.neurons]
+    peak_h = [float(a.max()) if a.size else 0.0 for a in acts.heads]
     titles = []
     for layer in range(n_layers):
-        titles += [f"layer {layer}: top {acts.neurons[layer].shape[1]} MLP neurons (activation)",
-                   f"layer {layer}: heads (|output|)"]  # fmt: skip
+        n_top = acts.neurons[layer].shape[1]
+        titles.append(f"layer {layer}: top {n_top} MLP neurons (largest |activation| {peak_n[layer]:.3g})")
+        titles.append(f"layer {layer}: heads (largest |output| {peak_h[layer]:.3g})")
     row_px = 40 + 16 * len(rows)
     fig = make_subplots(rows=n_layers, cols=2, column_widths=[0.72, 0.28], subplot_titles=titles,
                         horizontal_spacing=0.08, vertical_spacing=min(60 / (row_px * n_layers), 0.3))  # fmt: skip
-    vmax = max((float(np.abs(a).max()) for a in acts.neurons if a.size), default=1.0) or 1.0
     for layer in range(n_layers):
         if acts.neurons[layer].size:  # attention-only models have no neurons
+            v = peak_n[layer] or 1.0
             fig.add_heatmap(z=acts.neurons[layer], x=[f"n{i}" for i in acts.neuron_ids[layer]], y=rows,
-                            coloraxis="coloraxis", row=layer + 1, col=1,
+                            colorscale="RdBu", reversescale=True, zmin=-v, zmax=v, showscale=False,
+                            row=layer + 1, col=1,
                             hovertemplate=f"layer {layer}, neuron %{{x}}<br>token %{{y}}<br>activation %{{z:.4g}}"
                             "<extra></extra>")  # fmt: skip
         fig.add_heatmap(z=acts.heads[layer], x=[f"a{layer}.{h}" for h in range(acts.heads[layer].shape[1])],
-                        y=rows, coloraxis="coloraxis2", row=layer + 1, col=2,
+                        y=rows, colorscale="Blues", zmin=0, zmax=peak_h[layer] or 1.0, showscale=False,
+                        row=layer + 1, col=2,
                         hovertemplate="head %{x}<br>token %{y}<br>|output| %{z:.4g}<extra></extra>")  # fmt: skip
     fig.update_yaxes(autorange="reversed", tickfont={"size": 10})
     fig.update_xaxes(tickfont={"size": 9})
-    height, top_px, bottom_px = 120 + row_px * n_layers, 130, 40
-    bar_y = 1 + 45 / (height - top_px - bottom_px)  # the colour bars sit between the title and layer 0
-    bar = {"orientation": "h", "y": bar_y, "yanchor": "bottom", "thickness": 10, "title": {"side": "top"}}
+    fig.update_annotations(font_size=12)
     fig.update_layout(
-        title={"text": f"{acts.model}: activations on {acts.text!r}", "x": 0.01},
-        height=height, width=1200, margin={"t": top_px, "b": bottom_px, "l": 10, "r": 10},
-        coloraxis={"colorscale": "RdBu", "reversescale": True, "cmin": -vmax, "cmax": vmax,
-                   "colorbar": {**bar, "x": 0.36, "len": 0.4, "title": {"text": "neuron activation", "side": "top"}}},
-        coloraxis2={"colorscale": "Blues", "cmin": 0,
-                    "colorbar": {**bar, "x": 0.86, "len": 0.25, "title": {"text": "head |output|", "side": "top"}}},
+        title={"text": f"{acts.model}: activations on {acts.text!r}<br><sup>each heatmap has its own colour "
+                       "scale, darkest = the largest value in its title; hover a cell for its value</sup>", "x": 0.01},
+        height=110 + row_px * n_layers, width=1200, margin={"t": 90, "b": 40, "l": 10, "r": 10},
     )  # fmt: skip
     return fig
 
