@@ -30,20 +30,33 @@ The package, one concept a module, imports running down this list:
 
 from __future__ import annotations
 
+from circuitdag.sweep.commands import cmd_sweep as cmd_sweep
+from circuitdag.sweep.commands import cmd_sweep_worker as cmd_sweep_worker
 from circuitdag.sweep.commands import register_cli as register_cli
+from circuitdag.sweep.figures import pareto_figure as pareto_figure
+from circuitdag.sweep.figures import static_svg as static_svg
 from circuitdag.sweep.front import PARETO_FORMAT as PARETO_FORMAT
 from circuitdag.sweep.front import SweepReport as SweepReport
 from circuitdag.sweep.front import pareto_front as pareto_front
 from circuitdag.sweep.front import pick_best as pick_best
 from circuitdag.sweep.report import write_report as write_report
+from circuitdag.sweep.settings import ABLATIONS as ABLATIONS
+from circuitdag.sweep.settings import DEFAULT_TASK as DEFAULT_TASK
+from circuitdag.sweep.settings import DIRECTIONS as DIRECTIONS
+from circuitdag.sweep.settings import DTYPES as DTYPES
+from circuitdag.sweep.settings import SEARCHABLE as SEARCHABLE
 from circuitdag.sweep.settings import SETTINGS_ATTR as SETTINGS_ATTR
+from circuitdag.sweep.settings import SETTINGS_FORMAT as SETTINGS_FORMAT
 from circuitdag.sweep.settings import TARGET_ATTR as TARGET_ATTR
 from circuitdag.sweep.settings import SweepSettings as SweepSettings
+from circuitdag.sweep.settings import default_threshold_range as default_threshold_range
 from circuitdag.sweep.settings import make_settings as make_settings
 from circuitdag.sweep.storage import GRACE_PERIOD as GRACE_PERIOD
 from circuitdag.sweep.storage import HEARTBEAT_INTERVAL as HEARTBEAT_INTERVAL
+from circuitdag.sweep.storage import HOST as HOST
 from circuitdag.sweep.storage import default_storage as default_storage
 from circuitdag.sweep.storage import fail_interrupted_trials as fail_interrupted_trials
+from circuitdag.sweep.storage import masked as masked
 from circuitdag.sweep.storage import open_storage as open_storage
 from circuitdag.sweep.study import sweep as sweep
 from circuitdag.sweep.study import work as work
