@@ -211,3 +211,46 @@ def test_activations_command_and_page(browser, tmp_path, capsys):  # noqa: F811
     assert code == 2 and "--text is empty" in err
     code, _, err = run(capsys, "activations", "--model", "pronoun", "--text", "So", "--top", "0", "-o", str(out))
     assert code == 2 and "--top must be >= 1" in err
+
+
+# ---------------------------------------------------------------------- the sweep report
+def test_sweep_report_in_a_browser(browser, tmp_path, capsys):  # noqa: F811
+    """The sweep page (circuitdag.sweep.page, plotly) in Chromium: no console errors, every
+    completed trial plotted (a front point stands for the trials that found its circuit),
+    and a click on a front point opens that circuit's explorer page."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    out = tmp_path / "sweep"
+    code, _, err = run(capsys, "sweep", "--task", "pronoun", "--search", "threshold,ablation", "--ablation",
+                       "zero,resample", "--threshold-range", "0.01", "5", "--trials", "8", "--sampler-seed", "0",
+                       "--out", str(out), "-q", "--threads", "1")  # fmt: skip
+    assert code == 0, err
+    doc = json.loads((out / "pareto.json").read_text())
+    open_page(browser, out / "sweep.html")
+    assert console_errors(browser) == []
+    traces = browser.execute_script(
+        "return document.getElementById('pareto-plot').data.map(t => [t.uid, t.customdata.map(d => d[0])]);"
+    )
+    drawn = browser.execute_script("return document.querySelectorAll('#pareto-plot .scatterlayer path.point').length")
+    assert drawn == sum(len(ts) for _, ts in traces)  # plotly drew every point it was given
+    stands_for = {p["trial"]: p["trials"] for p in doc["points"]}
+    off_front = [t for uid, ts in traces if uid != "front" for t in ts]
+    front = dict(traces)["front"]
+    assert off_front and sorted(front) == sorted(stands_for)
+    plotted = off_front + [t for p in front for t in stands_for[p]]
+    assert sorted(plotted) == list(range(doc["trials"]["complete"])) == list(range(8))
+
+    # A real click on the front's last point opens its circuit's explorer in a new window.
+    page = browser.current_window_handle
+    point = browser.find_elements(By.CSS_SELECTOR, "#pareto-plot g.tracefront path.point")[-1]
+    ActionChains(browser).move_to_element(point).click().perform()
+    WebDriverWait(browser, 20).until(lambda d: len(d.window_handles) == 2)
+    browser.switch_to.window(next(h for h in browser.window_handles if h != page))
+    WebDriverWait(browser, 20).until(lambda d: d.execute_script("return !!window.circuitdagExplorer"))
+    circuit = load_circuit(out / "trials" / str(front[-1]) / "circuit.json")
+    assert browser.execute_script("return window.circuitdagExplorer.drawnEdges()") == circuit.n_edges
+    assert console_errors(browser) == []
+    browser.close()
+    browser.switch_to.window(page)
