@@ -600,6 +600,24 @@ def summary(meta: dict[str, Any], cfg: TinyConfig) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def summary_lines(result: dict[str, Any]) -> str:
+    """The summary of :func:`compile_tracr` as text: the model, then one line per length."""
+    r = result
+    heads = f"{r['heads']} head" + ("s" if r["heads"] != 1 else "")
+    head = f"{r['name']}: {r['layers']} layers x {heads}, d_model {r['d_model']}; "
+    lines = [head + f"{r['full_graph_edges']} edges, {r['structural_edges']} structural"]
+    for n, row in r["lengths"].items():
+        checked, total = row["inputs_checked"], row["inputs_in_space"]
+        on = f"all {total} inputs" if checked == total else f"a seeded sample of {checked} of {total} inputs"
+        truth = ", ".join(
+            f"{a} {row[a]['edges']} edges ({row[a]['inert']} inert)" for a in ("zero", "resample")
+        )
+        found = "/".join("yes" if row[a]["acdc_on_task_data_matches"] else "NO" for a in ("zero", "resample"))
+        lines.append(f"length {n}: checked on {on}; ground truth {truth}; "
+                     f"ACDC at {DEFAULT_THRESHOLD:g} finds it (zero/resample): {found}")  # fmt: skip
+    return "\n".join(lines)
+
+
 def _versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for dist in ("circuitdag", "tracr-pypi", "jax", "jaxlib", "dm-haiku", "torch", "numpy"):
@@ -634,7 +652,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     except TracrCheckError as exc:
         print(f"circuitdag: error: check failed: {exc}", file=sys.stderr)
         return 1
-    print(json.dumps(result, indent=1))
+    if args.json:
+        print(json.dumps(result, indent=1))
+    else:
+        print(summary_lines(result))
     for n, row in result["lengths"].items():
         for a in ("zero", "resample"):
             if not row[a]["acdc_on_task_data_matches"]:
@@ -691,4 +712,5 @@ def register_cli(subparsers: Any) -> None:
     )
     c.add_argument("--seed", type=int, default=0, help="seed of that sample (default 0)")
     c.add_argument("--force", action="store_true", help="write into --out even when it holds other files")
+    c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(fn=cmd_compile)  # fmt: skip
