@@ -144,3 +144,32 @@ def test_bad_input_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -
         assert rc == 2 and err.startswith("circuitdag: error:") and err.count("\n") == 1, err
     with pytest.raises(ConfigError, match="compiler's BOS token"):
         compile_tracr(f"{PROGRAM}:smaller_count", [1, "BOS"], 3, tmp_path / "x")
+
+
+def test_script_reproduces_a_shipped_program(tmp_path: Path) -> None:
+    """scripts/compile_tracr.py runs the package's compile code; it reproduces the shipped
+    tracr-hist exactly (weights, ground truth, examples)."""
+    import importlib.util
+
+    from safetensors.numpy import load_file
+
+    from circuitdag.tasks.tracr import ZOO_DIR
+
+    spec = importlib.util.spec_from_file_location(
+        "compile_tracr_script", ROOT / "scripts" / "compile_tracr.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    script.compile_one("hist", tmp_path)
+    ours, shipped = (json.loads((d / "hist.json").read_text()) for d in (tmp_path, ZOO_DIR))
+    for key in ("config", "input_vocab", "output", "ground_truth"):
+        assert ours[key] == shipped[key], key
+    for a, b in zip(ours["examples"], shipped["examples"], strict=True):  # raw: tracr's float32 run
+        assert {k: v for k, v in a.items() if k != "raw"} == {k: v for k, v in b.items() if k != "raw"}
+        assert np.abs(np.array(a["raw"]) - np.array(b["raw"])).max() < 1e-5
+    w_ours, w_shipped = (
+        load_file(str(tmp_path / "hist.safetensors")),
+        load_file(str(ZOO_DIR / "hist.safetensors")),
+    )
+    assert w_ours.keys() == w_shipped.keys() and all(np.array_equal(w_ours[k], w_shipped[k]) for k in w_ours)
