@@ -173,3 +173,41 @@ def test_script_reproduces_a_shipped_program(tmp_path: Path) -> None:
         load_file(str(ZOO_DIR / "hist.safetensors")),
     )
     assert w_ours.keys() == w_shipped.keys() and all(np.array_equal(w_ours[k], w_shipped[k]) for k in w_ours)
+
+
+def test_sampled_and_given_input_spaces(tmp_path: Path) -> None:
+    """More inputs than --max-inputs: a seeded sample, stated in the checks and inputs.json;
+    --inputs: exactly the given sequences, grouped by length."""
+    from circuitdag.tracr_compile import _input_space
+
+    space, total = _input_space(list(range(10)), 5, 50, seed=0)
+    assert total == 100_000 and len(space) == len({tuple(xs) for xs in space}) == 50
+    assert (
+        space
+        == _input_space(list(range(10)), 5, 50, seed=0)[0]
+        != _input_space(list(range(10)), 5, 50, seed=1)[0]
+    )
+
+    result = compile_tracr(
+        f"{PROGRAM}:smaller_count", [1, 2, 3], 3, tmp_path / "s", lengths=[2, 3], max_inputs=10
+    )
+    checks = json.loads((tmp_path / "s" / "model.json").read_text())["check_vs_tracr"]
+    assert (checks["2"]["inputs_checked"], checks["2"]["sampled"]) == (9, False)
+    assert (checks["3"]["inputs_checked"], checks["3"]["inputs_in_space"], checks["3"]["sampled"]) == (
+        10,
+        27,
+        True,
+    )
+    entry = json.loads((tmp_path / "s" / "inputs.json").read_text())["lengths"]["3"]
+    assert entry["sampled"] and len(entry["inputs"]) == 10 and result["lengths"]["3"]["inputs_checked"] == 10
+
+    given = [[1, 2, 3], [3, 2, 1], [1, 2], [2, 1, 3], [2, 2]]
+    compile_tracr(f"{PROGRAM}:smaller_count", [1, 2, 3], 3, tmp_path / "g", inputs=given)
+    doc = json.loads((tmp_path / "g" / "inputs.json").read_text())["lengths"]
+    assert {n: e["inputs"] for n, e in doc.items()} == {
+        "2": [[1, 2], [2, 2]],
+        "3": [[1, 2, 3], [3, 2, 1], [2, 1, 3]],
+    }
+    assert doc["3"]["outputs"] == [[0, 1, 2], [2, 1, 0], [1, 0, 2]] and not doc["3"]["sampled"]
+    with pytest.raises(ConfigError, match="fewer than two distinct inputs"):
+        compile_tracr(f"{PROGRAM}:smaller_count", [1, 2, 3], 3, tmp_path / "h", inputs=[[1, 2, 3], [1, 2]])
