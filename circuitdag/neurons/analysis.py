@@ -39,7 +39,7 @@ from circuitdag.tasks.base import Task, load_data
 REPORT_FORMAT = "circuitdag.neurons/1"
 
 #: Patch every layer's neurons when the model has at most this many in all; else the
-#: layer whose whole MLP matters most.
+#: layer that writes the answer (:func:`answer_layer`).
 ALL_LAYERS_MAX_NEURONS = 4096
 
 #: The seed's numbers (GPT-2 Large, layer 31, neuron 892, "apple"/"lemon" patching).
@@ -120,9 +120,9 @@ def analyze_neurons(
     """Run the six steps of the module docstring on ``task``'s prompts for ``model``.
 
     ``layers``: the MLP layers whose neurons are patched one by one (None: all of them when
-    the model has at most :data:`ALL_LAYERS_MAX_NEURONS` neurons, else the one layer whose
-    whole MLP carries the largest effect). ``corpus``: a text file (None: Debian's
-    fortunes, :mod:`circuitdag.neurons.corpus`); ``corpus_tokens=0`` skips that step.
+    the model has at most :data:`ALL_LAYERS_MAX_NEURONS` neurons, else :func:`answer_layer`).
+    ``corpus``: a text file (None: Debian's fortunes, :mod:`circuitdag.neurons.corpus`);
+    ``corpus_tokens=0`` skips that step.
     Raises :class:`ConfigError` for an unknown ablation, :class:`TaskError` for a task
     without a logit difference.
     """
@@ -149,7 +149,7 @@ def analyze_neurons(
     lap("activation_patching")
     whole = _mlp_layer_effects(runs, ablation)
     if layers is None:
-        layers = list(range(n_layers)) if n_layers * m <= ALL_LAYERS_MAX_NEURONS else [int(torch.tensor(whole).argmax())]
+        layers = list(range(n_layers)) if n_layers * m <= ALL_LAYERS_MAX_NEURONS else [answer_layer(runs, grid)]
     lap("mlp_layers")
     neurons = patch_neurons(runs, layers, ablation, progress=progress)
     lap("neuron_patching")
@@ -206,6 +206,14 @@ def analyze_neurons(
         "position_names": list(data.position_names) if data.position_names else None,
     }  # fmt: skip
     return NeuronAnalysis(facts, lens, grid, whole, neurons, dla, mc, m, target, top, agreement, bins, seconds, decode)
+
+
+def answer_layer(runs: TaskRuns, grid: PatchGrid) -> int:
+    """The MLP layer whose output at the answer position carries the largest patching effect:
+    the layer that writes the answer, which the seed found with the logit lens (GPT-2 Large's
+    layer 31). Patching its neurons is also cheap, since a late layer's passes start late."""
+    ap = runs.data.answer_pos[0, 0].item()
+    return int(grid.effect["mlp_out"][:, int(ap)].argmax())
 
 
 def _example(tok: Any, data: Any) -> dict[str, str] | None:

@@ -53,7 +53,8 @@ def register_cli(
     add_run_options(p, task_required=True)
     p.add_argument("--layer", metavar="L[,L]",
                    help="MLP layers whose neurons are patched one by one, or all (default: all on models with at "
-                   "most 4096 neurons, else the layer whose whole MLP matters most)")  # fmt: skip
+                   "most 4096 neurons, else the MLP layer whose output at the answer position has the largest "
+                   "patching effect)")  # fmt: skip
     p.add_argument("--corpus", metavar="FILE",
                    help="UTF-8 text to run the top neuron over (default: Debian's fortunes, see docs/neurons.md)")
     p.add_argument("--corpus-tokens", type=int, default=20_000, metavar="N",
