@@ -162,7 +162,7 @@ def test_planted_neuron_ranks_first_everywhere(tmp_path: Path) -> None:
                "--corpus", str(corpus), "--threads", "1", "-q", "--out", str(out)])  # fmt: skip
     assert rc == 0
     r = json.loads((out / "report.json").read_text())
-    assert r["format"] == "circuitdag.neurons/1" and r["model"] == str(model_dir) or r["model"]
+    assert r["format"] == "circuitdag.neurons/1" and r["patched_layers"] == [1] and r["n_prompts"] == 10
     top = r["top_neuron"]
     assert (top["layer"], top["neuron"]) == (1, 200)
     assert top["dla_rank"] == 1 and r["agreement"]["dla_agrees"]
