@@ -4,6 +4,7 @@ well-formed ground truth (derived at compile time by scripts/compile_tracr.py)."
 from __future__ import annotations
 
 import re
+import subprocess
 import sys
 
 import pytest
@@ -27,9 +28,18 @@ def test_tasks_are_named_and_complete() -> None:
     assert {t.program for t in TASKS} == set(SPECS)
 
 
-def test_no_jax_at_runtime(task: TracrTask) -> None:
-    task.load_model()
-    assert "jax" not in sys.modules and "tracr" not in sys.modules
+def test_no_jax_at_runtime() -> None:
+    """Loading and running every shipped tracr task imports neither JAX nor tracr (in a
+    fresh process: other tests in this one compile programs with them)."""
+    script = (
+        "import sys, torch\n"
+        "from circuitdag.tasks.tracr import TASKS\n"
+        "for cls in TASKS:\n"
+        "    task = cls(); model = task.load_model(); model(task.data(model).clean)\n"
+        "assert 'jax' not in sys.modules and 'tracr' not in sys.modules, sorted(sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
 
 
 def test_model_file_matches_meta(task: TracrTask) -> None:
