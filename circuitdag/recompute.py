@@ -98,11 +98,19 @@ class SparseFastPath:
         self.I: list[Tensor] = []
         for r in range(lay.n_rows):
             L, kind = self.lay.row_layer_kind(r)
-            base = final if kind == Input.RESID else (mlp_in[L] if kind == Input.MLP else resid_pre[L])
-            gone = np.flatnonzero(exists[r] & ~self.present[r])
-            if len(gone):
-                base = base - sum(self.S[s] - self.S_corr[s] for s in gone.tolist())
-            self.I.append(base)
+            self.I.append(final if kind == Input.RESID else (mlp_in[L] if kind == Input.MLP else resid_pre[L]))
+        gone = exists & ~self.present  # rows slots
+        rows = np.flatnonzero(gone.any(1))
+        if len(rows):  # a prefiltered or resumed start: subtract the absent senders, 16 rows per matmul
+            D = slots - patcher.S_corr
+            for at in range(0, len(rows), 16):
+                chunk = rows[at : at + 16]
+                top = int(np.flatnonzero(gone[chunk].any(0)).max()) + 1
+                W = torch.as_tensor(gone[chunk][:, :top], dtype=D.dtype, device=D.device)
+                out = torch.einsum("bpsd,rs->rbpd", D[:, :, :top], W)
+                for i, r in enumerate(chunk.tolist()):
+                    self.I[r] = self.I[r] - out[i]
+            del D
         self._kv: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         self._D: dict[int, Tensor] = {}
         self._rowpos: dict[int, np.ndarray] = {}
