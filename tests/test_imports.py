@@ -62,19 +62,9 @@ def test_the_graph_sees_lazy_imports():
     assert g.has_edge("circuitdag", "circuitdag._version")
 
 
-#: Circles known and not yet removed, each as its sorted modules. circuitdag.models.bridge
-#: imports spec_of/bos_decision from circuitdag.models, whose load_model imports bridge (and
-#: smollm2, which imports bridge): the fix is to move spec_of and bos_decision down into a
-#: module of their own (models/__init__ is being changed for neuron nodes meanwhile).
-KNOWN = {("circuitdag.models", "circuitdag.models.bridge"),
-         ("circuitdag.models", "circuitdag.models.bridge", "circuitdag.models.smollm2")}  # fmt: skip
-
-
 def test_no_import_circles():
-    cycles = {tuple(sorted(c)) for c in nx.simple_cycles(import_graph())}
-    new = sorted(cycles - KNOWN, key=len)
-    assert not new, "imports in a circle: " + "; ".join(" -> ".join(c) for c in new[:10])
-    assert KNOWN <= cycles, f"removed: {sorted(KNOWN - cycles)}; drop them from KNOWN"
+    cycles = sorted(nx.simple_cycles(import_graph()), key=len)
+    assert not cycles, "imports in a circle: " + "; ".join(" -> ".join([*c, c[0]]) for c in cycles[:10])
 
 
 def test_nothing_imports_the_command_line():

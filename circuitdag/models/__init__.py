@@ -11,102 +11,13 @@
 
 from __future__ import annotations
 
-import re
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from circuitdag.errors import ModelError
-from circuitdag.graph import ModelSpec
+from circuitdag.models.spec import bos_decision as bos_decision
+from circuitdag.models.spec import spec_of as spec_of
 from circuitdag.models.tracr_dir import is_compiled_dir, load_compiled, split_spec
-
-
-def spec_of(model: Any, neuron_layers: Sequence[int] = ()) -> ModelSpec:
-    """The architecture facts the graph needs, read from ``model.cfg`` (TransformerLens
-    field names, shared by TransformerBridge and :class:`~circuitdag.models.hooked.TinyTransformer`).
-    ``neuron_layers``: MLP layers to split into one node per neuron.
-
-    Raises :class:`~circuitdag.errors.ModelError` for a model without ``cfg`` or a neuron
-    layer that does not exist."""
-    cfg = getattr(model, "cfg", None)
-    if cfg is None:
-        raise ModelError(f"{type(model).__name__} has no .cfg; load models with circuitdag.load_model")
-    n_heads = int(cfg.n_heads)
-    n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads  # None means no GQA
-    if n_heads % n_kv:
-        raise ModelError(f"{n_heads} query heads cannot be grouped over {n_kv} key/value heads")
-    return ModelSpec(
-        n_layers=int(cfg.n_layers),
-        n_heads=n_heads,
-        n_kv_heads=int(n_kv),
-        d_model=int(cfg.d_model),
-        attn_only=bool(getattr(cfg, "attn_only", False)),
-        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
-        causal=bool(getattr(cfg, "causal", True)),
-        **_neuron_fields(cfg, neuron_layers),
-    )
-
-
-def _neuron_fields(cfg: Any, neuron_layers: Sequence[int]) -> dict[str, Any]:
-    if not neuron_layers:
-        return {}
-    n_layers = int(cfg.n_layers)
-    bad = [L for L in neuron_layers if not 0 <= int(L) < n_layers]
-    if bad:
-        raise ModelError(f"--neurons {bad[0]}: the model has MLP layers 0..{n_layers - 1}")
-    if bool(getattr(cfg, "attn_only", False)):
-        raise ModelError("--neurons: this model is attention-only; it has no MLP neurons")
-    d_mlp = getattr(cfg, "d_mlp", None)
-    if not d_mlp:
-        raise ModelError("--neurons: the model's config does not say how many neurons its MLPs have (d_mlp)")
-    return {"neuron_layers": tuple(int(L) for L in neuron_layers), "d_mlp": int(d_mlp)}
-
-
-#: Role names a chat template writes after the token that opens a turn.
-_ROLES = ("system", "user", "assistant")
-
-
-def _bos_opens_chat_turns(tokenizer: Any, bos: str) -> bool:
-    """True when the tokenizer's chat template writes ``bos`` directly before a role name
-    (ChatML's ``<|im_start|>user``): the token opens a chat turn, not a document."""
-    template = getattr(tokenizer, "chat_template", None)
-    if not template:
-        return False
-    try:
-        text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
-    except Exception:  # noqa: BLE001 -- an unusual template: read it as text below
-        text = ""
-    if isinstance(text, str) and any(bos + role in text for role in _ROLES):
-        return True
-    # The template's own text: bos + "system", or bos + message['role'] / message.role.
-    pattern = re.escape(bos) + r"""['"]?\s*(?:\+\s*)?(?:\{\{\s*)?(?:['"]?(?:system|user|assistant)|message\[|message\.role)"""
-    return re.search(pattern, str(template)) is not None
-
-
-def bos_decision(model: Any) -> tuple[bool, str]:
-    """Whether prompts for ``model`` start with BOS by default, and why (for the log).
-
-    Decided from the tokenizer and the model, never from the model's name or directory,
-    so a copy saved elsewhere (a fine-tune, a ``save_pretrained`` copy) gets the same
-    prompts:
-
-    1. no BOS when the tokenizer has no BOS token;
-    2. no BOS when the BOS token opens a chat turn: the tokenizer's chat template writes
-       it directly before a role name (SmolLM2-Instruct's ``<|im_start|>``), so the model
-       never saw it in front of plain text (P(he | John) 0.55 without it, 0.19 with);
-    3. otherwise ``cfg.default_prepend_bos`` (TransformerLens's choice per architecture;
-       True for GPT-2-style models and the zoo models, which were trained with BOS at
-       position 0); True when the model has no such setting.
-    """
-    tok = getattr(model, "tokenizer", None)
-    bos = getattr(tok, "bos_token", None) if tok is not None else None
-    if tok is not None and getattr(tok, "bos_token_id", None) is None:
-        return False, "the tokenizer has no BOS token"
-    if bos is not None and _bos_opens_chat_turns(tok, str(bos)):
-        return False, f"the tokenizer's BOS {bos} opens a chat turn in its chat template, not a document"
-    default = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
-    return default, f"cfg.default_prepend_bos is {default}" + (f" (BOS {bos})" if bos else "")
 
 
 def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:

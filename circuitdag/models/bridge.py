@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from circuitdag.errors import ModelError
 from circuitdag.graph import ModelSpec
-from circuitdag.models import bos_decision, spec_of
+from circuitdag.models.spec import bos_decision, spec_of
 
 if TYPE_CHECKING:
     from transformer_lens import TransformerBridge
