@@ -13,8 +13,9 @@ ordinary text):
 5. :func:`~circuitdag.neurons.congruence.mutual_congruence` -- over all neurons and tokens;
 6. :func:`~circuitdag.neurons.corpus.corpus_activation` -- the top neuron over a corpus.
 
-The *target token* is the first prompt's correct answer (" an" for ``an-neuron``), the
-token whose mutual-congruence partner and corpus predictions are reported.
+The *target token* is the correct answer of the task's first prompt (" an" for
+``an-neuron``; the first of the whole list, also with ``n_prompts``), the token whose
+mutual-congruence partner and corpus predictions are reported.
 """
 
 from __future__ import annotations
@@ -165,7 +166,10 @@ def analyze_neurons(
     def decode(t: int) -> str:
         return tok.decode([t]) if tok is not None else str(t)
 
-    target_id, wrong_id = int(data.correct[0, 0]), int(data.wrong[0, 0])  # type: ignore[index]
+    # The first prompt of the task's whole list, not of a --n-prompts subset (which may start
+    # with a " a" prompt).
+    first = task.data(model, seed=seed) if n_prompts is not None else data
+    target_id, wrong_id = int(first.correct[0, 0]), int(first.wrong[0, 0])  # type: ignore[index]
     target = {"token": target_id, "text": decode(target_id), "wrong_token": wrong_id, "wrong_text": decode(wrong_id)}
     tL, tn, teff = neurons.top(1)[0]
     flat = tL * m + tn
