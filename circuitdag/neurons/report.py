@@ -43,6 +43,18 @@ def _pct(x: float | None) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}%"
 
 
+def _count(c: dict[str, Any], bins: list[int]) -> int:
+    return sum(c["count"][i] for i in bins)
+
+
+def _share(c: dict[str, Any], bins: list[int], key: str) -> float | None:
+    """Fraction over several bins, weighted by their positions (``next_is_target`` leaves
+    out each window's last position, so its weights are off by about 1/64: "about")."""
+    pairs = [(c["count"][i], c[key][i]) for i in bins if c[key][i] is not None]
+    n = sum(w for w, _ in pairs)
+    return sum(w * v for w, v in pairs) / n if n else None
+
+
 def markdown(r: dict[str, Any]) -> str:
     """The findings in sentences, generated from the report's numbers."""
     t, top, agr, ld = r["target"], r["top_neuron"], r["agreement"], r["logit_diff"]
@@ -116,16 +128,18 @@ def markdown(r: dict[str, Any]) -> str:
               "", "Plot: `neurons.svg` (patching effect against DLA, every patched neuron)."]  # fmt: skip
     c = r.get("corpus")
     if c:
-        filled = [i for i, n in enumerate(c["count"]) if n]
-        lo, hi = filled[0], filled[-1]
+        half = c["edges"][-1] / 2
+        high = [i for i, n in enumerate(c["count"]) if n and c["edges"][i] >= half]
+        rest = [i for i, n in enumerate(c["count"]) if n and c["edges"][i] < half]
         lines += ["", "## Over a text corpus", "",
                   (f"Over {c['n_tokens']} tokens of {c['source']} ({_pct(c['unknown_fraction'])} unknown to the "
                   f"tokenizer), L{top['layer']}.N{top['neuron']} ranges from {c['edges'][0]:.3f} to "
-                  f"{c['edges'][-1]:.3f}. In its lowest bin ({c['count'][lo]} positions) the model's top prediction "
-                  f"is `{t['text']}` {_pct(c['top_is_target'][lo])} of the time; in its highest bin "
-                  f"({c['count'][hi]} positions) {_pct(c['top_is_target'][hi])} (next token actually `{t['text']}`: "
-                  f"{_pct(c['next_is_target'][lo])} and {_pct(c['next_is_target'][hi])}). Most active at: "
-                  f"`{c['max_activation_context']}`. Plot: `corpus.svg`.")]  # fmt: skip
+                  f"{c['edges'][-1]:.3f}. Where it is above half its maximum ({_count(c, high)} positions) the "
+                  f"model's top prediction is `{t['text']}` {_pct(_share(c, high, 'top_is_target'))} of the time, "
+                  f"elsewhere ({_count(c, rest)} positions) {_pct(_share(c, rest, 'top_is_target'))}; the next "
+                  f"token actually is `{t['text']}` about {_pct(_share(c, high, 'next_is_target'))} and "
+                  f"{_pct(_share(c, rest, 'next_is_target'))} of the time. Most active at: "
+                  f"`{c['max_activation_context']}`. Plot: `corpus.svg` (10 equal-width bins).")]  # fmt: skip
     secs = r.get("seconds", {})
     if secs:
         lines += ["", "Time: " + ", ".join(f"{k} {v:.1f}s" for k, v in secs.items()) + "."]
