@@ -182,7 +182,7 @@ def plot_all(r: dict[str, Any], out: Path) -> list[Path]:
         ax.set_title(site)
         ax.set_xticks(range(n_pos), names, rotation=90, fontsize=7)
         ax.set_xlabel("position")
-        ax.set_ylabel("layer")
+    axes[0].set_ylabel("layer")
     fig.colorbar(im, ax=axes, label=f"effect ({ap['ablation']})")
     fig.suptitle(f"Activation patching: {title}")
     paths.append(_save(fig, out / "patching.svg", tight=False))
