@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from circuitdag.circuit import Circuit
-from circuitdag.errors import CircuitDagError, CircuitFileError, ConfigError
+from circuitdag.errors import CircuitFileError, ConfigError
 from circuitdag.graph import Input, NodeKind
 from circuitdag.tasks.base import TaskData
 
@@ -206,7 +206,8 @@ def side_by_side_svg(a: Side, b: Side, report: dict[str, Any], path: str | Path)
     input as in :mod:`circuitdag.render`."""
     import graphviz
 
-    from circuitdag.render import INPUT_COLOURS
+    from circuitdag._plotting import write_svg
+    from circuitdag.render import INPUT_COLOURS, dot_svg
 
     colour: dict[tuple[str, str], str] = {}
     k = 0
@@ -237,18 +238,7 @@ def side_by_side_svg(a: Side, b: Side, report: dict[str, Any], path: str | Path)
                 sub.edge(f"{tag}_{c.graph.nodes[t.src[e]].name}", f"{tag}_{c.graph.nodes[t.dst[e]].name}",
                          color=INPUT_COLOURS[kind], label=kind.label if kind in (Input.Q, Input.K, Input.V) else "",
                          fontcolor=INPUT_COLOURS[kind], fontsize="9")  # fmt: skip
-    path = Path(path)
-    try:
-        svg = dot.pipe(format="svg")
-    except graphviz.ExecutableNotFound as exc:
-        raise CircuitDagError("graphviz's `dot` program is not installed; install it (Debian/Ubuntu: "
-                              "`apt-get install graphviz`, macOS: `brew install graphviz`) and rerun") from exc
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(svg)
-    except OSError as exc:
-        raise CircuitFileError(f"cannot write {path}: {exc.strerror or exc}; choose another --out") from exc
-    return path
+    return write_svg(dot_svg(dot), path)
 
 
 def mean_pattern(model: Any, data: TaskData, head: str) -> np.ndarray:

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from circuitdag.errors import CircuitDagError, CircuitFileError
+from circuitdag._plotting import write_svg
+from circuitdag.errors import CircuitDagError
 from circuitdag.graph import Input, NodeKind
 
 
@@ -240,22 +241,21 @@ def add_legend(svg: str, circuit: Circuit) -> str:
     return svg[: svg.rindex("</svg>")] + band + "\n"
 
 
-def render_svg(circuit: Circuit, path: str | Path) -> Path:
-    """Write the circuit's SVG, with its legend, to ``path`` (needs the ``dot`` program
-    from graphviz)."""
+def dot_svg(dot: Any) -> str:
+    """Lay out a ``graphviz`` graph with its engine and return the SVG text. Raises
+    :class:`CircuitDagError` saying how to install graphviz when its programs are missing."""
     import graphviz
 
-    path = Path(path)
     try:
-        svg = add_legend(to_dot(circuit).pipe(format="svg", encoding="utf-8"), circuit).encode()
+        return dot.pipe(format="svg", encoding="utf-8")
     except graphviz.ExecutableNotFound as exc:
         raise CircuitDagError(
             "graphviz's `dot` program is not installed; install it (Debian/Ubuntu: "
             "`apt-get install graphviz`, macOS: `brew install graphviz`) and rerun"
         ) from exc
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(svg)
-    except OSError as exc:
-        raise CircuitFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+
+
+def render_svg(circuit: Circuit, path: str | Path) -> Path:
+    """Write the circuit's SVG, with its legend, to ``path`` (needs the ``dot`` program
+    from graphviz)."""
+    return write_svg(add_legend(dot_svg(to_dot(circuit)), circuit), path, None)

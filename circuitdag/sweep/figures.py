@@ -9,11 +9,11 @@ a front point to open its circuit).
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from circuitdag._plotting import svg_text
 from circuitdag.sweep.front import SweepReport, fmt
 
 if TYPE_CHECKING:
@@ -108,9 +108,7 @@ def static_svg(report: SweepReport, n_edges_total: int | None, links: dict[int, 
         if groups or front.rows:
             ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
         fig.tight_layout()
-        buf = io.StringIO()
-        fig.savefig(buf, format="svg", metadata={"Date": None})
-    return buf.getvalue()
+        return svg_text(fig)
 
 
 def pareto_figure(report: SweepReport, n_edges_total: int | None, links: dict[int, str] | None = None) -> go.Figure:
