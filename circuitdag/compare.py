@@ -61,7 +61,7 @@ class Side:
 
 def load_side(label: str, circuit: Circuit, device: str = "cpu") -> Side:
     """The circuit's model and clean prompts, rebuilt from ``circuit.meta``."""
-    from circuitdag.heads import load_task_model
+    from circuitdag.models import load_task_model
     from circuitdag.tasks.base import load_data
 
     m = circuit.meta

@@ -347,22 +347,6 @@ def to_json(emb: Embedding, k: int = 3, meta: dict[str, Any] | None = None) -> d
             "models": list(dict.fromkeys(emb.labels)), "components": rows}  # fmt: skip
 
 
-def load_task_model(task_name: str, model_name: str | None, device: str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> tuple[Task, Any]:  # fmt: skip
-    """``(task, model)`` for a task name and a ``--model`` name (None: the task's default):
-    the task's own models first (:meth:`Task.for_model`), then :func:`circuitdag.load_model`."""
-    from circuitdag.models import load_model
-    from circuitdag.tasks import get_task
-
-    task = get_task(task_name)
-    if not model_name:
-        return task, task.load_model(device=device, dtype=dtype)
-    own = task.for_model(model_name)
-    if own is not None:
-        return own, own.load_model(device=device, dtype=dtype)
-    return task, load_model(model_name, device=device, dtype=dtype)
-
-
 def cmd_heads(args: Any) -> int:
     """``circuitdag heads``: embed the heads of one or more models on a task; write
     heads.json and heads.svg, print each head's nearest heads in the other models."""
@@ -373,6 +357,8 @@ def cmd_heads(args: Any) -> int:
     torch.set_num_threads(args.threads or 1)
     dtype = getattr(torch, args.dtype)
     names = args.model or [None]
+    from circuitdag.models import load_task_model
+
     loaded = [load_task_model(args.task, name, args.device, dtype) for name in names]
     labels = [name or task.default_model or task.name for name, (task, _) in zip(names, loaded)]
     profiles = []

@@ -400,7 +400,11 @@ def cmd_curve(args: Any) -> int:
     task = with_prepend_bos(get_task(task_name), (meta.get("prepend_bos") if same_task else None) or "auto")
     dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
     model_name = args.model or meta.get("model")
-    if not model_name or model_name in (task.default_model, task.name):
+    own = task.for_model(str(model_name)) if model_name else None  # the task's own models (reversal)
+    if own is not None:
+        task = with_prepend_bos(own, (meta.get("prepend_bos") if same_task else None) or "auto")
+        model = task.load_model(device=args.device, dtype=dtype)
+    elif not model_name or model_name in (task.default_model, task.name):
         model = task.load_model(device=args.device, dtype=dtype)
     else:
         model = load_model(model_name, device=args.device, dtype=dtype)

@@ -47,3 +47,18 @@ def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float3
         model.cfg.model_name = name
         return model
     return load_bridge(name, device=device, dtype=dtype)
+
+
+def load_task_model(task_name: str, model_name: str | None, device: str = "cpu",
+                    dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:  # fmt: skip
+    """``(task, model)`` for a task name and a ``--model`` name (None: the task's default):
+    the task's own models first (:meth:`Task.for_model`), then :func:`circuitdag.load_model`."""
+    from circuitdag.tasks import get_task
+
+    task = get_task(task_name)
+    if not model_name:
+        return task, task.load_model(device=device, dtype=dtype)
+    own = task.for_model(model_name)
+    if own is not None:
+        return own, own.load_model(device=device, dtype=dtype)
+    return task, load_model(model_name, device=device, dtype=dtype)

@@ -115,6 +115,7 @@ def make_settings(
         raise ConfigError(f"cannot search {', '.join(unknown)}; --search takes {','.join(SEARCHABLE)}")
     searched = tuple(s for s in SEARCHABLE if s in names or s == "threshold")
     t = get_task(task)
+    t = (t.for_model(model) if model else None) or t  # the defaults of the task's own model (reversal)
     all_metrics = (*METRICS, *(("task",) if t.metric() is not None else ()))
     metrics = _choices(metric, "metric", "metric" in searched, t.default_metric, all_metrics)
     for m in metrics:

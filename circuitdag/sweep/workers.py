@@ -33,19 +33,15 @@ class TrialRunner:
     def __init__(self, settings: SweepSettings, device: str = "cpu", study_name: str = "") -> None:
         import torch
 
-        from circuitdag.models import load_model
-        from circuitdag.tasks import get_task
+        from circuitdag.models import load_task_model
         from circuitdag.tasks._lm import with_prepend_bos
 
         self.settings = settings
         self.study_name = study_name
         self.out = Path(settings.out)
-        self.task = with_prepend_bos(get_task(settings.task), settings.prepend_bos)
-        dtype = getattr(torch, settings.dtype)
-        if settings.model:
-            self.model = load_model(settings.model, device=device, dtype=dtype)
-        else:
-            self.model = self.task.load_model(device=device, dtype=dtype)
+        # The task's own models first (reversal's compiled/trained), then load_model.
+        task, self.model = load_task_model(settings.task, settings.model, device, getattr(torch, settings.dtype))
+        self.task = with_prepend_bos(task, settings.prepend_bos)
         self._patchers: dict[tuple[str, str], tuple[Patcher, dict[str, Any]]] = {}
         self.check()
 

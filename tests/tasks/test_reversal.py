@@ -58,3 +58,15 @@ def test_trained_model_answers_every_slot_and_slots_line_up():
     assert torch.equal(data.correct, data.clean[:, 1:6].flip(1))
     compiled = ReversalTask("compiled").data(ReversalTask("compiled").load_model())
     assert torch.equal(compiled.correct + 2, data.correct)  # output ids 0..2 are the zoo's tokens 2..4
+
+
+def test_sweep_and_curve_load_the_tasks_own_model(tmp_path, capsys):
+    """``sweep`` and ``curve`` resolve ``--model compiled`` through the task, as discover does."""
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--task", "reversal", "--model", "compiled", "--trials", "2", "-q", "--out", str(out)]) == 0
+    front = json.loads((out / "pareto.json").read_text())
+    assert front, "the sweep wrote no Pareto front"
+    circuit = next(out.glob("trials/*/circuit.json"))
+    assert json.loads(circuit.read_text())["metric"] == "l2"  # the compiled variant's default metric
+    assert main(["curve", str(circuit), "--out", str(tmp_path / "curve")]) == 0
+    assert "CPR" in capsys.readouterr().out
