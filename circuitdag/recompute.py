@@ -46,6 +46,18 @@ from circuitdag.graph import Input, NodeKind
 from circuitdag.patching import Patcher
 
 
+def _start_run(patcher: Patcher, alive: np.ndarray, absent: Tensor | None = None) -> tuple[Tensor, list, list, Tensor]:
+    """The run of the circuit ACDC starts from: every sender's output (``batch pos slot d``),
+    the unpatched residual stream before each block and each MLP, and at the end. The
+    clean run when every edge is present, else one sparse pass (``absent``: the circuit's
+    mask, when already built)."""
+    if bool(np.all(alive)):
+        return patcher.S_clean, patcher.resid_pre, patcher.mlp_in, patcher.resid_final
+    raw: dict[str, Any] = {}
+    patcher._full_pass(patcher.absent_matrix(alive) if absent is None else absent, raw=raw, sparse=True)
+    return raw["slots"], raw["resid_pre"], raw["mlp_in"], raw["resid_final"]
+
+
 @dataclass
 class _Pending:
     """What :meth:`SparseFastPath.evaluate` computed, for :meth:`SparseFastPath.commit`."""
@@ -75,22 +87,7 @@ class SparseFastPath:
         dead = ~np.asarray(alive, dtype=bool)
         self.present[lay.edge_row[dead], lay.edge_slot[dead]] = False
         # The run of the starting circuit: sender outputs and unpatched residual streams.
-        if not dead.any():
-            slots, resid_pre, mlp_in, final = (
-                patcher.S_clean,
-                patcher.resid_pre,
-                patcher.mlp_in,
-                patcher.resid_final,
-            )
-        else:
-            raw: dict[str, Any] = {}
-            patcher._full_pass(patcher.absent_matrix(alive), raw=raw, sparse=True)
-            slots, resid_pre, mlp_in, final = (
-                raw["slots"],
-                raw["resid_pre"],
-                raw["mlp_in"],
-                raw["resid_final"],
-            )
+        slots, resid_pre, mlp_in, final = _start_run(patcher, alive)
         self.S: list[Tensor] = [slots[:, :, s] for s in range(lay.n_slots)]
         self.S_corr: list[Tensor] = [patcher.S_corr[:, :, s] for s in range(lay.n_slots)]
         # Destination inputs of the current circuit: the unpatched stream minus the
@@ -401,22 +398,7 @@ class PositionalFastPath:
         absent = patcher.absent_matrix(alive)
         exists = patcher.exists.cpu().numpy() != 0  # rows views pos slots
         self.present = exists & ~(absent.cpu().numpy() != 0)
-        if bool(np.all(alive)):
-            slots, resid_pre, mlp_in, final = (
-                patcher.S_clean,
-                patcher.resid_pre,
-                patcher.mlp_in,
-                patcher.resid_final,
-            )
-        else:
-            raw: dict[str, Any] = {}
-            patcher._full_pass(absent, raw=raw, sparse=True)
-            slots, resid_pre, mlp_in, final = (
-                raw["slots"],
-                raw["resid_pre"],
-                raw["mlp_in"],
-                raw["resid_final"],
-            )
+        slots, resid_pre, mlp_in, final = _start_run(patcher, alive, absent)
         self.S: list[Tensor] = [slots[:, :, s] for s in range(lay.n_slots)]  # batch pos d
         D = slots - patcher.S_corr  # batch pos slot d
         P = patcher.P
