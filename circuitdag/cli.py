@@ -58,7 +58,7 @@ def _threshold(text: str | None, flag: str = "--threshold") -> float | None:
 
 def _neuron_layers(text: str | None) -> list[int]:
     """``--neurons 1,2`` -> ``[1, 2]``; a one-line error for anything else."""
-    if not text:
+    if text is None:
         return []
     try:
         layers = sorted({int(x) for x in text.split(",") if x.strip()})
@@ -205,6 +205,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
         raise ConfigError("--neurons and --positions cannot be combined yet; drop one")
     if neurons and attribution:
         raise ConfigError(f"--neurons works with --algorithm acdc (exact); {args.algorithm} does not score neurons")
+    if neurons and args.prefilter:
+        raise ConfigError("--neurons cannot be combined with --prefilter: EAP and EAP-IG do not score neurons "
+                          "yet; drop --prefilter (ACDC on neuron nodes is exact)")
     parse_prefilter(args.prefilter)  # fail before loading the model
     if args.ig_steps < 1:
         raise ConfigError(f"--ig-steps must be >= 1, got {args.ig_steps}")

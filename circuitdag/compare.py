@@ -229,7 +229,8 @@ def side_by_side_svg(a: Side, b: Side, report: dict[str, Any], path: str | Path)
             for node in c.graph.nodes:
                 if node.name not in c.node_names:
                     continue
-                fill = colour.get((tag, node.name), "#ffffff" if node.kind in (NodeKind.HEAD, NodeKind.MLP) else "#e8e8e8")
+                components = (NodeKind.HEAD, NodeKind.MLP, NodeKind.NEURON)
+                fill = colour.get((tag, node.name), "#ffffff" if node.kind in components else "#e8e8e8")
                 sub.node(f"{tag}_{node.name}", node.name, shape="ellipse" if node.kind == NodeKind.HEAD else "box",
                          style="filled", fillcolor=fill)  # fmt: skip
             t = c.graph.edges

@@ -33,9 +33,13 @@ def circuit_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Circuit:
         edges = doc["edges"]
         names = [e["name"] for e in edges]
         if len(names) != graph.n_edges or set(names) != set(graph.edge_names):
+            unknown = next((n for n in names if n not in graph.edge_index), None)
+            missing = next((n for n in graph.edge_names if n not in set(names)), None)
+            what = (f"{unknown!r} is not an edge of its graph" if unknown is not None
+                    else f"{missing!r} is missing" if missing is not None else "an edge is listed twice")  # fmt: skip
             raise CircuitFileError(
                 f"{source}: its edge list does not match the graph of its model "
-                f"({len(names)} edges listed, {graph.n_edges} expected); the file is damaged"
+                f"({len(names)} edges listed, {graph.n_edges} expected; {what}); the file is damaged"
             )
         in_circuit = np.zeros(graph.n_edges, dtype=bool)
         scores = np.full(graph.n_edges, np.nan)
@@ -55,9 +59,11 @@ def circuit_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Circuit:
 def load_circuit(path: str | Path) -> Circuit:
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CircuitFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise CircuitFileError(f"{path} is not JSON (not UTF-8 text); is it a circuit.json?") from None
     try:
         doc = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -412,7 +412,8 @@ def cmd_curve(args: Any) -> int:
     patcher, run = prepare(model, task, metric=args.metric or meta.get("metric"),
                            ablation=args.ablation or meta.get("ablation"), seed=seed,
                            positions=bool(meta.get("positions", False)),
-                           n_prompts=meta.get("n_prompts") if same_task else None)  # fmt: skip
+                           n_prompts=meta.get("n_prompts") if same_task else None,
+                           neurons=meta.get("neurons") or ())  # fmt: skip
     if same_task and meta.get("data_sha256") and run["data_sha256"] != meta["data_sha256"]:
         warnings.warn(f"{path} was found on other prompts than this curve runs on (data fingerprint "
                       f"{meta['data_sha256']} there, {run['data_sha256']} here: another --seed, task version "

@@ -39,9 +39,17 @@ def test_damaged_files(circuit, tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(CircuitFileError, match="does not match the graph"):
         load_circuit(path)
+    doc = json.loads(save_circuit(circuit, tmp_path / "c.json").read_text())
+    doc["edges"][0]["name"] = "a9.9->logits<resid>"  # same count, one unknown name: the message names it
+    path.write_text(json.dumps(doc))
+    with pytest.raises(CircuitFileError, match=r"'a9.9->logits<resid>' is not an edge"):
+        load_circuit(path)
     del doc["graph"]
     path.write_text(json.dumps(doc))
     with pytest.raises(CircuitFileError, match="malformed"):
+        load_circuit(path)
+    path.write_bytes(b"\xff\xfe\x00garbage")  # not UTF-8: a one-line error, not a traceback
+    with pytest.raises(CircuitFileError, match="not UTF-8"):
         load_circuit(path)
 
 

@@ -170,9 +170,12 @@ def test_cli_discover_with_neurons(tmp_path, capsys):
     assert circuit.graph.spec.neuron_layers == (1,)
     assert any(n.startswith("m1.") for n in circuit.node_names)
     assert "m1." in (out / "circuit.svg").read_text()
+    assert main(["curve", str(out / "circuit.json"), "--out", str(tmp_path / "curve")]) == 0  # rebuilds the split graph
+    assert "CPR" in capsys.readouterr().out
     for bad, msg in ((["--neurons", "x"], "layer numbers"), (["--neurons", "1", "--positions"], "cannot be combined"),
                      (["--neurons", "1", "--algorithm", "eap"], "does not score neurons"),
-                     (["--neurons", "7"], "layers 0..1")):  # fmt: skip
+                     (["--neurons", "7"], "layers 0..1"), (["--neurons", ""], "layer numbers"),
+                     (["--neurons", "1", "--prefilter", "eap-ig"], "drop --prefilter")):  # fmt: skip
         assert main(["discover", "--task", "an-neuron", "-q", "--out", str(tmp_path / "bad"), *bad]) == 2
         assert msg in capsys.readouterr().err
 
