@@ -20,6 +20,7 @@ def cmd_neurons(args: argparse.Namespace, load: Callable[[argparse.Namespace], t
     if args.corpus_tokens < 0:
         raise ConfigError(f"--corpus-tokens must be >= 0, got {args.corpus_tokens}")
     args.metric = None
+    parse_layers(args.layer, sys.maxsize)  # the syntax, before the model loads; its range after
     task, model = load(args)
     layers = parse_layers(args.layer, spec_of(model).n_layers)
     analysis = analyze_neurons(model, task, layers=layers, ablation=args.ablation or "resample", seed=args.seed,
@@ -30,7 +31,8 @@ def cmd_neurons(args: argparse.Namespace, load: Callable[[argparse.Namespace], t
     write_report(report, out)
     top = report["top_neuron"]
     agr = report["agreement"]
-    print(f"{task.name} on {report['model']}: top neuron L{top['layer']}.N{top['neuron']} recovers "
+    verb = "recovers" if report["ablation"] == "resample" else "removes"  # report.md's wording
+    print(f"{task.name} on {report['model']}: top neuron L{top['layer']}.N{top['neuron']} {verb} "
           f"{100 * top['effect']:.1f}% of the logit difference ({report['ablation']}), its MLP layer "
           f"{100 * top['layer_effect']:.1f}% (seed: 50% / 49%); DLA rank {top['dla_rank']}, mutual congruence "
           f"{'agrees' if agr['mutual_agrees'] else 'differs'} -> {out}/report.md", file=sys.stdout)  # fmt: skip

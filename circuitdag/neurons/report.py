@@ -91,8 +91,8 @@ def markdown(r: dict[str, Any]) -> str:
               f"{_pct(whole[Lmax])}. Plot: `patching.svg`.")]  # fmt: skip
     lines += [
         "", "## The top neuron", "",
-        (f"Single-neuron patching of layers {', '.join(map(str, r['patched_layers']))} "
-        f"({r['d_mlp']} neurons each) ranks **L{top['layer']}.N{top['neuron']}** first: {kind} "
+        (f"Single-neuron patching of {_layers(r['patched_layers'])} "
+        f"({r['d_mlp']} neurons{' each' if len(r['patched_layers']) > 1 else ''}) ranks **L{top['layer']}.N{top['neuron']}** first: {kind} "
         f"**{_pct(top['effect'])}** of the logit difference, against **{_pct(top['layer_effect'])}** for its whole "
         f"MLP layer {top['layer']}. The seed found {seed['neuron_fraction']:.0%} for neuron {seed['neuron']} of "
         f"layer {seed['layer']} in GPT-2 Large against {seed['layer_fraction']:.0%} for the whole layer."),
@@ -234,3 +234,8 @@ def _save(fig: Any, path: Path, tight: bool = True) -> Path:
     fig.savefig(path, format="svg", metadata={"Date": None})
     plt.close(fig)
     return path
+
+
+def _layers(layers: list[int]) -> str:
+    """``[1]`` -> "layer 1", ``[0, 1]`` -> "layers 0, 1"."""
+    return ("layer " if len(layers) == 1 else "layers ") + ", ".join(map(str, layers))
