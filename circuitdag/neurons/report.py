@@ -175,12 +175,15 @@ def plot_all(r: dict[str, Any], out: Path) -> list[Path]:
     n_layers = len(ap["mlp_out"])
     n_pos = len(ap["mlp_out"][0])
     names = r.get("position_names") or [str(p) for p in range(n_pos)]
-    fig, axes = plt.subplots(1, 3, figsize=(3 + 3 * max(2.0, 0.35 * n_pos), 1.5 + max(2.5, 0.18 * n_layers)))
+    fig, axes = plt.subplots(1, 3, figsize=(3 + 3 * max(2.0, 0.35 * n_pos), 1.5 + max(2.5, 0.18 * n_layers)),
+                             sharey=True, layout="constrained")  # fmt: skip
+    step = max(1, n_layers // 12)  # integer layer ticks, at most about a dozen
     for ax, site in zip(axes, ("resid_pre", "attn_out", "mlp_out")):
         grid = np.array(ap[site])
         im = ax.imshow(grid, aspect="auto", cmap="RdBu", vmin=-1, vmax=1, origin="lower")
         ax.set_title(site)
         ax.set_xticks(range(n_pos), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(0, n_layers, step))
         ax.set_xlabel("position")
     axes[0].set_ylabel("layer")
     fig.colorbar(im, ax=axes, label=f"effect ({ap['ablation']})")
