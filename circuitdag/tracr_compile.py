@@ -160,9 +160,8 @@ def port_program(program: Any, vocab: Sequence[Value], max_seq_len: int, name: s
         assembled = compiling.compile_rasp_to_model(program, vocab=set(vocab), max_seq_len=max_seq_len,
                                                     **COMPILE_OPTIONS)  # fmt: skip
     except Exception as exc:  # tracr raises many kinds; report them in one line
-        raise ConfigError(
-            f"tracr cannot compile {name}: {type(exc).__name__}: {exc}".splitlines()[0]
-        ) from exc
+        reason = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())  # one line, all of it
+        raise ConfigError(f"tracr cannot compile {name}: {type(exc).__name__}: {reason}") from exc
     numerical = bool(rasp.is_numerical(program))
     if numerical:
         output: dict[str, Any] = {"kind": "numerical", "dims": 1}
@@ -286,7 +285,8 @@ def check_port(
         want = [_jsonable(v) for v in rasp.evaluate(port.program, xs)]
         if any(v is None for v in want):
             raise TracrCheckError(f"{name}: the program's output on {xs} is {want}: an Aggregate selects nothing "
-                                  "(give it a default, or leave such inputs out with --inputs)")  # fmt: skip
+                                  "(leave such inputs out with --inputs; a numerical Aggregate may also take "
+                                  "default=0, a categorical one only None)")  # fmt: skip
         got = [float(v) if port.numerical else port.output["vocab"][int(v)] for v in row[1 : 1 + len(want)]]
         ok = np.allclose(got, want, atol=1e-3) if port.numerical else got == want
         if not ok:
@@ -604,7 +604,8 @@ def summary_lines(result: dict[str, Any]) -> str:
     """The summary of :func:`compile_tracr` as text: the model, then one line per length."""
     r = result
     heads = f"{r['heads']} head" + ("s" if r["heads"] != 1 else "")
-    head = f"{r['name']}: {r['layers']} layers x {heads}, d_model {r['d_model']}; "
+    layers = f"{r['layers']} layer" + ("s" if r["layers"] != 1 else "")
+    head = f"{r['name']}: {layers} x {heads}, d_model {r['d_model']}; "
     lines = [head + f"{r['full_graph_edges']} edges, {r['structural_edges']} structural"]
     for n, row in r["lengths"].items():
         checked, total = row["inputs_checked"], row["inputs_in_space"]
