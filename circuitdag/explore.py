@@ -40,7 +40,7 @@ import numpy as np
 
 from circuitdag.errors import CircuitFileError
 from circuitdag.graph import Input, NodeKind
-from circuitdag.render import INPUT_COLOURS, Circuit, _title
+from circuitdag.render import INPUT_COLOURS, Circuit, circuit_title
 
 #: Version of the vendored Cytoscape.js (``circuitdag/_static/README.md``).
 CYTOSCAPE_VERSION = "3.35.0"
@@ -145,7 +145,7 @@ def explorer_data(circuit: Circuit, max_edges: int = MAX_DRAWN_EDGES) -> dict[st
     m = circuit.meta
     attention = m.get("attention")
     return {
-        "title": _title(circuit),
+        "title": circuit_title(circuit),
         "task": m.get("task"), "model": m.get("model"), "metric": m.get("metric"),
         "algorithm": m.get("algorithm"), "threshold": m.get("threshold"),
         "score_meaning": m.get("score_meaning", "the metric change when the edge is removed"),

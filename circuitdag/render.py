@@ -68,7 +68,7 @@ def to_dot(circuit: Circuit):  # -> graphviz.Digraph
     t = g.edges
     idx = np.flatnonzero(circuit.in_circuit)
     used = sorted(set(t.src[idx].tolist()) | set(t.dst[idx].tolist()))
-    title = _title(circuit)
+    title = circuit_title(circuit)
     graph_attr = {"label": title, "labelloc": "t", "fontname": "Helvetica"}
     node_attr = {"fontname": "Helvetica", "fontsize": "11"}
     if g.positions is None:
@@ -145,7 +145,9 @@ def _position_grid(dot, circuit: Circuit, used: list[int]) -> None:
                  **NODE_STYLE[NodeKind.LOGITS])  # fmt: skip
 
 
-def _title(circuit: Circuit) -> str:
+def circuit_title(circuit: Circuit) -> str:
+    """The one-line title of a circuit's drawings (task, threshold, metric, ablation, edges,
+    faithfulness); the SVG and the explorer page share it."""
     meta = circuit.meta
     task = str(meta.get("task", ""))
     if task.startswith("prompts:"):  # a prompts file: its name, not its whole path
