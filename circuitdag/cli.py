@@ -343,8 +343,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if name:
         try:
             task = get_task(name)
-            task = task.for_model(str(circuit.meta.get("model"))) or task  # e.g. reversal's compiled model
-            truth, ignore = task_truth(task, circuit.meta.get("ablation", "resample"))
+            model = str(circuit.meta.get("model"))
+            own = task.for_model(model)  # e.g. reversal's compiled model
+            task = own or task
+            if own is None and getattr(task, "has_ground_truth", False) and model not in task.own_model_names():
+                log.warning("%s: the ground truth of task %s describes its own model (%s), not %s: no "
+                            "precision/recall", args.circuit, name, task.default_model, model)  # fmt: skip
+            else:
+                truth, ignore = task_truth(task, circuit.meta.get("ablation", "resample"))
         except CircuitDagError as exc:
             log.warning("cannot read the ground truth of task %s: %s", name, exc)
     print(json.dumps(summarize(circuit, truth, ignore), indent=1))

@@ -136,6 +136,11 @@ class Task:
         other name (``reversal``: ``compiled`` or ``trained``)."""
         return None
 
+    def own_model_names(self) -> set[str]:
+        """The names a circuit records (``model`` in circuit.json) when it was found on this
+        task's own model: the one its ground truth describes."""
+        return {n for n in (self.name, self.default_model) if n}
+
     def ground_truth(self, ablation: str = "zero") -> set[str] | None:
         """Edge names (``a0.1->a1.0<k>``) that the true circuit has, or None if unknown."""
         return None

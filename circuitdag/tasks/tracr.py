@@ -185,6 +185,9 @@ class TracrTask(Task):
         model, _ = load_tiny(self.path, device=device, dtype=dtype)
         return model
 
+    def own_model_names(self) -> set[str]:
+        return super().own_model_names() | {f"tracr-{self.program}"}  # what its model records
+
     def encode(self, xs: Sequence[Value]) -> list[int]:
         """Token ids of ``[BOS, *xs]``."""
         return _encode(self.meta()["input_vocab"], xs, self.name)
@@ -195,6 +198,7 @@ class TracrTask(Task):
         return out + [None] * (len(xs) - len(out))
 
     def data(self, model: Any = None, seed: int = 0) -> TaskData:
+        _check_own_model(self, model)
         clean, corrupted = counterfactual_pairs(self.spec, seed, self.n_prompts)
         n = self.spec.max_seq_len
         answer_pos = torch.arange(1, n + 1).expand(len(clean), n).clone()
@@ -230,6 +234,15 @@ class TracrTask(Task):
                 f"{self.name} has ground truth for ablations 'zero' and 'resample', not {ablation!r}"
             )
         return self.meta()["ground_truth"][ablation]
+
+
+def _check_own_model(task: Task, model: Any) -> None:
+    """A tracr task's prompts are token ids of its program's vocabulary: they mean nothing
+    to another model, so any other model is refused (not silently run)."""
+    name = getattr(getattr(model, "cfg", None), "model_name", None)
+    if model is not None and name not in task.own_model_names():
+        raise TaskError(f"{task.name} runs on its own compiled model; {name or 'this model'} "
+                        "reads other token ids. Drop --model, or give the task that model was compiled for")
 
 
 @functools.cache
@@ -347,7 +360,11 @@ class CompiledTracrTask(Task):
         """Token ids of ``[BOS, *xs]``."""
         return _encode(self.meta()["input_vocab"], xs, self.name)
 
+    def own_model_names(self) -> set[str]:
+        return super().own_model_names() | {str(self.meta()["name"])}  # what its model records
+
     def data(self, model: Any = None, seed: int = 0) -> TaskData:
+        _check_own_model(self, model)
         entry = self.inputs()
         clean, corrupted = pair_counterfactuals(entry["inputs"], seed, self.n_prompts)
         n = self.length

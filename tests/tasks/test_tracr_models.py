@@ -179,3 +179,25 @@ def test_reverse_ground_truth_matches_the_literature() -> None:
     task = TASKS[0]()
     assert task.ground_truth("resample") == {"embed->a3.0<v>", "a3.0->logits<resid>"}
     assert {"m2->a3.0<q>", "m1->m2<mlp>", "m0->m1<mlp>"} <= task.ground_truth("zero")
+
+
+def test_a_tracr_task_refuses_another_model(capsys, tmp_path):
+    """A tracr task's prompts are token ids of its program: another model is refused, not run."""
+    from circuitdag.cli import main
+
+    assert main(["discover", "--task", "tracr-reverse", "--model", "tracr-hist", "-q", "--out", str(tmp_path)]) == 2
+    assert "runs on its own compiled model" in capsys.readouterr().err
+
+
+def test_evaluate_reports_no_ground_truth_for_a_circuit_of_another_model(tmp_path, capsys):
+    """``induction``'s ground truth is its zoo model's circuit; on another model there is none."""
+    import json
+
+    from circuitdag.cli import main
+
+    out = tmp_path / "run"
+    assert main(["discover", "--task", "induction", "--model", "an", "--n-prompts", "4", "-q", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "circuit.json")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary.get("precision") is None and summary.get("recall") is None
