@@ -72,7 +72,7 @@ def _check_graph(graph: Graph, what: str) -> None:
     if graph.positions is not None:
         raise CircuitFileError(
             f"cannot {what} a position-aware graph: the EAP-IG/MIB graph has no positions "
-            "(export circuit.without_positions() or pass collapse_positions=True)"
+            "(collapse it: circuitdag export --collapse-positions, or circuit.without_positions() in Python)"
         )
     if graph.spec.attn_only:
         raise CircuitFileError(

@@ -157,13 +157,14 @@ def export_circuit(circuit: Circuit, path: str | Path, fmt: str = "circuit-trace
                    collapse_positions: bool = False) -> Path:  # fmt: skip
     """Write ``circuit`` to ``path`` in format ``fmt`` (one of :data:`FORMATS`): the
     circuit-tracer graph JSON (:func:`to_circuit_tracer`) or the EAP-IG/MIB graph JSON
-    (:func:`circuitdag.eapig_json.to_eapig_json`, which takes ``collapse_positions``).
+    (:func:`circuitdag.eapig_json.to_eapig_json`); ``collapse_positions`` exports
+    :meth:`Circuit.without_positions` (component edges) in either format.
     Raises :class:`ConfigError` for an unknown format, :class:`CircuitFileError` when the
     file cannot be written or the format cannot hold the circuit."""
     from circuitdag.eapig_json import to_eapig_json
 
-    if fmt == "circuit-tracer":
-        doc = to_circuit_tracer(circuit, slug)
+    if fmt == "circuit-tracer":  # positions are its columns; collapsed, one column of components
+        doc = to_circuit_tracer(circuit.without_positions() if collapse_positions else circuit, slug)
     elif fmt == "eap-ig":
         doc = to_eapig_json(circuit, collapse_positions)
     else:
