@@ -20,6 +20,7 @@ mutual-congruence partner and corpus predictions are reported.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +37,8 @@ from circuitdag.neurons.dla import NeuronDLA, neuron_dla
 from circuitdag.neurons.lens import LogitLens, logit_lens
 from circuitdag.neurons.neuron_patching import NeuronPatching, patch_neuron_sets, patch_neurons
 from circuitdag.tasks.base import Task, load_data
+
+log = logging.getLogger("circuitdag")
 
 REPORT_FORMAT = "circuitdag.neurons/1"
 
@@ -138,6 +141,9 @@ def analyze_neurons(
         seconds[name] = round(now - t0, 3)
         t0 = now
 
+    if corpus_tokens > 0 and getattr(model, "tokenizer", None) is None:  # token-id models (tracr): no text
+        log.warning("%s has no tokenizer: skipping the corpus step", getattr(model.cfg, "model_name", "the model"))
+        corpus_tokens = 0
     corpus_text = read_corpus(corpus) if corpus_tokens > 0 else None
     device = next(model.parameters()).device
     data = load_data(task, model, seed=seed, n_prompts=n_prompts).to(device)

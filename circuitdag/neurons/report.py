@@ -89,8 +89,13 @@ def markdown(r: dict[str, Any]) -> str:
     Lmax = max(range(len(whole)), key=lambda L: whole[L])
     lines += ["", (f"Whole MLP layers (every neuron, every position): the largest is layer {Lmax} with "
               f"{_pct(whole[Lmax])}. Plot: `patching.svg`.")]  # fmt: skip
+    if abs(top["effect"]) < 1e-6:  # no neuron matters: say so rather than crown neuron 0
+        lines += ["", "## The top neuron", "",
+                  (f"No single neuron of {_layers(r['patched_layers'])} changes the logit difference when "
+                   f"patched (largest |effect| {abs(top['effect']):.2g}): the task's answer does not run "
+                   "through any one of these neurons. The numbers below are ties at zero.")]  # fmt: skip
     lines += [
-        "", "## The top neuron", "",
+        "", "## The top neuron" if abs(top["effect"]) >= 1e-6 else "## The first of the tied neurons", "",
         (f"Single-neuron patching of {_layers(r['patched_layers'])} "
         f"({r['d_mlp']} neurons{' each' if len(r['patched_layers']) > 1 else ''}) ranks **L{top['layer']}.N{top['neuron']}** first: {kind} "
         f"**{_pct(top['effect'])}** of the logit difference, against **{_pct(top['layer_effect'])}** for its whole "

@@ -101,6 +101,8 @@ def read_prompts(path: str | Path) -> list[Prompt]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise TaskError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise TaskError(f"prompts file {path} is not UTF-8 text; save it as UTF-8 (JSONL, JSON, CSV or TSV)") from None
     suffix = path.suffix.lower()
     rows: list[Prompt] = []
     if suffix in (".csv", ".tsv"):
