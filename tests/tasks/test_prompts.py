@@ -226,3 +226,13 @@ def test_n_prompts_on_the_command_line(tmp_path, capsys) -> None:
                  "--threads", "1"])  # fmt: skip
     assert code == 0, capsys.readouterr().err
     assert json.loads((tmp_path / "circuit.json").read_text())["n_prompts"] == 12
+
+
+def test_a_prompts_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
+    from circuitdag.errors import TaskError
+    from circuitdag.tasks.prompts import read_prompts
+
+    path = tmp_path / "bin.jsonl"
+    path.write_bytes(b"\xff\xfe\x00{garbage")
+    with pytest.raises(TaskError, match="not UTF-8"):
+        read_prompts(path)
