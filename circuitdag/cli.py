@@ -221,6 +221,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
         patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed,
                                 positions=args.positions, n_prompts=args.n_prompts, neurons=neurons)  # fmt: skip
     meta.update(_run_facts(args))
+    # Whether the circuit was found on the task's own model, where its ground truth applies.
+    meta["task_model"] = (not args.model or task.for_model(args.model) is not None
+                          or str(meta.get("model")) in task.own_model_names())  # fmt: skip
     if args.model and Path(args.model).is_dir():  # a local directory: recorded so that curve can reload it
         meta["model"] = str(Path(args.model).resolve())
     if attribution:
@@ -346,7 +349,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             model = str(circuit.meta.get("model"))
             own = task.for_model(model)  # e.g. reversal's compiled model
             task = own or task
-            if own is None and getattr(task, "has_ground_truth", False) and model not in task.own_model_names():
+            if own is None and getattr(task, "has_ground_truth", False) and circuit.meta.get("task_model") is False:
                 log.warning("%s: the ground truth of task %s describes its own model (%s), not %s: no "
                             "precision/recall", args.circuit, name, task.default_model, model)  # fmt: skip
             else:
