@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuitdag.errors import CircuitFileError, ConfigError
+from circuitdag.errors import CircuitFileError, ConfigError, TaskError
 
 #: Neurons shown per layer by default.
 DEFAULT_TOP = 16
@@ -57,6 +57,9 @@ def layer_activations(
 
     if top < 1:
         raise ConfigError(f"--top must be >= 1, got {top}")
+    if getattr(model, "tokenizer", None) is None:
+        raise TaskError(f"{getattr(model.cfg, 'model_name', type(model).__name__)} has no tokenizer, so --text "
+                        "cannot be tokenized; give a language model (zoo name, smollm2-135m, hub name or directory)")
     tok = tokenizer_of(model)
     ids = encode(tok, text, wants_bos(model, bos))
     if not text.strip() or not ids:

@@ -127,7 +127,7 @@ def sweep_html(report: SweepReport, n_edges_total: int | None, views: Mapping[in
     return f"""<!DOCTYPE html>
 <html><head><meta charset="utf-8"><title>circuitdag sweep {html.escape(report.study)}</title>
 <style>{_STYLE}</style></head><body>
-<h2>Sweep {html.escape(report.study)} &mdash; {html.escape(s.task)}</h2>
+<h2>Sweep {html.escape(report.study)}{"" if report.study == s.task else " &mdash; " + html.escape(s.task)}</h2>
 <p>{html.escape(describe(s))}. Trials: {html.escape(counts)}. Storage: <code>{html.escape(masked(report.storage))}</code></p>
 <p>Hover a point for its trial; click a front point to open its circuit; hover a table row to find its point.</p>
 {plot}
