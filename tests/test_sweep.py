@@ -128,9 +128,13 @@ def test_rerun_with_other_settings_is_refused(tmp_path, capsys):
     out = str(tmp_path / "s")
     code, _, err = run(capsys, "sweep", "--ablation", "zero", "--trials", "0", "--out", out, "-q")
     assert code == 0, err
-    code, _, err = run(capsys, "sweep", "--ablation", "mean", "--trials", "0", "--out", out, "-q")
+    code, _, err = run(capsys, "sweep", "--ablation", "mean", "--trials", "1", "--out", out, "-q")
     assert code == 2 and "was started with other settings" in err and "ablation zero" in err
     assert err.count("\n") == 1
+    # --trials 0 only rewrites the report, from the study's own settings whatever the flags say.
+    code, _, err = run(capsys, "sweep", "--ablation", "mean", "--trials", "0", "--out", out, "-q")
+    assert code == 0, err
+    assert json.loads((tmp_path / "s" / "pareto.json").read_text())["settings"]["ablations"] == ["zero"]
 
 
 @pytest.mark.parametrize(

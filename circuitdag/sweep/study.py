@@ -5,7 +5,7 @@ end by writing the report (:func:`circuitdag.sweep.report.write_report`).
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -62,7 +62,9 @@ def sweep(
     existing = _existing(store, name)
     if existing is not None:
         old = load_settings(existing)
-        if not old.same_search(settings):
+        if n_trials == 0:  # only rewriting the report: the study's own settings, whatever the flags say
+            settings = replace(old, out=settings.out)
+        elif not old.same_search(settings):
             raise ConfigError(
                 f"study {name!r} in {masked(url)} was started with other settings "
                 f"({describe(old)}); rerun with those, or choose a new --study (or --out)"
