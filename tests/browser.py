@@ -3,13 +3,12 @@ system's Chromium (Debian's ``chromium`` and ``chromium-driver``, which scripts/
 installs). No network: pages are opened from ``file://`` paths.
 
 Use the ``browser`` fixture (one Chromium per test module), :func:`open_page` and
-:func:`console_errors`. Set ``CIRCUITDAG_SKIP_BROWSER=1`` to skip these tests on a machine
-without Chromium; otherwise a missing browser fails them with the command that installs it.
+:func:`console_errors`. A missing browser fails these tests with the command that installs
+it (a skipped test would check nothing).
 """
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,8 +25,6 @@ def _executables() -> tuple[str, str]:
     binary = next((b for b in map(shutil.which, _BROWSERS) if b), None)
     if driver is None or binary is None:
         missing = " and ".join(n for n, p in (("chromium", binary), ("chromedriver", driver)) if p is None)
-        if os.environ.get("CIRCUITDAG_SKIP_BROWSER") == "1":
-            pytest.skip(f"no {missing} (CIRCUITDAG_SKIP_BROWSER=1)")
         pytest.fail(f"the browser tests need {missing}; {_INSTALL}", pytrace=False)
     return binary, driver
 

