@@ -62,7 +62,8 @@ class ComponentKernels:
     """
 
     def __init__(
-        self, model: Any, spec: ModelSpec, rotary: dict[int, tuple[Tensor, Tensor]] | None = None
+        self, model: Any, spec: ModelSpec, rotary: dict[int, tuple[Tensor, Tensor]] | None = None,
+        neurons: dict[int, NeuronKernel] | None = None,
     ) -> None:
         self.model = model
         self.spec = spec
@@ -84,8 +85,9 @@ class ComponentKernels:
         if not spec.attn_only:
             self._ln2 = [plain_module(model.blocks[L].ln2) for L in range(spec.n_layers)]
             self._mlp = [plain_module(model.blocks[L].mlp) for L in range(spec.n_layers)]
-        #: The MLPs split into neurons (``spec.neuron_layers``).
-        self.neurons = {L: NeuronKernel(model, L) for L in spec.neuron_layers}
+        #: The MLPs split into neurons (``spec.neuron_layers``); ``neurons`` passes kernels
+        #: already built (the Patcher's).
+        self.neurons = neurons if neurons is not None else {L: NeuronKernel(model, L) for L in spec.neuron_layers}
 
     # ------------------------------------------------------------------ attention
     def norm1(self, L: int, x: Tensor) -> Tensor:
@@ -165,10 +167,6 @@ class ComponentKernels:
         idx = torch.as_tensor([n], device=x.device)
         return self.neurons[L].outputs(x.unsqueeze(-2), idx * 0, idx)[..., 0, :]
 
-    def _zero_groups(self, L: int, x: Tensor) -> Tensor:
-        """Every neuron of MLP ``L`` reads input group 0."""
-        return torch.zeros(self.neurons[L].d_mlp, dtype=torch.long, device=x.device)
-
     # ------------------------------------------------------------------ checks
     @torch.no_grad()
     def verify(
@@ -197,7 +195,7 @@ class ComponentKernels:
             if not spec.attn_only:
                 sl = mlp_slots(L)
                 if L in self.neurons:
-                    got = self.neurons[L].outputs(mlp_in[L].unsqueeze(-2), self._zero_groups(L, mlp_in[L]))
+                    got = self.neurons[L].all_outputs(mlp_in[L])
                     worst = max(worst, _compare(got, slots[:, :, sl], f"neuron outputs of MLP {L}"))
                     continue
                 got = self.mlp(L, mlp_in[L])
@@ -254,8 +252,8 @@ class NeuronKernel:
             raise KernelMismatch(f"blocks.{layer}.mlp ({type(self.mlp).__name__}) has no output "
                                  f"projection named one of {', '.join(_OUT_PROJECTIONS)} and no hook_post")  # fmt: skip
         ref = next(self.mlp.parameters())
-        probe = torch.zeros(1, 1, 1, dtype=ref.dtype, device=ref.device)
-        self.d_mlp = int(self._hidden_of_normed(probe.new_zeros(1, 1, int(model.cfg.d_model))).shape[-1])
+        probe = torch.zeros(1, 1, int(model.cfg.d_model), dtype=ref.dtype, device=ref.device)
+        self.d_mlp = int(self._hidden_of_normed(probe).shape[-1])
         with torch.no_grad():
             eye = torch.eye(self.d_mlp, dtype=ref.dtype, device=ref.device)
             zero = project(eye[:1] * 0)
@@ -294,13 +292,15 @@ class NeuronKernel:
         act = h[..., group_of, idx]  # ... n
         return act.unsqueeze(-1) * self.W_out[idx] + self.b_out / self.d_mlp
 
+    def all_outputs(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_mlp d_model"]:
+        """Every neuron's output when all read the same input ``x`` (an unpatched run)."""
+        return self.outputs(x.unsqueeze(-2), torch.zeros(self.d_mlp, dtype=torch.long, device=x.device))
+
     @torch.no_grad()
-    def verify(self, mlp_in: Tensor, mlp_out: Tensor) -> float:
-        """The neurons on the clean input ``mlp_in`` (``batch pos d_model``) sum to the MLP's
-        output ``mlp_out``; raises :class:`KernelMismatch` otherwise."""
-        zeros = torch.zeros(self.d_mlp, dtype=torch.long, device=mlp_in.device)
-        got = self.outputs(mlp_in.unsqueeze(-2), zeros).sum(-2)
-        return _compare(got, mlp_out, f"the neurons of MLP {self.layer} (summed)")
+    def verify(self, outputs: Tensor, mlp_out: Tensor) -> float:
+        """The neuron outputs ``outputs`` (``... d_mlp d_model``, from :meth:`all_outputs`)
+        sum to the MLP's output ``mlp_out``; raises :class:`KernelMismatch` otherwise."""
+        return _compare(outputs.sum(-2), mlp_out, f"the neurons of MLP {self.layer} (summed)")
 
 
 def _compare(got: Tensor, want: Tensor, what: str) -> float:
