@@ -31,31 +31,23 @@ def spec_of(model: Any, neuron_layers: Sequence[int] = ()) -> ModelSpec:
     n_kv = getattr(cfg, "n_key_value_heads", None) or n_heads  # None means no GQA
     if n_heads % n_kv:
         raise ModelError(f"{n_heads} query heads cannot be grouped over {n_kv} key/value heads")
-    return ModelSpec(
-        n_layers=int(cfg.n_layers),
-        n_heads=n_heads,
-        n_kv_heads=int(n_kv),
-        d_model=int(cfg.d_model),
-        attn_only=bool(getattr(cfg, "attn_only", False)),
-        parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
-        causal=bool(getattr(cfg, "causal", True)),
-        **_neuron_fields(cfg, neuron_layers),
-    )
-
-
-def _neuron_fields(cfg: Any, neuron_layers: Sequence[int]) -> dict[str, Any]:
-    if not neuron_layers:
-        return {}
-    n_layers = int(cfg.n_layers)
-    bad = [L for L in neuron_layers if not 0 <= int(L) < n_layers]
-    if bad:
-        raise ModelError(f"--neurons {bad[0]}: the model has MLP layers 0..{n_layers - 1}")
-    if bool(getattr(cfg, "attn_only", False)):
-        raise ModelError("--neurons: this model is attention-only; it has no MLP neurons")
     d_mlp = getattr(cfg, "d_mlp", None)
-    if not d_mlp:
+    if neuron_layers and not d_mlp and not getattr(cfg, "attn_only", False):
         raise ModelError("--neurons: the model's config does not say how many neurons its MLPs have (d_mlp)")
-    return {"neuron_layers": tuple(int(L) for L in neuron_layers), "d_mlp": int(d_mlp)}
+    try:  # ModelSpec checks the neuron layers
+        return ModelSpec(
+            n_layers=int(cfg.n_layers),
+            n_heads=n_heads,
+            n_kv_heads=int(n_kv),
+            d_model=int(cfg.d_model),
+            attn_only=bool(getattr(cfg, "attn_only", False)),
+            parallel_attn_mlp=bool(getattr(cfg, "parallel_attn_mlp", False)),
+            causal=bool(getattr(cfg, "causal", True)),
+            neuron_layers=tuple(int(L) for L in neuron_layers),
+            d_mlp=int(d_mlp or 0) if neuron_layers else 0,
+        )
+    except ValueError as exc:
+        raise ModelError(f"--neurons: {exc}") from None
 
 
 #: Role names a chat template writes after the token that opens a turn.
