@@ -192,14 +192,15 @@ class Probe:
     corrupt: dict[str, np.ndarray] | None  # node outputs of the counterfactual run; None = zero
     mask: np.ndarray  # (batch pos) answer positions that count
     full: np.ndarray  # (batch pos d_out) the full model's output
+    full_nodes: dict[str, np.ndarray]  # every node's output in the full model
 
 
 def make_probe(nm: NodeModel, tokens: np.ndarray, mask: np.ndarray, corrupted: np.ndarray | None) -> Probe:
     """A probe on ``tokens`` (batch pos); ``corrupted`` (same shape) are the resample
     counterfactuals, or None for zero ablation."""
-    full, _ = nm.run(tokens)
+    full, full_nodes = nm.run(tokens)
     corrupt = None if corrupted is None else nm.run(corrupted)[1]
-    return Probe(tokens, corrupt, mask, full)
+    return Probe(tokens, corrupt, mask, full, full_nodes)
 
 
 def deviation(nm: NodeModel, probe: Probe, present: np.ndarray) -> tuple[float, float]:
@@ -252,8 +253,7 @@ def _reaches_logits(g: NodeGraph, present: np.ndarray, node: str) -> bool:
 def inert_reason(nm: NodeModel, probe: Probe, edge: Edge, circuit: np.ndarray) -> str:
     """Why an inert edge cannot change the output (the first reason that applies)."""
     s, d, kind = edge
-    _, full_nodes = nm.run(probe.tokens, None, probe.corrupt)
-    if probe.corrupt is not None and np.abs(full_nodes[s] - probe.corrupt[s]).max() < TOL:
+    if probe.corrupt is not None and np.abs(probe.full_nodes[s] - probe.corrupt[s]).max() < TOL:
         return "sender output is the same on every counterfactual"
     with_e = circuit.copy()
     with_e[nm.index[edge]] = True

@@ -26,8 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from circuitdag.errors import ConfigError
 from circuitdag.neurons._runs import ABLATIONS, TaskRuns, cache_runs, w_out
 from circuitdag.neurons.activation_patching import PatchGrid, patch_activations
@@ -35,7 +33,11 @@ from circuitdag.neurons.congruence import MutualCongruence, mutual_congruence, t
 from circuitdag.neurons.corpus import CorpusBins, corpus_activation, read_corpus
 from circuitdag.neurons.dla import NeuronDLA, neuron_dla
 from circuitdag.neurons.lens import LogitLens, logit_lens
-from circuitdag.neurons.neuron_patching import NeuronPatching, patch_neuron_sets, patch_neurons
+from circuitdag.neurons.neuron_patching import (
+    NeuronPatching,
+    patch_neurons,
+    whole_layer_effect,
+)
 from circuitdag.tasks.base import Task, load_data
 
 log = logging.getLogger("circuitdag")
@@ -158,7 +160,7 @@ def analyze_neurons(
     if layers is None:
         layers = list(range(n_layers)) if n_layers * m <= ALL_LAYERS_MAX_NEURONS else [answer_layer(runs, grid)]
     lap("mlp_layers")
-    neurons = patch_neurons(runs, layers, ablation, progress=progress)
+    neurons = patch_neurons(runs, layers, ablation, progress=progress, layer_effect=whole)
     lap("neuron_patching")
     dla = neuron_dla(runs)
     lap("dla")
@@ -234,6 +236,4 @@ def _example(tok: Any, data: Any) -> dict[str, str] | None:
 
 def _mlp_layer_effects(runs: TaskRuns, ablation: str) -> list[float]:
     """The effect of patching every neuron of each MLP layer at once, per layer."""
-    on = torch.ones(1, runs.d_mlp, dtype=torch.bool, device=runs.data.clean.device)
-    return [float(runs.effect(patch_neuron_sets(runs, L, on, ablation).double(), ablation)[0])
-            for L in range(runs.spec.n_layers)]  # fmt: skip
+    return [whole_layer_effect(runs, L, ablation) for L in range(runs.spec.n_layers)]

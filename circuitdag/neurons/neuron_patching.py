@@ -17,7 +17,7 @@ belongs to no neuron, is left alone).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -71,8 +71,10 @@ def patch_neurons(
     ablation: str = "resample",
     budget_bytes: float = 2e9,
     progress: bool = False,
+    layer_effect: Sequence[float] | None = None,
 ) -> NeuronPatching:
     """Patch every neuron of ``layers`` alone, and each layer whole; see the module docstring.
+    ``layer_effect``: each layer's whole-layer effect when already known (it is not patched again).
 
     Raises :class:`ConfigError` for a layer the model does not have."""
     layers = list(layers)
@@ -102,9 +104,14 @@ def patch_neurons(
             if pb is not None:
                 pb.update(m - len(todo))
             effect[L] = runs.effect(metric, ablation)
-            all_on = torch.ones(1, m, dtype=torch.bool, device=device)
-            whole[L] = float(runs.effect(patch_neuron_sets(runs, L, all_on, ablation).double(), ablation)[0])
+            whole[L] = whole_layer_effect(runs, L, ablation) if layer_effect is None else float(layer_effect[L])
     return NeuronPatching(ablation, effect, whole)
+
+
+def whole_layer_effect(runs: TaskRuns, layer: int, ablation: str) -> float:
+    """The effect of patching every neuron of MLP ``layer`` at once."""
+    on = torch.ones(1, runs.d_mlp, dtype=torch.bool, device=runs.data.clean.device)
+    return float(runs.effect(patch_neuron_sets(runs, layer, on, ablation).double(), ablation)[0])
 
 
 def _chunks(idx: Tensor, size: int) -> Iterator[Tensor]:

@@ -206,8 +206,12 @@ def fail_interrupted_trials(study: optuna.Study) -> list[int]:
     return failed
 
 
-def finished_trials(study: optuna.Study) -> int:
-    """How many trials of ``study`` are complete, failed or pruned."""
+def finished_trials(study: optuna.Study, trials: list | None = None) -> int:
+    """How many trials of ``study`` are complete, failed or pruned (counted in ``trials``,
+    the study's trials when already fetched)."""
     from optuna.trial import TrialState
 
-    return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)))
+    done = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)
+    if trials is None:
+        return len(study.get_trials(deepcopy=False, states=done))
+    return sum(t.state in done for t in trials)

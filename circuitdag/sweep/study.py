@@ -175,7 +175,7 @@ def _optimize(study: optuna.Study, runner: TrialRunner | None, n_trials: int | N
         bar.set_postfix(front=len({(done[i].values[0], done[i].values[1]) for i in front}), failed=failed,
                         refresh=False)  # fmt: skip
         bar.update(1)
-        if target is not None and finished_trials(study) >= target:
+        if target is not None and finished_trials(study, trials) >= target:
             study.stop()
 
     try:

@@ -245,12 +245,11 @@ def _check_own_model(task: Task, model: Any) -> None:
                         "reads other token ids. Drop --model, or give the task that model was compiled for")
 
 
-@functools.cache
 def _read_meta(path: Path) -> dict[str, Any]:
     file = path.with_suffix(".json")
     if not file.exists():
         raise TaskError(f"the shipped tracr model {file} is missing; reinstall circuitdag")
-    return json.loads(file.read_text())
+    return _read_json(file)
 
 
 class ReverseTask(TracrTask):
