@@ -22,7 +22,10 @@ nested candidates as one batch:
    unembedded at the answer positions only, and the metric taken.
 
 Nodes that do not reach ``logits`` are never recomputed: no present edge carries their
-output to a node that matters. When ACDC accepts a candidate, its recomputed inputs and
+output to a node that matters. Nor are positions before the first one where any sender's
+clean and ablated outputs differ (:func:`first_changing_position`: in a causal model with
+resample ablation, the first token where a clean and a corrupted prompt differ): there
+every delta is exactly zero, so nothing a candidate changes can differ there. When ACDC accepts a candidate, its recomputed inputs and
 outputs become the new run of ``C`` (:meth:`SparseFastPath.commit`). Everything upstream of
 ``d`` keeps its value because ACDC visits destinations in reverse topological order.
 
@@ -56,6 +59,23 @@ def _start_run(patcher: Patcher, alive: np.ndarray, absent: Tensor | None = None
     raw: dict[str, Any] = {}
     patcher._full_pass(patcher.absent_matrix(alive) if absent is None else absent, raw=raw, sparse=True)
     return raw["slots"], raw["resid_pre"], raw["mlp_in"], raw["resid_final"]
+
+
+def first_changing_position(patcher: Patcher) -> int:
+    """The first position at which a candidate can change anything: 0 unless the model is
+    causal and every sender's clean and ablated outputs (``S_clean``, ``S_corr``) are
+    bitwise equal at every earlier position of every prompt, as they are under resample
+    ablation before the first token where any clean and corrupted prompt differ. Then
+    every delta ``S - S_corr`` is exactly zero there, in the current circuit and in every
+    candidate (a causal position reads only earlier ones), so those positions are never
+    recomputed. Capped at the first answer position (the metric's positions stay read)."""
+    if not patcher.graph.spec.causal:
+        return 0
+    differs = (patcher.D_clean != 0).any(dim=-1).any(dim=-1).any(dim=0)  # pos
+    hits = torch.nonzero(differs)
+    first = int(hits[0, 0]) if len(hits) else patcher.P
+    answers = patcher.data.answer_pos
+    return min(first, int(answers.min())) if answers.numel() else 0
 
 
 @dataclass
@@ -124,6 +144,8 @@ class SparseFastPath:
         self._out = [order[bounds[i] : bounds[i + 1]] for i in range(len(graph.nodes))]
         ap = patcher.data.answer_pos
         self._answers = np.unique(ap.cpu().numpy()) if ap.numel() else np.zeros(0, dtype=np.int64)
+        #: Positions before this one never change (see :func:`first_changing_position`).
+        self.first = first_changing_position(patcher)
 
     # ------------------------------------------------------------------ structure
     def affected(self, dest: int, alive: np.ndarray) -> list[int]:
@@ -145,7 +167,9 @@ class SparseFastPath:
         a K or V input reads every key position up to the last needed query position (all
         positions without a causal mask). A node's consumers are visited nodes, whose
         edges ACDC never changes again, so these sets do not change either: outputs are
-        recomputed (MLPs) and kept exact at these positions only."""
+        recomputed (MLPs) and kept exact at these positions only. Positions before
+        :attr:`first` are left out (their outputs never change); a K or V input still
+        reads its whole key range, with zero change before :attr:`first`."""
         graph, lay, P = self.graph, self.lay, self.I[0].shape[1]
         member = set(nodes)
         need = self._need
@@ -177,7 +201,8 @@ class SparseFastPath:
                     continue
                 kind = Input(int(graph.edges.input[e]))
                 parts.append(key_range(v) if kind in (Input.K, Input.V) else need[v])
-            need[u] = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+            got = np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+            need[u] = got[got >= self.first]  # earlier outputs never change
 
     def bytes_per_candidate(self, dest: int, alive: np.ndarray) -> int:
         """Memory one candidate of ``dest`` needs (inputs, outputs and deltas of the
@@ -273,11 +298,16 @@ class SparseFastPath:
                 return None
             pos = self._row_positions(r)
             got = self.I[r][:, tpos(pos)].unsqueeze(0)
+            moving = np.flatnonzero(pos >= self.first)  # where senders can change (K/V ranges start earlier)
             for s in senders:
                 delta, have = deltas[s]
-                got = got + (
-                    delta if np.array_equal(have, pos) else delta[:, :, tpos(np.searchsorted(have, pos))]
-                )
+                if len(moving) < len(pos):  # zero change before `first`
+                    got = got.expand(k, -1, -1, -1).clone() if got.shape[0] != k else got
+                    got[:, :, tpos(moving)] += delta[:, :, tpos(np.searchsorted(have, pos[moving]))]
+                else:
+                    got = got + (
+                        delta if np.array_equal(have, pos) else delta[:, :, tpos(np.searchsorted(have, pos))]
+                    )
             pend.rows[r] = got
             return got
 
@@ -289,6 +319,8 @@ class SparseFastPath:
         new_kv: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         for u in affected:
             node = self.graph.nodes[u]
+            if node.kind in (NodeKind.MLP, NodeKind.NEURON, NodeKind.HEAD) and not len(self._need[u]):
+                continue  # read only before `first`, where nothing changes
             if node.kind == NodeKind.MLP:
                 x = row_input(lay.rows(node.layer, Input.MLP).start)
                 if x is None:

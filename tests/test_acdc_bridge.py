@@ -98,3 +98,21 @@ def test_positional_extremes_and_fast_equals_reference(positional_patcher):
         # agrees with the model's to ~3e-9 (test_component_kernels_reproduce_the_model)
         np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-7, atol=1e-9)
     assert 0 < ref.alive.sum() < n
+
+
+def test_shared_prefix_is_skipped_exactly(bridge_patcher):
+    """Clean and corrupted prompts equal before position 3: the component path leaves those
+    positions out (rotary angles of the later ones kept) and equals the reference."""
+    from circuitdag.recompute import SparseFastPath
+
+    _, p0 = bridge_patcher
+    d = data_for(p0.model.cfg.d_vocab)
+    corrupted = d.corrupted.clone()
+    corrupted[:, :3] = d.clean[:, :3]
+    p = Patcher(p0.model, p0.graph, TaskData(d.clean, corrupted, answer_pos=d.answer_pos), metric="kl")
+    assert SparseFastPath(p, p.kernels(), np.ones(p.graph.n_edges, dtype=bool)).first == 3
+    ref = acdc_reference(p, 1e-4)
+    fast = acdc_fast(p, 1e-4, sparse=True)
+    np.testing.assert_array_equal(fast.alive, ref.alive)
+    np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-7, atol=1e-10)
+    assert 0 < ref.alive.sum() < p.graph.n_edges

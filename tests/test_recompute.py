@@ -142,3 +142,50 @@ def test_full_and_ablated_metrics_cost_one_pass_in_all():
     assert none[0] == pytest.approx(p.reference_metric(np.zeros(n, dtype=bool)), abs=1e-12)
     assert len({*full}) == 1 and len({*none}) == 1
     assert p.graph.nodes[p.graph.sink].kind == NodeKind.LOGITS
+
+
+def shared_prefix(data: TaskData, first: int) -> TaskData:
+    """``data`` with every corrupted prompt equal to its clean prompt before ``first``."""
+    corrupted = data.corrupted.clone()
+    corrupted[:, :first] = data.clean[:, :first]
+    return TaskData(data.clean, corrupted, answer_pos=data.answer_pos, correct=data.correct, wrong=data.wrong)
+
+
+PREFIX_CASES = [("ln-gelu-mlp", "kl"), ("ln-gelu-mlp", "logit_diff"), ("attn-only", "kl"), ("relu, 3 layers", "kl")]
+
+
+@pytest.mark.parametrize("arch,metric", PREFIX_CASES)
+def test_positions_before_the_first_difference_are_skipped_exactly(arch, metric):
+    """Clean and corrupted prompts share their first 4 tokens: under resample ablation in a
+    causal model nothing there can change, so the component path leaves those positions
+    out, and still gives the reference's circuit and scores (answers at positions 4-7)."""
+    model = random_tiny(**ARCHS[arch], n_ctx=9)
+    data = shared_prefix(ragged_answers(batch=10, pos=9), 4)
+    data = TaskData(data.clean, data.corrupted, answer_pos=torch.tensor([[4, 6], [5, 7]] * 5),
+                    correct=data.correct, wrong=data.wrong)  # fmt: skip
+    p = Patcher(model, Graph(spec_of(model)), data, ablation="resample", metric=metric)
+    fast_path = SparseFastPath(p, p.kernels(), np.ones(p.graph.n_edges, dtype=bool))
+    assert fast_path.first == 4
+    for threshold in (0.01, 0.1):
+        ref = acdc_reference(p, threshold)
+        fast = acdc_fast(p, threshold, sparse=True, k_init=3)
+        assert fast.stats["fast_path"] == "components"
+        np.testing.assert_array_equal(fast.alive, ref.alive)
+        np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-9, atol=1e-12)
+    assert 0 < ref.alive.sum() < p.graph.n_edges
+
+
+def test_first_changing_position_rule():
+    """0 without a shared prefix, under zero ablation, or without a causal mask; capped at
+    the first answer position."""
+    from circuitdag.recompute import first_changing_position
+
+    data = shared_prefix(random_data(batch=6, pos=6), 3)
+    model = random_tiny()
+    assert first_changing_position(Patcher(model, Graph(spec_of(model)), data)) == 3
+    assert first_changing_position(Patcher(model, Graph(spec_of(model)), random_data(batch=6, pos=6))) == 0
+    assert first_changing_position(Patcher(model, Graph(spec_of(model)), data, ablation="zero")) == 0
+    early = TaskData(data.clean, data.corrupted, answer_pos=torch.full((6, 1), 2))
+    assert first_changing_position(Patcher(model, Graph(spec_of(model)), early)) == 2
+    acausal = random_tiny(causal=False)
+    assert first_changing_position(Patcher(acausal, Graph(spec_of(acausal)), data)) == 0
