@@ -297,17 +297,15 @@ class SparseFastPath:
             if not senders:
                 return None
             pos = self._row_positions(r)
-            got = self.I[r][:, tpos(pos)].unsqueeze(0)
-            moving = np.flatnonzero(pos >= self.first)  # where senders can change (K/V ranges start earlier)
-            for s in senders:
+            got = self.I[r][:, tpos(pos)].unsqueeze(0).expand(k, -1, -1, -1).clone()
+            j = int(np.searchsorted(pos, self.first))  # pos is sorted; senders change pos[j:] only
+            tail = got[:, :, j:]
+            for s in senders:  # summed in place: one buffer however many senders
                 delta, have = deltas[s]
-                if len(moving) < len(pos):  # zero change before `first`
-                    got = got.expand(k, -1, -1, -1).clone() if got.shape[0] != k else got
-                    got[:, :, tpos(moving)] += delta[:, :, tpos(np.searchsorted(have, pos[moving]))]
+                if len(have) == len(pos) - j and np.array_equal(have, pos[j:]):
+                    tail += delta
                 else:
-                    got = got + (
-                        delta if np.array_equal(have, pos) else delta[:, :, tpos(np.searchsorted(have, pos))]
-                    )
+                    tail += delta[:, :, tpos(np.searchsorted(have, pos[j:]))]
             pend.rows[r] = got
             return got
 
