@@ -33,8 +33,12 @@ it runs only the fast path unless ``--smollm2-reference`` is given (the referenc
 very slow there). ``--layer-path`` also times ``acdc_fast(..., sparse=False)``, the fast
 path that evaluates candidates by whole layers instead of recomputing only the components
 they change, and prints its seconds per tested edge and the ratio (the SmolLM2 baseline
-of issue 14's "seconds per evaluated edge"). The GPT-2 and SmolLM2 cases warm up on their first destination and are
-timed ``--big-reps`` times (default 1).
+of issue 14's "seconds per evaluated edge"). ``--prefix-skip-off`` also times the
+component path without its shared-prefix skip (it then recomputes the positions before the
+first token where clean and corrupted prompts differ; ``--smollm2-task greater-than``
+shows the difference: its prompts agree on their first 9 of 17 tokens). The GPT-2 and
+SmolLM2 cases warm up on their first destination and are timed ``--big-reps`` times
+(default 1).
 """
 
 from __future__ import annotations
@@ -50,7 +54,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,6 +87,7 @@ class Row:
     k_max: int
     fast_path: str
     s_layers: list[float] = field(default_factory=list)  # --layer-path: acdc_fast(sparse=False)
+    s_noskip: list[float] = field(default_factory=list)  # --prefix-skip-off: every position recomputed
 
     @property
     def best_ref(self) -> float:
@@ -149,6 +155,9 @@ def run_once(make: Fresh, algo: str, threshold: float, max_dest: int | None) -> 
         state = acdc_reference(patcher, threshold, max_destinations=max_dest)
     elif algo == "layers":  # the fast path without the component-level recomputation
         state = acdc_fast(patcher, threshold, max_destinations=max_dest, sparse=False)
+    elif algo == "noskip":  # the component path recomputing the shared prefix too
+        with prefix_skip_off():
+            state = acdc_fast(patcher, threshold, max_destinations=max_dest)
     else:
         state = acdc_fast(patcher, threshold, max_destinations=max_dest)
     _sync(dev)
@@ -160,20 +169,36 @@ def run_once(make: Fresh, algo: str, threshold: float, max_dest: int | None) -> 
                work, int(state.stats.get("k_max", -1)), str(state.stats.get("fast_path", "")))  # fmt: skip
 
 
+@contextmanager
+def prefix_skip_off() -> Iterator[None]:
+    """The component path as it was before it skipped the positions where clean and
+    corrupted prompts agree (:func:`circuitdag.recompute.first_changing_position` -> 0)."""
+    from circuitdag import recompute
+
+    original = recompute.first_changing_position
+    recompute.first_changing_position = lambda patcher: 0
+    try:
+        yield
+    finally:
+        recompute.first_changing_position = original
+
+
 def compare(case: str, make: Fresh, threshold: float, max_dest: int | None = None,
             skip_ref: bool = False, reps: int = 3, warmup_dest: int | None = None,
-            layer_path: bool = False) -> Row:  # fmt: skip
+            layer_path: bool = False, noskip: bool = False) -> Row:  # fmt: skip
     """Warm up (one run of each path, limited to ``warmup_dest`` destinations when given),
     then ``reps`` timed runs of each, alternating which path goes first (with
-    ``layer_path`` also ``acdc_fast(sparse=False)``, the fast path by whole layers)."""
-    algos = (["fast"] if skip_ref else ["reference", "fast"]) + (["layers"] if layer_path else [])
+    ``layer_path`` also ``acdc_fast(sparse=False)``, the fast path by whole layers; with
+    ``noskip`` also the component path without the shared-prefix skip)."""
+    algos = ((["fast"] if skip_ref else ["reference", "fast"]) + (["layers"] if layer_path else [])
+             + (["noskip"] if noskip else []))  # fmt: skip
     for algo in algos:  # warm-up: allocator, kernels, lazy caches of the model
         run_once(make, algo, threshold, warmup_dest if warmup_dest is not None else max_dest)
     runs: dict[str, list[Run]] = {a: [] for a in algos}
     for r in range(reps):
         for algo in algos if r % 2 == 0 else algos[::-1]:
             runs[algo].append(run_once(make, algo, threshold, max_dest))
-    fast, ref, lay = runs["fast"], runs.get("reference", []), runs.get("layers", [])
+    fast, ref, lay = runs["fast"], runs.get("reference", []), runs.get("layers", []) + runs.get("noskip", [])
     identical = None
     if ref:
         identical = all(np.array_equal(x.alive, fast[0].alive) for x in fast + ref + lay)
@@ -182,7 +207,8 @@ def compare(case: str, make: Fresh, threshold: float, max_dest: int | None = Non
     last = fast[-1]
     return Row(case, len(last.alive), int(last.alive.sum()), last.tested, ref[-1].fwd if ref else -1, last.fwd,
                ref[-1].layers if ref else -1, last.layers, [x.seconds for x in ref], [x.seconds for x in fast],
-               identical, _peak_mb(make.device), last.k_max, last.fast_path, [x.seconds for x in lay])  # fmt: skip
+               identical, _peak_mb(make.device), last.k_max, last.fast_path,
+               [x.seconds for x in runs.get("layers", [])], [x.seconds for x in runs.get("noskip", [])])  # fmt: skip
 
 
 class Fresh:
@@ -337,6 +363,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also time acdc_fast(sparse=False) (the fast path without component-level recomputation)",
     )
+    ap.add_argument(
+        "--prefix-skip-off",
+        action="store_true",
+        help="also time the component path recomputing the positions where clean and corrupted prompts agree",
+    )
     ap.add_argument("--json", help="also write the rows as JSON here")
     ap.add_argument(
         "--out", help="also write the printed table here (e.g. benchmarks/results/acdc_speed.txt)"
@@ -404,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
         # Big cases warm up on their first destination only.
         row = compare(label, Fresh(patcher), thr, max_dest=n_dest, skip_ref=skip_ref,
                       reps=args.big_reps if big else args.reps, warmup_dest=1 if big else None,
-                      layer_path=args.layer_path)  # fmt: skip
+                      layer_path=args.layer_path, noskip=args.prefix_skip_off)  # fmt: skip
         del patcher
         rows.append(row)
         same = {True: "yes", False: "NO", None: "-"}[row.identical]
@@ -417,6 +448,9 @@ def main(argv: list[str] | None = None) -> int:
             emit(f"{'':<30} layer path (acdc_fast sparse=False): {spread(row.s_layers)} s, "
                  f"{row.layers_per_edge:.2e} s/edge; the default fast path is "
                  f"{min(row.s_layers) / row.best_fast:.1f}x faster", flush=True)  # fmt: skip
+        if row.s_noskip:
+            emit(f"{'':<30} without the shared-prefix skip: {spread(row.s_noskip)} s; with it "
+                 f"{min(row.s_noskip) / row.best_fast:.2f}x faster", flush=True)  # fmt: skip
     both = [r for r in rows if r.s_ref]
     if both:
         tot_ref = sum(r.best_ref for r in both)

@@ -334,6 +334,8 @@ def _decide_destination(
     if fast is not None:
         fast.forget_affected()
         cap = max(1, _memory_budget(patcher) // fast.bytes_per_candidate(dest, state.alive))
+    if isinstance(fast, PositionalFastPath):
+        edges = _decide_inert(fast, state, absent, edges, threshold, stats, bar)
     while i < len(edges):
         k = min(sizer.k, len(edges) - i, cap)
         t0 = time.perf_counter()
@@ -363,6 +365,29 @@ def _decide_destination(
         bar.update(_work(patcher.graph, dest, decided, fast is not None))
         i += decided
         sizer.update(k, accepted, time.perf_counter() - t0, n_layers)
+
+
+def _decide_inert(fast: PositionalFastPath, state: SearchState, absent: torch.Tensor, edges: np.ndarray,
+                 threshold: float, stats: dict[str, Any], bar: tqdm) -> np.ndarray:  # fmt: skip
+    """Decide the edges into one destination whose senders sit before the first position
+    where clean and ablated runs differ (:meth:`PositionalFastPath.inert`): removing one
+    changes nothing, so its score is exactly 0 wherever ACDC's order puts it, and it is
+    removed when 0 < ``threshold``, without changing the metric. Returns the other edges,
+    in order."""
+    inert = fast.inert(edges)
+    if not inert.any():
+        return edges
+    dead = edges[inert]
+    state.scores[dead] = 0.0
+    stats["edges_tested"] += len(dead)
+    stats["inert_edges"] = stats.get("inert_edges", 0) + len(dead)
+    bar.update(len(dead))
+    if 0.0 < threshold:
+        lay = fast.lay
+        state.alive[dead] = False
+        absent[lay.edge_row[dead], lay.edge_view[dead], lay.edge_pos[dead], lay.edge_slot[dead]] = 1.0
+        fast.remove(dead)
+    return edges[~inert]
 
 
 def _layer_candidates(patcher: Patcher, absent: torch.Tensor, layer: int, edges: np.ndarray, i: int, k: int,

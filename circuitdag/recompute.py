@@ -451,6 +451,19 @@ class PositionalFastPath:
         self._pending: dict[str, Any] | None = None
         self._affected: dict[int, list[int]] = {}
         self._sink = torch.as_tensor(graph.positions.sink, device=patcher.device)  # type: ignore[union-attr]
+        #: Positions before this one never change (see :func:`first_changing_position`).
+        self.first = first_changing_position(patcher)
+
+    def inert(self, edges: np.ndarray) -> np.ndarray:
+        """Which of ``edges`` carry exactly nothing: their sender sits before :attr:`first`,
+        where its output equals its ablated output in every circuit, so removing the edge
+        changes no value and its ACDC score is exactly 0 (no evaluation needed)."""
+        return self.graph.edges.src_pos[edges] < self.first
+
+    def remove(self, edges: np.ndarray) -> None:
+        """Mark ``edges`` absent without evaluating them (inert edges ACDC removes)."""
+        lay = self.lay
+        self.present[lay.edge_row[edges], lay.edge_view[edges], lay.edge_pos[edges], lay.edge_slot[edges]] = False
 
     def forget_affected(self) -> None:
         self._affected.clear()

@@ -189,3 +189,25 @@ def test_first_changing_position_rule():
     assert first_changing_position(Patcher(model, Graph(spec_of(model)), early)) == 2
     acausal = random_tiny(causal=False)
     assert first_changing_position(Patcher(acausal, Graph(spec_of(acausal)), data)) == 0
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.02])
+def test_position_aware_inert_edges_are_decided_without_evaluation(threshold):
+    """Position-aware graph, clean and corrupted prompts equal before position 2: an edge
+    from a sender at position 0 or 1 carries exactly nothing, so it gets score 0 and is
+    removed (kept at threshold 0) unevaluated; the circuit and scores equal the reference."""
+    from circuitdag.graph import Positions
+
+    model = random_tiny()
+    d = shared_prefix(random_data(batch=5, pos=5), 2)
+    data = TaskData(d.clean, d.corrupted, answer_pos=torch.tensor([[3, 4]] * 5),
+                    correct=torch.randint(0, 12, (5, 2)), wrong=torch.randint(0, 12, (5, 2)))  # fmt: skip
+    p = Patcher(model, Graph(spec_of(model), Positions(5, sink=(3, 4))), data, metric="logit_diff")
+    ref = acdc_reference(p, threshold)
+    fast = acdc_fast(p, threshold, sparse=True, k_init=3)
+    np.testing.assert_array_equal(fast.alive, ref.alive)
+    np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-9, atol=1e-12)
+    early = p.graph.edges.src_pos < 2
+    tested = ~np.isnan(ref.scores)
+    assert fast.stats["inert_edges"] == int((early & tested).sum()) > 0
+    assert np.all(ref.scores[early & tested] == 0.0)
