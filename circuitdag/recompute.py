@@ -25,8 +25,9 @@ Nodes that do not reach ``logits`` are never recomputed: no present edge carries
 output to a node that matters. Nor are positions before the first one where any sender's
 clean and ablated outputs differ (:func:`first_changing_position`: in a causal model with
 resample ablation, the first token where a clean and a corrupted prompt differ): there
-every delta is exactly zero, so nothing a candidate changes can differ there. When ACDC accepts a candidate, its recomputed inputs and
-outputs become the new run of ``C`` (:meth:`SparseFastPath.commit`). Everything upstream of
+every delta is exactly zero, so nothing a candidate changes can differ there. When ACDC
+accepts a candidate, its recomputed inputs and outputs become the new run of ``C``
+(:meth:`SparseFastPath.commit`). Everything upstream of
 ``d`` keeps its value because ACDC visits destinations in reverse topological order.
 
 :class:`SparseFastPath` serves plain graphs; :class:`PositionalFastPath` position-aware
@@ -302,7 +303,7 @@ class SparseFastPath:
             tail = got[:, :, j:]
             for s in senders:  # summed in place: one buffer however many senders
                 delta, have = deltas[s]
-                if len(have) == len(pos) - j and np.array_equal(have, pos[j:]):
+                if np.array_equal(have, pos[j:]):
                     tail += delta
                 else:
                     tail += delta[:, :, tpos(np.searchsorted(have, pos[j:]))]
@@ -463,7 +464,8 @@ class PositionalFastPath:
     def remove(self, edges: np.ndarray) -> None:
         """Mark ``edges`` absent without evaluating them (inert edges ACDC removes)."""
         lay = self.lay
-        self.present[lay.edge_row[edges], lay.edge_view[edges], lay.edge_pos[edges], lay.edge_slot[edges]] = False
+        cells = lay.edge_row[edges], lay.edge_view[edges], lay.edge_pos[edges], lay.edge_slot[edges]
+        self.present[cells] = False
 
     def forget_affected(self) -> None:
         self._affected.clear()

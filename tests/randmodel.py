@@ -33,6 +33,13 @@ def random_data(seed: int = 0, batch: int = 12, pos: int = 6, vocab: int = 12) -
     )  # fmt: skip
 
 
+def shared_prefix(data: TaskData, first: int) -> TaskData:
+    """``data`` with every corrupted prompt equal to its clean prompt before ``first``."""
+    corrupted = data.corrupted.clone()
+    corrupted[:, :first] = data.clean[:, :first]
+    return TaskData(data.clean, corrupted, answer_pos=data.answer_pos, correct=data.correct, wrong=data.wrong)
+
+
 class RandomTask(Task):
     name = "random-test"
     description = "random tokens on a random model (tests only)"

@@ -4,6 +4,7 @@ directory: a tiny GPT-2 and a tiny Llama with grouped-query attention."""
 import numpy as np
 import pytest
 import torch
+from randmodel import shared_prefix
 
 from circuitdag.acdc import acdc_fast, acdc_reference
 from circuitdag.graph import Graph, NodeKind
@@ -106,10 +107,7 @@ def test_shared_prefix_is_skipped_exactly(bridge_patcher):
     from circuitdag.recompute import SparseFastPath
 
     _, p0 = bridge_patcher
-    d = data_for(p0.model.cfg.d_vocab)
-    corrupted = d.corrupted.clone()
-    corrupted[:, :3] = d.clean[:, :3]
-    p = Patcher(p0.model, p0.graph, TaskData(d.clean, corrupted, answer_pos=d.answer_pos), metric="kl")
+    p = Patcher(p0.model, p0.graph, shared_prefix(data_for(p0.model.cfg.d_vocab), 3), metric="kl")
     assert SparseFastPath(p, p.kernels(), np.ones(p.graph.n_edges, dtype=bool)).first == 3
     ref = acdc_reference(p, 1e-4)
     fast = acdc_fast(p, 1e-4, sparse=True)

@@ -4,7 +4,7 @@ reference's circuit and scores, and refuses models its kernels do not reproduce.
 import numpy as np
 import pytest
 import torch
-from randmodel import random_data, random_tiny
+from randmodel import random_data, random_tiny, shared_prefix
 
 from circuitdag.acdc import acdc_fast, acdc_reference
 from circuitdag.components import ComponentKernels, KernelMismatch
@@ -142,13 +142,6 @@ def test_full_and_ablated_metrics_cost_one_pass_in_all():
     assert none[0] == pytest.approx(p.reference_metric(np.zeros(n, dtype=bool)), abs=1e-12)
     assert len({*full}) == 1 and len({*none}) == 1
     assert p.graph.nodes[p.graph.sink].kind == NodeKind.LOGITS
-
-
-def shared_prefix(data: TaskData, first: int) -> TaskData:
-    """``data`` with every corrupted prompt equal to its clean prompt before ``first``."""
-    corrupted = data.corrupted.clone()
-    corrupted[:, :first] = data.clean[:, :first]
-    return TaskData(data.clean, corrupted, answer_pos=data.answer_pos, correct=data.correct, wrong=data.wrong)
 
 
 PREFIX_CASES = [("ln-gelu-mlp", "kl"), ("ln-gelu-mlp", "logit_diff"), ("attn-only", "kl"), ("relu, 3 layers", "kl")]
