@@ -9,6 +9,7 @@ importing the package back: imports run one way.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -78,7 +79,9 @@ def bos_decision(model: Any) -> tuple[bool, str]:
     so a copy saved elsewhere (a fine-tune, a ``save_pretrained`` copy) gets the same
     prompts:
 
-    1. no BOS when the tokenizer has no BOS token;
+    1. no BOS when the tokenizer has no BOS token, as its files define it
+       (:func:`saved_bos_token`: TransformerBridge fills a missing BOS in with the EOS
+       token, which the model never saw at the start of a text);
     2. no BOS when the BOS token opens a chat turn: the tokenizer's chat template writes
        it directly before a role name (SmolLM2-Instruct's ``<|im_start|>``), so the model
        never saw it in front of plain text (P(he | John) 0.55 without it, 0.19 with);
@@ -87,10 +90,37 @@ def bos_decision(model: Any) -> tuple[bool, str]:
        position 0); True when the model has no such setting.
     """
     tok = getattr(model, "tokenizer", None)
-    bos = getattr(tok, "bos_token", None) if tok is not None else None
-    if tok is not None and getattr(tok, "bos_token_id", None) is None:
+    bos = saved_bos_token(tok) if tok is not None else None
+    if tok is not None and (bos is None or getattr(tok, "bos_token_id", None) is None):
         return False, "the tokenizer has no BOS token"
     if bos is not None and _bos_opens_chat_turns(tok, str(bos)):
         return False, f"the tokenizer's BOS {bos} opens a chat turn in its chat template, not a document"
     default = bool(getattr(getattr(model, "cfg", None), "default_prepend_bos", True))
     return default, f"cfg.default_prepend_bos is {default}" + (f" (BOS {bos})" if bos else "")
+
+
+def saved_bos_token(tokenizer: Any) -> str | None:
+    """The BOS token of ``tokenizer`` as its saved files define it: the tokenizer read afresh
+    from ``tokenizer.name_or_path`` (the model directory or hub name it was loaded from),
+    not the loaded object's ``bos_token``, which TransformerBridge sets to the EOS token when
+    the tokenizer has none. A tokenizer not loaded from files answers for itself."""
+    source = getattr(tokenizer, "name_or_path", None)
+    if isinstance(source, str) and source:
+        readable, bos = _saved_bos(source)
+        if readable:
+            return bos
+    bos = getattr(tokenizer, "bos_token", None)
+    return None if bos is None else str(bos)
+
+
+@functools.lru_cache(maxsize=32)
+def _saved_bos(source: str) -> tuple[bool, str | None]:
+    """(whether ``AutoTokenizer`` can load a tokenizer from ``source``, its ``bos_token``);
+    read once per process."""
+    from transformers import AutoTokenizer
+
+    try:
+        bos = AutoTokenizer.from_pretrained(source).bos_token
+    except Exception:  # noqa: BLE001 -- any failure: the loaded tokenizer answers instead
+        return False, None
+    return True, None if bos is None else str(bos)

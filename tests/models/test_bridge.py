@@ -279,3 +279,51 @@ def test_directory_without_tokenizer_is_refused(tmp_path: Path, tiny_gpt2_dir: P
         shutil.copy(tiny_gpt2_dir / f, tmp_path / f)
     with pytest.raises(ModelError, match="no tokenizer files.*tokenizer.save_pretrained"):
         load_bridge(tmp_path)
+
+
+def _save_word_model(path: Path, bos: str | None) -> Path:
+    """A tiny random GPT-2 over a few words whose saved tokenizer has the BOS token ``bos``
+    (None: none, as a tokenizer may be saved; EOS and padding are ``<|endoftext|>``)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    words = "<|endoftext|> <unk> when after john mary tom anna and went to the store park , gave a book ball"
+    vocab = {w: i for i, w in enumerate(words.split())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    specials = {"eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<unk>"}
+    if bos is not None:
+        specials["bos_token"] = bos
+    PreTrainedTokenizerFast(tokenizer_object=tok, **specials).save_pretrained(path)
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=4, n_embd=64, n_positions=32, vocab_size=len(vocab),
+                               bos_token_id=0 if bos else None, eos_token_id=0, pad_token_id=0)).save_pretrained(path)  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize("bos", [None, "<|endoftext|>"])
+def test_a_tokenizer_without_bos_gets_none(bos: str | None, tmp_path: Path) -> None:
+    """TransformerBridge fills a missing BOS in with the EOS token; prompts start with BOS
+    only when the tokenizer as saved has one (docs/tasks.md), and circuit.json says why."""
+    from transformers import AutoTokenizer
+
+    from circuitdag.acdc import prepare
+    from circuitdag.tasks.prompts import PromptTask
+
+    path = _save_word_model(tmp_path / "model", bos)
+    assert AutoTokenizer.from_pretrained(path).bos_token == bos
+    model = load_bridge(path)
+    eos = model.tokenizer.eos_token_id
+    assert model.tokenizer.bos_token_id == eos  # the bridge's stand-in, whatever the files say
+    clean = "when john and mary went to the store , mary gave a book to"
+    task = PromptTask([(clean, clean.replace("john", "tom").replace("mary", "anna"), "john", "mary")] * 4)
+    with pytest.warns(UserWarning, match="barely does this task"):  # a random model
+        patcher, meta = prepare(model, task, metric="kl")
+    first = patcher.data.clean[:, 0]
+    if bos is None:
+        assert (meta["bos"], meta["bos_reason"]) == (False, "the tokenizer has no BOS token")
+        assert model.cfg.default_prepend_bos is False and (first != eos).all()
+        assert model.to_tokens("john went to", prepend_bos=None)[0, 0] != eos
+    else:
+        assert meta["bos"] is True and "default_prepend_bos is True" in meta["bos_reason"]
+        assert (first == model.tokenizer.bos_token_id).all()
