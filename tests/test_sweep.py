@@ -21,6 +21,7 @@ from circuitdag.io import load_circuit
 from circuitdag.sweep import (
     TARGET_ATTR,
     default_storage,
+    fail_interrupted_trials,
     make_settings,
     open_storage,
     pareto_front,
@@ -291,3 +292,108 @@ def test_two_sweeps_start_on_a_new_directory_at_once(tmp_path):
     study = load(out)
     assert sum(t.state.name == "COMPLETE" for t in study.trials) >= 6
     assert json.loads((out / "pareto.json").read_text())["trials"].get("fail", 0) == 0
+
+
+def _pause_and_fail_elsewhere(out: Path) -> None:
+    """What another worker does to a trial whose process has been stopped for longer than
+    the grace period: its heartbeat is old, and that worker fails it (at start-up, or
+    before each of its trials)."""
+    with sqlite3.connect(out / "sweep.db", timeout=30) as con:
+        con.execute("UPDATE trial_heartbeats SET heartbeat = datetime('now', '-600 seconds')")
+    other = optuna.load_study(study_name="tracr-reverse", storage=open_storage(default_storage(out)))
+    fail_interrupted_trials(other)  # (this process is alive: only the heartbeat rule applies)
+
+
+def test_a_worker_whose_trial_was_failed_while_it_was_paused_goes_on(tmp_path, monkeypatch, caplog):
+    """The paused-worker case, deterministically: during trial 0 another process marks it
+    failed (stale heartbeat). The worker used to die with "Cannot tell a FAIL trial." and
+    leave trials/0/circuit.json that no trial records; it says so on one line and runs its
+    next trials, and the failed trial carries the reason."""
+    out = tmp_path / "sweep"
+    sweep(make_settings("tracr-reverse", out, ablation="zero"), 0)
+    real, calls = ACDC.run_acdc, []
+
+    def paused(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            _pause_and_fail_elsewhere(out)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ACDC, "run_acdc", paused)
+    with caplog.at_level("WARNING", logger="circuitdag"):
+        report = work(default_storage(out), n_trials=3, sampler_seed=0)
+    trials = load(out).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"] and len(calls) == 3
+    assert "no heartbeat" in trials[0].user_attrs["error"] and "circuit" not in trials[0].user_attrs
+    assert not (out / "trials" / "0").exists()  # no circuit that no trial records
+    lines = [r.getMessage() for r in caplog.records if "while this process was paused" in r.getMessage()]
+    assert len(lines) == 1 and "trial 0 was marked failed by another worker" in lines[0], caplog.text
+    assert report.counts == {"total": 3, "complete": 2, "fail": 1}
+
+
+_PAUSABLE_WORKER = """
+import pathlib, sys, time
+import circuitdag.sweep.storage as storage
+storage.HEARTBEAT_INTERVAL, storage.GRACE_PERIOD = 1, 2  # (60 s in real sweeps)
+import circuitdag.acdc
+acdc = sys.modules["circuitdag.acdc"]
+real, marker, nap = acdc.run_acdc, pathlib.Path(sys.argv[3]), float(sys.argv[4])
+def slow(*args, **kwargs):
+    marker.write_text("in a trial")
+    time.sleep(nap)
+    return real(*args, **kwargs)
+acdc.run_acdc = slow
+from circuitdag.cli import main
+sys.exit(main(["sweep-worker", "--storage", sys.argv[1], "--trials", sys.argv[2], "-q"]))
+"""
+
+
+@pytest.mark.slow
+def test_a_worker_stopped_with_sigstop_goes_on_after_sigcont(tmp_path):
+    """The reported case with real processes: worker 1 is stopped (SIGSTOP) in a trial,
+    worker 2 starts after the grace period and fails that trial, worker 1 continues
+    (SIGCONT): one warning line, no traceback, its next trial runs, and the failed trial
+    records why (the grace period is 2 s here)."""
+    import signal
+
+    out = tmp_path / "sweep"
+    sweep(make_settings("tracr-reverse", out, ablation="zero"), 0)
+    db, marker, url = out / "sweep.db", tmp_path / "in-trial", default_storage(out)
+
+    def worker(trials: str, nap: str, log: str) -> subprocess.Popen:
+        with open(tmp_path / log, "w") as err:  # (the child keeps its own copy of the handle)
+            return subprocess.Popen([sys.executable, "-c", _PAUSABLE_WORKER, url, trials, str(marker), nap],
+                                    env=ENV, stdout=subprocess.DEVNULL, stderr=err)  # fmt: skip
+
+    first = worker("2", "1", "first.err")
+    try:
+        deadline = time.monotonic() + 60
+        while not (marker.exists() and _heartbeats(db)):
+            assert first.poll() is None, (tmp_path / "first.err").read_text()
+            assert time.monotonic() < deadline, "worker 1 never started a trial"
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)
+        time.sleep(3.5)  # past the grace period (heartbeats have a resolution of 1 s)
+        second = worker("1", "0", "second.err")
+        assert second.wait(timeout=60) == 0, (tmp_path / "second.err").read_text()
+        assert _count(db, "FAIL") == 1
+        first.send_signal(signal.SIGCONT)
+        assert first.wait(timeout=60) == 0, (tmp_path / "first.err").read_text()
+    finally:
+        first.send_signal(signal.SIGCONT)
+        first.kill()
+        first.wait()
+    err = (tmp_path / "first.err").read_text()
+    assert "Traceback" not in err and err.count("\n") == 1, err
+    assert "trial 0 was marked failed by another worker while this process was paused" in err
+    trials = load(out).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert "no heartbeat" in trials[0].user_attrs["error"] and not (out / "trials" / "0").exists()
+
+
+def _heartbeats(db: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as con:
+            return con.execute("SELECT count(*) FROM trial_heartbeats").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0

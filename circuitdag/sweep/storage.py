@@ -6,12 +6,15 @@ mechanisms turn it into ``FAIL``: every trial records ``worker = host:pid``, and
 or worker starting on the same host fails the ``RUNNING`` trials whose process no longer
 exists, at once (:func:`fail_interrupted_trials`); and Optuna's heartbeat (every
 :data:`HEARTBEAT_INTERVAL` s) lets any process fail a trial whose heartbeat is older than
-:data:`GRACE_PERIOD` s, wherever its worker ran. See docs/sweeps.md.
+:data:`GRACE_PERIOD` s, wherever its worker ran. Either way the trial's ``error`` user
+attribute says why, written while the trial still runs: Optuna lets nobody change a
+finished trial. See docs/sweeps.md.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -107,6 +110,44 @@ def _schema_lock(db: Path | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@functools.cache
+def _storage_class() -> type[optuna.storages.RDBStorage]:
+    """Optuna's RDB storage, recording why the heartbeat rule fails a trial.
+
+    ``optuna.storages.fail_stale_trials`` (which Optuna also runs before every trial)
+    fails the running trials whose heartbeat is older than the grace period, and records
+    nothing: their worker may only be paused (SIGSTOP, a suspended job, a sleeping laptop)
+    and later finds its trial failed with no reason given. It asks the storage for those
+    trials first (``_get_stale_trial_ids``, the hook of Optuna's ``BaseHeartbeat`` that
+    storages implement); this storage answers, and writes each one's ``error`` while it
+    still runs. (Made on first use: circuitdag imports Optuna lazily.)"""
+    import optuna
+
+    class SweepStorage(optuna.storages.RDBStorage):
+        def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+            stale = super()._get_stale_trial_ids(study_id)
+            for trial_id in stale:
+                trial = self.get_trial(trial_id)
+                worker = trial.user_attrs.get("worker", "unknown")
+                log.warning("trial %d: no heartbeat from its worker %s for over %s s; marking it failed",
+                            trial.number, worker, self.grace_period)  # fmt: skip
+                try:
+                    self.set_trial_user_attr(trial_id, "error", f"no heartbeat from its worker {worker} for over "
+                                             f"{self.grace_period} s (paused, suspended or lost); marked failed "
+                                             f"by {HOST}:{os.getpid()}")  # fmt: skip
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # finished meanwhile, by its worker or another process
+            return stale
+
+    return SweepStorage
+
+
+def stored_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """``trial`` as the storage holds it now: another process may have finished it."""
+    # Trial has no public id accessor; storages address trials by it.
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
 #: Errors a SQLite schema race leaves (retried; see _schema_lock).
 _SCHEMA_RACE = ("already exists", "UNIQUE constraint failed: alembic_version")
 
@@ -134,9 +175,9 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
             with warnings.catch_warnings(), _schema_lock(db):
                 # heartbeat_interval is flagged experimental by Optuna; it is what we want.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs,
-                                                  heartbeat_interval=HEARTBEAT_INTERVAL,
-                                                  grace_period=GRACE_PERIOD)  # fmt: skip
+                return _storage_class()(url, engine_kwargs=engine_kwargs,
+                                        heartbeat_interval=HEARTBEAT_INTERVAL,
+                                        grace_period=GRACE_PERIOD)  # fmt: skip
         except ImportError as exc:
             extra = "psycopg2-binary" if url.startswith("postgres") else "the database driver"
             raise MissingExtraError(

@@ -159,30 +159,48 @@ def _optimize(study: optuna.Study, runner: TrialRunner | None, n_trials: int | N
               progress: bool, total: int | None = None) -> None:  # fmt: skip
     """``study.optimize`` with failures caught (the trial is FAIL, the sweep goes on), a
     stop once the study holds ``target`` finished trials, and a tqdm bar that shows
-    the size of the current front."""
+    the size of the current front.
+
+    A trial that another process failed while this one was paused ends ``study.optimize``
+    (Optuna raises "Cannot tell a FAIL trial."): the runner has said so and set
+    ``runner.lost``, and optimisation resumes with the trials still to run."""
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
     if n_trials == 0 or runner is None:
         return
     bar = tqdm(total=n_trials if n_trials is not None else total, desc="sweep", unit="trial", disable=not progress)
+    done = 0
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal done
+        done += 1
         trials = study.get_trials(deepcopy=False)
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
-        front = pareto_front([(t.values[0], t.values[1]) for t in done])
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        front = pareto_front([(t.values[0], t.values[1]) for t in complete])
         failed = sum(t.state == TrialState.FAIL for t in trials)
-        bar.set_postfix(front=len({(done[i].values[0], done[i].values[1]) for i in front}), failed=failed,
+        bar.set_postfix(front=len({(complete[i].values[0], complete[i].values[1]) for i in front}), failed=failed,
                         refresh=False)  # fmt: skip
         bar.update(1)
         if target is not None and finished_trials(study, trials) >= target:
             study.stop()
 
     try:
-        study.optimize(runner, n_trials=n_trials, catch=(Exception,), callbacks=[after_trial])
+        while n_trials is None or done < n_trials:
+            runner.lost = None
+            try:
+                study.optimize(runner, n_trials=None if n_trials is None else n_trials - done, catch=(Exception,),
+                               callbacks=[after_trial])  # fmt: skip
+                return
+            except Exception:
+                if runner.lost is None:
+                    raise
+            done += 1  # the lost trial (after_trial is not called for it)
+            bar.update(1)
+            if target is not None and finished_trials(study) >= target:
+                return
     finally:
         bar.close()
-
 
 
 def _sampler(seed: int | None, study: optuna.Study | None = None) -> optuna.samplers.BaseSampler:

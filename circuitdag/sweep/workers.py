@@ -1,10 +1,17 @@
 """The work of one trial: :class:`TrialRunner`, the Optuna objective every ``sweep`` and
 ``sweep-worker`` process runs. A trial is one fast ACDC run at the sampled threshold
 (and metric and ablation); it saves its circuit and returns ``(edges, faithfulness)``.
+
+A trial can be failed under a running objective: when its process is paused for longer
+than the heartbeat's grace period, another process marks it ``FAIL``
+(:mod:`~circuitdag.sweep.storage`). The objective then finds it finished, drops the
+circuit it cannot record and sets :attr:`TrialRunner.lost`; ``study._optimize`` goes on
+with the next trial.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -13,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from circuitdag.errors import CircuitDagError, ConfigError
 from circuitdag.sweep.settings import SweepSettings
-from circuitdag.sweep.storage import HOST
+from circuitdag.sweep.storage import HOST, stored_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -43,6 +50,8 @@ class TrialRunner:
         task, self.model = load_task_model(settings.task, settings.model, device, getattr(torch, settings.dtype))
         self.task = with_prepend_bos(task, settings.prepend_bos)
         self._patchers: dict[tuple[str, str], tuple[Patcher, dict[str, Any]]] = {}
+        #: The number of the last trial another process failed while this one ran it.
+        self.lost: int | None = None
         self.check()
 
     def check(self) -> None:
@@ -84,11 +93,14 @@ class TrialRunner:
         return self._patchers[key]
 
     def __call__(self, trial: optuna.Trial) -> tuple[int, float]:
+        import optuna
+
         from circuitdag.acdc import run_acdc
 
         s = self.settings
-        trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
+        unrecorded: Path | None = None  # a circuit saved but not yet named by the trial
         try:
+            trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
             threshold = trial.suggest_float("threshold", *s.threshold_range, log=True)
             metric = trial.suggest_categorical("metric", s.metrics) if "metric" in s.search else s.metrics[0]
             ablation = trial.suggest_categorical("ablation", s.ablations) if "ablation" in s.search else s.ablations[0]
@@ -105,18 +117,41 @@ class TrialRunner:
                 )
             path = self.out / "trials" / str(trial.number) / "circuit.json"
             circuit.save(path)
+            unrecorded = path
             m = circuit.meta
             for k, v in {"circuit": str(path), "edges": circuit.n_edges, "faithfulness": faith,
                          "metric_full": m["metric_full"], "metric_circuit": m["metric_circuit"],
                          "metric_corrupted": m["metric_corrupted"],
                          "seconds": m["stats"]["seconds"]}.items():  # fmt: skip
                 trial.set_user_attr(k, v)
+            unrecorded = None
+            # Returning values for a trial failed meanwhile would end study.optimize (Optuna
+            # refuses to tell a finished trial): look once more.
+            if stored_trial(trial).state.is_finished():
+                raise optuna.exceptions.UpdateFinishedTrialError(f"trial {trial.number} is finished")
             return circuit.n_edges, faith
         except KeyboardInterrupt:
             trial.set_user_attr("error", "interrupted (Ctrl-C)")
+            raise
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self._lose(trial, unrecorded)
             raise
         except Exception as exc:
             # Optuna marks the trial FAIL (optimize(catch=...)); keep the reason with it.
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             raise
+
+    def _lose(self, trial: optuna.Trial, unrecorded: Path | None) -> None:
+        """Another process failed ``trial`` while this one ran it (this process was paused
+        past the heartbeat's grace period). Optuna lets nobody change a finished trial, so
+        its result cannot be recorded: remove the circuit no trial names, say so on one
+        line, and set :attr:`lost` for ``_optimize``, which goes on with the next trial."""
+        if unrecorded is not None:
+            unrecorded.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # (not empty: something else is in it)
+                unrecorded.parent.rmdir()
+        self.lost = trial.number
+        log.warning("trial %d was marked failed by another worker while this process was paused (longer than "
+                    "the heartbeat's grace period); its result is dropped, going on with the next trial",
+                    trial.number)  # fmt: skip
