@@ -635,11 +635,14 @@ class Patcher:
                         raw[key][L] = x
                 return fn
 
-            # Before the patching hooks on the same names: the unpatched residual stream.
-            mid = "resid_pre" if lay.parallel else "resid_mid"
+            # Registered before the patching hooks on the same names, so they read the
+            # unpatched residual stream. The MLP's input is read at hook_mlp_in itself, as
+            # _capture reads it: TransformerBridge fires hook_resid_mid *after* hook_mlp_in,
+            # with the patched value (a resumed or prefiltered run then started from a
+            # wrong cached run, issue 21).
             first = [(_HOOK["resid_pre"](L), put("resid_pre", L)) for L in range(n)]
             if lay.has_mlp:
-                first += [(f"blocks.{L}.hook_{mid}", put("mlp_in", L)) for L in range(n)]
+                first += [(_HOOK["mlp_in"](L), put("mlp_in", L)) for L in range(n)]
             hooks = first + hooks
             hooks.insert(len(first), (f"blocks.{n - 1}.hook_resid_post", put("resid_final", None)))
         self.n_forward += 1

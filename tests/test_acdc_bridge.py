@@ -114,3 +114,37 @@ def test_shared_prefix_is_skipped_exactly(bridge_patcher):
     np.testing.assert_array_equal(fast.alive, ref.alive)
     np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-7, atol=1e-10)
     assert 0 < ref.alive.sum() < p.graph.n_edges
+
+
+@pytest.mark.parametrize("sparse", [True, False], ids=["components", "layers"])
+def test_prefiltered_start_equals_reference(bridge_patcher, sparse):
+    """From a start circuit with edges removed everywhere (a prefiltered or resumed run) the
+    fast path rebuilds its cached run in one patched pass. TransformerBridge fires
+    ``hook_resid_mid`` after ``hook_mlp_in``, with the patched value; the cached MLP input
+    must be the unpatched one (read at ``hook_mlp_in`` before the patch), or every MLP
+    destination is scored against the wrong base (issue 21: a resumed run kept 766 edges
+    where the uninterrupted one kept 164)."""
+    _, p = bridge_patcher
+    start = np.random.default_rng(1).random(p.graph.n_edges) < 0.7
+    threshold = 1e-3 * p.circuit_metric(np.zeros(p.graph.n_edges, dtype=bool))  # 0.1% of the KL gap
+    ref = acdc_reference(p, threshold, start=start)
+    fast = acdc_fast(p, threshold, start=start, sparse=sparse)
+    np.testing.assert_array_equal(fast.alive, ref.alive)
+    np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-7, atol=1e-9)  # atol: the Llama's float32 rotary
+    assert 0 < ref.alive.sum() < start.sum()
+
+
+def test_patched_run_caches_the_unpatched_mlp_input(bridge_patcher):
+    """In a patched pass the cached MLP input is the residual stream after the layer's
+    heads (plus the attention's constant, as in the clean run), before the MLP's own absent
+    edges are subtracted."""
+    _, p = bridge_patcher
+    alive = np.zeros(p.graph.n_edges, dtype=bool)  # every MLP input patched
+    raw: dict = {}
+    p._full_pass(p.absent_matrix(alive), raw=raw, sparse=True)
+    lay = p.layout
+    for L in range(lay.n_layers):
+        heads = slice(lay.head_slot(L, 0), lay.head_slot(L, 0) + lay.n_heads)
+        const = p.mlp_in[L] - p.resid_pre[L] - p.S_clean[:, :, heads].sum(2)  # e.g. GPT-2's b_O
+        got = raw["mlp_in"][L] - raw["resid_pre"][L] - raw["slots"][:, :, heads].sum(2)
+        torch.testing.assert_close(got, const, rtol=0, atol=1e-9)
