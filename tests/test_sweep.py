@@ -32,6 +32,7 @@ from circuitdag.tasks import get_task
 
 torch.set_num_threads(1)
 ACDC = sys.modules["circuitdag.acdc"]  # (the package's `acdc` attribute is the function)
+STUDY = sys.modules["circuitdag.sweep.study"]  # (`circuitdag.sweep.sweep` is the function)
 # Subprocesses share the machine with other jobs: one thread each.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 
@@ -397,3 +398,84 @@ def _heartbeats(db: Path) -> int:
             return con.execute("SELECT count(*) FROM trial_heartbeats").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+def _complete(out: Path) -> dict[int, tuple]:
+    return {t.number: (t.values, t.params, t.user_attrs) for t in load(out).trials if t.state.name == "COMPLETE"}
+
+
+def test_a_full_disk_under_the_storage_is_one_line(tmp_path, capsys, monkeypatch):
+    """SQLite on a full disk ("database or disk is full", made real here by capping the
+    file's size with PRAGMA max_page_count) used to fail every trial without a word, or
+    end in three chained tracebacks (sqlite3, SQLAlchemy, Optuna's "invalid data in the
+    commit"); the sweep stops with one line naming the storage, and the completed trials
+    are kept."""
+    import sqlalchemy
+
+    out = tmp_path / "sweep"
+    argv = ["sweep", "--task", "tracr-reverse", "--ablation", "zero", "--sampler-seed", "0", "--out", str(out), "-q"]
+    code, _, err = run(capsys, *argv, "--trials", "3")
+    assert code == 0, err
+    before = _complete(out)
+    real = STUDY.open_storage
+
+    def on_a_full_disk(url):
+        storage = real(url)
+
+        @sqlalchemy.event.listens_for(storage.engine, "connect")
+        def cap(con, _):  # the file may not grow by one page
+            con.execute(f"PRAGMA max_page_count = {con.execute('PRAGMA page_count').fetchone()[0]}")
+
+        storage.engine.dispose()  # (connections opened before the cap)
+        return storage
+
+    monkeypatch.setattr(STUDY, "open_storage", on_a_full_disk)
+    code, _, err = run(capsys, *argv, "--trials", "30")
+    assert code == 2 and err.count("\n") == 1, err
+    assert "disk is full" in err and default_storage(out) in err and "database or disk is full" in err, err
+    after = _complete(out)
+    assert len(after) >= 3 and all(after[n] == t for n, t in before.items())
+
+
+def test_a_full_disk_under_the_circuits_is_one_line(tmp_path, capsys, monkeypatch):
+    """No space left for a trial's circuit.json: not a trial failure to go on from (every
+    later trial would fail the same way), but one line naming the file, exit 2, and the
+    trials completed before are kept."""
+    import errno
+
+    out = tmp_path / "sweep"
+    real, saved = Path.write_text, []
+
+    def write_text(self, *args, **kwargs):
+        if self.name == "circuit.json.tmp":
+            saved.append(self)
+            if len(saved) > 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(self))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", write_text)
+    code, _, err = run(capsys, "sweep", "--task", "tracr-reverse", "--ablation", "zero", "--trials", "10",
+                       "--out", str(out), "-q")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1, err
+    assert "disk is full" in err and "trials/2/circuit.json" in err and default_storage(out) in err, err
+    states = [t.state.name for t in load(out).trials]
+    assert states == ["COMPLETE", "COMPLETE", "FAIL"] and len(saved) == 3
+
+
+def test_a_heartbeat_that_meets_a_full_disk_is_not_a_thread_traceback(tmp_path):
+    """Heartbeats are written in Optuna's own thread, where a full disk would print a thread
+    traceback and end the heartbeats; the trial's own writes report the full disk."""
+    import sqlalchemy
+
+    storage = open_storage(default_storage(tmp_path))
+    with pytest.warns(UserWarning, match="Heartbeat of storage"):  # (a trial outside Study.optimize)
+        trial = optuna.create_study(storage=storage, study_name="s", directions=["minimize"]).ask()
+
+    @sqlalchemy.event.listens_for(storage.engine, "before_cursor_execute")
+    def full(conn, cursor, statement, *args):
+        if "trial_heartbeats" in statement and not statement.lstrip().startswith("SELECT"):
+            raise sqlite3.OperationalError("database or disk is full")
+
+    storage.record_heartbeat(trial._trial_id)  # no error
+    with pytest.raises(optuna.exceptions.StorageInternalError):  # (what Optuna's own storage does)
+        optuna.storages.RDBStorage.record_heartbeat(storage, trial._trial_id)

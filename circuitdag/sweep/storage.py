@@ -14,6 +14,7 @@ finished trial. See docs/sweeps.md.
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import logging
 import os
@@ -124,6 +125,14 @@ def _storage_class() -> type[optuna.storages.RDBStorage]:
     import optuna
 
     class SweepStorage(optuna.storages.RDBStorage):
+        def record_heartbeat(self, trial_id: int) -> None:
+            # Runs in Optuna's heartbeat thread, where an error (a full disk) would only print
+            # a traceback and end the heartbeats; the trial's own writes meet it and report it.
+            try:
+                super().record_heartbeat(trial_id)
+            except optuna.exceptions.StorageInternalError as exc:
+                log.debug("heartbeat of trial id %d not recorded: %s", trial_id, exc.__cause__ or exc)
+
         def _get_stale_trial_ids(self, study_id: int) -> list[int]:
             stale = super()._get_stale_trial_ids(study_id)
             for trial_id in stale:
@@ -146,6 +155,52 @@ def stored_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
     """``trial`` as the storage holds it now: another process may have finished it."""
     # Trial has no public id accessor; storages address trials by it.
     return trial.study._storage.get_trial(trial._trial_id)
+
+
+def disk_full(exc: BaseException) -> BaseException | None:
+    """The error in ``exc``'s chain (causes, contexts, SQLAlchemy's ``orig``) that says a
+    disk is full, or None: an ``OSError`` ENOSPC or EDQUOT, SQLite's "database or disk is
+    full", PostgreSQL's ``disk_full`` (SQLSTATE 53100)."""
+    todo: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return e
+        if getattr(e, "sqlite_errorname", None) == "SQLITE_FULL" or (
+            type(e).__module__ == "sqlite3" and "database or disk is full" in str(e)
+        ):
+            return e
+        if "53100" in (getattr(e, "pgcode", None), getattr(e, "sqlstate", None)):
+            return e
+        todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
+    return None
+
+
+@contextlib.contextmanager
+def full_disk_stops(url: str, out: str | Path) -> Iterator[None]:
+    """Turn a full disk met anywhere in a sweep (the storage, a circuit, the report) into one
+    :class:`ConfigError` naming what could not be written. Left alone, SQLite's error
+    arrives as three chained tracebacks (sqlite3, SQLAlchemy, Optuna's "invalid data in the
+    commit") that say nothing a user can act on. Nothing completed is lost: every trial
+    is committed on its own, and a failed commit changes nothing."""
+    try:
+        yield
+    except Exception as exc:
+        full = disk_full(exc)
+        if full is None:
+            raise
+        tail = "free some space, then rerun the same command to continue the study"
+        if isinstance(full, OSError):
+            raise ConfigError(f"the disk is full: cannot write {full.filename or f'into {out}'} "
+                              f"({full.strerror or full}); the completed trials are kept in {masked(url)}: "
+                              f"{tail}") from exc  # fmt: skip
+        reason = str(full).splitlines()[0] if str(full) else type(full).__name__
+        raise ConfigError(f"the disk is full: storage {masked(url)} cannot be written ({reason}); "
+                          f"its completed trials are kept: {tail}") from exc  # fmt: skip
 
 
 #: Errors a SQLite schema race leaves (retried; see _schema_lock).

@@ -17,6 +17,7 @@ from circuitdag.sweep.storage import (
     default_storage,
     fail_interrupted_trials,
     finished_trials,
+    full_disk_stops,
     load_settings,
     masked,
     open_storage,
@@ -57,35 +58,36 @@ def sweep(
         # A new SQLite study holds no settings to compare: load the model and check the task
         # first, so that a refused task or option leaves no half-made sweep behind.
         runner = TrialRunner(settings, device=device, study_name=name)
-    _prepare_out(out)
-    store = open_storage(url)
-    existing = _existing(store, name)
-    if existing is not None:
-        old = load_settings(existing)
-        if n_trials == 0:  # only rewriting the report: the study's own settings, whatever the flags say
-            settings = replace(old, out=settings.out)
-        elif not old.same_search(settings):
-            raise ConfigError(
-                f"study {name!r} in {masked(url)} was started with other settings "
-                f"({describe(old)}); rerun with those, or choose a new --study (or --out)"
-            )
-    # Load the model and build the first patcher before touching the study, so bad options
-    # fail fast; --trials 0 (create the study, rewrite the report) needs no model.
-    if n_trials and runner is None:
-        runner = TrialRunner(settings, device=device, study_name=name)
-    study = optuna.create_study(storage=store, study_name=name, directions=list(DIRECTIONS),
-                                sampler=_sampler(sampler_seed, existing), load_if_exists=True)  # fmt: skip
-    study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
-    fail_interrupted_trials(study)
-    target = finished_trials(study) + n_trials
-    if n_trials:  # (--trials 0 only rewrites the report: it leaves helping workers' goal alone)
-        study.set_user_attr(TARGET_ATTR, target)
-    try:
-        _optimize(study, runner, n_trials, target, progress)
-    except KeyboardInterrupt:  # Optuna has marked the running trial FAIL
-        write_report(study, out, url)
-        raise
-    return write_report(study, out, url, target_faithfulness=target_faithfulness)
+    with full_disk_stops(url, out):
+        _prepare_out(out)
+        store = open_storage(url)
+        existing = _existing(store, name)
+        if existing is not None:
+            old = load_settings(existing)
+            if n_trials == 0:  # only rewriting the report: the study's own settings, whatever the flags say
+                settings = replace(old, out=settings.out)
+            elif not old.same_search(settings):
+                raise ConfigError(
+                    f"study {name!r} in {masked(url)} was started with other settings "
+                    f"({describe(old)}); rerun with those, or choose a new --study (or --out)"
+                )
+        # Load the model and build the first patcher before touching the study, so bad options
+        # fail fast; --trials 0 (create the study, rewrite the report) needs no model.
+        if n_trials and runner is None:
+            runner = TrialRunner(settings, device=device, study_name=name)
+        study = optuna.create_study(storage=store, study_name=name, directions=list(DIRECTIONS),
+                                    sampler=_sampler(sampler_seed, existing), load_if_exists=True)  # fmt: skip
+        study.set_user_attr(SETTINGS_ATTR, settings.to_dict())
+        fail_interrupted_trials(study)
+        target = finished_trials(study) + n_trials
+        if n_trials:  # (--trials 0 only rewrites the report: it leaves helping workers' goal alone)
+            study.set_user_attr(TARGET_ATTR, target)
+        try:
+            _optimize(study, runner, n_trials, target, progress)
+        except KeyboardInterrupt:  # Optuna has marked the running trial FAIL
+            write_report(study, out, url)
+            raise
+        return write_report(study, out, url, target_faithfulness=target_faithfulness)
 
 
 def work(
@@ -105,37 +107,38 @@ def work(
 
     if n_trials is not None and n_trials < 0:
         raise ConfigError(f"--trials must be >= 0, got {n_trials}")
-    store = open_storage(storage)
-    names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
-    if study_name is None:
-        if len(names) != 1:
-            raise ConfigError(f"{masked(storage)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
-                              "name one with --study")  # fmt: skip
-        study_name = names[0]
-    if study_name not in names:
-        raise ConfigError(
-            f"no study {study_name!r} in {masked(storage)} (it has: {', '.join(names) or 'none'}); start it with "
-            f"`circuitdag sweep --storage URL --study {study_name} --trials 0 ...`"
-        )
-    probe = optuna.load_study(study_name=study_name, storage=store)
-    settings = load_settings(probe)
-    if out is not None:
-        settings = SweepSettings(**{**asdict(settings), "out": str(Path(out).resolve())})
-    _prepare_out(Path(settings.out))
-    fail_interrupted_trials(probe)
-    target = int(probe.user_attrs.get(TARGET_ATTR, 0))
-    todo = max(0, target - finished_trials(probe)) if n_trials is None else n_trials
-    runner = TrialRunner(settings, device=device, study_name=study_name) if todo else None
-    study = optuna.load_study(study_name=study_name, storage=store, sampler=_sampler(sampler_seed, probe))
-    try:
-        if n_trials is None:  # help until the study holds what the sweep asked for
-            _optimize(study, runner, None, target, progress, total=todo)
-        else:
-            _optimize(study, runner, n_trials, None, progress)
-    except KeyboardInterrupt:
-        write_report(study, Path(settings.out), storage)
-        raise
-    return write_report(study, Path(settings.out), storage)
+    with full_disk_stops(storage, out if out is not None else "the sweep's output directory"):
+        store = open_storage(storage)
+        names = [s.study_name for s in optuna.get_all_study_summaries(store, include_best_trial=False)]
+        if study_name is None:
+            if len(names) != 1:
+                raise ConfigError(f"{masked(storage)} holds {len(names)} studies ({', '.join(names) or 'none'}); "
+                                  "name one with --study")  # fmt: skip
+            study_name = names[0]
+        if study_name not in names:
+            raise ConfigError(
+                f"no study {study_name!r} in {masked(storage)} (it has: {', '.join(names) or 'none'}); start it with "
+                f"`circuitdag sweep --storage URL --study {study_name} --trials 0 ...`"
+            )
+        probe = optuna.load_study(study_name=study_name, storage=store)
+        settings = load_settings(probe)
+        if out is not None:
+            settings = SweepSettings(**{**asdict(settings), "out": str(Path(out).resolve())})
+        _prepare_out(Path(settings.out))
+        fail_interrupted_trials(probe)
+        target = int(probe.user_attrs.get(TARGET_ATTR, 0))
+        todo = max(0, target - finished_trials(probe)) if n_trials is None else n_trials
+        runner = TrialRunner(settings, device=device, study_name=study_name) if todo else None
+        study = optuna.load_study(study_name=study_name, storage=store, sampler=_sampler(sampler_seed, probe))
+        try:
+            if n_trials is None:  # help until the study holds what the sweep asked for
+                _optimize(study, runner, None, target, progress, total=todo)
+            else:
+                _optimize(study, runner, n_trials, None, progress)
+        except KeyboardInterrupt:
+            write_report(study, Path(settings.out), storage)
+            raise
+        return write_report(study, Path(settings.out), storage)
 
 
 def _existing(store: optuna.storages.BaseStorage, name: str) -> optuna.Study | None:
@@ -159,7 +162,8 @@ def _optimize(study: optuna.Study, runner: TrialRunner | None, n_trials: int | N
               progress: bool, total: int | None = None) -> None:  # fmt: skip
     """``study.optimize`` with failures caught (the trial is FAIL, the sweep goes on), a
     stop once the study holds ``target`` finished trials, and a tqdm bar that shows
-    the size of the current front.
+    the size of the current front. A trial that meets a full disk stops the study
+    (``runner.fatal``: every later trial would meet it too).
 
     A trial that another process failed while this one was paused ends ``study.optimize``
     (Optuna raises "Cannot tell a FAIL trial."): the runner has said so and set
@@ -182,7 +186,7 @@ def _optimize(study: optuna.Study, runner: TrialRunner | None, n_trials: int | N
         bar.set_postfix(front=len({(complete[i].values[0], complete[i].values[1]) for i in front}), failed=failed,
                         refresh=False)  # fmt: skip
         bar.update(1)
-        if target is not None and finished_trials(study, trials) >= target:
+        if runner.fatal is not None or (target is not None and finished_trials(study, trials) >= target):
             study.stop()
 
     try:
@@ -191,10 +195,13 @@ def _optimize(study: optuna.Study, runner: TrialRunner | None, n_trials: int | N
             try:
                 study.optimize(runner, n_trials=None if n_trials is None else n_trials - done, catch=(Exception,),
                                callbacks=[after_trial])  # fmt: skip
-                return
             except Exception:
                 if runner.lost is None:
                     raise
+            else:
+                if runner.fatal is not None:
+                    raise runner.fatal
+                return
             done += 1  # the lost trial (after_trial is not called for it)
             bar.update(1)
             if target is not None and finished_trials(study) >= target:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from circuitdag.errors import CircuitDagError, ConfigError
 from circuitdag.sweep.settings import SweepSettings
-from circuitdag.sweep.storage import HOST, stored_trial
+from circuitdag.sweep.storage import HOST, disk_full, stored_trial
 
 if TYPE_CHECKING:
     import optuna
@@ -52,6 +52,9 @@ class TrialRunner:
         self._patchers: dict[tuple[str, str], tuple[Patcher, dict[str, Any]]] = {}
         #: The number of the last trial another process failed while this one ran it.
         self.lost: int | None = None
+        #: An error that ends the sweep rather than one trial (a full disk): every later
+        #: trial would meet it too. ``_optimize`` stops the study and raises it.
+        self.fatal: Exception | None = None
         self.check()
 
     def check(self) -> None:
@@ -138,6 +141,11 @@ class TrialRunner:
             raise
         except Exception as exc:
             # Optuna marks the trial FAIL (optimize(catch=...)); keep the reason with it.
+            if disk_full(exc) is not None:
+                self.fatal = exc
+                with contextlib.suppress(Exception):  # (the storage may be on the full disk)
+                    trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+                raise
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             log.warning("trial %d failed: %s: %s", trial.number, type(exc).__name__, exc)
             raise
