@@ -100,10 +100,17 @@ class Circuit:
     def save(self, path: str | Path) -> None:
         save_circuit(self, path)
 
-    def to_svg(self, path: str | Path, **kwargs: Any) -> Path:
-        from circuitdag.render import render_svg
+    def to_svg(self, path: str | Path, max_edges: int | None = None, timeout: float | None = None,
+               json_path: str | Path | None = None) -> Path:  # fmt: skip
+        """Draw the circuit as SVG with graphviz (:func:`circuitdag.render.render_svg`): at
+        most ``max_edges`` edges, the largest by ``|score|`` (default
+        :data:`~circuitdag.render.MAX_EDGES`; 0: every edge), graphviz stopped after
+        ``timeout`` seconds (default :data:`~circuitdag.render.DOT_TIMEOUT_S`) with a
+        :class:`~circuitdag.errors.CircuitDagError`; ``json_path`` is the circuit.json the
+        title names for ``circuitdag explore`` (default: ``path`` ending in ``.json``)."""
+        from circuitdag.render import MAX_EDGES, render_svg
 
-        return render_svg(self, path, **kwargs)
+        return render_svg(self, path, MAX_EDGES if max_edges is None else max_edges, timeout, json_path)
 
     def to_html(self, path: str | Path | None = None) -> str:
         """The interactive explorer (:mod:`circuitdag.explore`): one self-contained HTML

@@ -244,10 +244,26 @@ def cmd_discover(args: argparse.Namespace) -> int:
                            ig_steps=args.ig_steps)  # fmt: skip
     circuit.meta["stats"]["peak_memory_gb"] = round(peak_memory_gb(), 3)
     circuit.save(out / "circuit.json")
-    circuit.to_svg(out / "circuit.svg")
+    svg = _draw_svg(circuit, out / "circuit.svg", args)
     (out / "checkpoint.json").unlink(missing_ok=True)
-    print(summary_line(circuit, task.name, out))
+    print(summary_line(circuit, task.name, out, svg=svg))
     return 0
+
+
+def _draw_svg(circuit: Any, path: Path, args: argparse.Namespace) -> bool:
+    """Draw ``discover``'s circuit.svg unless ``--no-svg``; whether it was drawn. A drawing
+    that fails (graphviz missing, too slow) is a one-line warning: circuit.json is saved."""
+    path.unlink(missing_ok=True)  # an earlier run's drawing would not match this circuit.json
+    if args.no_svg:
+        return False
+    try:
+        with _phase(f"drawing {path.name} with graphviz", args.quiet):
+            circuit.to_svg(path)
+    except CircuitDagError as exc:
+        print(f"circuitdag: warning: {path.name} not drawn ({exc}); {path.with_suffix('.json')} is saved",
+              file=sys.stderr)  # fmt: skip
+        return False
+    return True
 
 
 def _num(x: float | None) -> str:
@@ -255,7 +271,7 @@ def _num(x: float | None) -> str:
     return "n/a" if x is None else "0" if x == 0 else f"{x:.4g}"
 
 
-def summary_line(circuit: Any, task_name: str, out: Path) -> str:
+def summary_line(circuit: Any, task_name: str, out: Path, svg: bool = True) -> str:
     """The one line ``discover`` prints: size, threshold, the three metric values (with what
     they are: every metric is stored as "lower is closer to the full model", so
     ``logit_diff`` and ``prob`` appear negated), faithfulness, time, memory, files."""
@@ -279,7 +295,8 @@ def summary_line(circuit: Any, task_name: str, out: Path) -> str:
         f"circuit {_num(m['metric_circuit'])}, corrupted {_num(m.get('metric_corrupted'))}"
         + (f"; faithfulness {f:.3f}" if f is not None else "")
         + (f", {used}/{total} (head, position) pairs" if circuit.graph.positions is not None else "")
-        + f"; {st['seconds']:.1f}s, peak memory {st['peak_memory_gb']:.2f} GB -> {out}/circuit.json, {out}/circuit.svg"
+        + f"; {st['seconds']:.1f}s, peak memory {st['peak_memory_gb']:.2f} GB -> {out}/circuit.json"
+        + (f", {out}/circuit.svg" if svg else "")
     )
 
 
@@ -327,9 +344,11 @@ class _phase:
 def cmd_render(args: argparse.Namespace) -> int:
     from circuitdag.io import load_circuit
 
+    if args.max_edges < 0:
+        raise ConfigError(f"--max-edges must be >= 0 (0 draws every edge), got {args.max_edges}")
     circuit = load_circuit(args.circuit)
     out = Path(args.output or Path(args.circuit).with_suffix(".svg"))
-    circuit.to_svg(out)
+    circuit.to_svg(out, max_edges=args.max_edges, timeout=args.timeout, json_path=args.circuit)
     print(out)
     return 0
 
@@ -447,11 +466,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--k-max", type=int, default=None,
                    help="most candidate circuits per batch (default: what fits in memory)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or phase messages")
+    p.add_argument("--no-svg", action="store_true",
+                   help="write circuit.json only, no circuit.svg (draw it later with circuitdag render)")
     p.set_defaults(fn=cmd_discover)
+
+    from circuitdag.render import DOT_TIMEOUT_S, MAX_EDGES
 
     p = sub.add_parser("render", help="draw a circuit.json as SVG")
     p.add_argument("circuit")
     p.add_argument("-o", "--output", help="SVG path (default: next to the JSON)")
+    p.add_argument("--max-edges", type=int, default=MAX_EDGES, metavar="N",
+                   help=f"draw at most the N largest edges by |score| (default {MAX_EDGES}; 0: every edge, "
+                   "which graphviz may take minutes to lay out)")
+    p.add_argument("--timeout", type=float, default=DOT_TIMEOUT_S, metavar="SECONDS",
+                   help=f"stop graphviz after this long (default {DOT_TIMEOUT_S:g}; 0: no limit)")
     p.set_defaults(fn=cmd_render)
 
     p = sub.add_parser("evaluate", help="print a circuit's size, metrics and ground-truth precision/recall")

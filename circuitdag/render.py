@@ -6,20 +6,30 @@ position name.
 Every SVG has a title (task, threshold, metric, ablation, edges, faithfulness) and a
 legend below the drawing (:func:`add_legend`): the colour of each input, the width scale
 in metric units, and the circuit's edges by name, largest ``|score|`` first, so no edge needs
-hovering to be read."""
+hovering to be read.
+
+Drawing time is bounded: graphviz's layout time grows steeply with the number of edges (a
+40,000-edge attribution circuit kept ``dot`` busy for over 11 minutes), so a circuit larger
+than :data:`MAX_EDGES` is drawn as its largest edges by ``|score|`` (:func:`drawn_edges`; the
+title says so and names ``circuitdag explore`` for the whole circuit), and graphviz is
+stopped after :data:`DOT_TIMEOUT_S` seconds with a :class:`CircuitDagError`."""
 
 from __future__ import annotations
 
 import html
 import math
+import os
 import re
+import shutil
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
 from circuitdag._plotting import write_svg
-from circuitdag.errors import CircuitDagError
+from circuitdag.errors import CircuitDagError, ConfigError
 from circuitdag.graph import Input, NodeKind
 
 
@@ -59,16 +69,43 @@ def _rank(node) -> tuple[int, int]:
     return (node.layer, 1 if node.kind in (NodeKind.MLP, NodeKind.NEURON) else 0)
 
 
-def to_dot(circuit: Circuit):  # -> graphviz.Digraph
-    """The circuit as a ``graphviz.Digraph`` (only nodes touched by circuit edges): laid out
-    by ``dot`` without positions, on a pinned grid (``neato``) with positions."""
+#: Edges a drawing shows by default: a larger circuit is drawn as its ``MAX_EDGES`` largest
+#: edges by ``|score|``. ``dot``'s time grows steeply with the edges (timings in
+#: docs/how-it-works.md, "Large circuits").
+MAX_EDGES = 300
+
+#: Seconds graphviz may lay a drawing out before it is stopped (:func:`dot_svg`).
+DOT_TIMEOUT_S = 120.0
+
+
+def drawn_edges(circuit: Circuit, max_edges: int = MAX_EDGES) -> np.ndarray:
+    """Indices of the edges a drawing shows, in edge-table order: every edge of the circuit,
+    or with ``max_edges`` > 0 and a larger circuit its ``max_edges`` largest by ``|score|``
+    (an untested edge counts as 0; ties go to the earlier edge)."""
+    idx = np.flatnonzero(circuit.in_circuit)
+    if max_edges <= 0 or idx.size <= max_edges:
+        return idx
+    mags = np.abs(circuit.scores[idx])
+    mags = np.where(np.isfinite(mags), mags, 0.0)
+    return np.sort(idx[np.argsort(-mags, kind="stable")[:max_edges]])
+
+
+def to_dot(circuit: Circuit, max_edges: int = MAX_EDGES, json_path: str | Path | None = None):  # -> Digraph
+    """The circuit as a ``graphviz.Digraph`` (only nodes touched by drawn edges): laid out
+    by ``dot`` without positions, on a pinned grid (``neato``) with positions. A circuit of
+    more than ``max_edges`` edges (0: no limit) is drawn as its largest by ``|score|``
+    (:func:`drawn_edges`), and the title's second line says so and how to see the whole
+    circuit (``circuitdag explore json_path``)."""
     import graphviz
 
     g = circuit.graph
     t = g.edges
-    idx = np.flatnonzero(circuit.in_circuit)
+    idx = drawn_edges(circuit, max_edges)
     used = sorted(set(t.src[idx].tolist()) | set(t.dst[idx].tolist()))
     title = circuit_title(circuit)
+    if idx.size < circuit.n_edges:
+        title += (f"\\ntop {idx.size} of {circuit.n_edges} edges by |score|; the whole circuit: "
+                  f"circuitdag explore {json_path or 'circuit.json'}")  # fmt: skip
     graph_attr = {"label": title, "labelloc": "t", "fontname": "Helvetica"}
     node_attr = {"fontname": "Helvetica", "fontsize": "11"}
     if g.positions is None:
@@ -243,21 +280,59 @@ def add_legend(svg: str, circuit: Circuit) -> str:
     return svg[: svg.rindex("</svg>")] + band + "\n"
 
 
-def dot_svg(dot: Any) -> str:
+def dot_svg(dot: Any, timeout: float | None = None, hint: str = "") -> str:
     """Lay out a ``graphviz`` graph with its engine and return the SVG text. Raises
-    :class:`CircuitDagError` saying how to install graphviz when its programs are missing."""
-    import graphviz
-
-    try:
-        return dot.pipe(format="svg", encoding="utf-8")
-    except graphviz.ExecutableNotFound as exc:
+    :class:`CircuitDagError` saying how to install graphviz when its programs are missing,
+    and when the engine fails or runs longer than ``timeout`` seconds (default
+    :data:`DOT_TIMEOUT_S`; 0: no limit), after stopping it; ``hint`` ends that message."""
+    engine = str(dot.engine)
+    exe = shutil.which(engine)
+    if exe is None:
         raise CircuitDagError(
-            "graphviz's `dot` program is not installed; install it (Debian/Ubuntu: "
+            f"graphviz's `{engine}` program is not installed; install graphviz (Debian/Ubuntu: "
             "`apt-get install graphviz`, macOS: `brew install graphviz`) and rerun"
-        ) from exc
+        )
+    limit = DOT_TIMEOUT_S if timeout is None else timeout
+    # A session of its own, so that stopping it stops anything it started.
+    proc = subprocess.Popen([exe, "-Tsvg"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)  # fmt: skip
+    try:
+        out, err = proc.communicate(dot.source.encode("utf-8"), timeout=limit or None)
+    except subprocess.TimeoutExpired:
+        _stop(proc)
+        raise CircuitDagError(f"graphviz's `{engine}` did not finish the drawing in {limit:g} s and was "
+                              f"stopped{hint}") from None  # fmt: skip
+    if proc.returncode != 0:
+        first = (err.decode("utf-8", "replace").strip().splitlines() or ["no message"])[0]
+        raise CircuitDagError(f"graphviz's `{engine}` failed (exit status {proc.returncode}): {first}")
+    return out.decode("utf-8")
 
 
-def render_svg(circuit: Circuit, path: str | Path) -> Path:
-    """Write the circuit's SVG, with its legend, to ``path`` (needs the ``dot`` program
-    from graphviz)."""
-    return write_svg(add_legend(dot_svg(to_dot(circuit)), circuit), path, None)
+def _stop(proc: subprocess.Popen) -> None:
+    """Kill ``proc`` and whatever it started, and reap it."""
+    try:
+        if hasattr(os, "killpg"):
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:  # pragma: no cover - Windows
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.communicate()
+
+
+def render_svg(circuit: Circuit, path: str | Path, max_edges: int = MAX_EDGES, timeout: float | None = None,
+               json_path: str | Path | None = None) -> Path:  # fmt: skip
+    """Write the circuit's SVG, with its legend, to ``path`` (needs graphviz's ``dot``).
+
+    A circuit of more than ``max_edges`` edges (0: no limit) is drawn as its largest by
+    ``|score|``; the title names ``json_path`` (default: ``path`` with the suffix ``.json``)
+    for ``circuitdag explore``, which shows the whole circuit. Graphviz is stopped after
+    ``timeout`` seconds (:func:`dot_svg`) with a :class:`CircuitDagError`; nothing is
+    written then."""
+    if max_edges < 0:
+        raise ConfigError(f"max_edges must be >= 0 (0 draws every edge), got {max_edges}")
+    json_path = json_path if json_path is not None else Path(path).with_suffix(".json")
+    hint = (f"; see the circuit with `circuitdag explore {json_path}`, or draw fewer edges with "
+            f"`circuitdag render {json_path} --max-edges N`")  # fmt: skip
+    svg = dot_svg(to_dot(circuit, max_edges, json_path), timeout, hint)
+    return write_svg(add_legend(svg, circuit), path, None)
