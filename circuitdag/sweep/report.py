@@ -16,7 +16,7 @@ from circuitdag.errors import CircuitDagError, ConfigError
 from circuitdag.sweep.figures import static_svg
 from circuitdag.sweep.front import SweepReport, front_points, pick_best, trial_rows
 from circuitdag.sweep.page import sweep_html
-from circuitdag.sweep.storage import load_settings
+from circuitdag.sweep.storage import load_settings, masked
 
 if TYPE_CHECKING:
     import optuna
@@ -42,6 +42,16 @@ def write_report(study: optuna.Study, out: str | Path, storage: str = "",
     for r in rows:
         counts[r["state"].lower()] = counts.get(r["state"].lower(), 0) + 1
     report = SweepReport(study.study_name, storage, settings, rows, points, counts)
+    report.files = {k: str(out / f) for k, f in FILES.items()}
+    if not points and (old := _old_front(out / FILES["pareto"])) is not None:
+        # An empty front over one with points: the study lost its trials (its file was
+        # replaced or cut short) or is another, new one. The old report is worth more.
+        n, name = old
+        log.warning("kept %s (%d front point%s of study %r), %s and %s: study %r in %s has no completed trial; "
+                    "rerun with the storage that holds those trials, or choose another --out for a new sweep",
+                    report.files["pareto"], n, "s" * (n != 1), name, FILES["svg"], FILES["html"],
+                    study.study_name, masked(storage))  # fmt: skip
+        return report
     views: dict[int, dict[str, str]] = {}
     for p in points:
         views[p["trial"]] = _draw(out, p["circuit"], out / "trials" / str(p["trial"]))
@@ -61,7 +71,6 @@ def write_report(study: optuna.Study, out: str | Path, storage: str = "",
     _write(out / FILES["pareto"], json.dumps(report.to_dict(), indent=1))
     _write(out / FILES["svg"], static_svg(report, n_total, {t: v["svg"] for t, v in views.items() if "svg" in v}))
     _write(out / FILES["html"], sweep_html(report, n_total, views))
-    report.files = {k: str(out / f) for k, f in FILES.items()}
     if report.best is not None:
         report.files["best"] = str(out / "best" / "circuit.json")
     return report
@@ -89,6 +98,17 @@ def _draw(out: Path, circuit: str | None, where: Path) -> dict[str, str]:
         except CircuitDagError as exc:
             log.warning("cannot draw %s as %s: %s", circuit, kind.upper(), exc)
     return {kind: str(path.relative_to(out)) for kind, path in files.items() if path.exists()}
+
+
+def _old_front(pareto: Path) -> tuple[int, str] | None:
+    """The number of front points and the study of an existing ``pareto.json``; None when
+    it is missing, unreadable or has no points."""
+    try:
+        doc = json.loads(pareto.read_text())
+        points = doc["points"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return (len(points), str(doc.get("study"))) if isinstance(points, list) and points else None
 
 
 def _n_edges_total(out: Path, points: list[dict[str, Any]]) -> int | None:

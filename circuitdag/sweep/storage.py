@@ -203,6 +203,32 @@ def full_disk_stops(url: str, out: str | Path) -> Iterator[None]:
                           f"its completed trials are kept: {tail}") from exc  # fmt: skip
 
 
+def _check_sqlite_file(db: Path) -> None:
+    """Refuse a SQLite file that exists but holds no database (called under the schema lock,
+    so a file another process is creating has its schema by now).
+
+    SQLite takes a 0-byte file for an empty database, and Optuna would create a new, empty
+    study in it: in a finished sweep's directory (whose study file was cut short by a full
+    disk or a failed copy) the report would then lose its front. A file that is not SQLite
+    at all would end in SQLAlchemy's "file is not a database"."""
+    try:
+        with open(db, "rb") as handle:
+            head = handle.read(16)
+    except FileNotFoundError:
+        return  # a new study
+    except OSError as exc:
+        raise ConfigError(f"cannot read the SQLite file {db} ({exc.strerror or exc}); "
+                          "check its permissions, or choose another --out/--storage") from exc  # fmt: skip
+    wal = db.with_name(db.name + "-wal")  # (in WAL mode a new database may live there alone)
+    if not head and not (wal.exists() and wal.stat().st_size):
+        raise ConfigError(f"{db} is empty (0 bytes): no study can be read from it (cut short by a full disk or "
+                          "a failed copy?); restore it from a backup, or delete it to start a new study there, or "
+                          "choose another --out/--storage")  # fmt: skip
+    if head and head != b"SQLite format 3\x00":
+        raise ConfigError(f"{db} is not a SQLite database, so not a sweep's study file; move it away, or "
+                          "choose another --out/--storage")  # fmt: skip
+
+
 #: Errors a SQLite schema race leaves (retried; see _schema_lock).
 _SCHEMA_RACE = ("already exists", "UNIQUE constraint failed: alembic_version")
 
@@ -228,6 +254,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     for attempt in range(5):
         try:
             with warnings.catch_warnings(), _schema_lock(db):
+                if db is not None:
+                    _check_sqlite_file(db)
                 # heartbeat_interval is flagged experimental by Optuna; it is what we want.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return _storage_class()(url, engine_kwargs=engine_kwargs,
