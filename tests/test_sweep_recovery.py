@@ -30,6 +30,7 @@ from circuitdag.sweep import (
 
 torch.set_num_threads(1)
 STUDY = sys.modules["circuitdag.sweep.study"]  # (`circuitdag.sweep.sweep` is the function)
+WORKERS = sys.modules["circuitdag.sweep.workers"]
 
 
 def _pause_and_fail_elsewhere(out: Path) -> None:
@@ -42,28 +43,41 @@ def _pause_and_fail_elsewhere(out: Path) -> None:
     fail_interrupted_trials(other)  # (this process is alive: only the heartbeat rule applies)
 
 
-def test_a_worker_whose_trial_was_failed_while_it_was_paused_goes_on(tmp_path, monkeypatch, caplog):
+@pytest.mark.parametrize("when", ["in ACDC", "after recording"])
+def test_a_worker_whose_trial_was_failed_while_it_was_paused_goes_on(when, tmp_path, monkeypatch, caplog):
     """The paused-worker case, deterministically: during trial 0 another process marks it
     failed (stale heartbeat). The worker used to die with "Cannot tell a FAIL trial." and
     leave trials/0/circuit.json that no trial records; it says so on one line and runs its
-    next trials, and the failed trial carries the reason."""
+    next trials, and the failed trial carries the reason. Paused in ACDC, the circuit it
+    cannot record is removed; paused once it has recorded it (as trial attributes), the
+    circuit stays with the failed trial."""
     out = tmp_path / "sweep"
     sweep(make_settings("tracr-reverse", out, ablation="zero"), 0)
-    real, calls = ACDC.run_acdc, []
+    calls = []
 
-    def paused(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 1:
-            _pause_and_fail_elsewhere(out)
-        return real(*args, **kwargs)
+    def pausing(real):
+        def paused(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 1:
+                _pause_and_fail_elsewhere(out)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(ACDC, "run_acdc", paused)
+        return paused
+
+    if when == "in ACDC":
+        monkeypatch.setattr(ACDC, "run_acdc", pausing(ACDC.run_acdc))
+    else:  # just before the objective returns its values
+        monkeypatch.setattr(WORKERS, "stored_trial", pausing(WORKERS.stored_trial))
     with caplog.at_level("WARNING", logger="circuitdag"):
         report = work(default_storage(out), n_trials=3, sampler_seed=0)
     trials = load(out).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"] and len(calls) == 3
-    assert "no heartbeat" in trials[0].user_attrs["error"] and "circuit" not in trials[0].user_attrs
-    assert not (out / "trials" / "0").exists()  # no circuit that no trial records
+    assert "no heartbeat" in trials[0].user_attrs["error"]
+    if when == "in ACDC":
+        assert "circuit" not in trials[0].user_attrs and not (out / "trials" / "0").exists()
+    else:
+        assert Path(trials[0].user_attrs["circuit"]) == out / "trials" / "0" / "circuit.json"
+        assert (out / "trials" / "0" / "circuit.json").exists()
     lines = [r.getMessage() for r in caplog.records if "while this process was paused" in r.getMessage()]
     assert len(lines) == 1 and "trial 0 was marked failed by another worker" in lines[0], caplog.text
     assert report.counts == {"total": 3, "complete": 2, "fail": 1}
