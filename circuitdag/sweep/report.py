@@ -43,10 +43,10 @@ def write_report(study: optuna.Study, out: str | Path, storage: str = "",
         counts[r["state"].lower()] = counts.get(r["state"].lower(), 0) + 1
     report = SweepReport(study.study_name, storage, settings, rows, points, counts)
     report.files = {k: str(out / f) for k, f in FILES.items()}
-    if not points and (old := _old_front(out / FILES["pareto"])) is not None:
+    if not points and (kept := _old_front(out / FILES["pareto"])) is not None:
         # An empty front over one with points: the study lost its trials (its file was
         # replaced or cut short) or is another, new one. The old report is worth more.
-        n, name = old
+        n, name = kept
         log.warning("kept %s (%d front point%s of study %r), %s and %s: study %r in %s has no completed trial; "
                     "rerun with the storage that holds those trials, or choose another --out for a new sweep",
                     report.files["pareto"], n, "s" * (n != 1), name, FILES["svg"], FILES["html"],
