@@ -20,13 +20,11 @@ model, runs the blocks from the destination's layer on.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +35,9 @@ from tqdm.auto import tqdm
 from circuitdag._kernels import backend
 from circuitdag.attention import attention_record
 from circuitdag.attribution import DEFAULT_IG_STEPS, METHODS, attribute, top_edges
+from circuitdag.checkpoint import Checkpointer, SearchState, load_checkpoint
 from circuitdag.circuit import Circuit
-from circuitdag.errors import ConfigError, TaskError
+from circuitdag.errors import CheckpointError, ConfigError, TaskError
 from circuitdag.graph import Graph, ModelSpec, NodeKind, Positions
 from circuitdag.patching import Ablation, Patcher
 from circuitdag.provenance import RESUME_KEYS
@@ -46,21 +45,6 @@ from circuitdag.recompute import PositionalFastPath, SparseFastPath
 from circuitdag.tasks.base import TaskData
 
 log = logging.getLogger("circuitdag")
-
-CHECKPOINT_FORMAT = "circuitdag.acdc-checkpoint/1"
-
-
-@dataclass
-class SearchState:
-    """Everything ACDC needs to continue: which destinations are done, the current
-    circuit and metric, and the scores measured so far."""
-
-    alive: np.ndarray
-    scores: np.ndarray
-    m_cur: float
-    next_dest: int = 0  # position in graph.visit_order()
-    stats: dict[str, Any] = field(default_factory=dict)
-
 
 def _check_threshold(threshold: float) -> float:
     if not isinstance(threshold, (int, float)) or math.isnan(threshold) or threshold < 0:
@@ -74,6 +58,49 @@ def _initial_state(patcher: Patcher, start: np.ndarray | None = None, reference:
     alive = np.ones(n, dtype=bool) if start is None else patcher.graph.prune(_check_start(start, n))
     m = patcher.reference_metric(alive) if reference else patcher.circuit_metric(alive)
     return SearchState(alive, np.full(n, np.nan), m)
+
+
+def _start_or_resume(
+    patcher: Patcher,
+    order: list[int],
+    info: dict[str, Any],
+    checkpoint: str | Path | None,
+    resume: bool,
+    start: np.ndarray | None,
+    stats: dict[str, Any] | None,
+    reference: bool,
+) -> SearchState:
+    """The state a run begins from: the checkpoint's when resuming from one that exists
+    (checked against the graph and against the metric of its circuit measured now), else
+    the start circuit (``stats`` seeds its run statistics, saved with the checkpoint)."""
+    if not (resume and checkpoint is not None and Path(checkpoint).exists()):
+        state = _initial_state(patcher, start, reference)
+        state.stats.update(stats or {})
+        return state
+    graph = patcher.graph
+    position = np.full(len(graph.nodes), len(order), dtype=np.int64)
+    position[order] = np.arange(len(order))
+    subset = start is not None or info.get("prefilter") is not None
+    state = load_checkpoint(checkpoint, info, tested_by=position[graph.edges.dst], n_destinations=len(order),
+                            subset_start=subset)  # fmt: skip
+    _check_resumed_metric(patcher, state, checkpoint, reference)
+    log.info("resuming ACDC at destination %d/%d", state.next_dest, len(order))
+    return state
+
+
+def _check_resumed_metric(patcher: Patcher, state: SearchState, checkpoint: str | Path, reference: bool) -> None:
+    """Refuse a checkpoint whose circuit scores differently now than when it was saved: the
+    model, its weights or the code changed under the same settings, and every later
+    decision would compare against the wrong base. Tolerance: rounding in the model's
+    dtype (1e-3 of the metric gap; 5% in 16-bit floats)."""
+    now = patcher.reference_metric(state.alive) if reference else patcher.circuit_metric(state.alive)
+    gap = abs(metric_gap(patcher))
+    rel = 5e-2 if torch.finfo(patcher.dtype).bits <= 16 else 1e-3
+    if not abs(now - state.m_cur) <= rel * gap + 1e-6 * abs(state.m_cur):
+        raise CheckpointError(
+            f"checkpoint {checkpoint}: its circuit has metric {now:.6g} now but {state.m_cur:.6g} when it was saved, "
+            "so the model or its weights changed since; delete it, or rerun without --resume to start over"
+        )
 
 
 def _check_start(start: np.ndarray, n: int) -> np.ndarray:
@@ -98,26 +125,38 @@ def acdc_reference(
     progress: bool = False,
     max_destinations: int | None = None,
     start: np.ndarray | None = None,
+    checkpoint: str | Path | None = None,
+    resume: bool = False,
+    checkpoint_every: float = 30.0,
+    run_info: dict[str, Any] | None = None,
+    stats: dict[str, Any] | None = None,
 ) -> SearchState:
     """Sequential ACDC: one full forward pass per edge (the slow, obviously correct one).
 
     ``max_destinations`` stops after that many destinations (benchmarks on big graphs);
     the edges into the others stay present. ``start`` (a boolean mask over edges) makes
     ACDC begin from that circuit instead of the full graph (prefiltered ACDC): only its
-    edges are tested, the others stay removed."""
+    edges are tested, the others stay removed. ``checkpoint``, ``resume``,
+    ``checkpoint_every``, ``run_info``, ``stats``: as in :func:`acdc_fast`
+    (:mod:`circuitdag.checkpoint`)."""
     threshold = _check_threshold(threshold)
     graph = patcher.graph
     reach = graph.reach
-    state = _initial_state(patcher, start, reference=True)
+    order = graph.visit_order()[:max_destinations]
+    info = _checkpoint_info(threshold, graph, run_info, "acdc-reference")
+    state = _start_or_resume(patcher, order, info, checkpoint, resume, start, stats, reference=True)
+    saver = Checkpointer(checkpoint, info, checkpoint_every)
     alive, scores, sink = state.alive, state.scores, graph.sink
-    bar = tqdm(total=int(alive.sum()), desc="ACDC (reference)", unit="edge", disable=not progress)
-    for dest in graph.visit_order()[:max_destinations]:
+    total = sum(int(alive[graph.incoming[d]].sum()) for d in order[state.next_dest :])
+    bar = tqdm(total=total, desc="ACDC (reference)", unit="edge", disable=not progress)
+    for pos in range(state.next_dest, len(order)):
+        dest = order[pos]
         inc = graph.incoming[dest]
         edges = inc[alive[inc]]
         if not reach.reaches_sink(alive, sink)[dest]:
             bar.total -= len(edges)
             bar.refresh()
-            continue
+            edges = edges[:0]
         for e in edges:
             alive[e] = False
             m_new = patcher.reference_metric(alive)
@@ -127,9 +166,16 @@ def acdc_reference(
             else:
                 alive[e] = True
             bar.update(1)
+        state.next_dest = pos + 1
+        saver.boundary(state, last=pos == len(order) - 1)
     bar.close()
     state.alive = graph.prune(alive)
     return state
+
+
+def _checkpoint_info(threshold: float, graph: Graph, run_info: dict[str, Any] | None, algorithm: str) -> dict[str, Any]:
+    """What a checkpoint must share with the run that resumes it."""
+    return {"threshold": threshold, "n_edges": graph.n_edges, "algorithm": algorithm, **(run_info or {})}
 
 
 def _memory_budget(patcher: Patcher) -> int:
@@ -249,14 +295,9 @@ def acdc_fast(
     reach = graph.reach
     sink = graph.sink
     order = graph.visit_order()[:max_destinations]
-    info = {"threshold": threshold, "n_edges": graph.n_edges, **(run_info or {})}
-    state = None
-    if resume and checkpoint is not None and Path(checkpoint).exists():
-        state = load_checkpoint(checkpoint, info)
-        log.info("resuming ACDC at destination %d/%d", state.next_dest, len(order))
-    if state is None:
-        state = _initial_state(patcher, start)
-        state.stats.update(stats or {})  # saved with the checkpoint
+    info = _checkpoint_info(threshold, graph, run_info, "acdc")
+    state = _start_or_resume(patcher, order, info, checkpoint, resume, start, stats, reference=False)
+    saver = Checkpointer(checkpoint, info, checkpoint_every)
     fast = _sparse_path(patcher, state.alive, sparse)
     if fast is None:
         patcher.rebase(state.alive)
@@ -278,7 +319,6 @@ def acdc_fast(
     pending = [_work(graph, d, int(state.alive[graph.incoming[d]].sum()), per_edge) for d in order[state.next_dest :]]
     bar = tqdm(total=sum(pending), desc="ACDC", unit="edge" if per_edge else "block", disable=not progress,
                bar_format="{l_bar}{bar}| {percentage:3.0f}% [{elapsed}<{remaining}{postfix}]")  # fmt: skip
-    last_write = time.monotonic()
     for pos in range(state.next_dest, len(order)):
         dest = order[pos]
         inc = graph.incoming[dest]
@@ -292,9 +332,7 @@ def acdc_fast(
             bar.refresh()
         bar.set_postfix_str(f"destination {pos + 1}/{len(order)}, {stats['edges_tested']} edges tested", refresh=False)
         state.next_dest = pos + 1
-        if checkpoint is not None and (time.monotonic() - last_write >= checkpoint_every or pos == len(order) - 1):
-            save_checkpoint(checkpoint, state, info)
-            last_write = time.monotonic()
+        saver.boundary(state, last=pos == len(order) - 1)
     bar.close()
     if fast is not None:
         stats["component_evaluations"] = stats.get("component_evaluations", 0) + fast.component_evals - c0
@@ -425,44 +463,6 @@ def _sparse_path(patcher: Patcher, alive: np.ndarray, want: bool | None) -> Spar
     return kind(patcher, patcher.kernels(), alive)  # type: ignore[arg-type]
 
 
-# ---------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: str | Path, state: SearchState, info: dict[str, Any]) -> None:
-    """Write the search state as JSON, atomically (temp file + rename)."""
-    path = Path(path)
-    doc = {
-        "format": CHECKPOINT_FORMAT,
-        "info": info,
-        "next_dest": state.next_dest,
-        "m_cur": state.m_cur,
-        "removed": np.flatnonzero(~state.alive).tolist(),
-        "scores": [None if math.isnan(s) else s for s in state.scores.tolist()],
-        "stats": state.stats,
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: str | Path, info: dict[str, Any]) -> SearchState:
-    doc = json.loads(Path(path).read_text())
-    if doc.get("format") != CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path} is not an ACDC checkpoint; delete it or pick another --out")
-    want = json.loads(json.dumps(info))
-    if doc["info"] != want:
-        diff = {k: (doc["info"].get(k), want.get(k)) for k in sorted(set(doc["info"]) | set(want))
-                if doc["info"].get(k) != want.get(k)}  # fmt: skip
-        shown = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
-        raise ConfigError(
-            f"checkpoint {path} was written by a run with other settings ({shown}); "
-            "rerun with those settings to continue, or without --resume to start over"
-        )
-    n = info["n_edges"]
-    alive = np.ones(n, dtype=bool)
-    alive[doc["removed"]] = False
-    scores = np.array([np.nan if s is None else s for s in doc["scores"]], dtype=np.float64)
-    return SearchState(alive, scores, float(doc["m_cur"]), int(doc["next_dest"]), doc["stats"])
-
-
 # ---------------------------------------------------------------------- public API
 ALGORITHMS = ("acdc", "acdc-reference")
 #: Edges kept by ``--prefilter eap-ig`` when no count is given (docs/real-models.md).
@@ -517,18 +517,20 @@ def run_acdc(
     f0, l0 = patcher.n_forward, patcher.n_layer_evals
     t0 = time.perf_counter()
     start, pre_meta = None, None
-    resuming = algorithm == "acdc" and resume and checkpoint is not None and Path(checkpoint).exists()
+    resuming = resume and checkpoint is not None and Path(checkpoint).exists()
     if pre is not None and not resuming:  # a resumed run takes its circuit from the checkpoint
         att = attribute(patcher, pre[0], ig_steps, progress=progress)
         start = top_edges(att.scores, n_edges=pre[1])
         pre_meta = {"method": pre[0], "edges": pre[1], "ig_steps": att.steps if pre[0] == "eap-ig" else None,
                     "edges_on_paths": int(patcher.graph.prune(start).sum()),
                     "attribution_seconds": round(att.seconds, 4)}  # fmt: skip
+    info = {k: (meta or {}).get(k) for k in RESUME_KEYS}
+    info["prefilter"] = None if pre is None else f"{pre[0]}:{pre[1]}:{ig_steps}"
     if algorithm == "acdc-reference":
-        state = acdc_reference(patcher, threshold, progress=progress, start=start)
+        state = acdc_reference(patcher, threshold, progress=progress, checkpoint=checkpoint, resume=resume,
+                               run_info=info, checkpoint_every=checkpoint_every, start=start,
+                               stats={"prefilter": pre_meta} if pre_meta else None)  # fmt: skip
     else:
-        info = {k: (meta or {}).get(k) for k in RESUME_KEYS}
-        info["prefilter"] = None if pre is None else f"{pre[0]}:{pre[1]}:{ig_steps}"
         state = acdc_fast(patcher, threshold, progress=progress, checkpoint=checkpoint, resume=resume,
                           k_max=k_max, run_info=info, checkpoint_every=checkpoint_every, start=start,
                           stats={"prefilter": pre_meta} if pre_meta else None)  # fmt: skip

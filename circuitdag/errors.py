@@ -29,3 +29,7 @@ class ConfigError(CircuitDagError):
 
 class MissingExtraError(CircuitDagError):
     """An optional dependency is needed; the message names the extra to install."""
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint is damaged, or was written by a run with other settings."""

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from randmodel import random_data, random_tiny
 
-from circuitdag.acdc import acdc_fast, acdc_reference, load_checkpoint, run_acdc
+from circuitdag.acdc import acdc_fast, acdc_reference, run_acdc
+from circuitdag.checkpoint import load_checkpoint
 from circuitdag.errors import ConfigError
 from circuitdag.graph import Graph
 from circuitdag.models import spec_of
@@ -70,7 +71,7 @@ def test_checkpoint_resume_gives_identical_circuit(tmp_path):
     # Run, then rewind the checkpoint to a mid-way destination by replaying a partial run.
     partial = acdc_fast(p, 0.002, checkpoint=ck, checkpoint_every=0.0)
     assert ck.exists()
-    state = load_checkpoint(ck, {"threshold": 0.002, "n_edges": p.graph.n_edges})
+    state = load_checkpoint(ck, {"threshold": 0.002, "n_edges": p.graph.n_edges, "algorithm": "acdc"})
     assert state.next_dest == len(p.graph.visit_order())
     np.testing.assert_array_equal(partial.alive, full.alive)
 

@@ -28,7 +28,7 @@ sys.path.insert(0, {str(HERE)!r})
 from randmodel import random_data, random_tiny
 import time
 from circuitdag.acdc import acdc_fast
-acdc = sys.modules["circuitdag.acdc"]  # the module (circuitdag.acdc is also a function)
+import circuitdag.checkpoint as acdc  # where save_checkpoint lives
 from circuitdag.graph import Graph
 from circuitdag.models import spec_of
 from circuitdag.patching import Patcher
@@ -113,3 +113,264 @@ def test_prefiltered_run_resumes_from_its_checkpoint(tmp_path):
     first = run_acdc(patcher(), THRESHOLD, prefilter="eap-ig:60", ig_steps=2, checkpoint=ck2, checkpoint_every=0.0)
     again = run_acdc(patcher(), THRESHOLD, prefilter="eap-ig:60", ig_steps=2, checkpoint=ck2, resume=True)
     assert again.same_as(first) and again.meta["prefilter"]["edges"] == 60
+
+
+# ---------------------------------------------------------------------------------------
+# Kill anywhere, resume, same circuit: the matrix of issue 21. A kill is an exception no
+# code catches, raised either right after the n-th checkpoint is written (a kill at a
+# destination boundary) or at the n-th progress update (a kill inside a destination: the
+# checkpoint on disk is the last boundary's). The resumed run gets a fresh Patcher, as a
+# new process would.
+class Killed(BaseException):
+    """A hard kill: not an Exception, so nothing in circuitdag can catch it."""
+
+
+def kill_after_saves(monkeypatch, n: int) -> None:
+    import circuitdag.checkpoint as ckmod
+
+    real, seen = ckmod.save_checkpoint, []
+
+    def save(*args, **kw):
+        real(*args, **kw)
+        seen.append(1)
+        if len(seen) == n:
+            raise Killed
+
+    monkeypatch.setattr(ckmod, "save_checkpoint", save)
+
+
+def kill_after_updates(monkeypatch, n: int) -> None:
+    acdc_mod = sys.modules["circuitdag.acdc"]  # the module (circuitdag.acdc is also a function)
+
+    class Bar(acdc_mod.tqdm):  # type: ignore[misc,name-defined]
+        seen = 0
+
+        def update(self, k=1):
+            Bar.seen += 1
+            if Bar.seen == n:
+                raise Killed
+            return super().update(k)
+
+    monkeypatch.setattr(acdc_mod, "tqdm", Bar)
+
+
+def count_updates(monkeypatch, run) -> int:
+    acdc_mod = sys.modules["circuitdag.acdc"]  # the module (circuitdag.acdc is also a function)
+
+    class Bar(acdc_mod.tqdm):  # type: ignore[misc,name-defined]
+        seen = 0
+
+        def update(self, k=1):
+            Bar.seen += 1
+            return super().update(k)
+
+    with monkeypatch.context() as m:
+        m.setattr(acdc_mod, "tqdm", Bar)
+        run()
+    return Bar.seen
+
+
+SMALL = {"n_layers": 2, "n_heads": 2}
+
+
+def small_patcher(positions: bool, ablation: str) -> Patcher:
+    from circuitdag.graph import Positions
+
+    model = random_tiny(**SMALL)
+    P = 4 if positions else 6
+    data = random_data(batch=4 if positions else 6, pos=P, vocab=model.cfg.d_vocab)
+    graph = Graph(spec_of(model), Positions(P, sink=(P - 1,)) if positions else None)
+    return Patcher(model, graph, data, ablation=ablation, metric="kl")
+
+
+def search(p: Patcher, path: str, kind: str, prefiltered: bool, ck=None, resume=False):
+    """One ACDC run of the matrix: ``path`` components / layers / reference, an absolute
+    or a relative threshold, from every edge or from the 60% of edges EAP-IG ranks
+    highest."""
+    from circuitdag.acdc import acdc_reference, resolve_threshold
+    from circuitdag.attribution import attribute, top_edges
+
+    task = RandomTaskStub()
+    thr, _ = resolve_threshold(p, task, 0.004, None) if kind == "absolute" else resolve_threshold(p, task, None, 0.02)
+    start = None
+    if prefiltered:
+        start = top_edges(attribute(p, "eap-ig", 3).scores, n_edges=int(0.6 * p.graph.n_edges))
+    kw = {"checkpoint": ck, "resume": resume, "checkpoint_every": 0.0, "start": start}
+    if path == "reference":
+        return acdc_reference(p, thr, **kw)
+    return acdc_fast(p, thr, k_init=2, sparse=path == "components", **kw)
+
+
+class RandomTaskStub:
+    default_threshold = 0.004
+
+
+def assert_same(resumed, whole, exact: bool) -> None:
+    np.testing.assert_array_equal(resumed.alive, whole.alive)
+    np.testing.assert_array_equal(np.isnan(resumed.scores), np.isnan(whole.scores))
+    if exact:  # the reference recomputes every metric from scratch: bit for bit
+        np.testing.assert_array_equal(resumed.scores, whole.scores)
+    else:  # the fast path rebuilds its cached run in one pass: float64 rounding
+        np.testing.assert_allclose(resumed.scores, whole.scores, rtol=1e-9, atol=1e-12)
+
+
+def kill_points(n_boundaries: int, n_updates: int, every: bool) -> list[tuple[str, int]]:
+    if every:
+        bounds = range(1, n_boundaries)
+        inside = sorted({1, 2, n_updates // 3, n_updates // 2, n_updates - 1} - {0})
+    else:
+        bounds = [n_boundaries // 2]
+        inside = [n_updates // 3]
+    return [("boundary", b) for b in bounds] + [("inside", u) for u in inside]
+
+
+MATRIX = [(pos, abl, kind, path, pre) for pos in (False, True) for abl in ("resample", "zero", "mean")
+          for kind in ("absolute", "relative") for path in ("components", "layers", "reference")
+          for pre in (False, True)]  # fmt: skip
+
+
+@pytest.mark.parametrize("positions,ablation,kind,path,prefiltered", MATRIX,
+                         ids=["-".join(["pos" if c[0] else "plain", c[1], c[2], c[3], "pre" if c[4] else "full"])
+                              for c in MATRIX])  # fmt: skip
+def test_killed_anywhere_resumes_to_the_same_circuit(tmp_path, monkeypatch, positions, ablation, kind, path,
+                                                     prefiltered):  # fmt: skip
+    """Plain graphs: a kill after every destination boundary and at five points inside
+    destinations; position-aware graphs (29 destinations): one boundary and one inside
+    point. Each resumed circuit has the uninterrupted run's edges and scores."""
+    whole = search(small_patcher(positions, ablation), path, kind, prefiltered)
+    assert 0 < whole.alive.sum() < len(whole.alive)  # a run that decides something
+    n_dest = len(small_patcher(positions, ablation).graph.visit_order())
+    n_upd = count_updates(monkeypatch, lambda: search(small_patcher(positions, ablation), path, kind, prefiltered))
+    for where, n in kill_points(n_dest, n_upd, every=not positions):
+        ck = tmp_path / f"{where}{n}.json"
+        with monkeypatch.context() as m:
+            (kill_after_saves if where == "boundary" else kill_after_updates)(m, n)
+            try:
+                search(small_patcher(positions, ablation), path, kind, prefiltered, ck=ck)
+                killed = False
+            except Killed:
+                killed = True
+        # The fast path's batch size follows timings, so its number of progress updates
+        # varies a little from run to run: a late inside kill may not happen.
+        assert killed or where == "inside", (where, n)
+        if not killed or not ck.exists():  # not killed, or killed before the first boundary
+            continue
+        done = json.loads(ck.read_text())["next_dest"]
+        assert 0 < done < n_dest, (where, n, done)
+        resumed = search(small_patcher(positions, ablation), path, kind, prefiltered, ck=ck, resume=True)
+        assert_same(resumed, whole, exact=path == "reference")
+
+
+PROMPTS = "\n".join(json.dumps(r) for r in [  # one token layout, for --positions
+    {"clean": "the cat sat on the", "corrupted": "the dog sat on the", "correct": "park"},
+    {"clean": "he gave her a book", "corrupted": "she gave him a book", "correct": "and"},
+    {"clean": "mary went to the park", "corrupted": "john went to the park", "correct": "and"},
+    {"clean": "the dog ran to the", "corrupted": "the cat ran to the", "correct": "tree"},
+    {"clean": "tom sat in the park", "corrupted": "anna sat in the park", "correct": "and"},
+])  # fmt: skip
+
+
+@pytest.mark.filterwarnings("ignore:.*barely does this task")  # a random model
+@pytest.mark.parametrize("positions", [False, True], ids=["plain", "positions"])
+def test_cli_resume_on_a_hugging_face_model(tmp_path, monkeypatch, tiny_gpt2_dir, positions):
+    """The issue-21 report end to end: ``discover`` on a GPT-2 directory booted through
+    TransformerBridge, KL and a relative threshold, killed right after its third
+    checkpoint and resumed with ``--resume``: the same circuit.json edges and scores as an
+    uninterrupted run (the resumed run used to score MLP destinations against the wrong
+    base and keep several times as many edges)."""
+    from circuitdag.cli import main
+
+    (tmp_path / "p.jsonl").write_text(PROMPTS + "\n")
+    args = ["discover", "--prompts", str(tmp_path / "p.jsonl"), "--model", str(tiny_gpt2_dir), "--metric", "kl",
+            "--relative-threshold", "0.002", "--threads", "1", "--quiet", "--dtype", "float64",
+            *(["--positions"] if positions else [])]  # fmt: skip
+    assert main([*args, "--out", str(tmp_path / "whole")]) == 0
+    with monkeypatch.context() as m:
+        kill_after_saves(m, 3)
+        with pytest.raises(Killed):
+            main([*args, "--out", str(tmp_path / "killed"), "--checkpoint-every", "0"])
+    assert json.loads((tmp_path / "killed" / "checkpoint.json").read_text())["next_dest"] == 3
+    assert main([*args, "--out", str(tmp_path / "killed"), "--resume"]) == 0
+    whole, resumed = (json.loads((tmp_path / d / "circuit.json").read_text()) for d in ("whole", "killed"))
+    kept = [[e["name"] for e in doc["edges"] if e["in_circuit"]] for doc in (whole, resumed)]
+    assert 0 < len(kept[0]) < whole["n_edges_total"] and kept[1] == kept[0]
+    scores = [[np.nan if e["score"] is None else e["score"] for e in doc["edges"]] for doc in (whole, resumed)]
+    assert [e["name"] for e in resumed["edges"]] == [e["name"] for e in whole["edges"]]
+    np.testing.assert_allclose(scores[1], scores[0], rtol=1e-9, atol=1e-12)
+
+
+def _damage(kind: str, doc: dict) -> bytes:
+    if kind == "empty":
+        return b""
+    text = json.dumps(doc)
+    if kind == "truncated":
+        return text[: len(text) // 2].encode()
+    if kind == "binary":
+        return b"\x80\x81\xfe" * 10
+    if kind == "not-a-checkpoint":
+        return b'{"hello": 1}'
+    bad = json.loads(text)
+    if kind == "index-out-of-range":
+        bad["removed"] = bad["removed"] + [10**6]
+    elif kind == "negative-index":
+        bad["removed"] = [-1]
+    elif kind == "wrong-types":
+        bad["removed"] = "all of them"
+    elif kind == "short-scores":
+        bad["scores"] = bad["scores"][:3]
+    elif kind == "nan-metric":
+        bad["m_cur"] = None
+    elif kind == "next-dest-out-of-range":
+        bad["next_dest"] = 10**6
+    elif kind == "score-of-unvisited-edge":
+        bad["scores"] = [0.5] * len(bad["scores"])
+    elif kind == "removed-untested":
+        untested = [i for i, s in enumerate(bad["scores"]) if s is None and i not in bad["removed"]]
+        bad["removed"] = bad["removed"] + untested[:1]
+    elif kind == "other-metric":
+        bad["m_cur"] = bad["m_cur"] + 1.0
+    return json.dumps(bad).encode()
+
+
+DAMAGE = ["empty", "truncated", "binary", "not-a-checkpoint", "index-out-of-range", "negative-index", "wrong-types",
+          "short-scores", "nan-metric", "next-dest-out-of-range", "score-of-unvisited-edge", "removed-untested",
+          "other-metric"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def killed_run(tmp_path_factory):
+    """A discover run of the default task killed after its second checkpoint."""
+    import pytest as _pytest
+
+    from circuitdag.cli import main
+
+    out = tmp_path_factory.mktemp("killed")
+    mp = _pytest.MonkeyPatch()
+    try:
+        kill_after_saves(mp, 2)
+        with _pytest.raises(Killed):
+            main(["discover", "--out", str(out), "--checkpoint-every", "0", "--quiet", "--no-svg"])
+    finally:
+        mp.undo()
+    return out, json.loads((out / "checkpoint.json").read_text())
+
+
+@pytest.mark.parametrize("kind", DAMAGE)
+def test_a_damaged_checkpoint_is_one_line_and_left_alone(tmp_path, capsys, killed_run, kind):
+    """Issue 21, item 2: a checkpoint that is empty, truncated, not JSON, or whose contents
+    do not fit the graph gives one line naming the file and what to do (exit 2); the
+    file stays as it was and no circuit is written."""
+    import shutil
+
+    from circuitdag.cli import main
+
+    out = tmp_path / "run"
+    shutil.copytree(killed_run[0], out)
+    ck = out / "checkpoint.json"
+    ck.write_bytes(_damage(kind, killed_run[1]))
+    before = ck.read_bytes()
+    assert main(["discover", "--out", str(out), "--resume", "--quiet", "--no-svg"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(ck) in err[0], err
+    assert "delete it" in err[0] and "without --resume" in err[0], err[0]
+    assert ck.read_bytes() == before and not (out / "circuit.json").exists()
