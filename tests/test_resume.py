@@ -374,3 +374,29 @@ def test_a_damaged_checkpoint_is_one_line_and_left_alone(tmp_path, capsys, kille
     assert len(err) == 1 and str(ck) in err[0], err
     assert "delete it" in err[0] and "without --resume" in err[0], err[0]
     assert ck.read_bytes() == before and not (out / "circuit.json").exists()
+
+
+@pytest.mark.parametrize("path", ["components", "reference"])
+def test_neuron_nodes_resume_to_the_same_circuit(tmp_path, monkeypatch, path):
+    """MLPs split into neurons (``--neurons``): killed after every destination, resumed,
+    the same edges and scores."""
+    from circuitdag.acdc import acdc_reference
+
+    def patcher_() -> Patcher:
+        model = random_tiny(d_mlp=5)
+        return Patcher(model, Graph(spec_of(model, [1])), random_data(1), ablation="resample", metric="kl")
+
+    def run(ck=None, resume=False):
+        kw = {"checkpoint": ck, "resume": resume, "checkpoint_every": 0.0}
+        return acdc_reference(patcher_(), 0.02, **kw) if path == "reference" else acdc_fast(patcher_(), 0.02, **kw)
+
+    whole = run()
+    n_dest = len(patcher_().graph.visit_order())
+    assert 0 < whole.alive.sum() < len(whole.alive)
+    for b in range(1, n_dest):
+        ck = tmp_path / f"b{b}.json"
+        with monkeypatch.context() as m:
+            kill_after_saves(m, b)
+            with pytest.raises(Killed):
+                run(ck)
+        assert_same(run(ck, resume=True), whole, exact=path == "reference")
