@@ -94,8 +94,57 @@ class Circuit:
         scores[tested] = mags[tested]
         return Circuit(plain, in_circuit, scores, {**self.meta, "collapsed_from_positions": True})
 
-    def to_networkx(self):
-        return self.graph.to_networkx(self.in_circuit)
+    def __repr__(self) -> str:
+        m = self.meta
+        faith = self.faithfulness()
+        parts = [f"{self.n_edges}/{self.graph.n_edges} edges", f"{len(self.node_names)} nodes"]
+        for key in ("task", "algorithm", "metric", "threshold"):
+            if m.get(key) is not None:
+                value = m[key]
+                parts.append(f"{key}={value:.4g}" if isinstance(value, float) else f"{key}={value}")
+        if faith is not None:
+            parts.append(f"faithfulness={faith:.3f}")
+        return f"Circuit({', '.join(parts)})"
+
+    def to_pandas(self, circuit_only: bool = False):  # -> pandas.DataFrame
+        """One row per edge of the graph (or of the circuit, with ``circuit_only``): ``edge``
+        (its name), ``src``, ``dst``, ``input`` (q, k, v, mlp, resid), ``src_pos``,
+        ``dst_pos`` (-1 without positions), ``score`` (float, NaN: never scored) and
+        ``in_circuit`` (bool), in edge-table order. Needs pandas
+        (``pip install 'circuitdag[pandas]'``; raises MissingExtraError without it)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            from circuitdag.errors import MissingExtraError
+
+            raise MissingExtraError("Circuit.to_pandas needs pandas: pip install 'circuitdag[pandas]'") from None
+        g, t = self.graph, self.graph.edges
+        rows = np.flatnonzero(self.in_circuit) if circuit_only else np.arange(g.n_edges)
+        names = [n.name for n in g.nodes]
+        return pd.DataFrame({
+            "edge": [g.edge_names[e] for e in rows],
+            "src": [names[i] for i in t.src[rows]],
+            "dst": [names[i] for i in t.dst[rows]],
+            "input": [Input(i).label for i in t.input[rows]],
+            "src_pos": np.asarray(t.src_pos[rows], dtype=np.int64),
+            "dst_pos": np.asarray(t.dst_pos[rows], dtype=np.int64),
+            "score": np.asarray(self.scores[rows], dtype=np.float64),
+            "in_circuit": np.asarray(self.in_circuit[rows], dtype=bool),
+        })  # fmt: skip
+
+    def to_networkx(self, all_nodes: bool = False):  # -> networkx.MultiDiGraph
+        """The circuit as a networkx ``MultiDiGraph``: its edges (key: the input label;
+        attributes ``name`` and ``score``, NaN when never scored) and, by default, only the
+        nodes they touch (``all_nodes=True``: every node of the graph). Nodes carry
+        ``kind``, ``layer``, ``head`` and ``pos``."""
+        g = self.graph.to_networkx(self.in_circuit)
+        names = self.graph.edge_names
+        score = {names[e]: float(self.scores[e]) for e in np.flatnonzero(self.in_circuit)}
+        for _, _, data in g.edges(data=True):
+            data["score"] = score[data["name"]]
+        if not all_nodes:
+            g.remove_nodes_from([n for n in list(g.nodes) if g.degree(n) == 0])
+        return g
 
     def save(self, path: str | Path) -> None:
         save_circuit(self, path)
