@@ -283,8 +283,8 @@ def top_edges(scores: np.ndarray, n_edges: int | None = None, threshold: float |
     mag[np.isnan(mag)] = -1.0  # never kept
     keep = np.zeros(mag.shape[0], dtype=bool)
     if threshold is not None:
-        if not threshold >= 0:
-            raise ConfigError(f"threshold must be >= 0, got {threshold}")
+        if not 0 <= threshold < float("inf"):  # NaN and inf too: an infinite threshold keeps nothing
+            raise ConfigError(f"threshold must be a finite number >= 0, got {threshold}")
         keep = mag >= threshold
     else:
         assert n_edges is not None

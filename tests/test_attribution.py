@@ -137,6 +137,9 @@ def test_top_edges_rule():
     assert top_edges(s, threshold=1.0).tolist() == [False, True, False, True, True]
     with pytest.raises(ConfigError, match="exactly one"):
         top_edges(s)
+    for bad in (float("inf"), float("nan"), -1.0):  # an infinite threshold would keep nothing
+        with pytest.raises(ConfigError, match="finite number >= 0"):
+            top_edges(s, threshold=bad)
 
 
 def test_bad_options_are_refused():

@@ -239,6 +239,11 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
       ``hook_mlp_in`` changes ``hook_mlp_out`` (checked on the last layer).
     """
     spec = spec_of(model)
+    if spec.parallel_attn_mlp:  # the patching engine reads each MLP's input after attention (hook_resid_mid)
+        raise ModelError(f"{getattr(model.cfg, 'model_name', None) or 'this model'} computes attention and MLP in "
+                         "parallel from the same residual stream (GPT-NeoX/Pythia, GPT-J): circuitdag does not "
+                         "support parallel attention+MLP blocks yet; use a model with sequential blocks (GPT-2, "
+                         "Llama, SmolLM2, ...)")  # fmt: skip
     if tokens is None:
         tokens = _probe_tokens(model)
     names = required_hooks(spec)

@@ -45,6 +45,7 @@ class AnNeuronTask(Task):
     # with faithfulness 0.99, 0.3 to 1 give 6 edges with 0.97, 0.01 gives 17.
     default_threshold = 0.1
     default_ablation = "resample"
+    data_uses_seed = False  # every fruit pair in every template, in a fixed order
 
     def __init__(self, *, strict: bool = False, prepend_bos: bool | None = None) -> None:
         self.strict = strict

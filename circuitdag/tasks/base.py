@@ -120,6 +120,14 @@ class Task:
     #: True when :meth:`ground_truth` returns an edge set.
     has_ground_truth: bool = False
 
+    @property
+    def data_uses_seed(self) -> bool:
+        """Whether :meth:`data` depends on ``seed``. False for a fixed list of prompts
+        (pronoun, an-neuron, a prompts file): the seed then only draws the subset that
+        ``n_prompts`` asks for (:func:`load_data`), and the CLI says so when ``--seed`` is
+        given without ``--n-prompts``. A subclass may set it as a class attribute."""
+        return True
+
     def load_model(self, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
         """The task's default model."""
         raise NotImplementedError

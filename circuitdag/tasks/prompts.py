@@ -98,7 +98,7 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     (a header row naming the fields) file. Raises :class:`TaskError` naming the line."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM, as Windows editors write, is not part of the text
     except OSError as exc:
         raise TaskError(f"cannot read prompts file {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
@@ -151,6 +151,7 @@ class PromptTask(Task):
 
     has_ground_truth = False
     default_ablation = "resample"
+    data_uses_seed = False  # the file's prompts, in its order
 
     def __init__(
         self,

@@ -156,6 +156,12 @@ class PronounTask(Task):
         shown = {f: _lm.token_strings(tok, _lm.word_tokens(tok, f)) for f in self.fillers}
         raise TaskError(f"{self.name}: no gender-neutral filler is a single token for this model: {shown}")
 
+    @property
+    def data_uses_seed(self) -> bool:
+        """Only "opposite-gender" draws (with the seed) the name that replaces each name;
+        "that-person" prompts are the same for every seed."""
+        return self.corruption != "that-person"
+
     def prompts(self, model: Any, seed: int = 0) -> PronounPrompts:
         """The prompt texts :meth:`data` tokenizes (names and templates that fit the
         model's tokenizer), in template-major order, male names first."""

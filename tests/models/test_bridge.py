@@ -327,3 +327,22 @@ def test_a_tokenizer_without_bos_gets_none(bos: str | None, tmp_path: Path) -> N
     else:
         assert meta["bos"] is True and "default_prepend_bos is True" in meta["bos_reason"]
         assert (first == model.tokenizer.bos_token_id).all()
+
+
+def test_parallel_attention_blocks_are_refused_with_the_reason(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+    """A GPT-NeoX block computes attention and MLP from the same residual (no
+    hook_resid_mid); the patching engine does not support that yet, and says so."""
+    import shutil
+
+    from conftest import tiny_vocab_size
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
+
+    cfg = GPTNeoXConfig(num_hidden_layers=1, num_attention_heads=2, hidden_size=16, intermediate_size=32,
+                        max_position_embeddings=16, vocab_size=tiny_vocab_size(), use_parallel_residual=True,
+                        bos_token_id=0, eos_token_id=0, pad_token_id=0)  # fmt: skip
+    GPTNeoXForCausalLM(cfg).save_pretrained(tmp_path)
+    for f in tiny_gpt2_dir.iterdir():  # the word-level tokenizer
+        if f.name.startswith(("tokenizer", "special_tokens")):
+            shutil.copy(f, tmp_path)
+    with pytest.raises(ModelError, match="parallel attention\\+MLP blocks yet"):
+        load_bridge(tmp_path)

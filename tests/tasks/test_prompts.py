@@ -236,3 +236,20 @@ def test_a_prompts_file_that_is_not_utf8_is_a_one_line_error(tmp_path):
     path.write_bytes(b"\xff\xfe\x00{garbage")
     with pytest.raises(TaskError, match="not UTF-8"):
         read_prompts(path)
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".json", ".csv", ".tsv"])
+def test_a_byte_order_mark_is_accepted(suffix, tmp_path):
+    """Excel and Notepad start UTF-8 files with a byte-order mark; it is not part of the
+    first field's name (CSV/TSV) or of the JSON text."""
+    row = {"clean": "john gave a book to", "corrupted": "mary gave a book to", "correct": "mary", "wrong": "john"}
+    text = {
+        ".jsonl": json.dumps(row) + "\n",
+        ".json": json.dumps([row]),
+        ".csv": "clean,corrupted,correct,wrong\n" + ",".join(row.values()) + "\n",
+        ".tsv": "clean\tcorrupted\tcorrect\twrong\n" + "\t".join(row.values()) + "\n",
+    }[suffix]
+    path = tmp_path / f"bom{suffix}"
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode())
+    (prompt,) = read_prompts(path)
+    assert (prompt.clean, prompt.corrupted, prompt.correct, prompt.wrong) == tuple(row.values())
