@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from circuitdag._options import number
 from circuitdag.errors import CircuitFileError, ConfigError, TaskError
 
 #: Neurons shown per layer by default.
@@ -159,7 +160,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--model", required=True, help="zoo name, smollm2-135m, hub name or local directory")
     p.add_argument("--text", required=True, help="the prompt")
     p.add_argument("-o", "--output", default="activations.html", help="HTML path (default activations.html)")
-    p.add_argument("--top", type=int, default=DEFAULT_TOP, help=f"neurons per layer (default {DEFAULT_TOP})")
+    p.add_argument("--top", type=number("--top", int, 1), default=DEFAULT_TOP,
+                   help=f"neurons per layer (default {DEFAULT_TOP}; at most the layer's neurons)")
     p.add_argument(
         "--prepend-bos",
         choices=("auto", "yes", "no"),

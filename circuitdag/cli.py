@@ -9,11 +9,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
-from typing import Any, overload
+from typing import Any, NoReturn, overload
 
+from circuitdag import _options
+from circuitdag._options import number
 from circuitdag.errors import CircuitDagError, ConfigError
 
 log = logging.getLogger("circuitdag")
@@ -53,6 +56,8 @@ def _threshold(text: str | None, flag: str = "--threshold") -> float | None:
         raise ConfigError(f"{flag} must be a number, got {text!r}") from None
     if not value >= 0:
         raise ConfigError(f"{flag} must be >= 0, got {text}")
+    if math.isinf(value):
+        raise ConfigError(f"{flag} must be finite, got {text}: an infinite threshold removes every edge")
     return value
 
 
@@ -103,17 +108,15 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     from circuitdag.patching import Ablation
     from circuitdag.tasks._lm import with_prepend_bos
 
-    threads = getattr(args, "threads", None) or default_threads()
-    if threads < 1:
-        raise ConfigError(f"--threads must be >= 1, got {threads}")
-    if getattr(args, "n_prompts", None) is not None and args.n_prompts < 1:
-        raise ConfigError(f"--n-prompts must be >= 1, got {args.n_prompts}")
+    requested = getattr(args, "threads", None)
+    threads = _options.threads(requested, default_threads() if requested is None else 1)
     torch.set_num_threads(threads)
     log.info("using %d torch threads", threads)
     task = _task(args)
     own = task.for_model(args.model) if getattr(args, "model", None) else None  # one of the task's own models
     task = with_prepend_bos(own or task, getattr(args, "prepend_bos", "auto"))
     resolve_metric(task, args.metric)  # fail before loading the model
+    _warn_unused_seed(task, args)
     if args.ablation:
         Ablation.parse(args.ablation)
     dtype = _dtype(args.dtype)
@@ -124,7 +127,18 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
             model = load_model(args.model, device=args.device, dtype=dtype)
         else:
             model = task.load_model(device=args.device, dtype=dtype)
+    _options.check_n_prompts(model, getattr(args, "n_prompts", None), args.device)
     return task, model
+
+
+def _warn_unused_seed(task: Any, args: argparse.Namespace) -> None:
+    """One line when ``--seed`` cannot change the run: the task's prompts are a fixed list
+    (its ``data_uses_seed`` is False) and no ``--n-prompts`` subset is drawn."""
+    if getattr(args, "seed", 0) and getattr(args, "n_prompts", None) is None and not getattr(
+        task, "data_uses_seed", True
+    ):
+        log.warning("--seed %d changes nothing: task %s has a fixed list of prompts; the seed only draws the "
+                    "subset that --n-prompts asks for", args.seed, task.name)  # fmt: skip
 
 
 def default_threads() -> int:
@@ -136,10 +150,7 @@ def default_threads() -> int:
     threads and 5.4 s with 1 (docs/real-models.md). "Busy right now" is the number of
     runnable threads in ``/proc/loadavg`` (median of 5 samples over 0.2 s, less this
     process), not the 1-minute load average, which still counts a job that just ended."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        cores = os.cpu_count() or 1
+    cores = _options.usable_cores()
     return max(1, min(cores, cores - _busy_threads()))
 
 
@@ -179,7 +190,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
-    from circuitdag.acdc import ALGORITHMS, parse_prefilter, prepare, resolve_threshold, run_acdc
+    from circuitdag.acdc import ALGORITHMS, parse_prefilter, prepare, run_acdc
     from circuitdag.attribution import attribution_circuit
 
     out = _writable_dir(args.out or (f"runs/{Path(args.prompts).stem}" if args.prompts else f"runs/{args.task or DEFAULT_TASK}"))
@@ -194,10 +205,6 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if not attribution and args.edges is not None:
         raise ConfigError("--edges sets the size of an attribution circuit (--algorithm eap or eap-ig); ACDC uses "
                           "--threshold, and a prefilter's size goes in --prefilter eap-ig:N")
-    if args.edges is not None and args.edges < 0:
-        raise ConfigError(f"--edges must be >= 0, got {args.edges}")
-    if args.batch_size is not None and args.batch_size < 1:
-        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
     if attribution and args.edges is not None and (threshold is not None or relative is not None):
         raise ConfigError("give either --edges N or --threshold X for an attribution circuit, not both")
     neurons = _neuron_layers(args.neurons)
@@ -208,9 +215,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if neurons and args.prefilter:
         raise ConfigError("--neurons cannot be combined with --prefilter: EAP and EAP-IG do not score neurons "
                           "yet; drop --prefilter (ACDC on neuron nodes is exact)")
-    parse_prefilter(args.prefilter)  # fail before loading the model
-    if args.ig_steps < 1:
-        raise ConfigError(f"--ig-steps must be >= 1, got {args.ig_steps}")
+    prefilter = parse_prefilter(args.prefilter)  # fail before loading the model
     checkpoint = out / "checkpoint.json"
     if args.resume and not checkpoint.exists() and not attribution and args.algorithm == "acdc":
         print(f"circuitdag: --resume: there is no {checkpoint} to resume from (a run deletes it when it "
@@ -226,21 +231,25 @@ def cmd_discover(args: argparse.Namespace) -> int:
                           or str(meta.get("model")) in task.own_model_names())  # fmt: skip
     if args.model and Path(args.model).is_dir():  # a local directory: recorded so that curve can reload it
         meta["model"] = str(Path(args.model).resolve())
+    n_graph = patcher.graph.n_edges
     if attribution:
-        n_edges = args.edges
+        n_edges = None if args.edges is None else _options.cap("--edges", args.edges, n_graph, "the graph's edges")
         if relative is not None:
-            threshold, recorded = resolve_threshold(patcher, task, None, relative)
+            threshold, recorded = _resolve_threshold(patcher, task, None, relative)
             meta.update(recorded)
         if n_edges is None and threshold is None:
-            n_edges = default_attribution_edges(patcher.graph.n_edges)
+            n_edges = default_attribution_edges(n_graph)
+        batch_size = _options.cap_batch_size(patcher, args.batch_size)
         circuit = attribution_circuit(patcher, args.algorithm, args.ig_steps, n_edges=n_edges, threshold=threshold,
-                                      batch_size=args.batch_size, progress=not args.quiet, meta=meta)  # fmt: skip
+                                      batch_size=batch_size, progress=not args.quiet, meta=meta)  # fmt: skip
     else:
-        threshold, recorded = resolve_threshold(patcher, task, threshold, relative)
+        threshold, recorded = _resolve_threshold(patcher, task, threshold, relative)
         meta.update(recorded)
+        if prefilter is not None and ":" in args.prefilter:  # an N given, not the default
+            prefilter = (prefilter[0], _options.cap("--prefilter N", prefilter[1], n_graph, "the graph's edges"))
         circuit = run_acdc(patcher, threshold, algorithm=args.algorithm, progress=not args.quiet,
-                           checkpoint=checkpoint, resume=args.resume, k_max=args.k_max,
-                           checkpoint_every=args.checkpoint_every, meta=meta, prefilter=args.prefilter,
+                           checkpoint=checkpoint, resume=args.resume, k_max=_options.cap_k_max(patcher, args.k_max),
+                           checkpoint_every=args.checkpoint_every, meta=meta, prefilter=prefilter,
                            ig_steps=args.ig_steps)  # fmt: skip
     circuit.meta["stats"]["peak_memory_gb"] = round(peak_memory_gb(), 3)
     circuit.save(out / "circuit.json")
@@ -264,6 +273,19 @@ def _draw_svg(circuit: Any, path: Path, args: argparse.Namespace) -> bool:
               file=sys.stderr)  # fmt: skip
         return False
     return True
+
+
+def _resolve_threshold(patcher: Any, task: Any, threshold: float | None, relative: float | None) -> tuple[float, dict]:
+    """:func:`~circuitdag.acdc.resolve_threshold`, refusing a relative threshold whose
+    product with the metric gap is infinite (``--relative-threshold 1e308``): it would
+    remove every edge."""
+    from circuitdag.acdc import resolve_threshold
+
+    value, recorded = resolve_threshold(patcher, task, threshold, relative)
+    if not math.isfinite(value):
+        raise ConfigError(f"--relative-threshold {relative:g} x the metric gap {recorded.get('metric_gap', 0):.4g} is "
+                          "not a finite threshold (it would remove every edge); give a smaller fraction")  # fmt: skip
+    return value, recorded
 
 
 def _num(x: float | None) -> str:
@@ -410,23 +432,33 @@ def _add_run_options(p: argparse.ArgumentParser, task_required: bool = False) ->
     p.add_argument("--model", help="model to use instead of the task's default (zoo name, hub name, local dir)")
     p.add_argument("--metric", help="kl, logit_diff, prob, nll, l2, or task (the task's own metric); "
                    "default: the task's")  # fmt: skip
-    p.add_argument("--n-prompts", type=int, default=None, metavar="N",
+    p.add_argument("--n-prompts", type=number("--n-prompts", int, 1), default=None, metavar="N",
                    help="number of prompts (default: the task's; a task with a fixed list uses a subset drawn "
                    "with --seed)")  # fmt: skip
     p.add_argument("--ablation", help="resample, zero or mean (default: the task's)")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=DTYPES)
-    p.add_argument("--seed", type=int, default=0, help="seed of the task's dataset")
+    p.add_argument("--seed", type=_options.seed(), default=0,
+                   help="seed of the task's dataset (default 0); a task with a fixed list of prompts, such as "
+                   "pronoun, has the same prompts for every seed unless --n-prompts draws a subset")
     p.add_argument("--prepend-bos", choices=("auto", "yes", "no"), default="auto",
                    help="start prompts with the tokenizer's BOS token (default auto: decided from the tokenizer "
                    "and model, see docs/tasks.md; recorded in circuit.json)")
-    p.add_argument("--threads", type=int, default=None,
+    p.add_argument("--threads", type=number("--threads", int, 1), default=None,
                    help="torch CPU threads (tiny models are fastest with 1; default: the cores not "
-                   "already busy, from the load average)")
+                   "already busy, from the load average; capped at the cores this process may use)")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (its subcommands' parsers are of this class
+    too): ``circuitdag discover: error: argument --k-max: ...; see circuitdag discover --help``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see {self.prog} --help\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="circuitdag", description="Automatic circuit discovery (ACDC).")
+    parser = _Parser(prog="circuitdag", description="Automatic circuit discovery (ACDC).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -447,24 +479,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--algorithm", default="acdc", choices=("acdc", "acdc-reference", "eap", "eap-ig"),
                    help="acdc (exact, fast), acdc-reference (exact, slow), eap or eap-ig (attribution: "
                    "the top edges by |score|)")
-    p.add_argument("--edges", type=int, default=None,
+    p.add_argument("--edges", type=number("--edges", int, 0), default=None,
                    help="eap/eap-ig: keep the N edges with the largest |score| (default: 1%% of the graph)")
-    p.add_argument("--ig-steps", type=int, default=5, help="EAP-IG integration steps (default 5)")
+    p.add_argument("--ig-steps", default=5,
+                   type=number("--ig-steps", int, 1, _options.MAX_IG_STEPS, why="each step is a forward and "
+                               "backward pass over every prompt; EAP-IG and MIB use 5"),
+                   help=f"EAP-IG integration steps (default 5, at most {_options.MAX_IG_STEPS})")
     p.add_argument("--prefilter", metavar="METHOD[:N]",
                    help="acdc: score edges with eap or eap-ig first and run exact ACDC on the top N only "
                    "(an approximation; default N 500), e.g. eap-ig:500")
-    p.add_argument("--batch-size", type=int, default=None,
-                   help="prompts per attribution pass (default: what fits in about 3 GB)")
+    p.add_argument("--batch-size", type=number("--batch-size", int, 1), default=None,
+                   help="prompts per attribution pass (default: what fits in about 3 GB; capped at the prompts "
+                   "and at what fits in free memory)")
     p.add_argument("--positions", action="store_true", help="position-aware circuit")
     p.add_argument("--neurons", metavar="LAYER[,LAYER]",
                    help="split these MLP layers into one node per neuron (acdc only; docs/neurons.md)")
     p.add_argument("--out", help="output directory (default runs/<task>)")
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>/checkpoint.json (it exists only while a run is unfinished)")
-    p.add_argument("--checkpoint-every", type=float, default=30.0, metavar="SECONDS",
+    p.add_argument("--checkpoint-every", type=number("--checkpoint-every", float, 0, infinite=True), default=30.0,
+                   metavar="SECONDS",
                    help="write the checkpoint at most this often (default 30)")
-    p.add_argument("--k-max", type=int, default=None,
-                   help="most candidate circuits per batch (default: what fits in memory)")
+    p.add_argument("--k-max", type=number("--k-max", int, 1), default=None,
+                   help="most candidate circuits per batch (default: what fits in memory; capped at the most "
+                   "edges into one node, and at what fits in memory)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or phase messages")
     p.add_argument("--no-svg", action="store_true",
                    help="write circuit.json only, no circuit.svg (draw it later with circuitdag render)")
@@ -478,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-edges", type=int, default=MAX_EDGES, metavar="N",
                    help=f"draw at most the N largest edges by |score| (default {MAX_EDGES}; 0: every edge, "
                    "which graphviz may take minutes to lay out)")
-    p.add_argument("--timeout", type=float, default=DOT_TIMEOUT_S, metavar="SECONDS",
+    p.add_argument("--timeout", default=DOT_TIMEOUT_S, metavar="SECONDS",
+                   type=number("--timeout", float, 0, 1e6, why="about 11 days; 0 means no limit"),
                    help=f"stop graphviz after this long (default {DOT_TIMEOUT_S:g}; 0: no limit)")
     p.set_defaults(fn=cmd_render)
 
@@ -518,10 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
     try:
+        args = parser.parse_args(argv)  # a numeric option's type raises ConfigError
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
         if getattr(args, "quiet", False):  # every command's -q, curve and sweep included
             _silence_loading_bars()
         return args.fn(args)

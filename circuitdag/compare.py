@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from circuitdag import _options
 from circuitdag.circuit import Circuit
 from circuitdag.errors import CircuitFileError, ConfigError
 from circuitdag.graph import Input, NodeKind
@@ -286,7 +287,7 @@ def cmd_compare(args: Any) -> int:
     """``circuitdag compare A B --out DIR``: compare.json, compare.svg, patterns.svg."""
     from circuitdag.io import load_circuit
 
-    torch.set_num_threads(args.threads or 1)
+    torch.set_num_threads(_options.threads(args.threads, 1))
     ca, cb = load_circuit(args.a), load_circuit(args.b)
     la, lb = args.labels or ("A", "B")
     if la == lb:
@@ -326,6 +327,7 @@ def register_cli(sub: Any) -> None:
     p.add_argument("b", help="second circuit.json")
     p.add_argument("--labels", nargs=2, metavar=("A", "B"), help="names of the two circuits (default A B)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
+    p.add_argument("--threads", type=_options.number("--threads", int, 1), default=None,
+                   help="torch CPU threads (default 1)")
     p.add_argument("--out", required=True, help="output directory")
     p.set_defaults(fn=cmd_compare)

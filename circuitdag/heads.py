@@ -58,6 +58,7 @@ import numpy as np
 import torch
 from jaxtyping import Float
 
+from circuitdag import _options
 from circuitdag._plotting import save_svg
 from circuitdag.errors import ConfigError, TaskError
 from circuitdag.tasks.base import Task, TaskData
@@ -354,7 +355,7 @@ def cmd_heads(args: Any) -> int:
 
     import torch
 
-    torch.set_num_threads(args.threads or 1)
+    torch.set_num_threads(_options.threads(args.threads, 1))
     dtype = getattr(torch, args.dtype)
     names = args.model or [None]
     from circuitdag.models import load_task_model
@@ -365,6 +366,7 @@ def cmd_heads(args: Any) -> int:
     from circuitdag.tasks.base import load_data
 
     for label, (task, model) in zip(labels, loaded):
+        _options.check_n_prompts(model, args.n_prompts, args.device)
         profiles.append(profile(model, load_data(task, model, seed=args.seed, n_prompts=args.n_prompts), label))
     emb = embed(profiles)
     out = Path(args.out)
@@ -389,11 +391,13 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--model", action="append",
                    help="a model (repeat for several; the task's own names such as compiled/trained, or any "
                    "name circuitdag.load_model takes); default: the task's model")  # fmt: skip
-    p.add_argument("--n-prompts", type=int, default=None, metavar="N")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-k", type=int, default=3, help="nearest heads listed per head and other model (default 3)")
+    p.add_argument("--n-prompts", type=_options.number("--n-prompts", int, 1), default=None, metavar="N")
+    p.add_argument("--seed", type=_options.seed(), default=0)
+    p.add_argument("-k", type=_options.number("-k", int, 1), default=3,
+                   help="nearest heads listed per head and other model (default 3; at most the model's heads)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 1)")
+    p.add_argument("--threads", type=_options.number("--threads", int, 1), default=None,
+                   help="torch CPU threads (default 1)")
     p.add_argument("--out", default="runs/heads", help="output directory (default runs/heads)")
     p.set_defaults(fn=cmd_heads)

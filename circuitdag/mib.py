@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from circuitdag import _options
 from circuitdag.errors import CircuitFileError, ConfigError
 from circuitdag.graph import Graph
 
@@ -304,13 +305,14 @@ def register_cli(subparsers: Any) -> None:
     p.add_argument("--model", help="model (default: the circuit's, else the task's default)")
     p.add_argument("--metric", help="metric (default: the circuit's, else the task's)")
     p.add_argument("--ablation", help="resample, zero or mean (default: the circuit's, else the task's)")
-    p.add_argument("--seed", type=int, default=None, help="dataset seed (default: the circuit's, else 0)")
+    p.add_argument("--seed", type=_options.seed(), default=None, help="dataset seed (default: the circuit's, else 0)")
     p.add_argument(
         "--method", help="name of the method in the plot and curve.json (default: from the circuit)"
     )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=_options.number("--threads", int, 1), default=None,
+                   help="torch CPU threads (default: torch's)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_curve)  # fmt: skip
 
@@ -394,7 +396,7 @@ def cmd_curve(args: Any) -> int:
             f"{path} does not name its task; pass --task (and --model if not the task's default)"
         )
     if args.threads:
-        torch.set_num_threads(args.threads)
+        torch.set_num_threads(_options.threads(args.threads, 1))
     # The circuit's BOS option and number of prompts rebuild the prompts it was found on.
     same_task = task_name == meta.get("task")
     task = with_prepend_bos(get_task(task_name), (meta.get("prepend_bos") if same_task else None) or "auto")

@@ -56,6 +56,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from circuitdag import _options
+from circuitdag._options import number
 from circuitdag.errors import ConfigError, MissingExtraError
 from circuitdag.models.hooked import TinyConfig, TinyTransformer, load_tiny, save_tiny
 from circuitdag.models.tracr_dir import DIR_FORMAT, INPUTS_FILE, MODEL_FILE
@@ -78,6 +80,12 @@ __all__ = [
 Value = Any
 #: Inputs per length above which a seeded sample of this many is checked instead.
 DEFAULT_MAX_INPUTS = 1024
+#: Largest --max-inputs: every input is run through tracr's RASP evaluator and the model.
+MAX_INPUTS = 100_000
+#: Largest --max-len the command takes. Measured on tests/tasks/user_rasp's smaller_count
+#: (vocab 1 2 3, one shared 2-core CPU): max-len 8 took 15 s and 1.0 GB, 32 took 89 s and
+#: 3.0 GB, 64 did not finish in 5 minutes (4.6 GB after 2.5).
+MAX_LEN = 64
 #: Counterfactuals per clean input when deriving the resample ground truth.
 N_RESAMPLE_SEEDS = 4
 #: ACDC threshold (l2) of a compiled task: the shipped programs' (docs/tracr.md).
@@ -425,7 +433,14 @@ def _input_space(
     total = len(vocab) ** length
     if total <= max_inputs:
         return [list(t) for t in itertools.product(vocab, repeat=length)], total
-    picked = sorted(random.Random(seed).sample(range(total), max_inputs))
+    rng = random.Random(seed)
+    if total <= sys.maxsize:
+        picked = sorted(rng.sample(range(total), max_inputs))
+    else:  # random.sample needs len(range(total)) to fit a C ssize_t; draw indices until enough differ
+        chosen: set[int] = set()
+        while len(chosen) < max_inputs:
+            chosen.add(rng.randrange(total))
+        picked = sorted(chosen)
     out = []
     for index in picked:
         digits = []
@@ -688,13 +703,16 @@ def register_cli(subparsers: Any) -> None:
         metavar="TOKEN",
         help="input tokens; an entry that reads as an integer is an integer, e.g. --vocab 1 2 3 or a b c",
     )
-    c.add_argument("--max-len", type=int, required=True, help="longest input the model takes (BOS excluded)")
+    c.add_argument("--max-len", required=True,
+                   type=number("--max-len", int, 1, MAX_LEN, why="compiling and checking longer inputs takes more "
+                               "than minutes and gigabytes"),
+                   help=f"longest input the model takes (BOS excluded; at most {MAX_LEN})")
     c.add_argument(
         "--out", required=True, help="directory to write (model, inputs, ground truth, provenance)"
     )
     c.add_argument(
         "--lengths",
-        type=int,
+        type=number("--lengths", int, 1),
         nargs="+",
         metavar="N",
         help="input lengths of the input space, each with its own ground truth (default: --max-len)",
@@ -706,12 +724,13 @@ def register_cli(subparsers: Any) -> None:
     )
     c.add_argument(
         "--max-inputs",
-        type=int,
+        type=number("--max-inputs", int, 2, MAX_INPUTS, why="every input is run through tracr and the model"),
         default=DEFAULT_MAX_INPUTS,
         metavar="N",
-        help=f"check a seeded sample of N inputs per length when there are more (default {DEFAULT_MAX_INPUTS})",
+        help=f"check a seeded sample of N inputs per length when there are more (default {DEFAULT_MAX_INPUTS}, "
+        f"at most {MAX_INPUTS})",
     )
-    c.add_argument("--seed", type=int, default=0, help="seed of that sample (default 0)")
+    c.add_argument("--seed", type=_options.seed(), default=0, help="seed of that sample (default 0)")
     c.add_argument("--force", action="store_true", help="write into --out even when it holds other files")
     c.add_argument("--json", action="store_true", help="print the summary as JSON")
     c.set_defaults(fn=cmd_compile)  # fmt: skip

@@ -105,6 +105,8 @@ def parse_layers(text: str | None, n_layers: int) -> list[int] | None:
         layers = sorted({int(x) for x in text.split(",") if x.strip()})
     except ValueError:
         raise ConfigError(f"--layer takes layer numbers separated by commas, or all; got {text!r}") from None
+    if any(L < 0 for L in layers):
+        raise ConfigError(f"--layer takes layer numbers >= 0, or all; got {text!r}")
     bad = [L for L in layers if not 0 <= L < n_layers]
     if not layers or bad:
         raise ConfigError(f"--layer: the model has MLP layers 0..{n_layers - 1}; got {text!r}")

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from circuitdag._options import number
 from circuitdag.errors import ConfigError
 
 
@@ -17,8 +18,6 @@ def cmd_neurons(args: argparse.Namespace, load: Callable[[argparse.Namespace], t
 
     if args.metric not in (None, "logit_diff"):
         raise ConfigError("the neuron analysis measures the logit difference; leave --metric out")
-    if args.corpus_tokens < 0:
-        raise ConfigError(f"--corpus-tokens must be >= 0, got {args.corpus_tokens}")
     args.metric = None
     parse_layers(args.layer, sys.maxsize)  # the syntax, before the model loads; its range after
     task, model = load(args)
@@ -59,7 +58,7 @@ def register_cli(
                    "patching effect)")  # fmt: skip
     p.add_argument("--corpus", metavar="FILE",
                    help="UTF-8 text to run the top neuron over (default: Debian's fortunes, see docs/neurons.md)")
-    p.add_argument("--corpus-tokens", type=int, default=20_000, metavar="N",
+    p.add_argument("--corpus-tokens", type=number("--corpus-tokens", int, 0), default=20_000, metavar="N",
                    help="tokens of the corpus to read (default 20000; 0 skips the corpus step)")
     p.add_argument("--out", help="output directory (default runs/<task>-neurons)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar or phase messages")

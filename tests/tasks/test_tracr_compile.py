@@ -211,3 +211,15 @@ def test_sampled_and_given_input_spaces(tmp_path: Path) -> None:
     assert doc["3"]["outputs"] == [[0, 1, 2], [2, 1, 0], [1, 0, 2]] and not doc["3"]["sampled"]
     with pytest.raises(ConfigError, match="fewer than two distinct inputs"):
         compile_tracr(f"{PROGRAM}:smaller_count", [1, 2, 3], 3, tmp_path / "h", inputs=[[1, 2, 3], [1, 2]])
+
+
+def test_input_spaces_larger_than_an_index_are_sampled() -> None:
+    """3^64 inputs do not fit random.sample's C index (an OverflowError before); a seeded
+    sample of distinct inputs is drawn instead."""
+    from circuitdag.tracr_compile import _input_space
+
+    inputs, total = _input_space([1, 2, 3], 64, 5, seed=0)
+    assert total == 3**64 and len(inputs) == 5 and all(len(x) == 64 for x in inputs)
+    assert len({tuple(x) for x in inputs}) == 5 and inputs == _input_space([1, 2, 3], 64, 5, seed=0)[0]
+    small, _ = _input_space([1, 2, 3], 5, 7, seed=1)  # within an index: random.sample as before
+    assert len(small) == 7
