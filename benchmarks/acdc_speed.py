@@ -62,10 +62,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuitdag.acdc import acdc_fast, acdc_reference, prepare
+from circuitdag.acdc import acdc_fast, acdc_reference
 from circuitdag.graph import Graph
 from circuitdag.models import spec_of
 from circuitdag.patching import Patcher
+from circuitdag.prepare import prepare
 from circuitdag.tasks import get_task, task_names
 from circuitdag.tasks.base import TaskData, load_data
 

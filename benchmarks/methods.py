@@ -51,12 +51,13 @@ from datetime import datetime, timezone
 import numpy as np
 import torch
 
-from circuitdag.acdc import prepare, run_acdc
-from circuitdag.attribution import DEFAULT_IG_STEPS, attribution_circuit
+from circuitdag.attribution import DEFAULT_IG_STEPS
 from circuitdag.circuit import Circuit
+from circuitdag.discovery import attribution_circuit, run_acdc
 from circuitdag.evaluate import roc_sweep, task_truth
 from circuitdag.mib import mib_curves
 from circuitdag.patching import Patcher
+from circuitdag.prepare import prepare
 from circuitdag.tasks import get_task
 
 #: Tasks where full ACDC takes seconds on one CPU core (tracr programs, zoo models).

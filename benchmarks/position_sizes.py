@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 import circuitdag as cd
-from circuitdag.acdc import prepare
 from circuitdag.attribution import top_edges
 from circuitdag.circuit import Circuit
+from circuitdag.prepare import prepare
 
 
 def main() -> None:

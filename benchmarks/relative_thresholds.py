@@ -24,8 +24,9 @@ import time
 import numpy as np
 import torch
 
-from circuitdag.acdc import metric_gap, prepare, run_acdc
+from circuitdag.discovery import run_acdc
 from circuitdag.evaluate import confusion, task_truth
+from circuitdag.prepare import metric_gap, prepare
 from circuitdag.tasks import get_task
 
 TASKS = ("tracr-reverse", "tracr-proportion", "tracr-hist", "tracr-sort-unique", "pronoun", "pronoun-opposite",

@@ -16,7 +16,7 @@ import time
 import torch
 
 import circuitdag as cd
-from circuitdag.acdc import prepare
+from circuitdag.prepare import prepare
 
 
 def main() -> None:

@@ -150,9 +150,10 @@ def mse(logits: torch.Tensor, ref) -> torch.Tensor:
 
 class CircuitdagCase:
     def __init__(self, spec: dict[str, Any]) -> None:
-        from circuitdag.acdc import acdc_fast, acdc_reference, position_layout
+        from circuitdag.acdc import acdc_fast, acdc_reference
         from circuitdag.graph import Graph
         from circuitdag.models import spec_of
+        from circuitdag.prepare import position_layout
         from circuitdag.tasks import get_task
         from circuitdag.tasks.base import load_data
 

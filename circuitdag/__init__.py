@@ -9,10 +9,12 @@
 
 from __future__ import annotations
 
+from circuitdag import acdc as _acdc_search  # noqa: F401  (imported first: `cd.acdc` is the function below)
 from circuitdag import tasks as tasks
 from circuitdag._version import __version__ as __version__
-from circuitdag.acdc import acdc as acdc
 from circuitdag.circuit import Circuit as Circuit
+from circuitdag.discovery import acdc as acdc
+from circuitdag.discovery import discover as discover
 from circuitdag.errors import CircuitDagError as CircuitDagError
 from circuitdag.graph import Graph as Graph
 from circuitdag.graph import ModelSpec as ModelSpec

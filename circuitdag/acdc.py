@@ -21,10 +21,8 @@ model, runs the blocks from the destination's layer on.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,23 +31,14 @@ import torch
 from tqdm.auto import tqdm
 
 from circuitdag._kernels import backend
-from circuitdag.attention import attention_record
-from circuitdag.attribution import DEFAULT_IG_STEPS, METHODS, attribute, top_edges
 from circuitdag.checkpoint import Checkpointer, SearchState, load_checkpoint
-from circuitdag.circuit import Circuit
-from circuitdag.errors import CheckpointError, ConfigError, TaskError
-from circuitdag.graph import Graph, ModelSpec, NodeKind, Positions
-from circuitdag.patching import Ablation, Patcher
-from circuitdag.provenance import RESUME_KEYS
+from circuitdag.errors import CheckpointError, ConfigError
+from circuitdag.graph import Graph, NodeKind
+from circuitdag.patching import Patcher
+from circuitdag.prepare import check_threshold, metric_gap
 from circuitdag.recompute import PositionalFastPath, SparseFastPath
-from circuitdag.tasks.base import TaskData
 
 log = logging.getLogger("circuitdag")
-
-def _check_threshold(threshold: float) -> float:
-    if not isinstance(threshold, (int, float)) or math.isnan(threshold) or threshold < 0:
-        raise ConfigError(f"threshold must be a number >= 0, got {threshold!r}")
-    return float(threshold)
 
 
 def _initial_state(patcher: Patcher, start: np.ndarray | None = None, reference: bool = False) -> SearchState:
@@ -139,7 +128,7 @@ def acdc_reference(
     edges are tested, the others stay removed. ``checkpoint``, ``resume``,
     ``checkpoint_every``, ``run_info``, ``stats``: as in :func:`acdc_fast`
     (:mod:`circuitdag.checkpoint`)."""
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     graph = patcher.graph
     reach = graph.reach
     order = graph.visit_order()[:max_destinations]
@@ -290,7 +279,7 @@ def acdc_fast(
     :meth:`Patcher.candidate_metrics`). ``sparse=True`` raises :class:`ConfigError` where
     the component path cannot run. ``stats["fast_path"]`` says which ran.
     """
-    threshold = _check_threshold(threshold)
+    threshold = check_threshold(threshold)
     graph = patcher.graph
     reach = graph.reach
     sink = graph.sink
@@ -461,243 +450,3 @@ def _sparse_path(patcher: Patcher, alive: np.ndarray, want: bool | None) -> Spar
         return None
     kind = PositionalFastPath if patcher.positional else SparseFastPath
     return kind(patcher, patcher.kernels(), alive)  # type: ignore[arg-type]
-
-
-# ---------------------------------------------------------------------- public API
-ALGORITHMS = ("acdc", "acdc-reference")
-#: Edges kept by ``--prefilter eap-ig`` when no count is given (docs/real-models.md).
-DEFAULT_PREFILTER_EDGES = 500
-
-
-def parse_prefilter(spec: str | tuple[str, int] | None) -> tuple[str, int] | None:
-    """``"eap-ig:500"`` -> ``("eap-ig", 500)``; ``"eap-ig"`` uses
-    :data:`DEFAULT_PREFILTER_EDGES`; None stays None. Raises ConfigError."""
-    if spec is None:
-        return None
-    if isinstance(spec, tuple):
-        method, n = spec
-    else:
-        method, _, count = str(spec).partition(":")
-        try:
-            n = int(count) if count else DEFAULT_PREFILTER_EDGES
-        except ValueError:
-            raise ConfigError(f"--prefilter takes METHOD[:N] such as eap-ig:500, got {spec!r}") from None
-    if method not in METHODS:
-        raise ConfigError(f"--prefilter method must be one of {', '.join(METHODS)}, got {method!r}")
-    if n < 1:
-        raise ConfigError(f"--prefilter needs at least 1 edge, got {n}")
-    return method, int(n)
-
-
-def run_acdc(
-    patcher: Patcher,
-    threshold: float,
-    algorithm: str = "acdc",
-    progress: bool = False,
-    checkpoint: str | Path | None = None,
-    resume: bool = False,
-    k_max: int | None = None,
-    meta: dict[str, Any] | None = None,
-    checkpoint_every: float = 30.0,
-    prefilter: str | tuple[str, int] | None = None,
-    ig_steps: int = DEFAULT_IG_STEPS,
-) -> Circuit:
-    """Run ACDC on a prepared :class:`Patcher` and return the circuit with its metric
-    values (full model, circuit, everything ablated) and run statistics in ``meta``.
-
-    ``prefilter`` (``"eap-ig:N"``, ``"eap:N"``): score every edge by attribution first
-    (:mod:`circuitdag.attribution`), remove all but the N highest ``|score|`` up front, and
-    run exact ACDC on those N. An approximation of full ACDC (an edge outside the N is never
-    tested); ``meta["prefilter"]`` records the method, N, how many ACDC tested and kept,
-    and the attribution time. Untested edges have a NaN score."""
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    threshold = _check_threshold(threshold)
-    pre = parse_prefilter(prefilter)
-    f0, l0 = patcher.n_forward, patcher.n_layer_evals
-    t0 = time.perf_counter()
-    start, pre_meta = None, None
-    resuming = resume and checkpoint is not None and Path(checkpoint).exists()
-    if pre is not None and not resuming:  # a resumed run takes its circuit from the checkpoint
-        att = attribute(patcher, pre[0], ig_steps, progress=progress)
-        start = top_edges(att.scores, n_edges=pre[1])
-        pre_meta = {"method": pre[0], "edges": pre[1], "ig_steps": att.steps if pre[0] == "eap-ig" else None,
-                    "edges_on_paths": int(patcher.graph.prune(start).sum()),
-                    "attribution_seconds": round(att.seconds, 4)}  # fmt: skip
-    info = {k: (meta or {}).get(k) for k in RESUME_KEYS}
-    info["prefilter"] = None if pre is None else f"{pre[0]}:{pre[1]}:{ig_steps}"
-    if algorithm == "acdc-reference":
-        state = acdc_reference(patcher, threshold, progress=progress, checkpoint=checkpoint, resume=resume,
-                               run_info=info, checkpoint_every=checkpoint_every, start=start,
-                               stats={"prefilter": pre_meta} if pre_meta else None)  # fmt: skip
-    else:
-        state = acdc_fast(patcher, threshold, progress=progress, checkpoint=checkpoint, resume=resume,
-                          k_max=k_max, run_info=info, checkpoint_every=checkpoint_every, start=start,
-                          stats={"prefilter": pre_meta} if pre_meta else None)  # fmt: skip
-    seconds = time.perf_counter() - t0
-    n = patcher.graph.n_edges
-    if pre is not None:
-        pre_meta = dict(state.stats.pop("prefilter", None) or pre_meta or {})
-        pre_meta["kept"] = int(state.alive.sum())
-        pre_meta["tested"] = int(np.isfinite(state.scores).sum())
-    out_meta = {
-        **(meta or {}),
-        "threshold": threshold,
-        "algorithm": algorithm,
-        "prefilter": pre_meta,
-        "metric_full": patcher.circuit_metric(np.ones(n, dtype=bool)),
-        "metric_circuit": patcher.circuit_metric(state.alive),
-        "metric_corrupted": patcher.circuit_metric(np.zeros(n, dtype=bool)),
-        "score_meaning": "metric change measured by ACDC when the edge was removed (null: never tested)",
-        "stats": {
-            **state.stats,
-            "forward_passes": patcher.n_forward - f0,
-            "layer_evaluations": patcher.n_layer_evals - l0,
-            "seconds": round(seconds, 4),
-        },
-        "attention": attention_record(patcher.model, patcher.graph, patcher.data.clean, patcher.data.answer_pos,
-                                      state.alive),  # for the explorer (circuitdag.explore)
-    }
-    return Circuit(patcher.graph, state.alive, state.scores, out_meta)
-
-
-def metric_gap(patcher: Patcher) -> float:
-    """``m_corrupted - m_full``: the metric with every edge removed (every sender's output
-    taken from the corrupted run, or zero / mean) minus the full model's. The scale of the
-    task's metric on this model, which a relative threshold is a fraction of."""
-    n = patcher.graph.n_edges
-    return patcher.circuit_metric(np.zeros(n, dtype=bool)) - patcher.circuit_metric(np.ones(n, dtype=bool))
-
-
-def resolve_threshold(
-    patcher: Patcher, task: Any, threshold: float | None = None, relative: float | None = None
-) -> tuple[float, dict[str, Any]]:
-    """The threshold in metric units, and what to record about it.
-
-    ``threshold`` is used as given; ``relative`` means ``relative * |m_corrupted - m_full|``
-    (:func:`metric_gap`), the same fraction of the metric's scale on any model; with
-    neither, the task's ``default_relative_threshold`` if it has one, else its
-    ``default_threshold``. Raises ConfigError for both, or a relative threshold on a
-    task whose full and corrupted metric are equal."""
-    if threshold is not None and relative is not None:
-        raise ConfigError("give either a threshold (metric units) or a relative threshold, not both")
-    if threshold is None and relative is None:
-        relative = getattr(task, "default_relative_threshold", None)
-        if relative is None:
-            return _check_threshold(task.default_threshold), {}
-    if relative is None:
-        return _check_threshold(threshold), {}  # type: ignore[arg-type]
-    if isinstance(relative, bool) or not isinstance(relative, (int, float)) or not relative >= 0:
-        raise ConfigError(f"the relative threshold must be a number >= 0, got {relative!r}")
-    gap = metric_gap(patcher)
-    if not math.isfinite(gap) or gap == 0:
-        raise ConfigError(f"a relative threshold needs a metric gap, but the full model and the fully corrupted "
-                          f"one score the same ({gap:.3g}); give --threshold in metric units, or corrupted "
-                          "prompts that change the answer")  # fmt: skip
-    return float(relative) * abs(gap), {"relative_threshold": float(relative), "metric_gap": gap}
-
-
-def acdc(
-    model: Any,
-    task: Any,
-    threshold: float | None = None,
-    metric: str | None = None,
-    ablation: str | None = None,
-    positions: bool = False,
-    algorithm: str = "acdc",
-    seed: int = 0,
-    progress: bool = False,
-    checkpoint: str | Path | None = None,
-    resume: bool = False,
-    relative_threshold: float | None = None,
-    n_prompts: int | None = None,
-) -> Circuit:
-    """Find the circuit of ``task`` in ``model`` with ACDC.
-
-    ``model`` is a loaded model or a name for :func:`circuitdag.load_model` (zoo name,
-    ``smollm2-135m``, Hugging Face name or local directory); ``task`` a
-    :class:`~circuitdag.tasks.Task` or a registered task name. ``threshold`` is in metric
-    units; ``relative_threshold`` a fraction of the full-vs-corrupted metric gap
-    (:func:`resolve_threshold`); unset options take the task's defaults. ``n_prompts``
-    sets the number of prompts (:func:`circuitdag.tasks.load_data`).
-    """
-    from circuitdag.tasks import get_task
-
-    if isinstance(task, str):
-        task = get_task(task)
-    name = None
-    if isinstance(model, (str, Path)):
-        from circuitdag.models import load_model
-
-        name = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
-        model = load_model(str(model))
-    patcher, meta = prepare(model, task, metric=metric, ablation=ablation, seed=seed, positions=positions,
-                            n_prompts=n_prompts)  # fmt: skip
-    if name is not None:  # what circuit.json records, and what reloads the model
-        meta["model"] = name
-    thr, recorded = resolve_threshold(patcher, task, threshold, relative_threshold)
-    return run_acdc(patcher, thr, algorithm=algorithm, progress=progress, checkpoint=checkpoint,
-                    resume=resume, meta={**meta, **recorded})  # fmt: skip
-
-
-def position_layout(data: TaskData, spec: ModelSpec) -> tuple[TaskData, Positions]:
-    """The token layout of a position-aware run: the data (cut after the last answer
-    position in a causal model, since later tokens cannot change the answers) and the
-    graph's :class:`Positions`. Refuses data whose answers are not at the same positions
-    in every prompt."""
-    sink = data.shared_answer_positions()
-    if spec.causal and sink[-1] + 1 < data.clean.shape[1]:
-        data = data.truncated(sink[-1] + 1)
-    try:
-        return data, Positions(data.clean.shape[1], data.position_names, sink)
-    except ValueError as exc:
-        raise TaskError(f"the task's position names cannot name graph nodes: {exc}") from None
-
-
-def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | None = None,
-            seed: int = 0, positions: bool = False,
-            n_prompts: int | None = None, neurons: Sequence[int] = ()) -> tuple[Patcher, dict[str, Any]]:  # fmt: skip
-    """Build the graph and the cached runs for ``task`` on ``model``; returns the
-    :class:`Patcher` and the identity fields every saved result records. With
-    ``positions`` the graph is position-aware (docs/positions.md); ``n_prompts`` sets the
-    number of prompts (:func:`circuitdag.tasks.load_data`); ``neurons`` lists MLP layers
-    split into one node per neuron (docs/neurons.md)."""
-    from circuitdag._version import __version__
-    from circuitdag.metrics import STORED_AS, resolve_metric
-    from circuitdag.models import spec_of
-    from circuitdag.provenance import run_record
-    from circuitdag.tasks.base import load_data
-    from circuitdag.tasks.validate import check_metric_gap, validate_task_data
-
-    metric = metric or task.default_metric
-    ablation = ablation or task.default_ablation
-    metric_fn = resolve_metric(task, metric)
-    data = load_data(task, model, seed=seed, n_prompts=n_prompts)
-    validate_task_data(data, model, Ablation.parse(ablation).value, task.name)  # the task/engine boundary
-    spec = spec_of(model, neurons)
-    layout = None
-    if positions and neurons:
-        raise ConfigError("--neurons and --positions cannot be combined yet; split MLPs into neurons "
-                          "in a circuit without positions")
-    if positions:
-        data, layout = position_layout(data, spec)
-    patcher = Patcher(model, Graph(spec, layout), data, ablation=ablation, metric=metric_fn)
-    n = patcher.graph.n_edges
-    check_metric_gap(patcher.circuit_metric(np.ones(n, dtype=bool)), patcher.circuit_metric(np.zeros(n, dtype=bool)),
-                     metric, patcher.ablation.value, task.name)  # fmt: skip
-    meta = {
-        "task": task.name,
-        "model": getattr(getattr(model, "cfg", None), "model_name", type(model).__name__),
-        "metric": metric,
-        "metric_stored_as": STORED_AS.get(metric, "the task's metric") + " (lower is closer to the full model)",
-        "ablation": patcher.ablation.value,
-        "seed": seed,
-        "n_prompts": data.n_prompts,
-        "positions": bool(positions),
-        **({"neurons": sorted(int(L) for L in neurons)} if neurons else {}),
-        "version": __version__,
-        **run_record(model, task, data),
-    }
-    log.info("%s: prompts %s BOS (%s)", task.name, {True: "start with", False: "do not start with",
-             None: "may or may not start with"}[meta["bos"]], meta["bos_reason"])  # fmt: skip
-    return patcher, meta

@@ -34,9 +34,10 @@ Prompts are processed in chunks (``batch_size``); the metric of a chunk is weigh
 share of the answer slots, so the scores are the same for every chunk size. Metrics must be
 means over prompts (every built-in metric is).
 
-:func:`attribute` returns the scores; :func:`attribution_circuit` turns them into a
-circuit (the top edges by ``|score|``, pruned to ``embed -> logits`` paths), as
-``circuitdag discover --algorithm eap|eap-ig`` does.
+:func:`attribute` returns the scores; the registered methods ``eap`` and ``eap-ig``
+(:mod:`circuitdag.algorithms.attribution`) turn them into a circuit (the top edges by
+``|score|``, pruned to ``embed -> logits`` paths), as ``circuitdag discover --algorithm
+eap|eap-ig`` does.
 """
 
 from __future__ import annotations
@@ -54,8 +55,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitdag import metrics
-from circuitdag.attention import attention_record
-from circuitdag.circuit import Circuit
 from circuitdag.errors import ConfigError, MetricError, ModelError
 from circuitdag.graph import Input
 from circuitdag.metrics import MetricRef, check_finite
@@ -295,47 +294,4 @@ def top_edges(scores: np.ndarray, n_edges: int | None = None, threshold: float |
     return keep & (mag >= 0)
 
 
-def attribution_circuit(
-    patcher: Patcher,
-    method: str = "eap-ig",
-    steps: int = DEFAULT_IG_STEPS,
-    n_edges: int | None = None,
-    threshold: float | None = None,
-    batch_size: int | None = None,
-    progress: bool = False,
-    meta: dict[str, Any] | None = None,
-    scores: Attribution | None = None,
-) -> Circuit:
-    """The circuit of the top edges by ``|score|`` (``n_edges`` of them, or every edge with
-    ``|score| >= threshold``), pruned to edges on an ``embed -> logits`` path, with its
-    exact metric values (``metric_full``, ``metric_circuit``, ``metric_corrupted``) and the
-    attribution scores of every edge. ``scores`` reuses an earlier :func:`attribute`."""
-    t0 = time.perf_counter()
-    att = scores if scores is not None else attribute(patcher, method, steps, batch_size, progress)
-    keep = top_edges(att.scores, n_edges, threshold)
-    alive = patcher.graph.prune(keep)
-    n = patcher.graph.n_edges
-    out_meta = {
-        **(meta or {}),
-        "algorithm": att.method,
-        "threshold": threshold,
-        "edges_requested": n_edges,
-        "edges_selected": int(keep.sum()),
-        "ig_steps": att.steps if att.method == "eap-ig" else None,
-        "metric_full": patcher.circuit_metric(np.ones(n, dtype=bool)),
-        "metric_circuit": patcher.circuit_metric(alive),
-        "metric_corrupted": patcher.circuit_metric(np.zeros(n, dtype=bool)),
-        "score_meaning": "attribution estimate of the metric change when the edge alone is removed",
-        "stats": {
-            "attribution_seconds": round(att.seconds, 4),
-            "attribution_passes": att.passes,
-            "batch_size": att.batch_size,
-            "seconds": round(time.perf_counter() - t0, 4),
-        },
-        "attention": attention_record(patcher.model, patcher.graph, patcher.data.clean, patcher.data.answer_pos,
-                                      alive),  # for the explorer (circuitdag.explore)
-    }
-    return Circuit(patcher.graph, alive, att.scores.astype(np.float64), out_meta)
-
-
-__all__ = ["DEFAULT_IG_STEPS", "METHODS", "Attribution", "attribute", "attribution_circuit", "top_edges"]
+__all__ = ["DEFAULT_IG_STEPS", "METHODS", "Attribution", "attribute", "top_edges"]

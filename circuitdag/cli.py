@@ -189,35 +189,89 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Method options that have a flag of their own on ``discover``; any other goes in ``--option``.
+ALGORITHM_FLAGS = ("threshold", "edges", "ig_steps", "prefilter", "batch_size", "k_max")
+
+
+def _algorithm_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method's options from the command line: the common flags that were given, and
+    every ``--option NAME=VALUE`` (a method's own options, typed as the method declares)."""
+    given = {"threshold": _threshold(args.threshold), "edges": args.edges, "ig_steps": args.ig_steps,
+             "prefilter": args.prefilter, "batch_size": args.batch_size, "k_max": args.k_max}  # fmt: skip
+    for item in args.option or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--option takes NAME=VALUE, got {item!r}")
+        given[name.strip().replace("-", "_")] = value.strip()
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _typed(method: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """``--option`` values (strings) as the types ``method`` declares for them."""
+    kinds = {o.name: o.kind for o in method.options}
+    out = {}
+    for k, v in options.items():
+        if isinstance(v, str) and kinds.get(k) in (int, float):
+            try:
+                v = kinds[k](v)
+            except ValueError:
+                raise ConfigError(f"--option {k}={v}: {k} must be a {'whole number' if kinds[k] is int else 'number'}") from None
+        out[k] = v
+    return out
+
+
+def cmd_algorithms(args: argparse.Namespace) -> int:
+    """List every registered method: name, exact or estimate, size knob, summary, source and
+    options (``--json``: the same as a list of objects)."""
+    from circuitdag.algorithms import all_algorithms
+
+    methods = all_algorithms()
+    if args.json:
+        print(json.dumps([{"name": m.name, "exact": m.exact, "size_knob": m.size_knob, "summary": m.summary,
+                           "source": m.source, "neurons": m.neurons, "checkpoints": m.checkpoints,
+                           "options": [{"name": o.name, "flag": o.flag, "type": o.kind.__name__, "default": o.default,
+                                        "minimum": o.minimum, "maximum": o.maximum, "help": o.help}
+                                       for o in m.options]} for m in methods]))  # fmt: skip
+        return 0
+    for m in methods:
+        knob = {"threshold": "size: --threshold / --relative-threshold", "edges": "size: --edges"}.get(
+            str(m.size_knob), "no size knob")
+        print(f"{m.name}  ({'exact' if m.exact else 'estimate'}; {knob})")
+        print(f"    {m.summary}")
+        if m.source:
+            print(f"    source: {m.source}")
+        for o in m.options:
+            default = "" if o.default is None else f" (default {o.default})"
+            how = o.flag if o.name in ALGORITHM_FLAGS else f"--option {o.name}="
+            print(f"    {how} {o.kind.__name__.upper()}: {o.help}{default}")
+    return 0
+
+
 def cmd_discover(args: argparse.Namespace) -> int:
-    from circuitdag.acdc import ALGORITHMS, parse_prefilter, prepare, run_acdc
-    from circuitdag.attribution import attribution_circuit
+    from circuitdag.algorithms import get_algorithm
+    from circuitdag.discovery import run_algorithm
+    from circuitdag.prepare import prepare
 
     out = _writable_dir(args.out or (f"runs/{Path(args.prompts).stem}" if args.prompts else f"runs/{args.task or DEFAULT_TASK}"))
-    threshold = _threshold(args.threshold)
+    method = get_algorithm(args.algorithm)
     relative = _threshold(args.relative_threshold, "--relative-threshold")
-    if threshold is not None and relative is not None:
+    options = _typed(method, _algorithm_options(args))
+    if relative is not None and "threshold" in options:
         raise ConfigError("give either --threshold (metric units) or --relative-threshold (a fraction of the "
                           "full-vs-corrupted metric gap), not both")  # fmt: skip
-    attribution = args.algorithm not in ALGORITHMS
-    if attribution and args.prefilter:
-        raise ConfigError("--prefilter goes with --algorithm acdc; an attribution circuit is already a prefilter")
-    if not attribution and args.edges is not None:
-        raise ConfigError("--edges sets the size of an attribution circuit (--algorithm eap or eap-ig); ACDC uses "
-                          "--threshold, and a prefilter's size goes in --prefilter eap-ig:N")
-    if attribution and args.edges is not None and (threshold is not None or relative is not None):
-        raise ConfigError("give either --edges N or --threshold X for an attribution circuit, not both")
+    if relative is not None and "threshold" not in method.option_names():
+        raise ConfigError(f"--relative-threshold does not apply to --algorithm {method.name} (it has no threshold)")
+    method.check(options)  # an option the method does not take, before loading the model
     neurons = _neuron_layers(args.neurons)
     if neurons and args.positions:
         raise ConfigError("--neurons and --positions cannot be combined yet; drop one")
-    if neurons and attribution:
-        raise ConfigError(f"--neurons works with --algorithm acdc (exact); {args.algorithm} does not score neurons")
+    if neurons and not method.neurons:
+        raise ConfigError(f"--neurons works with --algorithm acdc (exact); {method.name} does not score neurons")
     if neurons and args.prefilter:
         raise ConfigError("--neurons cannot be combined with --prefilter: EAP and EAP-IG do not score neurons "
                           "yet; drop --prefilter (ACDC on neuron nodes is exact)")
-    prefilter = parse_prefilter(args.prefilter)  # fail before loading the model
     checkpoint = out / "checkpoint.json"
-    if args.resume and not checkpoint.exists() and not attribution and args.algorithm == "acdc":
+    if args.resume and not checkpoint.exists() and method.checkpoints:
         print(f"circuitdag: --resume: there is no {checkpoint} to resume from (a run deletes it when it "
               f"finishes, and writes the first one after --checkpoint-every={args.checkpoint_every:g}s); "
               "starting from the beginning", file=sys.stderr)  # fmt: skip
@@ -232,25 +286,19 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if args.model and Path(args.model).is_dir():  # a local directory: recorded so that curve can reload it
         meta["model"] = str(Path(args.model).resolve())
     n_graph = patcher.graph.n_edges
-    if attribution:
-        n_edges = None if args.edges is None else _options.cap("--edges", args.edges, n_graph, "the graph's edges")
-        if relative is not None:
-            threshold, recorded = _resolve_threshold(patcher, task, None, relative)
-            meta.update(recorded)
-        if n_edges is None and threshold is None:
-            n_edges = default_attribution_edges(n_graph)
-        batch_size = _options.cap_batch_size(patcher, args.batch_size)
-        circuit = attribution_circuit(patcher, args.algorithm, args.ig_steps, n_edges=n_edges, threshold=threshold,
-                                      batch_size=batch_size, progress=not args.quiet, meta=meta)  # fmt: skip
-    else:
-        threshold, recorded = _resolve_threshold(patcher, task, threshold, relative)
-        meta.update(recorded)
-        if prefilter is not None and ":" in args.prefilter:  # an N given, not the default
-            prefilter = (prefilter[0], _options.cap("--prefilter N", prefilter[1], n_graph, "the graph's edges"))
-        circuit = run_acdc(patcher, threshold, algorithm=args.algorithm, progress=not args.quiet,
-                           checkpoint=checkpoint, resume=args.resume, k_max=_options.cap_k_max(patcher, args.k_max),
-                           checkpoint_every=args.checkpoint_every, meta=meta, prefilter=prefilter,
-                           ig_steps=args.ig_steps)  # fmt: skip
+    if "edges" in options:
+        options["edges"] = _options.cap("--edges", options["edges"], n_graph, "the graph's edges")
+    if options.get("prefilter") and ":" in options["prefilter"]:  # an N given, not the default
+        kind, _, count = options["prefilter"].partition(":")
+        if count.strip().isdigit():
+            options["prefilter"] = f"{kind}:{_options.cap('--prefilter N', int(count), n_graph, 'the graph edges')}"
+    if "k_max" in options:
+        options["k_max"] = _options.cap_k_max(patcher, options["k_max"])
+    if "batch_size" in options:
+        options["batch_size"] = _options.cap_batch_size(patcher, options["batch_size"])
+    circuit = run_algorithm(patcher, method, meta=meta, task=task, relative_threshold=relative,
+                            progress=not args.quiet, checkpoint=checkpoint if method.checkpoints else None,
+                            resume=args.resume, checkpoint_every=args.checkpoint_every, **options)  # fmt: skip
     circuit.meta["stats"]["peak_memory_gb"] = round(peak_memory_gb(), 3)
     circuit.save(out / "circuit.json")
     svg = _draw_svg(circuit, out / "circuit.svg", args)
@@ -273,19 +321,6 @@ def _draw_svg(circuit: Any, path: Path, args: argparse.Namespace) -> bool:
               file=sys.stderr)  # fmt: skip
         return False
     return True
-
-
-def _resolve_threshold(patcher: Any, task: Any, threshold: float | None, relative: float | None) -> tuple[float, dict]:
-    """:func:`~circuitdag.acdc.resolve_threshold`, refusing a relative threshold whose
-    product with the metric gap is infinite (``--relative-threshold 1e308``): it would
-    remove every edge."""
-    from circuitdag.acdc import resolve_threshold
-
-    value, recorded = resolve_threshold(patcher, task, threshold, relative)
-    if not math.isfinite(value):
-        raise ConfigError(f"--relative-threshold {relative:g} x the metric gap {recorded.get('metric_gap', 0):.4g} is "
-                          "not a finite threshold (it would remove every edge); give a smaller fraction")  # fmt: skip
-    return value, recorded
 
 
 def _num(x: float | None) -> str:
@@ -320,12 +355,6 @@ def summary_line(circuit: Any, task_name: str, out: Path, svg: bool = True) -> s
         + f"; {st['seconds']:.1f}s, peak memory {st['peak_memory_gb']:.2f} GB -> {out}/circuit.json"
         + (f", {out}/circuit.svg" if svg else "")
     )
-
-
-def default_attribution_edges(n_edges: int) -> int:
-    """Edges an attribution circuit keeps without --edges or --threshold: 1% of the graph
-    (a point of MIB's grid), at least 10."""
-    return min(n_edges, max(10, round(0.01 * n_edges)))
 
 
 def peak_memory_gb() -> float:
@@ -402,8 +431,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_roc(args: argparse.Namespace) -> int:
-    from circuitdag.acdc import prepare
     from circuitdag.evaluate import DEFAULT_ROC_THRESHOLDS, plot_roc, roc_sweep, task_truth
+    from circuitdag.prepare import prepare
 
     task, model = _load(args)
     patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed,
@@ -466,7 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(fn=cmd_tasks)
 
-    p = sub.add_parser("discover", help="find a circuit with ACDC; writes circuit.json and circuit.svg")
+    p = sub.add_parser("algorithms", help="list discovery methods (built-in and plugins) and their options")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_algorithms)
+
+    p = sub.add_parser("discover", help="find a circuit (ACDC by default, or --algorithm); writes circuit.json "
+                       "and circuit.svg")
     _add_run_options(p)
     p.add_argument("--prompts", metavar="FILE",
                    help="your own prompts instead of --task: a .jsonl/.json/.csv/.tsv file with clean, corrupted, "
@@ -476,12 +510,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--relative-threshold", metavar="R",
                    help="threshold = R x |metric_corrupted - metric_full|, the same fraction of the metric's "
                    "scale on any model (see docs/thresholds.md)")
-    p.add_argument("--algorithm", default="acdc", choices=("acdc", "acdc-reference", "eap", "eap-ig"),
-                   help="acdc (exact, fast), acdc-reference (exact, slow), eap or eap-ig (attribution: "
-                   "the top edges by |score|)")
+    p.add_argument("--algorithm", default="acdc", metavar="NAME",
+                   help="any method `circuitdag algorithms` lists: acdc (exact, fast; the default), acdc-reference "
+                   "(exact, slow), eap or eap-ig (attribution: the top edges by |score|), or a plugin's")
+    p.add_argument("--option", action="append", metavar="NAME=VALUE",
+                   help="an option of the method that has no flag of its own (repeatable; see circuitdag "
+                   "algorithms)")
     p.add_argument("--edges", type=number("--edges", int, 0), default=None,
                    help="eap/eap-ig: keep the N edges with the largest |score| (default: 1%% of the graph)")
-    p.add_argument("--ig-steps", default=5,
+    p.add_argument("--ig-steps", default=None,
                    type=number("--ig-steps", int, 1, _options.MAX_IG_STEPS, why="each step is a forward and "
                                "backward pass over every prompt; EAP-IG and MIB use 5"),
                    help=f"EAP-IG integration steps (default 5, at most {_options.MAX_IG_STEPS})")

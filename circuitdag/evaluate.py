@@ -122,7 +122,7 @@ def roc_sweep(patcher: Any, truth: set[str], ignore: Iterable[str] = (),
     Raises :class:`~circuitdag.errors.ConfigError` when the ground truth has no edge to
     find (``truth`` minus ``ignore`` is empty) or no edge to leave out: the true or false
     positive rate is then undefined, and an AUC of 1.0 would say nothing."""
-    from circuitdag.acdc import run_acdc
+    from circuitdag.discovery import run_acdc
     from circuitdag.errors import ConfigError
 
     points, rows = [], []

@@ -368,10 +368,10 @@ def cmd_curve(args: Any) -> int:
     import torch
 
     from circuitdag._version import __version__
-    from circuitdag.acdc import prepare
     from circuitdag.eapig_json import FORMAT_NAME, is_eapig_json, load_eapig_json
     from circuitdag.io import FORMAT, circuit_from_dict
     from circuitdag.models import load_model
+    from circuitdag.prepare import prepare
     from circuitdag.tasks import get_task
     from circuitdag.tasks._lm import with_prepend_bos
 

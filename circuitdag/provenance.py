@@ -29,7 +29,7 @@ LIBRARIES = ("circuitdag", "torch", "transformer_lens", "transformers", "numpy",
 #: is recorded but not compared: it changes float sums only in the last bits, and the
 #: default follows the machine's load, see docs/reproducibility.md.)
 RESUME_KEYS = (
-    "task", "model", "metric", "ablation", "seed", "positions", "neurons", "n_prompts", "data_sha256",
+    "task", "model", "metric", "ablation", "seed", "positions", "n_prompts", "data_sha256",
     "dtype", "device", "process_weights", "prepend_bos", "bos", "versions",
 )  # fmt: skip
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 from randmodel import random_data, random_tiny
 
-from circuitdag.attribution import attribute, attribution_circuit, top_edges
+from circuitdag.attribution import attribute, top_edges
+from circuitdag.discovery import attribution_circuit
 from circuitdag.errors import ConfigError
 from circuitdag.graph import Graph, Input, Positions
 from circuitdag.models import spec_of

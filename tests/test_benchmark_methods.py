@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from circuitdag.acdc import prepare, run_acdc
+from circuitdag.discovery import run_acdc
+from circuitdag.prepare import prepare
 from circuitdag.tasks import get_task
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks" / "methods.py"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from randmodel import random_data, random_tiny
 
-from circuitdag.acdc import run_acdc
+from circuitdag.discovery import run_acdc
 from circuitdag.graph import Graph, Positions
 from circuitdag.models import spec_of
 from circuitdag.patching import Patcher

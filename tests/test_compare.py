@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from circuitdag.acdc import prepare, run_acdc
 from circuitdag.cli import main
 from circuitdag.compare import Side, compare, load_side, sparsity
+from circuitdag.discovery import run_acdc
+from circuitdag.prepare import prepare
 from circuitdag.tasks.reversal import ReversalTask
 
 

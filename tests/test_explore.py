@@ -15,12 +15,13 @@ from browser import browser, console_errors, open_page  # noqa: F401 (browser is
 
 import circuitdag as cd
 from circuitdag import attention
-from circuitdag.acdc import prepare
-from circuitdag.attribution import attribute, attribution_circuit
+from circuitdag.attribution import attribute
 from circuitdag.cli import main
+from circuitdag.discovery import attribution_circuit
 from circuitdag.explore import explorer_data, explorer_html, slider_steps
 from circuitdag.io import load_circuit
 from circuitdag.models import load_model
+from circuitdag.prepare import prepare
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from randmodel import random_data, random_tiny
 
-from circuitdag.acdc import run_acdc
+from circuitdag.discovery import run_acdc
 from circuitdag.errors import CircuitFileError
 from circuitdag.graph import Graph
 from circuitdag.io import load_circuit, save_circuit

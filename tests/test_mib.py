@@ -372,7 +372,7 @@ def run_cli(argv):
 
 @pytest.fixture(scope="module")
 def tracr_run(tmp_path_factory):
-    from circuitdag.acdc import prepare
+    from circuitdag.prepare import prepare
     from circuitdag.tasks import get_task
 
     task = get_task("tracr-reverse")

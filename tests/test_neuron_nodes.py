@@ -143,8 +143,8 @@ def test_layer_path_and_attribution_refuse_neuron_nodes():
 def test_zoo_an_model_neuron_circuit_fast_equals_reference():
     """Issue 10: ``discover --task an-neuron --neurons 1`` on the zoo model keeps single
     neurons, and the fast path finds the reference's circuit."""
-    from circuitdag.acdc import prepare
     from circuitdag.models import load_model
+    from circuitdag.prepare import prepare
     from circuitdag.tasks import get_task
 
     model = load_model("an").to(torch.float64)

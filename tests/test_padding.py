@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from circuitdag.acdc import prepare, run_acdc
+from circuitdag.discovery import run_acdc
 from circuitdag.models import load_model
 from circuitdag.patching import real_positions
+from circuitdag.prepare import prepare
 from circuitdag.tasks.pronoun import PronounTask
 
 torch.set_num_threads(1)

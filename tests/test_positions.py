@@ -258,8 +258,8 @@ def test_layout_must_fit_the_graph() -> None:
 
 
 def test_position_layout_cuts_after_the_answer_and_refuses_ragged_answers() -> None:
-    from circuitdag.acdc import position_layout
     from circuitdag.errors import TaskError
+    from circuitdag.prepare import position_layout
     from circuitdag.tasks.base import TaskData
 
     data = random_data(pos=P, batch=3)
@@ -279,7 +279,7 @@ def test_tracr_reverse_position_aware_circuit_is_the_mirror() -> None:
     value at the mirrored position 6 - q (the program's reverse selector), and compared
     on component edges the circuit is a subset of the ground truth (evaluate collapses
     positions)."""
-    from circuitdag.acdc import acdc
+    from circuitdag.discovery import acdc
     from circuitdag.evaluate import confusion, task_truth
     from circuitdag.tasks import get_task
 
@@ -316,7 +316,7 @@ def test_induction_position_aware_k_composition() -> None:
     positions induction needs: the induction head at r_i (holding S[i]) keys on s_{i+1},
     where the previous-token head wrote S[i]. Collapsed to components, the circuit is the
     ground truth derived from the attention scores."""
-    from circuitdag.acdc import acdc
+    from circuitdag.discovery import acdc
     from circuitdag.evaluate import confusion, task_truth
     from circuitdag.tasks.induction import InductionTask
 

@@ -8,12 +8,13 @@ import json
 import pytest
 import torch
 
-from circuitdag.acdc import prepare, run_acdc
 from circuitdag.cli import main
+from circuitdag.discovery import run_acdc
 from circuitdag.errors import ConfigError
 from circuitdag.models import load_model
 from circuitdag.models.bridge import load_bridge
 from circuitdag.models.zoo import zoo_path
+from circuitdag.prepare import prepare
 from circuitdag.provenance import RESUME_KEYS, data_fingerprint, library_versions
 from circuitdag.tasks import get_task
 

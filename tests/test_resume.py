@@ -95,7 +95,7 @@ def test_checkpoint_from_other_settings_is_refused(tmp_path):
 def test_prefiltered_run_resumes_from_its_checkpoint(tmp_path):
     """Interrupted mid-way, a prefiltered ACDC run continues from the checkpoint's circuit
     (the fast path rebases on it) to the identical result, without re-scoring."""
-    from circuitdag.acdc import run_acdc
+    from circuitdag.discovery import run_acdc
 
     ck = tmp_path / "checkpoint.json"
     p = patcher()
@@ -187,8 +187,9 @@ def search(p: Patcher, path: str, kind: str, prefiltered: bool, ck=None, resume=
     """One ACDC run of the matrix: ``path`` components / layers / reference, an absolute
     or a relative threshold, from every edge or from the 60% of edges EAP-IG ranks
     highest."""
-    from circuitdag.acdc import acdc_reference, resolve_threshold
+    from circuitdag.acdc import acdc_reference
     from circuitdag.attribution import attribute, top_edges
+    from circuitdag.prepare import resolve_threshold
 
     task = RandomTaskStub()
     thr, _ = resolve_threshold(p, task, 0.004, None) if kind == "absolute" else resolve_threshold(p, task, None, 0.02)

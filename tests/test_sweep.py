@@ -30,7 +30,7 @@ from circuitdag.sweep import (
 from circuitdag.tasks import get_task
 
 torch.set_num_threads(1)
-ACDC = sys.modules["circuitdag.acdc"]  # (the package's `acdc` attribute is the function)
+RUNNER = sys.modules["circuitdag.discovery"]  # where a trial runs its method
 # Subprocesses share the machine with other jobs: one thread each.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 
@@ -104,7 +104,7 @@ def test_failed_trials_are_recorded_and_a_worker_stops_at_the_target(tmp_path, m
     assert study.trials == [] and study.user_attrs.get(TARGET_ATTR, 0) == 0
     study.set_user_attr(TARGET_ATTR, 4)  # as if `sweep --trials 4` were running elsewhere
 
-    real, calls = ACDC.run_acdc, []
+    real, calls = RUNNER.run_algorithm, []
 
     def flaky(*args, **kwargs):
         calls.append(1)
@@ -112,7 +112,7 @@ def test_failed_trials_are_recorded_and_a_worker_stops_at_the_target(tmp_path, m
             raise RuntimeError("out of memory (simulated)")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(ACDC, "run_acdc", flaky)
+    monkeypatch.setattr(RUNNER, "run_algorithm", flaky)
     report = work(default_storage(out), sampler_seed=0)
     states = [t.state.name for t in load(out).trials]
     assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE"]
@@ -173,7 +173,7 @@ def test_positions_reach_prepare(tmp_path, capsys, monkeypatch):
         seen["positions"] = positions
         raise ConfigError("task tracr-reverse has no named positions (fake)")
 
-    monkeypatch.setattr(ACDC, "prepare", fake_prepare)
+    monkeypatch.setattr(sys.modules["circuitdag.prepare"], "prepare", fake_prepare)
     code, _, err = run(capsys, "sweep", "--ablation", "zero", "--positions", "--trials", "1",
                        "--out", str(tmp_path / "s"), "-q")  # fmt: skip
     assert code == 2 and "has no named positions (fake)" in err and seen == {"positions": True}

@@ -16,7 +16,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from test_sweep import ACDC, ENV, _count, load, run
+from test_sweep import ENV, RUNNER, _count, load, run
 
 from circuitdag.cli import main
 from circuitdag.sweep import (
@@ -65,7 +65,7 @@ def test_a_worker_whose_trial_was_failed_while_it_was_paused_goes_on(when, tmp_p
         return paused
 
     if when == "in ACDC":
-        monkeypatch.setattr(ACDC, "run_acdc", pausing(ACDC.run_acdc))
+        monkeypatch.setattr(RUNNER, "run_algorithm", pausing(RUNNER.run_algorithm))
     else:  # just before the objective returns its values
         monkeypatch.setattr(WORKERS, "stored_trial", pausing(WORKERS.stored_trial))
     with caplog.at_level("WARNING", logger="circuitdag"):
@@ -87,14 +87,14 @@ _PAUSABLE_WORKER = """
 import pathlib, sys, time
 import circuitdag.sweep.storage as storage
 storage.HEARTBEAT_INTERVAL, storage.GRACE_PERIOD = 1, 2  # (60 s in real sweeps)
-import circuitdag.acdc
-acdc = sys.modules["circuitdag.acdc"]
-real, marker, nap = acdc.run_acdc, pathlib.Path(sys.argv[3]), float(sys.argv[4])
+import circuitdag.discovery
+runner = sys.modules["circuitdag.discovery"]
+real, marker, nap = runner.run_algorithm, pathlib.Path(sys.argv[3]), float(sys.argv[4])
 def slow(*args, **kwargs):
     marker.write_text("in a trial")
     time.sleep(nap)
     return real(*args, **kwargs)
-acdc.run_acdc = slow
+runner.run_algorithm = slow
 from circuitdag.cli import main
 sys.exit(main(["sweep-worker", "--storage", sys.argv[1], "--trials", sys.argv[2], "-q"]))
 """

@@ -60,7 +60,7 @@ def _print_report(report: SweepReport, target: float | None) -> None:
     print(f"  {'edges':>6}  {'faithfulness':>12}  {'trial':>5}  {'thresholds':<21}  "
           + "".join(f"{k:<10}  " for k in extra) + "circuit")  # fmt: skip
     for p in report.points:
-        lo, hi = p["threshold_range"]
+        lo, hi = p["threshold_range"] or p.get("edges_requested_range") or (None, None)
         print(f"  {p['edges']:>6}  {p['faithfulness']:>12.6f}  {p['trial']:>5}  {fmt(lo) + '..' + fmt(hi):<21}  "
               + "".join(f"{p[k]:<10}  " for k in extra) + str(p["circuit"]))  # fmt: skip
     print(f"-> {report.files['pareto']}, {report.files['svg']}, {report.files['html']}")
@@ -98,11 +98,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         rng = (_float(args.threshold_range[0], "--threshold-range"), _float(args.threshold_range[1], "--threshold-range"))
     target = None if args.target_faithfulness is None else _float(args.target_faithfulness, "--target-faithfulness")
     trials = _trials(args.trials)
+    edges_range = None
+    if args.edges_range:
+        try:
+            edges_range = (int(args.edges_range[0]), int(args.edges_range[1]))
+        except ValueError:
+            raise ConfigError(f"--edges-range takes two whole numbers, got {' '.join(args.edges_range)}") from None
     task = args.task or DEFAULT_TASK  # (--task has no argparse default: discover may take --prompts instead)
     settings = make_settings(task, args.out or f"runs/{task}-sweep", model=args.model, metric=args.metric,
                              ablation=args.ablation, search=args.search, threshold_range=rng,
                              positions=args.positions, seed=args.seed, dtype=args.dtype,
-                             prepend_bos=getattr(args, "prepend_bos", "auto"))  # fmt: skip
+                             prepend_bos=getattr(args, "prepend_bos", "auto"), algorithm=args.algorithm,
+                             edges_range=edges_range)  # fmt: skip
     report = sweep(settings, trials, storage=args.storage, study_name=args.study, device=args.device,
                    sampler_seed=args.sampler_seed, progress=not args.quiet, target_faithfulness=target)  # fmt: skip
     _print_report(report, target)
@@ -123,8 +130,15 @@ def register_cli(subparsers: Any, add_run_options: Callable[..., None]) -> None:
     ``add_run_options`` adds the options every run takes (``--task``, ``--model``, ...),
     passed in by :mod:`circuitdag.cli` so that imports run one way."""
 
-    p = subparsers.add_parser("sweep", help="Optuna study over the ACDC threshold: Pareto front of size vs faithfulness")
+    p = subparsers.add_parser("sweep", help="Optuna study over a method's size knob (the ACDC threshold by default): "
+                              "Pareto front of size vs faithfulness")
     add_run_options(p)
+    p.add_argument("--algorithm", default="acdc", metavar="NAME",
+                   help="any method with a size knob (`circuitdag algorithms`): acdc (default; threshold), "
+                   "eap or eap-ig (number of edges), or a plugin's")
+    p.add_argument("--edges-range", nargs=2, metavar=("LO", "HI"),
+                   help="for methods sized by an edge count: counts sampled log-uniformly in [LO, HI] "
+                   "(default 1 .. the graph's edges)")
     p.add_argument("--trials", default="20", help="trials to add to the study (default 20; 0 only rewrites the report)")
     p.add_argument("--storage", help="Optuna storage URL (default sqlite:///<out>/sweep.db; postgresql://... to "
                    "share the study with sweep-worker processes)")  # fmt: skip

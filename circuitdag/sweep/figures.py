@@ -60,10 +60,19 @@ def _x_max(report: SweepReport, n_edges_total: int | None) -> int:
     return max([n_edges_total or 0] + [r["edges"] for r in report.trials if r["edges"] is not None] + [1])
 
 
+def knob_text(r: dict[str, Any]) -> str:
+    """The size knob of a trial or front point: ``threshold X``, ``thresholds X..Y``, or for
+    methods sized by an edge count ``edges asked N`` / ``edges asked N..M``."""
+    if r.get("threshold_range") or r.get("threshold") is not None:
+        lo, hi = r.get("threshold_range") or (r["threshold"], r["threshold"])
+        return f"threshold {fmt(lo)}" if lo == hi else f"thresholds {fmt(lo)}..{fmt(hi)}"
+    lo, hi = r.get("edges_requested_range") or (r.get("edges_requested"), r.get("edges_requested"))
+    return f"edges asked {lo}" if lo == hi else f"edges asked {lo}..{hi}"
+
+
 def _tip(r: dict[str, Any]) -> str:
     """A point's hover text; a front point names the thresholds of all the trials it stands for."""
-    lo, hi = r.get("threshold_range") or (r["threshold"], r["threshold"])
-    thresholds = f"threshold {fmt(lo)}" if lo == hi else f"thresholds {fmt(lo)}..{fmt(hi)}"
+    thresholds = knob_text(r)
     return (f"trial {r['trial']}: {thresholds}, metric {r['metric']}, ablation {r['ablation']}, "
             f"{r['edges']} edges, faithfulness {fmt(r['faithfulness'], 6)}")  # fmt: skip
 

@@ -72,6 +72,7 @@ def trial_rows(study: optuna.Study, out: Path) -> list[dict[str, Any]]:
         path = a.get("circuit")
         rows.append({
             "trial": t.number, "state": t.state.name, "threshold": t.params.get("threshold"),
+            "edges_requested": t.params.get("edges"),  # methods whose size knob is an edge count
             "metric": a.get("metric"), "ablation": a.get("ablation"),
             "edges": int(t.values[0]) if t.values else None,
             "faithfulness": float(t.values[1]) if t.values else None,
@@ -92,7 +93,8 @@ def _rel(path: str, out: Path) -> str:
 
 def front_points(rows: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
     """The front, one point per distinct (edges, faithfulness, metric, ablation): the
-    earliest trial stands for the others, whose thresholds give the threshold range."""
+    earliest trial stands for the others, whose thresholds give the threshold range (None
+    for methods whose size knob is an edge count: ``edges_requested_range`` instead)."""
     done = [r for r in rows if r["state"] == "COMPLETE"]
     front = [done[i] for i in pareto_front([(r["edges"], r["faithfulness"]) for r in done])]
     groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
@@ -101,13 +103,15 @@ def front_points(rows: list[dict[str, Any]], out: Path) -> list[dict[str, Any]]:
     points = []
     for members in groups.values():
         rep = min(members, key=lambda r: r["trial"])
-        thresholds = [r["threshold"] for r in members]
+        thresholds = [r["threshold"] for r in members if r["threshold"] is not None]
+        asked = [r["edges_requested"] for r in members if r.get("edges_requested") is not None]
         circuit = _local_circuit(rep, out)
         points.append({
             "trial": rep["trial"], "threshold": rep["threshold"], "metric": rep["metric"],
             "ablation": rep["ablation"], "edges": rep["edges"], "faithfulness": rep["faithfulness"],
             "circuit": circuit, "trials": sorted(r["trial"] for r in members),
-            "threshold_range": [min(thresholds), max(thresholds)],
+            "threshold_range": [min(thresholds), max(thresholds)] if thresholds else None,
+            **({"edges_requested_range": [min(asked), max(asked)]} if asked else {}),
         })  # fmt: skip
     return sorted(points, key=lambda p: (p["edges"], -p["faithfulness"]))
 

@@ -19,7 +19,7 @@ import html
 import json
 from typing import TYPE_CHECKING, Any
 
-from circuitdag.sweep.figures import pareto_figure
+from circuitdag.sweep.figures import knob_text, pareto_figure
 from circuitdag.sweep.front import SweepReport, fmt
 from circuitdag.sweep.settings import describe
 from circuitdag.sweep.storage import masked
@@ -88,7 +88,8 @@ def _table(report: SweepReport, views: Mapping[int, Mapping[str, str]]) -> str:
         v = views.get(r["trial"], {})
         links = " ".join(x for x in (_link(r["circuit"], "json"), _link(v.get("svg"), "svg"),
                                      _link(v.get("html"), "explore")) if x)  # fmt: skip
-        cells = [r["trial"], r["state"], fmt(r["threshold"]), r["metric"] or "", r["ablation"] or "",
+        cells = [r["trial"], r["state"], fmt(r["threshold"]) if r["threshold"] is not None else knob_text(r),
+                 r["metric"] or "", r["ablation"] or "",
                  "" if r["edges"] is None else r["edges"], fmt(r["faithfulness"], 6), fmt(r["seconds"], 3)]  # fmt: skip
         tds = "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + f"<td>{links}</td>"
         tds += f'<td class="err">{html.escape(r["error"] or "")}</td>'
@@ -114,8 +115,8 @@ def sweep_html(report: SweepReport, n_edges_total: int | None, views: Mapping[in
     plot = fig.to_html(full_html=False, include_plotlyjs=True, div_id=PLOT_ID, post_script=_LINK_SCRIPT % json.dumps(point_of),
                        config={"displaylogo": False, "responsive": False})  # fmt: skip
     points = "".join(
-        f"<li>{p['edges']} edges, faithfulness {fmt(p['faithfulness'], 6)} (trial {p['trial']}, thresholds "
-        f"{fmt(p['threshold_range'][0])}..{fmt(p['threshold_range'][1])}, {p['metric']}, {p['ablation']}) "
+        f"<li>{p['edges']} edges, faithfulness {fmt(p['faithfulness'], 6)} (trial {p['trial']}, {knob_text(p)}, "
+        f"{p['metric']}, {p['ablation']}) "
         f"{_link(p['circuit'], 'json')} {_link(links.get(p['trial']), 'view')}</li>"
         for p in report.points
     )

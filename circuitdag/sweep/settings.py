@@ -31,7 +31,10 @@ class SweepSettings:
     """What a sweep searches and on what; stored in the study so workers can rebuild it.
 
     ``metrics``/``ablations`` hold the choices of a searched parameter, or the one value
-    used by every trial; ``threshold_range`` is sampled log-uniformly.
+    used by every trial; ``threshold_range`` is sampled log-uniformly. ``algorithm``: any
+    registered method with a size knob (:mod:`circuitdag.algorithms`): a threshold knob
+    samples ``threshold_range``, an edges knob samples ``edges_range`` log-uniformly
+    (default: 1 to the graph's edges).
     """
 
     task: str
@@ -46,6 +49,8 @@ class SweepSettings:
     out: str = ""
     format: str = SETTINGS_FORMAT
     prepend_bos: str = "auto"
+    algorithm: str = "acdc"
+    edges_range: tuple[int, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -60,6 +65,8 @@ class SweepSettings:
                 ablations=tuple(doc["ablations"]), threshold_range=tuple(doc["threshold_range"]),
                 search=tuple(doc["search"]), positions=bool(doc["positions"]), seed=int(doc["seed"]),
                 dtype=doc["dtype"], out=doc["out"], prepend_bos=doc.get("prepend_bos", "auto"),
+                algorithm=doc.get("algorithm", "acdc"),
+                edges_range=tuple(doc["edges_range"]) if doc.get("edges_range") else None,
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: damaged sweep settings ({exc}); start a new study") from exc
@@ -98,12 +105,15 @@ def make_settings(
     seed: int = 0,
     dtype: str = "float32",
     prepend_bos: str = "auto",
+    algorithm: str = "acdc",
+    edges_range: tuple[int, int] | None = None,
 ) -> SweepSettings:
     """Validate sweep options and resolve the task's defaults (raises :class:`ConfigError`).
 
     ``metric``/``ablation`` are one value, or (when searched) a comma-separated list of
     choices; a searched parameter without choices tries every metric / every ablation.
     """
+    from circuitdag.algorithms import get_algorithm
     from circuitdag.metrics import METRICS, get_metric
     from circuitdag.patching import Ablation
     from circuitdag.tasks import get_task
@@ -132,9 +142,20 @@ def make_settings(
     if dtype not in DTYPES:
         raise ConfigError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     with_prepend_bos(t, prepend_bos)  # refuses yes/no for a task without the option
+    method = get_algorithm(algorithm)
+    if method.size_knob not in ("threshold", "edges"):
+        raise ConfigError(f"--algorithm {method.name} has no size knob (a threshold or a number of edges) for a sweep "
+                          "to vary")  # fmt: skip
+    if edges_range is not None:
+        if method.size_knob != "edges":
+            raise ConfigError(f"--edges-range goes with a method whose size is a number of edges (eap, eap-ig); "
+                              f"{method.name} varies its threshold: use --threshold-range")  # fmt: skip
+        if not (isinstance(edges_range[0], int) and isinstance(edges_range[1], int) and 1 <= edges_range[0] < edges_range[1]):
+            raise ConfigError(f"--edges-range needs whole numbers 1 <= LO < HI, got {edges_range[0]} {edges_range[1]}")
     return SweepSettings(task=t.name, model=model, metrics=metrics, ablations=ablations,
                          threshold_range=(float(lo), float(hi)), search=searched, positions=positions,
-                         seed=seed, dtype=dtype, out=str(Path(out).resolve()), prepend_bos=prepend_bos)  # fmt: skip
+                         seed=seed, dtype=dtype, out=str(Path(out).resolve()), prepend_bos=prepend_bos,
+                         algorithm=method.name, edges_range=edges_range)  # fmt: skip
 
 
 

@@ -78,7 +78,7 @@ class TrialRunner:
     def patcher(self, metric: str, ablation: str) -> tuple[Patcher, dict[str, Any]]:
         import inspect
 
-        from circuitdag.acdc import prepare
+        from circuitdag.prepare import prepare
 
         key = (metric, ablation)
         if key not in self._patchers:
@@ -98,20 +98,27 @@ class TrialRunner:
     def __call__(self, trial: optuna.Trial) -> tuple[int, float]:
         import optuna
 
-        from circuitdag.acdc import run_acdc
+        from circuitdag import discovery as runner
+        from circuitdag.algorithms import get_algorithm
 
         s = self.settings
         unrecorded: Path | None = None  # a circuit saved but not yet named by the trial
         try:
             trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
-            threshold = trial.suggest_float("threshold", *s.threshold_range, log=True)
+            method = get_algorithm(s.algorithm)
+            knob: dict[str, Any] = {}
+            if method.size_knob == "threshold":
+                knob["threshold"] = trial.suggest_float("threshold", *s.threshold_range, log=True)
             metric = trial.suggest_categorical("metric", s.metrics) if "metric" in s.search else s.metrics[0]
             ablation = trial.suggest_categorical("ablation", s.ablations) if "ablation" in s.search else s.ablations[0]
             trial.set_user_attr("metric", metric)
             trial.set_user_attr("ablation", ablation)
             patcher, meta = self.patcher(str(metric), str(ablation))
-            circuit = run_acdc(patcher, threshold,
-                               meta={**meta, "sweep": {"study": self.study_name, "trial": trial.number}})  # fmt: skip
+            if method.size_knob == "edges":
+                lo, hi = s.edges_range or (1, patcher.graph.n_edges)
+                knob["edges"] = trial.suggest_int("edges", lo, min(hi, patcher.graph.n_edges), log=True)
+            circuit = runner.run_algorithm(patcher, method, meta={**meta, "sweep": {"study": self.study_name,
+                                           "trial": trial.number}}, **knob)  # fmt: skip
             faith = circuit.faithfulness()
             if faith is None or not math.isfinite(faith):
                 raise CircuitDagError(

@@ -13,10 +13,10 @@ installed. A plugin that fails to load is skipped with a warning naming its dist
 
 from __future__ import annotations
 
-import importlib
 import warnings
-from importlib.metadata import entry_points
 
+from circuitdag._plugins import load_target as _load_target
+from circuitdag._plugins import sources
 from circuitdag.errors import TaskError
 from circuitdag.tasks.base import Task, TaskData, load_data
 
@@ -43,14 +43,6 @@ BUILTIN: dict[str, str] = {
 _cache: dict[str, Task] = {}
 
 
-def _load_target(target: str) -> object:
-    module, _, attr = target.partition(":")
-    obj: object = importlib.import_module(module)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _instantiate(name: str, obj: object) -> Task:
     task = obj() if isinstance(obj, type) else obj
     if not isinstance(task, Task):
@@ -62,11 +54,7 @@ def _instantiate(name: str, obj: object) -> Task:
 
 def _sources() -> dict[str, tuple[str, str]]:
     """name -> (target "module:attr", distribution name)."""
-    out = {name: (target, "circuitdag") for name, target in BUILTIN.items()}
-    for ep in entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else "unknown distribution"
-        out[ep.name] = (ep.value, dist)
-    return out
+    return sources(ENTRY_POINT_GROUP, BUILTIN)
 
 
 def task_names() -> list[str]:

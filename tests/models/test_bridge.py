@@ -307,7 +307,7 @@ def test_a_tokenizer_without_bos_gets_none(bos: str | None, tmp_path: Path) -> N
     only when the tokenizer as saved has one (docs/tasks.md), and circuit.json says why."""
     from transformers import AutoTokenizer
 
-    from circuitdag.acdc import prepare
+    from circuitdag.prepare import prepare
     from circuitdag.tasks.prompts import PromptTask
 
     path = _save_word_model(tmp_path / "model", bos)

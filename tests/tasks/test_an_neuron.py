@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from circuitdag.acdc import prepare, run_acdc
+from circuitdag.discovery import run_acdc
+from circuitdag.prepare import prepare
 from circuitdag.tasks import get_task
 
 torch.set_num_threads(1)

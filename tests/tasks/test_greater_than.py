@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from circuitdag.acdc import prepare, run_acdc
+from circuitdag.discovery import run_acdc
 from circuitdag.errors import TaskError
 from circuitdag.metrics import MetricRef
 from circuitdag.models import load_model
+from circuitdag.prepare import prepare
 from circuitdag.tasks import get_task
 from circuitdag.tasks.greater_than import NOUNS, GreaterThanTask, YearScheme, prob_diff
 

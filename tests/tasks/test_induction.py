@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitdag.acdc import prepare, run_acdc
+from circuitdag.discovery import run_acdc
 from circuitdag.evaluate import confusion
+from circuitdag.prepare import prepare
 from circuitdag.tasks import get_task
 from circuitdag.tasks.induction import (
     INDUCTION_MIN,

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from circuitdag.acdc import prepare
 from circuitdag.errors import TaskError
 from circuitdag.models import load_model
+from circuitdag.prepare import prepare
 from circuitdag.tasks import get_task
 from circuitdag.tasks.ioi import NAMES, OBJECTS, PLACES, TEMPLATES, IOITask
 

@@ -14,10 +14,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from circuitdag.acdc import prepare, run_acdc
+from circuitdag.discovery import run_acdc
 from circuitdag.errors import TaskError
 from circuitdag.models import load_model
 from circuitdag.models.zoo import model_card
+from circuitdag.prepare import prepare
 from circuitdag.tasks import _lm, get_task
 from circuitdag.tasks.pronoun import PronounOppositeTask, PronounTask
 

@@ -5,9 +5,10 @@ import json
 import pytest
 import torch
 
-from circuitdag.acdc import prepare, run_acdc
 from circuitdag.cli import main
+from circuitdag.discovery import run_acdc
 from circuitdag.errors import TaskError
+from circuitdag.prepare import prepare
 from circuitdag.tasks import get_task
 from circuitdag.tasks.reversal import ReversalTask
 

@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from circuitdag.acdc import prepare, run_acdc
+from circuitdag.discovery import run_acdc
 from circuitdag.evaluate import confusion, roc_sweep, task_truth
+from circuitdag.prepare import prepare
 from circuitdag.tasks import get_task
 from circuitdag.tasks.tracr import TASKS
 

@@ -8,10 +8,10 @@ from dataclasses import replace
 import pytest
 import torch
 
-from circuitdag.acdc import prepare
 from circuitdag.cli import main
 from circuitdag.errors import TaskError
 from circuitdag.models import load_model
+from circuitdag.prepare import prepare
 from circuitdag.tasks import _cache
 from circuitdag.tasks.base import Task, TaskData
 from circuitdag.tasks.pronoun import PronounTask
