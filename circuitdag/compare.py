@@ -61,16 +61,14 @@ class Side:
 
 
 def load_side(label: str, circuit: Circuit, device: str = "cpu") -> Side:
-    """The circuit's model and clean prompts, rebuilt from ``circuit.meta``."""
-    from circuitdag.models import load_task_model
-    from circuitdag.tasks.base import load_data
+    """The circuit's model and clean prompts, rebuilt from ``circuit.meta``
+    (:func:`circuitdag.reload.reload`, with the circuit's BOS decision)."""
+    from circuitdag.reload import reload
 
-    m = circuit.meta
-    if not m.get("task"):
+    if not circuit.meta.get("task"):
         raise CircuitFileError(f"circuit {label} does not name its task, so its model cannot be run")
-    task, model = load_task_model(m["task"], m.get("model"), device=device, dtype=torch.float32)
-    data = load_data(task, model, seed=int(m.get("seed") or 0), n_prompts=m.get("n_prompts"))
-    return Side(label, circuit, model, data)
+    run = reload(circuit, device=device, source=f"circuit {label}", prompts_only=True)
+    return Side(label, circuit, run.model, run.data)
 
 
 def components(circuit: Circuit) -> list[str]:
