@@ -110,6 +110,9 @@ def saved_bos_token(tokenizer: Any) -> str | None:
         if readable:
             return bos
     bos = getattr(tokenizer, "bos_token", None)
+    if bos is None and not hasattr(tokenizer, "bos_token"):  # a tokenizer that only has ids
+        bos_id = getattr(tokenizer, "bos_token_id", None)
+        return None if bos_id is None else f"id {bos_id}"
     return None if bos is None else str(bos)
 
 
