@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from circuitdag.acdc import acdc_fast, acdc_reference
+from circuitdag.acdc_search import acdc_fast, acdc_reference
 from circuitdag.graph import Graph
 from circuitdag.models import spec_of
 from circuitdag.patching import Patcher

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/relative_thresholds.py --smollm2  # + pronoun/ioi on SmolLM2 (EAP-IG)
 
 A relative threshold R means ACDC's threshold is ``R * |m_corrupted - m_full|``
-(``--relative-threshold R``; :func:`circuitdag.acdc.resolve_threshold`). For every task (its
+(``--relative-threshold R``; :func:`circuitdag.prepare.resolve_threshold`). For every task (its
 default model, metric and ablation, 100 prompts, float32, one thread) this prints the gap,
 the task's own default threshold as a relative value, and for each R the edges ACDC keeps,
 the faithfulness, and, where the task has a ground truth, whether the circuit is exactly

@@ -150,7 +150,7 @@ def mse(logits: torch.Tensor, ref) -> torch.Tensor:
 
 class CircuitdagCase:
     def __init__(self, spec: dict[str, Any]) -> None:
-        from circuitdag.acdc import acdc_fast, acdc_reference
+        from circuitdag.acdc_search import acdc_fast, acdc_reference
         from circuitdag.graph import Graph
         from circuitdag.models import spec_of
         from circuitdag.prepare import position_layout

@@ -127,14 +127,14 @@ def check_n_prompts(model: Any, n_prompts: int | None, device: Any) -> None:
 def cap_k_max(patcher: Any, k_max: int | None) -> int | None:
     """``--k-max`` capped at the most edges into one node (a batch holds candidates for one
     destination, so it never holds more) and, where ACDC evaluates candidates layer by
-    layer, at the batch that fits in memory (:func:`~circuitdag.acdc.max_candidates`; the
+    layer, at the batch that fits in memory (:func:`~circuitdag.acdc_search.max_candidates`; the
     component path caps each batch by memory itself). None stays None (the default)."""
     if k_max is None:
         return None
     widest = max((len(inc) for inc in patcher.graph.incoming.values()), default=1)
     k_max = cap("--k-max", k_max, max(widest, 1), f"no node has more than {widest} incoming edges")
     if patcher.kernels() is None:  # the layer-by-layer path: every candidate is a full batch of runs
-        from circuitdag.acdc import max_candidates
+        from circuitdag.acdc_search import max_candidates
 
         k_max = cap(
             "--k-max", k_max, max_candidates(patcher), "more candidates per batch do not fit in memory"

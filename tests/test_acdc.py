@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from randmodel import random_data, random_tiny
 
-from circuitdag.acdc import acdc_fast, acdc_reference
+from circuitdag.acdc_search import acdc_fast, acdc_reference
 from circuitdag.checkpoint import load_checkpoint
 from circuitdag.discovery import run_acdc
 from circuitdag.errors import ConfigError

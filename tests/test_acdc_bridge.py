@@ -6,7 +6,7 @@ import pytest
 import torch
 from randmodel import shared_prefix
 
-from circuitdag.acdc import acdc_fast, acdc_reference
+from circuitdag.acdc_search import acdc_fast, acdc_reference
 from circuitdag.graph import Graph, NodeKind
 from circuitdag.models import load_model, spec_of
 from circuitdag.patching import Patcher

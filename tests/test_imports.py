@@ -70,3 +70,42 @@ def test_no_import_circles():
 def test_nothing_imports_the_command_line():
     g = import_graph()
     assert sorted(g.predecessors("circuitdag.cli")) == []
+
+
+def _fresh(code: str) -> str:
+    """Run ``code`` in a new interpreter (this one has imported everything); its stdout."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_import_circuitdag_is_lazy():
+    """``import circuitdag`` imports no torch, TransformerLens or transformers; a public
+    name imports its module on first use."""
+    out = _fresh("import sys, circuitdag as cd\n"
+                 "heavy = ('torch', 'transformer_lens', 'transformers', 'numpy')\n"
+                 "print(sorted(m for m in heavy if m in sys.modules))\n"
+                 "print(set(cd.__all__) <= set(dir(cd)))\n"
+                 "print(cd.Circuit.__module__, 'numpy' in sys.modules)")  # fmt: skip
+    assert out.split("\n")[:3] == ["[]", "True", "circuitdag.circuit True"]
+    import circuitdag as cd
+
+    assert all(getattr(cd, name) is not None for name in [*cd.__all__, "__version__"])
+
+
+def test_cd_acdc_stays_the_function():
+    """``cd.acdc`` is the function whichever module is imported first: no submodule is
+    named ``acdc`` at the top of the package (the search is ``circuitdag.acdc_search``)."""
+    import circuitdag as cd
+    import circuitdag.acdc_search
+    import circuitdag.algorithms.acdc
+
+    assert callable(cd.acdc) and cd.acdc.__module__ == "circuitdag.discovery"
+    for first in ("import circuitdag.algorithms.acdc, circuitdag.acdc_search",
+                  "from circuitdag import acdc as _f; import circuitdag.algorithms.acdc"):  # fmt: skip
+        out = _fresh(f"{first}\nimport circuitdag as cd\nprint(callable(cd.acdc), cd.acdc.__module__)")
+        assert out.strip() == "True circuitdag.discovery"
+    assert not (PACKAGE / "acdc.py").exists() and not (PACKAGE / "acdc").exists()

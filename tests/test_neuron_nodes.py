@@ -10,7 +10,7 @@ import pytest
 import torch
 from randmodel import random_data, random_tiny
 
-from circuitdag.acdc import acdc_fast, acdc_reference
+from circuitdag.acdc_search import acdc_fast, acdc_reference
 from circuitdag.attribution import attribute
 from circuitdag.cli import main
 from circuitdag.errors import ConfigError, ModelError

@@ -7,7 +7,7 @@ import pytest
 import torch
 from randmodel import nested_candidates, random_data, random_tiny
 
-from circuitdag.acdc import _live_positions, acdc_fast, acdc_reference
+from circuitdag.acdc_search import _live_positions, acdc_fast, acdc_reference
 from circuitdag.errors import ConfigError
 from circuitdag.graph import Graph, Input, ModelSpec, NodeKind, Positions
 from circuitdag.models import spec_of

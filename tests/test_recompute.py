@@ -6,7 +6,7 @@ import pytest
 import torch
 from randmodel import random_data, random_tiny, shared_prefix
 
-from circuitdag.acdc import acdc_fast, acdc_reference
+from circuitdag.acdc_search import acdc_fast, acdc_reference
 from circuitdag.components import ComponentKernels, KernelMismatch
 from circuitdag.errors import ConfigError
 from circuitdag.graph import Graph, NodeKind

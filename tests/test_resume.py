@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from randmodel import random_data, random_tiny
 
-from circuitdag.acdc import acdc_fast
+from circuitdag.acdc_search import acdc_fast
 from circuitdag.graph import Graph
 from circuitdag.models import spec_of
 from circuitdag.patching import Patcher
@@ -27,7 +27,7 @@ torch.set_num_threads(1)
 sys.path.insert(0, {str(HERE)!r})
 from randmodel import random_data, random_tiny
 import time
-from circuitdag.acdc import acdc_fast
+from circuitdag.acdc_search import acdc_fast
 import circuitdag.checkpoint as acdc  # where save_checkpoint lives
 from circuitdag.graph import Graph
 from circuitdag.models import spec_of
@@ -140,7 +140,7 @@ def kill_after_saves(monkeypatch, n: int) -> None:
 
 
 def kill_after_updates(monkeypatch, n: int) -> None:
-    acdc_mod = sys.modules["circuitdag.acdc"]  # the module (circuitdag.acdc is also a function)
+    acdc_mod = sys.modules["circuitdag.acdc_search"]
 
     class Bar(acdc_mod.tqdm):  # type: ignore[misc,name-defined]
         seen = 0
@@ -155,7 +155,7 @@ def kill_after_updates(monkeypatch, n: int) -> None:
 
 
 def count_updates(monkeypatch, run) -> int:
-    acdc_mod = sys.modules["circuitdag.acdc"]  # the module (circuitdag.acdc is also a function)
+    acdc_mod = sys.modules["circuitdag.acdc_search"]
 
     class Bar(acdc_mod.tqdm):  # type: ignore[misc,name-defined]
         seen = 0
@@ -187,7 +187,7 @@ def search(p: Patcher, path: str, kind: str, prefiltered: bool, ck=None, resume=
     """One ACDC run of the matrix: ``path`` components / layers / reference, an absolute
     or a relative threshold, from every edge or from the 60% of edges EAP-IG ranks
     highest."""
-    from circuitdag.acdc import acdc_reference
+    from circuitdag.acdc_search import acdc_reference
     from circuitdag.attribution import attribute, top_edges
     from circuitdag.prepare import resolve_threshold
 
@@ -381,7 +381,7 @@ def test_a_damaged_checkpoint_is_one_line_and_left_alone(tmp_path, capsys, kille
 def test_neuron_nodes_resume_to_the_same_circuit(tmp_path, monkeypatch, path):
     """MLPs split into neurons (``--neurons``): killed after every destination, resumed,
     the same edges and scores."""
-    from circuitdag.acdc import acdc_reference
+    from circuitdag.acdc_search import acdc_reference
 
     def patcher_() -> Patcher:
         model = random_tiny(d_mlp=5)

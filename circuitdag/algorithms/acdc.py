@@ -1,6 +1,6 @@
 """ACDC as a registered method (Conmy et al. 2023, "Towards Automated Circuit Discovery for
-Mechanistic Interpretability"): ``acdc`` (the exact fast path, :func:`circuitdag.acdc.acdc_fast`)
-and ``acdc-reference`` (one forward pass per edge, :func:`circuitdag.acdc.acdc_reference`),
+Mechanistic Interpretability"): ``acdc`` (the exact fast path, :func:`circuitdag.acdc_search.acdc_fast`)
+and ``acdc-reference`` (one forward pass per edge, :func:`circuitdag.acdc_search.acdc_reference`),
 identical circuits. Both checkpoint and resume (:mod:`circuitdag.checkpoint`).
 
 ``prefilter="eap-ig:N"`` (or ``eap:N``) first scores every edge by attribution
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from circuitdag.acdc import acdc_fast, acdc_reference
+from circuitdag.acdc_search import acdc_fast, acdc_reference
 from circuitdag.algorithms.base import Algorithm, Found, Option, RunContext
 from circuitdag.attribution import DEFAULT_IG_STEPS, METHODS, attribute, top_edges
 from circuitdag.errors import ConfigError

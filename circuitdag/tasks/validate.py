@@ -1,7 +1,7 @@
 """The one check between a task (built-in or plugin) and the engine.
 
 :func:`validate_task_data` runs on every task's data before the engine caches a run
-(:func:`circuitdag.acdc.prepare`, which ``discover``, ``sweep``, ``roc``, ``curve`` and the
+(:func:`circuitdag.prepare.prepare`, which ``discover``, ``sweep``, ``roc``, ``curve`` and the
 Python API all go through). It refuses, with a one-line :class:`TaskError` naming the
 prompt, the position and the value, data the model cannot run or that makes the result
 meaningless:
