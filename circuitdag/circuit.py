@@ -113,7 +113,7 @@ class Circuit:
         ``in_circuit`` (bool), in edge-table order. Needs pandas
         (``pip install 'circuitdag[pandas]'``; raises MissingExtraError without it)."""
         try:
-            import pandas as pd
+            import pandas as pd  # type: ignore[import-untyped,unused-ignore]
         except ImportError:
             from circuitdag.errors import MissingExtraError
 

@@ -65,9 +65,9 @@ def get_algorithm(name: str | Algorithm) -> Algorithm:
     except Exception as exc:
         raise ConfigError(f"algorithm {name!r} from distribution {dist!r} failed to load: "
                           f"{type(exc).__name__}: {exc}") from exc  # fmt: skip
-    if not isinstance(method, Algorithm):
+    if not isinstance(method, Algorithm) or not callable(getattr(method, "run", None)):
         raise ConfigError(f"algorithm {name!r} from distribution {dist!r} is a {type(method).__name__}, not a "
-                          "circuitdag.algorithms.Algorithm")  # fmt: skip
+                          "circuitdag.algorithms.Algorithm with a run method")  # fmt: skip
     if not method.name:
         method.name = name
     _cache[name] = method

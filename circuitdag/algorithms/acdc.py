@@ -92,7 +92,7 @@ class ACDC(Algorithm):
         info = dict(ctx.identity)
         info["prefilter"] = None if pre is None else f"{pre[0]}:{pre[1]}:{ig_steps}"
         info["neurons"] = sorted(int(L) for L in patcher.neurons)  # MLP layers split into neurons
-        common = {"progress": ctx.progress, "checkpoint": ck, "resume": ctx.resume, "run_info": info,
+        common: dict[str, Any] = {"progress": ctx.progress, "checkpoint": ck, "resume": ctx.resume, "run_info": info,
                   "checkpoint_every": ctx.checkpoint_every, "start": start,
                   "stats": {"prefilter": pre_meta} if pre_meta else None}  # fmt: skip
         if self.reference:

@@ -13,16 +13,14 @@ the run record, circuit.json, curves, the explorer, sweeps) is the same for ever
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
 from circuitdag.errors import ConfigError
-
-if TYPE_CHECKING:
-    from circuitdag.patching import Patcher
 
 
 @dataclass(frozen=True)
@@ -107,7 +105,7 @@ class Algorithm:
     (``--neurons``); ``checkpoints``: whether it writes and resumes ``ctx.checkpoint``.
     """
 
-    name: ClassVar[str] = ""
+    name: str = ""
     summary: ClassVar[str] = ""
     source: ClassVar[str] = ""
     exact: ClassVar[bool] = False
@@ -136,8 +134,9 @@ class Algorithm:
             raise ConfigError(f"{flags} does not apply to --algorithm {self.name} (it takes {takes})")
         return {name: opt.check(opt.default if given.get(name) is None else given[name]) for name, opt in known.items()}
 
-    def run(self, patcher: Patcher, ctx: RunContext, **options: Any) -> Found:  # pragma: no cover - abstract
-        raise NotImplementedError
+    #: ``run(patcher, ctx, **options) -> Found``: the method itself, with its options as
+    #: keyword arguments (each subclass names its own, so the base declares only the type).
+    run: Callable[..., Found]
 
     def __repr__(self) -> str:
         return f"<algorithm {self.name}: {self.summary}>"
