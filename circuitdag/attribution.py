@@ -46,20 +46,18 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
-from jaxtyping import Float
 from torch import Tensor
 from tqdm.auto import tqdm
 
 from circuitdag import metrics
-from circuitdag.errors import ConfigError, MetricError, ModelError
+from circuitdag.errors import ConfigError, MetricError
 from circuitdag.graph import Input
-from circuitdag.metrics import MetricRef, check_finite
-from circuitdag.models.bridge import resume
-from circuitdag.patching import _HOOK, _QKV, Patcher, _StopForward
+from circuitdag.hooks import Hook
+from circuitdag.passes import frozen
+from circuitdag.patching import Patcher
 
 log = logging.getLogger("circuitdag")
 
@@ -133,18 +131,14 @@ def attribute(
     n_valid = float(valid.sum()) if valid is not None else float(patcher.data.answer_pos.numel())
     t0 = time.perf_counter()
     bar = tqdm(total=len(chunks) * len(alphas), desc=method.upper(), unit="pass", disable=not progress)
-    grad_mode = [p.requires_grad for p in patcher.model.parameters()]
     try:
-        for p in patcher.model.parameters():  # gradients for the activations only
-            p.requires_grad_(False)
-        for c in chunks:
-            w = (float(valid[c].sum()) if valid is not None else float(patcher.data.answer_pos[c].numel())) / n_valid
-            for alpha in alphas:
-                _accumulate(patcher, dense, c, alpha, w)
-                bar.update(1)
+        with frozen(patcher.model):  # gradients for the activations only
+            for c in chunks:
+                w = (float(valid[c].sum()) if valid is not None else float(patcher.data.answer_pos[c].numel())) / n_valid
+                for alpha in alphas:
+                    _accumulate(patcher, dense, c, alpha, w)
+                    bar.update(1)
     finally:
-        for p, g in zip(patcher.model.parameters(), grad_mode):
-            p.requires_grad_(g)
         bar.close()
     dense /= len(alphas)
     scores = dense[lay.edge_row, lay.edge_view, lay.edge_pos, lay.edge_slot].cpu().numpy()
@@ -160,8 +154,8 @@ def _accumulate(patcher: Patcher, dense: Tensor, c: slice, alpha: float, weight:
     """One forward + backward pass over the prompts ``c`` with the embedding at
     ``x_corr + alpha (x_clean - x_corr)``; adds ``weight x`` their scores into ``dense``
     (``absent``-shaped: row, view, pos, slot)."""
-    lay, n = patcher.layout, patcher.layout.n_layers
-    V, P, positional = patcher.V, patcher.P, patcher.positional
+    lay, n, views = patcher.layout, patcher.layout.n_layers, patcher.views.of(c)
+    V, P, positional, diag = views.V, views.P, views.positional, views.diag
     S_clean, S_corr = patcher.S_clean[c], patcher.S_corr[c]
     b = S_clean.shape[0]
     # Sender differences S_corr - S_clean (the change of an input when an edge is removed),
@@ -173,16 +167,6 @@ def _accumulate(patcher: Patcher, dense: Tensor, c: slice, alpha: float, weight:
     else:
         Dm = delta.permute(2, 0, 1, 3).reshape(lay.n_slots, -1)
     del delta
-    diag = torch.arange(P, device=patcher.device)
-
-    def into_views(x: Tensor) -> Tensor:  # b pos ... -> (b views) pos ...
-        return x.unsqueeze(1).expand(b, V, *x.shape[1:]).reshape(b * V, *x.shape[1:])
-
-    def diagonal(x: Tensor) -> Tensor:  # (b views) pos ... -> b pos ..., position p from view p
-        if not positional:
-            return x
-        x = x.reshape(b, V, *x.shape[1:])
-        return x[:, diag, diag]
 
     pending: dict[int, list[tuple[slice, int, Tensor]]] = {}
     groups = {L: 3 + int(lay.has_mlp) for L in range(n)} | {n: 1}  # input groups per layer
@@ -200,7 +184,7 @@ def _accumulate(patcher: Patcher, dense: Tensor, c: slice, alpha: float, weight:
                 got = torch.bmm(Dm[:, :k], gv).reshape(P, k, r, V)  # pos slot rows view
                 dense[sl, :, :, :k] += got.permute(2, 3, 0, 1)
             elif positional:  # the row reads its own position: the diagonal
-                gd = diagonal(g).permute(1, 0, 3, 2).reshape(P, -1, r)  # pos (b d) rows
+                gd = views.diagonal(g)[0].permute(1, 0, 3, 2).reshape(P, -1, r)  # pos (b d) rows
                 got = torch.bmm(Dm[:, :k], gd)  # pos slot rows
                 dense[sl, diag, diag, :k] += got.permute(2, 0, 1)
             else:  # buffered: one matmul per layer reads the senders once
@@ -220,56 +204,26 @@ def _accumulate(patcher: Patcher, dense: Tensor, c: slice, alpha: float, weight:
             dense[rows, 0, 0, :kk] += got[:kk, at : at + gm.shape[1]].T
             at += gm.shape[1]
 
-    def watch(L: int, kind: Input) -> Callable[[Tensor, Any], Tensor]:
-        def fn(x: Tensor, hook: Any) -> Tensor:
-            # With views, every view reads the true residual (position p from view p), so
-            # the gradient at view q's input is the gradient as query q sees it.
-            x = into_views(diagonal(x)) if positional else x.clone()
-            x.register_hook(collect(L, kind))
-            return x
+    def watched(x: Tensor, L: int, kind: Input) -> Tensor:
+        # With views, every view reads the true residual (position p from view p), so the
+        # gradient at view q's input is the gradient as query q sees it.
+        x = views.spread(views.diagonal(x)[0]) if positional else x.clone()
+        x.register_hook(collect(L, kind))
+        return x
 
-        return fn
+    def watch(L: int, kind: Input) -> Hook | None:
+        return None if kind == Input.RESID else (lambda x, hook: watched(x, L, kind))
 
-    def stop(x: Tensor, hook: Any) -> None:
-        x = into_views(diagonal(x)) if positional else x.clone()
-        x.register_hook(collect(n, Input.RESID))
-        raise _StopForward(diagonal(x))
-
-    hooks: list[tuple[str, Callable[..., Any]]] = []
-    for L in range(n):
-        hooks += [(_HOOK[name](L), watch(L, kind)) for kind, name in _QKV]
-        if lay.has_mlp:
-            hooks.append((_HOOK["mlp_in"](L), watch(L, Input.MLP)))
-    hooks.append((f"blocks.{n - 1}.hook_resid_post", stop))
-
+    hooks = patcher.table.hooks(inputs=watch)
     x_corr, x_clean = S_corr[:, :, 0], S_clean[:, :, 0]
     with torch.enable_grad():
         x0 = (x_corr + alpha * (x_clean - x_corr)).detach().requires_grad_(True)
-        try:
-            resume(patcher.model, into_views(x0), 0, fwd_hooks=hooks)
-            raise ModelError("the forward pass never reached the final residual hook")
-        except _StopForward as s:
-            final = s.resid  # b pos d
-        metric = _chunk_metric(patcher, final, c)
-        check_finite(metric.detach().unsqueeze(0), "in attribution")
+        final = patcher.table.run_to_final(patcher.model, views.spread(x0), hooks,
+                                           lambda x: views.diagonal(watched(x, n, Input.RESID))[0], start_layer=0)  # fmt: skip
+        metric = patcher.readout.final_metric(final.unsqueeze(0), prompts=c)[0]
         torch.autograd.grad(metric * weight, x0)
     for L in list(pending):  # groups that got no gradient have score 0
         flush(L)
-
-
-def _chunk_metric(patcher: Patcher, final: Float[Tensor, "b pos d_model"], c: slice) -> Tensor:
-    """The metric (a scalar) of prompts ``c`` from their final residual stream."""
-    ap = patcher.data.answer_pos[c]
-    rows = torch.arange(ap.shape[0], device=ap.device).unsqueeze(1)
-    x = final[rows, ap]  # b n_ans d
-    logits = patcher.model.unembed(patcher.model.ln_final(x)).unsqueeze(0)
-    ref = patcher.ref
-
-    def part(t: Tensor | None) -> Tensor | None:
-        return None if t is None else t[c]
-
-    sub = MetricRef(logits=ref.logits[c], correct=part(ref.correct), wrong=part(ref.wrong), valid=part(ref.valid))
-    return patcher.metric_fn(logits, sub)[0]
 
 
 # ---------------------------------------------------------------------- circuits

@@ -57,9 +57,8 @@ def _start_run(patcher: Patcher, alive: np.ndarray, absent: Tensor | None = None
     mask, when already built)."""
     if bool(np.all(alive)):
         return patcher.S_clean, patcher.resid_pre, patcher.mlp_in, patcher.resid_final
-    raw: dict[str, Any] = {}
-    patcher._full_pass(patcher.absent_matrix(alive) if absent is None else absent, raw=raw, sparse=True)
-    return raw["slots"], raw["resid_pre"], raw["mlp_in"], raw["resid_final"]
+    run = patcher.run_of(patcher.absent_matrix(alive) if absent is None else absent)
+    return run.slots, run.resid_pre, run.mlp_in, run.resid_final
 
 
 def first_changing_position(patcher: Patcher) -> int:
