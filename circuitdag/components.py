@@ -309,14 +309,3 @@ def _compare(got: Tensor, want: Tensor, what: str) -> float:
     if not err <= tol:
         raise KernelMismatch(f"{what} differ from the model's hooks by {err:.3g} (tolerance {tol:.3g})")
     return err
-
-
-def rotary_hooks(model: Any, spec: ModelSpec) -> list[str]:
-    """Names of the rotary ``cos``/``sin`` hooks the model has (empty without rotary)."""
-    names = []
-    for L in range(spec.n_layers):
-        for x in ("cos", "sin"):
-            name = f"blocks.{L}.attn.hook_{x}"
-            if name in getattr(model, "hook_dict", {}):
-                names.append(name)
-    return names
