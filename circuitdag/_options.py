@@ -7,11 +7,15 @@ prompts than memory can hold) is refused with one line (:class:`ConfigError`: ex
 threads, candidates per ACDC batch, prompts per attribution pass, edges kept, neurons
 shown) is capped where it exceeds what the graph or the memory allows, with one warning
 line that says so; for these options the capped run gives what the asked-for value would.
+
+The defaults and limits that ``--help`` shows live here too, and the modules that use them
+import them from here: this module imports nothing but the standard library and
+:mod:`circuitdag.errors`, so that the command line builds its parser without torch
+(``circuitdag --help`` answers in tens of milliseconds, ``benchmarks/cli_startup.py``).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 from collections.abc import Callable
@@ -19,13 +23,39 @@ from typing import Any
 
 from circuitdag.errors import ConfigError
 
-log = logging.getLogger("circuitdag")
-
 #: Seeds every generator circuitdag seeds accepts (``random``, numpy, ``torch.Generator``).
 MAX_SEED = 2**63 - 1
 #: Most EAP-IG steps: each is a forward and backward pass over every prompt (EAP-IG and
 #: MIB use 5); beyond this the Riemann sum has long converged and a run takes hours.
 MAX_IG_STEPS = 1000
+
+#: The task of a run when neither ``--task`` nor ``--prompts`` is given.
+DEFAULT_TASK = "tracr-reverse"
+#: Torch dtypes a run may load its model in (``--dtype``).
+DTYPES = ("float32", "float64", "float16", "bfloat16")
+#: Edges a drawing shows by default (:mod:`circuitdag.render`): a larger circuit is drawn as
+#: its ``MAX_EDGES`` largest edges by ``|score|``. ``dot``'s time grows steeply with the
+#: edges (timings in docs/how-it-works.md, "Large circuits").
+MAX_EDGES = 300
+#: Seconds graphviz may lay a drawing out before it is stopped (:func:`circuitdag.render.dot_svg`).
+DOT_TIMEOUT_S = 120.0
+#: MIB's grid, in percent of the graph's edges (``evaluation.py``: ``percentages``;
+#: :mod:`circuitdag.mib`).
+EDGE_PERCENTS: tuple[float, ...] = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
+#: The formats of ``circuitdag export`` (:mod:`circuitdag.export`).
+EXPORT_FORMATS = ("circuit-tracer", "eap-ig")
+#: Neurons per layer the activations view shows by default (:mod:`circuitdag.activations`).
+DEFAULT_TOP = 16
+#: ``tracr compile`` (:mod:`circuitdag.tracr_compile`): inputs per length above which a
+#: seeded sample of this many is checked instead.
+DEFAULT_MAX_INPUTS = 1024
+#: Largest ``tracr compile --max-inputs``: every input is run through tracr's RASP
+#: evaluator and the model.
+MAX_INPUTS = 100_000
+#: Largest ``tracr compile --max-len``. Measured on tests/tasks/user_rasp's smaller_count
+#: (vocab 1 2 3, one shared 2-core CPU): max-len 8 took 15 s and 1.0 GB, 32 took 89 s and
+#: 3.0 GB, 64 did not finish in 5 minutes (4.6 GB after 2.5).
+MAX_LEN = 64
 
 
 def number(
@@ -64,7 +94,9 @@ def seed(flag: str = "--seed") -> Callable[[str], int]:
 def cap(flag: str, value: int, limit: int, why: str) -> int:
     """``min(value, limit)``, with a warning line when the cap applies."""
     if value > limit:
-        log.warning("%s %d capped at %d (%s)", flag, value, limit, why)
+        import logging  # here: the parser is built without it
+
+        logging.getLogger("circuitdag").warning("%s %d capped at %d (%s)", flag, value, limit, why)
         return limit
     return value
 

@@ -15,7 +15,6 @@ For layer L and token position p:
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuitdag._options import number
+from circuitdag._options import DEFAULT_TOP  # neurons per layer; --help shows it, so defined there
 from circuitdag.errors import CircuitFileError, ConfigError, TaskError
-
-#: Neurons shown per layer by default.
-DEFAULT_TOP = 16
 
 
 @dataclass(frozen=True)
@@ -140,33 +136,3 @@ def write_activations(acts: LayerActivations, path: str | Path) -> Path:
     except OSError as exc:
         raise CircuitFileError(f"cannot write {path}: {exc.strerror or exc}; choose another -o") from exc
     return path
-
-
-def cmd_activations(args: argparse.Namespace) -> int:
-    from circuitdag.models import load_model
-    from circuitdag.tasks._lm import PREPEND_BOS
-
-    model = load_model(args.model, device=args.device)
-    acts = layer_activations(model, args.text, top=args.top, bos=PREPEND_BOS[args.prepend_bos])
-    print(write_activations(acts, args.output))
-    return 0
-
-
-def add_parser(sub: Any) -> None:
-    """The ``activations`` command (registered by :func:`circuitdag.views.register_cli`)."""
-    p = sub.add_parser(
-        "activations", help="heatmaps of each layer's top MLP neurons and heads on one prompt (HTML)"
-    )
-    p.add_argument("--model", required=True, help="zoo name, smollm2-135m, hub name or local directory")
-    p.add_argument("--text", required=True, help="the prompt")
-    p.add_argument("-o", "--output", default="activations.html", help="HTML path (default activations.html)")
-    p.add_argument("--top", type=number("--top", int, 1), default=DEFAULT_TOP,
-                   help=f"neurons per layer (default {DEFAULT_TOP}; at most the layer's neurons)")
-    p.add_argument(
-        "--prepend-bos",
-        choices=("auto", "yes", "no"),
-        default="auto",
-        help="start with the tokenizer's BOS token (default: as the model's prompts do)",
-    )
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.set_defaults(fn=cmd_activations)

@@ -38,7 +38,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from circuitdag import _options
 from circuitdag.circuit import Circuit
 from circuitdag.errors import CircuitFileError, ConfigError
 from circuitdag.graph import Input, NodeKind
@@ -281,51 +280,29 @@ def patterns_svg(a: Side, b: Side, report: dict[str, Any], path: str | Path) -> 
     return save_svg(fig, path)
 
 
-def cmd_compare(args: Any) -> int:
-    """``circuitdag compare A B --out DIR``: compare.json, compare.svg, patterns.svg."""
+def write_comparison(a: str | Path, b: str | Path, out: str | Path, labels: tuple[str, str] = ("A", "B"),
+                     device: str = "cpu") -> tuple[dict[str, Any], Path | None]:  # fmt: skip
+    """Compare the circuits in files ``a`` and ``b`` (one task): write ``compare.json``,
+    ``compare.svg`` and, where both have attention heads in common, ``patterns.svg`` into
+    ``out``. Returns the report (compare.json's content) and the patterns figure's path
+    (None when there is none)."""
     from circuitdag.io import load_circuit
 
-    torch.set_num_threads(_options.threads(args.threads, 1))
-    ca, cb = load_circuit(args.a), load_circuit(args.b)
-    la, lb = args.labels or ("A", "B")
+    ca, cb = load_circuit(a), load_circuit(b)
+    la, lb = labels
     if la == lb:
         raise ConfigError(f"--labels must differ, got {la!r} twice")
     if ca.meta.get("task") != cb.meta.get("task"):
         raise ConfigError(f"the circuits are of different tasks ({ca.meta.get('task')!r}, {cb.meta.get('task')!r}); "
                           "compare circuits of one task")  # fmt: skip
-    a, b = load_side(la, ca, args.device), load_side(lb, cb, args.device)
-    report = compare(a, b)
-    report["files"] = {la: str(args.a), lb: str(args.b)}
-    out = Path(args.out)
+    side_a, side_b = load_side(la, ca, device), load_side(lb, cb, device)
+    report = compare(side_a, side_b)
+    report["files"] = {la: str(a), lb: str(b)}
+    out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.json").write_text(json.dumps(report, indent=1))
     except OSError as exc:
         raise ConfigError(f"cannot write {out}/compare.json: {exc.strerror or exc}; choose another --out") from exc
-    side_by_side_svg(a, b, report, out / "compare.svg")
-    pat = patterns_svg(a, b, report, out / "patterns.svg")
-    ra, rb = report["circuits"][la], report["circuits"][lb]
-
-    def sp(r: dict[str, Any]) -> str:
-        return "/".join("-" if r[k] is None else f"{r[k]:.2f}" for k in ("sparsity_heads_mean", "sparsity_mlps_mean"))
-
-    pairs = ", ".join(f"{p['a']}={p['b']}" for p in report["matched"] if p["a"] not in ("embed", "logits"))
-    print(f"{la}: {ra['edges']} edges, faithfulness {ra['faithfulness']:.3f}, sparsity heads/MLPs {sp(ra)}; "
-          f"{lb}: {rb['edges']} edges, faithfulness {rb['faithfulness']:.3f}, sparsity heads/MLPs {sp(rb)}; "
-          f"matched {pairs or 'nothing'}; edge overlap {report['edge_overlap_jaccard']:.3f} "
-          f"-> {out}/compare.json, {out}/compare.svg" + (f", {pat}" if pat else ""))  # fmt: skip
-    return 0
-
-
-def register_cli(sub: Any) -> None:
-    """Add ``circuitdag compare`` to the CLI's subcommands."""
-    p = sub.add_parser("compare", help="compare two circuits of one task: matching, overlap, sparsity; "
-                       "compare.json, compare.svg, patterns.svg")  # fmt: skip
-    p.add_argument("a", help="first circuit.json")
-    p.add_argument("b", help="second circuit.json")
-    p.add_argument("--labels", nargs=2, metavar=("A", "B"), help="names of the two circuits (default A B)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=_options.number("--threads", int, 1), default=None,
-                   help="torch CPU threads (default 1)")
-    p.add_argument("--out", required=True, help="output directory")
-    p.set_defaults(fn=cmd_compare)
+    side_by_side_svg(side_a, side_b, report, out / "compare.svg")
+    return report, patterns_svg(side_a, side_b, report, out / "patterns.svg")

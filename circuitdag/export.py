@@ -53,12 +53,13 @@ from typing import Any
 
 import numpy as np
 
+from circuitdag._options import EXPORT_FORMATS
 from circuitdag.circuit import Circuit
 from circuitdag.errors import CircuitFileError, ConfigError
 from circuitdag.graph import Input, Node, NodeKind
 
 #: The export formats of ``circuitdag export``.
-FORMATS = ("circuit-tracer", "eap-ig")
+FORMATS = EXPORT_FORMATS
 #: ``feature_type`` by :class:`NodeKind` name.
 FEATURE_TYPES = {"EMBED": "embedding", "KV": "key/value head", "HEAD": "attention head", "MLP": "mlp",
                  "NEURON": "mlp neuron", "LOGITS": "logit"}  # fmt: skip
@@ -178,27 +179,3 @@ def export_circuit(circuit: Circuit, path: str | Path, fmt: str = "circuit-trace
     except OSError as exc:
         raise CircuitFileError(f"cannot write {path}: {exc.strerror or exc}; choose another -o") from exc
     return path
-
-
-def cmd_export(args: Any) -> int:
-    from circuitdag.io import load_circuit
-
-    circuit = load_circuit(args.circuit)
-    default = Path(args.circuit).with_name(Path(args.circuit).stem + f".{args.format}.json")
-    path = export_circuit(circuit, args.output or default, args.format, args.slug, args.collapse_positions)
-    print(f"{args.circuit} -> {path} ({args.format}, {circuit.n_edges} edges)")
-    return 0
-
-
-def register_cli(subparsers: Any) -> None:
-    """Add ``export`` to the ``circuitdag`` command line."""
-    p = subparsers.add_parser("export", help="write a circuit.json in another tool's format (circuit-tracer's "
-                              "and Neuronpedia's graph viewers, or the EAP-IG/MIB graph JSON)")  # fmt: skip
-    p.add_argument("circuit", help="a circuit.json")
-    p.add_argument("--format", default="circuit-tracer", choices=FORMATS,
-                   help="circuit-tracer (graph JSON of circuit-tracer/Neuronpedia, default) or eap-ig (MIB)")
-    p.add_argument("-o", "--output", help="output file (default: next to the input, <name>.<format>.json)")
-    p.add_argument("--slug", help="circuit-tracer: the graph's slug (default: task, metric and threshold)")
-    p.add_argument("--collapse-positions", action="store_true",
-                   help="eap-ig: write a position-aware circuit's component edges (MIB has no positions)")
-    p.set_defaults(fn=cmd_export)

@@ -348,56 +348,29 @@ def to_json(emb: Embedding, k: int = 3, meta: dict[str, Any] | None = None) -> d
             "models": list(dict.fromkeys(emb.labels)), "components": rows}  # fmt: skip
 
 
-def cmd_heads(args: Any) -> int:
-    """``circuitdag heads``: embed the heads of one or more models on a task; write
-    heads.json and heads.svg, print each head's nearest heads in the other models."""
+def write_heads(task: str, models: Sequence[str | None], out: str | Path, k: int = 3, seed: int = 0,
+                n_prompts: int | None = None, device: str = "cpu", dtype: str = "float32") -> Embedding:  # fmt: skip
+    """Embed the heads of ``models`` (names :func:`circuitdag.models.load_task_model` takes;
+    None: the task's model) on ``task``'s prompts; write ``heads.json`` (``k`` nearest heads
+    in each other model) and the map ``heads.svg`` into ``out``. Returns the embedding."""
     import json
 
-    import torch
-
-    torch.set_num_threads(_options.threads(args.threads, 1))
-    dtype = getattr(torch, args.dtype)
-    names = args.model or [None]
     from circuitdag.models import load_task_model
-
-    loaded = [load_task_model(args.task, name, args.device, dtype) for name in names]
-    labels = [name or task.default_model or task.name for name, (task, _) in zip(names, loaded)]
-    profiles = []
     from circuitdag.tasks.base import load_data
 
-    for label, (task, model) in zip(labels, loaded):
-        _options.check_n_prompts(model, args.n_prompts, args.device)
-        profiles.append(profile(model, load_data(task, model, seed=args.seed, n_prompts=args.n_prompts), label))
+    loaded = [load_task_model(task, name, device, getattr(torch, dtype)) for name in models]
+    labels = [name or t.default_model or t.name for name, (t, _) in zip(models, loaded)]
+    profiles = []
+    for label, (the_task, model) in zip(labels, loaded):
+        _options.check_n_prompts(model, n_prompts, device)
+        profiles.append(profile(model, load_data(the_task, model, seed=seed, n_prompts=n_prompts), label))
     emb = embed(profiles)
-    out = Path(args.out)
-    doc = to_json(emb, args.k, {"task": args.task, "seed": args.seed, "n_prompts": args.n_prompts})
+    out = Path(out)
+    doc = to_json(emb, k, {"task": task, "seed": seed, "n_prompts": n_prompts})
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / "heads.json").write_text(json.dumps(doc, indent=1))
     except OSError as exc:
         raise ConfigError(f"cannot write {out}/heads.json: {exc.strerror or exc}; choose another --out") from exc
-    plot_map(emb, out / "heads.svg", f"{args.task}: heads of {', '.join(labels)} (PCA)")
-    for (label, head), others in nearest(emb, args.k).items():
-        text = "; ".join(f"{o}: " + ", ".join(f"{h} {d:.2f}" for h, d in v) for o, v in others.items())
-        print(f"{label} {head} -> {text}")
-    print(f"-> {out}/heads.json, {out}/heads.svg")
-    return 0
-
-
-def register_cli(sub: Any) -> None:
-    """Add ``circuitdag heads`` to the CLI's subcommands."""
-    p = sub.add_parser("heads", help="embed attention heads of one or more models by behaviour; heads.json, heads.svg")
-    p.add_argument("--task", required=True, help="the task whose inputs describe the heads")
-    p.add_argument("--model", action="append",
-                   help="a model (repeat for several; the task's own names such as compiled/trained, or any "
-                   "name circuitdag.load_model takes); default: the task's model")  # fmt: skip
-    p.add_argument("--n-prompts", type=_options.number("--n-prompts", int, 1), default=None, metavar="N")
-    p.add_argument("--seed", type=_options.seed(), default=0)
-    p.add_argument("-k", type=_options.number("-k", int, 1), default=3,
-                   help="nearest heads listed per head and other model (default 3; at most the model's heads)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--threads", type=_options.number("--threads", int, 1), default=None,
-                   help="torch CPU threads (default 1)")
-    p.add_argument("--out", default="runs/heads", help="output directory (default runs/heads)")
-    p.set_defaults(fn=cmd_heads)
+    plot_map(emb, out / "heads.svg", f"{task}: heads of {', '.join(labels)} (PCA)")
+    return emb

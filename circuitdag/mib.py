@@ -45,12 +45,9 @@ from typing import Any
 
 import numpy as np
 
-from circuitdag import _options
+from circuitdag._options import EDGE_PERCENTS  # MIB's grid; --help shows it, so defined there
 from circuitdag.errors import CircuitFileError, ConfigError
 from circuitdag.graph import Graph
-
-#: MIB's grid, in percent of the graph's edges (``evaluation.py``: ``percentages``).
-EDGE_PERCENTS: tuple[float, ...] = (0.1, 0.2, 0.5, 1, 2, 5, 10, 20, 50, 100)
 
 CURVE_FORMAT = "circuitdag.curve/1"
 
@@ -283,40 +280,7 @@ def plot_curve(curves: dict[str, Curve], path: str | Path) -> Path:
     return save_svg(fig, path)
 
 
-# ---------------------------------------------------------------------- command line
-def register_cli(subparsers: Any) -> None:
-    """Add ``curve`` to the ``circuitdag`` command line."""
-    p = subparsers.add_parser(
-        "curve", help="MIB faithfulness curve, CPR and CMD of a scored circuit.json or EAP-IG graph JSON"
-    )
-    p.add_argument(
-        "scores",
-        metavar="CIRCUIT_OR_SCORES.json",
-        help="a circuitdag circuit.json (its edge scores are the ranking) or an EAP-IG/MIB graph JSON",
-    )
-    p.add_argument("--out", help="output directory for curve.json and curve.svg (default: the input file's)")
-    p.add_argument(
-        "--percents",
-        nargs="+",
-        metavar="P",
-        help="grid in percent of edges (default MIB's: " + " ".join(f"{x:g}" for x in EDGE_PERCENTS) + ")",
-    )
-    p.add_argument("--task", help="task (default: the circuit's; required for an EAP-IG file)")
-    p.add_argument("--model", help="model (default: the circuit's, else the task's default)")
-    p.add_argument("--metric", help="metric (default: the circuit's, else the task's)")
-    p.add_argument("--ablation", help="resample, zero or mean (default: the circuit's, else the task's)")
-    p.add_argument("--seed", type=_options.seed(), default=None, help="dataset seed (default: the circuit's, else 0)")
-    p.add_argument(
-        "--method", help="name of the method in the plot and curve.json (default: from the circuit)"
-    )
-    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
-    p.add_argument("--threads", type=_options.number("--threads", int, 1), default=None,
-                   help="torch CPU threads (default: torch's)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(fn=cmd_curve)  # fmt: skip
-
-
+# ---------------------------------------------------------------------- a scored file
 def _read_json(path: Path) -> Any:
     import json
 
@@ -342,17 +306,6 @@ def _write(path: Path, text: str) -> None:
         raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out") from exc
 
 
-def _percents(texts: list[str] | None) -> tuple[float, ...]:
-    if not texts:
-        return EDGE_PERCENTS
-    try:
-        values = tuple(float(t.rstrip("%")) for t in texts)
-    except ValueError:
-        raise ConfigError(f"--percents takes numbers (percent of edges), got {' '.join(texts)}") from None
-    fractions(values)
-    return values
-
-
 def _no_scores(path: Path) -> CircuitFileError:
     return CircuitFileError(
         f"{path} has no edge scores, so there is no ranking to evaluate; "
@@ -360,9 +313,17 @@ def _no_scores(path: Path) -> CircuitFileError:
     )
 
 
-def cmd_curve(args: Any) -> int:
-    """``circuitdag curve``: rebuild the run's patcher from the file's settings, compute
-    both MIB curves, write ``curve.json`` and ``curve.svg``, print one summary line."""
+def write_curve(
+    path: str | Path, out: str | Path, percents: Sequence[float] = EDGE_PERCENTS, *, task: str | None = None,
+    model: str | None = None, metric: str | None = None, ablation: str | None = None, seed: int | None = None,
+    method: str | None = None, device: str = "cpu", dtype: str = "float32", progress: bool = False,
+) -> dict[str, Any]:  # fmt: skip
+    """Both MIB curves of the ranking in ``path`` (a circuit.json, or an EAP-IG/MIB graph
+    JSON): rebuild the run from the file's settings (``task``, ``model``, ``metric``,
+    ``ablation``, ``seed`` override them; an EAP-IG file needs ``task``), compute the curves
+    (:func:`mib_curves`), write ``curve.json`` and ``curve.svg`` into ``out``. Returns the
+    report (curve.json's content); ``method`` names the ranking there and in the plot
+    (default: from the circuit). ``dtype``: ``"float32"`` or ``"float64"``."""
     import json
 
     import torch
@@ -375,8 +336,8 @@ def cmd_curve(args: Any) -> int:
     from circuitdag.tasks import get_task
     from circuitdag.tasks._lm import with_prepend_bos
 
-    path = Path(args.scores)
-    percents = _percents(args.percents)
+    path = Path(path)
+    fractions(percents)
     doc = _read_json(path)
     circuit = None
     source_format = FORMAT_NAME
@@ -390,29 +351,27 @@ def cmd_curve(args: Any) -> int:
             f"{path} is neither a circuitdag circuit.json ({FORMAT}) nor an EAP-IG graph JSON"
         )
     meta = circuit.meta if circuit is not None else {}
-    task_name = args.task or meta.get("task")
+    task_name = task or meta.get("task")
     if not task_name:
         raise ConfigError(
             f"{path} does not name its task; pass --task (and --model if not the task's default)"
         )
-    if args.threads:
-        torch.set_num_threads(_options.threads(args.threads, 1))
     # The circuit's BOS option and number of prompts rebuild the prompts it was found on.
     same_task = task_name == meta.get("task")
-    task = with_prepend_bos(get_task(task_name), (meta.get("prepend_bos") if same_task else None) or "auto")
-    dtype = {"float32": torch.float32, "float64": torch.float64}[args.dtype]
-    model_name = args.model or meta.get("model")
-    own = task.for_model(str(model_name)) if model_name else None  # the task's own models (reversal)
+    the_task = with_prepend_bos(get_task(task_name), (meta.get("prepend_bos") if same_task else None) or "auto")
+    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
+    model_name = model or meta.get("model")
+    own = the_task.for_model(str(model_name)) if model_name else None  # the task's own models (reversal)
     if own is not None:
-        task = with_prepend_bos(own, (meta.get("prepend_bos") if same_task else None) or "auto")
-        model = task.load_model(device=args.device, dtype=dtype)
-    elif not model_name or model_name in (task.default_model, task.name):
-        model = task.load_model(device=args.device, dtype=dtype)
+        the_task = with_prepend_bos(own, (meta.get("prepend_bos") if same_task else None) or "auto")
+        the_model = the_task.load_model(device=device, dtype=torch_dtype)
+    elif not model_name or model_name in (the_task.default_model, the_task.name):
+        the_model = the_task.load_model(device=device, dtype=torch_dtype)
     else:
-        model = load_model(model_name, device=args.device, dtype=dtype)
-    seed = args.seed if args.seed is not None else int(meta.get("seed") or 0)
-    patcher, run = prepare(model, task, metric=args.metric or meta.get("metric"),
-                           ablation=args.ablation or meta.get("ablation"), seed=seed,
+        the_model = load_model(model_name, device=device, dtype=torch_dtype)
+    seed = seed if seed is not None else int(meta.get("seed") or 0)
+    patcher, run = prepare(the_model, the_task, metric=metric or meta.get("metric"),
+                           ablation=ablation or meta.get("ablation"), seed=seed,
                            positions=bool(meta.get("positions", False)),
                            n_prompts=meta.get("n_prompts") if same_task else None,
                            neurons=meta.get("neurons") or ())  # fmt: skip
@@ -429,9 +388,9 @@ def cmd_curve(args: Any) -> int:
             f"{path} was made on a graph of {circuit.graph.n_edges} edges, model {run['model']!r} has "
             f"{patcher.graph.n_edges} (or other names); pass the --model it was made with"
         )
-    curves = mib_curves(patcher, circuit.scores, percents, progress=not args.quiet)
-    method = args.method or meta.get("method") or meta.get("algorithm") or "scores"
-    out = Path(args.out) if args.out else path.parent
+    curves = mib_curves(patcher, circuit.scores, percents, progress=progress)
+    method = method or meta.get("method") or meta.get("algorithm") or "scores"
+    out = Path(out)
     signed, absolute = curves["signed"], curves["absolute"]
     report = {
         "format": CURVE_FORMAT,
@@ -442,7 +401,7 @@ def cmd_curve(args: Any) -> int:
         "task": run["task"],
         "model": model_name or run["model"],
         **{k: run.get(k) for k in ("metric", "ablation", "seed", "positions", "n_prompts")},
-        "dtype": args.dtype,
+        "dtype": dtype,
         "version": __version__,
         "evaluation": "MIB circuit track (Mueller et al. 2025; hannamw/MIB-circuit-track evaluation.py): "
                       "top-n edges at each grid point, pruned to embed->logits paths, exact patching; "
@@ -454,10 +413,4 @@ def cmd_curve(args: Any) -> int:
     }  # fmt: skip
     _write(out / "curve.json", json.dumps(report, indent=1))
     plot_curve({f"{method}, signed": signed, f"{method}, |score|": absolute}, out / "curve.svg")
-
-    def points(c: Curve) -> str:
-        return " ".join(f"{p:g}%:{f:.3f}" for p, f in zip(c.percents, c.faithfulness))
-
-    print(f"{run['task']}: CPR {signed.cpr:.4f} (signed ranking), CMD {absolute.cmd:.4f} (|score| ranking); "
-          f"f signed [{points(signed)}]; f |score| [{points(absolute)}] -> {out}/curve.json, {out}/curve.svg")  # fmt: skip
-    return 0
+    return report

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from circuitdag._options import DOT_TIMEOUT_S, MAX_EDGES  # defaults --help shows, so defined there
 from circuitdag._plotting import write_svg
 from circuitdag.errors import CircuitDagError, ConfigError
 from circuitdag.graph import Input, NodeKind
@@ -67,15 +68,6 @@ NODE_STYLE = {
 def _rank(node) -> tuple[int, int]:
     """Drawing row of a node: one per (layer, attention|MLP), top to bottom."""
     return (node.layer, 1 if node.kind in (NodeKind.MLP, NodeKind.NEURON) else 0)
-
-
-#: Edges a drawing shows by default: a larger circuit is drawn as its ``MAX_EDGES`` largest
-#: edges by ``|score|``. ``dot``'s time grows steeply with the edges (timings in
-#: docs/how-it-works.md, "Large circuits").
-MAX_EDGES = 300
-
-#: Seconds graphviz may lay a drawing out before it is stopped (:func:`dot_svg`).
-DOT_TIMEOUT_S = 120.0
 
 
 def drawn_edges(circuit: Circuit, max_edges: int = MAX_EDGES) -> np.ndarray:

@@ -127,7 +127,7 @@ def test_pronoun_positions_end_to_end(tmp_path, capsys):
 def test_default_threads_leaves_busy_cores_alone(monkeypatch):
     import os
 
-    from circuitdag import cli
+    from circuitdag.cli import _common as cli
 
     cores = len(os.sched_getaffinity(0))
     monkeypatch.setattr(cli, "_busy_threads", lambda: 0)
@@ -183,6 +183,6 @@ def test_summary_line_shows_what_the_values_are(tmp_path, capsys):
 
 
 def main_num(x):
-    from circuitdag.cli import _num
+    from circuitdag.cli.discover import _num
 
     return _num(x)

@@ -9,6 +9,7 @@ import torch
 from randmodel import random_data, random_tiny
 
 from circuitdag.circuit import Circuit
+from circuitdag.cli.circuits import register as register_cli
 from circuitdag.eapig_json import eapig_edge_names, load_eapig_json, save_eapig_json, to_eapig_json
 from circuitdag.errors import CircuitFileError, ConfigError
 from circuitdag.graph import Graph, ModelSpec, Positions
@@ -22,7 +23,6 @@ from circuitdag.mib import (
     mib_curves,
     plot_curve,
     ranking,
-    register_cli,
     select_top,
 )
 from circuitdag.models import spec_of

@@ -15,6 +15,7 @@ import optuna
 import pytest
 import torch
 
+import circuitdag.discovery as RUNNER  # where a trial runs its method
 from circuitdag.cli import main
 from circuitdag.errors import ConfigError
 from circuitdag.io import load_circuit
@@ -30,7 +31,6 @@ from circuitdag.sweep import (
 from circuitdag.tasks import get_task
 
 torch.set_num_threads(1)
-RUNNER = sys.modules["circuitdag.discovery"]  # where a trial runs its method
 # Subprocesses share the machine with other jobs: one thread each.
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
 

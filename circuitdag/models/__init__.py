@@ -17,11 +17,12 @@ import torch
 
 from circuitdag.models.spec import bos_decision as bos_decision
 from circuitdag.models.spec import spec_of as spec_of
-from circuitdag.models.tracr_dir import is_compiled_dir, load_compiled, split_spec
 
 
 def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
     """Load a model by name (see module docstring)."""
+    from circuitdag.models.tracr_dir import is_compiled_dir, load_compiled, split_spec
+
     if name.startswith("tracr-"):
         from circuitdag.tasks import get_task
 

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from circuitdag.errors import ModelError
-from circuitdag.models.hooked import TinyTransformer, load_tiny
+
+if TYPE_CHECKING:  # the hooked transformer imports TransformerLens: loaded with a model only
+    from circuitdag.models.hooked import TinyTransformer
 
 __all__ = ["DIR_FORMAT", "INPUTS_FILE", "MODEL_FILE", "is_compiled_dir", "load_compiled", "split_spec"]
 
@@ -55,5 +58,7 @@ def load_compiled(
     if not is_compiled_dir(path):
         raise ModelError(f"{path} is not a compiled tracr directory (no {MODEL_FILE}.json with "
                          f'"tracr_dir": "{DIR_FORMAT}"); write one with `circuitdag tracr compile`')  # fmt: skip
+    from circuitdag.models.hooked import load_tiny
+
     model, _ = load_tiny(Path(path) / MODEL_FILE, device=device, dtype=dtype)
     return model

@@ -24,15 +24,14 @@ The package, one concept a module, imports running down this list:
 * :mod:`~circuitdag.sweep.figures` -- the figures (matplotlib SVG, plotly);
 * :mod:`~circuitdag.sweep.page` -- the interactive ``sweep.html``;
 * :mod:`~circuitdag.sweep.report` -- writing the report's files;
-* :mod:`~circuitdag.sweep.study` -- :func:`sweep` and :func:`work`;
-* :mod:`~circuitdag.sweep.commands` -- the ``sweep`` and ``sweep-worker`` commands.
+* :mod:`~circuitdag.sweep.study` -- :func:`sweep` and :func:`work`.
+
+The ``sweep`` and ``sweep-worker`` commands are :mod:`circuitdag.cli.sweep`.
 """
 
 from __future__ import annotations
 
-from circuitdag.sweep.commands import cmd_sweep as cmd_sweep
-from circuitdag.sweep.commands import cmd_sweep_worker as cmd_sweep_worker
-from circuitdag.sweep.commands import register_cli as register_cli
+from circuitdag._options import DEFAULT_TASK as DEFAULT_TASK
 from circuitdag.sweep.figures import pareto_figure as pareto_figure
 from circuitdag.sweep.figures import static_svg as static_svg
 from circuitdag.sweep.front import PARETO_FORMAT as PARETO_FORMAT
@@ -41,7 +40,6 @@ from circuitdag.sweep.front import pareto_front as pareto_front
 from circuitdag.sweep.front import pick_best as pick_best
 from circuitdag.sweep.report import write_report as write_report
 from circuitdag.sweep.settings import ABLATIONS as ABLATIONS
-from circuitdag.sweep.settings import DEFAULT_TASK as DEFAULT_TASK
 from circuitdag.sweep.settings import DIRECTIONS as DIRECTIONS
 from circuitdag.sweep.settings import DTYPES as DTYPES
 from circuitdag.sweep.settings import SEARCHABLE as SEARCHABLE

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from circuitdag._options import DTYPES
 from circuitdag.errors import ConfigError
 
 SETTINGS_ATTR = "circuitdag.sweep"
@@ -21,9 +22,7 @@ TARGET_ATTR = "circuitdag.target_trials"
 SETTINGS_FORMAT = "circuitdag.sweep/1"
 SEARCHABLE = ("threshold", "metric", "ablation")
 ABLATIONS = ("resample", "zero", "mean")
-DTYPES = ("float32", "float64", "float16", "bfloat16")
 DIRECTIONS: tuple[Literal["minimize", "maximize"], ...] = ("minimize", "maximize")  # edges, faithfulness
-DEFAULT_TASK = "tracr-reverse"  # the same as `discover`'s
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from circuitdag.errors import TaskError
-from circuitdag.models import bos_decision
+from circuitdag.models.spec import bos_decision
 
 #: Names of punctuation positions (a position name must be a readable word).
 PUNCTUATION_NAMES: dict[str, str] = {",": "comma", ".": "period", "?": "qmark", "!": "bang", ":": "colon"}

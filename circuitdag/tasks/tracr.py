@@ -23,12 +23,11 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from circuitdag.errors import ModelError, TaskError
-from circuitdag.models.hooked import TinyTransformer, load_tiny
 from circuitdag.models.tracr_dir import (
     DIR_FORMAT,
     INPUTS_FILE,
@@ -38,6 +37,9 @@ from circuitdag.models.tracr_dir import (
     split_spec,
 )
 from circuitdag.tasks.base import Task, TaskData
+
+if TYPE_CHECKING:  # the hooked transformer imports TransformerLens: loaded with a model only
+    from circuitdag.models.hooked import TinyTransformer
 
 ZOO_DIR = Path(__file__).resolve().parent.parent / "models" / "zoo" / "tracr"
 BOS = "BOS"
@@ -182,6 +184,8 @@ class TracrTask(Task):
         return _read_meta(self.path)
 
     def load_model(self, device: str = "cpu", dtype: torch.dtype = torch.float32) -> TinyTransformer:
+        from circuitdag.models.hooked import load_tiny
+
         model, _ = load_tiny(self.path, device=device, dtype=dtype)
         return model
 

@@ -1,135 +1,22 @@
-"""The ``sweep`` and ``sweep-worker`` commands, added to the ``circuitdag`` command line by
-:func:`register_cli` (called from :mod:`circuitdag.cli`, which passes in the options every
-run takes, so that imports run one way)."""
+"""``circuitdag sweep`` (an Optuna study over a method's size knob: the Pareto front of
+size vs faithfulness) and ``circuitdag sweep-worker`` (trials of a shared study), over
+:mod:`circuitdag.sweep`."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 from collections.abc import Callable
 from typing import Any, overload
 
+from circuitdag._options import DEFAULT_TASK
+from circuitdag.cli._common import add_run_options
 from circuitdag.errors import CircuitDagError, ConfigError
-from circuitdag.sweep.front import SweepReport, fmt
-from circuitdag.sweep.settings import DEFAULT_TASK, make_settings
-from circuitdag.sweep.storage import masked
-from circuitdag.sweep.study import sweep, work
 
 
-def _float(text: str, option: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"{option} must be a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise ConfigError(f"{option} must be finite, got {text}")
-    return value
-
-
-@overload
-def _trials(text: str | int) -> int: ...
-@overload
-def _trials(text: None) -> None: ...
-def _trials(text: str | int | None) -> int | None:
-    if text is None:
-        return None
-    try:
-        n = int(text)
-    except ValueError:
-        raise ConfigError(f"--trials must be a whole number >= 0, got {text!r}") from None
-    if n < 0:
-        raise ConfigError(f"--trials must be >= 0, got {n}")
-    return n
-
-
-def _set_optuna_verbosity(verbose: bool) -> None:
-    import optuna
-
-    # Optuna logs each failed trial with its traceback; circuitdag logs one line instead.
-    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
-
-
-def _print_report(report: SweepReport, target: float | None) -> None:
-    c = report.counts
-    print(f"{report.settings.task}: study {report.study!r} has {c['total']} trials "
-          f"({c.get('complete', 0)} complete, {c.get('fail', 0)} failed, {c.get('running', 0)} running) "
-          f"in {masked(report.storage)}")  # fmt: skip
-    print("Pareto front (edges vs faithfulness):")
-    extra = [k for k in ("metric", "ablation") if k in report.settings.search]
-    print(f"  {'edges':>6}  {'faithfulness':>12}  {'trial':>5}  {'thresholds':<21}  "
-          + "".join(f"{k:<10}  " for k in extra) + "circuit")  # fmt: skip
-    for p in report.points:
-        lo, hi = p["threshold_range"] or p.get("edges_requested_range") or (None, None)
-        print(f"  {p['edges']:>6}  {p['faithfulness']:>12.6f}  {p['trial']:>5}  {fmt(lo) + '..' + fmt(hi):<21}  "
-              + "".join(f"{p[k]:<10}  " for k in extra) + str(p["circuit"]))  # fmt: skip
-    print(f"-> {report.files['pareto']}, {report.files['svg']}, {report.files['html']}")
-    if target is not None:
-        b = report.best
-        if b is None:
-            top = max((p["faithfulness"] for p in report.points), default=None)
-            raise CircuitDagError(
-                f"no circuit on the front reaches faithfulness {target:g} (best {fmt(top, 6)}); "
-                "run more trials, widen --threshold-range or lower --target-faithfulness"
-            )
-        print(f"best (faithfulness >= {target:g}): trial {b['trial']}, {b['edges']} edges, "
-              f"faithfulness {b['faithfulness']:.6f} -> {report.files['best']}")  # fmt: skip
-
-
-def _interruptible(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
-    """Ctrl-C ends a sweep cleanly: the running trial is FAIL, the report is written."""
-
-    def run(args: argparse.Namespace) -> int:
-        try:
-            return fn(args)
-        except KeyboardInterrupt:
-            print("circuitdag: interrupted; the report is written and the same command continues the study",
-                  file=sys.stderr)  # fmt: skip
-            return 130
-
-    return run
-
-
-@_interruptible
-def cmd_sweep(args: argparse.Namespace) -> int:
-    _set_optuna_verbosity(args.verbose)
-    rng = None
-    if args.threshold_range:
-        rng = (_float(args.threshold_range[0], "--threshold-range"), _float(args.threshold_range[1], "--threshold-range"))
-    target = None if args.target_faithfulness is None else _float(args.target_faithfulness, "--target-faithfulness")
-    trials = _trials(args.trials)
-    edges_range = None
-    if args.edges_range:
-        try:
-            edges_range = (int(args.edges_range[0]), int(args.edges_range[1]))
-        except ValueError:
-            raise ConfigError(f"--edges-range takes two whole numbers, got {' '.join(args.edges_range)}") from None
-    task = args.task or DEFAULT_TASK  # (--task has no argparse default: discover may take --prompts instead)
-    settings = make_settings(task, args.out or f"runs/{task}-sweep", model=args.model, metric=args.metric,
-                             ablation=args.ablation, search=args.search, threshold_range=rng,
-                             positions=args.positions, seed=args.seed, dtype=args.dtype,
-                             prepend_bos=getattr(args, "prepend_bos", "auto"), algorithm=args.algorithm,
-                             edges_range=edges_range)  # fmt: skip
-    report = sweep(settings, trials, storage=args.storage, study_name=args.study, device=args.device,
-                   sampler_seed=args.sampler_seed, progress=not args.quiet, target_faithfulness=target)  # fmt: skip
-    _print_report(report, target)
-    return 0
-
-
-@_interruptible
-def cmd_sweep_worker(args: argparse.Namespace) -> int:
-    _set_optuna_verbosity(args.verbose)
-    report = work(args.storage, args.study, n_trials=_trials(args.trials), out=args.out, device=args.device,
-                  sampler_seed=args.sampler_seed, progress=not args.quiet)  # fmt: skip
-    _print_report(report, None)
-    return 0
-
-
-def register_cli(subparsers: Any, add_run_options: Callable[..., None]) -> None:
-    """Add ``sweep`` and ``sweep-worker`` to the ``circuitdag`` command line;
-    ``add_run_options`` adds the options every run takes (``--task``, ``--model``, ...),
-    passed in by :mod:`circuitdag.cli` so that imports run one way."""
-
+def register(subparsers: Any) -> None:
     p = subparsers.add_parser("sweep", help="Optuna study over a method's size knob (the ACDC threshold by default): "
                               "Pareto front of size vs faithfulness")
     add_run_options(p)
@@ -166,3 +53,121 @@ def register_cli(subparsers: Any, add_run_options: Callable[..., None]) -> None:
     p.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (default: random)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_sweep_worker)
+
+
+def _float(text: str, option: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{option} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise ConfigError(f"{option} must be finite, got {text}")
+    return value
+
+
+@overload
+def _trials(text: str | int) -> int: ...
+@overload
+def _trials(text: None) -> None: ...
+def _trials(text: str | int | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        n = int(text)
+    except ValueError:
+        raise ConfigError(f"--trials must be a whole number >= 0, got {text!r}") from None
+    if n < 0:
+        raise ConfigError(f"--trials must be >= 0, got {n}")
+    return n
+
+
+def _set_optuna_verbosity(verbose: bool) -> None:
+    import optuna
+
+    # Optuna logs each failed trial with its traceback; circuitdag logs one line instead.
+    optuna.logging.set_verbosity(optuna.logging.INFO if verbose else optuna.logging.ERROR)
+
+
+def _print_report(report: Any, target: float | None) -> None:
+    """The study's counts, its Pareto front and the files (a :class:`~circuitdag.sweep.SweepReport`)."""
+    from circuitdag.sweep.front import fmt
+    from circuitdag.sweep.storage import masked
+
+    c = report.counts
+    print(f"{report.settings.task}: study {report.study!r} has {c['total']} trials "
+          f"({c.get('complete', 0)} complete, {c.get('fail', 0)} failed, {c.get('running', 0)} running) "
+          f"in {masked(report.storage)}")  # fmt: skip
+    print("Pareto front (edges vs faithfulness):")
+    extra = [k for k in ("metric", "ablation") if k in report.settings.search]
+    print(f"  {'edges':>6}  {'faithfulness':>12}  {'trial':>5}  {'thresholds':<21}  "
+          + "".join(f"{k:<10}  " for k in extra) + "circuit")  # fmt: skip
+    for p in report.points:
+        lo, hi = p["threshold_range"] or p.get("edges_requested_range") or (None, None)
+        print(f"  {p['edges']:>6}  {p['faithfulness']:>12.6f}  {p['trial']:>5}  {fmt(lo) + '..' + fmt(hi):<21}  "
+              + "".join(f"{p[k]:<10}  " for k in extra) + str(p["circuit"]))  # fmt: skip
+    print(f"-> {report.files['pareto']}, {report.files['svg']}, {report.files['html']}")
+    if target is not None:
+        b = report.best
+        if b is None:
+            top = max((p["faithfulness"] for p in report.points), default=None)
+            raise CircuitDagError(
+                f"no circuit on the front reaches faithfulness {target:g} (best {fmt(top, 6)}); "
+                "run more trials, widen --threshold-range or lower --target-faithfulness"
+            )
+        print(f"best (faithfulness >= {target:g}): trial {b['trial']}, {b['edges']} edges, "
+              f"faithfulness {b['faithfulness']:.6f} -> {report.files['best']}")  # fmt: skip
+
+
+def _interruptible(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """Ctrl-C ends a sweep cleanly: the running trial is FAIL, the report is written."""
+
+    @functools.wraps(fn)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return fn(args)
+        except KeyboardInterrupt:
+            print("circuitdag: interrupted; the report is written and the same command continues the study",
+                  file=sys.stderr)  # fmt: skip
+            return 130
+
+    return run
+
+
+@_interruptible
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from circuitdag.sweep.settings import make_settings
+    from circuitdag.sweep.study import sweep
+
+    _set_optuna_verbosity(args.verbose)
+    rng = None
+    if args.threshold_range:
+        rng = (_float(args.threshold_range[0], "--threshold-range"), _float(args.threshold_range[1], "--threshold-range"))
+    target = None if args.target_faithfulness is None else _float(args.target_faithfulness, "--target-faithfulness")
+    trials = _trials(args.trials)
+    edges_range = None
+    if args.edges_range:
+        try:
+            edges_range = (int(args.edges_range[0]), int(args.edges_range[1]))
+        except ValueError:
+            raise ConfigError(f"--edges-range takes two whole numbers, got {' '.join(args.edges_range)}") from None
+    task = args.task or DEFAULT_TASK  # (--task has no argparse default: discover may take --prompts instead)
+    settings = make_settings(task, args.out or f"runs/{task}-sweep", model=args.model, metric=args.metric,
+                             ablation=args.ablation, search=args.search, threshold_range=rng,
+                             positions=args.positions, seed=args.seed, dtype=args.dtype,
+                             prepend_bos=getattr(args, "prepend_bos", "auto"), algorithm=args.algorithm,
+                             edges_range=edges_range)  # fmt: skip
+    report = sweep(settings, trials, storage=args.storage, study_name=args.study, device=args.device,
+                   sampler_seed=args.sampler_seed, progress=not args.quiet, target_faithfulness=target)  # fmt: skip
+    _print_report(report, target)
+    return 0
+
+
+@_interruptible
+def cmd_sweep_worker(args: argparse.Namespace) -> int:
+    from circuitdag.sweep.study import work
+
+    _set_optuna_verbosity(args.verbose)
+    report = work(args.storage, args.study, n_trials=_trials(args.trials), out=args.out, device=args.device,
+                  sampler_seed=args.sampler_seed, progress=not args.quiet)  # fmt: skip
+    _print_report(report, None)
+    return 0

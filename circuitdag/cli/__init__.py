@@ -1,0 +1,79 @@
+"""``circuitdag`` command line: a thin wrapper over the Python API.
+
+Every deliberate error (:class:`~circuitdag.errors.CircuitDagError`) is printed as one
+line ``circuitdag: error: ...`` and exits with status 2.
+
+One module per group of commands, each adding its commands with ``register(subparsers)``:
+
+* :mod:`~circuitdag.cli.plugins` -- ``tasks``, ``algorithms`` (what is registered);
+* :mod:`~circuitdag.cli.discover` -- ``discover``, ``roc`` (finding circuits);
+* :mod:`~circuitdag.cli.sweep` -- ``sweep``, ``sweep-worker`` (Optuna studies);
+* :mod:`~circuitdag.cli.circuits` -- ``render``, ``evaluate``, ``curve``, ``export``,
+  ``explore``, ``compare`` (saved circuits);
+* :mod:`~circuitdag.cli.analysis` -- ``heads``, ``neurons``, ``activations`` (inside models);
+* :mod:`~circuitdag.cli.tracr` -- ``tracr compile``;
+* :mod:`~circuitdag.cli._common` -- the options and the loading several commands share.
+
+Building the parser imports the standard library, :mod:`circuitdag._options` and
+:mod:`circuitdag.errors` only: a command's handler (``cmd_*``) imports the library when it
+runs, and library functions take plain arguments. So ``circuitdag --help`` costs about what
+the interpreter's start does (``benchmarks/cli_startup.py``), and ``circuitdag tasks``
+imports no TransformerLens or transformers (tests/test_cli_startup.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from circuitdag.cli import analysis, circuits, discover, plugins, sweep, tracr
+from circuitdag.cli._common import Parser, silence_loading_bars
+from circuitdag.errors import CircuitDagError
+
+
+class _Version(argparse.Action):
+    """``--version``: read from the installed metadata only when asked (it costs more than
+    building the whole parser)."""
+
+    def __init__(self, option_strings: list[str], dest: str = argparse.SUPPRESS, **kwargs: object) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS,
+                         help="print circuitdag's version and exit")  # fmt: skip
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from circuitdag._version import __version__
+
+        print(f"circuitdag {__version__}")
+        parser.exit()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``circuitdag`` parser with every command (stdlib only: nothing heavy is imported)."""
+    parser = Parser(prog="circuitdag", description="Automatic circuit discovery (ACDC).")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--version", action=_Version)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in (plugins, discover, sweep, circuits, analysis, tracr):
+        group.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)  # a numeric option's type raises ConfigError
+        import logging
+
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                            format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
+        if getattr(args, "quiet", False):  # every command's -q, curve and sweep included
+            silence_loading_bars()
+        return args.fn(args)
+    except CircuitDagError as exc:
+        print(f"circuitdag: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("circuitdag: interrupted; rerun with --resume to continue from the checkpoint", file=sys.stderr)
+        return 130
+
+
+__all__ = ["build_parser", "main"]

@@ -1,0 +1,199 @@
+"""Commands over saved circuits: ``render`` (SVG), ``evaluate`` (size, metrics, ground
+truth), ``curve`` (MIB's faithfulness curve, CPR, CMD), ``export`` (other tools' formats),
+``explore`` (the HTML explorer) and ``compare`` (two circuits of one task)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from circuitdag import _options
+from circuitdag._options import DOT_TIMEOUT_S, EDGE_PERCENTS, EXPORT_FORMATS, MAX_EDGES, number
+from circuitdag.errors import CircuitDagError, ConfigError
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("render", help="draw a circuit.json as SVG")
+    p.add_argument("circuit")
+    p.add_argument("-o", "--output", help="SVG path (default: next to the JSON)")
+    p.add_argument("--max-edges", type=int, default=MAX_EDGES, metavar="N",
+                   help=f"draw at most the N largest edges by |score| (default {MAX_EDGES}; 0: every edge, "
+                   "which graphviz may take minutes to lay out)")
+    p.add_argument("--timeout", default=DOT_TIMEOUT_S, metavar="SECONDS",
+                   type=number("--timeout", float, 0, 1e6, why="about 11 days; 0 means no limit"),
+                   help=f"stop graphviz after this long (default {DOT_TIMEOUT_S:g}; 0: no limit)")
+    p.set_defaults(fn=cmd_render)
+
+    p = sub.add_parser("evaluate", help="print a circuit's size, metrics and ground-truth precision/recall")
+    p.add_argument("circuit")
+    p.set_defaults(fn=cmd_evaluate)
+
+    p = sub.add_parser(
+        "curve", help="MIB faithfulness curve, CPR and CMD of a scored circuit.json or EAP-IG graph JSON"
+    )
+    p.add_argument("scores", metavar="CIRCUIT_OR_SCORES.json",
+                   help="a circuitdag circuit.json (its edge scores are the ranking) or an EAP-IG/MIB graph JSON")
+    p.add_argument("--out", help="output directory for curve.json and curve.svg (default: the input file's)")
+    p.add_argument("--percents", nargs="+", metavar="P",
+                   help="grid in percent of edges (default MIB's: " + " ".join(f"{x:g}" for x in EDGE_PERCENTS) + ")")
+    p.add_argument("--task", help="task (default: the circuit's; required for an EAP-IG file)")
+    p.add_argument("--model", help="model (default: the circuit's, else the task's default)")
+    p.add_argument("--metric", help="metric (default: the circuit's, else the task's)")
+    p.add_argument("--ablation", help="resample, zero or mean (default: the circuit's, else the task's)")
+    p.add_argument("--seed", type=_options.seed(), default=None, help="dataset seed (default: the circuit's, else 0)")
+    p.add_argument("--method", help="name of the method in the plot and curve.json (default: from the circuit)")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    p.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    p.add_argument("--threads", type=number("--threads", int, 1), default=None,
+                   help="torch CPU threads (default: torch's)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_curve)
+
+    p = sub.add_parser("export", help="write a circuit.json in another tool's format (circuit-tracer's "
+                       "and Neuronpedia's graph viewers, or the EAP-IG/MIB graph JSON)")  # fmt: skip
+    p.add_argument("circuit", help="a circuit.json")
+    p.add_argument("--format", default="circuit-tracer", choices=EXPORT_FORMATS,
+                   help="circuit-tracer (graph JSON of circuit-tracer/Neuronpedia, default) or eap-ig (MIB)")
+    p.add_argument("-o", "--output", help="output file (default: next to the input, <name>.<format>.json)")
+    p.add_argument("--slug", help="circuit-tracer: the graph's slug (default: task, metric and threshold)")
+    p.add_argument("--collapse-positions", action="store_true",
+                   help="eap-ig: write a position-aware circuit's component edges (MIB has no positions)")
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("explore", help="write an interactive HTML explorer of a circuit.json (works offline)")
+    p.add_argument("circuit", help="a circuit.json")
+    p.add_argument("-o", "--output", help="HTML path (default: next to the JSON, .html)")
+    p.set_defaults(fn=cmd_explore)
+
+    p = sub.add_parser("compare", help="compare two circuits of one task: matching, overlap, sparsity; "
+                       "compare.json, compare.svg, patterns.svg")  # fmt: skip
+    p.add_argument("a", help="first circuit.json")
+    p.add_argument("b", help="second circuit.json")
+    p.add_argument("--labels", nargs=2, metavar=("A", "B"), help="names of the two circuits (default A B)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=number("--threads", int, 1), default=None,
+                   help="torch CPU threads (default 1)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.set_defaults(fn=cmd_compare)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    from circuitdag.io import load_circuit
+
+    if args.max_edges < 0:
+        raise ConfigError(f"--max-edges must be >= 0 (0 draws every edge), got {args.max_edges}")
+    circuit = load_circuit(args.circuit)
+    out = Path(args.output or Path(args.circuit).with_suffix(".svg"))
+    circuit.to_svg(out, max_edges=args.max_edges, timeout=args.timeout, json_path=args.circuit)
+    print(out)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import json
+    import logging
+
+    from circuitdag.evaluate import summarize, task_truth
+    from circuitdag.io import load_circuit
+    from circuitdag.tasks import get_task
+
+    log = logging.getLogger("circuitdag")
+    circuit = load_circuit(args.circuit)
+    truth: set[str] | None = None
+    ignore: set[str] = set()
+    name = circuit.meta.get("task")
+    if name:
+        try:
+            task = get_task(name)
+            model = str(circuit.meta.get("model"))
+            own = task.for_model(model)  # e.g. reversal's compiled model
+            task = own or task
+            if own is None and getattr(task, "has_ground_truth", False) and circuit.meta.get("task_model") is False:
+                log.warning("%s: the ground truth of task %s describes its own model (%s), not %s: no "
+                            "precision/recall", args.circuit, name, task.default_model, model)  # fmt: skip
+            else:
+                truth, ignore = task_truth(task, circuit.meta.get("ablation", "resample"))
+        except CircuitDagError as exc:
+            log.warning("cannot read the ground truth of task %s: %s", name, exc)
+    print(json.dumps(summarize(circuit, truth, ignore), indent=1))
+    return 0
+
+
+def _percents(texts: list[str] | None) -> tuple[float, ...]:
+    """``--percents``: numbers, a trailing % allowed (their range is checked by the curve)."""
+    if not texts:
+        return EDGE_PERCENTS
+    try:
+        return tuple(float(t.rstrip("%")) for t in texts)
+    except ValueError:
+        raise ConfigError(f"--percents takes numbers (percent of edges), got {' '.join(texts)}") from None
+
+
+def cmd_curve(args: argparse.Namespace) -> int:
+    """``circuitdag curve``: both MIB curves of the file's ranking on the run it was found
+    on (:func:`circuitdag.mib.write_curve`), curve.json and curve.svg, one summary line."""
+    from circuitdag.mib import write_curve
+
+    percents = _percents(args.percents)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(_options.threads(args.threads, 1))
+    out = Path(args.out) if args.out else Path(args.scores).parent
+    report = write_curve(args.scores, out, percents, task=args.task, model=args.model, metric=args.metric,
+                         ablation=args.ablation, seed=args.seed, method=args.method, device=args.device,
+                         dtype=args.dtype, progress=not args.quiet)  # fmt: skip
+    signed, absolute = report["curves"]["signed"], report["curves"]["absolute"]
+
+    def points(c: dict[str, Any]) -> str:
+        return " ".join(f"{p:g}%:{f:.3f}" for p, f in zip(c["percents"], c["faithfulness"]))
+
+    print(f"{report['task']}: CPR {report['cpr']:.4f} (signed ranking), CMD {report['cmd']:.4f} (|score| ranking); "
+          f"f signed [{points(signed)}]; f |score| [{points(absolute)}] -> {out}/curve.json, {out}/curve.svg")  # fmt: skip
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from circuitdag.export import export_circuit
+    from circuitdag.io import load_circuit
+
+    circuit = load_circuit(args.circuit)
+    default = Path(args.circuit).with_name(Path(args.circuit).stem + f".{args.format}.json")
+    path = export_circuit(circuit, args.output or default, args.format, args.slug, args.collapse_positions)
+    print(f"{args.circuit} -> {path} ({args.format}, {circuit.n_edges} edges)")
+    return 0
+
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    from circuitdag.explore import write_explorer
+    from circuitdag.io import load_circuit
+
+    circuit = load_circuit(args.circuit)
+    out = Path(args.output or Path(args.circuit).with_suffix(".html"))
+    print(write_explorer(circuit, out))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """``circuitdag compare A B --out DIR``: compare.json, compare.svg, patterns.svg
+    (:func:`circuitdag.compare.write_comparison`), one summary line."""
+    import torch
+
+    from circuitdag.compare import write_comparison
+
+    torch.set_num_threads(_options.threads(args.threads, 1))
+    la, lb = args.labels or ("A", "B")
+    out = Path(args.out)
+    report, pat = write_comparison(args.a, args.b, out, (la, lb), args.device)
+    ra, rb = report["circuits"][la], report["circuits"][lb]
+
+    def sp(r: dict[str, Any]) -> str:
+        return "/".join("-" if r[k] is None else f"{r[k]:.2f}" for k in ("sparsity_heads_mean", "sparsity_mlps_mean"))
+
+    pairs = ", ".join(f"{p['a']}={p['b']}" for p in report["matched"] if p["a"] not in ("embed", "logits"))
+    print(f"{la}: {ra['edges']} edges, faithfulness {ra['faithfulness']:.3f}, sparsity heads/MLPs {sp(ra)}; "
+          f"{lb}: {rb['edges']} edges, faithfulness {rb['faithfulness']:.3f}, sparsity heads/MLPs {sp(rb)}; "
+          f"matched {pairs or 'nothing'}; edge overlap {report['edge_overlap_jaccard']:.3f} "
+          f"-> {out}/compare.json, {out}/compare.svg" + (f", {pat}" if pat else ""))  # fmt: skip
+    return 0

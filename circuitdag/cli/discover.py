@@ -1,0 +1,261 @@
+"""``circuitdag discover`` (find a circuit with any registered method) and ``circuitdag
+roc`` (ACDC at many thresholds against a task's ground truth)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from circuitdag import _options
+from circuitdag._options import DEFAULT_TASK, number
+from circuitdag.cli._common import add_run_options, load, phase, threshold, writable_dir
+from circuitdag.errors import CircuitDagError, ConfigError
+
+#: Method options that have a flag of their own on ``discover``; any other goes in ``--option``.
+ALGORITHM_FLAGS = ("threshold", "edges", "ig_steps", "prefilter", "batch_size", "k_max")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("discover", help="find a circuit (ACDC by default, or --algorithm); writes circuit.json "
+                       "and circuit.svg")
+    add_run_options(p)
+    p.add_argument("--prompts", metavar="FILE",
+                   help="your own prompts instead of --task: a .jsonl/.json/.csv/.tsv file with clean, corrupted, "
+                   "correct and optionally wrong, positions (needs --model; see docs/own-prompts.md)")
+    p.add_argument("--threshold", help="ACDC threshold in metric units (default: the task's); with eap/eap-ig: "
+                   "keep edges with |score| >= this")
+    p.add_argument("--relative-threshold", metavar="R",
+                   help="threshold = R x |metric_corrupted - metric_full|, the same fraction of the metric's "
+                   "scale on any model (see docs/thresholds.md)")
+    p.add_argument("--algorithm", default="acdc", metavar="NAME",
+                   help="any method `circuitdag algorithms` lists: acdc (exact, fast; the default), acdc-reference "
+                   "(exact, slow), eap or eap-ig (attribution: the top edges by |score|), or a plugin's")
+    p.add_argument("--option", action="append", metavar="NAME=VALUE",
+                   help="an option of the method that has no flag of its own (repeatable; see circuitdag "
+                   "algorithms)")
+    p.add_argument("--edges", type=number("--edges", int, 0), default=None,
+                   help="eap/eap-ig: keep the N edges with the largest |score| (default: 1%% of the graph)")
+    p.add_argument("--ig-steps", default=None,
+                   type=number("--ig-steps", int, 1, _options.MAX_IG_STEPS, why="each step is a forward and "
+                               "backward pass over every prompt; EAP-IG and MIB use 5"),
+                   help=f"EAP-IG integration steps (default 5, at most {_options.MAX_IG_STEPS})")
+    p.add_argument("--prefilter", metavar="METHOD[:N]",
+                   help="acdc: score edges with eap or eap-ig first and run exact ACDC on the top N only "
+                   "(an approximation; default N 500), e.g. eap-ig:500")
+    p.add_argument("--batch-size", type=number("--batch-size", int, 1), default=None,
+                   help="prompts per attribution pass (default: what fits in about 3 GB; capped at the prompts "
+                   "and at what fits in free memory)")
+    p.add_argument("--positions", action="store_true", help="position-aware circuit")
+    p.add_argument("--neurons", metavar="LAYER[,LAYER]",
+                   help="split these MLP layers into one node per neuron (acdc only; docs/neurons.md)")
+    p.add_argument("--out", help="output directory (default runs/<task>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from <out>/checkpoint.json (it exists only while a run is unfinished)")
+    p.add_argument("--checkpoint-every", type=number("--checkpoint-every", float, 0, infinite=True), default=30.0,
+                   metavar="SECONDS",
+                   help="write the checkpoint at most this often (default 30)")
+    p.add_argument("--k-max", type=number("--k-max", int, 1), default=None,
+                   help="most candidate circuits per batch (default: what fits in memory; capped at the most "
+                   "edges into one node, and at what fits in memory)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or phase messages")
+    p.add_argument("--no-svg", action="store_true",
+                   help="write circuit.json only, no circuit.svg (draw it later with circuitdag render)")
+    p.set_defaults(fn=cmd_discover)
+
+    p = sub.add_parser("roc", help="sweep thresholds; print the edge ROC points and AUC against ground truth")
+    add_run_options(p, task_required=True)
+    p.add_argument("--thresholds", nargs="+", help="thresholds to try (default: 0 and 25 from 1e-5 to 10)")
+    p.add_argument("--plot", metavar="FILE.svg", help="also draw the ROC curve to this SVG file")
+    p.set_defaults(fn=cmd_roc)
+
+
+def _neuron_layers(text: str | None) -> list[int]:
+    """``--neurons 1,2`` -> ``[1, 2]``; a one-line error for anything else."""
+    if text is None:
+        return []
+    try:
+        layers = sorted({int(x) for x in text.split(",") if x.strip()})
+    except ValueError:
+        raise ConfigError(f"--neurons takes MLP layer numbers separated by commas, e.g. 1 or 0,2; got {text!r}") from None
+    if not layers or min(layers) < 0:
+        raise ConfigError(f"--neurons takes MLP layer numbers >= 0, e.g. 1 or 0,2; got {text!r}")
+    return layers
+
+
+def _algorithm_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The method's options from the command line: the common flags that were given, and
+    every ``--option NAME=VALUE`` (a method's own options, typed as the method declares)."""
+    given = {"threshold": threshold(args.threshold), "edges": args.edges, "ig_steps": args.ig_steps,
+             "prefilter": args.prefilter, "batch_size": args.batch_size, "k_max": args.k_max}  # fmt: skip
+    for item in args.option or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError(f"--option takes NAME=VALUE, got {item!r}")
+        given[name.strip().replace("-", "_")] = value.strip()
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _typed(method: Any, options: dict[str, Any]) -> dict[str, Any]:
+    """``--option`` values (strings) as the types ``method`` declares for them."""
+    kinds = {o.name: o.kind for o in method.options}
+    out = {}
+    for k, v in options.items():
+        if isinstance(v, str) and kinds.get(k) in (int, float):
+            try:
+                v = kinds[k](v)
+            except ValueError:
+                raise ConfigError(f"--option {k}={v}: {k} must be a {'whole number' if kinds[k] is int else 'number'}") from None
+        out[k] = v
+    return out
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    from circuitdag.algorithms import get_algorithm
+    from circuitdag.discovery import run_algorithm
+    from circuitdag.prepare import prepare
+
+    out = writable_dir(args.out or (f"runs/{Path(args.prompts).stem}" if args.prompts else f"runs/{args.task or DEFAULT_TASK}"))
+    method = get_algorithm(args.algorithm)
+    relative = threshold(args.relative_threshold, "--relative-threshold")
+    options = _typed(method, _algorithm_options(args))
+    if relative is not None and "threshold" in options:
+        raise ConfigError("give either --threshold (metric units) or --relative-threshold (a fraction of the "
+                          "full-vs-corrupted metric gap), not both")  # fmt: skip
+    if relative is not None and "threshold" not in method.option_names():
+        raise ConfigError(f"--relative-threshold does not apply to --algorithm {method.name} (it has no threshold)")
+    method.check(options)  # an option the method does not take, before loading the model
+    neurons = _neuron_layers(args.neurons)
+    if neurons and args.positions:
+        raise ConfigError("--neurons and --positions cannot be combined yet; drop one")
+    if neurons and not method.neurons:
+        raise ConfigError(f"--neurons works with --algorithm acdc (exact); {method.name} does not score neurons")
+    if neurons and args.prefilter:
+        raise ConfigError("--neurons cannot be combined with --prefilter: EAP and EAP-IG do not score neurons "
+                          "yet; drop --prefilter (ACDC on neuron nodes is exact)")
+    checkpoint = out / "checkpoint.json"
+    if args.resume and not checkpoint.exists() and method.checkpoints:
+        print(f"circuitdag: --resume: there is no {checkpoint} to resume from (a run deletes it when it "
+              f"finishes, and writes the first one after --checkpoint-every={args.checkpoint_every:g}s); "
+              "starting from the beginning", file=sys.stderr)  # fmt: skip
+    task, model = load(args)
+    with phase("caching the clean and corrupted runs", args.quiet):
+        patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed,
+                                positions=args.positions, n_prompts=args.n_prompts, neurons=neurons)  # fmt: skip
+    meta.update(_run_facts(args))
+    # Whether the circuit was found on the task's own model, where its ground truth applies.
+    meta["task_model"] = (not args.model or task.for_model(args.model) is not None
+                          or str(meta.get("model")) in task.own_model_names())  # fmt: skip
+    if args.model and Path(args.model).is_dir():  # a local directory: recorded so that curve can reload it
+        meta["model"] = str(Path(args.model).resolve())
+    n_graph = patcher.graph.n_edges
+    if "edges" in options:
+        options["edges"] = _options.cap("--edges", options["edges"], n_graph, "the graph's edges")
+    if options.get("prefilter") and ":" in options["prefilter"]:  # an N given, not the default
+        kind, _, count = options["prefilter"].partition(":")
+        if count.strip().isdigit():
+            options["prefilter"] = f"{kind}:{_options.cap('--prefilter N', int(count), n_graph, 'the graph edges')}"
+    if "k_max" in options:
+        options["k_max"] = _options.cap_k_max(patcher, options["k_max"])
+    if "batch_size" in options:
+        options["batch_size"] = _options.cap_batch_size(patcher, options["batch_size"])
+    circuit = run_algorithm(patcher, method, meta=meta, task=task, relative_threshold=relative,
+                            progress=not args.quiet, checkpoint=checkpoint if method.checkpoints else None,
+                            resume=args.resume, checkpoint_every=args.checkpoint_every, **options)  # fmt: skip
+    circuit.meta["stats"]["peak_memory_gb"] = round(peak_memory_gb(), 3)
+    circuit.save(out / "circuit.json")
+    svg = _draw_svg(circuit, out / "circuit.svg", args)
+    (out / "checkpoint.json").unlink(missing_ok=True)
+    print(summary_line(circuit, task.name, out, svg=svg))
+    return 0
+
+
+def _draw_svg(circuit: Any, path: Path, args: argparse.Namespace) -> bool:
+    """Draw ``discover``'s circuit.svg unless ``--no-svg``; whether it was drawn. A drawing
+    that fails (graphviz missing, too slow) is a one-line warning: circuit.json is saved."""
+    path.unlink(missing_ok=True)  # an earlier run's drawing would not match this circuit.json
+    if args.no_svg:
+        return False
+    try:
+        with phase(f"drawing {path.name} with graphviz", args.quiet):
+            circuit.to_svg(path)
+    except CircuitDagError as exc:
+        print(f"circuitdag: warning: {path.name} not drawn ({exc}); {path.with_suffix('.json')} is saved",
+              file=sys.stderr)  # fmt: skip
+        return False
+    return True
+
+
+def _num(x: float | None) -> str:
+    """A metric value for the summary: 4 significant digits; never rounds a nonzero to 0."""
+    return "n/a" if x is None else "0" if x == 0 else f"{x:.4g}"
+
+
+def summary_line(circuit: Any, task_name: str, out: Path, svg: bool = True) -> str:
+    """The one line ``discover`` prints: size, threshold, the three metric values (with what
+    they are: every metric is stored as "lower is closer to the full model", so
+    ``logit_diff`` and ``prob`` appear negated), faithfulness, time, memory, files."""
+    from circuitdag.metrics import STORED_AS
+
+    m = circuit.meta
+    f = circuit.faithfulness()
+    used, total = circuit.head_positions()
+    st = m["stats"]
+    pre = m.get("prefilter")
+    thr = m.get("threshold")
+    rel = m.get("relative_threshold")
+    quantity = STORED_AS.get(m["metric"], "the task's metric")
+    return (
+        f"{task_name} ({m['algorithm']}"
+        + (f", prefilter {pre['method']}:{pre['edges']}: ACDC tested {pre['tested']}, kept {pre['kept']}" if pre else "")
+        + f"): {circuit.n_edges}/{circuit.graph.n_edges} edges, {len(circuit.node_names)} nodes"
+        + (f", threshold {_num(thr)}" if thr is not None else "")
+        + (f" (= {rel:g} x the metric gap)" if rel is not None else "")
+        + f"; metric {m['metric']} = {quantity}, lower is closer to the full model: full {_num(m['metric_full'])}, "
+        f"circuit {_num(m['metric_circuit'])}, corrupted {_num(m.get('metric_corrupted'))}"
+        + (f"; faithfulness {f:.3f}" if f is not None else "")
+        + (f", {used}/{total} (head, position) pairs" if circuit.graph.positions is not None else "")
+        + f"; {st['seconds']:.1f}s, peak memory {st['peak_memory_gb']:.2f} GB -> {out}/circuit.json"
+        + (f", {out}/circuit.svg" if svg else "")
+    )
+
+
+def peak_memory_gb() -> float:
+    """Peak resident memory of this process (GB; Linux and macOS)."""
+    import resource
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1 << 30) if sys.platform == "darwin" else rss / (1 << 20)
+
+
+def _run_facts(args: argparse.Namespace) -> dict[str, Any]:
+    """Settings of this process a result should record."""
+    import torch
+
+    return {"dtype": args.dtype, "device": args.device, "threads": torch.get_num_threads()}
+
+
+def cmd_roc(args: argparse.Namespace) -> int:
+    import json
+
+    from circuitdag.evaluate import DEFAULT_ROC_THRESHOLDS, plot_roc, roc_sweep, task_truth
+    from circuitdag.prepare import prepare
+
+    task, model = load(args)
+    patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed,
+                            n_prompts=args.n_prompts)  # fmt: skip
+    truth, ignore = task_truth(task, patcher.ablation.value)
+    if truth is None:
+        raise ConfigError(f"task {task.name!r} has no ground truth, so there is no ROC to compute")
+    thresholds = [threshold(t) for t in args.thresholds] if args.thresholds else DEFAULT_ROC_THRESHOLDS
+    res = roc_sweep(patcher, truth, ignore, thresholds, meta=meta)
+    res = {"task": task.name, "ablation": patcher.ablation.value, "metric": meta["metric"], **res}
+    if args.plot:
+        res["plot"] = str(plot_roc(res, args.plot, f"{task.name}: edge ROC ({meta['metric']}, "
+                                                    f"{patcher.ablation.value} ablation)"))  # fmt: skip
+    # One point per line: the AUC first, then (threshold, edges, fpr, tpr) of every run.
+    head = {k: v for k, v in res.items() if k != "points"}
+    rows = ",\n  ".join(json.dumps(p) for p in res["points"])
+    print(json.dumps(head)[:-1] + ', "points": [\n  ' + rows + "\n]}")
+    return 0
