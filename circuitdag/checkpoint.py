@@ -1,7 +1,7 @@
 """ACDC checkpoints: the search state written at destination boundaries, and read back
 by ``--resume`` only when it is whole and belongs to this run.
 
-ACDC (:mod:`circuitdag.acdc`, reference and fast) decides the edges into one destination
+ACDC (:mod:`circuitdag.acdc_search`, reference and fast) decides the edges into one destination
 at a time, in :meth:`Graph.visit_order`. After a destination is finished the whole state
 is ``(alive, scores, m_cur, next_dest, stats)`` (:class:`SearchState`); a resumed run
 continues at ``next_dest`` with exactly that state, so it makes the same decisions as an

@@ -65,14 +65,8 @@ TEXT_NUMBERS = {
 # Combinations that run for real for longer than a moment (each compiles a RASP program).
 SLOW = {("tracr compile", "--seed")}
 
-# Known failures in options this change does not own (circuitdag/sweep/): reported to their
-# owner. A run that cannot be stopped in this process is skipped.
-_SWEEP = "circuitdag/sweep/ reads its own --trials and --sampler-seed"
-KNOWN: dict[tuple[str, str, str | None], pytest.MarkDecorator] = {
-    ("sweep", "--trials", "1000000000"): pytest.mark.skip(reason=f"{_SWEEP}: runs 10^9 trials, never stops"),
-    ("sweep-worker", "--trials", "1000000000"): pytest.mark.skip(reason=f"{_SWEEP}: runs until the alarm"),
-    ("sweep", "--sampler-seed", "-1"): pytest.mark.xfail(reason=f"{_SWEEP}: numpy's ValueError escapes"),
-}
+# Known failures (none now: sweep's --trials and --sampler-seed were the last ones).
+KNOWN: dict[tuple[str, str, str | None], pytest.MarkDecorator] = {}
 
 
 def _commands(

@@ -72,8 +72,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"circuitdag: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("circuitdag: interrupted; rerun with --resume to continue from the checkpoint", file=sys.stderr)
+        hint = "; rerun with --resume to continue from the checkpoint" if _resumable(argv) else ""
+        print(f"circuitdag: interrupted{hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`circuitdag tasks | head`): not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
+        return 0
+
+
+def _resumable(argv: list[str] | None) -> bool:
+    """Whether the interrupted command was a ``discover`` that writes a checkpoint."""
+    words = sys.argv[1:] if argv is None else argv
+    return "discover" in words and not any(w in words for w in ("eap", "eap-ig", "--algorithm=eap", "--algorithm=eap-ig"))
 
 
 __all__ = ["build_parser", "main"]

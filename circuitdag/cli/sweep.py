@@ -11,9 +11,12 @@ import sys
 from collections.abc import Callable
 from typing import Any, overload
 
-from circuitdag._options import DEFAULT_TASK
+from circuitdag._options import DEFAULT_TASK, number
 from circuitdag.cli._common import add_run_options
 from circuitdag.errors import CircuitDagError, ConfigError
+
+#: Most trials one ``sweep`` or ``sweep-worker`` command adds (rerun it to add more).
+MAX_TRIALS = 100_000
 
 
 def register(subparsers: Any) -> None:
@@ -39,7 +42,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--positions", action="store_true", help="position-aware circuits")
     p.add_argument("--target-faithfulness", metavar="F",
                    help="copy the smallest front circuit with faithfulness >= F to <out>/best/")
-    p.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (default: random)")
+    p.add_argument("--sampler-seed", type=number("--sampler-seed", int, 0, 2**32 - 1, why="what numpy's generator "
+                   "takes"), help="seed of the TPE sampler (default: random)")
     p.add_argument("--out", help="output directory (default runs/<task>-sweep)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_sweep)
@@ -50,7 +54,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--trials", help="trials to run (default: until the study has what `sweep` asked for)")
     p.add_argument("--out", help="write circuits here instead of the sweep's output directory")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
-    p.add_argument("--sampler-seed", type=int, help="seed of the TPE sampler (default: random)")
+    p.add_argument("--sampler-seed", type=number("--sampler-seed", int, 0, 2**32 - 1, why="what numpy's generator "
+                   "takes"), help="seed of the TPE sampler (default: random)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_sweep_worker)
 
@@ -78,6 +83,9 @@ def _trials(text: str | int | None) -> int | None:
         raise ConfigError(f"--trials must be a whole number >= 0, got {text!r}") from None
     if n < 0:
         raise ConfigError(f"--trials must be >= 0, got {n}")
+    if n > MAX_TRIALS:
+        raise ConfigError(f"--trials must be at most {MAX_TRIALS} per command (every trial is a discovery run; "
+                          f"the same command adds more to the study), got {n}")  # fmt: skip
     return n
 
 
