@@ -35,7 +35,6 @@ none). Position-aware graphs need nothing special: everything works on the edge 
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from fractions import Fraction
@@ -331,10 +330,7 @@ def write_curve(
     from circuitdag._version import __version__
     from circuitdag.eapig_json import FORMAT_NAME, is_eapig_json, load_eapig_json
     from circuitdag.io import FORMAT, circuit_from_dict
-    from circuitdag.models import load_model
-    from circuitdag.prepare import prepare
-    from circuitdag.tasks import get_task
-    from circuitdag.tasks._lm import with_prepend_bos
+    from circuitdag.reload import reload
 
     path = Path(path)
     fractions(percents)
@@ -351,43 +347,18 @@ def write_curve(
             f"{path} is neither a circuitdag circuit.json ({FORMAT}) nor an EAP-IG graph JSON"
         )
     meta = circuit.meta if circuit is not None else {}
-    task_name = task or meta.get("task")
-    if not task_name:
-        raise ConfigError(
-            f"{path} does not name its task; pass --task (and --model if not the task's default)"
-        )
     # The circuit's BOS option and number of prompts rebuild the prompts it was found on.
-    same_task = task_name == meta.get("task")
-    the_task = with_prepend_bos(get_task(task_name), (meta.get("prepend_bos") if same_task else None) or "auto")
-    torch_dtype = {"float32": torch.float32, "float64": torch.float64}[dtype]
-    model_name = model or meta.get("model")
-    own = the_task.for_model(str(model_name)) if model_name else None  # the task's own models (reversal)
-    if own is not None:
-        the_task = with_prepend_bos(own, (meta.get("prepend_bos") if same_task else None) or "auto")
-        the_model = the_task.load_model(device=device, dtype=torch_dtype)
-    elif not model_name or model_name in (the_task.default_model, the_task.name):
-        the_model = the_task.load_model(device=device, dtype=torch_dtype)
-    else:
-        the_model = load_model(model_name, device=device, dtype=torch_dtype)
-    seed = seed if seed is not None else int(meta.get("seed") or 0)
-    patcher, run = prepare(the_model, the_task, metric=metric or meta.get("metric"),
-                           ablation=ablation or meta.get("ablation"), seed=seed,
-                           positions=bool(meta.get("positions", False)),
-                           n_prompts=meta.get("n_prompts") if same_task else None,
-                           neurons=meta.get("neurons") or ())  # fmt: skip
-    if same_task and meta.get("data_sha256") and run["data_sha256"] != meta["data_sha256"]:
-        warnings.warn(f"{path} was found on other prompts than this curve runs on (data fingerprint "
-                      f"{meta['data_sha256']} there, {run['data_sha256']} here: another --seed, task version "
-                      "or tokenizer)", UserWarning, stacklevel=2)  # fmt: skip
+    reloaded = reload(circuit if circuit is not None else meta, task=task, model=model, metric=metric, ablation=ablation,
+                 seed=seed, device=device, dtype={"float32": torch.float32, "float64": torch.float64}[dtype],
+                 source=str(path), purpose="this curve")  # fmt: skip
+    patcher, run = reloaded.patcher, reloaded.run
+    assert patcher is not None
     if circuit is None:
         circuit = load_eapig_json(path, patcher.graph)
         if np.isnan(circuit.scores).all():
             raise _no_scores(path)
     elif circuit.graph.edge_names != patcher.graph.edge_names:
-        raise CircuitFileError(
-            f"{path} was made on a graph of {circuit.graph.n_edges} edges, model {run['model']!r} has "
-            f"{patcher.graph.n_edges} (or other names); pass the --model it was made with"
-        )
+        raise CircuitFileError(f"{path} was made on a graph of another model; pass the --model it was made with")
     curves = mib_curves(patcher, circuit.scores, percents, progress=progress)
     method = method or meta.get("method") or meta.get("algorithm") or "scores"
     out = Path(out)
@@ -399,7 +370,7 @@ def write_curve(
         "method": method,
         "threshold": meta.get("threshold"),
         "task": run["task"],
-        "model": model_name or run["model"],
+        "model": model or meta.get("model") or run["model"],
         **{k: run.get(k) for k in ("metric", "ablation", "seed", "positions", "n_prompts")},
         "dtype": dtype,
         "version": __version__,

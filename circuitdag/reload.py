@@ -49,13 +49,15 @@ def reload(
     dtype: torch.dtype = torch.float32,
     source: str = "the circuit",
     prompts_only: bool = False,
+    purpose: str = "this run",
 ) -> Reloaded:
     """The run ``circuit`` (a :class:`Circuit`, or its ``meta``) was found on. ``task``,
     ``model``, ``metric``, ``ablation``, ``seed`` override the record (another task or
     model: the circuit's BOS option and prompt count are not carried over). Raises
     :class:`ConfigError` when the record names no task and none is given, and
     :class:`CircuitFileError` when ``circuit``'s edges are not the rebuilt graph's;
-    ``source`` names the file in messages. ``prompts_only``: load the model and the
+    ``source`` names the file in messages and ``purpose`` what the run is for (``"this
+    curve"``). ``prompts_only``: load the model and the
     prompts (``data``) without preparing the graph and the cached runs (``patcher`` None)."""
     from circuitdag.models import load_model
     from circuitdag.prepare import prepare
@@ -91,9 +93,9 @@ def reload(
                            n_prompts=meta.get("n_prompts") if same_task else None,
                            neurons=meta.get("neurons") or ())  # fmt: skip
     if same_task and meta.get("data_sha256") and run["data_sha256"] != meta["data_sha256"]:
-        warnings.warn(f"{source} was found on other prompts than these (data fingerprint {meta['data_sha256']} "
+        warnings.warn(f"{source} was found on other prompts than {purpose} runs on (data fingerprint {meta['data_sha256']} "
                       f"there, {run['data_sha256']} here: another --seed, task version or tokenizer)",
-                      UserWarning, stacklevel=2)  # fmt: skip
+                      UserWarning, stacklevel=3)  # fmt: skip
     if isinstance(circuit, Circuit) and circuit.graph.edge_names != patcher.graph.edge_names:
         raise CircuitFileError(
             f"{source} was made on a graph of {circuit.graph.n_edges} edges, model {run['model']!r} has "
