@@ -45,7 +45,10 @@ def circuit_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Circuit:
         scores = np.full(graph.n_edges, np.nan)
         for e in edges:
             i = graph.edge_index[e["name"]]
-            in_circuit[i] = bool(e["in_circuit"])
+            if not isinstance(e["in_circuit"], bool):
+                raise CircuitFileError(f"{source}: edge {e['name']!r} has in_circuit {e['in_circuit']!r}, not true or "
+                                       "false; the file is damaged")  # fmt: skip
+            in_circuit[i] = e["in_circuit"]
             scores[i] = np.nan if e.get("score") is None else float(e["score"])
     except CircuitFileError:
         raise

@@ -284,9 +284,11 @@ def _read_json(path: Path) -> Any:
     import json
 
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise CircuitFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError:
+        raise CircuitFileError(f"{path} is not JSON (not UTF-8 text)") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -69,6 +69,9 @@ def resolve_threshold(
     if not math.isfinite(threshold):
         raise ConfigError(f"--relative-threshold {relative:g} x the metric gap {gap:.4g} is not a finite threshold "
                           "(it would remove every edge); give a smaller fraction")  # fmt: skip
+    if relative > 1:
+        raise ConfigError(f"--relative-threshold {relative:g} is more than the whole full-vs-corrupted metric gap, so "
+                          "every edge would be removed; give a fraction between 0 and 1 (e.g. 0.01)")  # fmt: skip
     return threshold, {"relative_threshold": float(relative), "metric_gap": gap}
 
 

@@ -71,6 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     except CircuitDagError as exc:
         print(f"circuitdag: error: {exc}", file=sys.stderr)
         return 2
+    except (IsADirectoryError, NotADirectoryError, PermissionError, FileExistsError) as exc:
+        # A path the command writes or reads is in the way (a directory where a file goes):
+        # one line, not a traceback. Files already written stay.
+        where = exc.filename if exc.filename2 is None else f"{exc.filename} -> {exc.filename2}"
+        print(f"circuitdag: error: cannot use {where}: {exc.strerror}; move it out of the way or choose another "
+              "output path", file=sys.stderr)  # fmt: skip
+        return 2
     except KeyboardInterrupt:
         hint = "; rerun with --resume to continue from the checkpoint" if _resumable(argv) else ""
         print(f"circuitdag: interrupted{hint}", file=sys.stderr)

@@ -95,10 +95,13 @@ def load_bridge(
                 f"{path} has no tokenizer files (none of {', '.join(_TOKENIZER_FILES)}); "
                 "save the tokenizer next to the weights with tokenizer.save_pretrained(dir)"
             )
-        name = str(path)
+        name = str(path.resolve())  # absolute: "neox" alone is a TransformerLens alias of a hub model
     try:
         model = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
     except OSError as e:
+        if local or Path(name).is_dir():
+            raise ModelError(f"could not load the model directory {name}: {str(e).splitlines()[0][:300]}; check its "
+                             "config.json and weights (save_pretrained writes both)") from e  # fmt: skip
         raise ModelError(
             f"could not load {name!r}: no local directory of that name, and the Hugging Face hub or cache "
             f"does not have it ({str(e).splitlines()[0][:200]}). Pass a local directory written by "
@@ -106,6 +109,11 @@ def load_bridge(
         ) from e
     except (ValueError, NotImplementedError, KeyError) as e:
         raise ModelError(f"TransformerBridge cannot boot {name!r}: {e}") from e
+    except Exception as e:  # safetensors' SafetensorError (a truncated or empty weights file), and the like
+        if type(e).__name__ != "SafetensorError":
+            raise
+        raise ModelError(f"the weights of {name} cannot be read ({e}); the file is damaged: save the model "
+                         "again with save_pretrained") from e  # fmt: skip
     model.eval()
     model.enable_compatibility_mode(disable_warnings=True, no_processing=not process_weights)
     model.set_use_attn_result(True)

@@ -1,0 +1,63 @@
+"""Faults a new user met after issue 21's first round (a fresh-user session's report):
+each is one line and exit 2, never a traceback or a silently wrong result."""
+
+import json
+
+import pytest
+
+from circuitdag.cli import main
+
+
+def _one_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    return err[0]
+
+
+def test_a_relative_threshold_above_the_gap_is_refused(tmp_path, capsys):
+    assert main(["discover", "--relative-threshold", "1e308", "--out", str(tmp_path), "-q"]) == 2
+    assert "more than the whole full-vs-corrupted metric gap" in _one_line(capsys)
+
+
+def test_an_output_path_that_is_a_directory_is_one_line(tmp_path, capsys):
+    (tmp_path / "circuit.svg").mkdir()
+    assert main(["discover", "--out", str(tmp_path), "-q", "--threads", "1"]) == 2
+    assert "circuit.svg: Is a directory" in _one_line(capsys)
+    assert (tmp_path / "circuit.json").exists()  # what was written stays
+
+
+def test_a_binary_file_is_not_json_for_curve(tmp_path, capsys):
+    bad = tmp_path / "bin.json"
+    bad.write_bytes(bytes(range(256)) * 4)
+    assert main(["curve", str(bad), "-q"]) == 2
+    assert "is not JSON (not UTF-8 text)" in _one_line(capsys)
+
+
+def test_in_circuit_must_be_a_bool(tmp_path, capsys):
+    assert main(["discover", "--out", str(tmp_path), "-q", "--no-svg", "--threads", "1"]) == 0
+    capsys.readouterr()
+    doc = json.loads((tmp_path / "circuit.json").read_text())
+    doc["edges"][0]["in_circuit"] = "yes"
+    (tmp_path / "bad.json").write_text(json.dumps(doc))
+    assert main(["evaluate", str(tmp_path / "bad.json")]) == 2
+    assert "not true or false" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty", "bad-config"])
+def test_a_damaged_model_directory_is_one_line(tmp_path, capsys, tiny_gpt2_dir, damage):
+    import shutil
+
+    model = tmp_path / "neox"  # also a TransformerLens alias of a hub model: must stay this directory
+    shutil.copytree(tiny_gpt2_dir, model)
+    weights = model / "model.safetensors"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    else:
+        (model / "config.json").write_text('{"model_type": ')
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"clean": "the cat sat", "corrupted": "the dog sat", "correct": "on"}) + "\n")
+    assert main(["discover", "--model", str(model), "--prompts", str(prompts), "--out", str(tmp_path / "o"), "-q"]) == 2
+    line = _one_line(capsys)
+    assert str(model) in line and "no local directory of that name" not in line
