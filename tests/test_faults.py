@@ -61,3 +61,12 @@ def test_a_damaged_model_directory_is_one_line(tmp_path, capsys, tiny_gpt2_dir, 
     assert main(["discover", "--model", str(model), "--prompts", str(prompts), "--out", str(tmp_path / "o"), "-q"]) == 2
     line = _one_line(capsys)
     assert str(model) in line and "no local directory of that name" not in line
+
+
+def test_sweep_honours_n_prompts(tmp_path, capsys):
+    """sweep --n-prompts was accepted and ignored (every trial used the task's default)."""
+    out = tmp_path / "s"
+    assert main(["sweep", "--n-prompts", "5", "--trials", "1", "--ablation", "zero", "--sampler-seed", "0",
+                 "--out", str(out), "-q", "--threads", "1"]) == 0  # fmt: skip
+    (path,) = out.glob("trials/*/circuit.json")
+    assert json.loads(path.read_text())["n_prompts"] == 5

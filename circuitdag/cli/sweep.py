@@ -163,7 +163,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                              ablation=args.ablation, search=args.search, threshold_range=rng,
                              positions=args.positions, seed=args.seed, dtype=args.dtype,
                              prepend_bos=getattr(args, "prepend_bos", "auto"), algorithm=args.algorithm,
-                             edges_range=edges_range)  # fmt: skip
+                             edges_range=edges_range, n_prompts=getattr(args, "n_prompts", None))  # fmt: skip
     report = sweep(settings, trials, storage=args.storage, study_name=args.study, device=args.device,
                    sampler_seed=args.sampler_seed, progress=not args.quiet, target_faithfulness=target)  # fmt: skip
     _print_report(report, target)

@@ -50,6 +50,7 @@ class SweepSettings:
     prepend_bos: str = "auto"
     algorithm: str = "acdc"
     edges_range: tuple[int, int] | None = None
+    n_prompts: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -66,6 +67,7 @@ class SweepSettings:
                 dtype=doc["dtype"], out=doc["out"], prepend_bos=doc.get("prepend_bos", "auto"),
                 algorithm=doc.get("algorithm", "acdc"),
                 edges_range=tuple(doc["edges_range"]) if doc.get("edges_range") else None,
+                n_prompts=doc.get("n_prompts"),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: damaged sweep settings ({exc}); start a new study") from exc
@@ -106,6 +108,7 @@ def make_settings(
     prepend_bos: str = "auto",
     algorithm: str = "acdc",
     edges_range: tuple[int, int] | None = None,
+    n_prompts: int | None = None,
 ) -> SweepSettings:
     """Validate sweep options and resolve the task's defaults (raises :class:`ConfigError`).
 
@@ -154,7 +157,7 @@ def make_settings(
     return SweepSettings(task=t.name, model=model, metrics=metrics, ablations=ablations,
                          threshold_range=(float(lo), float(hi)), search=searched, positions=positions,
                          seed=seed, dtype=dtype, out=str(Path(out).resolve()), prepend_bos=prepend_bos,
-                         algorithm=method.name, edges_range=edges_range)  # fmt: skip
+                         algorithm=method.name, edges_range=edges_range, n_prompts=n_prompts)  # fmt: skip
 
 
 

@@ -48,6 +48,9 @@ class TrialRunner:
         self.out = Path(settings.out)
         # The task's own models first (reversal's compiled/trained), then load_model.
         task, self.model = load_task_model(settings.task, settings.model, device, getattr(torch, settings.dtype))
+        from circuitdag._options import check_n_prompts
+
+        check_n_prompts(self.model, settings.n_prompts, device)  # before any prompt is made
         self.task = with_prepend_bos(task, settings.prepend_bos)
         self._patchers: dict[tuple[str, str], tuple[Patcher, dict[str, Any]]] = {}
         #: The number of the last trial another process failed while this one ran it.
@@ -87,6 +90,8 @@ class TrialRunner:
                 if "positions" not in inspect.signature(prepare).parameters:
                     raise ConfigError("position-aware mode (--positions) is not available yet; run without it")
                 kwargs["positions"] = True
+            if self.settings.n_prompts is not None:
+                kwargs["n_prompts"] = self.settings.n_prompts
             patcher, meta = prepare(self.model, self.task, metric=metric, ablation=ablation,
                                     seed=self.settings.seed, **kwargs)  # fmt: skip
             meta = {"positions": self.settings.positions, **meta}
