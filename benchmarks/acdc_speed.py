@@ -174,14 +174,17 @@ def run_once(make: Fresh, algo: str, threshold: float, max_dest: int | None) -> 
 def prefix_skip_off() -> Iterator[None]:
     """The component path as it was before it skipped the positions where clean and
     corrupted prompts agree (:func:`circuitdag.recompute.first_changing_position` -> 0)."""
-    from circuitdag import recompute
+    from circuitdag import recompute, recompute_positions
 
-    original = recompute.first_changing_position
-    recompute.first_changing_position = lambda patcher: 0
+    modules = (recompute, recompute_positions)  # plain and position-aware component paths
+    originals = [m.first_changing_position for m in modules]
+    for m in modules:
+        m.first_changing_position = lambda patcher: 0  # type: ignore[assignment]
     try:
         yield
     finally:
-        recompute.first_changing_position = original
+        for m, original in zip(modules, originals):
+            m.first_changing_position = original  # type: ignore[assignment]
 
 
 def compare(case: str, make: Fresh, threshold: float, max_dest: int | None = None,

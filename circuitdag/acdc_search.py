@@ -36,7 +36,8 @@ from circuitdag.errors import CheckpointError, ConfigError
 from circuitdag.graph import Graph, NodeKind
 from circuitdag.patching import Patcher
 from circuitdag.prepare import check_threshold, metric_gap
-from circuitdag.recompute import PositionalFastPath, SparseFastPath
+from circuitdag.recompute import SparseFastPath
+from circuitdag.recompute_positions import PositionalFastPath
 
 log = logging.getLogger("circuitdag")
 

@@ -30,8 +30,9 @@ accepts a candidate, its recomputed inputs and outputs become the new run of ``C
 (:meth:`SparseFastPath.commit`). Everything upstream of
 ``d`` keeps its value because ACDC visits destinations in reverse topological order.
 
-:class:`SparseFastPath` serves plain graphs; :class:`PositionalFastPath` position-aware
-ones, where a node is a component at one position. Where the component kernels do not
+:class:`SparseFastPath` serves plain graphs;
+:class:`~circuitdag.recompute_positions.PositionalFastPath` position-aware ones, where a
+node is a component at one position. Where the component kernels do not
 reproduce a model, ACDC uses the layer-by-layer fast path instead
 (:meth:`circuitdag.patching.Patcher.candidate_metrics`).
 """
@@ -39,7 +40,6 @@ reproduce a model, ACDC uses the layer-by-layer fast path instead
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -50,7 +50,7 @@ from circuitdag.graph import Input, NodeKind
 from circuitdag.patching import Patcher
 
 
-def _start_run(patcher: Patcher, alive: np.ndarray, absent: Tensor | None = None) -> tuple[Tensor, list, list, Tensor]:
+def start_run(patcher: Patcher, alive: np.ndarray, absent: Tensor | None = None) -> tuple[Tensor, list, list, Tensor]:
     """The run of the circuit ACDC starts from: every sender's output (``batch pos slot d``),
     the unpatched residual stream before each block and each MLP, and at the end. The
     clean run when every edge is present, else one sparse pass (``absent``: the circuit's
@@ -89,6 +89,21 @@ class _Pending:
     removed: list[tuple[int, int]] = field(default_factory=list)  # (row, slot) per candidate step
 
 
+def _subtract_absent(I: list[Tensor], D: Tensor, gone: np.ndarray) -> None:
+    """Subtract from each destination input ``I[row]`` (``batch pos d``) the deltas ``D``
+    (``batch pos slot d``) of its absent senders (``gone``: ``rows slots``, True where an
+    edge of the graph is absent), 16 rows per matmul: the start of a prefiltered or
+    resumed run."""
+    rows = np.flatnonzero(gone.any(1))
+    for at in range(0, len(rows), 16):
+        chunk = rows[at : at + 16]
+        top = int(np.flatnonzero(gone[chunk].any(0)).max()) + 1
+        W = torch.as_tensor(gone[chunk][:, :top], dtype=D.dtype, device=D.device)
+        out = torch.einsum("bpsd,rs->rbpd", D[:, :, :top], W)
+        for i, r in enumerate(chunk.tolist()):
+            I[r] = I[r] - out[i]
+
+
 class SparseFastPath:
     """The run of the current circuit and the sparse evaluation of candidates (module
     docstring). ``alive``: the circuit ACDC starts from (every edge, or a prefiltered
@@ -107,7 +122,7 @@ class SparseFastPath:
         dead = ~np.asarray(alive, dtype=bool)
         self.present[lay.edge_row[dead], lay.edge_slot[dead]] = False
         # The run of the starting circuit: sender outputs and unpatched residual streams.
-        slots, resid_pre, mlp_in, final = _start_run(patcher, alive)
+        slots, resid_pre, mlp_in, final = start_run(patcher, alive)
         self.S: list[Tensor] = [slots[:, :, s] for s in range(lay.n_slots)]
         self.S_corr: list[Tensor] = [patcher.S_corr[:, :, s] for s in range(lay.n_slots)]
         # Destination inputs of the current circuit: the unpatched stream minus the
@@ -116,18 +131,9 @@ class SparseFastPath:
         for r in range(lay.n_rows):
             L, kind = self.lay.row_layer_kind(r)
             self.I.append(final if kind == Input.RESID else (mlp_in[L] if kind == Input.MLP else resid_pre[L]))
-        gone = exists & ~self.present  # rows slots
-        rows = np.flatnonzero(gone.any(1))
-        if len(rows):  # a prefiltered or resumed start: subtract the absent senders, 16 rows per matmul
-            D = slots - patcher.S_corr
-            for at in range(0, len(rows), 16):
-                chunk = rows[at : at + 16]
-                top = int(np.flatnonzero(gone[chunk].any(0)).max()) + 1
-                W = torch.as_tensor(gone[chunk][:, :top], dtype=D.dtype, device=D.device)
-                out = torch.einsum("bpsd,rs->rbpd", D[:, :, :top], W)
-                for i, r in enumerate(chunk.tolist()):
-                    self.I[r] = self.I[r] - out[i]
-            del D
+        gone = exists & ~self.present  # rows slots: a prefiltered or resumed start
+        if gone.any():
+            _subtract_absent(self.I, slots - patcher.S_corr, gone)
         self._kv: dict[tuple[int, int], tuple[Tensor, Tensor]] = {}
         self._D: dict[int, Tensor] = {}
         self._rowpos: dict[int, np.ndarray] = {}
@@ -403,197 +409,3 @@ def _rep(x: Tensor, k: int, B: int) -> Tensor:
     if x.shape[0] == k * B:
         return x
     return x.unsqueeze(0).expand(k, *x.shape).reshape(k * B, *x.shape[1:])
-
-
-class PositionalFastPath:
-    """The component-level fast path on position-aware graphs.
-
-    A node is a component at one position, so recomputing it is cheap: a head at query
-    position ``q`` is one query row attending to the keys it sees, an MLP at ``q`` one row.
-    The run of the current circuit is kept per *cell* of the edge mask (DESIGN.md,
-    position-aware edges): a Q, MLP or ``logits`` input at position ``q`` is ``I[row][:, q]``
-    (``batch d``); the key (value) input of a head as query ``q`` sees it is
-    ``I[row][:, q]`` over every key position (``batch pos d``), since a K or V edge
-    ``SRC@p -> a@q`` patches only the pair ``(q, p)``. A candidate changes the cells of
-    its destination node; changes travel along present edges, cell by cell, to the
-    affected nodes, each recomputed at its own position."""
-
-    def __init__(self, patcher: Patcher, kernels: ComponentKernels, alive: np.ndarray) -> None:
-        if not patcher.positional:
-            raise ValueError("PositionalFastPath works on position-aware graphs")
-        self.p, self.kernels = patcher, kernels
-        graph, lay, spec = patcher.graph, patcher.layout, patcher.graph.spec
-        self.graph, self.lay, self.spec = graph, lay, spec
-        self.component_evals = 0
-        absent = patcher.absent_matrix(alive)
-        exists = patcher.exists.cpu().numpy() != 0  # rows views pos slots
-        self.present = exists & ~(absent.cpu().numpy() != 0)
-        slots, resid_pre, mlp_in, final = _start_run(patcher, alive, absent)
-        self.S: list[Tensor] = [slots[:, :, s] for s in range(lay.n_slots)]  # batch pos d
-        D = slots - patcher.S_corr  # batch pos slot d
-        P = patcher.P
-        diag = torch.arange(P, device=patcher.device)
-        self.I: list[Tensor] = []  # batch pos d (own-position inputs) or batch view pos d (K, V)
-        for r in range(lay.n_rows):
-            L, kind = self.lay.row_layer_kind(r)
-            base = final if kind == Input.RESID else (mlp_in[L] if kind == Input.MLP else resid_pre[L])
-            mask = absent[r]  # view pos slot
-            cross = lay.crosses_positions(kind)
-            if not bool(mask.any()):
-                self.I.append(base.unsqueeze(1).expand(-1, P, -1, -1) if cross else base)
-            elif cross:
-                self.I.append(base.unsqueeze(1) - torch.einsum("bpsd,vps->bvpd", D, mask))
-            else:
-                self.I.append(base - torch.einsum("bpsd,ps->bpd", D, mask[diag, diag]))
-        self.S_corr = patcher.S_corr
-        self._own_I: set[int] = set()
-        self._own_S: set[int] = set()
-        self._pending: dict[str, Any] | None = None
-        self._affected: dict[int, list[int]] = {}
-        self._sink = torch.as_tensor(graph.positions.sink, device=patcher.device)  # type: ignore[union-attr]
-        #: Positions before this one never change (see :func:`first_changing_position`).
-        self.first = first_changing_position(patcher)
-
-    def inert(self, edges: np.ndarray) -> np.ndarray:
-        """Which of ``edges`` carry exactly nothing: their sender sits before :attr:`first`,
-        where its output equals its ablated output in every circuit, so removing the edge
-        changes no value and its ACDC score is exactly 0 (no evaluation needed)."""
-        return self.graph.edges.src_pos[edges] < self.first
-
-    def remove(self, edges: np.ndarray) -> None:
-        """Mark ``edges`` absent without evaluating them (inert edges ACDC removes)."""
-        lay = self.lay
-        cells = lay.edge_row[edges], lay.edge_view[edges], lay.edge_pos[edges], lay.edge_slot[edges]
-        self.present[cells] = False
-
-    def forget_affected(self) -> None:
-        self._affected.clear()
-
-    def affected(self, dest: int, alive: np.ndarray) -> list[int]:
-        hit = self._affected.get(dest)
-        if hit is None:
-            reach = self.graph.reach
-            down = reach.reached_from_source(alive, dest) & reach.reaches_sink(alive, self.graph.sink)
-            hit = self._affected[dest] = np.flatnonzero(down).tolist()
-        return hit
-
-    def bytes_per_candidate(self, dest: int, alive: np.ndarray) -> int:
-        B, P, d = self.S[0].shape
-        item = torch.finfo(self.p.dtype).bits // 8
-        n = len(self.affected(dest, alive))
-        vocab = self.p.ref.logits.shape[-1]
-        return (8 * n + 8) * B * P * d * item + 4 * B * len(self._sink) * vocab * item
-
-    def _n_keys(self, q: int) -> int:
-        return q + 1 if self.spec.causal else self.S[0].shape[1]
-
-    @torch.no_grad()
-    def evaluate(self, dest: int, edges: np.ndarray, alive: np.ndarray) -> Tensor:
-        """Metric of the K nested candidates "current circuit minus ``edges[:j+1]``"."""
-        lay, k, graph = self.lay, len(edges), self.graph
-        dev, dt = self.p.device, self.p.dtype
-        rows_e, views_e = lay.edge_row[edges], lay.edge_view[edges]
-        pos_e, slots_e = lay.edge_pos[edges], lay.edge_slot[edges]
-        cells: dict[tuple[int, int], Tensor] = {}  # (row, view) -> k batch d | k batch pos d
-        steps = torch.arange(k, device=dev)
-        for r, v in sorted(set(zip(rows_e.tolist(), views_e.tolist()))):
-            idx = np.flatnonzero((rows_e == r) & (views_e == v))
-            W = (steps[:, None] >= torch.as_tensor(idx, device=dev)[None, :]).to(dt)  # k n
-            L, kind = self.lay.row_layer_kind(r)
-            if lay.crosses_positions(kind):
-                cur = self.I[r][:, v]  # batch pos d
-                D = torch.zeros(len(idx), *cur.shape, dtype=dt, device=dev)
-                for t, e in enumerate(idx.tolist()):
-                    p, s = int(pos_e[e]), int(slots_e[e])
-                    D[t, :, p] = self.S[s][:, p] - self.S_corr[:, p, s]
-                cells[(r, v)] = cur.unsqueeze(0) - torch.einsum("jn,nbpd->jbpd", W, D)
-            else:
-                cur = self.I[r][:, v]  # batch d
-                D = torch.stack([self.S[int(s)][:, v] - self.S_corr[:, v, int(s)] for s in slots_e[idx]])
-                cells[(r, v)] = cur.unsqueeze(0) - torch.einsum("jn,nbd->jbd", W, D)
-        deltas: dict[tuple[int, int], Tensor] = {}  # (slot, pos) -> k batch d
-        outs: dict[tuple[int, int], Tensor] = {}
-
-        def cell(r: int, v: int, kind: Input) -> Tensor | None:
-            got = cells.get((r, v))
-            if got is not None:
-                return got
-            if lay.crosses_positions(kind):
-                hits = [(s, p) for (s, p) in deltas if self.present[r, v, p, s]]
-                if not hits:
-                    return None
-                got = self.I[r][:, v].unsqueeze(0).repeat(k, 1, 1, 1)
-                for s, p in hits:
-                    got[:, :, p] += deltas[(s, p)]
-            else:
-                hits = [(s, p) for (s, p) in deltas if p == v and self.present[r, v, v, s]]
-                if not hits:
-                    return None
-                got = self.I[r][:, v].unsqueeze(0) + sum(deltas[h] for h in hits)
-            cells[(r, v)] = got
-            return got
-
-        B, d = self.S[0].shape[0], self.S[0].shape[2]
-        kern = self.kernels
-        for u in self.affected(dest, alive):
-            node = graph.nodes[u]
-            q = node.pos
-            if node.kind == NodeKind.MLP:
-                x = cell(lay.rows(node.layer, Input.MLP).start, q, Input.MLP)
-                if x is None:
-                    continue
-                out = kern.mlp(node.layer, x.reshape(k * B, 1, d)).reshape(k, B, d)
-                s = lay.mlp_slot(node.layer)
-            elif node.kind == NodeKind.HEAD:
-                L, h = node.layer, node.head
-                rq, rk, rv = self.lay.head_rows(L, h, self.spec.kv_head(h))
-                xq, xk, xv = cell(rq, q, Input.Q), cell(rk, q, Input.K), cell(rv, q, Input.V)
-                if xq is None and xk is None and xv is None:
-                    continue
-                nk = self._n_keys(q)
-                qp, kp = torch.as_tensor([q], device=dev), torch.arange(nk, device=dev)
-                xq = (xq.reshape(k * B, 1, d) if xq is not None
-                      else self.I[rq][:, q].unsqueeze(1).repeat(k, 1, 1))  # fmt: skip
-                xk = (xk[:, :, :nk].reshape(k * B, nk, d) if xk is not None
-                      else self.I[rk][:, q, :nk].repeat(k, 1, 1))  # fmt: skip
-                xv = (xv[:, :, :nk].reshape(k * B, nk, d) if xv is not None
-                      else self.I[rv][:, q, :nk].repeat(k, 1, 1))  # fmt: skip
-                g = self.spec.kv_head(h)
-                qq = kern.queries(L, [h], xq, qp)
-                kk, vv = kern.keys_values(L, g, xk, xv, kp)
-                out = kern.attend(L, [h], qq, kk.unsqueeze(2), vv.unsqueeze(2), qp, kp)[:, 0, 0].reshape(
-                    k, B, d
-                )
-                s = lay.head_slot(L, h)
-            else:  # KV nodes and logits: read by others / the metric
-                continue
-            self.component_evals += k
-            outs[(s, q)] = out
-            deltas[(s, q)] = out - self.S[s][:, q]
-        sink_row = lay.n_rows - 1
-        finals = []
-        for p in self.p.graph.positions.sink:  # type: ignore[union-attr]
-            x = cell(sink_row, p, Input.RESID)
-            finals.append(x if x is not None else self.I[sink_row][:, p].unsqueeze(0).expand(k, -1, -1))
-        self._pending = {"cells": cells, "outs": outs, "removed": list(zip(rows_e.tolist(), views_e.tolist(),
-                                                                              pos_e.tolist(), slots_e.tolist()))}  # fmt: skip
-        return self.p.final_metric(torch.stack(finals, dim=2), positions=self._sink)
-
-    def commit(self, n_accepted: int) -> None:
-        """As :meth:`SparseFastPath.commit`."""
-        pend, self._pending = self._pending, None
-        if pend is None or n_accepted == 0:
-            return
-        j = n_accepted - 1
-        for (r, v), x in pend["cells"].items():
-            if r not in self._own_I:
-                self.I[r] = self.I[r].clone()
-                self._own_I.add(r)
-            self.I[r][:, v] = x[j]
-        for (s, q), x in pend["outs"].items():
-            if s not in self._own_S:
-                self.S[s] = self.S[s].clone()
-                self._own_S.add(s)
-            self.S[s][:, q] = x[j]
-        for r, v, p, s in pend["removed"][:n_accepted]:
-            self.present[r, v, p, s] = False
