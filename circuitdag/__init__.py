@@ -30,7 +30,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "ModelSpec": ("circuitdag.graph", "ModelSpec"),
     "Positions": ("circuitdag.graph", "Positions"),
     "load_circuit": ("circuitdag.io", "load_circuit"),
-    "load_model": ("circuitdag.models", "load_model"),
+    "load_model": ("circuitdag.loading", "load_model"),
     "Patcher": ("circuitdag.patching", "Patcher"),
     "Task": ("circuitdag.tasks", "Task"),
     "TaskData": ("circuitdag.tasks", "TaskData"),
@@ -68,7 +68,7 @@ if TYPE_CHECKING:  # what type checkers (and tests/test_imports.py) see
     from circuitdag.graph import ModelSpec as ModelSpec
     from circuitdag.graph import Positions as Positions
     from circuitdag.io import load_circuit as load_circuit
-    from circuitdag.models import load_model as load_model
+    from circuitdag.loading import load_model as load_model
     from circuitdag.patching import Patcher as Patcher
     from circuitdag.tasks import Task as Task
     from circuitdag.tasks import TaskData as TaskData

@@ -68,7 +68,7 @@ def discover(
         task = get_task(task)
     name = None
     if isinstance(model, (str, Path)):
-        from circuitdag.models import load_model
+        from circuitdag.loading import load_model
 
         name = str(Path(model).resolve()) if Path(model).is_dir() else str(model)
         model = load_model(str(model))

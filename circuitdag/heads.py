@@ -350,12 +350,12 @@ def to_json(emb: Embedding, k: int = 3, meta: dict[str, Any] | None = None) -> d
 
 def write_heads(task: str, models: Sequence[str | None], out: str | Path, k: int = 3, seed: int = 0,
                 n_prompts: int | None = None, device: str = "cpu", dtype: str = "float32") -> Embedding:  # fmt: skip
-    """Embed the heads of ``models`` (names :func:`circuitdag.models.load_task_model` takes;
+    """Embed the heads of ``models`` (names :func:`circuitdag.loading.load_task_model` takes;
     None: the task's model) on ``task``'s prompts; write ``heads.json`` (``k`` nearest heads
     in each other model) and the map ``heads.svg`` into ``out``. Returns the embedding."""
     import json
 
-    from circuitdag.models import load_task_model
+    from circuitdag.loading import load_task_model
     from circuitdag.tasks.base import load_data
 
     loaded = [load_task_model(task, name, device, getattr(torch, dtype)) for name in models]

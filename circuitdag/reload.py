@@ -59,7 +59,7 @@ def reload(
     ``source`` names the file in messages and ``purpose`` what the run is for (``"this
     curve"``). ``prompts_only``: load the model and the
     prompts (``data``) without preparing the graph and the cached runs (``patcher`` None)."""
-    from circuitdag.models import load_model
+    from circuitdag.loading import load_model
     from circuitdag.prepare import prepare
     from circuitdag.tasks import get_task
     from circuitdag.tasks._lm import with_prepend_bos

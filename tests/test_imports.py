@@ -1,6 +1,7 @@
 """Imports among circuitdag's modules run one way: the graph of ``import`` statements
 between package modules, lazy ones inside functions and ``TYPE_CHECKING`` ones included,
-has no circle."""
+and of module names in strings (``importlib.import_module("circuitdag.x")``, the plugin
+registries' ``"circuitdag.x:Name"``, the package's lazy attribute table), has no circle."""
 
 from __future__ import annotations
 
@@ -51,7 +52,25 @@ def import_graph() -> nx.DiGraph:
                 for target in _targets(node, module, path.name == "__init__.py", mods):
                     if target != module:
                         graph.add_edge(module, target)
+        for named in _names_in_strings(ast.parse(path.read_text(), str(path)), mods):
+            if named != module:
+                graph.add_edge(module, named)
     return graph
+
+
+def _names_in_strings(tree: ast.AST, mods: dict[str, Path]) -> set[str]:
+    """Modules imported by name: ``"circuitdag.x:Name"`` anywhere (the plugin registries),
+    ``"circuitdag.x"`` given to ``import_module`` or in a tuple (the package's lazy
+    attribute table ``{"name": ("circuitdag.x", "name")}``)."""
+    named: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and ":" in node.value:
+            named.add(node.value.partition(":")[0])
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) == "import_module":
+            named.update(a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str))
+        elif isinstance(node, ast.Tuple):
+            named.update(e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str))
+    return {n for n in named if n != "circuitdag" and n in mods}
 
 
 def test_the_graph_sees_lazy_imports():
@@ -60,6 +79,8 @@ def test_the_graph_sees_lazy_imports():
     assert g.has_edge("circuitdag.cli.sweep", "circuitdag.sweep.study")  # inside cmd_sweep
     assert g.has_edge("circuitdag.sweep.study", "circuitdag.sweep.report")
     assert g.has_edge("circuitdag", "circuitdag._version")
+    assert g.has_edge("circuitdag", "circuitdag.loading")  # a name in the lazy attribute table
+    assert g.has_edge("circuitdag.algorithms", "circuitdag.algorithms.acdc")  # "circuitdag.algorithms.acdc:ACDC"
 
 
 def test_no_import_circles():

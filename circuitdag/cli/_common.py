@@ -125,7 +125,7 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
     import torch
 
     from circuitdag.metrics import resolve_metric
-    from circuitdag.models import load_model
+    from circuitdag.loading import load_model
     from circuitdag.patching import Ablation
     from circuitdag.tasks._lm import with_prepend_bos
 

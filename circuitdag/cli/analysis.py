@@ -112,7 +112,7 @@ def cmd_neurons(args: argparse.Namespace) -> int:
 
 def cmd_activations(args: argparse.Namespace) -> int:
     from circuitdag.activations import layer_activations, write_activations
-    from circuitdag.models import load_model
+    from circuitdag.loading import load_model
     from circuitdag.tasks._lm import PREPEND_BOS
 
     model = load_model(args.model, device=args.device)

