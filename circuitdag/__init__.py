@@ -24,6 +24,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
     "tasks": ("circuitdag.tasks", None),
     "Circuit": ("circuitdag.circuit", "Circuit"),
     "acdc": ("circuitdag.discovery", "acdc"),
+    "adopt": ("circuitdag.models.adopt", "adopt"),
     "discover": ("circuitdag.discovery", "discover"),
     "CircuitDagError": ("circuitdag.errors", "CircuitDagError"),
     "Graph": ("circuitdag.graph", "Graph"),
@@ -37,7 +38,7 @@ _PUBLIC: dict[str, tuple[str, str | None]] = {
 }
 
 __all__ = ["Circuit", "CircuitDagError", "Graph", "ModelSpec", "Patcher", "Positions", "Task", "TaskData", "acdc",
-           "discover", "load_circuit", "load_model", "tasks"]  # fmt: skip
+           "adopt",            "discover", "load_circuit", "load_model", "tasks"]  # fmt: skip
 
 
 def __getattr__(name: str) -> Any:
@@ -69,6 +70,7 @@ if TYPE_CHECKING:  # what type checkers (and tests/test_imports.py) see
     from circuitdag.graph import Positions as Positions
     from circuitdag.io import load_circuit as load_circuit
     from circuitdag.loading import load_model as load_model
+    from circuitdag.models.adopt import adopt as adopt
     from circuitdag.patching import Patcher as Patcher
     from circuitdag.tasks import Task as Task
     from circuitdag.tasks import TaskData as TaskData

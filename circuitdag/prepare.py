@@ -100,10 +100,12 @@ def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | No
     from circuitdag._version import __version__
     from circuitdag.metrics import STORED_AS, resolve_metric
     from circuitdag.models import spec_of
+    from circuitdag.models.adopt import adopt
     from circuitdag.provenance import run_record
     from circuitdag.tasks.base import load_data
     from circuitdag.tasks.validate import check_metric_gap, validate_task_data
 
+    model = adopt(model)  # a bridge the user booted, a Hugging Face model object (checked once)
     metric = metric or task.default_metric
     ablation = ablation or task.default_ablation
     metric_fn = resolve_metric(task, metric)

@@ -24,6 +24,7 @@ from circuitdag.models.spec import spec_of as spec_of
 
 def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
     """Load a model by name (see module docstring)."""
+    from circuitdag.models.adopt import mark_ready
     from circuitdag.models.tracr_dir import is_compiled_dir, load_compiled, split_spec
 
     if name.startswith("tracr-"):
@@ -38,6 +39,7 @@ def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float3
 
         model = load_smollm2(device=device, dtype=dtype)
         model.cfg.model_name = "smollm2-135m"  # what results record, and what reloads it
+        mark_ready(model)
         return model
     from circuitdag.models.bridge import check_hooks, load_bridge
     from circuitdag.models.zoo import ZOO, model_card, zoo_path
@@ -50,6 +52,9 @@ def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float3
             model.cfg.attn_only = True
         check_hooks(model)
         model.cfg.model_name = name
+        mark_ready(model)
         return model
-    return load_bridge(name, device=device, dtype=dtype)
+    model = load_bridge(name, device=device, dtype=dtype)
+    mark_ready(model)
+    return model
 
