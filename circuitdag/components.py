@@ -44,6 +44,12 @@ def plain_module(module: Any) -> Any:
     return inner if isinstance(inner, torch.nn.Module) else module
 
 
+def mlp_norm(block: Any) -> Any:
+    """The norm in front of a block's MLP: ``ln2``, or ``ln1`` in a parallel block whose
+    attention and MLP share one norm (Phi-1/2, Falcon, GPT-J)."""
+    return plain_module(block.ln2 if "ln2" in getattr(block, "_modules", {}) or hasattr(block, "ln2") else block.ln1)
+
+
 def _param(module: Any, name: str) -> Tensor | None:
     try:
         value = getattr(module, name)
@@ -83,7 +89,7 @@ class ComponentKernels:
                     raise KernelMismatch(f"blocks.{L}.attn has no {name}")
         self._ln1 = [plain_module(model.blocks[L].ln1) for L in range(spec.n_layers)]
         if not spec.attn_only:
-            self._ln2 = [plain_module(model.blocks[L].ln2) for L in range(spec.n_layers)]
+            self._ln2 = [mlp_norm(model.blocks[L]) for L in range(spec.n_layers)]
             self._mlp = [plain_module(model.blocks[L].mlp) for L in range(spec.n_layers)]
         #: The MLPs split into neurons (``spec.neuron_layers``); ``neurons`` passes kernels
         #: already built (the Patcher's).
@@ -234,7 +240,7 @@ class NeuronKernel:
     def __init__(self, model: Any, layer: int) -> None:
         block = model.blocks[layer]
         self.layer = layer
-        self.ln2 = plain_module(block.ln2)
+        self.ln2 = mlp_norm(block)
         self.mlp = plain_module(block.mlp)
         site = getattr(self.mlp, "hook_post", None)
         proj = next((m for m in (getattr(self.mlp, n, None) for n in _OUT_PROJECTIONS)

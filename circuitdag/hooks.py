@@ -18,22 +18,30 @@ to the final residual stream, which is where every metric is read: the unembeddi
 computed afterwards, only at the answer positions.
 
 Both model backends, ``TransformerBridge`` (:mod:`circuitdag.models.bridge`, which checks
-the hooks once when it boots a model) and the project's own
+the hooks once when it boots a model, :mod:`circuitdag.models.check`) and the project's own
 :class:`~circuitdag.models.hooked.TinyTransformer`, use TransformerLens's hook names; a
 backend with other names adds its :class:`HookNames` to :data:`BACKENDS`.
+
+Per architecture: where a model does not fire a hook the engine needs (per-head inputs
+and results of OPT, GPT-J, GPT-Neo; the MLP input of a parallel block that shares its
+norm, Phi-1/2, Falcon, GPT-J), the table emulates it from the model's own modules
+(:mod:`circuitdag.emulated`); every pass sees the same roles either way. In a parallel
+block (GPT-NeoX/Pythia, GPT-J, Phi, Falcon) the MLP reads the block's input, not the
+heads of its own layer: the graph and the mask layout say so, the hooks need no change.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import Tensor
 
+from circuitdag.emulated import Emulator, Missing, missing_hooks
 from circuitdag.errors import ModelError
 from circuitdag.graph import Input, ModelSpec, NodeKind
-from circuitdag.models.bridge import resume
+from circuitdag.models.resume import resume
 
 #: A TransformerLens forward hook: ``fn(activation, hook)``, returning a replacement or None.
 Hook = Callable[[Tensor, Any], Any]
@@ -54,6 +62,16 @@ class HookNames:
     resid_post: str
     cos: str
     sin: str
+    resid_mid: str = "blocks.{L}.hook_resid_mid"
+    attn_out: str = "blocks.{L}.hook_attn_out"
+    mlp_post: str = "blocks.{L}.mlp.hook_post"
+    pattern: str = "blocks.{L}.attn.hook_pattern"
+    z: str = "blocks.{L}.attn.hook_z"
+    attn_q: str = "blocks.{L}.attn.hook_q"
+    attn_k: str = "blocks.{L}.attn.hook_k"
+    attn_v: str = "blocks.{L}.attn.hook_v"
+    norm1_in: str = "blocks.{L}.ln1.hook_in"
+    mlp_hook_in: str = "blocks.{L}.mlp.hook_in"
 
 
 TRANSFORMER_LENS = HookNames(
@@ -84,16 +102,27 @@ class _StopForward(Exception):
 
 @dataclass(frozen=True)
 class HookTable:
-    """The hooks of one model with ``n_layers`` blocks (see the module docstring)."""
+    """The hooks of one model with ``n_layers`` blocks (see the module docstring).
+    ``emulator``: the replacements of the hooks the model does not fire (None: it fires
+    them all)."""
 
     names: HookNames
     n_layers: int
     has_mlp: bool
+    emulator: Emulator | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, model: Any, spec: ModelSpec) -> HookTable:
+        """The table of ``model``: its backend's names, and an emulator for the hooks it does
+        not fire (found with one forward pass of three tokens, once per model)."""
         names = next((BACKENDS[c.__name__] for c in type(model).__mro__ if c.__name__ in BACKENDS), TRANSFORMER_LENS)
-        return cls(names, spec.n_layers, not spec.attn_only)
+        missing = missing_hooks(model, spec)
+        return cls(names, spec.n_layers, not spec.attn_only, Emulator(model, spec, missing) if missing.any else None)
+
+    @property
+    def missing(self) -> Missing:
+        """Which hooks are emulated (:mod:`circuitdag.emulated`)."""
+        return self.emulator.missing if self.emulator is not None else Missing()
 
     @property
     def final(self) -> str:
@@ -112,8 +141,46 @@ class HookTable:
         return name.format(L=L)
 
     def output(self, L: int, kind: NodeKind) -> str:
-        """The hook holding the output of layer ``L``'s heads (all at once) or MLP."""
-        return (self.names.head_out if kind == NodeKind.HEAD else self.names.mlp_out).format(L=L)
+        """The hook holding the output of layer ``L``'s heads (all at once) or MLP; for heads
+        whose results are emulated, ``hook_z`` (use :meth:`hooks` or :meth:`head_results`
+        to read results)."""
+        if kind == NodeKind.HEAD:
+            return (self.names.z if self.missing.results else self.names.head_out).format(L=L)
+        return self.names.mlp_out.format(L=L)
+
+    def head_results(self, L: int, x: Tensor) -> Tensor:
+        """Layer ``L``'s per-head results (``batch pos heads d_model``) from the activation
+        of :meth:`output` (``hook_z`` where results are emulated)."""
+        return self.emulator.result(L, x) if self.emulator is not None and self.missing.results else x
+
+    def _emulated_input(self, L: int, kind: Input, inner: Hook, stash: dict[int, Tensor],
+                        read: set[int]) -> HookList:  # fmt: skip
+        """The hooks standing in for input ``kind`` of layer ``L`` when the model does not
+        fire it (:mod:`circuitdag.emulated`): the engine's hook ``inner`` gets the block's
+        input stream read at ``ln1.hook_in`` (per head for q/k/v) and what it returns is
+        projected (q/k/v) or normalised (MLP) into the hook the model reads on from."""
+        em, names = self.emulator, self.names
+        assert em is not None
+        out: HookList = []
+        if L not in read:  # first emulated input of the layer: read the stream once
+            read.add(L)
+
+            def keep(x: Tensor, hook: Any) -> None:
+                stash[L] = x
+            out.append((names.norm1_in.format(L=L), keep))
+        if kind == Input.MLP:
+
+            def mlp(x: Tensor, hook: Any) -> Tensor | None:
+                new = inner(stash[L], hook)
+                return None if new is None else em.norm1(L, new)
+            return out + [(names.mlp_hook_in.format(L=L), mlp)]
+        site = {Input.Q: names.attn_q, Input.K: names.attn_k, Input.V: names.attn_v}[kind].format(L=L)
+
+        def qkv(x: Tensor, hook: Any) -> Tensor | None:
+            resid = stash[L]
+            new = inner(resid.unsqueeze(2).expand(*resid.shape[:2], x.shape[2], resid.shape[-1]), hook)
+            return None if new is None else em.project(L, kind, new)
+        return out + [(site, qkv)]
 
     def rotary(self, model: Any) -> list[str]:
         """Names of the rotary ``cos``/``sin`` hooks ``model`` has (empty without rotary)."""
@@ -139,10 +206,30 @@ class HookTable:
         ``L``. Hooks on one name fire in list order, so of two lists joined the first reads
         each activation before the second changes it."""
         out: HookList = []
+        stash: dict[int, Tensor] = {}  # block input per layer, for emulated inputs
+        read: set[int] = set()  # layers whose block input is read
+        missing = self.missing
 
         def add(name: str, hook: Hook | None) -> None:
             if hook is not None:
                 out.append((name, hook))
+
+        def add_input(L: int, kind: Input, hook: Hook | None) -> None:
+            emulate = (missing.mlp_in if kind == Input.MLP else missing.split_inputs) and kind != Input.RESID
+            if hook is None or not emulate:
+                add(self.input(L, kind), hook)
+            else:
+                out.extend(self._emulated_input(L, kind, hook, stash, read))
+
+        def add_output(L: int, kind: NodeKind, hook: Hook | None) -> None:
+            if hook is None or kind != NodeKind.HEAD or not missing.results:
+                add(self.output(L, kind), hook)
+                return
+            inner = hook
+
+            def results(z: Tensor, hook: Any) -> None:  # output hooks only read
+                inner(self.head_results(L, z), hook)
+            add(self.output(L, kind), results)
 
         for L in range(start_layer, self.n_layers + 1):
             if resid_pre is not None:
@@ -152,9 +239,9 @@ class HookTable:
             for kind in kinds:
                 if isinstance(kind, NodeKind):
                     if outputs is not None:
-                        add(self.output(L, kind), outputs(L, kind))
+                        add_output(L, kind, outputs(L, kind))
                 elif inputs is not None:
-                    add(self.input(L, kind), inputs(L, kind))
+                    add_input(L, kind, inputs(L, kind))
         return out
 
     def run_to_final(

@@ -26,7 +26,7 @@ from circuitdag.components import plain_module
 from circuitdag.errors import ConfigError, ModelError, TaskError
 from circuitdag.graph import ModelSpec
 from circuitdag.models import spec_of
-from circuitdag.models.bridge import resume
+from circuitdag.models.resume import resume
 from circuitdag.tasks.base import TaskData
 
 #: Hooks cached per layer, by short name.

@@ -230,11 +230,18 @@ def test_float64(tiny_llama_dir: Path) -> None:
     torch.testing.assert_close(logits, hf, atol=1e-10, rtol=1e-10)
 
 
-def test_model_without_split_qkv_is_refused(tiny_gpt2_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_model_without_split_qkv_is_emulated_and_checked(tiny_gpt2_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bridge that will not split q/k/v inputs per head (OPT, GPT-J, GPT-Neo) gets them
+    from the hook table (circuitdag.emulated), and the check runs the model through them."""
     from transformer_lens import TransformerBridge
 
+    from circuitdag.emulated import Emulator
+
     monkeypatch.setattr(TransformerBridge, "set_use_split_qkv_input", lambda self, flag: None)
-    with pytest.raises(ModelError, match=r"blocks\.0\.hook_q_input"):
+    assert "per-head q/k/v inputs" in check_hooks(load_bridge(tiny_gpt2_dir, check=False)).emulated
+    wrong = Emulator.project
+    monkeypatch.setattr(Emulator, "project", lambda self, L, kind, x: wrong(self, L, kind, x) * 1.001)
+    with pytest.raises(ModelError, match=r"attn.hook_q is not ln1 and the head.s slice of W_Q"):
         load_bridge(tiny_gpt2_dir)
 
 
@@ -329,9 +336,10 @@ def test_a_tokenizer_without_bos_gets_none(bos: str | None, tmp_path: Path) -> N
         assert (first == model.tokenizer.bos_token_id).all()
 
 
-def test_parallel_attention_blocks_are_refused_with_the_reason(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
+def test_parallel_attention_blocks_load(tiny_gpt2_dir: Path, tmp_path: Path) -> None:
     """A GPT-NeoX block computes attention and MLP from the same residual (no
-    hook_resid_mid); the patching engine does not support that yet, and says so."""
+    hook_resid_mid): the MLP's input is the block's input (tests/test_architectures.py
+    runs every pass on such models)."""
     import shutil
 
     from conftest import tiny_vocab_size
@@ -344,5 +352,4 @@ def test_parallel_attention_blocks_are_refused_with_the_reason(tiny_gpt2_dir: Pa
     for f in tiny_gpt2_dir.iterdir():  # the word-level tokenizer
         if f.name.startswith(("tokenizer", "special_tokens")):
             shutil.copy(f, tmp_path)
-    with pytest.raises(ModelError, match="parallel attention\\+MLP blocks yet"):
-        load_bridge(tmp_path)
+    assert load_bridge(tmp_path).cfg.parallel_attn_mlp

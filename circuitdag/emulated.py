@@ -1,0 +1,141 @@
+"""Hooks an architecture never fires, emulated from the model's own modules.
+
+The engine reads each head's input (``hook_{q,k,v}_input``, one residual stream per head,
+before LayerNorm), each head's result (``attn.hook_result``) and each MLP's input before
+its norm (``hook_mlp_in``). TransformerBridge fires all three for most architectures, not
+for all (checked on transformer_lens 4.3):
+
+* **per-head inputs** (OPT, GPT-J, GPT-Neo: ``set_use_split_qkv_input`` is not
+  implemented for their attention): the residual stream entering the attention is read at
+  ``blocks.L.ln1.hook_in``; each head's input is that stream, patched per head by the
+  engine, and its query (key, value) is computed from it with the block's own ``ln1`` and
+  the head's slice of ``W_Q`` (``W_K``, ``W_V``) plus bias, then written into
+  ``attn.hook_q`` (``hook_k``, ``hook_v``), which the model goes on from (rotary
+  embeddings, ALiBi and the softmax stay the model's own);
+* **per-head results** (the same three: ``set_use_attn_result`` is not implemented): head
+  ``h``'s result is ``hook_z[..., h, :] @ W_O[h]``; the output bias ``b_O`` belongs to no
+  head, as with the bridge's own results;
+* **the MLP's input of a parallel block that shares one norm** (Phi-1/2, Falcon, GPT-J:
+  attention and MLP both read ``ln1(resid_pre)``, so there is no pre-norm MLP input to
+  fire): the stream is read at ``blocks.L.ln1.hook_in``, patched by the engine and
+  normalised again with ``ln1`` at ``blocks.L.mlp.hook_in``. ``ln1.hook_in`` itself is
+  never written, so the attention (which reads its own per-head inputs) is unaffected.
+
+:func:`missing_hooks` finds out, with one forward pass of three tokens, which of the three
+a model does not fire; :class:`Emulator` computes the replacements. Nothing here is
+trusted blindly: the hook check (:func:`circuitdag.models.check.check_hooks`) runs the
+model through the emulated hooks and compares with its own outputs.
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from circuitdag.components import plain_module
+from circuitdag.graph import Input, ModelSpec
+
+
+@dataclass(frozen=True)
+class Missing:
+    """Which hooks the engine needs a model does not fire (see the module docstring)."""
+
+    split_inputs: bool = False  # hook_{q,k,v}_input
+    results: bool = False  # attn.hook_result
+    mlp_in: bool = False  # hook_mlp_in (parallel blocks sharing ln1)
+
+    @property
+    def any(self) -> bool:
+        return self.split_inputs or self.results or self.mlp_in
+
+    def describe(self) -> list[str]:
+        """What is emulated, in words (for the log and the run record)."""
+        return [what for flag, what in ((self.split_inputs, "per-head q/k/v inputs"),
+                                        (self.results, "per-head results from hook_z and W_O"),
+                                        (self.mlp_in, "the MLP's input re-normalised with ln1"))
+                if flag]  # fmt: skip
+
+
+_PROBED: weakref.WeakKeyDictionary[Any, Missing] = weakref.WeakKeyDictionary()
+_PROBE = {"split_inputs": "blocks.0.hook_q_input", "results": "blocks.0.attn.hook_result",
+          "mlp_in": "blocks.0.hook_mlp_in"}  # fmt: skip
+
+
+def missing_hooks(model: Any, spec: ModelSpec) -> Missing:
+    """Which of the engine's hooks ``model`` does not fire (a forward pass on 3 tokens per
+    hook, remembered per model). A hook the model does not even list counts as not firing."""
+    hit = _PROBED.get(model)
+    if hit is not None:
+        return hit
+    have = getattr(model, "hook_dict", {})
+    fired: set[str] = set()
+
+    def seen(x: Tensor, hook: Any) -> None:
+        fired.add(hook.name)
+
+    device = next(model.parameters()).device
+    for key, name in _PROBE.items():
+        if name not in have or (key == "mlp_in" and spec.attn_only):
+            continue
+        try:  # a bridge refuses a hook it has switched off (split q/k/v inputs): it does not fire
+            with torch.no_grad():
+                model.run_with_hooks(torch.zeros(1, 3, dtype=torch.long, device=device), fwd_hooks=[(name, seen)])
+        except ValueError:
+            pass
+    missing = Missing(**{key: name not in fired for key, name in _PROBE.items()})
+    if spec.attn_only or not spec.parallel_attn_mlp:
+        missing = Missing(missing.split_inputs, missing.results, False)  # sequential: hook_mlp_in or nothing
+    _PROBED[model] = missing
+    return missing
+
+
+class Emulator:
+    """The replacements of the hooks ``missing`` names, from ``model``'s own modules and
+    weights (module docstring). ``project`` is differentiable, so gradient methods see
+    through it."""
+
+    def __init__(self, model: Any, spec: ModelSpec, missing: Missing) -> None:
+        self.spec, self.missing = spec, missing
+        self._ln1 = [plain_module(model.blocks[L].ln1) for L in range(spec.n_layers)]
+        self._W: list[dict[str, Tensor | None]] = []
+        for L in range(spec.n_layers):
+            attn = model.blocks[L].attn
+            self._W.append({name: _param(attn, name) for name in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V")})
+
+    def norm1(self, L: int, x: Tensor) -> Tensor:
+        """Block ``L``'s first norm (the attention's; the MLP's too in a shared-norm block)."""
+        return self._ln1[L](x)
+
+    def project(self, L: int, kind: Input, x: Float[Tensor, "batch pos heads d_model"]) -> Tensor:
+        """Each head's query (``kind`` Q), key or value from its own residual stream ``x``
+        (before ``ln1``): ``batch pos heads d_head``, as ``attn.hook_q/k/v`` hold them."""
+        w = self._W[L]
+        which = {Input.Q: "Q", Input.K: "K", Input.V: "V"}[kind]
+        W, b = w[f"W_{which}"], w[f"b_{which}"]
+        if W is None:
+            raise ValueError(f"blocks.{L}.attn has no W_{which}")
+        out = torch.einsum("bphd,hde->bphe", self.norm1(L, x), W)
+        return out + b if b is not None else out
+
+    def result(self, L: int, z: Float[Tensor, "batch pos heads d_head"]) -> Float[Tensor, "batch pos heads d_model"]:
+        """Each head's write to the residual stream, ``z_h @ W_O[h]`` (no ``b_O``)."""
+        W_O = self._W[L]["W_O"]
+        if W_O is None:
+            raise ValueError(f"blocks.{L}.attn has no W_O")
+        return torch.einsum("bphe,hed->bphd", z, W_O)
+
+
+def _param(module: Any, name: str) -> Tensor | None:
+    try:
+        value = getattr(module, name)
+    except AttributeError:  # a bridge raises for bias-free projections
+        return None
+    return value if isinstance(value, Tensor) else None
+
+
+__all__ = ["Emulator", "Missing", "missing_hooks"]
