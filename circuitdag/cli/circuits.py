@@ -10,6 +10,7 @@ from typing import Any
 
 from circuitdag import _options
 from circuitdag._options import DOT_TIMEOUT_S, EDGE_PERCENTS, EXPORT_FORMATS, MAX_EDGES, number
+from circuitdag.cli.discover import TRUST_TESTS
 from circuitdag.errors import CircuitDagError, ConfigError
 
 
@@ -25,8 +26,20 @@ def register(sub: Any) -> None:
                    help=f"stop graphviz after this long (default {DOT_TIMEOUT_S:g}; 0: no limit)")
     p.set_defaults(fn=cmd_render)
 
-    p = sub.add_parser("evaluate", help="print a circuit's size, metrics and ground-truth precision/recall")
+    p = sub.add_parser("evaluate", help="print a circuit's size, metrics and ground-truth precision/recall; "
+                       "its exact faithfulness on other prompts; hypothesis tests")
     p.add_argument("circuit")
+    p.add_argument("--task", help="also measure the edge set exactly on this task's prompts (with --seed)")
+    p.add_argument("--prompts", metavar="FILE", help="also measure the edge set exactly on these prompts (a file "
+                   "as discover --prompts takes)")
+    p.add_argument("--seed", type=number("--seed", int, 0), help="the seed of --task's prompts (default: the "
+                   "circuit's)")
+    p.add_argument("--n-prompts", type=number("--n-prompts", int, 1), help="the number of prompts of --task")
+    p.add_argument("--tests", nargs="*", metavar="TEST", choices=TRUST_TESTS,
+                   help="hypothesis tests on the circuit's own run (Shi et al. 2024): equivalence, independence, "
+                   "minimality, sufficiency (no name: all four)")
+    p.add_argument("--verify-top", metavar="N", type=number("--verify-top", int, 1),
+                   help="exact single-edge effects of the top N edges and the N just below the cut")
     p.set_defaults(fn=cmd_evaluate)
 
     p = sub.add_parser(
@@ -116,8 +129,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                 truth, ignore = task_truth(task, circuit.meta.get("ablation", "resample"))
         except CircuitDagError as exc:
             log.warning("cannot read the ground truth of task %s: %s", name, exc)
-    print(json.dumps(summarize(circuit, truth, ignore), indent=1))
+    out = summarize(circuit, truth, ignore)
+    out.update(_trust(circuit, args))
+    print(json.dumps(out, indent=1))
     return 0
+
+
+def _trust(circuit: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """``evaluate``'s --task/--prompts/--seed/--n-prompts (the edge set on other data),
+    --tests and --verify-top (on the circuit's own run, rebuilt)."""
+    out: dict[str, Any] = {}
+    if args.task or args.prompts or args.seed is not None or args.n_prompts is not None:
+        from circuitdag.holdout import evaluate_on
+
+        out["other_data"] = evaluate_on(circuit, task=args.task, prompts=args.prompts, seed=args.seed,
+                                        n_prompts=args.n_prompts)  # fmt: skip
+    if args.tests is not None or args.verify_top:
+        from circuitdag.holdout import discovery_part
+        from circuitdag.reload import reload
+        from circuitdag.trust import assess
+
+        run = reload(circuit, source=args.circuit, purpose="these checks")
+        assert run.patcher is not None
+        assess(circuit, discovery_part(run.patcher, circuit.meta), verify_top=args.verify_top,
+               tests=tuple(args.tests or TRUST_TESTS) if args.tests is not None else (), seed=int(circuit.meta.get("seed") or 0))  # fmt: skip
+        out.update({k: circuit.meta[k] for k in ("tests", "verify") if k in circuit.meta})
+    return out
 
 
 def _percents(texts: list[str] | None) -> tuple[float, ...]:

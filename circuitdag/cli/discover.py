@@ -13,6 +13,9 @@ from circuitdag._options import DEFAULT_TASK, number
 from circuitdag.cli._common import add_run_options, load, phase, threshold, writable_dir
 from circuitdag.errors import CircuitDagError, ConfigError
 
+#: The hypothesis tests ``--tests`` runs (:data:`circuitdag.hypothesis.TESTS`, repeated here so
+#: that building the parser imports nothing outside the standard library; a test checks).
+TRUST_TESTS = ("equivalence", "independence", "minimality", "sufficiency")
 #: Method options that have a flag of their own on ``discover``; any other goes in ``--option``.
 ALGORITHM_FLAGS = ("threshold", "edges", "ig_steps", "prefilter", "batch_size", "k_max")
 
@@ -59,6 +62,19 @@ def register(sub: Any) -> None:
     p.add_argument("--k-max", type=number("--k-max", int, 1), default=None,
                    help="most candidate circuits per batch (default: what fits in memory; capped at the most "
                    "edges into one node, and at what fits in memory)")
+    p.add_argument("--holdout", metavar="FRACTION", type=number("--holdout", float, 0, 1),
+                   help="hold out this fraction of the prompts (seeded split) and report faithfulness on them too "
+                   "(default: the task's own held-out prompts, or another seed's for generated tasks; none for a "
+                   "fixed list; see docs/evaluation.md)")
+    p.add_argument("--bootstrap", metavar="B", type=number("--bootstrap", int, 2, 10_000),
+                   help="rerun the method on B resamples of the prompts: per-edge inclusion frequency, intervals on "
+                   "faithfulness, stability (about B x the run's time)")
+    p.add_argument("--verify-top", metavar="N", type=number("--verify-top", int, 1),
+                   help="measure the exact single-edge effect of the top N edges and of the N just below the cut "
+                   "(for estimated scores: eap, eap-ig)")
+    p.add_argument("--tests", nargs="*", metavar="TEST", choices=TRUST_TESTS,
+                   help="hypothesis tests of the circuit (Shi et al. 2024): equivalence, independence, minimality, "
+                   "sufficiency (no name: all four)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or phase messages")
     p.add_argument("--no-svg", action="store_true",
                    help="write circuit.json only, no circuit.svg (draw it later with circuitdag render)")
@@ -160,15 +176,54 @@ def cmd_discover(args: argparse.Namespace) -> int:
         options["k_max"] = _options.cap_k_max(patcher, options["k_max"])
     if "batch_size" in options:
         options["batch_size"] = _options.cap_batch_size(patcher, options["batch_size"])
+    patcher, heldout, held_patcher = _heldout(args, task, model, patcher, meta)
     circuit = run_algorithm(patcher, method, meta=meta, task=task, relative_threshold=relative,
                             progress=not args.quiet, checkpoint=checkpoint if method.checkpoints else None,
                             resume=args.resume, checkpoint_every=args.checkpoint_every, **options)  # fmt: skip
+    _assess(args, circuit, patcher, heldout, held_patcher, method, options, relative)
     circuit.meta["stats"]["peak_memory_gb"] = round(peak_memory_gb(), 3)
     circuit.save(out / "circuit.json")
     svg = _draw_svg(circuit, out / "circuit.svg", args)
     (out / "checkpoint.json").unlink(missing_ok=True)
     print(summary_line(circuit, task.name, out, svg=svg))
     return 0
+
+
+def _heldout(args: argparse.Namespace, task: Any, model: Any, patcher: Any, meta: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """(the discovery patcher, the held-out prompts, a patcher on them or None): with
+    ``--holdout`` the discovery prompts lose the held-out ones (circuitdag.holdout)."""
+    from circuitdag.errors import TaskError
+    from circuitdag.holdout import Heldout, heldout_data, patcher_on
+
+    disc, heldout = heldout_data(task, model, patcher.data, seed=args.seed, n_prompts=args.n_prompts,
+                                 fraction=args.holdout)  # fmt: skip
+    if heldout.how == "split":
+        patcher = patcher_on(patcher, disc)
+        # n_prompts stays the prepared count, which reload() rebuilds; the split is re-made from
+        # the held-out fraction and the seed (circuitdag.holdout.discovery_part)
+        meta["discovery_prompts"] = disc.n_prompts
+    held = None
+    if heldout.data is not None:
+        try:
+            with phase(f"caching the {heldout.data.n_prompts} held-out prompts", args.quiet):
+                held = patcher_on(patcher, heldout.data)
+        except TaskError as exc:
+            heldout = Heldout(heldout.how, None, str(exc))
+    return patcher, heldout, held
+
+
+def _assess(args: argparse.Namespace, circuit: Any, patcher: Any, heldout: Any, held: Any, method: Any,
+            options: dict[str, Any], relative: float | None) -> None:  # fmt: skip
+    """Held-out faithfulness, --verify-top, --tests and --bootstrap into circuit.meta."""
+    from circuitdag.trust import assess
+
+    if args.bootstrap and not args.quiet:
+        secs = circuit.meta["stats"]["seconds"] * args.bootstrap
+        print(f"circuitdag: bootstrap: {args.bootstrap} reruns of {method.name}, about {secs:.0f}s "
+              f"({circuit.meta['stats']['seconds']:.1f}s each, as this run)", file=sys.stderr)  # fmt: skip
+    tests = tuple(args.tests or TRUST_TESTS) if args.tests is not None else ()
+    assess(circuit, patcher, heldout=heldout, heldout_patcher=held, verify_top=args.verify_top, tests=tests,
+           bootstrap=args.bootstrap, method=method, options=options, seed=args.seed, progress=not args.quiet)  # fmt: skip
 
 
 def _draw_svg(circuit: Any, path: Path, args: argparse.Namespace) -> bool:
@@ -197,6 +252,7 @@ def summary_line(circuit: Any, task_name: str, out: Path, svg: bool = True) -> s
     they are: every metric is stored as "lower is closer to the full model", so
     ``logit_diff`` and ``prob`` appear negated), faithfulness, time, memory, files."""
     from circuitdag.metrics import STORED_AS
+    from circuitdag.trust import trust_summary
 
     m = circuit.meta
     f = circuit.faithfulness()
@@ -218,6 +274,7 @@ def summary_line(circuit: Any, task_name: str, out: Path, svg: bool = True) -> s
         + (f", {used}/{total} (head, position) pairs" if circuit.graph.positions is not None else "")
         + f"; {st['seconds']:.1f}s, peak memory {st['peak_memory_gb']:.2f} GB -> {out}/circuit.json"
         + (f", {out}/circuit.svg" if svg else "")
+        + trust_summary(m)
     )
 
 

@@ -136,6 +136,12 @@ class Task:
         given without ``--n-prompts``. A subclass may set it as a class attribute."""
         return True
 
+    def holdout(self, model: Any, seed: int = 0) -> TaskData | None:
+        """Held-out prompts for judging a circuit found on :meth:`data`, disjoint from them
+        by construction (other names, templates or values), or None when the task has none
+        of its own (:mod:`circuitdag.holdout` then draws them another way)."""
+        return None
+
     def load_model(self, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Any:
         """The task's default model."""
         raise NotImplementedError
@@ -179,11 +185,9 @@ class Task:
             circuit = cd.acdc("path/to/hf-model", task)
         """
         # The prompts task (circuitdag.tasks.prompts) builds on this module, so it is found
-        # through the subclass that declared itself with ``class ...(Task, prompt_task=True)``
-        # (the tasks package imports it before anyone can reach this class).
+        # through the subclass that declared itself with ``class ...(Task, prompt_task=True)``;
+        # the tasks package imports it before anyone can reach this class.
         PromptTask = Task._prompt_task
-        if PromptTask is None:  # pragma: no cover - circuitdag.tasks always imports it
-            raise TaskError("the prompts task is not loaded: import circuitdag.tasks first")
         if isinstance(prompts, (str, Path)):
             return PromptTask.from_file(prompts, **kwargs)
         return PromptTask(prompts, **kwargs)

@@ -62,6 +62,22 @@ class PronounPrompts:
     filler: str | None  # the neutral filler ("that-person" only)
 
 
+#: Held-out templates (:meth:`PronounTask.holdout`): the shape of the default five
+#: (``So {name} is`` + four words + ``, isn't``), other words, all in the zoo model's vocabulary.
+HOLDOUT_TEMPLATES = (
+    "So {name} is a really smart teacher, isn't",
+    "So {name} is quite a funny writer, isn't",
+    "So {name} is a truly brave driver, isn't",
+    "So {name} is such a calm player, isn't",
+    "So {name} is a pretty busy person, isn't",
+)
+#: Held-out names: 10 + 10 names of the zoo model's vocabulary that the default set lacks.
+HOLDOUT_NAMES: dict[str, tuple[str, ...]] = {
+    "male": ("Brian", "Edward", "Frank", "George", "Henry", "Jack", "Kevin", "Mark", "Peter", "Steven"),
+    "female": ("Alice", "Claire", "Emily", "Grace", "Jane", "Julia", "Kate", "Nancy", "Rachel", "Rose"),
+}
+
+
 class PronounTask(Task):
     """Gendered pronoun prediction; ``corruption`` picks the counterfactual (see module doc)."""
 
@@ -187,6 +203,13 @@ class PronounTask(Task):
                     gender.append(g)
         return PronounPrompts(tuple(clean), tuple(corrupted), tuple(gender), names, templates, filler)
 
+    def holdout(self, model: Any, seed: int = 0) -> TaskData:
+        """The held-out prompts: :data:`HOLDOUT_TEMPLATES` with :data:`HOLDOUT_NAMES`, none
+        of which is in the default set, in the same token layout (issue 24)."""
+        other = type(self)(self.corruption, strict=self.strict, prepend_bos=self.prepend_bos,
+                           templates=HOLDOUT_TEMPLATES, names=HOLDOUT_NAMES)  # fmt: skip
+        return other.data(model, seed)
+
     def data(self, model: Any, seed: int = 0) -> TaskData:
         tok = _lm.tokenizer_of(model)
         bos = _lm.wants_bos(model, self.prepend_bos)
@@ -220,4 +243,4 @@ class PronounOppositeTask(PronounTask):
     corruption = "opposite-gender"
 
 
-__all__ = ["CORRUPTIONS", "PronounOppositeTask", "PronounPrompts", "PronounTask"]
+__all__ = ["CORRUPTIONS", "HOLDOUT_NAMES", "HOLDOUT_TEMPLATES", "PronounOppositeTask", "PronounPrompts", "PronounTask"]

@@ -1,0 +1,151 @@
+"""How much a circuit depends on its prompts: the bootstrap (issue 24, item 2).
+
+``--bootstrap B`` reruns the method (any registered one, with the run's options and its
+resolved threshold) on ``B`` resamples of the discovery prompts, each drawn with
+replacement, same size (Efron's nonparametric bootstrap), and reports:
+
+* per edge, its **inclusion frequency** (the fraction of reruns whose circuit holds it)
+  and a percentile interval of its **score** over the reruns;
+* the **faithfulness** of each rerun's circuit on its own resample (what a rerun would
+  report) and on the held-out prompts, with their percentile intervals;
+* **stability**: the mean pairwise Jaccard index of the reruns' edge sets and node sets;
+* the percentile interval of the *reported* circuit's faithfulness over prompt resamples
+  (:func:`ratio_interval`, no rerun needed: per-prompt metrics, :mod:`circuitdag.per_prompt`),
+  on the discovery and the held-out prompts. With mean ablation the mean is kept at the
+  full dataset's there (a resample's own mean would need a pass per resample).
+
+Each rerun caches its resample's clean and corrupted runs afresh (two forward passes;
+small next to any method). The time a rerun takes is about the original run's, so
+``B x`` the run's time is what :func:`expected_seconds` says before starting.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from circuitdag.algorithms import Algorithm, RunContext
+from circuitdag.errors import ConfigError
+from circuitdag.patching import Patcher
+from circuitdag.per_prompt import faithfulness, prompt_metrics, prompt_weights, resample_mean
+
+LEVEL = 0.95
+
+
+def interval(values: np.ndarray, level: float = LEVEL) -> list[float | None]:
+    """The central percentile interval of ``values`` (NaNs left out; None when none)."""
+    v = np.asarray(values, dtype=np.float64)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return [None, None]
+    lo, hi = np.percentile(v, [50 * (1 - level), 50 * (1 + level)])
+    return [float(lo), float(hi)]
+
+
+def ratio_interval(m_circuit: np.ndarray, m_full: np.ndarray, m_empty: np.ndarray, weights: np.ndarray,
+                   resamples: int = 1000, level: float = LEVEL, seed: int = 0) -> list[float | None]:  # fmt: skip
+    """Percentile bootstrap interval of faithfulness ``(E m_empty - E m_circuit) / (E m_empty
+    - E m_full)`` from per-prompt values (each ``(n,)``), resampling the prompts."""
+    n = len(m_circuit)
+    idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
+    f = faithfulness(resample_mean(m_circuit, weights, idx), resample_mean(m_full, weights, idx),
+                     resample_mean(m_empty, weights, idx))  # fmt: skip
+    return interval(f, level)
+
+
+def circuit_interval(patcher: Patcher, alive: np.ndarray, resamples: int = 1000, level: float = LEVEL,
+                     seed: int = 0) -> list[float | None]:  # fmt: skip
+    """:func:`ratio_interval` of circuit ``alive`` on ``patcher``'s prompts (three passes)."""
+    n = patcher.graph.n_edges
+    c, full, empty = (prompt_metrics(patcher, a) for a in (alive, np.ones(n, dtype=bool), np.zeros(n, dtype=bool)))
+    return ratio_interval(c, full, empty, prompt_weights(patcher), resamples, level, seed)
+
+
+def jaccard(sets: list[np.ndarray]) -> float | None:
+    """Mean pairwise Jaccard index of boolean masks (two empty sets count 1)."""
+    vals = []
+    for a, b in itertools.combinations(sets, 2):
+        union = int((a | b).sum())
+        vals.append(int((a & b).sum()) / union if union else 1.0)
+    return float(np.mean(vals)) if vals else None
+
+
+def _nodes(patcher: Patcher, alive: np.ndarray) -> np.ndarray:
+    t, out = patcher.graph.edges, np.zeros(len(patcher.graph.nodes), dtype=bool)
+    out[t.src[alive]] = True
+    out[t.dst[alive]] = True
+    return out
+
+
+def expected_seconds(run_seconds: float, resamples: int) -> float:
+    """What ``resamples`` reruns of a run that took ``run_seconds`` should take."""
+    return float(run_seconds) * resamples
+
+
+def bootstrap(
+    patcher: Patcher,
+    method: Algorithm,
+    options: dict[str, Any],
+    resamples: int,
+    alive: np.ndarray,
+    heldout: Patcher | None = None,
+    seed: int = 0,
+    level: float = LEVEL,
+    progress: bool = False,
+    make_patcher: Callable[[Any], Patcher] | None = None,
+) -> dict[str, Any]:
+    """Rerun ``method`` with ``options`` (checked, threshold in metric units) on
+    ``resamples`` resamples of ``patcher``'s prompts (module docstring). ``alive``: the
+    reported circuit; ``heldout``: a patcher on the held-out prompts (or None).
+    ``make_patcher(data)`` builds a resample's patcher (default: same model, graph,
+    ablation, metric). Returns the JSON-ready record circuit.json keeps under
+    ``"bootstrap"``; raises :class:`ConfigError` for fewer than 2 resamples."""
+    if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 2:
+        raise ConfigError(f"--bootstrap needs at least 2 resamples, got {resamples!r}")
+    graph, n = patcher.graph, patcher.B
+    rng = np.random.default_rng(seed)
+    make = make_patcher or (lambda data: Patcher(patcher.model, graph, data, ablation=patcher.ablation,
+                                                 metric=patcher.metric_fn))  # fmt: skip
+    kept, scores, f_disc, f_held = [], [], [], []
+    for _ in tqdm(range(resamples), desc="bootstrap", unit="rerun", disable=not progress):
+        idx = rng.integers(0, n, size=n)
+        p = make(patcher.data.subset(idx.tolist()))
+        found = method.run(p, RunContext(), **options)
+        c = np.asarray(found.in_circuit, dtype=bool)
+        kept.append(c)
+        scores.append(np.asarray(found.scores, dtype=np.float64))
+        full, empty = p.circuit_metric(np.ones(graph.n_edges, bool)), p.circuit_metric(np.zeros(graph.n_edges, bool))
+        f_disc.append(float(faithfulness(np.asarray(p.circuit_metric(c)), np.asarray(full), np.asarray(empty))))
+        if heldout is not None:
+            hf, he = heldout.circuit_metric(np.ones(graph.n_edges, bool)), heldout.circuit_metric(np.zeros(graph.n_edges, bool))
+            f_held.append(float(faithfulness(np.asarray(heldout.circuit_metric(c)), np.asarray(hf), np.asarray(he))))
+    inclusion = np.mean(kept, axis=0)
+    S = np.asarray(scores)
+    with np.errstate(all="ignore"):
+        lo, hi = np.nanpercentile(S, [50 * (1 - level), 50 * (1 + level)], axis=0) if np.isfinite(S).any() else (S[0], S[0])
+    names = graph.edge_names
+    edges = {names[e]: {"inclusion": float(inclusion[e]),
+                        "score_ci": [None if not np.isfinite(lo[e]) else float(lo[e]),
+                                     None if not np.isfinite(hi[e]) else float(hi[e])]}
+             for e in np.flatnonzero((inclusion > 0) | alive)}  # fmt: skip
+    out: dict[str, Any] = {
+        "resamples": resamples, "seed": seed, "level": level,
+        "faithfulness": {"discovery": {"mean": float(np.nanmean(f_disc)), "ci": interval(np.asarray(f_disc), level),
+                                       "values": f_disc}},
+        "circuit_faithfulness_ci": {"discovery": circuit_interval(patcher, alive, level=level, seed=seed)},
+        "stability": {"edge_jaccard": jaccard(kept), "node_jaccard": jaccard([_nodes(patcher, c) for c in kept]),
+                      "edges_mean": float(np.mean([c.sum() for c in kept]))},
+        "edges": edges,
+    }  # fmt: skip
+    if heldout is not None:
+        out["faithfulness"]["heldout"] = {"mean": float(np.nanmean(f_held)), "ci": interval(np.asarray(f_held), level),
+                                          "values": f_held}  # fmt: skip
+        out["circuit_faithfulness_ci"]["heldout"] = circuit_interval(heldout, alive, level=level, seed=seed)
+    return out
+
+
+__all__ = ["LEVEL", "bootstrap", "circuit_interval", "expected_seconds", "interval", "jaccard", "ratio_interval"]

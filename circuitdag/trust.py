@@ -1,0 +1,134 @@
+"""How far to trust a circuit: the checks ``discover`` and ``evaluate`` add to a run record.
+
+:func:`assess` puts into ``circuit.meta`` (so into circuit.json), each when asked for:
+
+* ``heldout`` -- the exact metric values and faithfulness on the held-out prompts
+  (:mod:`circuitdag.holdout`), or why there are none;
+* ``verify`` -- ``--verify-top N``: exact single-edge effects beside the estimates
+  (:mod:`circuitdag.verify`);
+* ``tests`` -- the hypothesis tests (:mod:`circuitdag.hypothesis`);
+* ``bootstrap`` -- ``--bootstrap B`` (:mod:`circuitdag.bootstrap`).
+
+:func:`trust_summary` is the part of ``discover``'s summary line these add.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+from circuitdag.algorithms import Algorithm
+from circuitdag.circuit import Circuit
+from circuitdag.holdout import Heldout, metrics_on
+from circuitdag.patching import Patcher
+
+log = logging.getLogger("circuitdag")
+
+
+def rerun_options(method: Algorithm, circuit: Circuit, options: dict[str, Any]) -> dict[str, Any]:
+    """The options that rerun ``method`` as it made ``circuit``: ``options`` checked, with
+    the threshold the run resolved (a relative threshold or the task's default, in metric
+    units) when the method has one."""
+    opts = method.check({k: v for k, v in options.items() if v is not None})
+    if "threshold" in opts and opts["threshold"] is None and circuit.meta.get("threshold") is not None:
+        opts["threshold"] = float(circuit.meta["threshold"])
+    return opts
+
+
+def assess(
+    circuit: Circuit,
+    patcher: Patcher,
+    *,
+    heldout: Heldout | None = None,
+    heldout_patcher: Patcher | None = None,
+    verify_top: int | None = None,
+    tests: tuple[str, ...] = (),
+    test_options: dict[str, Any] | None = None,
+    bootstrap: int | None = None,
+    method: Algorithm | None = None,
+    options: dict[str, Any] | None = None,
+    seed: int = 0,
+    progress: bool = False,
+) -> Circuit:
+    """Add the checks asked for to ``circuit.meta`` (module docstring) and return the
+    circuit. ``patcher``: the discovery run; ``heldout``/``heldout_patcher``: the held-out
+    prompts and a patcher on them; ``method``/``options``: what made the circuit (for
+    ``bootstrap`` reruns)."""
+    meta, alive = circuit.meta, circuit.in_circuit
+    if heldout is not None:
+        meta["heldout"] = {"how": heldout.how, **({"fraction": heldout.fraction} if heldout.fraction else {})}
+        if heldout_patcher is not None:
+            meta["heldout"].update(metrics_on(heldout_patcher, alive))
+        else:
+            meta["heldout"]["reason"] = heldout.reason
+    if verify_top:
+        from circuitdag.verify import verify_top as verify
+
+        meta["verify"] = verify(patcher, circuit.scores, alive, verify_top, progress=progress)
+    if tests:
+        from circuitdag.hypothesis import run_tests
+
+        meta["tests"] = run_tests(patcher, alive, tests, seed=seed, progress=progress, **(test_options or {}))
+    if bootstrap:
+        from circuitdag.bootstrap import bootstrap as run_bootstrap
+
+        if method is None:
+            raise ValueError("bootstrap needs the method that made the circuit")
+        opts = rerun_options(method, circuit, options or {})
+        meta["bootstrap"] = run_bootstrap(patcher, method, opts, bootstrap, alive, heldout_patcher, seed=seed,
+                                          progress=progress)  # fmt: skip
+    return circuit
+
+
+def _ci(ci: list[float | None] | None) -> str:
+    return "n/a" if not ci or ci[0] is None else f"[{ci[0]:.3f}, {ci[1]:.3f}]"
+
+
+def trust_summary(meta: dict[str, Any]) -> str:
+    """``; held-out faithfulness ...; bootstrap ...; verify ...; tests ...`` for the summary
+    line (empty when the record has none of them)."""
+    parts = []
+    h = meta.get("heldout")
+    if h:
+        if h.get("faithfulness") is not None:
+            ci = (meta.get("bootstrap") or {}).get("circuit_faithfulness_ci", {}).get("heldout")
+            parts.append(f"held-out faithfulness {h['faithfulness']:.3f}" + (f" {_ci(ci)}" if ci else "")
+                         + f" ({h['n_prompts']} prompts, {h['how']})")  # fmt: skip
+        else:
+            parts.append(f"no held-out prompts ({h.get('reason') or h['how']})")
+    b = meta.get("bootstrap")
+    if b:
+        f = b["faithfulness"]
+        parts.append(f"bootstrap x{b['resamples']}: discovery f {_ci(b['circuit_faithfulness_ci']['discovery'])}, "
+                     f"reruns' f {_ci(f['discovery']['ci'])}"
+                     + (f" (held-out {_ci(f['heldout']['ci'])})" if "heldout" in f else "")
+                     + f", edge Jaccard {b['stability']['edge_jaccard']:.2f}, node Jaccard "
+                     f"{b['stability']['node_jaccard']:.2f}")  # fmt: skip
+    v = meta.get("verify")
+    if v:
+        rho = v.get("spearman")
+        parts.append(f"verify-top {v['n']}: Spearman {'n/a' if rho is None else f'{rho:.2f}'}, "
+                     f"{v['n_off']}/{v['n_checked']} off by >2x")  # fmt: skip
+    t = meta.get("tests")
+    if t:
+        parts.append("tests " + ", ".join(f"{k} p={r['p_value']:.3g}{'' if r['passed'] else ' (fails)'}"
+                                          if "p_value" in r else f"{k} skipped" for k, r in t.items()))  # fmt: skip
+    return "".join("; " + p for p in parts)
+
+
+def inclusion(circuit: Circuit) -> np.ndarray | None:
+    """Each edge's bootstrap inclusion frequency (NaN where not recorded), or None."""
+    b = circuit.meta.get("bootstrap")
+    if not b:
+        return None
+    idx = circuit.graph.edge_index
+    out = np.full(circuit.graph.n_edges, np.nan)
+    for name, row in b.get("edges", {}).items():
+        if name in idx:
+            out[idx[name]] = row["inclusion"]
+    return out
+
+
+__all__ = ["assess", "inclusion", "rerun_options", "trust_summary"]
