@@ -61,6 +61,7 @@ from jaxtyping import Float
 from circuitdag import _options
 from circuitdag._plotting import save_svg
 from circuitdag.errors import ConfigError, TaskError
+from circuitdag.files import write_json
 from circuitdag.tasks.base import Task, TaskData
 
 FORMAT = "circuitdag.heads/1"
@@ -103,16 +104,29 @@ def _key_names(data: TaskData) -> tuple[str, ...]:
 def profile(model: Any, data: TaskData, label: str) -> Profile:
     """Measure every head and MLP of ``model`` on the clean prompts of ``data``
     (module doc). ``label`` names the model in the embedding."""
-    cfg = model.cfg
-    n_layers, n_heads = int(cfg.n_layers), int(cfg.n_heads)
-    attn_only = bool(getattr(cfg, "attn_only", False))
-    causal = bool(getattr(cfg, "causal", True))
-    last = f"blocks.{n_layers - 1}.hook_resid_post"
-    names = {last} | {f"blocks.{L}.attn.{h}" for L in range(n_layers) for h in ("hook_pattern", "hook_result")}
-    if not attn_only:
-        names |= {f"blocks.{L}.hook_mlp_out" for L in range(n_layers)}
+    from circuitdag.graph import NodeKind
+    from circuitdag.hooks import HookTable
+    from circuitdag.models import spec_of
+
+    spec = spec_of(model)
+    n_layers, n_heads, attn_only, causal = spec.n_layers, spec.n_heads, spec.attn_only, spec.causal
+    table = HookTable.of(model, spec)
+    last = table.final
+    cache: dict[str, torch.Tensor] = {}
+
+    def keep(key: str, L: int = 0) -> Any:
+        def fn(x: torch.Tensor, hook: Any) -> None:
+            cache[key] = table.head_results(L, x) if key.endswith("hook_result") else x.detach()
+        return fn
+
+    hooks = [(last, keep(last))]
+    for L in range(n_layers):  # each head's results (emulated where the model has none), its pattern, the MLP
+        hooks += [(table.names.pattern.format(L=L), keep(f"blocks.{L}.attn.hook_pattern")),
+                  (table.output(L, NodeKind.HEAD), keep(f"blocks.{L}.attn.hook_result", L))]  # fmt: skip
+        if not attn_only:
+            hooks.append((table.output(L, NodeKind.MLP), keep(f"blocks.{L}.hook_mlp_out")))
     device = next(model.parameters()).device
-    _, cache = model.run_with_cache(data.clean.to(device), names_filter=lambda n: n in names)
+    model.run_with_hooks(data.clean.to(device), fwd_hooks=hooks)
     ap = data.answer_pos.to(device)
     b, n_slots = ap.shape
     rows = torch.arange(b, device=device)[:, None]
@@ -353,7 +367,6 @@ def write_heads(task: str, models: Sequence[str | None], out: str | Path, k: int
     """Embed the heads of ``models`` (names :func:`circuitdag.loading.load_task_model` takes;
     None: the task's model) on ``task``'s prompts; write ``heads.json`` (``k`` nearest heads
     in each other model) and the map ``heads.svg`` into ``out``. Returns the embedding."""
-    import json
 
     from circuitdag.loading import load_task_model
     from circuitdag.tasks.base import load_data
@@ -367,10 +380,6 @@ def write_heads(task: str, models: Sequence[str | None], out: str | Path, k: int
     emb = embed(profiles)
     out = Path(out)
     doc = to_json(emb, k, {"task": task, "seed": seed, "n_prompts": n_prompts})
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "heads.json").write_text(json.dumps(doc, indent=1))
-    except OSError as exc:
-        raise ConfigError(f"cannot write {out}/heads.json: {exc.strerror or exc}; choose another --out") from exc
+    write_json(out / "heads.json", doc, error=ConfigError)
     plot_map(emb, out / "heads.svg", f"{task}: heads of {', '.join(labels)} (PCA)")
     return emb

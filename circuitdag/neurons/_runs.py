@@ -25,33 +25,27 @@ from torch import Tensor
 from circuitdag.components import plain_module
 from circuitdag.errors import ConfigError, ModelError, TaskError
 from circuitdag.graph import ModelSpec
+from circuitdag.hooks import HookTable
 from circuitdag.models import spec_of
-from circuitdag.models.resume import resume
 from circuitdag.tasks.base import TaskData
 
-#: Hooks cached per layer, by short name.
-SITES = {
-    "resid_pre": "blocks.{L}.hook_resid_pre",
-    "attn_out": "blocks.{L}.hook_attn_out",
-    "resid_mid": "blocks.{L}.hook_resid_mid",
-    "mlp_out": "blocks.{L}.hook_mlp_out",
-    "post": "blocks.{L}.mlp.hook_post",
-}
+#: What is cached per layer, by short name: the hook table's name of each (see :func:`sites`).
+SITE_NAMES = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "post")
 
 #: Ablations of a component or neuron (never negation, which the seed's reviewer warned off).
 ABLATIONS = ("resample", "zero", "mean")
 
 
-class _Stop(Exception):
-    """Raised by the hook on the final residual stream to end a forward pass there."""
-
-    def __init__(self, resid: Tensor) -> None:
-        super().__init__("final residual reached")
-        self.resid = resid
-
-
-def final_hook(spec: ModelSpec) -> str:
-    return f"blocks.{spec.n_layers - 1}.hook_resid_post"
+def sites(table: HookTable, parallel: bool) -> dict[str, str]:
+    """The hook (a format string of the layer ``L``) of each cached site that the model
+    fires. A parallel block has no residual stream between attention and MLP: its
+    ``resid_mid`` is computed as ``resid_pre + attn_out`` instead (:func:`cache_runs`)."""
+    names = table.names
+    out = {"resid_pre": names.resid_pre, "attn_out": names.attn_out, "resid_mid": names.resid_mid,
+           "mlp_out": names.mlp_out, "post": names.mlp_post}  # fmt: skip
+    if parallel:
+        del out["resid_mid"]
+    return out
 
 
 def run_to_final(
@@ -63,24 +57,13 @@ def run_to_final(
     """The final residual stream (``blocks.{n-1}.hook_resid_post``) of a forward pass.
 
     ``inputs`` are token ids (``start_layer == 0``) or the residual stream entering block
-    ``start_layer`` (:func:`circuitdag.models.bridge.resume`); the unembedding is never
+    ``start_layer`` (:func:`circuitdag.models.resume.resume`); the unembedding is never
     computed, so a pass costs only the blocks from ``start_layer`` on.
     """
-    spec = spec_of(model)
-
-    def stop(x: Tensor, hook: Any) -> None:
-        raise _Stop(x)
-
-    hooks = [*fwd_hooks, (final_hook(spec), stop)]
-    try:
-        with torch.no_grad():
-            if inputs.is_floating_point():
-                resume(model, inputs, start_layer, fwd_hooks=hooks)
-            else:
-                model.run_with_hooks(inputs, fwd_hooks=hooks)
-    except _Stop as s:
-        return s.resid
-    raise ModelError(f"hook {final_hook(spec)} did not fire; load the model with circuitdag.load_model")
+    table = HookTable.of(model, spec_of(model))
+    with torch.no_grad():
+        return table.run_to_final(model, inputs, list(fwd_hooks), lambda x: x,
+                                  start_layer if inputs.is_floating_point() else None)  # fmt: skip
 
 
 def w_out(model: Any) -> Float[Tensor, "layer d_mlp d_model"]:
@@ -147,7 +130,8 @@ class TaskRuns:
     """Cached clean and corrupted runs of ``data`` on ``model`` (see the module docstring).
 
     ``clean[site]`` / ``corrupted[site]`` are stacked over layers: ``resid_pre``,
-    ``attn_out``, ``resid_mid``, ``mlp_out`` are ``layer batch pos d_model``, ``post``
+    ``attn_out``, ``resid_mid`` (``resid_pre + attn_out`` in a parallel block), ``mlp_out``
+    are ``layer batch pos d_model``, ``post``
     (neuron activations) is ``layer batch pos d_mlp``; ``final`` is the last block's
     ``hook_resid_post``, ``batch pos d_model``. ``direction`` is ``batch n_ans d_model``
     (``W_U[:, correct] - W_U[:, wrong]``), ``bias`` ``batch n_ans``. Logit differences
@@ -235,6 +219,7 @@ def cache_runs(model: Any, data: TaskData) -> TaskRuns:
     if b is not None:
         bias = (b[data.correct] - b[data.wrong]).detach().to(device)
     runs: dict[str, dict[str, Tensor]] = {}
+    where = sites(HookTable.of(model, spec), spec.parallel_attn_mlp)
     for which, tokens in (("clean", data.clean), ("corrupted", data.corrupted)):
         got: dict[str, Tensor] = {}
 
@@ -244,13 +229,15 @@ def cache_runs(model: Any, data: TaskData) -> TaskRuns:
 
             return fn
 
-        hooks = [(SITES[s].format(L=L), save(f"{s}.{L}")) for L in range(spec.n_layers) for s in SITES]
+        hooks = [(name.format(L=L), save(f"{s}.{L}")) for L in range(spec.n_layers) for s, name in where.items()]
         final = run_to_final(model, tokens, 0, hooks)
-        missing = [k for k in (f"{s}.{L}" for L in range(spec.n_layers) for s in SITES) if k not in got]
+        missing = [k for k in (f"{s}.{L}" for L in range(spec.n_layers) for s in where) if k not in got]
         if missing:
             s, L = missing[0].split(".")
-            raise ModelError(f"hook {SITES[s].format(L=L)} did not fire; load the model with circuitdag.load_model")
-        stacked = {s: torch.stack([got[f"{s}.{L}"] for L in range(spec.n_layers)]) for s in SITES}
+            raise ModelError(f"hook {where[s].format(L=L)} did not fire; load the model with circuitdag.load_model")
+        stacked = {s: torch.stack([got[f"{s}.{L}"] for L in range(spec.n_layers)]) for s in where}
+        if "resid_mid" not in stacked:  # parallel blocks: the stream as the attention leaves it
+            stacked["resid_mid"] = stacked["resid_pre"] + stacked["attn_out"]
         stacked["final"] = final
         runs[which] = stacked
     tr = TaskRuns(model, data, spec, runs["clean"], runs["corrupted"], direction, bias,
