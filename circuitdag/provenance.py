@@ -61,9 +61,10 @@ def data_fingerprint(data: TaskData) -> str:
 
 
 def _process_weights(model: Any) -> bool | None:
-    """Whether TransformerLens processed the weights of a bridge (None: not a bridge)."""
+    """Whether TransformerLens processed the weights of a bridge, or the zoo loader those of
+    the hooked transformer the same way (None: neither)."""
     if not hasattr(model, "original_model"):
-        return None
+        return getattr(model, "_weights_processed", None)
     return bool(getattr(model, "_weights_processed", False))
 
 

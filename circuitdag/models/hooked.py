@@ -1,9 +1,10 @@
 """The project's own small hooked transformer.
 
-Used for tracr-compiled programs (no LayerNorm, non-causal attention) and tiny test
-models. It is a :class:`transformer_lens.HookedRootModule` whose hook names are
-TransformerLens's, so the patching engine treats it exactly like a model booted
-through ``TransformerBridge``:
+Used for tracr-compiled programs (no LayerNorm, non-causal attention), the shipped zoo
+models (GPT-2 architecture, pre-LayerNorm; :func:`circuitdag.models.zoo.load_zoo`) and tiny
+test models. Its hook names and hook API are TransformerLens's
+(:mod:`circuitdag.models.hookpoints`, plain torch: no TransformerLens import), so the
+patching engine treats it exactly like a model booted through ``TransformerBridge``:
 
 ``hook_embed``, ``hook_pos_embed``, ``blocks.L.hook_resid_pre``,
 ``blocks.L.hook_q_input`` / ``hook_k_input`` / ``hook_v_input`` (batch pos head d_model,
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,10 +31,9 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from transformer_lens import HookedRootModule
-from transformer_lens.hook_points import HookPoint
 
 from circuitdag.errors import ModelError
+from circuitdag.models.hookpoints import HookedModule, HookPoint
 
 TINY_FORMAT = "circuitdag.tinymodel/1"
 
@@ -43,6 +44,9 @@ class TinyConfig:
 
     ``d_mlp == 0`` means attention-only. ``normalization`` is ``None`` (tracr) or ``"LN"``
     (pre-LayerNorm as in GPT-2). ``causal=False`` is tracr's unmasked attention.
+    ``act_fn``: ``relu``, ``gelu`` (exact) or ``gelu_new`` (GPT-2's tanh approximation).
+    ``default_prepend_bos``: whether prompts start with BOS (decided by the loader from the
+    tokenizer, :func:`circuitdag.models.bos_decision`; models without a tokenizer: True).
     """
 
     n_layers: int
@@ -61,19 +65,32 @@ class TinyConfig:
     # Fields the patching engine reads from any model's cfg.
     n_key_value_heads: int | None = None
     parallel_attn_mlp: bool = False
+    default_prepend_bos: bool = True
     extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def __post_init__(self) -> None:
         if self.d_vocab_out == -1:
             object.__setattr__(self, "d_vocab_out", self.d_vocab)
-        if self.act_fn not in ("relu", "gelu"):
-            raise ModelError(f"act_fn must be 'relu' or 'gelu', got {self.act_fn!r}")
+        if self.act_fn not in _ACTIVATIONS:
+            raise ModelError(f"act_fn must be one of {sorted(_ACTIVATIONS)}, got {self.act_fn!r}")
         if self.normalization not in (None, "LN"):
             raise ModelError(f"normalization must be None or 'LN', got {self.normalization!r}")
 
     @property
     def attn_only(self) -> bool:
         return self.d_mlp == 0
+
+    @property
+    def normalization_type(self) -> str | None:
+        """TransformerLens's name for :attr:`normalization` (what the neuron analysis reads)."""
+        return self.normalization
+
+
+def _gelu_new(x: Tensor) -> Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+_ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"relu": F.relu, "gelu": F.gelu, "gelu_new": _gelu_new}
 
 
 class _LayerNorm(nn.Module):
@@ -142,9 +159,11 @@ class _Attention(nn.Module):
 
 
 class _MLP(nn.Module):
+    act: Callable[[Tensor], Tensor]
+
     def __init__(self, cfg: TinyConfig) -> None:
         super().__init__()
-        self.act = F.relu if cfg.act_fn == "relu" else F.gelu
+        self.act = _ACTIVATIONS[cfg.act_fn]
         self.W_in = nn.Parameter(torch.zeros(cfg.d_model, cfg.d_mlp))
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp))
         self.W_out = nn.Parameter(torch.zeros(cfg.d_mlp, cfg.d_model))
@@ -196,8 +215,16 @@ class _Block(nn.Module):
         return self.hook_resid_post(resid)
 
 
-class TinyTransformer(HookedRootModule):
-    """A minimal decoder with TransformerLens hook names (see module docstring)."""
+class TinyTransformer(HookedModule):
+    """A minimal decoder with TransformerLens hook names (see module docstring).
+
+    ``tokenizer``: the Hugging Face tokenizer of a language model (the zoo's), None for
+    tracr and test models."""
+
+    tokenizer: Any = None
+    #: True for a model converted from Hugging Face weights with TransformerLens's weight
+    #: processing (the zoo's, :func:`circuitdag.models.zoo.load_zoo`); None otherwise.
+    _weights_processed: bool | None = None
 
     def __init__(self, cfg: TinyConfig) -> None:
         super().__init__()
@@ -219,7 +246,7 @@ class TinyTransformer(HookedRootModule):
                 f"sequence of {tokens.shape[-1]} tokens is longer than the model's "
                 f"context of {self.cfg.n_ctx}; use shorter prompts"
             )
-        pos = self.W_pos[: tokens.shape[-1]].unsqueeze(0)
+        pos = self.W_pos[: tokens.shape[-1]].expand(*tokens.shape, -1)  # batch pos d_model, as in TL
         return self.hook_embed(self.W_E[tokens]) + self.hook_pos_embed(pos)
 
     def forward(

@@ -3,10 +3,22 @@
 Each model lives in ``circuitdag/models/zoo/<name>/`` in Hugging Face format
 (``config.json``, ``model.safetensors``, ``tokenizer.json``, ``tokenizer_config.json``)
 plus ``card.json``: architecture, training recipe, evaluation set and the accuracy
-measured on it. They load exactly like a user's ``gpt2``::
+measured on it. They load like a user's ``gpt2``::
 
     from transformer_lens import TransformerBridge
     bridge = TransformerBridge.boot_transformers(str(zoo_path("pronoun")))
+
+but ``circuitdag.load_model("pronoun")`` runs them on the project's own hooked
+transformer instead (:func:`load_zoo`): booting a bridge costs about 6 s of imports and
+set-up, several times a whole ACDC search on these models. :func:`load_zoo` applies the
+weight processing ``load_bridge`` has TransformerLens apply (fold each LayerNorm's scale
+and bias into the weights that read it, centre the weights that write to the residual
+stream and the unembedding, fold the value biases into the output bias), so the model
+computes the same hooks and logits as the bridge (up to float rounding) and a zero- or
+mean-ablated head means the same thing; tests/models/test_zoo_hooked.py checks both
+against the bridge and the logits against Hugging Face's ``GPT2LMHeadModel``, and every
+load checks the logits on a probe prompt against ``probe.json``, written from Hugging
+Face's own model when the zoo was built (:func:`write_probe`).
 
 The tokenizers are word level and add the BOS token (``<|endoftext|>``) themselves.
 Words carry no leading space: the answer " he" is the token ``"he"``, i.e.
@@ -22,13 +34,16 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
 from circuitdag.errors import ModelError
+
+if TYPE_CHECKING:  # the hooked transformer is imported when a model loads
+    from circuitdag.models.hooked import TinyTransformer
 
 ZOO_DIR = Path(__file__).parent / "zoo"
 
@@ -61,6 +76,163 @@ def load_hf(name: str, dtype: torch.dtype = torch.float32) -> tuple[Any, Any]:
     path = zoo_path(name)
     model = GPT2LMHeadModel.from_pretrained(str(path), dtype=dtype).eval()
     return model, AutoTokenizer.from_pretrained(str(path))
+
+
+#: GPT-2 settings the conversion reproduces; a zoo config with another value is refused.
+_GPT2_SETTINGS = {"scale_attn_weights": True, "scale_attn_by_inverse_layer_idx": False,
+                  "reorder_and_upcast_attn": False, "activation_function": "gelu_new"}  # fmt: skip
+#: The probe prompt file: token ids and Hugging Face's logits on them (:func:`write_probe`).
+PROBE_FILE = "probe.json"
+
+
+def load_zoo(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TinyTransformer:
+    """Zoo model ``name`` on the project's hooked transformer, with TransformerLens's weight
+    processing (see the module docstring) and the zoo's tokenizer, in eval mode.
+
+    Hook names and shapes are the bridge's (``blocks.L.attn.hook_result``: batch pos head
+    d_model, ...); logits are Hugging Face's minus their mean over the vocabulary (the
+    bridge's centred unembedding). Raises :class:`ModelError` for a directory whose config
+    is not the GPT-2 setup the zoo uses, or whose logits on ``probe.json``'s prompt differ
+    from those Hugging Face computed when the zoo was built."""
+    from safetensors.torch import load_file
+
+    from circuitdag.models.hooked import TinyTransformer
+
+    path = zoo_path(name)
+    config = json.loads((path / "config.json").read_text())
+    wrong = {k: config.get(k) for k, v in _GPT2_SETTINGS.items() if config.get(k, v) != v}
+    if config.get("model_type") != "gpt2" or wrong:
+        raise ModelError(f"zoo model {name!r}: config.json is not the GPT-2 setup the zoo loader converts "
+                         f"({wrong or config.get('model_type')}); load it with circuitdag.models.bridge.load_bridge")  # fmt: skip
+    attn_only = bool(model_card(name).get("architecture", {}).get("attn_only"))
+    cfg, weights = gpt2_to_hooked(load_file(str(path / "model.safetensors")), config, name, attn_only)
+    model = TinyTransformer(cfg)
+    model.load_state_dict(weights, strict=False)  # LayerNorm scales stay 1, shifts 0: folded
+    model.to(device=device, dtype=dtype).eval()
+    model._weights_processed = True  # what circuit.json records (circuitdag.provenance)
+    _check_probe(model, path)
+    model.tokenizer = _tokenizer(path)
+    from circuitdag.models.spec import bos_decision
+
+    bos, _ = bos_decision(model)
+    if not bos:
+        raise ModelError(f"zoo model {name!r}: its tokenizer has no BOS token; the zoo models are trained with one")
+    return model
+
+
+def _tokenizer(path: Path) -> Any:
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+def gpt2_to_hooked(
+    state: dict[str, Tensor], config: dict[str, Any], name: str, attn_only: bool = False
+) -> tuple[Any, dict[str, Tensor]]:
+    """(:class:`~circuitdag.models.hooked.TinyConfig`, state dict) of the hooked transformer
+    computing what a Hugging Face GPT-2 ``state`` (``model.safetensors``, ``config``:
+    ``config.json``) computes, processed as TransformerLens does by default:
+
+    * LayerNorm folding: ``W' = diag(w) W`` and ``b' = b + b_ln W`` for the weights that read a
+      LayerNorm's output (``W_Q``, ``W_K``, ``W_V``, ``W_in``, ``W_U``), then centred over
+      ``d_model`` (the LayerNorm centres its input anyway);
+    * writing weights centred over ``d_model`` (``W_E``, ``W_pos``, ``W_O``, ``b_O``,
+      ``W_out``, ``b_out``), the unembedding over the vocabulary;
+    * value biases folded into the output bias: ``b_O += sum_h b_V[h] W_O[h]`` (attention
+      weights sum to 1), ``b_V = 0``.
+
+    ``attn_only``: the model's MLPs are all zero (an attention-only zoo model); they are
+    left out, and :class:`ModelError` is raised if they are not zero."""
+    from circuitdag.models.hooked import TinyConfig
+
+    d, h, n_layers = int(config["n_embd"]), int(config["n_head"]), int(config["n_layer"])
+    dh = d // h
+    g = {k.removeprefix("transformer."): v.double() for k, v in state.items()}
+    out: dict[str, Tensor] = {}
+
+    def fold(W: Tensor, prefix: str, axis: int) -> tuple[Tensor, Tensor]:
+        """``W`` reads LayerNorm ``prefix``'s output along ``axis`` (d_model): fold its scale and
+        shift into ``W`` and a bias term; centre ``W`` along ``axis``."""
+        w, b = g[f"{prefix}.weight"], g[f"{prefix}.bias"]
+        shape = [1] * W.dim()
+        shape[axis] = d
+        folded = W * w.reshape(shape)
+        return folded - folded.mean(axis, keepdim=True), (W * b.reshape(shape)).sum(axis)
+
+    def centred(x: Tensor) -> Tensor:
+        return x - x.mean(-1, keepdim=True)
+
+    out["W_E"], out["W_pos"] = centred(g["wte.weight"]), centred(g["wpe.weight"])
+    for L in range(n_layers):
+        p = f"h.{L}"
+        qkv_w = g[f"{p}.attn.c_attn.weight"].reshape(d, 3, h, dh).permute(1, 2, 0, 3)  # 3 h d dh
+        qkv_b = g[f"{p}.attn.c_attn.bias"].reshape(3, h, dh)
+        biases = {}
+        for i, x in enumerate("QKV"):
+            W, extra = fold(qkv_w[i], f"{p}.ln_1", axis=1)
+            out[f"blocks.{L}.attn.W_{x}"] = W
+            biases[x] = qkv_b[i] + extra
+        W_O = centred(g[f"{p}.attn.c_proj.weight"].reshape(h, dh, d))
+        b_O = centred(g[f"{p}.attn.c_proj.bias"]) + torch.einsum("he,hed->d", biases["V"], W_O)
+        out[f"blocks.{L}.attn.W_O"], out[f"blocks.{L}.attn.b_O"] = W_O, b_O
+        out[f"blocks.{L}.attn.b_Q"], out[f"blocks.{L}.attn.b_K"] = biases["Q"], biases["K"]
+        out[f"blocks.{L}.attn.b_V"] = torch.zeros_like(biases["V"])
+        mlp = [g[f"{p}.mlp.{k}"] for k in ("c_fc.weight", "c_fc.bias", "c_proj.weight", "c_proj.bias")]
+        if attn_only:
+            if any(t.abs().max() > 0 for t in mlp):
+                raise ModelError(f"zoo model {name!r} is attention-only by its card, but layer {L}'s MLP is not zero")
+            continue
+        W_in, extra = fold(mlp[0], f"{p}.ln_2", axis=0)
+        out[f"blocks.{L}.mlp.W_in"], out[f"blocks.{L}.mlp.b_in"] = W_in, mlp[1] + extra
+        out[f"blocks.{L}.mlp.W_out"], out[f"blocks.{L}.mlp.b_out"] = centred(mlp[2]), centred(mlp[3])
+    W_U = g["lm_head.weight"].T if "lm_head.weight" in g else g["wte.weight"].T  # tied by default
+    W_U, b_U = fold(W_U, "ln_f", axis=0)
+    out["W_U"], out["b_U"] = centred(W_U), centred(b_U + g.get("lm_head.bias", torch.zeros_like(b_U)))
+    cfg = TinyConfig(
+        n_layers=n_layers, d_model=d, n_heads=h, d_head=dh, d_vocab=int(config["vocab_size"]),
+        n_ctx=int(config["n_positions"]), d_mlp=0 if attn_only else int(config.get("n_inner") or 4 * d),
+        act_fn="gelu_new", normalization="LN", causal=True, eps=float(config["layer_norm_epsilon"]), model_name=name,
+    )  # fmt: skip
+    return cfg, out
+
+
+def _check_probe(model: Any, path: Path) -> None:
+    """Compare the model's logits on the probe prompt with Hugging Face's (centred the same
+    way); a :class:`ModelError` when they differ beyond rounding (float32's at least)."""
+    probe_file = path / PROBE_FILE
+    if not probe_file.is_file():
+        raise ModelError(f"{probe_file} is missing: run `python -m circuitdag.models.zoo` to write it")
+    probe = json.loads(probe_file.read_text())
+    tokens = torch.tensor(probe["tokens"], device=next(model.parameters()).device)
+    want = torch.tensor(probe["logits"], dtype=torch.float64)
+    want = want - want.mean(-1, keepdim=True)
+    with torch.no_grad():
+        got = model(tokens).double().cpu()
+    # The weights are float32; so is part of Hugging Face's float64 pass (1e-7 apart).
+    dtype = next(model.parameters()).dtype
+    tol = max(torch.finfo(dtype).eps, torch.finfo(torch.float32).eps) ** 0.5 * (1 + want.abs().max().item())
+    err = (got - want).abs().max().item()
+    if not err <= tol:
+        raise ModelError(f"zoo model {path.name!r}: the hooked transformer's logits differ from Hugging Face's by "
+                         f"{err:.3g} (more than {tol:.3g}); load it with circuitdag.models.bridge.load_bridge")  # fmt: skip
+
+
+def write_probe(name: str) -> Path:
+    """Write ``probe.json`` for zoo model ``name``: a few seeded prompts and the logits Hugging
+    Face's ``GPT2LMHeadModel`` (float64) gives them, which :func:`load_zoo` checks at every
+    load. Run when the zoo is built: ``python -m circuitdag.models.zoo``."""
+    model, _ = load_hf(name, dtype=torch.float64)
+    cfg = model.config
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, cfg.vocab_size, (2, min(8, cfg.n_positions)), generator=g)
+    tokens[:, 0] = cfg.bos_token_id
+    with torch.no_grad():
+        logits = model(tokens).logits
+    doc = {"tokens": tokens.tolist(), "logits": logits.tolist(),
+           "by": "transformers GPT2LMHeadModel, float64 (circuitdag.models.zoo.write_probe)"}  # fmt: skip
+    out = zoo_path(name) / PROBE_FILE
+    out.write_text(json.dumps(doc))
+    return out
 
 
 def pronoun_prompts(card: dict[str, Any]) -> list[tuple[str, str, str]]:
@@ -151,3 +323,8 @@ def _eval_sequence(card: dict[str, Any], logits_fn: LogitsFn) -> dict:
         hits = [spred[i, a:b] == stoks[i, a + 1 : b + 1] for i, (a, b) in enumerate(ev["shifted"]["spans"])]
         out["shifted_accuracy"] = float(torch.cat(hits).double().mean())
     return out
+
+
+if __name__ == "__main__":
+    for _name in ZOO:
+        print(write_probe(_name))
