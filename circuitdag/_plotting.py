@@ -8,7 +8,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from circuitdag.errors import CircuitFileError
+from circuitdag.files import write_atomic
 
 
 def svg_text(fig: Any) -> str:
@@ -22,14 +22,7 @@ def svg_text(fig: Any) -> str:
 def write_svg(svg: str, path: str | Path, option: str | None = "--out") -> Path:
     """Write SVG text to ``path``, creating its directory. Raises :class:`CircuitFileError`
     (naming ``option``, the command-line option that chose the path) when it cannot."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(svg, encoding="utf-8")
-    except OSError as exc:
-        hint = f"; choose another {option}" if option else ""
-        raise CircuitFileError(f"cannot write {path}: {exc.strerror or exc}{hint}") from exc
-    return path
+    return write_atomic(path, svg, option=option)
 
 
 def save_svg(fig: Any, path: str | Path, option: str | None = "--out") -> Path:

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from circuitdag.errors import CheckpointError
+from circuitdag.files import write_json
 
 CHECKPOINT_FORMAT = "circuitdag.acdc-checkpoint/1"
 
@@ -60,9 +60,7 @@ def save_checkpoint(path: str | Path, state: SearchState, info: dict[str, Any]) 
         "scores": [None if math.isnan(s) else s for s in state.scores.tolist()],
         "stats": state.stats,
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc))
-    os.replace(tmp, path)
+    write_json(path, doc, indent=None, error=CheckpointError)
 
 
 def load_checkpoint(

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from circuitdag.errors import CircuitFileError
 from circuitdag.graph import Graph, Input, NodeKind
 
 
@@ -216,12 +213,6 @@ def circuit_to_dict(circuit: Circuit) -> dict[str, Any]:
 
 def save_circuit(circuit: Circuit, path: str | Path) -> Path:
     """Write ``path`` atomically (temp file + rename); creates the parent directory."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(circuit_to_dict(circuit), indent=1))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise CircuitFileError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out") from exc
-    return path
+    from circuitdag.files import write_json
+
+    return write_json(path, circuit_to_dict(circuit))

@@ -29,7 +29,6 @@ attention, ReLU units) scores near 1; a diffuse one lower.
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,6 +39,7 @@ import torch
 
 from circuitdag.circuit import Circuit
 from circuitdag.errors import CircuitFileError, ConfigError
+from circuitdag.files import write_json
 from circuitdag.graph import Input, NodeKind
 from circuitdag.tasks.base import TaskData
 
@@ -299,10 +299,6 @@ def write_comparison(a: str | Path, b: str | Path, out: str | Path, labels: tupl
     report = compare(side_a, side_b)
     report["files"] = {la: str(a), lb: str(b)}
     out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "compare.json").write_text(json.dumps(report, indent=1))
-    except OSError as exc:
-        raise ConfigError(f"cannot write {out}/compare.json: {exc.strerror or exc}; choose another --out") from exc
+    write_json(out / "compare.json", report, error=ConfigError)
     side_by_side_svg(side_a, side_b, report, out / "compare.svg")
     return report, patterns_svg(side_a, side_b, report, out / "patterns.svg")

@@ -43,9 +43,7 @@ Decisions where MIB has no counterpart:
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -54,6 +52,7 @@ import numpy as np
 
 from circuitdag.circuit import Circuit
 from circuitdag.errors import CircuitFileError
+from circuitdag.files import read_json, write_json
 from circuitdag.graph import Graph, Input, Node, NodeKind
 
 FORMAT_NAME = "eap-ig"
@@ -148,15 +147,7 @@ def _nodes_in_graph(graph: Graph, edges: dict[str, dict[str, Any]]) -> dict[str,
 def save_eapig_json(circuit: Circuit, path: str | Path, collapse_positions: bool = False) -> Path:
     """Write :func:`to_eapig_json` to ``path`` atomically; creates the parent directory."""
     doc = to_eapig_json(circuit, collapse_positions)
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(doc))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise CircuitFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    return path
+    return write_json(path, doc, indent=None, option=None)
 
 
 def is_eapig_json(doc: Any) -> bool:
@@ -168,16 +159,7 @@ def _read(path_or_dict: str | Path | dict[str, Any]) -> tuple[Any, str]:
     if not isinstance(path_or_dict, (str, Path)):
         return path_or_dict, "<dict>"  # an already parsed document
     path = Path(path_or_dict)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise CircuitFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    try:
-        return json.loads(text), str(path)
-    except json.JSONDecodeError as exc:
-        raise CircuitFileError(
-            f"{path} is not JSON ({exc.msg} at line {exc.lineno}); is it an EAP-IG graph?"
-        ) from exc
+    return read_json(path, "an EAP-IG graph"), str(path)
 
 
 def _score(value: Any, name: str, source: str) -> float:

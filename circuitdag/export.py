@@ -44,9 +44,7 @@ Only the circuit's nodes are written (those touched by an in-circuit edge), with
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -55,7 +53,8 @@ import numpy as np
 
 from circuitdag._options import EXPORT_FORMATS
 from circuitdag.circuit import Circuit
-from circuitdag.errors import CircuitFileError, ConfigError
+from circuitdag.errors import ConfigError
+from circuitdag.files import write_json
 from circuitdag.graph import Input, Node, NodeKind
 
 #: The export formats of ``circuitdag export``.
@@ -170,12 +169,4 @@ def export_circuit(circuit: Circuit, path: str | Path, fmt: str = "circuit-trace
         doc = to_eapig_json(circuit, collapse_positions)
     else:
         raise ConfigError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(doc, indent=1))
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise CircuitFileError(f"cannot write {path}: {exc.strerror or exc}; choose another -o") from exc
-    return path
+    return write_json(path, doc, option="-o")

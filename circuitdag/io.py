@@ -7,7 +7,6 @@ its name, src, dst, input, positions, score and ``in_circuit``.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from circuitdag.circuit import FORMAT, Circuit, circuit_to_dict, save_circuit
 from circuitdag.errors import CircuitFileError
+from circuitdag.files import read_json
 from circuitdag.graph import Graph, ModelSpec, Positions
 
 # Writing lives with the Circuit (circuit.py), so that imports run one way: io -> circuit.
@@ -60,15 +60,6 @@ def circuit_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Circuit:
 
 
 def load_circuit(path: str | Path) -> Circuit:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CircuitFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError:
-        raise CircuitFileError(f"{path} is not JSON (not UTF-8 text); is it a circuit.json?") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CircuitFileError(f"{path} is not JSON ({exc.msg} at line {exc.lineno}); is it a circuit.json?") from exc
-    return circuit_from_dict(doc, str(path))
+    """The circuit in ``path`` (a circuit.json). Raises :class:`CircuitFileError` (one line)
+    for a file that cannot be read, is not JSON or is not a circuitdag circuit."""
+    return circuit_from_dict(read_json(path, "a circuit.json"), str(path))

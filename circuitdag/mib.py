@@ -281,30 +281,15 @@ def plot_curve(curves: dict[str, Curve], path: str | Path) -> Path:
 
 # ---------------------------------------------------------------------- a scored file
 def _read_json(path: Path) -> Any:
-    import json
+    from circuitdag.files import read_json
 
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise CircuitFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError:
-        raise CircuitFileError(f"{path} is not JSON (not UTF-8 text)") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise CircuitFileError(f"{path} is not JSON ({exc.msg} at line {exc.lineno})") from exc
+    return read_json(path, "a circuit.json or an EAP-IG graph")
 
 
 def _write(path: Path, text: str) -> None:
-    import os
+    from circuitdag.files import write_atomic
 
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose a writable --out") from exc
+    write_atomic(path, text, error=ConfigError)
 
 
 def _no_scores(path: Path) -> CircuitFileError:

@@ -124,8 +124,8 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
     threads set; what cannot work is refused before the model loads."""
     import torch
 
-    from circuitdag.metrics import resolve_metric
     from circuitdag.loading import load_model
+    from circuitdag.metrics import resolve_metric
     from circuitdag.patching import Ablation
     from circuitdag.tasks._lm import with_prepend_bos
 

@@ -12,13 +12,12 @@ come from the same numbers as the JSON. Plots are drawn by matplotlib (Agg backe
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
 from circuitdag.errors import ConfigError
+from circuitdag.files import write_atomic, write_json
 
 PLOTS = ("logit_lens.svg", "patching.svg", "neurons.svg", "corpus.svg")
 
@@ -29,10 +28,8 @@ def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
     try:
         out.mkdir(parents=True, exist_ok=True)
         paths = [out / "report.json", out / "report.md"]
-        tmp = paths[0].with_name("report.json.tmp")
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, paths[0])
-        paths[1].write_text(markdown(report))
+        write_json(paths[0], report, error=ConfigError)
+        write_atomic(paths[1], markdown(report), error=ConfigError)
         paths += plot_all(report, out)
     except OSError as exc:
         raise ConfigError(f"cannot write the report into {out}: {exc.strerror or exc}; choose another --out") from exc

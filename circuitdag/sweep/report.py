@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from circuitdag.errors import CircuitDagError, ConfigError
+from circuitdag.files import write_atomic
 from circuitdag.sweep.figures import static_svg
 from circuitdag.sweep.front import SweepReport, front_points, pick_best, trial_rows
 from circuitdag.sweep.page import sweep_html
@@ -123,10 +123,4 @@ def _n_edges_total(out: Path, points: list[dict[str, Any]]) -> int | None:
 
 def _write(path: Path, text: str) -> None:
     """Replace ``path`` atomically; processes of one study may write the report at once."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError as exc:  # (a full disk among them: study.full_disk_stops names it)
-        tmp.unlink(missing_ok=True)
-        raise ConfigError(f"cannot write {path}: {exc.strerror or exc}; choose another --out") from exc
+    write_atomic(path, text, error=ConfigError)  # (a full disk among them: study.full_disk_stops names it)

@@ -19,6 +19,7 @@ from circuitdag._plugins import load_target as _load_target
 from circuitdag._plugins import sources
 from circuitdag.errors import TaskError
 from circuitdag.tasks.base import Task, TaskData, load_data
+from circuitdag.tasks.prompts import PromptTask  # also what Task.from_prompts makes
 
 ENTRY_POINT_GROUP = "circuitdag.tasks"
 
@@ -68,7 +69,7 @@ def get_task(name: str) -> Task:
     if name in _cache:
         return _cache[name]
     if name.startswith("prompts:"):  # a prompts file
-        return _load_target("circuitdag.tasks.prompts:PromptTask.from_file")(name.removeprefix("prompts:"))  # type: ignore[operator]
+        return PromptTask.from_file(name.removeprefix("prompts:"))
     if name.startswith("tracr:"):  # a directory written by `circuitdag tracr compile`
         return _load_target("circuitdag.tasks.tracr:CompiledTracrTask.from_spec")(name.removeprefix("tracr:"))  # type: ignore[operator]
     sources = _sources()
