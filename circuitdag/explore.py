@@ -12,6 +12,8 @@ What the page shows (docs/explore.md):
 * click a node: its input and output edges are highlighted, and for a head its attention
   pattern on the first prompts of the task (stored in circuit.json when the circuit was
   made, :mod:`circuitdag.attention`), the clicked position's query row outlined;
+* edge opacity: with ``--bootstrap``, the fraction of the reruns whose circuit holds the
+  edge (its inclusion frequency; 0.85 for every edge otherwise);
 * a threshold slider: the edges a stricter or looser threshold would keep, judged from the
   stored per-edge scores, with the edge count.
 
@@ -119,6 +121,7 @@ def explorer_data(circuit: Circuit, max_edges: int = MAX_DRAWN_EDGES) -> dict[st
             "pos": n.pos, "pos_name": None if n.pos < 0 or g.positions is None else g.positions.label(n.pos),
             "row": rows[i], "col": cols[i],
         })  # fmt: skip
+    inclusion = bootstrap_inclusion(circuit)  # --bootstrap: the edge's opacity
     edges = []
     for e in shown.tolist():
         s = float(circuit.scores[e])
@@ -136,6 +139,7 @@ def explorer_data(circuit: Circuit, max_edges: int = MAX_DRAWN_EDGES) -> dict[st
             "input": kind.label, "colour": INPUT_COLOURS[kind],
             "width": round(1.0 + 5.0 * (abs(s) / top if math.isfinite(s) else 0.0), 2),
             "score": s if math.isfinite(s) else None, "step": int(first[e]), "in_circuit": bool(circuit.in_circuit[e]),
+            "inclusion": None if inclusion is None or not math.isfinite(inclusion[e]) else float(inclusion[e]),
         })  # fmt: skip
     heads_cols = []
     if g.positions is not None:
@@ -152,6 +156,7 @@ def explorer_data(circuit: Circuit, max_edges: int = MAX_DRAWN_EDGES) -> dict[st
         "key": "|score|" if magnitude else "score",
         "n_edges": circuit.n_edges, "n_edges_total": g.n_edges,
         "faithfulness": circuit.faithfulness(),
+        "bootstrap": (m.get("bootstrap") or {}).get("resamples"),
         "steps": values, "run_step": run_step,
         "run_step_is_circuit": run_step is not None and run_set == set(np.flatnonzero(circuit.in_circuit).tolist()),
         "positions": g.positions is not None, "position_columns": heads_cols,
@@ -161,6 +166,20 @@ def explorer_data(circuit: Circuit, max_edges: int = MAX_DRAWN_EDGES) -> dict[st
         "attention": attention if isinstance(attention, dict) else None,
         "colours": {k.label: c for k, c in INPUT_COLOURS.items()},
     }  # fmt: skip
+
+
+def bootstrap_inclusion(circuit: Circuit) -> np.ndarray | None:
+    """Each edge's ``--bootstrap`` inclusion frequency (circuit.json's
+    ``bootstrap.edges``; NaN where not recorded), or None without a bootstrap."""
+    b = circuit.meta.get("bootstrap")
+    if not isinstance(b, dict):
+        return None
+    idx = circuit.graph.edge_index
+    out = np.full(circuit.graph.n_edges, np.nan)
+    for name, row in (b.get("edges") or {}).items():
+        if name in idx:
+            out[idx[name]] = row["inclusion"]
+    return out
 
 
 def _rank(node) -> tuple[int, int]:

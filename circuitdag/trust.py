@@ -15,14 +15,14 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from circuitdag.algorithms import Algorithm
 from circuitdag.circuit import Circuit
-from circuitdag.holdout import Heldout, metrics_on
-from circuitdag.patching import Patcher
+
+if TYPE_CHECKING:
+    from circuitdag.algorithms import Algorithm
+    from circuitdag.holdout import Heldout
+    from circuitdag.patching import Patcher
 
 log = logging.getLogger("circuitdag")
 
@@ -56,6 +56,8 @@ def assess(
     circuit. ``patcher``: the discovery run; ``heldout``/``heldout_patcher``: the held-out
     prompts and a patcher on them; ``method``/``options``: what made the circuit (for
     ``bootstrap`` reruns)."""
+    from circuitdag.holdout import metrics_on
+
     meta, alive = circuit.meta, circuit.in_circuit
     if heldout is not None:
         meta["heldout"] = {"how": heldout.how, **({"fraction": heldout.fraction} if heldout.fraction else {})}
@@ -118,17 +120,4 @@ def trust_summary(meta: dict[str, Any]) -> str:
     return "".join("; " + p for p in parts)
 
 
-def inclusion(circuit: Circuit) -> np.ndarray | None:
-    """Each edge's bootstrap inclusion frequency (NaN where not recorded), or None."""
-    b = circuit.meta.get("bootstrap")
-    if not b:
-        return None
-    idx = circuit.graph.edge_index
-    out = np.full(circuit.graph.n_edges, np.nan)
-    for name, row in b.get("edges", {}).items():
-        if name in idx:
-            out[idx[name]] = row["inclusion"]
-    return out
-
-
-__all__ = ["assess", "inclusion", "rerun_options", "trust_summary"]
+__all__ = ["assess", "rerun_options", "trust_summary"]

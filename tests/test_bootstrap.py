@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from planted import planted_circuit, planted_data, planted_patcher
 
+import circuitdag as cd
+import circuitdag.discovery
 from circuitdag.algorithms import Algorithm, Found, RunContext, get_algorithm
 from circuitdag.bootstrap import bootstrap, interval, jaccard, ratio_interval
 from circuitdag.errors import ConfigError
@@ -71,3 +73,16 @@ def test_reruns_of_eap_vary_with_the_resample():
     for r in out["edges"].values():
         lo, hi = r["score_ci"]
         assert lo is None or lo <= hi
+
+
+def test_the_explorer_shows_inclusion_as_opacity(tmp_path):
+    from circuitdag.explore import explorer_data, explorer_html
+
+    p = planted_patcher(batch=8)
+    alive = planted_circuit(p.graph)
+    circuit = cd.discovery.record(p, Planted(), Planted().run(p, RunContext()), {}, {"seconds": 0.0})
+    names = [p.graph.edge_names[e] for e in np.flatnonzero(alive)]
+    circuit.meta["bootstrap"] = {"resamples": 4, "edges": {names[0]: {"inclusion": 0.25, "score_ci": [0, 1]}}}
+    edges = {e["id"]: e for e in explorer_data(circuit)["edges"]}
+    assert edges[names[0]]["inclusion"] == 0.25 and edges[names[1]]["inclusion"] is None
+    assert explorer_data(circuit)["bootstrap"] == 4 and "inclusion" in explorer_html(circuit)

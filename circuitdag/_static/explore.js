@@ -33,7 +33,10 @@
         width: 10, height: 10, events: "no", "text-valign": "center" } },
       { selector: "edge", style: {
         width: "data(width)", "line-color": "data(colour)", "target-arrow-color": "data(colour)",
-        "target-arrow-shape": "triangle", "arrow-scale": 0.8, "curve-style": "bezier", opacity: 0.85 } },
+        "target-arrow-shape": "triangle", "arrow-scale": 0.8, "curve-style": "bezier",
+        // with --bootstrap: the share of reruns that kept the edge (never fully invisible)
+        opacity: (e) => (e.data("inclusion") === null || e.data("inclusion") === undefined ? 0.85
+          : 0.1 + 0.9 * e.data("inclusion")) } },
       { selector: "edge[bend]", style: {  // an edge that skips rows of its own column arcs around them
         "curve-style": "unbundled-bezier", "control-point-distances": (e) => e.data("bend"), "control-point-weights": 0.5 } },
       { selector: ".hidden", style: { display: "none" } },
@@ -135,7 +138,9 @@
   function edgeText(e) {
     const d = e.data();
     return "<b>" + esc(d.id) + "</b><br>input: " + esc(d.input) + "<br>score: " + num(d.score) +
-      "<br>" + (d.in_circuit ? "in the saved circuit" : "not in the saved circuit");
+      "<br>" + (d.in_circuit ? "in the saved circuit" : "not in the saved circuit") +
+      (d.inclusion === null || d.inclusion === undefined ? "" : "<br>kept by " + Math.round(100 * d.inclusion) +
+        "% of " + data.bootstrap + " bootstrap reruns");
   }
   function showTip(evt, text) {
     const box = $("graph").getBoundingClientRect();
