@@ -60,12 +60,14 @@ def data_fingerprint(data: TaskData) -> str:
     return h.hexdigest()[:16]
 
 
-def _process_weights(model: Any) -> bool | None:
+def _process_weights(model: Any) -> bool | str | None:
     """Whether TransformerLens processed the weights of a bridge, or the zoo loader those of
-    the hooked transformer the same way (None: neither)."""
+    the hooked transformer the same way (None: neither); ``"partial"`` when it could do only
+    part of it on this architecture (the reason: ``process_weights_partial``)."""
     if not hasattr(model, "original_model"):
         return getattr(model, "_weights_processed", None)
-    return bool(getattr(model, "_weights_processed", False))
+    done = bool(getattr(model, "_weights_processed", False))
+    return "partial" if done and getattr(model.cfg, "process_weights_partial", None) else done
 
 
 def run_record(model: Any, task: Any, data: TaskData) -> dict[str, Any]:
@@ -79,6 +81,8 @@ def run_record(model: Any, task: Any, data: TaskData) -> dict[str, Any]:
         "device": param.device.type,
         "threads": torch.get_num_threads(),
         "process_weights": _process_weights(model),
+        **({"process_weights_partial": model.cfg.process_weights_partial}
+           if getattr(getattr(model, "cfg", None), "process_weights_partial", None) else {}),
         **bos_record(model, task, first),
         "data_sha256": data_fingerprint(data),
         "versions": library_versions(),

@@ -27,10 +27,15 @@ project's own :class:`~circuitdag.models.hooked.TinyTransformer`.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
+import re
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -98,14 +103,27 @@ def load_bridge(
             "save_pretrained (./name for a directory here), or make the model available in the cache"
         ) from e
     except (ValueError, NotImplementedError, KeyError) as e:
-        raise ModelError(f"TransformerBridge cannot boot {name!r}: {e}") from e
+        text = str(e)
+        if "supported architecture" in text or "Available architectures" in text:
+            raise ModelError(f"{name}: architecture {_architecture_of(name) or '(unnamed)'} is not one "
+                             "TransformerBridge knows, so circuitdag cannot load it; docs/models.md lists the "
+                             "architectures circuitdag patches") from None  # fmt: skip
+        raise ModelError(f"TransformerBridge cannot boot {name!r}: {text.splitlines()[0][:300]}") from e
     except Exception as e:  # safetensors' SafetensorError (a truncated or empty weights file), and the like
         if type(e).__name__ != "SafetensorError":
             raise
         raise ModelError(f"the weights of {name} cannot be read ({e}); the file is damaged: save the model "
                          "again with save_pretrained") from e  # fmt: skip
     model.eval()
-    model.enable_compatibility_mode(disable_warnings=True, no_processing=not process_weights)
+    with warnings.catch_warnings(record=True) as caught, _root_log(caught):
+        warnings.simplefilter("always")
+        model.enable_compatibility_mode(disable_warnings=True, no_processing=not process_weights)
+    partial = [str(w.message) for w in caught if _PARTIAL.search(str(w.message))] if process_weights else []
+    #: What weight processing TransformerLens could not do on this architecture (recorded in
+    #: every result as ``process_weights: partial``, circuitdag.provenance).
+    model.cfg.process_weights_partial = "; ".join(partial) or None  # type: ignore[attr-defined]
+    if partial:
+        logger.warning("%s: weights processed only in part (%s)", _architecture_of(name) or name, partial[0])
     for switch in (model.set_use_attn_result, model.set_use_split_qkv_input, model.set_use_hook_mlp_in):
         try:
             switch(True)
@@ -119,6 +137,37 @@ def load_bridge(
     if check:
         check_hooks(model)
     return model
+
+
+#: Messages of TransformerLens saying that it skipped part of the weight processing.
+_PARTIAL = re.compile(r"does not support fold_ln|incompatible with|cannot be folded|not supported.*fold", re.IGNORECASE)
+
+
+@contextlib.contextmanager
+def _root_log(caught: list[Any]) -> Iterator[None]:
+    """Within: TransformerLens's messages on the root logger (``center_unembed=True is
+    incompatible with logit softcapping``) are collected into ``caught`` as warnings."""
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            caught.append(warnings.WarningMessage(record.getMessage(), UserWarning, "", 0))
+
+    root = logging.getLogger()
+    handler = Collect(logging.WARNING)
+    root.addHandler(handler)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+
+
+def _architecture_of(name: str) -> str | None:
+    """The architecture a model directory's config.json names (None when unreadable)."""
+    try:
+        archs = json.loads((Path(name) / "config.json").read_text()).get("architectures") or [None]
+    except (OSError, ValueError, AttributeError):
+        return None
+    return archs[0]
 
 
 #: Files of which a saved tokenizer has at least one (``tokenizer.save_pretrained``).

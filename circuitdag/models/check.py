@@ -23,7 +23,7 @@ from circuitdag.hooks import Hook, HookTable
 from circuitdag.models.resume import _NO_SKIP, _is_bridge, resume
 from circuitdag.models.spec import spec_of
 
-__all__ = ["HookReport", "check_hooks", "tolerance"]
+__all__ = ["REFUSED", "HookReport", "architecture", "check_hooks", "refusal", "tolerance"]
 
 logger = logging.getLogger("circuitdag")
 
@@ -44,6 +44,36 @@ class HookReport:
     max_error: float
     margin: float = 0.0
     emulated: tuple[str, ...] = ()
+
+
+_POST_NORMS = ("post-sublayer norms (a norm on each attention and MLP output before it reaches the residual "
+               "stream, so per-head results do not add up to what the residual receives)")
+#: Architectures circuitdag refuses, by Hugging Face class name, and the feature in the way
+#: (docs/models.md; what supporting them would take is in docs/how-it-works.md).
+REFUSED = {
+    "Gemma2ForCausalLM": _POST_NORMS,
+    "Gemma3ForCausalLM": _POST_NORMS,
+    "Gemma3ForConditionalGeneration": _POST_NORMS,
+    "Olmo2ForCausalLM": _POST_NORMS,
+    "BloomForCausalLM": "attention and MLP modules that add the residual stream themselves (the MLP's "
+                        "output hook includes it and its input hook never fires)",
+}
+
+
+def architecture(model: Any) -> str | None:
+    """The Hugging Face class name of a bridge's model (None for other models)."""
+    config = getattr(getattr(model, "original_model", None), "config", None)
+    archs = getattr(config, "architectures", None) or [type(getattr(model, "original_model", None)).__name__]
+    return str(archs[0]) if hasattr(model, "original_model") else None
+
+
+def refusal(model: Any) -> str | None:
+    """One line saying why circuitdag does not patch ``model``'s architecture, or None."""
+    arch = architecture(model)
+    if arch in REFUSED:
+        return (f"{arch} is not supported: circuitdag cannot patch {REFUSED[arch]} exactly yet; docs/models.md "
+                "lists the architectures it patches")  # fmt: skip
+    return None
 
 
 def tolerance(ref: Tensor, dtype: torch.dtype | None = None) -> float:
@@ -100,8 +130,15 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
       :meth:`ModelSpec.query_heads`; one written into the MLP's input changes its output
       (and in a parallel block no head's result).
     """
+    why = refusal(model)
+    if why is not None:
+        raise ModelError(why)
     spec = spec_of(model)
-    table = HookTable.of(model, spec)
+    try:
+        table = HookTable.of(model, spec)
+    except (AttributeError, TypeError, ValueError) as exc:  # weights the emulator reads are missing
+        raise ModelError(f"{architecture(model) or type(model).__name__}: the hooks circuitdag needs cannot be "
+                         f"emulated ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None  # fmt: skip
     if tokens is None:
         tokens = _probe_tokens(model)
     missing = [n for n in (table.resid_pre(0), table.final) if n not in model.hook_dict]
