@@ -137,6 +137,7 @@ def evaluate_on(circuit: Circuit, task: str | None = None, prompts: str | Path |
     registered name; default the circuit's) with ``seed``, or a prompts file ``prompts``,
     on the circuit's model with its metric, ablation and positions. Returns
     :func:`metrics_on`'s dict with what the data was."""
+    from circuitdag._options import check_n_prompts
     from circuitdag.prepare import prepare
     from circuitdag.reload import reload
     from circuitdag.tasks.base import Task
@@ -152,10 +153,12 @@ def evaluate_on(circuit: Circuit, task: str | None = None, prompts: str | Path |
         patcher = run.patcher
         if n_prompts is not None:
             assert patcher is not None
+            check_n_prompts(run.model, n_prompts, device)
             patcher = patcher_on(patcher, load_data(run.task, run.model, seed=run.run["seed"], n_prompts=n_prompts))
         what = {"task": run.task.name, "seed": run.run["seed"]}
     else:
         model = reload(circuit, prompts_only=True, device=device, dtype=dtype).model
+        check_n_prompts(model, n_prompts, device)
         the_task = Task.from_prompts(prompts)
         patcher, _ = prepare(model, the_task, metric=m.get("metric"), ablation=m.get("ablation"), seed=seed or 0,
                              positions=bool(m.get("positions")), n_prompts=n_prompts,

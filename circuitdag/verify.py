@@ -64,7 +64,8 @@ def verify_top(patcher: Patcher, scores: np.ndarray, in_circuit: np.ndarray, n: 
     order = np.argsort(-key, kind="stable")  # ties in edge-table order
     order = order[np.isfinite(key[order])]
     top = order[:n]
-    below = [e for e in order if not in_circuit[e] and e not in set(top.tolist())][:n]
+    in_top = set(top.tolist())
+    below = [e for e in order if not in_circuit[e] and e not in in_top][:n]
     full = np.ones(patcher.graph.n_edges, dtype=bool)
     m_full = patcher.circuit_metric(full)
     rows: dict[str, dict[str, Any]] = {}

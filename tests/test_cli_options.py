@@ -36,6 +36,7 @@ BASE = {
     "neurons": ["neurons", "--task", "an-neuron", "--n-prompts", "10", "--layer", "1", "--corpus", "{corpus}",
                 "--corpus-tokens", "50", "--threads", "1", "-q", "--out", "{out}"],
     "render": ["render", "{circuit}", "-o", "{out}/c.svg"],
+    "evaluate": ["evaluate", "{circuit}"],
     "tracr compile": ["tracr", "compile", f"{RASP}:smaller_count", "--vocab", "1", "2", "3", "--max-len", "3",
                       "--out", "{out}/compiled"],
 }
