@@ -110,13 +110,13 @@ def task_of(args: argparse.Namespace) -> Any:
 
 def silence_loading_bars() -> None:
     """Turn off the progress bars Hugging Face libraries draw while loading (``-q``)."""
+    # Read by huggingface_hub, and through it by transformers, when they are imported: a
+    # command that loads no Hugging Face model (the zoo, tracr) never pays for importing them.
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
-    try:
+    if "transformers" in sys.modules:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    except ImportError:  # pragma: no cover - transformers is a dependency
-        pass
 
 
 def load(args: argparse.Namespace) -> tuple[Any, Any]:

@@ -104,6 +104,8 @@ def saved_bos_token(tokenizer: Any) -> str | None:
     from ``tokenizer.name_or_path`` (the model directory or hub name it was loaded from),
     not the loaded object's ``bos_token``, which TransformerBridge sets to the EOS token when
     the tokenizer has none. A tokenizer not loaded from files answers for itself."""
+    if getattr(tokenizer, "bos_from_files", False):  # read from its files already (ZooTokenizer)
+        return None if tokenizer.bos_token is None else str(tokenizer.bos_token)
     source = getattr(tokenizer, "name_or_path", None)
     if isinstance(source, str) and source:
         readable, bos = _saved_bos(source)

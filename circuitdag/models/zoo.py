@@ -87,7 +87,9 @@ PROBE_FILE = "probe.json"
 
 def load_zoo(name: str, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> TinyTransformer:
     """Zoo model ``name`` on the project's hooked transformer, with TransformerLens's weight
-    processing (see the module docstring) and the zoo's tokenizer, in eval mode.
+    processing (see the module docstring) and the zoo's tokenizer
+    (:class:`~circuitdag.models.zoo_tokenizer.ZooTokenizer`: Hugging Face's API, without
+    importing transformers), in eval mode.
 
     Hook names and shapes are the bridge's (``blocks.L.attn.hook_result``: batch pos head
     d_model, ...); logits are Hugging Face's minus their mean over the vocabulary (the
@@ -121,9 +123,9 @@ def load_zoo(name: str, device: str | torch.device = "cpu", dtype: torch.dtype =
 
 
 def _tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
+    from circuitdag.models.zoo_tokenizer import ZooTokenizer
 
-    return AutoTokenizer.from_pretrained(str(path))
+    return ZooTokenizer(path)
 
 
 def gpt2_to_hooked(

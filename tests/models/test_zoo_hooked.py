@@ -119,8 +119,54 @@ def test_a_wrong_conversion_is_refused_at_load(tmp_path, monkeypatch) -> None:
         load_zoo("pronoun")
 
 
-def test_loading_a_zoo_model_imports_no_transformer_lens() -> None:
-    code = ("import sys, circuitdag; m = circuitdag.load_model('pronoun'); "
-            "print(type(m).__name__, 'transformer_lens' in sys.modules)")  # fmt: skip
+def test_discover_on_a_zoo_model_imports_neither_transformer_lens_nor_transformers(tmp_path) -> None:
+    """What keeps `circuitdag discover --task pronoun` within a few times `import torch`."""
+    code = ("import sys; from circuitdag.cli import main; "
+            f"main(['discover', '--task', 'pronoun', '--positions', '-q', '--no-svg', '--out', {str(tmp_path)!r}]); "
+            "print([m for m in ('transformer_lens', 'transformers') if m in sys.modules])")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["TinyTransformer", "False"]
+    assert out.strip().splitlines()[-1] == "[]"
+    assert json.loads((tmp_path / "circuit.json").read_text())["process_weights"] is True
+
+
+@pytest.mark.parametrize("name", sorted(ZOO))
+def test_tokenizer_equals_hugging_faces(name: str) -> None:
+    """ZooTokenizer (tokenizers alone) answers as transformers' AutoTokenizer does."""
+    from transformers import AutoTokenizer
+
+    ours, theirs = load_zoo(name).tokenizer, AutoTokenizer.from_pretrained(str(zoo_path(name)))
+    vocab = theirs.get_vocab()
+    assert ours.get_vocab() == vocab and len(ours) == len(theirs)
+    for kind in ("bos", "eos", "unk", "pad"):
+        assert getattr(ours, f"{kind}_token") == getattr(theirs, f"{kind}_token"), kind
+        assert getattr(ours, f"{kind}_token_id") == getattr(theirs, f"{kind}_token_id"), kind
+    assert sorted(ours.all_special_ids) == sorted(theirs.all_special_ids)
+    words = sorted(vocab, key=vocab.get)
+    card = model_card(name)["eval"]
+    texts = [" ".join(words[i : i + 7]) for i in range(0, len(words), 7)] + ["So Mary is, isn't it?", "zzz qq"]
+    texts += [t.format(name="John") for t in card.get("templates", [])]
+    texts += [p for p, _, _ in card.get("prompts", [])]
+    for text in texts:
+        for special in (True, False):
+            assert ours.encode(text, add_special_tokens=special) == theirs.encode(text, add_special_tokens=special)
+        assert ours(text)["input_ids"] == theirs(text)["input_ids"]
+        ids = theirs(text)["input_ids"]
+        assert ours.convert_ids_to_tokens(ids) == theirs.convert_ids_to_tokens(ids)
+        for skip in (True, False):
+            assert ours.decode(ids, skip_special_tokens=skip) == theirs.decode(ids, skip_special_tokens=skip)
+    assert ours.convert_tokens_to_ids(words + ["not-a-word"]) == theirs.convert_tokens_to_ids(words + ["not-a-word"])
+    assert [ours.decode([i]) for i in range(len(words))] == [theirs.decode([i]) for i in range(len(words))]
+
+
+@pytest.mark.parametrize("task_name", ["pronoun", "pronoun-opposite", "an-neuron", "induction", "reversal"])
+def test_task_prompts_are_those_of_hugging_faces_tokenizer(task_name: str, monkeypatch) -> None:
+    from transformers import AutoTokenizer
+
+    task = get_task(task_name)
+    model = task.load_model()
+    ours = task.data(model, seed=0)
+    monkeypatch.setattr(model, "tokenizer", AutoTokenizer.from_pretrained(model.tokenizer.name_or_path))
+    theirs = task.data(model, seed=0)
+    for field in ("clean", "corrupted", "answer_pos"):
+        assert torch.equal(getattr(ours, field), getattr(theirs, field)), field
+    assert ours.position_names == theirs.position_names
