@@ -35,6 +35,7 @@ BUILTIN: dict[str, str] = {
     "acdc-reference": "circuitdag.algorithms.acdc:ACDCReference",
     "eap": "circuitdag.algorithms.attribution:EAP",
     "eap-ig": "circuitdag.algorithms.attribution:EAPIG",
+    "acdc-prefiltered": "circuitdag.algorithms.prefiltered:PrefilteredACDC",
 }
 
 _cache: dict[str, Algorithm] = {}

@@ -41,11 +41,17 @@ class Option:
         return "--" + self.name.replace("_", "-")
 
     def check(self, value: Any) -> Any:
-        """``value`` as this option's type, or :class:`ConfigError` naming the flag."""
+        """``value`` as this option's type, or :class:`ConfigError` naming the flag. A string
+        (``--option NAME=VALUE`` on the command line) is parsed as the declared type."""
         if value is None:
             return None
         if self.kind is str:
             return str(value)
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())  # then checked as any number (whole for int)
+            except ValueError:
+                raise ConfigError(f"{self.flag} must be a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{self.flag} must be a number, got {value!r}")
         if self.kind is int:

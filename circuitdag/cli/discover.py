@@ -113,20 +113,6 @@ def _algorithm_options(args: argparse.Namespace) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
-def _typed(method: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """``--option`` values (strings) as the types ``method`` declares for them."""
-    kinds = {o.name: o.kind for o in method.options}
-    out = {}
-    for k, v in options.items():
-        if isinstance(v, str) and kinds.get(k) in (int, float):
-            try:
-                v = kinds[k](v)
-            except ValueError:
-                raise ConfigError(f"--option {k}={v}: {k} must be a {'whole number' if kinds[k] is int else 'number'}") from None
-        out[k] = v
-    return out
-
-
 def cmd_discover(args: argparse.Namespace) -> int:
     from circuitdag.algorithms import get_algorithm
     from circuitdag.discovery import run_algorithm
@@ -135,13 +121,14 @@ def cmd_discover(args: argparse.Namespace) -> int:
     out = writable_dir(args.out or (f"runs/{Path(args.prompts).stem}" if args.prompts else f"runs/{args.task or DEFAULT_TASK}"))
     method = get_algorithm(args.algorithm)
     relative = threshold(args.relative_threshold, "--relative-threshold")
-    options = _typed(method, _algorithm_options(args))
+    options = _algorithm_options(args)  # --option values are strings: the method's check types them
     if relative is not None and "threshold" in options:
         raise ConfigError("give either --threshold (metric units) or --relative-threshold (a fraction of the "
                           "full-vs-corrupted metric gap), not both")  # fmt: skip
     if relative is not None and "threshold" not in method.option_names():
         raise ConfigError(f"--relative-threshold does not apply to --algorithm {method.name} (it has no threshold)")
-    method.check(options)  # an option the method does not take, before loading the model
+    checked = method.check(options)  # an option the method does not take, before loading the model
+    options = {k: checked[k] for k in options}  # as the method types them
     neurons = _neuron_layers(args.neurons)
     if neurons and args.positions:
         raise ConfigError("--neurons and --positions cannot be combined yet; drop one")
