@@ -135,9 +135,7 @@ def attribute(
         with frozen(patcher.model):  # gradients for the activations only
             for c in chunks:
                 w = (float(valid[c].sum()) if valid is not None else float(patcher.data.answer_pos[c].numel())) / n_valid
-                for alpha in alphas:
-                    _accumulate(patcher, dense, c, alpha, w)
-                    bar.update(1)
+                _accumulate(patcher, dense, c, alphas, w, lambda: bar.update(1))
     finally:
         bar.close()
     dense /= len(alphas)
@@ -150,10 +148,17 @@ def attribute(
     return Attribution(scores, method, steps, b, time.perf_counter() - t0, len(chunks) * len(alphas))
 
 
-def _accumulate(patcher: Patcher, dense: Tensor, c: slice, alpha: float, weight: float) -> None:
-    """One forward + backward pass over the prompts ``c`` with the embedding at
-    ``x_corr + alpha (x_clean - x_corr)``; adds ``weight x`` their scores into ``dense``
-    (``absent``-shaped: row, view, pos, slot)."""
+def _accumulate(
+    patcher: Patcher, dense: Tensor, c: slice, alphas: list[float], weight: float, step_done: Callable[[], None]
+) -> None:
+    """One forward + backward pass over the prompts ``c`` per ``alpha`` in ``alphas``, with
+    the embedding at ``x_corr + alpha (x_clean - x_corr)``; adds ``weight x`` the sum of their
+    scores into ``dense`` (``absent``-shaped: row, view, pos, slot).
+
+    A score is linear in the gradient (``delta . g``), so the gradients at each destination
+    input are summed over the steps first and multiplied by the sender differences once per
+    chunk: the sender differences are laid out once, and the score matmuls run once, not
+    once per step (issue 26; the same scores up to float rounding, tests/test_attribution.py)."""
     lay, n, views = patcher.layout, patcher.layout.n_layers, patcher.views.of(c)
     V, P, positional, diag = views.V, views.P, views.positional, views.diag
     S_clean, S_corr = patcher.S_clean[c], patcher.S_corr[c]
@@ -204,11 +209,20 @@ def _accumulate(patcher: Patcher, dense: Tensor, c: slice, alpha: float, weight:
             dense[rows, 0, 0, :kk] += got[:kk, at : at + gm.shape[1]].T
             at += gm.shape[1]
 
+    # The gradient at each destination input, summed over the steps (in input order).
+    grads: dict[tuple[int, Input], Tensor] = {}
+
+    def add(key: tuple[int, Input]) -> Callable[[Tensor], None]:
+        def fn(g: Tensor) -> None:
+            grads[key] = g if key not in grads else grads[key] + g
+
+        return fn
+
     def watched(x: Tensor, L: int, kind: Input) -> Tensor:
         # With views, every view reads the true residual (position p from view p), so the
         # gradient at view q's input is the gradient as query q sees it.
         x = views.spread(views.diagonal(x)[0]) if positional else x.clone()
-        x.register_hook(collect(L, kind))
+        x.register_hook(add((L, kind)))
         return x
 
     def watch(L: int, kind: Input) -> Hook | None:
@@ -216,12 +230,17 @@ def _accumulate(patcher: Patcher, dense: Tensor, c: slice, alpha: float, weight:
 
     hooks = patcher.table.hooks(inputs=watch)
     x_corr, x_clean = S_corr[:, :, 0], S_clean[:, :, 0]
-    with torch.enable_grad():
-        x0 = (x_corr + alpha * (x_clean - x_corr)).detach().requires_grad_(True)
-        final = patcher.table.run_to_final(patcher.model, views.spread(x0), hooks,
-                                           lambda x: views.diagonal(watched(x, n, Input.RESID))[0], start_layer=0)  # fmt: skip
-        metric = patcher.readout.final_metric(final.unsqueeze(0), prompts=c)[0]
-        torch.autograd.grad(metric * weight, x0)
+    for alpha in alphas:
+        with torch.enable_grad():
+            x0 = (x_corr + alpha * (x_clean - x_corr)).detach().requires_grad_(True)
+            final = patcher.table.run_to_final(patcher.model, views.spread(x0), hooks,
+                                               lambda x: views.diagonal(watched(x, n, Input.RESID))[0], start_layer=0)  # fmt: skip
+            metric = patcher.readout.final_metric(final.unsqueeze(0), prompts=c)[0]
+            torch.autograd.grad(metric * weight, x0)
+        step_done()
+    order = [(L, kind) for L in range(n + 1) for kind in Input]
+    for key in sorted(grads, key=order.index):
+        collect(*key)(grads.pop(key))
     for L in list(pending):  # groups that got no gradient have score 0
         flush(L)
 
