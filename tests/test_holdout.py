@@ -135,3 +135,16 @@ def test_tests_flag_names_match_the_library():
     from circuitdag.hypothesis import TESTS
 
     assert TRUST_TESTS == TESTS
+
+
+def test_pronoun_seeds_draw_from_the_pools_and_hold_out_the_rest(pronoun):
+    task, model = pronoun
+    t0, n0 = task.drawn(0)
+    for seed in (1, 5):
+        t, n = task.drawn(seed)
+        assert len(t) == 5 and all(len(n[g]) == 10 for g in n) and (t, n) != (t0, n0)
+        d, h = task.data(model, seed), task.holdout(model, seed)
+        name_pos = d.position_names.index("name")
+        assert not set(d.clean[:, name_pos].tolist()) & set(h.clean[:, name_pos].tolist())
+        assert not {tuple(r[name_pos + 1 :]) for r in d.clean.tolist()} & {tuple(r[name_pos + 1 :]) for r in h.clean.tolist()}
+    assert task.data(model, 5).clean.equal(task.data(model, 5).clean)

@@ -78,6 +78,10 @@ HOLDOUT_NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _unique(items: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(dict.fromkeys(items))
+
+
 class PronounTask(Task):
     """Gendered pronoun prediction; ``corruption`` picks the counterfactual (see module doc)."""
 
@@ -149,10 +153,30 @@ class PronounTask(Task):
             out[gender] = token
         return out
 
-    def _single_token_names(self, tok: Any) -> dict[str, tuple[str, ...]]:
+    def drawn(self, seed: int = 0) -> tuple[tuple[str, ...], dict[str, tuple[str, ...]]]:
+        """(templates, names per gender) of the prompts of ``seed``: seed 0 (and any seed
+        when the task was given its own templates and names) the default set, the zoo
+        card's 5 templates and 10 + 10 names; another seed draws as many from the pools
+        (the default set plus :data:`HOLDOUT_TEMPLATES` and :data:`HOLDOUT_NAMES`), in pool
+        order. :meth:`holdout` is the rest of the pools."""
+        if seed == 0 or (self._templates is not None and self._names is not None):
+            return self.templates, self.names
+        rng = random.Random(f"pronoun-draw-{seed}")  # apart from the opposite-gender draw
+        pool_t = _unique(self.templates + HOLDOUT_TEMPLATES)
+        picked = set(rng.sample(pool_t, len(self.templates)))
+        templates = self.templates if self._templates is not None else tuple(t for t in pool_t if t in picked)
+        names = dict(self.names)
+        if self._names is None:
+            for g in GENDERS:
+                pool = _unique(self.names.get(g, ()) + HOLDOUT_NAMES[g])
+                chosen = set(rng.sample(pool, len(self.names.get(g, ()))))
+                names[g] = tuple(n for n in pool if n in chosen)
+        return templates, names
+
+    def _single_token_names(self, tok: Any, all_names: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
         kept, dropped, total = {}, [], 0
         for gender in GENDERS:
-            names = self.names.get(gender, ())
+            names = all_names.get(gender, ())
             total += len(names)
             ok = [n for n in names if len(_lm.word_tokens(tok, n)) == 1]
             dropped += [
@@ -174,23 +198,25 @@ class PronounTask(Task):
 
     @property
     def data_uses_seed(self) -> bool:
-        """Only "opposite-gender" draws (with the seed) the name that replaces each name;
-        "that-person" prompts are the same for every seed."""
-        return self.corruption != "that-person"
+        """Every seed but 0 draws other names and templates (:meth:`drawn`);
+        "opposite-gender" also draws the name that replaces each name. With its own
+        templates and names, "that-person" prompts are the same for every seed."""
+        return self.corruption != "that-person" or self._templates is None or self._names is None
 
     def prompts(self, model: Any, seed: int = 0) -> PronounPrompts:
         """The prompt texts :meth:`data` tokenizes (names and templates that fit the
         model's tokenizer), in template-major order, male names first."""
         tok = _lm.tokenizer_of(model)
         bos = _lm.wants_bos(model, self.prepend_bos)
-        names = self._single_token_names(tok)
+        all_templates, all_names = self.drawn(seed)
+        names = self._single_token_names(tok, all_names)
         probe = next(n for g in GENDERS for n in names[g])
-        lengths = {t: len(_lm.encode(tok, t.format(name=probe), bos)) for t in self.templates}
+        lengths = {t: len(_lm.encode(tok, t.format(name=probe), bos)) for t in all_templates}
         n_tok = _lm.most_common(lengths.values())
-        dropped = [f"{t!r} ({lengths[t]} tokens, not {n_tok})" for t in self.templates if lengths[t] != n_tok]
-        _lm.drop_or_refuse(self.name, "templates", dropped, len(self.templates),
+        dropped = [f"{t!r} ({lengths[t]} tokens, not {n_tok})" for t in all_templates if lengths[t] != n_tok]
+        _lm.drop_or_refuse(self.name, "templates", dropped, len(all_templates),
                            "do not share the common token layout", self.strict)  # fmt: skip
-        templates = tuple(t for t in self.templates if lengths[t] == n_tok)
+        templates = tuple(t for t in all_templates if lengths[t] == n_tok)
         filler = self._filler(tok) if self.corruption == "that-person" else None
         rng = random.Random(seed)
         clean, corrupted, gender = [], [], []
@@ -204,10 +230,15 @@ class PronounTask(Task):
         return PronounPrompts(tuple(clean), tuple(corrupted), tuple(gender), names, templates, filler)
 
     def holdout(self, model: Any, seed: int = 0) -> TaskData:
-        """The held-out prompts: :data:`HOLDOUT_TEMPLATES` with :data:`HOLDOUT_NAMES`, none
-        of which is in the default set, in the same token layout (issue 24)."""
+        """The held-out prompts of ``seed``: the templates and names of the pools that
+        :meth:`drawn` did not draw (for seed 0, :data:`HOLDOUT_TEMPLATES` with
+        :data:`HOLDOUT_NAMES`), so none is in the discovery prompts (issue 24)."""
+        templates, names = self.drawn(seed)
+        rest_t = tuple(t for t in _unique(self.templates + HOLDOUT_TEMPLATES) if t not in templates)
+        rest_n = {g: tuple(n for n in _unique(self.names.get(g, ()) + HOLDOUT_NAMES[g]) if n not in names[g])
+                  for g in GENDERS}  # fmt: skip
         other = type(self)(self.corruption, strict=self.strict, prepend_bos=self.prepend_bos,
-                           templates=HOLDOUT_TEMPLATES, names=HOLDOUT_NAMES)  # fmt: skip
+                           templates=rest_t or HOLDOUT_TEMPLATES, names=rest_n)  # fmt: skip
         return other.data(model, seed)
 
     def data(self, model: Any, seed: int = 0) -> TaskData:
