@@ -29,7 +29,7 @@ from tracr.rasp import rasp
 from circuitdag.models.hooked import load_tiny, save_tiny
 from circuitdag.tasks import tracr as tasks
 from circuitdag.tasks.tracr import BOS, PAD, SPECS, counterfactual_pairs, input_space
-from circuitdag.tracr_compile import check_node_model, check_port, examples, port_program, probes
+from circuitdag.tracr_port import check_node_model, check_port, examples, port_program, probes
 from circuitdag.tracr_truth import derive_ground_truth
 
 
