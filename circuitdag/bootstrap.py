@@ -17,6 +17,17 @@ replacement, same size (Efron's nonparametric bootstrap), and reports:
 Each rerun caches its resample's clean and corrupted runs afresh (two forward passes;
 small next to any method). The time a rerun takes is about the original run's, so
 ``B x`` the run's time is what :func:`expected_seconds` says before starting.
+
+**Attribution methods (EAP, EAP-IG) with resample or zero ablation** need no rerun: their
+scores are gradients of a metric that is a weighted mean over prompts, and each prompt's
+path (the clean run, its corrupted counterpart, the IG interpolation) involves that prompt
+only, so the scores on a resample are ``sum_i c_i w_i s_i / sum_i c_i w_i`` with ``s_i``
+the scores of prompt ``i`` alone, ``c_i`` how often the resample drew it and ``w_i`` its
+answer slots. :func:`prompt_attributions` computes every ``s_i`` once (about one run's
+work), and each resample is a weighted sum, the method's own selection, and two exact
+passes (its circuit on the discovery and the held-out prompts; the resample's
+faithfulness is the weighted mean of per-prompt values). Tested equal to rerunning the
+method on the resample (:func:`bootstrap` with ``rerun=True``).
 """
 
 from __future__ import annotations
@@ -81,6 +92,29 @@ def _nodes(patcher: Patcher, alive: np.ndarray) -> np.ndarray:
     return out
 
 
+def additive(method: Algorithm, patcher: Patcher) -> bool:
+    """Whether ``method``'s reruns are weighted sums of per-prompt scores (module
+    docstring): EAP and EAP-IG, with resample or zero ablation (a mean ablation's mean
+    depends on the resample)."""
+    from circuitdag.algorithms.attribution import EAP
+
+    return isinstance(method, EAP) and patcher.ablation.value in ("resample", "zero")
+
+
+def prompt_attributions(patcher: Patcher, method: Algorithm, options: dict[str, Any],
+                        progress: bool = False) -> np.ndarray:  # fmt: skip
+    """``s_i``: ``method``'s scores (EAP or EAP-IG) on each prompt alone, ``(batch, edge)``."""
+    from circuitdag.attribution import attribute
+
+    steps = int(options.get("ig_steps") or 1)
+    rows = []
+    for i in tqdm(range(patcher.B), desc=f"{method.name} per prompt", unit="prompt", disable=not progress):
+        one = Patcher(patcher.model, patcher.graph, patcher.data.subset([i]), ablation=patcher.ablation,
+                      metric=patcher.metric_fn)  # fmt: skip
+        rows.append(attribute(one, method.name, steps, 1).scores)
+    return np.stack(rows)
+
+
 def expected_seconds(run_seconds: float, resamples: int) -> float:
     """What ``resamples`` reruns of a run that took ``run_seconds`` should take."""
     return float(run_seconds) * resamples
@@ -97,29 +131,52 @@ def bootstrap(
     level: float = LEVEL,
     progress: bool = False,
     make_patcher: Callable[[Any], Patcher] | None = None,
+    rerun: bool | None = None,
 ) -> dict[str, Any]:
     """Rerun ``method`` with ``options`` (checked, threshold in metric units) on
     ``resamples`` resamples of ``patcher``'s prompts (module docstring). ``alive``: the
     reported circuit; ``heldout``: a patcher on the held-out prompts (or None).
     ``make_patcher(data)`` builds a resample's patcher (default: same model, graph,
     ablation, metric). Returns the JSON-ready record circuit.json keeps under
-    ``"bootstrap"``; raises :class:`ConfigError` for fewer than 2 resamples."""
+    ``"bootstrap"``; raises :class:`ConfigError` for fewer than 2 resamples. ``rerun``:
+    rerun the method on every resample even where per-prompt scores would do (None: only
+    where they would not, :func:`additive`)."""
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 2:
         raise ConfigError(f"--bootstrap needs at least 2 resamples, got {resamples!r}")
     graph, n = patcher.graph, patcher.B
     rng = np.random.default_rng(seed)
     make = make_patcher or (lambda data: Patcher(patcher.model, graph, data, ablation=patcher.ablation,
                                                  metric=patcher.metric_fn))  # fmt: skip
+    fast = additive(method, patcher) if rerun is None else not rerun
+    if fast:
+        from circuitdag.algorithms.attribution import default_attribution_edges
+        from circuitdag.attribution import Attribution
+
+        per = prompt_attributions(patcher, method, options, progress)
+        size, cut = options.get("edges"), options.get("threshold")
+        if size is None and cut is None:
+            size = default_attribution_edges(graph.n_edges)  # what run() would keep
+        size = None if size is None else min(int(size), graph.n_edges)
+        w = prompt_weights(patcher)
+        m_full, m_empty = (prompt_metrics(patcher, np.full(graph.n_edges, v)) for v in (True, False))
     kept, scores, f_disc, f_held = [], [], [], []
     for _ in tqdm(range(resamples), desc="bootstrap", unit="rerun", disable=not progress):
         idx = rng.integers(0, n, size=n)
-        p = make(patcher.data.subset(idx.tolist()))
-        found = method.run(p, RunContext(), **options)
-        c = np.asarray(found.in_circuit, dtype=bool)
+        if fast:
+            cw = np.bincount(idx, minlength=n) * w
+            att = Attribution(cw @ per / cw.sum(), method.name, int(options.get("ig_steps") or 1), 1, 0.0, 0)
+            found = method.select(patcher, att, size, cut)  # type: ignore[attr-defined]
+            c = np.asarray(found.in_circuit, dtype=bool)
+            f_disc.append(float(faithfulness(resample_mean(prompt_metrics(patcher, c), w, idx),
+                                             resample_mean(m_full, w, idx), resample_mean(m_empty, w, idx))))  # fmt: skip
+        else:
+            p = make(patcher.data.subset(idx.tolist()))
+            found = method.run(p, RunContext(), **options)
+            c = np.asarray(found.in_circuit, dtype=bool)
+            full, empty = p.circuit_metric(np.ones(graph.n_edges, bool)), p.circuit_metric(np.zeros(graph.n_edges, bool))
+            f_disc.append(float(faithfulness(np.asarray(p.circuit_metric(c)), np.asarray(full), np.asarray(empty))))
         kept.append(c)
         scores.append(np.asarray(found.scores, dtype=np.float64))
-        full, empty = p.circuit_metric(np.ones(graph.n_edges, bool)), p.circuit_metric(np.zeros(graph.n_edges, bool))
-        f_disc.append(float(faithfulness(np.asarray(p.circuit_metric(c)), np.asarray(full), np.asarray(empty))))
         if heldout is not None:
             hf, he = heldout.circuit_metric(np.ones(graph.n_edges, bool)), heldout.circuit_metric(np.zeros(graph.n_edges, bool))
             f_held.append(float(faithfulness(np.asarray(heldout.circuit_metric(c)), np.asarray(hf), np.asarray(he))))
@@ -133,7 +190,7 @@ def bootstrap(
                                      None if not np.isfinite(hi[e]) else float(hi[e])]}
              for e in np.flatnonzero((inclusion > 0) | alive)}  # fmt: skip
     out: dict[str, Any] = {
-        "resamples": resamples, "seed": seed, "level": level,
+        "resamples": resamples, "seed": seed, "level": level, "reruns": "per-prompt scores" if fast else "method",
         "faithfulness": {"discovery": {"mean": float(np.nanmean(f_disc)), "ci": interval(np.asarray(f_disc), level),
                                        "values": f_disc}},
         "circuit_faithfulness_ci": {"discovery": circuit_interval(patcher, alive, level=level, seed=seed)},
@@ -148,4 +205,4 @@ def bootstrap(
     return out
 
 
-__all__ = ["LEVEL", "bootstrap", "circuit_interval", "expected_seconds", "interval", "jaccard", "ratio_interval"]
+__all__ = ["LEVEL", "additive", "bootstrap", "circuit_interval", "expected_seconds", "interval", "jaccard", "prompt_attributions", "ratio_interval"]

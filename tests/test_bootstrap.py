@@ -86,3 +86,22 @@ def test_the_explorer_shows_inclusion_as_opacity(tmp_path):
     edges = {e["id"]: e for e in explorer_data(circuit)["edges"]}
     assert edges[names[0]]["inclusion"] == 0.25 and edges[names[1]]["inclusion"] is None
     assert explorer_data(circuit)["bootstrap"] == 4 and "inclusion" in explorer_html(circuit)
+
+
+@pytest.mark.parametrize("method", ["eap", "eap-ig"])
+def test_per_prompt_scores_give_what_rerunning_the_method_gives(method):
+    p = planted_patcher(batch=10, metric="logit_diff")
+    alg = get_algorithm(method)
+    opts = alg.check({"edges": 12, **({"ig_steps": 3} if method == "eap-ig" else {})})
+    alive = alg.run(p, RunContext(), **opts).in_circuit
+    held = patcher_on(p, planted_data(p.model, data_seed=9, batch=10))
+    fast = bootstrap(p, alg, opts, 4, alive, held, seed=2)
+    slow = bootstrap(p, alg, opts, 4, alive, held, seed=2, rerun=True)
+    assert fast["reruns"] == "per-prompt scores" and slow["reruns"] == "method"
+    assert fast["edges"].keys() == slow["edges"].keys()
+    for name, row in fast["edges"].items():
+        assert row["inclusion"] == slow["edges"][name]["inclusion"]
+        assert row["score_ci"] == pytest.approx(slow["edges"][name]["score_ci"], rel=1e-9, abs=1e-12)
+    for part in ("discovery", "heldout"):
+        assert fast["faithfulness"][part]["values"] == pytest.approx(slow["faithfulness"][part]["values"], rel=1e-9)
+    assert fast["stability"] == slow["stability"]

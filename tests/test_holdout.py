@@ -148,3 +148,12 @@ def test_pronoun_seeds_draw_from_the_pools_and_hold_out_the_rest(pronoun):
         assert not set(d.clean[:, name_pos].tolist()) & set(h.clean[:, name_pos].tolist())
         assert not {tuple(r[name_pos + 1 :]) for r in d.clean.tolist()} & {tuple(r[name_pos + 1 :]) for r in h.clean.tolist()}
     assert task.data(model, 5).clean.equal(task.data(model, 5).clean)
+
+
+def test_test_options_are_checked():
+    from circuitdag.cli.discover import parse_test_options
+
+    assert parse_test_options(["circuits=20", "q=0.9", "epsilon=0"]) == {"circuits": 20, "q": 0.9, "epsilon": 0.0}
+    for bad in ("circuits=0", "q=1", "epsilon=0.5", "nope=1", "circuits", "circuits=2.5"):
+        with pytest.raises(ConfigError, match="--test-option"):
+            parse_test_options([bad])

@@ -45,3 +45,23 @@ def test_exact_scores_verify_perfectly():
     assert out["spearman"] == pytest.approx(1.0) and out["n_off"] == 0
     with pytest.raises(ConfigError, match="verify-top"):
         verify_top(p, exact, full, 0)
+
+
+@pytest.mark.parametrize("positions", [False, True])
+def test_single_removals_equal_circuit_metric(positions):
+    from planted import planted_data, planted_model
+
+    from circuitdag.graph import Graph, Positions
+    from circuitdag.models.spec import spec_of
+    from circuitdag.patching import Patcher
+    from circuitdag.verify import single_removals
+
+    model = planted_model()
+    data = planted_data(model, batch=6)
+    graph = Graph(spec_of(model), Positions(data.clean.shape[1], None, (data.clean.shape[1] - 1,)) if positions else None)
+    p = Patcher(model, graph, data)
+    edges = np.random.default_rng(0).choice(graph.n_edges, 25, replace=False)
+    full = np.ones(graph.n_edges, bool)
+    got = single_removals(p, edges, k=3)
+    for e, v in zip(edges, got, strict=True):
+        assert v == pytest.approx(p.circuit_metric(np.where(np.arange(graph.n_edges) == e, False, full)) - p.circuit_metric(full), abs=1e-10)

@@ -38,6 +38,8 @@ def register(sub: Any) -> None:
     p.add_argument("--tests", nargs="*", metavar="TEST", choices=TRUST_TESTS,
                    help="hypothesis tests on the circuit's own run (Shi et al. 2024): equivalence, independence, "
                    "minimality, sufficiency (no name: all four)")
+    p.add_argument("--test-option", action="append", metavar="NAME=VALUE",
+                   help="an option of the tests (repeatable; see discover --help)")
     p.add_argument("--verify-top", metavar="N", type=number("--verify-top", int, 1),
                    help="exact single-edge effects of the top N edges and the N just below the cut")
     p.set_defaults(fn=cmd_evaluate)
@@ -151,7 +153,10 @@ def _trust(circuit: Any, args: argparse.Namespace) -> dict[str, Any]:
 
         run = reload(circuit, source=args.circuit, purpose="these checks")
         assert run.patcher is not None
+        from circuitdag.cli.discover import parse_test_options
+
         assess(circuit, discovery_part(run.patcher, circuit.meta), verify_top=args.verify_top,
+               test_options=parse_test_options(args.test_option),
                tests=tuple(args.tests or TRUST_TESTS) if args.tests is not None else (), seed=int(circuit.meta.get("seed") or 0))  # fmt: skip
         out.update({k: circuit.meta[k] for k in ("tests", "verify") if k in circuit.meta})
     return out

@@ -75,6 +75,9 @@ def register(sub: Any) -> None:
     p.add_argument("--tests", nargs="*", metavar="TEST", choices=TRUST_TESTS,
                    help="hypothesis tests of the circuit (Shi et al. 2024): equivalence, independence, minimality, "
                    "sufficiency (no name: all four)")
+    p.add_argument("--test-option", action="append", metavar="NAME=VALUE",
+                   help="an option of the tests (repeatable): epsilon (equivalence, 0.1), permutations "
+                   "(independence, 1000), q and references (minimality, 0.5 and 20), circuits (sufficiency, 100)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars or phase messages")
     p.add_argument("--no-svg", action="store_true",
                    help="write circuit.json only, no circuit.svg (draw it later with circuitdag render)")
@@ -210,7 +213,34 @@ def _assess(args: argparse.Namespace, circuit: Any, patcher: Any, heldout: Any, 
               f"({circuit.meta['stats']['seconds']:.1f}s each, as this run)", file=sys.stderr)  # fmt: skip
     tests = tuple(args.tests or TRUST_TESTS) if args.tests is not None else ()
     assess(circuit, patcher, heldout=heldout, heldout_patcher=held, verify_top=args.verify_top, tests=tests,
-           bootstrap=args.bootstrap, method=method, options=options, seed=args.seed, progress=not args.quiet)  # fmt: skip
+           test_options=parse_test_options(args.test_option), bootstrap=args.bootstrap, method=method, options=options,
+           seed=args.seed, progress=not args.quiet)  # fmt: skip
+
+
+#: ``--test-option`` names, their types and the open/closed ranges they must lie in.
+TEST_OPTIONS: dict[str, tuple[type, float, float]] = {"epsilon": (float, 0, 0.5), "permutations": (int, 1, 1e5),
+                                                     "q": (float, 0, 1), "references": (int, 1, 1e5),
+                                                     "circuits": (int, 1, 1e5)}  # fmt: skip
+
+
+def parse_test_options(items: list[str] | None) -> dict[str, Any]:
+    """``--test-option NAME=VALUE`` items as keyword arguments of the hypothesis tests
+    (epsilon in [0, 0.5), q in (0, 1), counts from 1 to 99,999)."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        name, sep, value = (x.strip() for x in item.partition("="))
+        if not sep or name not in TEST_OPTIONS:
+            raise ConfigError(f"--test-option takes NAME=VALUE with NAME one of {', '.join(TEST_OPTIONS)}; got {item!r}")
+        kind, lo, hi = TEST_OPTIONS[name]
+        try:
+            v = kind(value)
+        except ValueError:
+            raise ConfigError(f"--test-option {item}: {name} must be a {'whole number' if kind is int else 'number'}") from None
+        if not (lo <= v < hi if name == "epsilon" else lo <= v < hi if kind is int else lo < v < hi):
+            raise ConfigError(f"--test-option {item}: {name} must be in [{lo:g}, {hi:g}) for counts and epsilon, "
+                              f"({lo:g}, {hi:g}) for q")  # fmt: skip
+        out[name] = v
+    return out
 
 
 def _draw_svg(circuit: Any, path: Path, args: argparse.Namespace) -> bool:
