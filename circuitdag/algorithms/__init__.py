@@ -36,6 +36,8 @@ BUILTIN: dict[str, str] = {
     "eap": "circuitdag.algorithms.attribution:EAP",
     "eap-ig": "circuitdag.algorithms.attribution:EAPIG",
     "acdc-prefiltered": "circuitdag.algorithms.prefiltered:PrefilteredACDC",
+    "edge-pruning": "circuitdag.algorithms.edge_pruning:EdgePruning",
+    "ugs": "circuitdag.algorithms.ugs:UGS",
 }
 
 _cache: dict[str, Algorithm] = {}
