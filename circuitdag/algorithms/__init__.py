@@ -38,6 +38,7 @@ BUILTIN: dict[str, str] = {
     "acdc-prefiltered": "circuitdag.algorithms.prefiltered:PrefilteredACDC",
     "edge-pruning": "circuitdag.algorithms.edge_pruning:EdgePruning",
     "ugs": "circuitdag.algorithms.ugs:UGS",
+    "eap-ig-activations": "circuitdag.algorithms.eapig_activations:EAPIGActivations",
 }
 
 _cache: dict[str, Algorithm] = {}
