@@ -39,6 +39,7 @@ BUILTIN: dict[str, str] = {
     "edge-pruning": "circuitdag.algorithms.edge_pruning:EdgePruning",
     "ugs": "circuitdag.algorithms.ugs:UGS",
     "eap-ig-activations": "circuitdag.algorithms.eapig_activations:EAPIGActivations",
+    "information-flow-routes": "circuitdag.algorithms.information_flow:InformationFlowRoutes",
 }
 
 _cache: dict[str, Algorithm] = {}
