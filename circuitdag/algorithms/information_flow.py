@@ -30,8 +30,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from circuitdag.algorithms.attribution import EAP
-from circuitdag.algorithms.base import Found, Option, RunContext
+from circuitdag.algorithms.attribution import default_attribution_edges
+from circuitdag.algorithms.base import Algorithm, Found, Option, RunContext
+from circuitdag.attribution import top_edges
 from circuitdag.errors import ConfigError
 from circuitdag.graph import Input
 from circuitdag.runs import real_positions
@@ -76,35 +77,31 @@ def information_flow_scores(patcher: Patcher, batch_size: int = 8, progress: boo
     return dense[lay.edge_row, lay.edge_slot].cpu().numpy()
 
 
-class InformationFlowRoutes(EAP):
+class InformationFlowRoutes(Algorithm):
     name = "information-flow-routes"
     summary = "information flow routes: each sender's L1 share of a destination's input, no counterfactual"
     source = "Ferrando & Voita 2024, Information Flow Routes (as MIB runs it)"
-    score_meaning = (
-        "mean share of the destination's input accounted for by the sender (L1 proximity, in [0, 1])"
-    )
+    score_meaning = "mean share of the destination's input accounted for by the sender (L1 proximity, in [0, 1])"
+    size_knob = "edges"
+    refusals: ClassVar[dict[str, str]] = {
+        "prefilter": "--prefilter goes with --algorithm acdc",
+    }
     options: ClassVar[tuple[Option, ...]] = (
-        Option(
-            "edges", int, None, "keep the N edges with the largest score (default 1% of the graph)", minimum=0
-        ),
+        Option("edges", int, None, "keep the N edges with the largest score (default 1% of the graph)", minimum=0),
         Option("threshold", float, None, "keep every edge with score >= this (a share, 0..1)", minimum=0),
         Option("batch_size", int, 8, "prompts per chunk of the proximity computation", minimum=1),
     )
 
     def run(self, patcher: Patcher, ctx: RunContext, edges: int | None = None, threshold: float | None = None,
             batch_size: int = 8) -> Found:  # fmt: skip
-        from circuitdag.algorithms.attribution import default_attribution_edges
-        from circuitdag.attribution import Attribution
-
         if edges is not None and threshold is not None:
             raise ConfigError(f"give either --edges N or --threshold X for --algorithm {self.name}, not both")
         if edges is None and threshold is None:
             edges = default_attribution_edges(patcher.graph.n_edges)
         t0 = time.perf_counter()
         scores = information_flow_scores(patcher, batch_size, ctx.progress)
-        att = Attribution(scores, self.name, 0, batch_size, time.perf_counter() - t0, 0)
-        found = self.select(
-            patcher, att, None if edges is None else min(edges, patcher.graph.n_edges), threshold, t0
-        )
-        found.record["counterfactual"] = False
-        return found
+        keep = top_edges(scores, None if edges is None else min(edges, patcher.graph.n_edges), threshold)
+        return Found(scores, patcher.graph.prune(keep),
+                     record={"threshold": threshold, "edges_requested": edges, "edges_selected": int(keep.sum()),
+                             "counterfactual": False},
+                     stats={"seconds": round(time.perf_counter() - t0, 4)})  # fmt: skip
