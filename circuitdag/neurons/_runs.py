@@ -28,6 +28,7 @@ from circuitdag.graph import ModelSpec
 from circuitdag.hooks import HookTable
 from circuitdag.models import spec_of
 from circuitdag.tasks.base import TaskData
+from circuitdag.tasks.validate import check_metric_gap
 
 #: What is cached per layer, by short name: the hook table's name of each (see :func:`sites`).
 SITE_NAMES = ("resid_pre", "attn_out", "resid_mid", "mlp_out", "post")
@@ -248,6 +249,14 @@ def cache_runs(model: Any, data: TaskData) -> TaskRuns:
         raise TaskError(f"clean and corrupted prompts give the same mean logit difference ({tr.metric_clean:.4g}); "
                         "patching has nothing to recover")  # fmt: skip
     return tr
+
+
+def warn_if_negligible(runs: TaskRuns) -> None:
+    """Warn, as discover does (:func:`~circuitdag.tasks.validate.check_metric_gap`), when the
+    clean-vs-corrupted logit difference is negligible or favours the wrong answer: every
+    effect the analysis reports is a fraction of that gap, so on a random or untrained model
+    it is meaningless (a 0.001-logit gap gave "274%")."""
+    check_metric_gap(-runs.metric_clean, -runs.metric_corrupted, "logit_diff", "resample", "neurons")
 
 
 def chunk_size(runs: TaskRuns, budget_bytes: float = 2e9) -> int:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitdag.errors import ConfigError
-from circuitdag.neurons._runs import ABLATIONS, TaskRuns, cache_runs, w_out
+from circuitdag.neurons._runs import ABLATIONS, TaskRuns, cache_runs, w_out, warn_if_negligible
 from circuitdag.neurons.activation_patching import PatchGrid, patch_activations
 from circuitdag.neurons.congruence import MutualCongruence, mutual_congruence, token_congruence
 from circuitdag.neurons.corpus import CorpusBins, corpus_activation, read_corpus
@@ -152,6 +152,7 @@ def analyze_neurons(
     device = next(model.parameters()).device
     data = load_data(task, model, seed=seed, n_prompts=n_prompts).to(device)
     runs = cache_runs(model, data)
+    warn_if_negligible(runs)
     n_layers, m = runs.spec.n_layers, runs.d_mlp
     lap("cache")
     lens = logit_lens(runs)
