@@ -70,3 +70,40 @@ def test_sweep_honours_n_prompts(tmp_path, capsys):
                  "--out", str(out), "-q", "--threads", "1"]) == 0  # fmt: skip
     (path,) = out.glob("trials/*/circuit.json")
     assert json.loads(path.read_text())["n_prompts"] == 5
+
+
+def test_sigterm_during_discover_says_so_and_keeps_the_checkpoint(tmp_path):
+    """A scheduler's kill (SIGTERM) ends discover like Ctrl-C: one line saying what happened
+    and how to go on, exit 143, the checkpoint left for --resume (it printed nothing)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = (
+        "import sys, time\n"
+        "import circuitdag.checkpoint as ck\n"
+        "save = ck.save_checkpoint\n"
+        "def slow(*a, **k):\n"
+        "    save(*a, **k); time.sleep(0.2)\n"
+        "ck.save_checkpoint = slow\n"
+        "from circuitdag.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    out = tmp_path / "run"
+    argv = ["discover", "--task", "tracr-reverse", "--algorithm", "acdc-reference", "--checkpoint-every", "0",
+            "--threads", "1", "-q", "--no-svg", "--out", str(out)]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", script, *argv], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "checkpoint.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before it was terminated"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert err == "circuitdag: terminated (SIGTERM); rerun with --resume to continue from the checkpoint\n"
+    assert (out / "checkpoint.json").exists() and not (out / "circuit.json").exists()

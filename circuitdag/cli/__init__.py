@@ -57,7 +57,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler's kill, ``timeout``): ended like Ctrl-C, with the same message."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    in_main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _terminate) if in_main else None
+    try:
+        return _main(argv)
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, before)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)  # a numeric option's type raises ConfigError
@@ -78,10 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"circuitdag: error: cannot use {where}: {exc.strerror}; move it out of the way or choose another "
               "output path", file=sys.stderr)  # fmt: skip
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         hint = "; rerun with --resume to continue from the checkpoint" if _resumable(argv) else ""
-        print(f"circuitdag: interrupted{hint}", file=sys.stderr)
-        return 130
+        how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"circuitdag: {how}{hint}", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
     except BrokenPipeError:  # the reader went away (`circuitdag tasks | head`): not an error
         import os
 
@@ -90,9 +112,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _resumable(argv: list[str] | None) -> bool:
-    """Whether the interrupted command was a ``discover`` that writes a checkpoint."""
-    words = sys.argv[1:] if argv is None else argv
-    return "discover" in words and not any(w in words for w in ("eap", "eap-ig", "--algorithm=eap", "--algorithm=eap-ig"))
+    """Whether the interrupted command was a ``discover`` whose method writes a checkpoint."""
+    words = list(sys.argv[1:] if argv is None else argv)
+    if "discover" not in words:
+        return False
+    name = "acdc"
+    for i, w in enumerate(words):
+        if w == "--algorithm" and i + 1 < len(words):
+            name = words[i + 1]
+        elif w.startswith("--algorithm="):
+            name = w.partition("=")[2]
+    from circuitdag.algorithms import get_algorithm
+
+    try:
+        return get_algorithm(name).checkpoints
+    except CircuitDagError:
+        return False
 
 
 __all__ = ["build_parser", "main"]
