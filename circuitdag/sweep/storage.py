@@ -159,8 +159,9 @@ def stored_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
 
 def disk_full(exc: BaseException) -> BaseException | None:
     """The error in ``exc``'s chain (causes, contexts, SQLAlchemy's ``orig``) that says a
-    disk is full, or None: an ``OSError`` ENOSPC or EDQUOT, SQLite's "database or disk is
-    full", PostgreSQL's ``disk_full`` (SQLSTATE 53100)."""
+    disk is full, or None: an ``OSError`` ENOSPC, EDQUOT or EFBIG (the file size limit,
+    ``ulimit -f``), SQLite's "database or disk is full" (or its "disk I/O error" under a
+    file size limit), PostgreSQL's ``disk_full`` (SQLSTATE 53100)."""
     todo: list[BaseException | None] = [exc]
     seen: set[int] = set()
     while todo:
@@ -168,16 +169,28 @@ def disk_full(exc: BaseException) -> BaseException | None:
         if e is None or id(e) in seen:
             continue
         seen.add(id(e))
-        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
             return e
         if getattr(e, "sqlite_errorname", None) == "SQLITE_FULL" or (
             type(e).__module__ == "sqlite3" and "database or disk is full" in str(e)
         ):
             return e
+        if type(e).__module__ == "sqlite3" and "disk I/O error" in str(e) and size_limit() is not None:
+            return e  # SQLite's word for EFBIG
         if "53100" in (getattr(e, "pgcode", None), getattr(e, "sqlstate", None)):
             return e
         todo += [e.__cause__, e.__context__, getattr(e, "orig", None)]
     return None
+
+
+def size_limit() -> int | None:
+    """This process's file size limit in bytes (``ulimit -f``), or None when unlimited."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on POSIX
+        return None
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    return None if soft == resource.RLIM_INFINITY else int(soft)
 
 
 @contextlib.contextmanager
@@ -194,6 +207,12 @@ def full_disk_stops(url: str, out: str | Path) -> Iterator[None]:
         if full is None:
             raise
         tail = "free some space, then rerun the same command to continue the study"
+        limit = size_limit()
+        if limit is not None and (getattr(full, "errno", None) == errno.EFBIG or "disk I/O error" in str(full)):
+            what = full.filename if isinstance(full, OSError) and full.filename else f"storage {masked(url)}"
+            raise ConfigError(f"the file size limit (ulimit -f: {limit} bytes) is reached: cannot write {what}; "
+                              "the completed trials are kept: raise the limit, then rerun the same command to "
+                              "continue the study") from exc  # fmt: skip
         if isinstance(full, OSError):
             raise ConfigError(f"the disk is full: cannot write {full.filename or f'into {out}'} "
                               f"({full.strerror or full}); the completed trials are kept in {masked(url)}: "
