@@ -185,6 +185,10 @@ class _Evaluator:
         # the full model; the empty circuit is the empty circuit.
         full = self.graph.prune(np.ones(n, dtype=bool))
         self.cache = {self._key(full): self.m_full, self._key(np.zeros(n, dtype=bool)): self.m_empty}
+        from circuitdag.node_pass import node_pass_for
+
+        # The small grid points on the circuit's own nodes (circuitdag.node_pass).
+        self.fast = node_pass_for(patcher)
 
     @staticmethod
     def _key(mask: np.ndarray) -> bytes:
@@ -193,7 +197,9 @@ class _Evaluator:
     def metric(self, alive: np.ndarray) -> float:
         key = self._key(alive)
         if key not in self.cache:
-            self.cache[key] = float(self.patcher.circuit_metric(alive))
+            from circuitdag.node_pass import circuit_metrics
+
+            self.cache[key] = circuit_metrics(self.patcher, [alive], self.fast)[0]
         return self.cache[key]
 
     def curve(self, scores: np.ndarray, percents: Sequence[float], absolute: bool, progress: bool) -> Curve:

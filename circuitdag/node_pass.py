@@ -1,0 +1,187 @@
+"""A circuit's metric computed on the circuit's own nodes only: the fast path of the MIB
+curve (:mod:`circuitdag.mib`), whose small grid points keep a few hundred of tens of
+thousands of edges.
+
+In the patched pass of a circuit ``C`` (DESIGN.md, patching) a destination input is
+
+    I_C[row] = I_empty[row] + sum over present edges (s -> row) of (S_C[s] - S_abl[s])
+
+where ``I_empty[row]`` is the input with every edge absent (``const + sum of S_abl`` over
+the senders the row may read) and ``S_abl`` the ablated sender outputs. A sender's output
+matters only through its present edges, so only the nodes with a present out-edge need
+computing; every other node's output is never read. :class:`NodePass` keeps
+``I_empty`` (one tensor per (layer, input), computed once from the clean run:
+``I_empty = I_clean - sum of (S_clean - S_abl)`` over the readable senders) and for each
+circuit evaluates its nodes in topological order with the component kernels
+(:class:`~circuitdag.components.ComponentKernels`: one head, one MLP), each input summed
+over the present senders only, then the final residual stream and the metric. A circuit
+of ``n`` nodes costs ``n`` component evaluations and one matmul per input group over the
+senders it reads, instead of a whole forward pass.
+
+Each input group is summed from whichever side has fewer terms: ``I_empty`` plus the
+present senders' deltas, or ``I_clean`` minus the absent edges' ``S_clean - S_abl`` and the
+present senders' ``S_clean - S_C`` (small in a dense circuit, so no large sums cancel).
+
+It serves plain graphs (no positions, no neuron nodes) of models whose kernels reproduce
+them (:meth:`~circuitdag.patching.Patcher.kernels`); :func:`circuit_metrics` uses
+:meth:`~circuitdag.patching.Patcher.circuit_metric` (the full sparse pass) otherwise. The
+reference is ``Patcher.circuit_metric``; tests/test_node_pass.py checks they agree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from circuitdag.graph import Input, NodeKind
+from circuitdag.patching import Patcher
+
+__all__ = ["NodePass", "circuit_metrics", "node_pass_for"]
+
+
+class NodePass:
+    """Circuit metrics on one :class:`Patcher` by computing only the circuit's nodes
+    (module docstring). Raises ValueError for a position-aware graph, neuron nodes, or a
+    model whose component kernels do not reproduce it (``patcher.kernel_problem`` says why)."""
+
+    def __init__(self, patcher: Patcher) -> None:
+        if patcher.positional or patcher.neurons:
+            raise ValueError("NodePass works on graphs without positions or neuron nodes")
+        kernels = patcher.kernels()
+        if kernels is None:
+            raise ValueError(f"the component kernels do not reproduce this model: {patcher.kernel_problem}")
+        self.p, self.kernels = patcher, kernels
+        self.graph, self.lay, self.spec = patcher.graph, patcher.layout, patcher.graph.spec
+        lay = self.lay
+        self.exists = (patcher.exists[:, 0, 0] != 0).cpu().numpy()  # rows slots
+        D = patcher.D_clean  # batch pos slot d: S_clean - S_abl
+        # I_empty per (layer, input) group: the clean input minus every readable sender's delta.
+        bases: dict[int, Tensor] = {}
+        ks = sorted({lay.readable_slots(L, kind) for L in range(lay.n_layers) for kind in (Input.Q, Input.MLP)}
+                    | {lay.n_slots})  # fmt: skip
+        total, at = torch.zeros_like(D[:, :, 0]), 0
+        for k in ks:
+            total = total + D[:, :, at:k].sum(2)
+            bases[k] = total
+            at = k
+        self.empty: dict[tuple[int, Input], Tensor] = {}
+        for L in range(lay.n_layers):
+            self.empty[(L, Input.Q)] = patcher.resid_pre[L] - bases[lay.readable_slots(L, Input.Q)]
+            if lay.has_mlp:
+                self.empty[(L, Input.MLP)] = patcher.mlp_in[L] - bases[lay.readable_slots(L, Input.MLP)]
+        self.empty[(lay.n_layers, Input.RESID)] = patcher.resid_final - bases[lay.n_slots]
+        self.n_nodes = sum(1 for n in self.graph.nodes if n.kind in (NodeKind.HEAD, NodeKind.MLP))
+
+    def _base(self, r: int) -> Tensor:
+        """``I_empty`` of row ``r``: its input with every edge absent."""
+        L, kind = self.lay.row_layer_kind(r)
+        return self.empty[(L, Input.Q if kind in (Input.K, Input.V) else kind)]
+
+    def _clean(self, r: int) -> Tensor:
+        """``I_clean`` of row ``r``: its input in the clean run."""
+        L, kind = self.lay.row_layer_kind(r)
+        p = self.p
+        return p.resid_final if kind == Input.RESID else (p.mlp_in[L] if kind == Input.MLP else p.resid_pre[L])
+
+    def needed(self, alive: np.ndarray) -> list[int]:
+        """The heads and MLPs with a present out-edge in circuit ``alive``, in topological order."""
+        t = self.graph.edges
+        src = np.unique(t.src[np.asarray(alive, dtype=bool)])
+        nodes = [int(u) for u in src if self.graph.nodes[u].kind in (NodeKind.HEAD, NodeKind.MLP)]
+        return sorted(nodes, key=lambda u: (self.graph.nodes[u].layer, self.graph.nodes[u].kind != NodeKind.HEAD,
+                                            self.graph.nodes[u].head))  # fmt: skip
+
+    def worth_it(self, alive: np.ndarray) -> bool:
+        """Whether to evaluate circuit ``alive`` here: unless it is the full model (the clean
+        run, free) or empty (computed once). Even a circuit that needs nearly every node costs
+        less here than in the full sparse pass (benchmarks/curve_speed.py)."""
+        alive = np.asarray(alive, dtype=bool)
+        return bool(alive.any() and not alive.all())
+
+    @torch.no_grad()
+    def metric(self, alive: np.ndarray) -> float:
+        """The metric of circuit ``alive`` (bool ``[n_edges]``): what
+        :meth:`Patcher.circuit_metric` gives, up to float rounding."""
+        p, lay, kern, spec = self.p, self.lay, self.kernels, self.spec
+        alive = np.asarray(alive, dtype=bool)
+        present = np.zeros_like(self.exists)
+        present[lay.edge_row[alive], lay.edge_slot[alive]] = True
+        delta: dict[int, Tensor] = {0: p.D_clean[:, :, 0]}  # slot -> S_C - S_abl; embed: the clean output
+
+        def summed(terms: list[Tensor], mask: np.ndarray) -> Tensor:
+            """``sum over senders c of mask[r, c] * terms[c]`` for each row r: ``r batch pos d``."""
+            D = torch.stack(terms, 2)  # batch pos senders d
+            return torch.einsum("bpcd,rc->rbpd", D, torch.as_tensor(mask, dtype=D.dtype, device=D.device))
+
+        def inputs(rows: list[int]) -> list[Tensor]:
+            """The inputs of ``rows`` (one layer and input group), in one matmul over the
+            senders any of them reads: ``I_empty + sum of present deltas`` when few of the
+            group's edges are present, else (fewer terms, and no large sums cancelling in the
+            rounding) ``I_clean - sum over absent edges of (S_clean - S_abl) - sum over present
+            ones of (S_clean - S_C)``."""
+            mask, gone = present[rows], self.exists[rows] & ~present[rows]
+            if mask.sum() <= gone.sum():
+                cols = np.flatnonzero(mask.any(0))
+                base = self._base(rows[0])
+                if not cols.size:
+                    return [base] * len(rows)
+                return list(base.unsqueeze(0) + summed([delta[int(c)] for c in cols], mask[:, cols]))
+            x = self._clean(rows[0]).unsqueeze(0)
+            cols = np.flatnonzero(gone.any(0))
+            if cols.size:
+                x = x - summed([p.D_clean[:, :, int(c)] for c in cols], gone[:, cols])
+            cols = np.flatnonzero(mask.any(0))
+            cols = cols[cols > 0]  # embed's output is the clean one: S_clean - S_C = 0
+            if cols.size:
+                x = x - summed([p.D_clean[:, :, int(c)] - delta[int(c)] for c in cols], mask[:, cols])
+            return list(x.expand(len(rows), *x.shape[1:]))
+
+        by_layer: dict[int, list[int]] = {}
+        for u in self.needed(alive):
+            by_layer.setdefault(self.graph.nodes[u].layer, []).append(u)
+        for L, nodes in sorted(by_layer.items()):
+            heads = [self.graph.nodes[u].head for u in nodes if self.graph.nodes[u].kind == NodeKind.HEAD]
+            if heads:
+                groups = sorted({spec.kv_head(h) for h in heads})
+                rows = [lay.head_rows(L, h, spec.kv_head(h))[0] for h in heads]
+                rows += [r for g in groups for r in lay.head_rows(L, spec.query_heads(g)[0], g)[1:]]
+                got = dict(zip(rows, inputs(rows)))
+                kv = {}
+                for g in groups:
+                    _, rk, rv = lay.head_rows(L, spec.query_heads(g)[0], g)
+                    kv[g] = kern.keys_values(L, g, got[rk], got[rv])
+                for h in heads:
+                    g = spec.kv_head(h)
+                    q = kern.queries(L, [h], got[lay.head_rows(L, h, g)[0]])
+                    out = kern.attend(L, [h], q, kv[g][0].unsqueeze(2), kv[g][1].unsqueeze(2))[:, :, 0]
+                    s = lay.head_slot(L, h)
+                    delta[s] = out - p.S_corr[:, :, s]
+            if any(self.graph.nodes[u].kind == NodeKind.MLP for u in nodes):
+                s = lay.mlp_slot(L)
+                delta[s] = kern.mlp(L, inputs([lay.rows(L, Input.MLP).start])[0]) - p.S_corr[:, :, s]
+        final = inputs([lay.n_rows - 1])[0]
+        return float(p.final_metric(final.unsqueeze(0))[0])
+
+
+def node_pass_for(patcher: Patcher) -> NodePass | None:
+    """A :class:`NodePass` on ``patcher``, or None where it does not apply."""
+    try:
+        return NodePass(patcher)
+    except ValueError:
+        return None
+
+
+def circuit_metrics(patcher: Patcher, circuits: Iterable[np.ndarray], fast: NodePass | None = None) -> list[float]:
+    """The metric of each circuit (bool ``[n_edges]`` each): on ``fast`` (default
+    :func:`node_pass_for`) where :meth:`NodePass.worth_it`, else
+    :meth:`Patcher.circuit_metric`."""
+    fast = node_pass_for(patcher) if fast is None else fast
+    out = []
+    for alive in circuits:
+        alive = np.asarray(alive, dtype=bool)
+        out.append(fast.metric(alive) if fast is not None and fast.worth_it(alive) else
+                   float(patcher.circuit_metric(alive)))  # fmt: skip
+    return out
