@@ -67,8 +67,11 @@ _PROBE = {"split_inputs": "blocks.0.hook_q_input", "results": "blocks.0.attn.hoo
 
 
 def missing_hooks(model: Any, spec: ModelSpec) -> Missing:
-    """Which of the engine's hooks ``model`` does not fire (a forward pass on 3 tokens per
-    hook, remembered per model). A hook the model does not even list counts as not firing."""
+    """Which of the engine's hooks the TransformerBridge ``model`` does not fire (a forward
+    pass on 3 tokens per hook, remembered per model; other models fire them all). A hook the
+    model does not even list counts as not firing."""
+    if not hasattr(model, "original_model"):  # not a bridge: the project's own model fires every hook
+        return Missing()
     hit = _PROBED.get(model)
     if hit is not None:
         return hit

@@ -118,7 +118,7 @@ ARCHITECTURES = [
     Arch("gemma3", "Gemma3TextConfig", {**_GQA, "head_dim": 16}, "Gemma 3 (text)", _POST_NORM),
     Arch("olmo2", "Olmo2Config", _GQA, "OLMo 2", _POST_NORM),
     Arch("bloom", "BloomConfig", {"n_layer": L, "hidden_size": D, "n_head": H}, "BLOOM",
-         "attention and MLP modules that add the residual stream themselves"),
+         "takes per-head inputs after the norm"),
 ]  # fmt: skip
 
 WORKS = [a for a in ARCHITECTURES if a.refused is None]

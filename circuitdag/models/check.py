@@ -55,8 +55,8 @@ REFUSED = {
     "Gemma3ForCausalLM": _POST_NORMS,
     "Gemma3ForConditionalGeneration": _POST_NORMS,
     "Olmo2ForCausalLM": _POST_NORMS,
-    "BloomForCausalLM": "attention and MLP modules that add the residual stream themselves (the MLP's "
-                        "output hook includes it and its input hook never fires)",
+    "BloomForCausalLM": "its attention bridge, which takes per-head inputs after the norm and cannot resume a "
+                        "pass from a layer's residual stream (the word-embedding norm is applied again)",
 }
 
 
