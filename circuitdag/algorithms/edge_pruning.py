@@ -152,6 +152,30 @@ def top_gates(log_alpha: np.ndarray, k: int) -> np.ndarray:
     return keep
 
 
+def chunked_metric(patcher: Patcher, z: Tensor, prompts: slice, micro_batch: int) -> Tensor:
+    """The masked pass's metric of the prompts ``prompts`` at mask ``z`` (a scalar with the
+    gradient with respect to ``z``), run ``micro_batch`` prompts at a time and backpropagated
+    chunk by chunk, so that memory holds one chunk's autograd graph: chunks are weighted by
+    their share of the answer slots, as the metric (a mean) weights them."""
+    from circuitdag.masked import masked_metric
+
+    valid = patcher.data.valid
+    rows = range(patcher.B)[prompts]
+    parts = [slice(i, min(i + micro_batch, rows.stop)) for i in range(rows.start, rows.stop, micro_batch)]
+    if len(parts) == 1:
+        return masked_metric(patcher, z, prompts=prompts)
+    slots = [float(valid[c].sum()) if valid is not None else float(patcher.data.answer_pos[c].numel()) for c in parts]
+    leaf = z.detach().requires_grad_(True)
+    total = 0.0
+    for c, w in zip(parts, slots):
+        m = masked_metric(patcher, leaf, prompts=c) * (w / sum(slots))
+        m.backward()
+        total += float(m.detach())
+    assert leaf.grad is not None
+    # Value ``total``, gradient ``leaf.grad`` with respect to ``z``.
+    return total + (z * leaf.grad).sum() - (z.detach() * leaf.grad).sum()
+
+
 # ---------------------------------------------------------------------- the method
 class EdgePruning(Algorithm):
     name = "edge-pruning"
@@ -176,22 +200,23 @@ class EdgePruning(Algorithm):
         Option("warmup", float, DEFAULT_WARMUP, "fraction of the steps over which the sparsity target rises "
                "from 0 (the paper: 2500/3000)", minimum=0, maximum=1),
         Option("batch_size", int, DEFAULT_BATCH, "prompts per step (the paper: 32)", minimum=1),
+        Option("micro_batch", int, 8, "prompts per forward/backward pass within a step (memory; same result)",
+               minimum=1),
         Option("init", float, INIT_LOG_ALPHA, "starting gate logit log_alpha (the paper: 10)", minimum=-20, maximum=20),
         Option("seed", int, 0, "seed of the gate noise", minimum=0, maximum=2**32 - 1),
     )  # fmt: skip
 
     def run(self, patcher: Patcher, ctx: RunContext, edges: int | None = None, steps: int = DEFAULT_STEPS,
             lr: float = DEFAULT_LR, reg_lr: float = DEFAULT_REG_LR, warmup: float = DEFAULT_WARMUP,
-            batch_size: int = DEFAULT_BATCH, init: float = INIT_LOG_ALPHA, seed: int = 0) -> Found:  # fmt: skip
-        from circuitdag.masked import masked_metric
-
+            batch_size: int = DEFAULT_BATCH, micro_batch: int = 8, init: float = INIT_LOG_ALPHA,
+            seed: int = 0) -> Found:  # fmt: skip
         n = patcher.graph.n_edges
         k = default_attribution_edges(n) if edges is None else min(int(edges), n)
         b = min(int(batch_size), patcher.B)
         chunks = [slice(i, min(i + b, patcher.B)) for i in range(0, patcher.B, b)]
 
         def objective(z: Tensor, step: int) -> Tensor:
-            return masked_metric(patcher, z, prompts=chunks[step % len(chunks)])
+            return chunked_metric(patcher, z, chunks[step % len(chunks)], micro_batch)
 
         t0 = time.perf_counter()
         log_alpha, rec = train_gates(objective, n, 1 - k / n, steps=steps, lr=lr, reg_lr=reg_lr, warmup=warmup,
