@@ -73,3 +73,20 @@ def read_json(path: str | Path, what: str = "a circuitdag file",
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise error(f"{path} is not JSON ({exc.msg} at line {exc.lineno}); is it {what}?") from None
+
+
+def read_text_lines(path: str | Path, what: str = "a text file",
+                    error: type[CircuitDagError] = CircuitFileError) -> list[tuple[int, str]]:  # fmt: skip
+    """The non-blank lines of ``path`` with their 1-based numbers. Raises ``error`` (one
+    line) for a file that cannot be read, is not UTF-8 text or has no line."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as exc:
+        raise error(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise error(f"{path} is not UTF-8 text; is it {what}?") from None
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), 1) if line.strip()]
+    if not lines:
+        raise error(f"{path} is empty; is it {what}?")
+    return lines

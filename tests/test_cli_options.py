@@ -37,6 +37,8 @@ BASE = {
                 "--corpus-tokens", "50", "--threads", "1", "-q", "--out", "{out}"],
     "render": ["render", "{circuit}", "-o", "{out}/c.svg"],
     "evaluate": ["evaluate", "{circuit}"],
+    "ccs": ["ccs", "--model", "pronoun", "--steps", "5", "--tries", "1", "--layer", "0", "--threads", "1", "-q",
+            "--out", "{out}"],
     "tracr compile": ["tracr", "compile", f"{RASP}:smaller_count", "--vocab", "1", "2", "3", "--max-len", "3",
                       "--out", "{out}/compiled"],
 }

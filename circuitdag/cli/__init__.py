@@ -12,6 +12,7 @@ One module per group of commands, each adding its commands with ``register(subpa
   ``explore``, ``compare`` (saved circuits);
 * :mod:`~circuitdag.cli.analysis` -- ``heads``, ``neurons``, ``activations`` (inside models);
 * :mod:`~circuitdag.cli.tracr` -- ``tracr compile``;
+* :mod:`~circuitdag.cli.projects` -- ``ccs`` (the seed's other projects);
 * :mod:`~circuitdag.cli._common` -- the options and the loading several commands share.
 
 Building the parser imports the standard library, :mod:`circuitdag._options` and
@@ -26,7 +27,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from circuitdag.cli import analysis, circuits, discover, plugins, sweep, tracr
+from circuitdag.cli import analysis, circuits, discover, plugins, projects, sweep, tracr
 from circuitdag.cli._common import Parser, silence_loading_bars
 from circuitdag.errors import CircuitDagError
 
@@ -52,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", required=True)
-    for group in (plugins, discover, sweep, circuits, analysis, tracr):
+    for group in (plugins, discover, sweep, circuits, analysis, tracr, projects):
         group.register(sub)
     return parser
 
