@@ -107,9 +107,8 @@ class _LayerNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if not self.enabled:
             return x
-        x = x - x.mean(-1, keepdim=True)
-        x = x / (x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt()
-        return x * self.w + self.b
+        # (x - mean) / sqrt(biased variance + eps) * w + b, in one fused kernel
+        return F.layer_norm(x, (x.shape[-1],), self.w, self.b, self.eps)
 
 
 class _Attention(nn.Module):
