@@ -1,8 +1,10 @@
-"""Circuit-discovery methods side by side: ACDC, EAP, EAP-IG and prefiltered ACDC.
+"""Circuit-discovery methods side by side: ACDC, EAP, EAP-IG, prefiltered ACDC,
+EAP-IG-activations, information flow routes, Edge Pruning and UGS.
 
     .venv/bin/python benchmarks/methods.py                     # tracr + zoo tasks, one thread
     .venv/bin/python benchmarks/methods.py --quick             # smoke run: two tiny tasks, one repeat
     .venv/bin/python benchmarks/methods.py --tasks pronoun --repeats 5 --json runs/methods.json
+    .venv/bin/python benchmarks/methods.py --smollm2 ioi --edge-percent 1   # SmolLM2-135M, one process per method
 
 For every task (its default model, metric, ablation and threshold; one cached
 :class:`~circuitdag.patching.Patcher` shared by all methods) it runs
@@ -13,6 +15,12 @@ For every task (its default model, metric, ablation and threshold; one cached
   to ``embed -> logits`` paths (``attribution_circuit(..., n_edges=k)``), so sizes compare;
 * ``acdc-pre``: prefiltered ACDC, ``run_acdc(..., prefilter="eap-ig:N")`` with
   ``N = min(n_edges, --prefilter-factor * k)`` (default 3k; at least 1);
+* ``eap-ig-act`` (EAP-IG-activations, ``--ig-steps``), ``ifr`` (information flow routes),
+  ``edge-pruning`` and ``ugs`` (their defaults; ``--ugs-steps``): every one with
+  ``edges=k`` through :func:`circuitdag.discovery.run_algorithm`. A method that refuses the
+  task's graph (neuron nodes) gets a note instead of a row. The learned-mask methods
+  (Edge Pruning, UGS) run once: their time is that run's (hundreds of passes, no warm-up
+  effect to remove), not the best of the repeats;
 
 and prints per method:
 
@@ -25,6 +33,8 @@ and prints per method:
   it hurts); edges ACDC never tested (NaN) rank after every tested edge (mib.ranking);
 * ``jacc`` / ``rec``: edge overlap with full ACDC's circuit, ``|A & B| / |A | B|`` and
   ``|A & B| / |A|`` (A = ACDC's edges);
+* ``P`` / ``R`` (tasks with ground truth): precision and recall of the circuit's edges
+  against the ground-truth edges, the inert edges left out;
 * ``AUC`` (tasks with ground truth): ROC AUC of ranking every edge by ``|score|`` (NaN
   last) against the ground-truth edges, the task's inert edges left out (as
   evaluate.confusion does): the rank-sum (Mann-Whitney) statistic with ties counted
@@ -35,6 +45,14 @@ and prints per method:
 * ``s``: wall seconds, best of ``--repeats`` after one warm-up, the methods alternated
   (rotated order) inside each repeat, one torch thread. Attribution rows include the
   attribution and the three exact metric passes; ``acdc-pre`` includes its attribution.
+
+``--smollm2 TASK`` runs ``circuitdag discover --model smollm2-135m --task TASK`` once per
+method in a fresh process (so that each process's peak memory is its method's), at
+``--edge-percent`` of the graph's edges: ``eap-ig``, ``edge-pruning`` (its defaults) and
+``acdc`` prefiltered to that many EAP-IG edges (the task's threshold; it keeps fewer), and
+prints each circuit's size, faithfulness on the discovery prompts and on the task's
+held-out prompts (circuitdag.holdout: for ``ioi`` the prompts of another seed), CPR/CMD
+come from ``circuitdag curve``; wall seconds and peak memory as ``discover`` records them.
 """
 
 from __future__ import annotations
@@ -47,13 +65,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from typing import Any
 
 import numpy as np
 import torch
 
 from circuitdag.attribution import DEFAULT_IG_STEPS
 from circuitdag.circuit import Circuit
-from circuitdag.discovery import attribution_circuit, run_acdc
+from circuitdag.discovery import attribution_circuit, run_acdc, run_algorithm
+from circuitdag.errors import ConfigError
 from circuitdag.evaluate import roc_sweep, task_truth
 from circuitdag.mib import mib_curves
 from circuitdag.patching import Patcher
@@ -65,7 +85,12 @@ DEFAULT_TASKS = ("tracr-reverse", "tracr-proportion", "tracr-sort-unique", "trac
                  "tracr-pair-balance", "induction", "induction-compiled", "pronoun", "pronoun-opposite",
                  "an-neuron")  # fmt: skip
 QUICK_TASKS = ("tracr-proportion", "tracr-sort-unique")
-METHODS = ("acdc", "eap", "eap-ig", "acdc-pre")
+METHODS = ("acdc", "eap", "eap-ig", "acdc-pre", "eap-ig-act", "ifr", "edge-pruning", "ugs")
+#: Run once (the warm-up run is the timed one): hundreds of passes each.
+LEARNED = ("edge-pruning", "ugs")
+#: Registry names of the rows that are not ACDC/EAP shortcuts.
+REGISTERED = {"eap-ig-act": "eap-ig-activations", "ifr": "information-flow-routes", "edge-pruning": "edge-pruning",
+              "ugs": "ugs"}  # fmt: skip
 
 
 @dataclass
@@ -80,6 +105,8 @@ class MethodRow:
     jaccard: float  # with full ACDC's edges
     recall: float  # of full ACDC's edges
     auc: float | None  # rank ROC AUC of |score| vs ground truth
+    precision: float | None  # of the circuit's edges vs ground truth (inert left out)
+    truth_recall: float | None
     sweep_auc: float | None  # ACDC row: evaluate.roc_sweep
     seconds: float  # best of the repeats
     stable: bool  # same edges in every repeat
@@ -127,14 +154,24 @@ def overlap(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
 
 # ---------------------------------------------------------------------- one task
 def runners(
-    patcher: Patcher, threshold: float, k: int, n_pre: int, ig_steps: int
+    patcher: Patcher, threshold: float, k: int, n_pre: int, ig_steps: int, ugs_steps: int | None = None
 ) -> dict[str, Callable[[], Circuit]]:
+    own: dict[str, dict[str, Any]] = {"eap-ig-act": {"ig_steps": ig_steps}, "ifr": {}, "edge-pruning": {},
+                                      "ugs": {} if ugs_steps is None else {"steps": ugs_steps}}  # fmt: skip
     return {
         "acdc": lambda: run_acdc(patcher, threshold),
         "eap": lambda: attribution_circuit(patcher, "eap", n_edges=k),
         "eap-ig": lambda: attribution_circuit(patcher, "eap-ig", ig_steps, n_edges=k),
         "acdc-pre": lambda: run_acdc(patcher, threshold, prefilter=("eap-ig", n_pre), ig_steps=ig_steps),
+        **{m: (lambda m=m: run_algorithm(patcher, REGISTERED[m], edges=k, **own[m])) for m in REGISTERED},
     }
+
+
+def truth_overlap(circuit: np.ndarray, truth: np.ndarray, counted: np.ndarray) -> tuple[float | None, float | None]:
+    """(precision, recall) of the circuit's edges against ``truth`` over the ``counted`` edges."""
+    c, t = circuit & counted, truth & counted
+    hit = int((c & t).sum())
+    return (hit / int(c.sum()) if c.any() else None), (hit / int(t.sum()) if t.any() else None)
 
 
 def timed(fn: Callable[[], Circuit]) -> tuple[Circuit, float]:
@@ -144,48 +181,57 @@ def timed(fn: Callable[[], Circuit]) -> tuple[Circuit, float]:
 
 
 def bench_task(name: str, repeats: int, ig_steps: int, factor: float, sweep: bool, dtype: torch.dtype,
+               methods: tuple[str, ...] = METHODS, ugs_steps: int | None = None,
                log: Callable[[str], None] = print) -> TaskResult:  # fmt: skip
     task = get_task(name)
     model = task.load_model(device="cpu", dtype=dtype)
     patcher, meta = prepare(model, task)
     graph, thr = patcher.graph, task.default_threshold
     truth, inert = task_truth(task, meta["ablation"])
+    res = TaskResult(name, str(meta["model"]), str(meta["metric"]), str(meta["ablation"]), thr, graph.n_edges,
+                     0, 0, None if truth is None else len(truth), len(inert))  # fmt: skip
 
     # Warm-up (one run of each), which also fixes k and N and gives the circuits judged.
     acdc, s_acdc = timed(lambda: run_acdc(patcher, thr))
-    k = acdc.n_edges
-    n_pre = int(max(1, min(graph.n_edges, round(factor * k))))
-    run = runners(patcher, thr, k, n_pre, ig_steps)
-    circuits = {"acdc": acdc} | {m: run[m]() for m in METHODS[1:]}
-    best = {m: float("inf") for m in METHODS}
-    stable = dict.fromkeys(METHODS, True)
+    k = res.k = acdc.n_edges
+    n_pre = res.prefilter = int(max(1, min(graph.n_edges, round(factor * k))))
+    run = runners(patcher, thr, k, n_pre, ig_steps, ugs_steps)
+    circuits, best = {"acdc": acdc}, {"acdc": s_acdc if repeats == 0 else float("inf")}
+    for m in methods[1:]:
+        try:
+            circuits[m], best[m] = timed(run[m])
+        except ConfigError as exc:  # the method does not take this graph (neuron nodes)
+            res.notes.append(f"{m}: {exc}")
+        if m not in LEARNED and m in circuits:
+            best[m] = float("inf")
+    ran = tuple(m for m in methods if m in circuits)
+    stable = dict.fromkeys(ran, True)
+    again = tuple(m for m in ran if m not in LEARNED)
     for r in range(repeats):
-        for m in METHODS[r % len(METHODS) :] + METHODS[: r % len(METHODS)]:  # rotate the order
+        for m in again[r % len(again) :] + again[: r % len(again)]:  # rotate the order
             c, s = timed(run[m])
             best[m] = min(best[m], s)
             stable[m] &= bool(np.array_equal(c.in_circuit, circuits[m].in_circuit))
-    if repeats == 0:
-        best["acdc"] = s_acdc
 
     truth_mask = graph.edges_by_name(truth) if truth is not None else None
     counted = np.array([n not in inert for n in graph.edge_names])
     sweep_auc = roc_sweep(patcher, truth, inert, meta=meta)["auc"] if (sweep and truth is not None) else None
-    res = TaskResult(name, str(meta["model"]), str(meta["metric"]), str(meta["ablation"]), thr, graph.n_edges,
-                     k, n_pre, None if truth is None else len(truth), len(inert))  # fmt: skip
-    eap, eap_ig = np.abs(circuits["eap"].scores).max(), np.abs(circuits["eap-ig"].scores).max()
-    if eap <= 1e-6 * eap_ig:
-        res.notes.append(f"EAP scores vanish (max |score| {eap:.1e} vs EAP-IG {eap_ig:.1e}): the {res.metric} metric "
-                         "compares with the full model, so its gradient at the clean run is 0; EAP's top-k is "
-                         "edge-table order")  # fmt: skip
-    for m in METHODS:
+    if "eap" in circuits and "eap-ig" in circuits:
+        eap, eap_ig = np.abs(circuits["eap"].scores).max(), np.abs(circuits["eap-ig"].scores).max()
+        if eap <= 1e-6 * eap_ig:
+            res.notes.append(f"EAP scores vanish (max |score| {eap:.1e} vs EAP-IG {eap_ig:.1e}): the {res.metric} "
+                             "metric compares with the full model, so its gradient at the clean run is 0; EAP's top-k "
+                             "is edge-table order")  # fmt: skip
+    for m in ran:
         c = circuits[m]
         curves = mib_curves(patcher, c.scores)
         jac, rec = overlap(acdc.in_circuit, c.in_circuit)
         selected = c.meta.get("edges_selected", c.n_edges)
+        prec, trec = truth_overlap(c.in_circuit, truth_mask, counted) if truth_mask is not None else (None, None)
         res.rows.append(MethodRow(
             m, c.n_edges, int(selected), int(np.isfinite(c.scores).sum()) if m.startswith("acdc") else None,
             c.faithfulness(), curves["signed"].cpr, curves["absolute"].cmd, jac, rec,
-            rank_auc(c.scores, truth_mask, counted) if truth_mask is not None else None,
+            rank_auc(c.scores, truth_mask, counted) if truth_mask is not None else None, prec, trec,
             sweep_auc if m == "acdc" else None, best[m], stable[m],
         ))  # fmt: skip
     return res
@@ -196,8 +242,8 @@ def _f(x: float | None, spec: str = ".3f", width: int = 6) -> str:
     return f"{'-':>{width}}" if x is None else f"{x:>{width}{spec}}"
 
 
-HEADER = (f"{'method':<9} {'edges':>5} {'sel':>4} {'tested':>6} {'faith':>6} {'CPR':>6} {'CMD':>6} {'jacc':>5} {'rec':>5} "
-          f"{'AUC':>6} {'sweepAUC':>8} {'s':>7}")  # fmt: skip
+HEADER = (f"{'method':<12} {'edges':>5} {'sel':>4} {'tested':>6} {'faith':>6} {'CPR':>6} {'CMD':>6} {'jacc':>5} "
+          f"{'rec':>5} {'AUC':>6} {'P':>5} {'R':>5} {'sweepAUC':>8} {'s':>8}")  # fmt: skip
 
 
 def format_task(t: TaskResult) -> str:
@@ -210,9 +256,10 @@ def format_task(t: TaskResult) -> str:
              f"edges={t.n_edges}  k={t.k}  prefilter N={t.prefilter}  {truth}")  # fmt: skip
     lines = [title, HEADER]
     for r in t.rows:
-        lines.append(f"{r.method:<9} {r.edges:>5} {r.selected:>4} {_f(r.tested, 'd')} {_f(r.faithfulness)} {_f(r.cpr)} {_f(r.cmd)} "
-                     f"{_f(r.jaccard, '.2f', 5)} {_f(r.recall, '.2f', 5)} {_f(r.auc)} {_f(r.sweep_auc, '.3f', 8)} "
-                     f"{r.seconds:>7.3f}" + ("" if r.stable else "  (edges differ between repeats)"))  # fmt: skip
+        lines.append(f"{r.method:<12} {r.edges:>5} {r.selected:>4} {_f(r.tested, 'd')} {_f(r.faithfulness)} {_f(r.cpr)} "
+                     f"{_f(r.cmd)} {_f(r.jaccard, '.2f', 5)} {_f(r.recall, '.2f', 5)} {_f(r.auc)} "
+                     f"{_f(r.precision, '.2f', 5)} {_f(r.truth_recall, '.2f', 5)} {_f(r.sweep_auc, '.3f', 8)} "
+                     f"{r.seconds:>8.3f}" + ("" if r.stable else "  (edges differ between repeats)"))  # fmt: skip
     lines += [f"note: {n}" for n in t.notes]
     return "\n".join(lines)
 
@@ -223,25 +270,85 @@ def _mean(xs: list[float | None]) -> float | None:
 
 
 def format_summary(results: list[TaskResult]) -> str:
-    """Per method: means over tasks (AUC over the tasks with ground truth), total seconds
-    and the time relative to full ACDC; then faithfulness and AUC per task."""
-    lines = [f"== summary over {len(results)} tasks (means; AUC over tasks with ground truth)",
-             (f"{'method':<9} {'faith':>6} {'|1-f|':>6} {'CPR':>6} {'CMD':>6} {'jacc':>5} {'rec':>5} {'AUC':>6} "
-              f"{'total s':>8} {'vs acdc':>7}")]  # fmt: skip
-    by = {m: [next(r for r in t.rows if r.method == m) for t in results] for m in METHODS}
-    t_acdc = sum(r.seconds for r in by["acdc"])
-    for m, rows in by.items():
+    """Per method: means over the tasks it ran on (AUC, P, R over the tasks with ground
+    truth), total seconds and the time relative to full ACDC on the same tasks; then
+    faithfulness and AUC per task."""
+    lines = [f"== summary over {len(results)} tasks (means; AUC, P, R over tasks with ground truth)",
+             (f"{'method':<12} {'tasks':>5} {'faith':>6} {'|1-f|':>6} {'CPR':>6} {'CMD':>6} {'jacc':>5} {'rec':>5} "
+              f"{'AUC':>6} {'P':>5} {'R':>5} {'total s':>8} {'vs acdc':>7}")]  # fmt: skip
+    methods = [m for m in METHODS if any(r.method == m for t in results for r in t.rows)]
+    by = {m: [(t, r) for t in results for r in t.rows if r.method == m] for m in methods}
+    for m, pairs in by.items():
+        rows = [r for _, r in pairs]
         tot = sum(r.seconds for r in rows)
+        t_acdc = sum(r.seconds for t, _ in pairs for r in t.rows if r.method == "acdc")
         dev = _mean([None if r.faithfulness is None else abs(1 - r.faithfulness) for r in rows])
-        lines.append(f"{m:<9} {_f(_mean([r.faithfulness for r in rows]))} {_f(dev)} {_f(_mean([r.cpr for r in rows]))} "
-                     f"{_f(_mean([r.cmd for r in rows]))} {_f(_mean([r.jaccard for r in rows]), '.2f', 5)} "
-                     f"{_f(_mean([r.recall for r in rows]), '.2f', 5)} {_f(_mean([r.auc for r in rows]))} "
+        lines.append(f"{m:<12} {len(rows):>5} {_f(_mean([r.faithfulness for r in rows]))} {_f(dev)} "
+                     f"{_f(_mean([r.cpr for r in rows]))} {_f(_mean([r.cmd for r in rows]))} "
+                     f"{_f(_mean([r.jaccard for r in rows]), '.2f', 5)} {_f(_mean([r.recall for r in rows]), '.2f', 5)} "
+                     f"{_f(_mean([r.auc for r in rows]))} {_f(_mean([r.precision for r in rows]), '.2f', 5)} "
+                     f"{_f(_mean([r.truth_recall for r in rows]), '.2f', 5)} "
                      f"{tot:>8.2f} {tot / t_acdc if t_acdc else float('nan'):>6.2f}x")  # fmt: skip
-    lines += ["", f"{'faithfulness / AUC':<20} " + " ".join(f"{m:>15}" for m in METHODS)]
+    lines += ["", f"{'faithfulness / AUC':<20} " + " ".join(f"{m:>15}" for m in methods)]
     for t in results:
-        cells = [f"{_f(r.faithfulness)} / {_f(r.auc)}" for r in t.rows]
-        lines.append(f"{t.task:<20} " + " ".join(f"{c:>15}" for c in cells))
+        got = {r.method: f"{_f(r.faithfulness)} / {_f(r.auc)}" for r in t.rows}
+        lines.append(f"{t.task:<20} " + " ".join(f"{got.get(m, '-'):>15}" for m in methods))
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- SmolLM2
+#: ``--smollm2`` methods: the ``circuitdag discover`` arguments of each (N: the edge count).
+SMOL_METHODS = {
+    "eap-ig": lambda n: ["--algorithm", "eap-ig", "--edges", str(n)],
+    "edge-pruning": lambda n: ["--algorithm", "edge-pruning", "--edges", str(n)],
+    "acdc-pre": lambda n: ["--algorithm", "acdc", "--prefilter", f"eap-ig:{n}"],
+}
+
+
+def smollm2(task: str, percent: float, methods: tuple[str, ...], threads: int, out_json: str | None) -> int:
+    """One ``circuitdag discover`` process per method on SmolLM2-135M (module docstring)."""
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from circuitdag.graph import Graph
+    from circuitdag.models import load_model, spec_of
+
+    print(f"date={datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} SmolLM2-135M task={task} edges={percent:g}% "
+          f"threads={threads}", flush=True)  # fmt: skip
+    n_edges = Graph(spec_of(load_model("smollm2-135m"))).n_edges
+    n = max(1, round(percent / 100 * n_edges))
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for m in methods:
+            out = Path(tmp) / m
+            cmd = [sys.executable, "-m", "circuitdag.cli", "discover", "--model", "smollm2-135m", "--task", task,
+                   *SMOL_METHODS[m](n), "--out", str(out), "-q", "--no-svg", "--threads", str(threads)]  # fmt: skip
+            print("$ " + " ".join(cmd[2:]), flush=True)
+            t = time.perf_counter()
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            wall = time.perf_counter() - t
+            if proc.returncode != 0:
+                print(f"{m}: failed (exit {proc.returncode}): {proc.stderr.strip()[-500:]}", flush=True)
+                continue
+            doc = json.loads((out / "circuit.json").read_text())
+            kept = sum(e["in_circuit"] for e in doc["edges"])
+            gap = doc["metric_corrupted"] - doc["metric_full"]
+            faith = (doc["metric_corrupted"] - doc["metric_circuit"]) / gap if gap else None
+            held = (doc.get("heldout") or {}).get("faithfulness")
+            st = doc["stats"]
+            row = {"method": m, "edges": kept, "requested": n, "faithfulness": faith, "heldout_faithfulness": held,
+                   "heldout_how": (doc.get("heldout") or {}).get("how"), "seconds": st.get("seconds"),
+                   "process_seconds": round(wall, 1), "peak_memory_gb": st.get("peak_memory_gb")}  # fmt: skip
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    print(f"\n{'method':<13} {'edges':>6} {'faith':>7} {'held-out':>8} {'s':>8} {'peak GB':>8}")
+    for r in rows:
+        print(f"{r['method']:<13} {r['edges']:>6} {_f(r['faithfulness'], '.3f', 7)} "
+              f"{_f(r['heldout_faithfulness'], '.3f', 8)} {r['seconds']:>8.1f} {_f(r['peak_memory_gb'], '.2f', 8)}")  # fmt: skip
+    if out_json:
+        Path(out_json).write_text(json.dumps({"task": task, "percent": percent, "edges": n, "rows": rows}, indent=1))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -268,8 +375,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="float32", choices=("float32", "float64"))
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     ap.add_argument("--json", help="also write the results as JSON here")
+    ap.add_argument("--methods", nargs="+", choices=METHODS, help="methods to run (acdc always; default: all)")
+    ap.add_argument("--ugs-steps", type=int, default=None, help="UGS optimisation steps (default: UGS's default)")
+    ap.add_argument("--smollm2", metavar="TASK", help="run TASK on SmolLM2-135M instead (module docstring)")
+    ap.add_argument("--edge-percent", type=float, default=1.0, help="--smollm2: circuit size, %% of the edges")
+    ap.add_argument("--smollm2-methods", nargs="+", default=list(SMOL_METHODS), choices=list(SMOL_METHODS))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.smollm2:
+        return smollm2(args.smollm2, args.edge_percent, tuple(args.smollm2_methods), args.threads, args.json)
+    methods = ("acdc", *(m for m in METHODS[1:] if args.methods is None or m in args.methods))
     tasks = args.tasks or (QUICK_TASKS if args.quick else DEFAULT_TASKS)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
     sweep = not (args.no_sweep or args.quick)
@@ -282,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     results = []
     for name in tasks:
-        res = bench_task(name, repeats, args.ig_steps, args.prefilter_factor, sweep, dtype)
+        res = bench_task(name, repeats, args.ig_steps, args.prefilter_factor, sweep, dtype, methods, args.ugs_steps)
         results.append(res)
         print(format_task(res) + "\n", flush=True)
     if results:
@@ -292,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
         with open(args.json, "w") as f:
             json.dump({"settings": {"threads": torch.get_num_threads(), "dtype": args.dtype, "repeats": repeats,
                                     "ig_steps": args.ig_steps, "prefilter_factor": args.prefilter_factor,
-                                    "sweep": sweep},
+                                    "sweep": sweep, "methods": methods, "ugs_steps": args.ugs_steps},
                        "tasks": [asdict(r) for r in results]}, f, indent=1)  # fmt: skip
     return 0
 

@@ -1,5 +1,5 @@
-"""Smoke test of benchmarks/methods.py (ACDC, EAP, EAP-IG, prefiltered ACDC side by side)
-on one tiny tracr task, and its rank-based ROC AUC against a brute-force threshold sweep."""
+"""Smoke test of benchmarks/methods.py (every method side by side) on one tiny tracr task,
+and its rank-based ROC AUC against a brute-force threshold sweep."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_rank_auc_is_the_area_under_every_threshold(bench) -> None:
 
 def test_quick_run_on_a_tracr_task(bench, tmp_path, capsys) -> None:
     out = tmp_path / "methods.json"
-    assert bench.main(["--quick", "--tasks", "tracr-proportion", "--json", str(out)]) == 0
+    assert bench.main(["--quick", "--tasks", "tracr-proportion", "--ugs-steps", "10", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
     assert "== tracr-proportion" in printed and "== summary over 1 tasks" in printed
     for m in bench.METHODS:
@@ -84,12 +84,17 @@ def test_quick_run_on_a_tracr_task(bench, tmp_path, capsys) -> None:
     assert acdc["auc"] == 1.0 and acdc["sweep_auc"] is None  # --quick: no sweep
     assert acdc["tested"] > 0
 
-    for m in ("eap", "eap-ig"):  # attribution: top-k by |score|, k = ACDC's size, then pruned
-        assert rows[m]["selected"] == k and rows[m]["edges"] <= k
-        assert rows[m]["tested"] is None and rows[m]["sweep_auc"] is None
+    for m in bench.METHODS[1:]:  # every method but ACDC: top-k, k = ACDC's size, then pruned
+        if m != "acdc-pre":
+            assert rows[m]["selected"] == k and rows[m]["edges"] <= k
+            assert rows[m]["tested"] is None and rows[m]["sweep_auc"] is None
+    assert rows["acdc"]["precision"] == rows["acdc"]["truth_recall"] == 1.0  # ACDC finds the ground truth
+    assert rows["edge-pruning"]["precision"] == rows["edge-pruning"]["truth_recall"] == 1.0  # at its size
     assert rows["acdc-pre"]["tested"] <= task["prefilter"]
     for r in rows.values():
         assert 0 <= r["jaccard"] <= r["recall"] <= 1
         assert 0 <= r["auc"] <= 1
         assert -1 <= r["cpr"] <= 1 and r["cmd"] >= 0
         assert r["seconds"] > 0 and r["stable"]
+        assert 0 <= r["truth_recall"] <= 1
+        assert (r["precision"] is None) == (r["edges"] == 0) and (r["precision"] is None or 0 <= r["precision"] <= 1)
