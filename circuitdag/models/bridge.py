@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from circuitdag.errors import ModelError
-from circuitdag.models.check import HookReport, check_hooks
+from circuitdag.models.check import HookReport, check_hooks, refusal
 from circuitdag.models.resume import resume, skip_blocks_below
 from circuitdag.models.spec import bos_decision
 
@@ -114,6 +114,9 @@ def load_bridge(
             raise
         raise ModelError(f"the weights of {name} cannot be read ({e}); the file is damaged: save the model "
                          "again with save_pretrained") from e  # fmt: skip
+    why = refusal(model)  # an architecture circuitdag does not patch: say so before anything else
+    if why is not None:
+        raise ModelError(why)
     model.eval()
     with warnings.catch_warnings(record=True) as caught, _root_log(caught):
         warnings.simplefilter("always")
