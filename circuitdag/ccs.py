@@ -55,31 +55,43 @@ N_TRIES = 10
 N_RANDOM = 20
 SUFFIXES = (" Is this true? Yes", " Is this true? No")
 
+#: (country, capital, another city of that country): a false statement names the other
+#: city, so every entity of a country's two facts is on one side of the held-out split.
 CAPITALS = (
-    ("France", "Paris"), ("Germany", "Berlin"), ("Italy", "Rome"), ("Spain", "Madrid"), ("Japan", "Tokyo"),
-    ("China", "Beijing"), ("Russia", "Moscow"), ("Egypt", "Cairo"), ("Greece", "Athens"), ("Portugal", "Lisbon"),
-    ("Austria", "Vienna"), ("Poland", "Warsaw"), ("Ireland", "Dublin"), ("Norway", "Oslo"), ("Sweden", "Stockholm"),
-    ("Finland", "Helsinki"), ("Denmark", "Copenhagen"), ("Hungary", "Budapest"), ("Canada", "Ottawa"),
-    ("Mexico", "Mexico City"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Turkey", "Ankara"), ("India", "New Delhi"),
-    ("Thailand", "Bangkok"), ("Cuba", "Havana"), ("Chile", "Santiago"), ("Argentina", "Buenos Aires"),
-    ("Belgium", "Brussels"), ("Netherlands", "Amsterdam"),
+    ("France", "Paris", "Lyon"), ("Germany", "Berlin", "Munich"), ("Italy", "Rome", "Milan"),
+    ("Spain", "Madrid", "Barcelona"), ("Japan", "Tokyo", "Osaka"), ("China", "Beijing", "Shanghai"),
+    ("Russia", "Moscow", "Kazan"), ("Egypt", "Cairo", "Alexandria"), ("Greece", "Athens", "Patras"),
+    ("Portugal", "Lisbon", "Porto"), ("Austria", "Vienna", "Graz"), ("Poland", "Warsaw", "Krakow"),
+    ("Ireland", "Dublin", "Cork"), ("Norway", "Oslo", "Bergen"), ("Sweden", "Stockholm", "Gothenburg"),
+    ("Finland", "Helsinki", "Tampere"), ("Denmark", "Copenhagen", "Aarhus"), ("Hungary", "Budapest", "Debrecen"),
+    ("Canada", "Ottawa", "Toronto"), ("Mexico", "Mexico City", "Guadalajara"), ("Peru", "Lima", "Cusco"),
+    ("Kenya", "Nairobi", "Mombasa"), ("Turkey", "Ankara", "Istanbul"), ("India", "New Delhi", "Mumbai"),
+    ("Thailand", "Bangkok", "Phuket"), ("Cuba", "Havana", "Varadero"), ("Chile", "Santiago", "Valparaiso"),
+    ("Argentina", "Buenos Aires", "Cordoba"), ("Belgium", "Brussels", "Antwerp"),
+    ("Netherlands", "Amsterdam", "Rotterdam"),
 )  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Statement:
-    """One statement: its text, whether it is true, and the fact it states (phrasings of
-    one fact share ``fact``)."""
+    """One statement: its text, whether it is true, the fact it states (phrasings of one
+    fact share ``fact``) and its topic (facts sharing entities, kept on one side of the
+    held-out split; default: the fact)."""
 
     text: str
     label: bool
     fact: str
+    topic: str = ""
+
+    @property
+    def split_key(self) -> str:
+        return self.topic or self.fact
 
 
 def builtin_statements(seed: int = 0) -> list[Statement]:
-    """Arithmetic facts (``a + b = c`` for a, b in 1..9, true or off by 1 or 2) and
-    capital-city facts (the true capital or another country's), each in two phrasings;
-    half true, half false, drawn with ``seed``."""
+    """Arithmetic facts (``a + b = c`` for a, b in 1..9, true or off by 1 or 2; about half
+    true, drawn with ``seed``) and capital-city facts (for each country its capital, true,
+    and another of its cities, false; one topic per country), each in two phrasings."""
     rng = random.Random(seed)
     out: list[Statement] = []
     for a in range(1, 10):
@@ -88,19 +100,18 @@ def builtin_statements(seed: int = 0) -> list[Statement]:
             c = a + b if true else a + b + rng.choice((-2, -1, 1, 2))
             fact = f"sum:{a}+{b}={c}"
             out += [Statement(f"{a} + {b} = {c}.", true, fact), Statement(f"{a} plus {b} is {c}.", true, fact)]
-    for i, (country, capital) in enumerate(CAPITALS):
-        for j in range(2):
-            true = j == 0
-            city = capital if true else CAPITALS[(i + 1 + rng.randrange(len(CAPITALS) - 1)) % len(CAPITALS)][1]
-            fact = f"capital:{country}={city}"
-            out += [Statement(f"The capital of {country} is {city}.", true, fact),
-                    Statement(f"{city} is the capital of {country}.", true, fact)]  # fmt: skip
+    for country, capital, other in CAPITALS:
+        for city, true in ((capital, True), (other, False)):
+            fact, topic = f"capital:{country}={city}", f"country:{country}"
+            out += [Statement(f"The capital of {country} is {city}.", true, fact, topic),
+                    Statement(f"{city} is the capital of {country}.", true, fact, topic)]  # fmt: skip
     return out
 
 
 def read_statements(path: str | Path) -> list[Statement]:
     """Statements from a JSONL file: one ``{"statement": str, "label": bool}`` per line,
-    optionally ``"fact"`` (phrasings of one fact share it; default: the line's own).
+    optionally ``"fact"`` (phrasings of one fact share it; default: the line's own) and
+    ``"topic"`` (facts kept on one side of the held-out split; default: the fact).
     Raises :class:`ConfigError` naming the line for a bad row."""
     from circuitdag.files import read_text_lines
 
@@ -112,20 +123,23 @@ def read_statements(path: str | Path) -> list[Statement]:
             raise ConfigError(f"{path} line {i} is not JSON ({exc.msg})") from None
         if not isinstance(row, dict) or not isinstance(row.get("statement"), str) or not isinstance(row.get("label"), bool):
             raise ConfigError(f'{path} line {i}: each line needs "statement" (text) and "label" (true or false)')
-        out.append(Statement(row["statement"], row["label"], str(row.get("fact", f"line:{i}"))))
+        out.append(Statement(row["statement"], row["label"], str(row.get("fact", f"line:{i}")),
+                             str(row.get("topic", ""))))  # fmt: skip
     if len({s.label for s in out}) < 2:
         raise ConfigError(f"{path}: CCS needs true and false statements; the file has {len(out)} of one kind")
     return out
 
 
 def split_facts(statements: Sequence[Statement], holdout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the training and held-out statements: a seeded split of the *facts*."""
-    facts = sorted({s.fact for s in statements})
-    random.Random(seed).shuffle(facts)
-    n_test = max(1, round(holdout * len(facts)))
-    test = set(facts[:n_test])
+    """Indices of the training and held-out statements: a seeded split of the *topics*
+    (facts that share entities stay together; a probe that memorised "France" learns
+    nothing it can use on the held-out side)."""
+    topics = sorted({s.split_key for s in statements})
+    random.Random(seed).shuffle(topics)
+    n_test = max(1, round(holdout * len(topics)))
+    test = set(topics[:n_test])
     idx = np.arange(len(statements))
-    is_test = np.array([s.fact in test for s in statements])
+    is_test = np.array([s.split_key in test for s in statements])
     return idx[~is_test], idx[is_test]
 
 

@@ -80,6 +80,9 @@ def test_builtin_statements_and_the_split_keep_facts_whole() -> None:
     assert builtin_statements(0) == s and builtin_statements(1) != s
     train, test = split_facts(s, 0.3, 0)
     assert not {s[i].fact for i in train} & {s[i].fact for i in test}
+    assert not {s[i].topic for i in train} & {s[i].topic for i in test} - {""}  # a country on one side
+    entities = lambda idx: {w for i in idx if s[i].topic for w in s[i].text.rstrip(".").split()}
+    assert entities(train) & entities(test) <= {"The", "capital", "of", "is", "the", "City", "New", "Buenos"}
     by_fact: dict[str, list] = {}
     for x in s:
         by_fact.setdefault(x.fact, []).append(x)
