@@ -131,3 +131,17 @@ def test_cd_acdc_stays_the_function():
         out = _fresh(f"{first}\nimport circuitdag as cd\nprint(callable(cd.acdc), cd.acdc.__module__)")
         assert out.strip() == "True circuitdag.discovery"
     assert not (PACKAGE / "acdc.py").exists() and not (PACKAGE / "acdc").exists()
+
+
+def test_modules_and_classes_stay_small() -> None:
+    """One concept per module: no module over 500 lines, no class over 300 (issue 22)."""
+    big = []
+    for module, path in _modules().items():
+        tree = ast.parse(path.read_text(), str(path))
+        n_lines = len(path.read_text().splitlines())
+        if n_lines > 500:
+            big.append(f"{module}: {n_lines} lines")
+        big += [f"{module}.{node.name}: {node.end_lineno - node.lineno + 1} lines"  # type: ignore[operator]
+                for node in ast.walk(tree)
+                if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 300]  # type: ignore[operator]
+    assert not big, "split these: " + "; ".join(big)
