@@ -327,7 +327,7 @@ def acdc_fast(
     if fast is not None:
         stats["component_evaluations"] = stats.get("component_evaluations", 0) + fast.component_evals - c0
     stats["k_max"] = int(k_max)
-    stats["kernels"] = backend()
+    stats["kernels"] = backend(graph.n_edges)
     state.alive = graph.prune(state.alive)
     return state
 

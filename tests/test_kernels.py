@@ -51,3 +51,15 @@ def test_reachability_matches_networkx():
 def test_rejects_non_topological_numbering():
     with pytest.raises(ValueError):
         Reachability(3, np.array([2], np.int32), np.array([1], np.int32), (np.zeros(0, np.int32),) * 2)
+
+
+def test_small_tables_use_numpy_by_default(monkeypatch):
+    """Numba's start-up (about a second) is paid only for edge tables where it pays back."""
+    from circuitdag._kernels import NUMBA_MIN_EDGES
+
+    monkeypatch.delenv("CIRCUITDAG_KERNELS", raising=False)
+    assert backend(NUMBA_MIN_EDGES - 1) == "numpy" and backend(NUMBA_MIN_EDGES) == "numba" and backend() == "numba"
+    monkeypatch.setenv("CIRCUITDAG_KERNELS", "numba")
+    assert backend(10) == "numba"
+    monkeypatch.setenv("CIRCUITDAG_KERNELS", "numpy")
+    assert backend(10**6) == "numpy"

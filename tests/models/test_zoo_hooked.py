@@ -119,11 +119,13 @@ def test_a_wrong_conversion_is_refused_at_load(tmp_path, monkeypatch) -> None:
         load_zoo("pronoun")
 
 
-def test_discover_on_a_zoo_model_imports_neither_transformer_lens_nor_transformers(tmp_path) -> None:
-    """What keeps `circuitdag discover --task pronoun` within a few times `import torch`."""
+def test_discover_on_a_zoo_model_imports_neither_transformer_lens_nor_transformers(tmp_path, monkeypatch) -> None:
+    """What keeps `circuitdag discover --task pronoun` within a few times `import torch`
+    (nor Numba: a 4,180-edge graph uses the numpy kernels)."""
+    monkeypatch.delenv("CIRCUITDAG_KERNELS", raising=False)
     code = ("import sys; from circuitdag.cli import main; "
             f"main(['discover', '--task', 'pronoun', '--positions', '-q', '--no-svg', '--out', {str(tmp_path)!r}]); "
-            "print([m for m in ('transformer_lens', 'transformers') if m in sys.modules])")  # fmt: skip
+            "print([m for m in ('transformer_lens', 'transformers', 'numba') if m in sys.modules])")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
     assert json.loads((tmp_path / "circuit.json").read_text())["process_weights"] is True
