@@ -63,8 +63,13 @@ def layer_activations(
         raise ConfigError('--text is empty; give the prompt to look at, e.g. --text "So John is a friend"')
     cfg = model.cfg
     device = next(model.parameters()).device
+    from circuitdag.graph import NodeKind
+    from circuitdag.hooks import HookTable
+    from circuitdag.models import spec_of
+
+    table = HookTable.of(model, spec_of(model))  # per-head results where the bridge has none (OPT, GPT-J)
     post = [f"blocks.{layer}.mlp.hook_post" for layer in range(cfg.n_layers)]
-    result = [f"blocks.{layer}.attn.hook_result" for layer in range(cfg.n_layers)]
+    result = [table.output(layer, NodeKind.HEAD) for layer in range(cfg.n_layers)]
     wanted = set(post) | set(result)
     with torch.no_grad():
         _, cache = model.run_with_cache(
@@ -80,7 +85,7 @@ def layer_activations(
         else:
             neuron_ids.append(np.zeros(0, dtype=np.int64))
             neurons.append(np.zeros((len(ids), 0)))
-        heads.append(cache[result[layer]][0].double().norm(dim=-1).cpu().numpy())  # pos head
+        heads.append(table.head_results(layer, cache[result[layer]])[0].detach().double().norm(dim=-1).cpu().numpy())
     name = str(getattr(cfg, "model_name", type(model).__name__))
     return LayerActivations(name, text, [tok.decode([i]) for i in ids], neuron_ids, neurons, heads)
 

@@ -276,6 +276,7 @@ def _keep(store: dict[Any, Tensor], key: Any) -> Hook:
 
 
 def _check_shapes(spec: ModelSpec, table: HookTable, seen: dict[str, Tensor], n_batch: int, n_pos: int) -> None:
+    """Every role of the table fired, with its shape (``batch pos [heads] d_model``)."""
     want: dict[str, tuple[int, ...]] = {"final": (n_batch, n_pos, spec.d_model)}
     for L in range(spec.n_layers):
         want[f"resid{L}"] = (n_batch, n_pos, spec.d_model)
@@ -285,10 +286,9 @@ def _check_shapes(spec: ModelSpec, table: HookTable, seen: dict[str, Tensor], n_
         if not spec.attn_only:
             want |= {f"mlp_in{L}": (n_batch, n_pos, spec.d_model), f"mlp{L}": (n_batch, n_pos, spec.d_model)}
     for key, shape in want.items():
-        if key not in seen:
-            name = _hook_of(table, key)
-            raise ModelError(f"hook {name} did not fire; boot the model with load_bridge (which enables "
-                             "set_use_attn_result, set_use_split_qkv_input and set_use_hook_mlp_in)")  # fmt: skip
+        if key not in seen:  # the hooks a bridge can switch off are emulated: this one the model has not
+            raise ModelError(f"hook {_hook_of(table, key)} did not fire and cannot be emulated on this model; "
+                             "circuitdag cannot patch it (docs/models.md lists the architectures it patches)")  # fmt: skip
         if tuple(seen[key].shape) != shape:
             raise ModelError(f"hook {_hook_of(table, key)} has shape {tuple(seen[key].shape)}, expected {shape}")
 
