@@ -104,7 +104,7 @@ ARCHITECTURES = [
     Arch("stablelm", "StableLmConfig", _GQA, "StableLM", slow=True),
     Arch("olmo", "OlmoConfig", _GQA, "OLMo", slow=True),
     Arch("gpt_neox", "GPTNeoXConfig", _MHA, "GPT-NeoX, Pythia (parallel attention + MLP)"),
-    Arch("phi", "PhiConfig", _MHA, "Phi-1, Phi-2 (parallel, one shared norm)"),
+    Arch("phi", "PhiConfig", _MHA, "Phi-1, Phi-2 (parallel, one shared norm)", slow=True),
     Arch("falcon", "FalconConfig", {"num_hidden_layers": L, "hidden_size": D, "num_attention_heads": H,
                                     "max_position_embeddings": P}, "Falcon (parallel, multi-query)"),
     Arch("gptj", "GPTJConfig", {"n_layer": L, "n_embd": D, "n_head": H, "n_positions": P, "rotary_dim": 8},
@@ -272,7 +272,7 @@ def markdown_table() -> str:
     head = "| architecture (transformers config) | family | discover (fast = reference, positions), eap-ig, neurons |"
     rows = [head, "|---|---|---|"]
     for a in ARCHITECTURES:
-        status = "works" if a.refused is None else f"refused in one line: {a.refused}"
+        status = ("works" + (" (slow tests)" if a.slow else "")) if a.refused is None else f"refused in one line: {a.refused}"
         rows.append(f"| `{a.config}` | {a.family} | {status} |")
     return "\n".join([BEGIN, *rows, END])
 
