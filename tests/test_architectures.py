@@ -180,6 +180,23 @@ def test_fast_acdc_equals_the_reference(arch: Arch, model_dirs, tmp_path_factory
         assert 0 < ref.in_circuit.sum() < ref.in_circuit.size, "the matrix should test a real decision"
 
 
+@pytest.mark.parametrize("arch", [pytest.param(a, id=a.name, marks=[pytest.mark.slow] if a.name != "gpt_neox" else [])
+                                  for a in WORKS if a.name in ("gpt_neox", "falcon")])  # fmt: skip
+def test_neuron_nodes_in_parallel_blocks(arch: Arch, model_dirs, tmp_path_factory) -> None:
+    """MLP 1 split into neuron nodes: each neuron reads the block's input (parallel block;
+    Falcon's through the norm it shares with the attention), and fast ACDC on the component
+    path equals the reference."""
+    import circuitdag as cd
+
+    model = _load(arch, model_dirs, tmp_path_factory)
+    fast = cd.discover(model, _task(), "acdc", metric="kl", neurons=[1], relative_threshold=0.02)
+    ref = cd.discover(model, _task(), "acdc-reference", metric="kl", neurons=[1], relative_threshold=0.02)
+    assert fast.meta["stats"]["fast_path"] == "components"
+    np.testing.assert_array_equal(fast.in_circuit, ref.in_circuit)
+    assert not any(name.startswith("a1.") and "->m1." in name for name in fast.graph.edge_names)
+    assert any(name.startswith("a0.") and "->m1." in name for name in fast.graph.edge_names)
+
+
 @pytest.mark.parametrize("arch", [_param(a) for a in WORKS])
 def test_masked_pass_gradient_is_eap_and_eap_ig_runs(arch: Arch, model_dirs, tmp_path_factory) -> None:
     """The differentiable masked pass equals exact patching at 0/1 masks and its gradient at
