@@ -98,10 +98,10 @@ def capture(model: Any, tokens: Tensor, layout: Layout, table: HookTable, d_mode
             if kind == NodeKind.HEAD:
                 slots[:, :, lay.head_slot(L, 0) : lay.head_slot(L, 0) + lay.n_heads] = x
             elif L in neurons:  # one slot per neuron, from this pass's MLP input
-                out = neurons[L].all_outputs(mlp_in[L])
-                try:
+                try:  # a block whose "MLP" module is more than the MLP (OPT's) fails here
+                    out = neurons[L].all_outputs(mlp_in[L])
                     neurons[L].verify(out, x)
-                except KernelMismatch as exc:
+                except (KernelMismatch, RuntimeError) as exc:
                     raise ModelError(f"cannot split MLP {L} of this model into neurons: {exc}") from None
                 slots[:, :, lay.mlp_slots(L)] = out
             else:
