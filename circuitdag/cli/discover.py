@@ -208,9 +208,17 @@ def _assess(args: argparse.Namespace, circuit: Any, patcher: Any, heldout: Any, 
     from circuitdag.trust import assess
 
     if args.bootstrap and not args.quiet:
-        secs = circuit.meta["stats"]["seconds"] * args.bootstrap
-        print(f"circuitdag: bootstrap: {args.bootstrap} reruns of {method.name}, about {secs:.0f}s "
-              f"({circuit.meta['stats']['seconds']:.1f}s each, as this run)", file=sys.stderr)  # fmt: skip
+        import time
+
+        from circuitdag.bootstrap import additive, expected_seconds
+
+        t0 = time.perf_counter()
+        patcher.circuit_metric(~circuit.in_circuit)  # one exact pass, timed
+        per_pass, fast = time.perf_counter() - t0, additive(method, patcher)
+        secs = expected_seconds(circuit.meta["stats"]["seconds"], args.bootstrap, per_pass, fast)
+        how = "per-prompt scores, then" if fast else "reruns of the method,"
+        print(f"circuitdag: bootstrap: {how} {args.bootstrap} resamples: about {secs:.0f}s ({method.name} took "
+              f"{circuit.meta['stats']['seconds']:.1f}s, an exact pass {per_pass:.1f}s)", file=sys.stderr)  # fmt: skip
     tests = tuple(args.tests or TRUST_TESTS) if args.tests is not None else ()
     assess(circuit, patcher, heldout=heldout, heldout_patcher=held, verify_top=args.verify_top, tests=tests,
            test_options=parse_test_options(args.test_option), bootstrap=args.bootstrap, method=method, options=options,
