@@ -30,7 +30,8 @@ with a p-value:
   better).
 
 Costs, in exact passes over every prompt: equivalence 2, independence 2, minimality
-``|C| + 1 + 2 * references``, sufficiency ``R + 2``.
+``1 + 2 * references`` plus one evaluation per edge, run from the edge's destination layer
+on (:func:`~circuitdag.per_prompt.removal_metrics`), sufficiency ``R + 2``.
 """
 
 from __future__ import annotations
@@ -47,7 +48,14 @@ from circuitdag.errors import ConfigError
 from circuitdag.graph import Graph
 from circuitdag.metrics import logit_diff
 from circuitdag.patching import Patcher
-from circuitdag.per_prompt import faithfulness, prompt_metrics, prompt_scores, prompt_weights, resample_mean
+from circuitdag.per_prompt import (
+    faithfulness,
+    prompt_metrics,
+    prompt_scores,
+    prompt_weights,
+    removal_metrics,
+    resample_mean,
+)
 
 
 @dataclass
@@ -200,11 +208,9 @@ def minimality(patcher: Patcher, alive: np.ndarray, q: float = 0.5, alpha: float
     level = alpha / len(members)  # Bonferroni
     rows: list[dict[str, Any]] = []
     failing: list[str] = []
-    for e in members:
-        without = alive.copy()
-        without[e] = False
-        effect = np.abs(prompt_metrics(patcher, without) - base)
-        bar.update()
+    effects = np.abs(removal_metrics(patcher, alive, members) - base)  # edges x prompts
+    bar.update(len(members))
+    for e, effect in zip(members, effects, strict=True):
         k = int((effect > reference).sum())
         p = float(stats.binom.sf(k - 1, patcher.B, q))
         rows.append({"edge": graph.edge_names[e], "wins": k, "p_value": p, "mean_effect": float(effect.mean())})

@@ -52,45 +52,19 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float | None:
 def single_removals(patcher: Patcher, edges: np.ndarray, progress: bool = False, k: int = 8) -> list[float]:
     """``m(full - e) - m(full)`` for each edge of ``edges``, exactly: the edges into one
     destination run as batches of ``k`` candidates from that destination's layer on
-    (:meth:`Patcher.candidate_metrics <circuitdag.patching.Patcher.candidate_metrics>`,
-    exact because every edge upstream is present), or one sparse pass each where that path
-    does not run (neuron nodes). Tested equal to :meth:`~circuitdag.patching.Patcher.circuit_metric`."""
+    (:func:`circuitdag.per_prompt.removal_finals`). Tested equal to
+    :meth:`~circuitdag.patching.Patcher.circuit_metric`."""
     import torch
 
-    from circuitdag.graph import NodeKind
+    from circuitdag.per_prompt import removal_finals
 
-    graph, lay = patcher.graph, patcher.layout
-    full = np.ones(graph.n_edges, dtype=bool)
+    full = np.ones(patcher.graph.n_edges, dtype=bool)
     m_full = patcher.circuit_metric(full)
     out = np.full(len(edges), np.nan)
-    bar = tqdm(total=len(edges), desc="verify", unit="edge", disable=not progress)
-    if patcher.neurons:
-        for i, e in enumerate(edges.tolist()):
-            out[i] = patcher.circuit_metric(np.where(np.arange(graph.n_edges) == e, False, full)) - m_full
-            bar.update()
-        bar.close()
-        return out.tolist()
-    patcher.rebase(None)  # the fast path resumes from the clean run: the full circuit
-    absent = patcher.absent_matrix(full)
-    dst = graph.edges.dst[edges]
-    for d in np.unique(dst).tolist():
-        inc = graph.incoming[d]
-        cells = np.unique(np.stack([lay.edge_row[inc], lay.edge_view[inc]], 1), axis=0)
-        rows, views = torch.as_tensor(cells[:, 0]), torch.as_tensor(cells[:, 1])
-        node = graph.nodes[d]
-        layer = graph.spec.n_layers if node.kind == NodeKind.LOGITS else node.layer
-        mine = np.flatnonzero(dst == d)
-        for start in range(0, len(mine), k):
-            chunk = mine[start : start + k]
-            cands = []
-            for i in chunk.tolist():
-                alive = full.copy()
-                alive[edges[i]] = False
-                cands.append(patcher.absent_matrix(alive)[rows, views])
-            vals = patcher.candidate_metrics(absent, layer, rows, torch.stack(cands), views)
-            out[chunk] = vals.double().cpu().numpy() - m_full
+    with tqdm(total=len(edges), desc="verify", unit="edge", disable=not progress) as bar, torch.no_grad():
+        for chunk, final in removal_finals(patcher, full, edges, k):
+            out[chunk] = patcher.final_metric(final).double().cpu().numpy() - m_full
             bar.update(len(chunk))
-    bar.close()
     return out.tolist()
 
 

@@ -102,3 +102,27 @@ def test_hsic_detects_dependence_and_not_chance():
     x = rng.normal(size=60)
     assert hsic(x, x**2) > 5 * hsic(x, rng.normal(size=60))
     assert hsic(x, np.zeros(60)) == 0.0
+
+
+@pytest.mark.parametrize("positions", [False, True])
+def test_removal_metrics_equal_one_pass_per_circuit(positions):
+    from planted import planted_data, planted_model
+
+    from circuitdag.graph import Graph, Positions
+    from circuitdag.models.spec import spec_of
+    from circuitdag.patching import Patcher
+    from circuitdag.per_prompt import removal_metrics
+
+    model = planted_model()
+    data = planted_data(model, batch=6)
+    P = data.clean.shape[1]
+    graph = Graph(spec_of(model), Positions(P, None, (P - 1,)) if positions else None)
+    p = Patcher(model, graph, data, metric="logit_diff")
+    rng = np.random.default_rng(3)
+    alive = graph.prune(rng.random(graph.n_edges) < 0.4)
+    edges = rng.choice(np.flatnonzero(alive), 12, replace=False)
+    got = removal_metrics(p, alive, edges, k=5)
+    for e, row in zip(edges, got, strict=True):
+        less = alive.copy()
+        less[e] = False
+        np.testing.assert_allclose(row, prompt_metrics(p, less), rtol=1e-9, atol=1e-10)
