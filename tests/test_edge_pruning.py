@@ -135,3 +135,34 @@ def test_micro_batches_give_the_same_value_and_gradient() -> None:
     np.testing.assert_allclose(values, values[0], rtol=1e-10)
     for g in grads[1:]:
         np.testing.assert_allclose(g, grads[0], rtol=1e-8, atol=1e-12)
+
+
+def test_a_resumed_run_ends_with_the_same_gates(tmp_path) -> None:
+    """Snapshots after every step; continuing from the one after step 17 gives the gates
+    of the run never interrupted, bit for bit. Through the method: a checkpoint from
+    other settings is refused in one line."""
+    from circuitdag.algorithms.base import RunContext
+    from circuitdag.errors import CheckpointError
+
+    w = torch.as_tensor(np.random.default_rng(0).uniform(0, 1, 30))
+    snaps: list[dict] = []
+    kw = {"steps": 40, "seed": 3}
+    full, _ = ep.train_gates(lambda z, i: (w * (1 - z)).sum(), 30, 0.8, save=snaps.append, every=0.0, **kw)
+    assert [s["step"] for s in snaps] == list(range(1, 41))
+    state = json.loads(json.dumps(snaps[16]))  # through JSON, as a checkpoint file
+    again, _ = ep.train_gates(lambda z, i: (w * (1 - z)).sum(), 30, 0.8, state=state, **kw)
+    assert torch.equal(full, again)
+
+    task = get_task("tracr-proportion")
+    patcher, _ = prepare(task.load_model(), task)
+    ck = tmp_path / "checkpoint.json"
+    ctx = RunContext(checkpoint=ck, checkpoint_every=0.0, identity={"task": "tracr-proportion"})
+    method = get_algorithm("edge-pruning")
+    first = method.run(patcher, ctx, edges=3, steps=20)
+    assert json.loads(ck.read_text())["step"] == 20
+    resumed = method.run(patcher, RunContext(checkpoint=ck, resume=True, identity={"task": "tracr-proportion"}),
+                         edges=3, steps=20)  # fmt: skip
+    np.testing.assert_array_equal(resumed.scores, first.scores)  # nothing left to do: the saved gates
+    with pytest.raises(CheckpointError, match="other settings .*steps: 20 there, 30 now"):
+        method.run(patcher, RunContext(checkpoint=ck, resume=True, identity={"task": "tracr-proportion"}),
+                   edges=3, steps=30)  # fmt: skip
