@@ -308,6 +308,7 @@ SMOL_METHODS = {
 def smollm2(task: str, percent: float, methods: tuple[str, ...], threads: int, out_json: str | None,
             ep_options: list[str] | None = None) -> int:
     """One ``circuitdag discover`` process per method on SmolLM2-135M (module docstring)."""
+    import gc
     import subprocess
     import tempfile
     from pathlib import Path
@@ -317,7 +318,10 @@ def smollm2(task: str, percent: float, methods: tuple[str, ...], threads: int, o
 
     print(f"date={datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC} SmolLM2-135M task={task} edges={percent:g}% "
           f"threads={threads}", flush=True)  # fmt: skip
-    n_edges = Graph(spec_of(load_model("smollm2-135m"))).n_edges
+    model = load_model("smollm2-135m")
+    n_edges = Graph(spec_of(model)).n_edges
+    del model  # each method's process loads its own; this one stays small
+    gc.collect()
     n = max(1, round(percent / 100 * n_edges))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
