@@ -21,8 +21,10 @@ passes no gradient; the expected-L0 form ``P(z > 0)`` is :func:`expected_open`, 
 circuit.json reports). The final mask is deterministic: the ``edges`` gates with the
 largest ``log_alpha`` (the paper's ``deterministic_z_from_log_alpha`` ranks them the same
 way and keeps the expected number of open gates; circuit.json records that count too),
-pruned to ``embed -> logits`` paths. The score of an edge is its final ``log_alpha``
-(higher = kept; not in metric units), which ranks every edge for curves and sweeps.
+pruned to ``embed -> logits`` paths. The score of an edge is the probability that its gate
+is open, ``P(z > 0)`` at the final ``log_alpha`` (in [0, 1], higher = kept, not in metric
+units; monotone in ``log_alpha``, so it ranks edges as the mask does and as curves and ROC
+AUCs, which rank by ``|score|``, need).
 
 Defaults. From the paper's IOI script (``run_scripts/ioi_sweep.sh``): AdamW, a linear
 learning-rate warm-up (1/15 of the steps: 200 of 3000 there) then linear decay, the
@@ -251,7 +253,7 @@ class EdgePruning(Algorithm):
     name = "edge-pruning"
     summary = "learned hard-concrete edge masks trained through the masked pass to a sparsity target"
     source = "Bhaskar, Wettig, Friedman & Chen 2024, Finding Transformer Circuits with Edge Pruning"
-    score_meaning = "learned gate logit log_alpha (higher = kept; not in metric units)"
+    score_meaning = "probability that the learned gate is open, P(z > 0) (higher = kept; not in metric units)"
     size_knob = "edges"
     neurons = True
     checkpoints = True
@@ -304,8 +306,8 @@ class EdgePruning(Algorithm):
         log_alpha, rec = train_gates(objective, n, 1 - k / n, steps=steps, lr=lr, reg_lr=reg_lr, warmup=warmup,
                                      seed=seed, init=init, progress=ctx.progress, state=state, save=save,
                                      every=ctx.checkpoint_every)  # fmt: skip
-        scores = log_alpha.cpu().numpy().astype(np.float64)
-        keep = top_gates(scores, k)
+        keep = top_gates(log_alpha.cpu().numpy(), k)
+        scores = expected_open(log_alpha).cpu().numpy().astype(np.float64)
         record = {"edges_requested": k, "edges_selected": int(keep.sum()),
                   "expected_open_gates": round(float(expected_open(log_alpha).sum()), 3),
                   "steps": steps, "lr": lr, "reg_lr": reg_lr, "warmup": warmup, "batch_size": b, "init": init, "seed": seed,

@@ -20,7 +20,8 @@ a chunk of ``batch_size`` prompts; the loss is::
     mean over draws of m(z) + lambda * sum_e sigmoid(theta_e)
 
 minimised with AdamW (betas 0.9, 0.995, gradient norm clipped at 5). The score of an edge
-is its final ``theta`` (higher = kept; not in metric units); the circuit is the ``edges``
+is ``sigmoid(theta)``, its learned probability of being kept (in [0, 1], higher = kept; not
+in metric units; curves and ROC AUCs rank by ``|score|``); the circuit is the ``edges``
 largest, pruned to ``embed -> logits`` paths, as MIB's ``convert_mask_to_graph.py`` ranks
 edges by the learned parameter.
 
@@ -122,9 +123,7 @@ class UGS(Algorithm):
     name = "ugs"
     summary = "uniform gradient sampling: a learned Bernoulli mask per edge, MIB's mask-learning baseline"
     source = "Li & Janson 2024, Optimal ablations for interpretability"
-    score_meaning = (
-        "learned mask parameter theta, sigmoid(theta) = probability the edge is kept (not in metric units)"
-    )
+    score_meaning = "learned probability sigmoid(theta) that the edge is kept (not in metric units)"
     size_knob = "edges"
     neurons = True
     refusals: ClassVar[dict[str, str]] = {
@@ -160,8 +159,8 @@ class UGS(Algorithm):
         t0 = time.perf_counter()
         theta, rec = train_ugs(objective, n, steps=steps, samples=samples, lam=lam, lr=lr, seed=seed,
                                progress=ctx.progress)  # fmt: skip
-        scores = theta.cpu().numpy().astype(np.float64)
-        keep = top_gates(scores, k)
+        keep = top_gates(theta.cpu().numpy(), k)
+        scores = torch.sigmoid(theta).cpu().numpy().astype(np.float64)
         record = {"edges_requested": k, "edges_selected": int(keep.sum()), "steps": steps, "samples": samples,
                   "batch_size": b, "lam": lam, "lr": lr, "seed": seed, "training": rec}  # fmt: skip
         return Found(scores, patcher.graph.prune(keep), record=record,
