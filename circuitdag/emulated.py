@@ -6,7 +6,8 @@ its norm (``hook_mlp_in``). TransformerBridge fires all three for most architect
 for all (checked on transformer_lens 4.3):
 
 * **per-head inputs** (OPT, GPT-J, GPT-Neo: ``set_use_split_qkv_input`` is not
-  implemented for their attention): the residual stream entering the attention is read at
+  implemented for their attention; BLOOM: its ``hook_q_input`` is taken after the norm,
+  where an edge's contribution cannot be subtracted): the residual stream entering the attention is read at
   ``blocks.L.ln1.hook_in``; each head's input is that stream, patched per head by the
   engine, and its query (key, value) is computed from it with the block's own ``ln1`` and
   the head's slice of ``W_Q`` (``W_K``, ``W_V``) plus bias, then written into
@@ -15,6 +16,8 @@ for all (checked on transformer_lens 4.3):
 * **per-head results** (the same three: ``set_use_attn_result`` is not implemented): head
   ``h``'s result is ``hook_z[..., h, :] @ W_O[h]``; the output bias ``b_O`` belongs to no
   head, as with the bridge's own results;
+* **the MLP's input of a sequential block** whose bridge does not fire ``hook_mlp_in``
+  (BLOOM): the same stream is the input of the MLP's norm, ``blocks.L.ln2.hook_in``;
 * **the MLP's input of a parallel block that shares one norm** (Phi-1/2, Falcon, GPT-J:
   attention and MLP both read ``ln1(resid_pre)``, so there is no pre-norm MLP input to
   fire): the stream is read at ``blocks.L.ln1.hook_in``, patched by the engine and
@@ -45,19 +48,21 @@ from circuitdag.graph import Input, ModelSpec
 class Missing:
     """Which hooks the engine needs a model does not fire (see the module docstring)."""
 
-    split_inputs: bool = False  # hook_{q,k,v}_input
+    split_inputs: bool = False  # hook_{q,k,v}_input (or taken after the norm, BLOOM)
     results: bool = False  # attn.hook_result
     mlp_in: bool = False  # hook_mlp_in (parallel blocks sharing ln1)
+    mlp_in_at_norm: bool = False  # hook_mlp_in of a sequential block (BLOOM): read at ln2.hook_in instead
 
     @property
     def any(self) -> bool:
-        return self.split_inputs or self.results or self.mlp_in
+        return self.split_inputs or self.results or self.mlp_in or self.mlp_in_at_norm
 
     def describe(self) -> list[str]:
         """What is emulated, in words (for the log and the run record)."""
         return [what for flag, what in ((self.split_inputs, "per-head q/k/v inputs"),
                                         (self.results, "per-head results from hook_z and W_O"),
-                                        (self.mlp_in, "the MLP's input re-normalised with ln1"))
+                                        (self.mlp_in, "the MLP's input re-normalised with ln1"),
+                                        (self.mlp_in_at_norm, "the MLP's input read at ln2.hook_in"))
                 if flag]  # fmt: skip
 
 
@@ -76,23 +81,28 @@ def missing_hooks(model: Any, spec: ModelSpec) -> Missing:
     if hit is not None:
         return hit
     have = getattr(model, "hook_dict", {})
-    fired: set[str] = set()
+    fired: dict[str, Tensor] = {}
 
     def seen(x: Tensor, hook: Any) -> None:
-        fired.add(hook.name)
+        fired[hook.name] = x.detach()
 
     device = next(model.parameters()).device
+    stream = "blocks.0.ln1.hook_in"
     for key, name in _PROBE.items():
         if name not in have or (key == "mlp_in" and spec.attn_only):
             continue
+        hooks = [(name, seen)] + ([(stream, seen)] if key == "split_inputs" and stream in have else [])
         try:  # a bridge refuses a hook it has switched off (split q/k/v inputs): it does not fire
             with torch.no_grad():
-                model.run_with_hooks(torch.zeros(1, 3, dtype=torch.long, device=device), fwd_hooks=[(name, seen)])
+                model.run_with_hooks(torch.arange(3, device=device)[None], fwd_hooks=hooks)
         except ValueError:
             pass
+    q_in, pre = fired.get(_PROBE["split_inputs"]), fired.get(stream)
+    if q_in is not None and pre is not None and not torch.allclose(q_in, pre.unsqueeze(2).expand_as(q_in)):
+        del fired[_PROBE["split_inputs"]]  # taken after the norm (BLOOM): no edge can be patched there
     missing = Missing(**{key: name not in fired for key, name in _PROBE.items()})
-    if spec.attn_only or not spec.parallel_attn_mlp:
-        missing = Missing(missing.split_inputs, missing.results, False)  # sequential: hook_mlp_in or nothing
+    if spec.attn_only or not spec.parallel_attn_mlp:  # a sequential block's MLP input is its norm's input
+        missing = Missing(missing.split_inputs, missing.results, False, missing.mlp_in and not spec.attn_only)
     _PROBED[model] = missing
     return missing
 

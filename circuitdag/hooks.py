@@ -71,6 +71,7 @@ class HookNames:
     attn_k: str = "blocks.{L}.attn.hook_k"
     attn_v: str = "blocks.{L}.attn.hook_v"
     norm1_in: str = "blocks.{L}.ln1.hook_in"
+    norm2_in: str = "blocks.{L}.ln2.hook_in"
     mlp_hook_in: str = "blocks.{L}.mlp.hook_in"
 
 
@@ -137,7 +138,8 @@ class HookTable:
         """The hook holding input ``kind`` of layer ``L``'s nodes (``RESID``: ``logits``)."""
         if kind == Input.RESID:
             return self.final
-        name = {Input.Q: self.names.q, Input.K: self.names.k, Input.V: self.names.v, Input.MLP: self.names.mlp_in}[kind]
+        mlp_in = self.names.norm2_in if self.missing.mlp_in_at_norm else self.names.mlp_in
+        name = {Input.Q: self.names.q, Input.K: self.names.k, Input.V: self.names.v, Input.MLP: mlp_in}[kind]
         return name.format(L=L)
 
     def output(self, L: int, kind: NodeKind) -> str:

@@ -235,7 +235,11 @@ def cache_runs(model: Any, data: TaskData) -> TaskRuns:
         missing = [k for k in (f"{s}.{L}" for L in range(spec.n_layers) for s in where) if k not in got]
         if missing:
             s, L = missing[0].split(".")
-            raise ModelError(f"hook {where[s].format(L=L)} did not fire; load the model with circuitdag.load_model")
+            arch = getattr(getattr(getattr(model, "original_model", None), "config", None), "architectures", None)
+            raise ModelError(f"the neuron analysis reads {where[s].format(L=L)}, which this model"
+                             f"{' (' + arch[0] + ')' if arch else ''} does not fire (BLOOM's attention adds the "
+                             "residual stream itself, so no hook holds its output alone); discover runs on it, "
+                             "the neuron analysis cannot")  # fmt: skip
         stacked = {s: torch.stack([got[f"{s}.{L}"] for L in range(spec.n_layers)]) for s in where}
         if "resid_mid" not in stacked:  # parallel blocks: the stream as the attention leaves it
             stacked["resid_mid"] = stacked["resid_pre"] + stacked["attn_out"]
