@@ -91,9 +91,10 @@ def _check(method: str, steps: int) -> None:
 
 def default_batch_size(patcher: Patcher, budget_bytes: int = 3 << 30) -> int:
     """Prompts per chunk so that one forward + backward pass stays within about
-    ``budget_bytes`` of activations (a rough estimate of what autograd keeps per token)."""
+    ``budget_bytes`` of activations (a rough estimate of what autograd keeps per token, plus
+    the destination inputs' gradients summed over the IG steps)."""
     spec, item = patcher.graph.spec, torch.finfo(patcher.dtype).bits // 8
-    per_token = spec.n_layers * spec.d_model * (4 * spec.n_heads + 4 * spec.n_kv_heads + 24) * item
+    per_token = spec.n_layers * spec.d_model * (5 * spec.n_heads + 6 * spec.n_kv_heads + 25) * item
     per_prompt = max(1, patcher.V * patcher.P * per_token)
     return int(max(1, min(patcher.B, budget_bytes // per_prompt)))
 
