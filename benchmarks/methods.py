@@ -306,7 +306,7 @@ SMOL_METHODS = {
 
 
 def smollm2(task: str, percent: float, methods: tuple[str, ...], threads: int, out_json: str | None,
-            ep_options: list[str] | None = None) -> int:
+            ep_options: list[str] | None = None, n_prompts: int | None = None) -> int:
     """One ``circuitdag discover`` process per method on SmolLM2-135M (module docstring)."""
     import gc
     import subprocess
@@ -331,6 +331,8 @@ def smollm2(task: str, percent: float, methods: tuple[str, ...], threads: int, o
                    *SMOL_METHODS[m](n), "--out", str(out), "-q", "--no-svg", "--threads", str(threads)]  # fmt: skip
             if m == "edge-pruning":
                 cmd += [a for o in ep_options or [] for a in ("--option", o)]
+            if n_prompts is not None:
+                cmd += ["--n-prompts", str(n_prompts)]
             print("$ " + " ".join(cmd[2:]), flush=True)
             t = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -387,13 +389,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smollm2", metavar="TASK", help="run TASK on SmolLM2-135M instead (module docstring)")
     ap.add_argument("--edge-percent", type=float, default=1.0, help="--smollm2: circuit size, %% of the edges")
     ap.add_argument("--smollm2-methods", nargs="+", default=list(SMOL_METHODS), choices=list(SMOL_METHODS))
+    ap.add_argument("--n-prompts", type=int, default=None, help="--smollm2: prompts per run (default: the task's)")
     ap.add_argument("--ep-option", action="append", default=[], metavar="NAME=VALUE",
                     help="--smollm2: an Edge Pruning option other than its default (repeatable)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.smollm2:
         return smollm2(args.smollm2, args.edge_percent, tuple(args.smollm2_methods), args.threads, args.json,
-                       args.ep_option)
+                       args.ep_option, args.n_prompts)
     methods = ("acdc", *(m for m in METHODS[1:] if args.methods is None or m in args.methods))
     tasks = args.tasks or (QUICK_TASKS if args.quick else DEFAULT_TASKS)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
