@@ -328,3 +328,9 @@ def render_svg(circuit: Circuit, path: str | Path, max_edges: int = MAX_EDGES, t
             f"`circuitdag render {json_path} --max-edges N`")  # fmt: skip
     svg = dot_svg(to_dot(circuit, max_edges, json_path), timeout, hint)
     return write_svg(add_legend(svg, circuit), path, None)
+
+
+# The Circuit protocol above is what drawing needs, not a public type: circuitdag.circuit.Circuit
+# is the one the API reference names (listing both made :class:`Circuit` ambiguous there).
+__all__ = ["INPUT_COLOURS", "LEGEND_EDGES", "NODE_STYLE", "add_legend", "circuit_title", "dot_svg",
+           "drawn_edges", "render_svg", "to_dot"]  # fmt: skip
