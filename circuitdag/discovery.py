@@ -12,7 +12,9 @@ same on a run already prepared (the CLI and sweeps, which reuse one preparation)
 
 from __future__ import annotations
 
+import json
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -60,12 +62,15 @@ def discover(
     ``circuitdag algorithms``). ``checkpoint``/``resume``: methods that checkpoint (ACDC).
     Raises :class:`~circuitdag.errors.ConfigError` for an option the method does not take.
     """
-    from circuitdag.tasks import get_task
+    from circuitdag.tasks import Task, get_task
 
     method = get_algorithm(algorithm)
     method.check({k: v for k, v in options.items() if v is not None})  # before loading anything
     if isinstance(task, str):
         task = get_task(task)
+    if not isinstance(task, Task) and not (callable(getattr(task, "data", None)) and hasattr(task, "default_metric")):
+        raise ConfigError(f"task must be a circuitdag Task or a registered task name (see `circuitdag tasks`), "
+                          f"got a {type(task).__name__}")  # fmt: skip
     name = None
     if isinstance(model, (str, Path)):
         from circuitdag.loading import load_model
@@ -115,9 +120,17 @@ def run_algorithm(
                      checkpoint_every=checkpoint_every, identity={k: meta.get(k) for k in RESUME_KEYS})  # fmt: skip
     f0, l0, t0 = patcher.n_forward, patcher.n_layer_evals, time.perf_counter()
     found = method.run(patcher, ctx, **opts)
+    if not isinstance(found, Found):
+        raise ConfigError(f"algorithm {method.name!r} returned a {type(found).__name__}; its run must return "
+                          "circuitdag.algorithms.Found(scores, in_circuit, record, stats)")  # fmt: skip
     stats = {**found.stats, "forward_passes": patcher.n_forward - f0, "layer_evaluations": patcher.n_layer_evals - l0,
              "seconds": round(time.perf_counter() - t0, 4)}  # fmt: skip
     return record(patcher, method, found, meta, stats)
+
+
+#: Entries of circuit.json circuitdag writes itself, which a method's ``record`` may not set.
+RESERVED = frozenset({"algorithm", "metric_full", "metric_circuit", "metric_corrupted", "score_meaning", "exact",
+                      "stats", "attention", *RESUME_KEYS})  # fmt: skip
 
 
 def record(patcher: Patcher, method: Algorithm, found: Found, meta: dict[str, Any], stats: dict[str, Any]) -> Circuit:
@@ -129,6 +142,24 @@ def record(patcher: Patcher, method: Algorithm, found: Found, meta: dict[str, An
     if scores.shape != (n,) or alive.shape != (n,) or alive.dtype != bool:
         raise ConfigError(f"algorithm {method.name!r} returned scores {scores.shape} and a circuit {alive.shape} "
                           f"{alive.dtype}; it must return one float score and one bool per edge ({n})")  # fmt: skip
+    if np.isinf(scores).any():
+        raise ConfigError(f"algorithm {method.name!r} returned an infinite score (edge "
+                          f"{patcher.graph.edge_name(int(np.flatnonzero(np.isinf(scores))[0]))}); "
+                          "scores are finite, NaN for an edge not scored")  # fmt: skip
+    clash = sorted(set(found.record) & RESERVED)
+    if clash:
+        raise ConfigError(f"algorithm {method.name!r} records {', '.join(clash)}, which circuitdag writes itself; "
+                          "name its own entries otherwise")  # fmt: skip
+    try:
+        json.dumps(found.record, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"algorithm {method.name!r} records something circuit.json cannot hold ({exc}); "
+                          "record numbers, strings, lists and dicts") from None  # fmt: skip
+    on_path = patcher.graph.prune(alive)
+    if (on_path != alive).any():
+        warnings.warn(f"algorithm {method.name!r} chose {int((alive & ~on_path).sum())} edges on no path from the "
+                      "embeddings to the logits; they are left out of the circuit", UserWarning, stacklevel=2)  # fmt: skip
+        alive = on_path
     out = {
         **meta,
         "algorithm": method.name,

@@ -40,7 +40,6 @@ from typing import Any
 
 import numpy as np
 
-from circuitdag.errors import CircuitFileError
 from circuitdag.graph import Input, NodeKind
 from circuitdag.render import INPUT_COLOURS, Circuit, circuit_title
 
@@ -262,13 +261,9 @@ def explorer_html(circuit: Circuit) -> str:
 def write_explorer(circuit: Circuit, path: str | Path) -> Path:
     """Write :func:`explorer_html` to ``path`` (creating its directory); raises
     :class:`~circuitdag.errors.CircuitFileError` when it cannot be written."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(explorer_html(circuit), encoding="utf-8")
-    except OSError as exc:
-        raise CircuitFileError(f"cannot write {path}: {exc.strerror or exc}; choose another -o") from exc
-    return path
+    from circuitdag.files import write_atomic
+
+    return write_atomic(path, explorer_html(circuit), option="-o")
 
 
 def notebook_html(circuit: Circuit, height: int = 640) -> str:

@@ -113,8 +113,8 @@ def test_options_are_refused_in_one_line() -> None:
     method = get_algorithm("edge-pruning")
     with pytest.raises(ConfigError, match="sets its size with --edges N"):
         method.check({"threshold": 0.1})
-    for bad, msg in (({"warmup": 1.5}, "--warmup must be at most 1"), ({"steps": 0}, "--steps must be >= 1"),
-                     ({"lr": -1.0}, "--lr must be >= ")):  # fmt: skip
+    for bad, msg in (({"warmup": 1.5}, "--option warmup= must be at most 1"), ({"steps": 0}, "--option steps= must be >= 1"),
+                     ({"lr": -1.0}, "--option lr= must be >= ")):  # fmt: skip
         with pytest.raises(ConfigError, match=msg):
             method.check(bad)
 

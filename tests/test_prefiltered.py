@@ -38,15 +38,15 @@ def test_it_is_the_prefilter_shorthand(model, attribution: str) -> None:
 def test_its_options_are_checked_once_in_one_line(tmp_path, capsys) -> None:
     method = get_algorithm("acdc-prefiltered")
     assert not method.exact and method.size_knob == "threshold" and not method.neurons
-    with pytest.raises(ConfigError, match=r"^--attribution must be one of eap, eap-ig, got 'acdc'$"):
+    with pytest.raises(ConfigError, match=r"^--option attribution= must be one of eap, eap-ig, got 'acdc'$"):
         method.check({"attribution": "acdc"})
-    with pytest.raises(ConfigError, match=r"^--candidates must be >= 1, got 0$"):
+    with pytest.raises(ConfigError, match=r"^--option candidates= must be >= 1, got 0$"):
         method.check({"candidates": 0})
     with pytest.raises(ConfigError, match="--prefilter is the shorthand of --algorithm acdc"):
         method.check({"prefilter": "eap-ig:5"})
     assert main(["discover", "--task", "tracr-reverse", "--algorithm", "acdc-prefiltered", "--option",
                  "candidates=many", "--out", str(tmp_path)]) == 2  # fmt: skip
-    assert capsys.readouterr().err == "circuitdag: error: --candidates must be a number, got 'many'\n"
+    assert capsys.readouterr().err == "circuitdag: error: --option candidates= must be a number, got 'many'\n"
 
 
 def test_the_command_line_runs_it(tmp_path, capsys) -> None:

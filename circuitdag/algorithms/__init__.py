@@ -51,12 +51,18 @@ def algorithm_names() -> list[str]:
     return [*BUILTIN, *sorted(n for n in found if n not in BUILTIN)]
 
 
-def get_algorithm(name: str | Algorithm) -> Algorithm:
-    """The method registered as ``name`` (an :class:`Algorithm` passes through). Raises
-    :class:`ConfigError` listing the known names, or naming the distribution of a plugin
-    that fails to load."""
+def get_algorithm(name: str | Algorithm | type[Algorithm]) -> Algorithm:
+    """The method registered as ``name`` (an :class:`Algorithm`, or its class, passes
+    through). Raises :class:`ConfigError` listing the known names, or naming the
+    distribution of a plugin that fails to load, whose class calls itself by another name
+    than its entry point, or whose ``run`` does not take an option it declares."""
+    if isinstance(name, type) and issubclass(name, Algorithm):
+        name = name()
     if isinstance(name, Algorithm):
+        _check_run(name, name.name or type(name).__name__, "given")
         return name
+    if not isinstance(name, str):
+        raise ConfigError(f"algorithm must be a registered name or an Algorithm, got a {type(name).__name__}")
     if name in _cache:
         return _cache[name]
     found = sources(ENTRY_POINT_GROUP, BUILTIN)
@@ -75,8 +81,28 @@ def get_algorithm(name: str | Algorithm) -> Algorithm:
                           "circuitdag.algorithms.Algorithm with a run method")  # fmt: skip
     if not method.name:
         method.name = name
+    if method.name != name:
+        raise ConfigError(f"algorithm plugin {name!r} from distribution {dist!r} calls itself {method.name!r}; its "
+                          "entry-point name and its class's name must be the same")  # fmt: skip
+    _check_run(method, name, f"from distribution {dist!r}")
     _cache[name] = method
     return method
+
+
+def _check_run(method: Algorithm, name: str, where: str) -> None:
+    """Refuse a method whose ``run`` cannot take the options it declares."""
+    import inspect
+
+    try:
+        params = inspect.signature(method.run).parameters
+    except (TypeError, ValueError):  # a builtin or C callable: trusted
+        return
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    missing = [o.name for o in method.options if o.name not in params]
+    if missing:
+        raise ConfigError(f"algorithm {name!r} {where} declares the option {missing[0]!r} but its run() does not "
+                          "take it as a keyword argument")  # fmt: skip
 
 
 def all_algorithms() -> list[Algorithm]:

@@ -22,6 +22,10 @@ import numpy as np
 
 from circuitdag.errors import ConfigError
 
+#: Options ``circuitdag discover`` has a flag of its own for (``--threshold``, ...); a
+#: method's other options go in ``--option NAME=VALUE``.
+FLAGGED = frozenset({"threshold", "edges", "ig_steps", "prefilter", "batch_size", "k_max"})
+
 
 @dataclass(frozen=True)
 class Option:
@@ -38,7 +42,9 @@ class Option:
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        """How a user gives it: ``--name`` for the options ``discover`` has a flag for
+        (:data:`FLAGGED`), else ``--option name=``."""
+        return "--" + self.name.replace("_", "-") if self.name in FLAGGED else f"--option {self.name}="
 
     def check(self, value: Any) -> Any:
         """``value`` as this option's type, or :class:`ConfigError` naming the flag. A string

@@ -276,13 +276,13 @@ class EdgePruning(Algorithm):
         Option("micro_batch", int, 8, "prompts per forward/backward pass within a step (memory; same result)",
                minimum=1),
         Option("init", float, INIT_LOG_ALPHA, "starting gate logit log_alpha (the paper: 10)", minimum=-20, maximum=20),
-        Option("seed", int, 0, "seed of the gate noise", minimum=0, maximum=2**32 - 1),
+        Option("mask_seed", int, 0, "seed of the gate noise (the data seed is discover's --seed)", minimum=0, maximum=2**32 - 1),
     )  # fmt: skip
 
     def run(self, patcher: Patcher, ctx: RunContext, edges: int | None = None, steps: int = DEFAULT_STEPS,
             lr: float = DEFAULT_LR, reg_lr: float = DEFAULT_REG_LR, warmup: float = DEFAULT_WARMUP,
             batch_size: int = DEFAULT_BATCH, micro_batch: int = 8, init: float = INIT_LOG_ALPHA,
-            seed: int = 0) -> Found:  # fmt: skip
+            mask_seed: int = 0) -> Found:  # fmt: skip
         n = patcher.graph.n_edges
         k = default_attribution_edges(n) if edges is None else min(int(edges), n)
         b = min(int(batch_size), patcher.B)
@@ -292,7 +292,7 @@ class EdgePruning(Algorithm):
             return chunked_metric(patcher, z, chunks[step % len(chunks)], micro_batch)
 
         info = {**ctx.identity, "algorithm": self.name, "n_edges": n, "edges": k, "steps": steps, "lr": lr,
-                "reg_lr": reg_lr, "warmup": warmup, "batch_size": b, "init": init, "seed": seed}  # fmt: skip
+                "reg_lr": reg_lr, "warmup": warmup, "batch_size": b, "init": init, "mask_seed": mask_seed}  # fmt: skip
         ck, state, save = ctx.checkpoint, None, None
         if ck is not None:
             if ctx.resume and ck.exists():
@@ -304,13 +304,14 @@ class EdgePruning(Algorithm):
 
         t0 = time.perf_counter()
         log_alpha, rec = train_gates(objective, n, 1 - k / n, steps=steps, lr=lr, reg_lr=reg_lr, warmup=warmup,
-                                     seed=seed, init=init, progress=ctx.progress, state=state, save=save,
+                                     seed=mask_seed, init=init, progress=ctx.progress, state=state, save=save,
                                      every=ctx.checkpoint_every)  # fmt: skip
         keep = top_gates(log_alpha.cpu().numpy(), k)
         scores = expected_open(log_alpha).cpu().numpy().astype(np.float64)
         record = {"edges_requested": k, "edges_selected": int(keep.sum()),
                   "expected_open_gates": round(float(expected_open(log_alpha).sum()), 3),
-                  "steps": steps, "lr": lr, "reg_lr": reg_lr, "warmup": warmup, "batch_size": b, "init": init, "seed": seed,
+                  "steps": steps, "lr": lr, "reg_lr": reg_lr, "warmup": warmup, "batch_size": b, "init": init,
+                  "mask_seed": mask_seed,
                   "training": rec}  # fmt: skip
         return Found(scores, patcher.graph.prune(keep), record=record,
                      stats={"training_seconds": round(time.perf_counter() - t0, 4)})  # fmt: skip

@@ -37,7 +37,7 @@ class PrefilteredACDC(ACDC):
     neurons = False  # attribution does not score neurons yet
     refusals: ClassVar[dict[str, str]] = {
         **ACDC.refusals,
-        "prefilter": "--algorithm acdc-prefiltered takes --candidates N and --attribution eap|eap-ig "
+        "prefilter": "--algorithm acdc-prefiltered takes --option candidates=N and --option attribution=eap|eap-ig "
                      "(--prefilter is the shorthand of --algorithm acdc)",
     }
     options: ClassVar[tuple[Option, ...]] = (
@@ -53,7 +53,7 @@ class PrefilteredACDC(ACDC):
     def check(self, given: dict[str, Any]) -> dict[str, Any]:
         options = super().check(given)
         if options.get("attribution") is not None and options["attribution"] not in METHODS:
-            raise ConfigError(f"--attribution must be one of {', '.join(METHODS)}, got {options['attribution']!r}")
+            raise ConfigError(f"--option attribution= must be one of {', '.join(METHODS)}, got {options['attribution']!r}")
         return options
 
     def run(self, patcher: Patcher, ctx: RunContext, threshold: float | None = None,  # type: ignore[override]

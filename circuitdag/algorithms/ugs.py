@@ -140,12 +140,12 @@ class UGS(Algorithm):
         Option("lam", float, DEFAULT_LAMBDA, "weight of the expected edge count in the loss (MIB: 1e-3)",
                minimum=0),
         Option("lr", float, DEFAULT_LR, "AdamW learning rate (MIB: 0.01)", minimum=1e-9, maximum=100),
-        Option("seed", int, 0, "seed of the mask draws", minimum=0, maximum=2**32 - 1),
+        Option("mask_seed", int, 0, "seed of the mask draws (the data seed is discover's --seed)", minimum=0, maximum=2**32 - 1),
     )  # fmt: skip
 
     def run(self, patcher: Patcher, ctx: RunContext, edges: int | None = None, steps: int = DEFAULT_STEPS,
             samples: int = DEFAULT_SAMPLES, batch_size: int = DEFAULT_BATCH, lam: float = DEFAULT_LAMBDA,
-            lr: float = DEFAULT_LR, seed: int = 0) -> Found:  # fmt: skip
+            lr: float = DEFAULT_LR, mask_seed: int = 0) -> Found:  # fmt: skip
         from circuitdag.masked import masked_metric
 
         n = patcher.graph.n_edges
@@ -157,11 +157,11 @@ class UGS(Algorithm):
             return masked_metric(patcher, z, prompts=chunks[draw % len(chunks)])
 
         t0 = time.perf_counter()
-        theta, rec = train_ugs(objective, n, steps=steps, samples=samples, lam=lam, lr=lr, seed=seed,
+        theta, rec = train_ugs(objective, n, steps=steps, samples=samples, lam=lam, lr=lr, seed=mask_seed,
                                progress=ctx.progress)  # fmt: skip
         keep = top_gates(theta.cpu().numpy(), k)
         scores = torch.sigmoid(theta).cpu().numpy().astype(np.float64)
         record = {"edges_requested": k, "edges_selected": int(keep.sum()), "steps": steps, "samples": samples,
-                  "batch_size": b, "lam": lam, "lr": lr, "seed": seed, "training": rec}  # fmt: skip
+                  "batch_size": b, "lam": lam, "lr": lr, "mask_seed": mask_seed, "training": rec}  # fmt: skip
         return Found(scores, patcher.graph.prune(keep), record=record,
                      stats={"training_seconds": round(time.perf_counter() - t0, 4)})  # fmt: skip

@@ -52,7 +52,8 @@ def register(sub: Any) -> None:
                    "and at what fits in free memory)")
     p.add_argument("--positions", action="store_true", help="position-aware circuit")
     p.add_argument("--neurons", metavar="LAYER[,LAYER]",
-                   help="split these MLP layers into one node per neuron (acdc only; docs/neurons.md)")
+                   help="split these MLP layers into one node per neuron (methods that score neurons: "
+                   "acdc, acdc-reference, ...; docs/neurons.md)")
     p.add_argument("--out", help="output directory (default runs/<task>)")
     p.add_argument("--resume", action="store_true",
                    help="continue from <out>/checkpoint.json (it exists only while a run is unfinished)")
@@ -108,12 +109,27 @@ def _algorithm_options(args: argparse.Namespace) -> dict[str, Any]:
     every ``--option NAME=VALUE`` (a method's own options, typed as the method declares)."""
     given = {"threshold": threshold(args.threshold), "edges": args.edges, "ig_steps": args.ig_steps,
              "prefilter": args.prefilter, "batch_size": args.batch_size, "k_max": args.k_max}  # fmt: skip
+    flags = {k for k, v in given.items() if v is not None}
     for item in args.option or []:
         name, sep, value = item.partition("=")
         if not sep or not name:
             raise ConfigError(f"--option takes NAME=VALUE, got {item!r}")
-        given[name.strip().replace("-", "_")] = value.strip()
+        key = name.strip().replace("-", "_")
+        if key in flags:
+            raise ConfigError(f"{key} is given twice (--{key.replace('_', '-')} or --option {key}= once, not both)")
+        flags.add(key)
+        given[key] = value.strip()
     return {k: v for k, v in given.items() if v is not None}
+
+
+def _scores_neurons(name: str) -> bool:
+    from circuitdag.algorithms import get_algorithm
+    from circuitdag.errors import CircuitDagError
+
+    try:
+        return get_algorithm(name).neurons
+    except CircuitDagError:  # a broken plugin: not listed
+        return False
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
@@ -122,6 +138,10 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from circuitdag.prepare import prepare
 
     out = writable_dir(args.out or (f"runs/{Path(args.prompts).stem}" if args.prompts else f"runs/{args.task or DEFAULT_TASK}"))
+    for name in ("circuit.json", "circuit.svg", "checkpoint.json"):  # refused now, not after the search
+        if (out / name).is_dir():
+            raise ConfigError(f"{out / name} is a directory, where discover writes its {name}; move it out of the "
+                              "way or choose another --out")  # fmt: skip
     method = get_algorithm(args.algorithm)
     relative = threshold(args.relative_threshold, "--relative-threshold")
     options = _algorithm_options(args)  # --option values are strings: the method's check types them
@@ -136,7 +156,11 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if neurons and args.positions:
         raise ConfigError("--neurons and --positions cannot be combined yet; drop one")
     if neurons and not method.neurons:
-        raise ConfigError(f"--neurons works with --algorithm acdc (exact); {method.name} does not score neurons")
+        from circuitdag.algorithms import algorithm_names
+
+        able = [n for n in algorithm_names() if _scores_neurons(n)]
+        raise ConfigError(f"--algorithm {method.name} does not score neurons; --neurons works with "
+                          f"{', '.join(able) or 'no registered method'}")  # fmt: skip
     if neurons and args.prefilter:
         raise ConfigError("--neurons cannot be combined with --prefilter: EAP and EAP-IG do not score neurons "
                           "yet; drop --prefilter (ACDC on neuron nodes is exact)")

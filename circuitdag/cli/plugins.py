@@ -10,8 +10,6 @@ import argparse
 import json
 from typing import Any
 
-from circuitdag.cli.discover import ALGORITHM_FLAGS
-
 
 def register(sub: Any) -> None:
     p = sub.add_parser("tasks", help="list task plugins")
@@ -61,6 +59,6 @@ def cmd_algorithms(args: argparse.Namespace) -> int:
             print(f"    source: {m.source}")
         for o in m.options:
             default = "" if o.default is None else f" (default {o.default})"
-            how = o.flag if o.name in ALGORITHM_FLAGS else f"--option {o.name}="
+            how = o.flag
             print(f"    {how} {o.kind.__name__.upper()}: {o.help}{default}")
     return 0

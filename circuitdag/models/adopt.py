@@ -62,6 +62,9 @@ def adopt(model: Any, tokenizer: Any = None, *, check: bool = True) -> Any:
         model = _boot_hf(model, tokenizer)
     elif is_bridge(model):
         _switch_on_hooks(model)
+    elif isinstance(model, (str, Path)):
+        raise ModelError(f"cd.adopt takes a model object; load {str(model)!r} by name with cd.load_model, or pass "
+                         "the name to cd.discover")  # fmt: skip
     elif getattr(model, "cfg", None) is None:
         raise ModelError(f"a {type(model).__name__} is not a model circuitdag can patch: pass a name for "
                          "circuitdag.load_model, a TransformerBridge or a Hugging Face causal LM")  # fmt: skip
@@ -112,9 +115,16 @@ def _switch_on_hooks(bridge: Any) -> None:
 def _boot_hf(model: Any, tokenizer: Any) -> Any:
     from transformer_lens import TransformerBridge
 
+    what = type(model).__name__
+    if model.get_output_embeddings() is None:
+        raise ModelError(f"a {what} has no language-model head (no logits over the vocabulary): pass the causal "
+                         "LM, e.g. AutoModelForCausalLM.from_pretrained(...)")  # fmt: skip
     source = str(getattr(model, "name_or_path", "") or "")
     if tokenizer is None:
-        tokenizer = _saved_tokenizer(source, type(model).__name__)
+        tokenizer = _saved_tokenizer(source, what)
+    elif not any(c.__name__ == "PreTrainedTokenizerBase" for c in type(tokenizer).__mro__):
+        raise ModelError(f"the tokenizer must be a Hugging Face tokenizer (AutoTokenizer.from_pretrained(...)), "
+                         f"got a {type(tokenizer).__name__}")  # fmt: skip
     name = source or str(getattr(model.config, "model_type", "") or type(model).__name__)
     param = next(model.parameters())
     try:

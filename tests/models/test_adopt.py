@@ -82,3 +82,21 @@ def test_models_circuitdag_loads_are_not_checked_twice(tiny_gpt2_dir: Path, monk
     model = cd.load_model(str(tiny_gpt2_dir))
     monkeypatch.setattr(bridge_module, "check_hooks", lambda m: pytest.fail("checked again"))
     assert cd.adopt(model) is model
+
+
+def test_wrong_objects_are_one_line(tiny_gpt2_dir: Path) -> None:
+    from transformers import AutoConfig, AutoModel
+
+    body = AutoModel.from_pretrained(tiny_gpt2_dir)  # GPT2Model: no LM head
+    with pytest.raises(ModelError, match="has no language-model head"):
+        cd.adopt(body)
+    from transformers import AutoModelForCausalLM
+
+    with pytest.raises(ModelError, match="must be a Hugging Face tokenizer"):
+        cd.adopt(AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(tiny_gpt2_dir)), "junk")
+    with pytest.raises(ModelError, match="takes a model object; load 'gpt2' by name"):
+        cd.adopt("gpt2")
+    from circuitdag.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="task must be a circuitdag Task or a registered task name"):
+        cd.discover("tracr-reverse", 3)
