@@ -56,7 +56,29 @@ def circuit_from_dict(doc: dict[str, Any], source: str = "<dict>") -> Circuit:
         raise CircuitFileError(f"{source}: missing or malformed field ({exc}); the file is damaged") from exc
     skip = ("format", "graph", "position_layout", "edges", "n_edges_total", "n_edges")
     meta = {k: v for k, v in doc.items() if k not in skip}
+    _check_fields(meta, source)
     return Circuit(graph, in_circuit, scores, meta)
+
+
+#: Fields of the run record that commands compute with, and the types they must have.
+_NUMBERS = ("metric_full", "metric_circuit", "metric_corrupted")
+_TEXTS = ("task", "model", "metric", "ablation", "algorithm")
+
+
+def _check_fields(meta: dict[str, Any], source: str) -> None:
+    """Refuse a record whose metric values, seed or names have the wrong type (render,
+    explore and curve would fail on them with a traceback)."""
+    for k in _NUMBERS:
+        v = meta.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise CircuitFileError(f"{source}: {k} is {v!r}, not a number; the file is damaged")
+    seed = meta.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise CircuitFileError(f"{source}: seed is {seed!r}, not a whole number; the file is damaged")
+    for k in _TEXTS:
+        v = meta.get(k)
+        if v is not None and not isinstance(v, str):
+            raise CircuitFileError(f"{source}: {k} is {v!r}, not text; the file is damaged")
 
 
 def load_circuit(path: str | Path) -> Circuit:

@@ -65,3 +65,16 @@ def test_every_result_writer_goes_through_files() -> None:
     by_hand = sorted(str(p.relative_to(root)) for p in root.rglob("*.py")
                      if "os.replace(" in p.read_text() and p.name != "files.py")  # fmt: skip
     assert by_hand == ["models/smollm2.py"]  # a whole converted model directory, renamed into place
+
+
+@pytest.mark.parametrize(("field", "value"), [("metric_full", "abc"), ("metric_circuit", [1]), ("seed", "abc"),
+                                              ("seed", 1.5), ("task", ["a"]), ("metric", 3)])  # fmt: skip
+def test_a_record_field_of_the_wrong_type_is_one_line(tmp_path: Path, field: str, value: object) -> None:
+    import circuitdag as cd
+    from circuitdag.io import circuit_from_dict, circuit_to_dict
+
+    model = cd.tasks.get("tracr-reverse").load_model()
+    doc = circuit_to_dict(cd.discover(model, "tracr-reverse", "eap", edges=3))
+    doc[field] = value
+    with pytest.raises(CircuitFileError, match=f"^<dict>: {field} is .*; the file is damaged$"):
+        circuit_from_dict(doc)
