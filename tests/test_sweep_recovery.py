@@ -286,19 +286,17 @@ def test_an_empty_front_never_replaces_a_report_with_points(finished_sweep, tmp_
 def test_a_file_size_limit_is_named_as_such(tmp_path):
     """Under ``ulimit -f`` SQLite says "disk I/O error" and a file write EFBIG: the one line
     names the limit (it said "disk I/O error", which sends a user to check their disk)."""
-    import resource
     import subprocess
     import sys
 
     limit = 80_000
-
-    def small_files() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
     out = tmp_path / "sweep"
-    argv = [sys.executable, "-m", "circuitdag.cli", "sweep", "--task", "tracr-reverse", "--ablation", "zero",
-            "--trials", "200", "--threads", "1", "-q", "--out", str(out)]  # fmt: skip
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, preexec_fn=small_files, check=False)
+    argv = ["sweep", "--task", "tracr-reverse", "--ablation", "zero", "--trials", "200", "--threads", "1", "-q",
+            "--out", str(out)]  # fmt: skip
+    # The limit is set inside the child (no preexec_fn: forking a process that has loaded JAX warns).
+    code = (f"import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            f"from circuitdag.cli import main; sys.exit(main({argv!r}))")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False)
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr[-2000:]
     assert f"the file size limit (ulimit -f: {limit} bytes) is reached" in done.stderr, done.stderr
     assert "completed trials are kept" in done.stderr
