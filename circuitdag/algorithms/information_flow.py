@@ -34,7 +34,7 @@ from circuitdag.algorithms.attribution import default_attribution_edges
 from circuitdag.algorithms.base import Algorithm, Found, Option, RunContext
 from circuitdag.attribution import top_edges
 from circuitdag.errors import ConfigError
-from circuitdag.graph import Input
+from circuitdag.graph import Graph, Input
 from circuitdag.runs import real_positions
 
 if TYPE_CHECKING:
@@ -77,6 +77,39 @@ def information_flow_scores(patcher: Patcher, batch_size: int = 8, progress: boo
     return dense[lay.edge_row, lay.edge_slot].cpu().numpy()
 
 
+def routes(graph: Graph, scores: np.ndarray, n_edges: int | None = None,
+           threshold: float | None = None) -> np.ndarray:  # fmt: skip
+    """The edges of the routes to the prediction, built top-down from ``logits`` as
+    Ferrando & Voita build them: an edge is a candidate once its destination is on a route;
+    the best candidate is taken next (``n_edges`` of them), or every candidate with
+    ``score >= threshold``. A share is relative to its destination, so a global top-N
+    would fill the budget with the edges of nodes that have one sender (a share of 1) and
+    reach no route from the logits (the circuit came out empty)."""
+    import heapq
+
+    top_edges(scores, n_edges, threshold)  # checks the size arguments
+    into: dict[int, list[int]] = {}
+    for e, d in enumerate(graph.edges.dst.tolist()):
+        into.setdefault(d, []).append(e)
+    src = graph.edges.src.tolist()
+    ok = np.isfinite(scores)
+    keep = np.zeros(graph.n_edges, dtype=bool)
+    reached = {int(graph.sink)}
+    heap = [(-float(scores[e]), e) for e in into.get(int(graph.sink), []) if ok[e]]
+    heapq.heapify(heap)
+    while heap and (n_edges is None or int(keep.sum()) < n_edges):
+        neg, e = heapq.heappop(heap)
+        if threshold is not None and -neg < threshold:
+            break  # every other candidate scores less
+        keep[e] = True
+        if src[e] not in reached:
+            reached.add(src[e])
+            for f in into.get(src[e], []):
+                if ok[f]:
+                    heapq.heappush(heap, (-float(scores[f]), f))
+    return keep
+
+
 class InformationFlowRoutes(Algorithm):
     name = "information-flow-routes"
     summary = "information flow routes: each sender's L1 share of a destination's input, no counterfactual"
@@ -100,7 +133,7 @@ class InformationFlowRoutes(Algorithm):
             edges = default_attribution_edges(patcher.graph.n_edges)
         t0 = time.perf_counter()
         scores = information_flow_scores(patcher, batch_size, ctx.progress)
-        keep = top_edges(scores, None if edges is None else min(edges, patcher.graph.n_edges), threshold)
+        keep = routes(patcher.graph, scores, None if edges is None else min(edges, patcher.graph.n_edges), threshold)
         return Found(scores, patcher.graph.prune(keep),
                      record={"threshold": threshold, "edges_requested": edges, "edges_selected": int(keep.sum()),
                              "counterfactual": False},
