@@ -114,3 +114,19 @@ def test_an_output_path_in_the_way_is_refused_before_the_search(tmp_path, capsys
     err = capsys.readouterr().err
     assert "circuit.json is a directory, where discover writes its circuit.json" in err and err.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["circuit.json"]  # no search ran, no checkpoint
+
+
+def test_what_a_method_cannot_do_is_refused_before_it_starts(tmp_path, capsys) -> None:
+    from circuitdag.sweep.settings import make_settings
+
+    argv = ["discover", "--task", "tracr-reverse", "--out", str(tmp_path)]
+    assert main([*argv, "--algorithm", "information-flow-routes", "--positions"]) == 2
+    assert "information-flow-routes scores plain graphs only; drop --positions" in capsys.readouterr().err
+    assert main([*argv, "--algorithm", "edge-pruning", "--verify-top", "3"]) == 2
+    assert "--verify-top compares scores in the metric's units" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="eap-ig-activations scores plain graphs only"):
+        make_settings("tracr-reverse", str(tmp_path), algorithm="eap-ig-activations", positions=True)
+    with pytest.raises(ConfigError, match="--threshold-range goes with a method whose size is a threshold"):
+        make_settings("tracr-reverse", str(tmp_path), algorithm="eap", threshold_range=(0.1, 1.0))
+    with pytest.raises(ConfigError, match=r"number of edges \(eap, eap-ig, .*edge-pruning"):
+        make_settings("tracr-reverse", str(tmp_path), algorithm="acdc", edges_range=(1, 5))

@@ -114,7 +114,9 @@ class Algorithm:
     ``"edges"``; None: not sweepable). A method with a ``threshold`` option also accepts a
     relative threshold (``--relative-threshold``: a fraction of the full-vs-corrupted metric
     gap), resolved before :meth:`run`. ``neurons``: whether it scores neuron nodes
-    (``--neurons``); ``checkpoints``: whether it writes and resumes ``ctx.checkpoint``.
+    (``--neurons``); ``positions``: whether it scores position-aware graphs;
+    ``metric_scores``: whether its scores are in the metric's units (``--verify-top``);
+    ``checkpoints``: whether it writes and resumes ``ctx.checkpoint``.
     """
 
     name: str = ""
@@ -125,6 +127,10 @@ class Algorithm:
     options: ClassVar[tuple[Option, ...]] = ()
     size_knob: ClassVar[str | None] = None
     neurons: ClassVar[bool] = False  # scores neuron nodes (--neurons)
+    positions: ClassVar[bool] = True  # scores position-aware graphs (--positions)
+    #: Whether a score estimates the metric change of removing the edge (what
+    #: ``--verify-top`` compares with exact patching); False for gate probabilities, shares.
+    metric_scores: ClassVar[bool] = True
     #: What to say when an option of another method is given (option name -> message).
     refusals: ClassVar[dict[str, str]] = {}
     checkpoints: ClassVar[bool] = False  # writes and resumes RunContext.checkpoint

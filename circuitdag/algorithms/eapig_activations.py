@@ -152,6 +152,7 @@ class EAPIGActivations(EAP):
     name = "eap-ig-activations"
     summary = "EAP-IG integrating over each sender group's activation (MIB's EAP-IG-activations; an estimate)"
     source = "Hanna, Pezzelle & Belinkov 2024; Mueller et al. 2025 (MIB)"
+    positions = False  # plain graphs only
     options: ClassVar[tuple[Option, ...]] = (
         *EAP.options,
         Option(

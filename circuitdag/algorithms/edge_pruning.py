@@ -256,6 +256,7 @@ class EdgePruning(Algorithm):
     score_meaning = "probability that the learned gate is open, P(z > 0) (higher = kept; not in metric units)"
     size_knob = "edges"
     neurons = True
+    metric_scores = False  # a gate's probability of being open
     checkpoints = True
     refusals: ClassVar[dict[str, str]] = {
         "threshold": "--algorithm edge-pruning sets its size with --edges N (the sparsity target), not a threshold",

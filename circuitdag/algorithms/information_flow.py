@@ -116,6 +116,8 @@ class InformationFlowRoutes(Algorithm):
     source = "Ferrando & Voita 2024, Information Flow Routes (as MIB runs it)"
     score_meaning = "mean share of the destination's input accounted for by the sender (L1 proximity, in [0, 1])"
     size_knob = "edges"
+    positions = False  # plain graphs only
+    metric_scores = False  # shares of the destination's input
     refusals: ClassVar[dict[str, str]] = {
         "prefilter": "--prefilter goes with --algorithm acdc",
     }

@@ -126,6 +126,7 @@ class UGS(Algorithm):
     score_meaning = "learned probability sigmoid(theta) that the edge is kept (not in metric units)"
     size_knob = "edges"
     neurons = True
+    metric_scores = False  # a mask's probability
     refusals: ClassVar[dict[str, str]] = {
         "threshold": "--algorithm ugs sets its size with --edges N (the top N by the learned parameter)",
         "prefilter": "--prefilter goes with --algorithm acdc",

@@ -152,6 +152,11 @@ def cmd_discover(args: argparse.Namespace) -> int:
         raise ConfigError(f"--relative-threshold does not apply to --algorithm {method.name} (it has no threshold)")
     checked = method.check(options)  # an option the method does not take, before loading the model
     options = {k: checked[k] for k in options}  # as the method types them
+    if args.positions and not method.positions:
+        raise ConfigError(f"--algorithm {method.name} scores plain graphs only; drop --positions")
+    if getattr(args, "verify_top", None) and not method.metric_scores:
+        raise ConfigError(f"--verify-top compares scores in the metric's units with exact patching; {method.name}'s "
+                          f"scores are not ({method.score_meaning}); drop --verify-top")  # fmt: skip
     neurons = _neuron_layers(args.neurons)
     if neurons and args.positions:
         raise ConfigError("--neurons and --positions cannot be combined yet; drop one")

@@ -115,7 +115,7 @@ def make_settings(
     ``metric``/``ablation`` are one value, or (when searched) a comma-separated list of
     choices; a searched parameter without choices tries every metric / every ablation.
     """
-    from circuitdag.algorithms import get_algorithm
+    from circuitdag.algorithms import algorithm_names, get_algorithm
     from circuitdag.metrics import METRICS, get_metric
     from circuitdag.patching import Ablation
     from circuitdag.tasks import get_task
@@ -148,9 +148,15 @@ def make_settings(
     if method.size_knob not in ("threshold", "edges"):
         raise ConfigError(f"--algorithm {method.name} has no size knob (a threshold or a number of edges) for a sweep "
                           "to vary")  # fmt: skip
+    if positions and not method.positions:
+        raise ConfigError(f"--algorithm {method.name} scores plain graphs only; drop --positions")
+    if threshold_range is not None and method.size_knob == "edges":
+        raise ConfigError(f"--threshold-range goes with a method whose size is a threshold; {method.name} varies its "
+                          "number of edges: use --edges-range")  # fmt: skip
     if edges_range is not None:
         if method.size_knob != "edges":
-            raise ConfigError(f"--edges-range goes with a method whose size is a number of edges (eap, eap-ig); "
+            sized = ", ".join(n for n in algorithm_names() if _knob(n) == "edges")
+            raise ConfigError(f"--edges-range goes with a method whose size is a number of edges ({sized}); "
                               f"{method.name} varies its threshold: use --threshold-range")  # fmt: skip
         if not (isinstance(edges_range[0], int) and isinstance(edges_range[1], int) and 1 <= edges_range[0] < edges_range[1]):
             raise ConfigError(f"--edges-range needs whole numbers 1 <= LO < HI, got {edges_range[0]} {edges_range[1]}")
@@ -159,6 +165,17 @@ def make_settings(
                          seed=seed, dtype=dtype, out=str(Path(out).resolve()), prepend_bos=prepend_bos,
                          algorithm=method.name, edges_range=edges_range, n_prompts=n_prompts)  # fmt: skip
 
+
+
+def _knob(name: str) -> str | None:
+    """A registered method's size knob (None for a plugin that does not load)."""
+    from circuitdag.algorithms import get_algorithm
+    from circuitdag.errors import CircuitDagError
+
+    try:
+        return get_algorithm(name).size_knob
+    except CircuitDagError:
+        return None
 
 
 def describe(s: SweepSettings) -> str:
