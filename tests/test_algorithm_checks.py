@@ -130,3 +130,21 @@ def test_what_a_method_cannot_do_is_refused_before_it_starts(tmp_path, capsys) -
         make_settings("tracr-reverse", str(tmp_path), algorithm="eap", threshold_range=(0.1, 1.0))
     with pytest.raises(ConfigError, match=r"number of edges \(eap, eap-ig, .*edge-pruning"):
         make_settings("tracr-reverse", str(tmp_path), algorithm="acdc", edges_range=(1, 5))
+
+
+def test_sweep_takes_the_methods_own_options(tmp_path, capsys) -> None:
+    import json
+
+    out = tmp_path / "s"
+    argv = ["sweep", "--task", "tracr-reverse", "--algorithm", "eap-ig", "--trials", "2", "--threads", "1", "-q",
+            "--out", str(out)]  # fmt: skip
+    assert main([*argv, "--option", "ig_steps=3"]) == 0, capsys.readouterr().err
+    docs = [json.loads(p.read_text()) for p in sorted(out.glob("trials/*/circuit.json"))]
+    assert docs and all(d["ig_steps"] == 3 for d in docs)
+    capsys.readouterr()
+    for option, message in (("edges=3", "a sweep varies eap-ig's edges itself"),
+                            ("colour=red", "--colour does not apply to --algorithm eap-ig"),
+                            ("ig_steps=0", "--ig-steps must be >= 1")):  # fmt: skip
+        assert main([*argv[:-1], str(tmp_path / option), "--option", option]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -26,6 +26,9 @@ def register(subparsers: Any) -> None:
     p.add_argument("--algorithm", default="acdc", metavar="NAME",
                    help="any method with a size knob (`circuitdag algorithms`): acdc (default; threshold), "
                    "eap or eap-ig (number of edges), or a plugin's")
+    p.add_argument("--option", action="append", metavar="NAME=VALUE",
+                   help="an option of the method, the same in every trial (repeatable; `circuitdag algorithms` "
+                   "lists them)")
     p.add_argument("--edges-range", nargs=2, metavar=("LO", "HI"),
                    help="for methods sized by an edge count: counts sampled log-uniformly in [LO, HI] "
                    "(default 1 .. the graph's edges)")
@@ -141,6 +144,16 @@ def _interruptible(fn: Callable[[argparse.Namespace], int]) -> Callable[[argpars
     return run
 
 
+def _options_given(items: list[str] | None) -> list[tuple[str, str]]:
+    out = []
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--option takes NAME=VALUE, got {item!r}")
+        out.append((name.strip().replace("-", "_"), value.strip()))
+    return out
+
+
 @_interruptible
 def cmd_sweep(args: argparse.Namespace) -> int:
     from circuitdag.sweep.settings import make_settings
@@ -163,7 +176,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                              ablation=args.ablation, search=args.search, threshold_range=rng,
                              positions=args.positions, seed=args.seed, dtype=args.dtype,
                              prepend_bos=getattr(args, "prepend_bos", "auto"), algorithm=args.algorithm,
-                             edges_range=edges_range, n_prompts=getattr(args, "n_prompts", None))  # fmt: skip
+                             edges_range=edges_range, n_prompts=getattr(args, "n_prompts", None),
+                             options=_options_given(args.option))  # fmt: skip
     report = sweep(settings, trials, storage=args.storage, study_name=args.study, device=args.device,
                    sampler_seed=args.sampler_seed, progress=not args.quiet, target_faithfulness=target)  # fmt: skip
     _print_report(report, target)

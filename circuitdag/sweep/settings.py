@@ -51,6 +51,8 @@ class SweepSettings:
     algorithm: str = "acdc"
     edges_range: tuple[int, int] | None = None
     n_prompts: int | None = None
+    #: The method's own options (``--option NAME=VALUE``), as given; every trial runs with them.
+    options: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))
@@ -68,6 +70,7 @@ class SweepSettings:
                 algorithm=doc.get("algorithm", "acdc"),
                 edges_range=tuple(doc["edges_range"]) if doc.get("edges_range") else None,
                 n_prompts=doc.get("n_prompts"),
+                options=tuple((str(k), str(v)) for k, v in doc.get("options", ())),
             )  # fmt: skip
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{source}: damaged sweep settings ({exc}); start a new study") from exc
@@ -109,6 +112,7 @@ def make_settings(
     algorithm: str = "acdc",
     edges_range: tuple[int, int] | None = None,
     n_prompts: int | None = None,
+    options: Iterable[tuple[str, str]] = (),
 ) -> SweepSettings:
     """Validate sweep options and resolve the task's defaults (raises :class:`ConfigError`).
 
@@ -148,6 +152,14 @@ def make_settings(
     if method.size_knob not in ("threshold", "edges"):
         raise ConfigError(f"--algorithm {method.name} has no size knob (a threshold or a number of edges) for a sweep "
                           "to vary")  # fmt: skip
+    options = tuple((str(k), str(v)) for k, v in options)
+    names = [k for k, _ in options]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--option {next(k for k in names if names.count(k) > 1)}= is given twice")
+    if method.size_knob in names:
+        raise ConfigError(f"--option {method.size_knob}=: a sweep varies {method.name}'s {method.size_knob} itself "
+                          f"(--{'threshold' if method.size_knob == 'threshold' else 'edges'}-range)")  # fmt: skip
+    method.check(dict(options))  # an option the method does not take, a bad value: before any trial
     if positions and not method.positions:
         raise ConfigError(f"--algorithm {method.name} scores plain graphs only; drop --positions")
     if threshold_range is not None and method.size_knob == "edges":
@@ -163,7 +175,8 @@ def make_settings(
     return SweepSettings(task=t.name, model=model, metrics=metrics, ablations=ablations,
                          threshold_range=(float(lo), float(hi)), search=searched, positions=positions,
                          seed=seed, dtype=dtype, out=str(Path(out).resolve()), prepend_bos=prepend_bos,
-                         algorithm=method.name, edges_range=edges_range, n_prompts=n_prompts)  # fmt: skip
+                         algorithm=method.name, edges_range=edges_range, n_prompts=n_prompts,
+                         options=options)  # fmt: skip
 
 
 
@@ -192,4 +205,5 @@ def describe(s: SweepSettings) -> str:
         parts.append(s.dtype)
     if s.prepend_bos != "auto":
         parts.append(f"prepend-bos {s.prepend_bos}")
+    parts += [f"{k}={v}" for k, v in s.options]
     return ", ".join(parts)

@@ -112,6 +112,7 @@ class TrialRunner:
             trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
             method = get_algorithm(s.algorithm)
             knob: dict[str, Any] = {}
+            own: dict[str, Any] = dict(s.options)  # the method's own options, as given (strings)
             if method.size_knob == "threshold":
                 knob["threshold"] = trial.suggest_float("threshold", *s.threshold_range, log=True)
             metric = trial.suggest_categorical("metric", s.metrics) if "metric" in s.search else s.metrics[0]
@@ -123,7 +124,7 @@ class TrialRunner:
                 lo, hi = s.edges_range or (1, patcher.graph.n_edges)
                 knob["edges"] = trial.suggest_int("edges", lo, min(hi, patcher.graph.n_edges), log=True)
             circuit = runner.run_algorithm(patcher, method, meta={**meta, "sweep": {"study": self.study_name,
-                                           "trial": trial.number}}, **knob)  # fmt: skip
+                                           "trial": trial.number}}, **own, **knob)  # fmt: skip
             faith = circuit.faithfulness()
             if faith is None or not math.isfinite(faith):
                 raise CircuitDagError(
