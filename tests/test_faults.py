@@ -22,8 +22,8 @@ def test_a_relative_threshold_above_the_gap_is_refused(tmp_path, capsys):
 def test_an_output_path_that_is_a_directory_is_one_line(tmp_path, capsys):
     (tmp_path / "circuit.svg").mkdir()
     assert main(["discover", "--out", str(tmp_path), "-q", "--threads", "1"]) == 2
-    assert "circuit.svg: Is a directory" in _one_line(capsys)
-    assert (tmp_path / "circuit.json").exists()  # what was written stays
+    assert "circuit.svg is a directory, where discover writes its circuit.svg" in _one_line(capsys)
+    assert not (tmp_path / "circuit.json").exists()  # refused before the search, not after it
 
 
 def test_a_binary_file_is_not_json_for_curve(tmp_path, capsys):
@@ -107,3 +107,17 @@ def test_sigterm_during_discover_says_so_and_keeps_the_checkpoint(tmp_path):
     assert proc.returncode == 143, err
     assert err == "circuitdag: terminated (SIGTERM); rerun with --resume to continue from the checkpoint\n"
     assert (out / "checkpoint.json").exists() and not (out / "circuit.json").exists()
+
+
+def test_an_unknown_hub_name_offline_is_one_line_at_once(monkeypatch):
+    """Offline, a name that is no local directory and not in the Hugging Face cache is
+    refused before transformers retries for ~25 s, printing a line per retry."""
+    from transformer_lens import TransformerBridge
+
+    from circuitdag.errors import ModelError
+    from circuitdag.models.bridge import load_bridge
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", lambda *a, **k: pytest.fail("tried to boot"))
+    with pytest.raises(ModelError, match="not a local directory, not in the Hugging Face cache, and the hub cannot"):
+        load_bridge("nosuch-org/nosuch-model-v22")

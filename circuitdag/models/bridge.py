@@ -91,6 +91,8 @@ def load_bridge(
                 "save the tokenizer next to the weights with tokenizer.save_pretrained(dir)"
             )
         name = str(path.resolve())  # absolute: "neox" alone is a TransformerLens alias of a hub model
+    else:
+        _hub_name_can_load(name)
     try:
         model = TransformerBridge.boot_transformers(name, device=device, dtype=dtype)
     except OSError as e:
@@ -171,6 +173,32 @@ def _architecture_of(name: str) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return archs[0]
+
+
+def _hub_name_can_load(name: str) -> None:
+    """Refuse at once a hub name that is neither in the Hugging Face cache nor reachable
+    (offline, ``HF_HUB_OFFLINE=1``): transformers would retry for about 25 s and print a
+    retry line each time before failing."""
+    import socket
+
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # an ill-formed repo id: transformers says what is wrong with it
+        return
+    if isinstance(cached, str):
+        return
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+    if not offline:
+        try:
+            socket.create_connection(("huggingface.co", 443), timeout=3).close()
+            return
+        except OSError:
+            pass
+    raise ModelError(f"cannot load {name!r}: it is not a local directory, not in the Hugging Face cache, and the "
+                     "hub cannot be reached; pass a directory written by save_pretrained (./name for one here), "
+                     "or download the model where the hub is reachable")  # fmt: skip
 
 
 #: Files of which a saved tokenizer has at least one (``tokenizer.save_pretrained``).
