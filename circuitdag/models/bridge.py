@@ -185,7 +185,7 @@ def _hub_name_can_load(name: str) -> None:
 
     try:
         cached = try_to_load_from_cache(name, "config.json")
-    except Exception:  # an ill-formed repo id: transformers says what is wrong with it
+    except ValueError:  # an ill-formed repo id (HFValidationError): transformers says what is wrong with it
         return
     if isinstance(cached, str):
         return
