@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from circuitdag.algorithms.attribution import default_attribution_edges
 from circuitdag.algorithms.base import Algorithm, Found, Option, RunContext
-from circuitdag.algorithms.edge_pruning import top_gates
+from circuitdag.algorithms.edge_pruning import top_gates, warn_unless_distance
 from circuitdag.errors import MetricError
 
 if TYPE_CHECKING:
@@ -149,6 +149,7 @@ class UGS(Algorithm):
             lr: float = DEFAULT_LR, mask_seed: int = 0) -> Found:  # fmt: skip
         from circuitdag.masked import masked_metric
 
+        warn_unless_distance(patcher, self.name)
         n = patcher.graph.n_edges
         k = default_attribution_edges(n) if edges is None else min(int(edges), n)
         b = min(int(batch_size), patcher.B)
