@@ -121,3 +121,17 @@ def test_an_unknown_hub_name_offline_is_one_line_at_once(monkeypatch):
     monkeypatch.setattr(TransformerBridge, "boot_transformers", lambda *a, **k: pytest.fail("tried to boot"))
     with pytest.raises(ModelError, match="not a local directory, not in the Hugging Face cache, and the hub cannot"):
         load_bridge("nosuch-org/nosuch-model-v22")
+
+
+def test_an_interruption_before_any_checkpoint_suggests_no_resume(tmp_path, capsys, monkeypatch):
+    """Stopped before its first checkpoint, discover has nothing to resume from and says
+    only that it was interrupted (it suggested --resume, which then started over)."""
+    import circuitdag.acdc_search as search
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(search, "acdc_fast", stop)
+    monkeypatch.setattr("circuitdag.algorithms.acdc.acdc_fast", stop)
+    assert main(["discover", "--task", "tracr-reverse", "-q", "--no-svg", "--out", str(tmp_path)]) == 130
+    assert capsys.readouterr().err == "circuitdag: interrupted\n"

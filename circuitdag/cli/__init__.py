@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)  # a numeric option's type raises ConfigError
         import logging
@@ -101,7 +102,7 @@ def _main(argv: list[str] | None) -> int:
               "output path", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt as exc:
-        hint = "; rerun with --resume to continue from the checkpoint" if _resumable(argv) else ""
+        hint = "; rerun with --resume to continue from the checkpoint" if _resumable(args) else ""
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"circuitdag: {how}{hint}", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
@@ -112,23 +113,11 @@ def _main(argv: list[str] | None) -> int:
         return 0
 
 
-def _resumable(argv: list[str] | None) -> bool:
-    """Whether the interrupted command was a ``discover`` whose method writes a checkpoint."""
-    words = list(sys.argv[1:] if argv is None else argv)
-    if "discover" not in words:
-        return False
-    name = "acdc"
-    for i, w in enumerate(words):
-        if w == "--algorithm" and i + 1 < len(words):
-            name = words[i + 1]
-        elif w.startswith("--algorithm="):
-            name = w.partition("=")[2]
-    from circuitdag.algorithms import get_algorithm
-
-    try:
-        return get_algorithm(name).checkpoints
-    except CircuitDagError:
-        return False
+def _resumable(args: argparse.Namespace | None) -> bool:
+    """Whether the interrupted command left a checkpoint to resume from (a ``discover``
+    whose method checkpoints, interrupted after its first checkpoint was written)."""
+    path = getattr(args, "checkpoint_path", None)
+    return path is not None and path.exists()
 
 
 __all__ = ["build_parser", "main"]

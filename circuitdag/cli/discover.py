@@ -170,6 +170,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         raise ConfigError("--neurons cannot be combined with --prefilter: EAP and EAP-IG do not score neurons "
                           "yet; drop --prefilter (ACDC on neuron nodes is exact)")
     checkpoint = out / "checkpoint.json"
+    args.checkpoint_path = checkpoint if method.checkpoints else None  # what an interruption can resume from
     if args.resume and not checkpoint.exists() and method.checkpoints:
         print(f"circuitdag: --resume: there is no {checkpoint} to resume from (a run deletes it when it "
               f"finishes, and writes the first one after --checkpoint-every={args.checkpoint_every:g}s); "
