@@ -219,3 +219,16 @@ class phase:
 
         if not self.quiet and exc[0] is None:
             print(f"circuitdag: {self.what}: {time.perf_counter() - self.t0:.1f}s", file=sys.stderr, flush=True)
+
+
+def name_values(items: list[str] | None) -> list[tuple[str, str]]:
+    """``--option NAME=VALUE`` items as ``(name, value)`` pairs (dashes in names read as
+    underscores; values stay text: the method's :meth:`Algorithm.check` types them).
+    Raises :class:`ConfigError` for an item without ``=`` or a name."""
+    out = []
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"--option takes NAME=VALUE, got {item!r}")
+        out.append((name.strip().replace("-", "_"), value.strip()))
+    return out

@@ -10,7 +10,7 @@ from typing import Any
 
 from circuitdag import _options
 from circuitdag._options import DEFAULT_TASK, number
-from circuitdag.cli._common import add_run_options, load, phase, threshold, writable_dir
+from circuitdag.cli._common import add_run_options, load, name_values, phase, threshold, writable_dir
 from circuitdag.errors import CircuitDagError, ConfigError
 
 #: The hypothesis tests ``--tests`` runs (:data:`circuitdag.hypothesis.TESTS`, repeated here so
@@ -110,26 +110,12 @@ def _algorithm_options(args: argparse.Namespace) -> dict[str, Any]:
     given = {"threshold": threshold(args.threshold), "edges": args.edges, "ig_steps": args.ig_steps,
              "prefilter": args.prefilter, "batch_size": args.batch_size, "k_max": args.k_max}  # fmt: skip
     flags = {k for k, v in given.items() if v is not None}
-    for item in args.option or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            raise ConfigError(f"--option takes NAME=VALUE, got {item!r}")
-        key = name.strip().replace("-", "_")
+    for key, value in name_values(args.option):
         if key in flags:
             raise ConfigError(f"{key} is given twice (--{key.replace('_', '-')} or --option {key}= once, not both)")
         flags.add(key)
-        given[key] = value.strip()
+        given[key] = value
     return {k: v for k, v in given.items() if v is not None}
-
-
-def _scores_neurons(name: str) -> bool:
-    from circuitdag.algorithms import get_algorithm
-    from circuitdag.errors import CircuitDagError
-
-    try:
-        return get_algorithm(name).neurons
-    except CircuitDagError:  # a broken plugin: not listed
-        return False
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
@@ -161,9 +147,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if neurons and args.positions:
         raise ConfigError("--neurons and --positions cannot be combined yet; drop one")
     if neurons and not method.neurons:
-        from circuitdag.algorithms import algorithm_names
+        from circuitdag.algorithms import all_algorithms
 
-        able = [n for n in algorithm_names() if _scores_neurons(n)]
+        able = [m.name for m in all_algorithms() if m.neurons]
         raise ConfigError(f"--algorithm {method.name} does not score neurons; --neurons works with "
                           f"{', '.join(able) or 'no registered method'}")  # fmt: skip
     if neurons and args.prefilter:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from typing import Any, overload
 
 from circuitdag._options import DEFAULT_TASK, number
-from circuitdag.cli._common import add_run_options
+from circuitdag.cli._common import add_run_options, name_values
 from circuitdag.errors import CircuitDagError, ConfigError
 
 #: Most trials one ``sweep`` or ``sweep-worker`` command adds (rerun it to add more).
@@ -144,16 +144,6 @@ def _interruptible(fn: Callable[[argparse.Namespace], int]) -> Callable[[argpars
     return run
 
 
-def _options_given(items: list[str] | None) -> list[tuple[str, str]]:
-    out = []
-    for item in items or []:
-        name, sep, value = item.partition("=")
-        if not sep or not name.strip():
-            raise ConfigError(f"--option takes NAME=VALUE, got {item!r}")
-        out.append((name.strip().replace("-", "_"), value.strip()))
-    return out
-
-
 @_interruptible
 def cmd_sweep(args: argparse.Namespace) -> int:
     from circuitdag.sweep.settings import make_settings
@@ -177,7 +167,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
                              positions=args.positions, seed=args.seed, dtype=args.dtype,
                              prepend_bos=getattr(args, "prepend_bos", "auto"), algorithm=args.algorithm,
                              edges_range=edges_range, n_prompts=getattr(args, "n_prompts", None),
-                             options=_options_given(args.option))  # fmt: skip
+                             options=name_values(args.option))  # fmt: skip
     report = sweep(settings, trials, storage=args.storage, study_name=args.study, device=args.device,
                    sampler_seed=args.sampler_seed, progress=not args.quiet, target_faithfulness=target)  # fmt: skip
     _print_report(report, target)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from circuitdag.errors import ModelError
+from circuitdag.models.resume import _is_bridge
 from circuitdag.models.spec import bos_decision
 
 logger = logging.getLogger("circuitdag")
@@ -40,11 +41,6 @@ def is_hf_model(model: Any) -> bool:
     """Whether ``model`` is a Hugging Face ``PreTrainedModel`` (told by its classes' names,
     so that asking imports no transformers)."""
     return any(c.__name__ == "PreTrainedModel" for c in type(model).__mro__)
-
-
-def is_bridge(model: Any) -> bool:
-    """Whether ``model`` is a TransformerLens ``TransformerBridge``."""
-    return any(c.__name__ == "TransformerBridge" for c in type(model).__mro__)
 
 
 def adopt(model: Any, tokenizer: Any = None, *, check: bool = True) -> Any:
@@ -60,7 +56,7 @@ def adopt(model: Any, tokenizer: Any = None, *, check: bool = True) -> Any:
         return model
     if is_hf_model(model):
         model = _boot_hf(model, tokenizer)
-    elif is_bridge(model):
+    elif _is_bridge(model):
         _switch_on_hooks(model)
     elif isinstance(model, (str, Path)):
         raise ModelError(f"cd.adopt takes a model object; load {str(model)!r} by name with cd.load_model, or pass "

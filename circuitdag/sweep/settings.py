@@ -119,7 +119,7 @@ def make_settings(
     ``metric``/``ablation`` are one value, or (when searched) a comma-separated list of
     choices; a searched parameter without choices tries every metric / every ablation.
     """
-    from circuitdag.algorithms import algorithm_names, get_algorithm
+    from circuitdag.algorithms import all_algorithms, get_algorithm
     from circuitdag.metrics import METRICS, get_metric
     from circuitdag.patching import Ablation
     from circuitdag.tasks import get_task
@@ -167,7 +167,7 @@ def make_settings(
                           "number of edges: use --edges-range")  # fmt: skip
     if edges_range is not None:
         if method.size_knob != "edges":
-            sized = ", ".join(n for n in algorithm_names() if _knob(n) == "edges")
+            sized = ", ".join(m.name for m in all_algorithms() if m.size_knob == "edges")
             raise ConfigError(f"--edges-range goes with a method whose size is a number of edges ({sized}); "
                               f"{method.name} varies its threshold: use --threshold-range")  # fmt: skip
         if not (isinstance(edges_range[0], int) and isinstance(edges_range[1], int) and 1 <= edges_range[0] < edges_range[1]):
@@ -178,17 +178,6 @@ def make_settings(
                          algorithm=method.name, edges_range=edges_range, n_prompts=n_prompts,
                          options=options)  # fmt: skip
 
-
-
-def _knob(name: str) -> str | None:
-    """A registered method's size knob (None for a plugin that does not load)."""
-    from circuitdag.algorithms import get_algorithm
-    from circuitdag.errors import CircuitDagError
-
-    try:
-        return get_algorithm(name).size_knob
-    except CircuitDagError:
-        return None
 
 
 def describe(s: SweepSettings) -> str:
