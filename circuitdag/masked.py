@@ -21,6 +21,12 @@ what gradient and learned-mask methods need:
 The model's parameters get no gradient (they are frozen during the pass). Every prompt
 runs in one batch unless ``prompts`` picks a chunk; position-aware graphs run their ``P``
 views as every exact pass does.
+
+Two implementations compute the same numbers: the fused pass
+(:func:`circuitdag.masked_fused.fused_pass`, the default: the sender deltas kept once, a
+custom backward; faster and smaller, benchmarks/masked_speed.py) and, with ``reference=True``,
+the reference patched pass differentiated by autograd. Graphs with MLPs split into neurons
+and models with post-sublayer norms always run the reference. tests/test_masked_fused.py checks that both agree.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from circuitdag.errors import ConfigError
+from circuitdag.masked_fused import fused_pass
 from circuitdag.passes import frozen, full_pass
 from circuitdag.patching import Patcher
 
@@ -51,6 +58,7 @@ def masked_metric(
     logits: bool = False,
     per_prompt: bool = False,
     prompts: slice | None = None,
+    reference: bool = False,
 ) -> Tensor:
     """The metric of the pass with the continuous edge mask ``mask`` (module docstring).
 
@@ -59,7 +67,8 @@ def masked_metric(
     (``mask = sigmoid(logits)``). ``prompts`` runs only those prompts (a chunk; the
     metric is then theirs). Returns a scalar, or with ``per_prompt`` one value per prompt
     (``batch``: each prompt's metric on its own), differentiable with respect to ``mask``
-    under grad mode; computed in the model's dtype."""
+    under grad mode; computed in the model's dtype. ``reference`` runs the reference pass
+    instead of the fused one (module docstring)."""
     n = patcher.graph.n_edges
     if mask.shape != (n,):
         raise ConfigError(f"the mask needs one value per edge ({n}), got shape {tuple(mask.shape)}")
@@ -67,7 +76,12 @@ def masked_metric(
     patcher.n_forward += 1
     patcher.n_layer_evals += patcher.layout.n_layers
     with frozen(patcher.model):
-        final = full_pass(patcher, absent_weights(patcher, z), stop=True, prompts=prompts)
+        absent = absent_weights(patcher, z)
+        # Not fused: MLPs split into neurons, and post-sublayer norms (circuitdag.postnorm).
+        if reference or patcher.layout.split or getattr(patcher.table, "post", None) is not None:
+            final = full_pass(patcher, absent, stop=True, prompts=prompts)
+        else:
+            final = fused_pass(patcher, absent, prompts=prompts)
         if per_prompt:
             return patcher.readout.per_prompt(final, prompts)
         return patcher.readout.final_metric(final.unsqueeze(0), prompts=prompts)[0]
