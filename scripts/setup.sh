@@ -35,6 +35,14 @@ if [ ! -f /usr/share/games/fortunes/literature ] && command -v apt-get >/dev/nul
     echo "setup: warning: cannot install fortunes; pass circuitdag neurons --corpus FILE" >&2
 fi
 
+# Debian's WordNet database: the class names of `circuitdag features`' descriptions (docs/features.md).
+if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1; then
+  echo "setup: installing Debian's wordnet-base (feature-neuron descriptions)"
+  SUDO=""; [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1 && SUDO=sudo
+  $SUDO apt-get install -y -q wordnet-base >/dev/null 2>&1 || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q wordnet-base >/dev/null; } || \
+    echo "setup: warning: cannot install wordnet-base; circuitdag features describes neurons without class names" >&2
+fi
+
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=(.venv/bin/python -m pip -q --disable-pip-version-check)
 

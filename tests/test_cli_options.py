@@ -39,6 +39,8 @@ BASE = {
     "evaluate": ["evaluate", "{circuit}"],
     "ccs": ["ccs", "--model", "pronoun", "--steps", "5", "--tries", "1", "--layer", "0", "--threads", "1", "-q",
             "--out", "{out}"],
+    "features": ["features", "--model", "pronoun", "--corpus", "{corpus}", "--max-tokens", "100", "--chunk", "4",
+                 "--null", "20", "--describe", "1", "--layer", "0", "--threads", "1", "-q", "--out", "{out}"],
     "tracr compile": ["tracr", "compile", f"{RASP}:smaller_count", "--vocab", "1", "2", "3", "--max-len", "3",
                       "--out", "{out}/compiled"],
 }

@@ -1,5 +1,6 @@
 """Commands for the hackathon's other projects (the seed write-up): ``ccs`` (Contrast-
-Consistent Search with a coherence term, per layer, against supervised and random probes)."""
+Consistent Search with a coherence term, per layer, against supervised and random probes);
+``features`` (automatic identification of feature neurons)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,36 @@ def register(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_ccs)
 
+    p = sub.add_parser(
+        "features", help="find semantically coherent MLP neurons (max-activating contexts, coherence in two embedding "
+        "spaces against a null, substitution test, descriptions scored by simulation); report.json, report.md, "
+        "coherence.svg, an HTML page per neuron (docs/features.md)",
+    )  # fmt: skip
+    p.add_argument("--model", default="smollm2-135m", help="any name circuitdag.load_model takes (default smollm2-135m)")
+    p.add_argument("--layer", type=number("--layer", int, 0), action="append",
+                   help="an MLP layer to scan (repeat; default every layer)")
+    p.add_argument("--corpus", default=None, help="a UTF-8 text file (default: Debian's fortunes, as neurons)")
+    p.add_argument("--top-k", type=number("--top-k", int, 3, 1000), default=20,
+                   help="max-activating contexts per neuron (default 20, as the write-up)")
+    p.add_argument("--window", type=number("--window", int, 0, 100), default=7,
+                   help="tokens shown each side of a top token (default 7)")
+    p.add_argument("--max-tokens", type=number("--max-tokens", int, 100, 10_000_000), default=50_000,
+                   help="corpus tokens read (default 50000; a fifth is held out)")
+    p.add_argument("--chunk", type=number("--chunk", int, 2, 100_000), default=64,
+                   help="tokens per independent forward pass (default 64; at most the model's context)")
+    p.add_argument("--null", type=number("--null", int, 10, 100_000), default=10_000,
+                   help="random token sets per set size for the coherence p-values (default 10000)")
+    p.add_argument("--describe", type=number("--describe", int, 0, 10_000), default=10,
+                   help="coherent neurons per layer given the substitution test and a description (default 10)")
+    p.add_argument("--alpha", type=number("--alpha", float, 1e-6, 0.5), default=0.05,
+                   help="false discovery rate of the coherence tests, level of the substitution test (default 0.05)")
+    p.add_argument("--batch", type=number("--batch", int, 1, 4096), default=16, help="chunks per forward pass")
+    p.add_argument("--seed", type=_options.seed(), default=0, help="the null sets and random substitutions")
+    p.add_argument("--threads", type=number("--threads", int, 1), default=None, help="torch CPU threads (default 1)")
+    p.add_argument("--out", default="runs/features", help="output directory (default runs/features)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_features)
+
 
 def cmd_ccs(args: argparse.Namespace) -> int:
     import torch
@@ -55,4 +86,25 @@ def cmd_ccs(args: argparse.Namespace) -> int:
     print(f"{report['model']}: {report['n_test']} held-out statements, zero-shot {report['zero_shot_accuracy_test']:.3f}; "
           "best layer: " + ", ".join(f"{k} {v['accuracy']:.3f} (L{v['layer']})" for k, v in best.items())
           + f" -> {out}/report.md")  # fmt: skip
+    return 0
+
+
+def cmd_features(args: argparse.Namespace) -> int:
+    import torch
+
+    from circuitdag.cli._common import writable_dir
+    from circuitdag.features import features
+    from circuitdag.features_report import write_report
+    from circuitdag.loading import load_model
+
+    out = writable_dir(args.out)
+    torch.set_num_threads(_options.threads(args.threads, 1))
+    model = load_model(args.model)
+    report = features(model, args.layer, args.corpus, top_k=args.top_k, window=args.window,
+                      max_tokens=args.max_tokens, chunk=args.chunk, n_null=args.null, describe=args.describe,
+                      alpha=args.alpha, seed=args.seed, batch=args.batch, progress=not args.quiet)  # fmt: skip
+    write_report(report, out)
+    best = report["described"][0]["description"]["text"] if report["described"] else "none"
+    print(f"{report['model']}: {report['share_coherent']:.3f} of {sum(r['neurons'] for r in report['by_layer'])} "
+          f"neurons coherent; best-ranked: {best} -> {out}/index.html")  # fmt: skip
     return 0

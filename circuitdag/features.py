@@ -1,0 +1,258 @@
+"""Automatic identification of feature neurons: ``circuitdag features``.
+
+The principled version of Lo's hackathon project (the seed write-up, "Automated
+identification of potential feature neurons"), in four steps, each its own module:
+
+1. :mod:`~circuitdag.features_scan` -- every MLP neuron of the chosen layers: its top-k
+   max-activating contexts over a corpus (symmetric token window; the held-out chunks kept
+   apart);
+2. :mod:`~circuitdag.features_embed` -- the semantic coherence of its distinct top tokens
+   in the model's own token embeddings and in word vectors trained on the corpus, each
+   against a null of random token sets of the same size (z, permutation p,
+   Benjamini-Hochberg q). A neuron is *coherent* when q < ``alpha`` in both spaces (in the
+   model's alone when the corpus is too small for word vectors): the model's space alone
+   would call any neuron that reads the embedding linearly coherent, since the tokens it
+   prefers share a direction;
+3. :mod:`~circuitdag.features_substitute` -- for the best-ranked coherent neurons of each
+   layer (rank: the smaller of the two z-scores), the substitution test, and the tokens
+   before the top one;
+4. :mod:`~circuitdag.features_describe` -- a template description over that evidence,
+   scored by simulation on held-out chunks (Bills et al. 2023).
+
+:func:`features` returns the report (every number, JSON-ready);
+:mod:`~circuitdag.features_report` writes report.json, report.md, the figures and one HTML
+page per described neuron. See docs/features.md.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from circuitdag.errors import ConfigError
+
+REPORT_FORMAT = "circuitdag.features/1"
+
+#: What the seed write-up reported (Lo; solu-8l-pile and other models; Neuroscope's top 20).
+SEED = {"top_k": 20, "space": "FastText", "coherence": "internal token similarity above a threshold",
+        "substitution": "FastText's 5 nearest words, kept when the activation rose",
+        "description": "GPT-3 over the top tokens, 7-token symmetric window", "scored": False}  # fmt: skip
+
+
+def _embedding(model: Any) -> np.ndarray:
+    W_E = getattr(model, "W_E", None)
+    if W_E is None:
+        W_E = model.embed.W_E
+    return W_E.detach().float().cpu().numpy()
+
+
+def features(
+    model: Any,
+    layers: Sequence[int] | None = None,
+    corpus: str | Path | None = None,
+    *,
+    top_k: int = 20,
+    window: int = 7,
+    max_tokens: int = 50_000,
+    chunk: int = 64,
+    n_null: int = 10_000,
+    describe: int = 10,
+    alpha: float = 0.05,
+    seed: int = 0,
+    batch: int = 16,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Find and describe the feature neurons of ``model``'s MLP ``layers`` (default: all).
+
+    ``corpus``: a UTF-8 text file (None: Debian's fortunes); ``max_tokens`` of it are read,
+    in chunks of ``chunk`` tokens. ``top_k`` contexts per neuron with ``window`` tokens
+    each side; ``n_null`` null sets per set size; ``describe``: coherent neurons per layer
+    that get the substitution test, a description and a simulation score; ``alpha``: the
+    false discovery rate and the substitution test's level. Raises :class:`ConfigError` for
+    a bad layer or option, or a corpus too short.
+    """
+    from circuitdag.features_embed import coherence, model_space, word_at, word_space
+    from circuitdag.features_scan import scan, tokenize_corpus
+    from circuitdag.features_substitute import spelling
+    from circuitdag.features_wordnet import WORDNET_DIR, load_wordnet
+    from circuitdag.neurons.corpus import read_corpus
+    from circuitdag.tasks._lm import tokenizer_of
+
+    t0 = time.perf_counter()
+    n_layers = int(model.cfg.n_layers)
+    layers = list(range(n_layers)) if not layers else sorted({int(L) for L in layers})
+    if any(not 0 <= L < n_layers for L in layers):
+        raise ConfigError(f"--layer must be in 0..{n_layers - 1}, got {layers}")
+    for name, v, lo in (("--top-k", top_k, 3), ("--window", window, 0), ("--null", n_null, 10), ("--describe", describe, 0)):
+        if v < lo:
+            raise ConfigError(f"{name} must be at least {lo}, got {v}")
+    if not 0 < alpha < 1:
+        raise ConfigError(f"--alpha must be between 0 and 1, got {alpha}")
+    tok = tokenizer_of(model)
+
+    def decode(ids: Any) -> str:
+        return str(tok.decode([int(i) for i in ids]))
+
+    text, source = read_corpus(corpus)
+    corp = tokenize_corpus(model, text, source, max_tokens, chunk)
+    top = scan(model, corp, layers, top_k, batch=batch, progress=progress)
+    held = scan(model, corp, layers, top_k, held_out=True, batch=batch)
+    seconds = {"scan": round(time.perf_counter() - t0, 2)}
+    t1 = time.perf_counter()
+
+    train_pos = (corp.chunks(False)[:, None] * corp.chunk + np.arange(corp.chunk)[None]).reshape(-1)
+    space_m = model_space(_embedding(model), corp.ids[train_pos])
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(train_pos, min(len(train_pos), 100_000), replace=False))
+    space_w = word_space(corp, sample, decode)
+    wordnet = load_wordnet()
+    keys: dict[int, str] = {}
+
+    def key(t: int) -> str:
+        if t not in keys:
+            keys[t] = spelling(decode, t)
+        return keys[t]
+
+    items_m, items_w, index = [], [], []
+    for L in layers:
+        where = top.where[L]
+        for n in range(where.shape[1]):
+            ids = corp.ids[where[:, n]].tolist()
+            first: dict[str, int] = {}
+            for t in ids:
+                first.setdefault(key(t), t)
+            items_m.append(list(first.values()))  # one token per spelling, in rank order
+            items_w.append([word_at(corp, int(p), decode) for p in where[:, n]])
+            index.append((L, n))
+    coh_m = coherence(space_m, items_m, n_null, seed)
+    coh_w = coherence(space_w, items_w, n_null, seed) if space_w is not None else None
+    sig_m = coh_m.q < alpha
+    sig_w = coh_w.q < alpha if coh_w is not None else np.ones(len(index), bool)
+    coherent = sig_m & sig_w
+    rank_z = np.fmin(coh_m.z, coh_w.z) if coh_w is not None else coh_m.z.copy()
+    rank_z = np.where(coherent, rank_z, -np.inf)
+    order = np.lexsort((-np.nan_to_num(coh_m.z, nan=-1e9), -np.nan_to_num(rank_z, neginf=-1e9)))
+    rank = np.empty(len(index), dtype=np.int64)
+    rank[order] = np.arange(1, len(index) + 1)
+    seconds["coherence"] = round(time.perf_counter() - t1, 2)
+    t1 = time.perf_counter()
+
+    described = _describe_top(model, corp, layers, index, coherent, rank, top, held, describe, window, decode,
+                              space_m, space_w, wordnet, alpha, seed, progress)  # fmt: skip
+    seconds["describe"] = round(time.perf_counter() - t1, 2)
+    by_layer = []
+    start = 0
+    for L in layers:
+        m = top.where[L].shape[1]
+        sl = slice(start, start + m)
+        start += m
+        d = [x for x in described if x["layer"] == L]
+        scores = [x["simulation"]["score"] for x in d if x["simulation"]["score"] is not None]
+        by_layer.append({
+            "layer": L, "neurons": m,
+            "tested_model": int((coh_m.n_items[sl] >= 3).sum()),
+            "tested_words": int((coh_w.n_items[sl] >= 3).sum()) if coh_w is not None else 0,
+            "coherent_model": int(sig_m[sl].sum()),
+            "coherent_words": int((coh_w.q[sl] < alpha).sum()) if coh_w is not None else None,
+            "coherent": int(coherent[sl].sum()), "share_coherent": float(coherent[sl].mean()),
+            "described": len(d), "features": sum(1 for x in d if x["substitution"]["feature"]),
+            "mean_simulation_score": float(np.mean(scores)) if scores else None,
+        })  # fmt: skip
+    neurons = []
+    start = 0
+    for L in layers:
+        m = top.where[L].shape[1]
+        sl = slice(start, start + m)
+        neurons.append({"layer": L, "max": top.values[L][0].tolist(), "mean": top.mean[L].tolist(),
+                        "rank": rank[sl].tolist(), "coherent": coherent[sl].tolist(),
+                        "model": _columns(coh_m, sl), "words": None if coh_w is None else _columns(coh_w, sl),
+                        "top_tokens": [[decode([t]) for t in items_m[i][:5]] for i in range(sl.start, sl.stop)]})  # fmt: skip
+        start += m
+    cfg = model.cfg
+    return {
+        "format": REPORT_FORMAT,
+        "model": str(getattr(cfg, "model_name", "") or type(model).__name__),
+        "n_layers": n_layers, "d_mlp": int(top.where[layers[0]].shape[1]), "layers": layers,
+        "corpus": {"source": source, "tokens": len(corp.ids), "chunk": corp.chunk, "chunks": corp.n_chunks,
+                   "held_out_chunks": len(corp.chunks(True)), "train_tokens": top.n_positions},
+        "settings": {"top_k": top_k, "window": window, "null_sets": n_null, "alpha": alpha, "describe": describe,
+                     "seed": seed, "coherent": "q < alpha in both spaces" if coh_w is not None else
+                     "q < alpha in the model's space (no word vectors: corpus too small)"},
+        "spaces": {"model": {"items": "token ids (one per spelling)", "dims": int(space_m.vectors.shape[1])},
+                   "words": None if space_w is None else {"words": len(space_w.index),
+                                                          "dims": int(space_w.vectors.shape[1])},
+                   "wordnet": str(WORDNET_DIR) if wordnet is not None else None},
+        "null": {"model": _null(coh_m), "words": None if coh_w is None else _null(coh_w)},
+        "by_layer": by_layer,
+        "share_coherent": float(coherent.mean()),
+        "described": described,
+        "neurons": neurons,
+        "seed_reference": SEED,
+        "seconds": {**seconds, "total": round(time.perf_counter() - t0, 2)},
+    }  # fmt: skip
+
+
+def _columns(c: Any, sl: slice) -> dict[str, list[Any]]:
+    def clean(x: np.ndarray) -> list[float | None]:
+        return [None if np.isnan(v) else round(float(v), 6) for v in x[sl]]
+
+    return {"n_items": c.n_items[sl].tolist(), "coherence": clean(c.value), "z": clean(c.z), "p": clean(c.p),
+            "q": clean(c.q)}  # fmt: skip
+
+
+def _null(c: Any) -> dict[str, dict[str, float]]:
+    return {str(s): {"mean": c.null_mean[s], "sd": c.null_sd[s]} for s in sorted(c.null_mean)}
+
+
+def _describe_top(model: Any, corp: Any, layers: list[int], index: list[tuple[int, int]], coherent: np.ndarray,
+                  rank: np.ndarray, top: Any, held: Any, per_layer: int, window: int, decode: Any, space_m: Any,
+                  space_w: Any, wordnet: Any, alpha: float, seed: int, progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+    """Steps 3 and 4 for the ``per_layer`` best-ranked coherent neurons of each layer."""
+    from tqdm.auto import tqdm
+
+    from circuitdag.features_describe import describe, score
+    from circuitdag.features_embed import word_at
+    from circuitdag.features_scan import chunk_activations, context
+    from circuitdag.features_substitute import Substitutes, substitution_test
+
+    train_pos = (corp.chunks(False)[:, None] * corp.chunk + np.arange(corp.chunk)[None]).reshape(-1)
+    subs = Substitutes(space_m, corp.ids[train_pos], decode, seed)
+    rng = np.random.default_rng(seed + 1)
+    held_chunks = corp.chunks(True)
+    random_chunks = np.sort(rng.choice(held_chunks, min(10, len(held_chunks)), replace=False)).tolist()
+    chosen = sorted((i for i in range(len(index)) if coherent[i]), key=lambda i: rank[i])
+    picks = {L: [i for i in chosen if index[i][0] == L][:per_layer] for L in layers}
+    out = []
+    bar = tqdm(total=sum(len(v) for v in picks.values()), desc="substitution + description", unit="neuron",
+               disable=not progress)  # fmt: skip
+    for L, ids in picks.items():
+        if not ids:
+            continue
+        top_chunks = {i: list(dict.fromkeys((held.where[L][:, index[i][1]] // corp.chunk).tolist()))[:5] for i in ids}
+        chunks = sorted(set(random_chunks).union(*top_chunks.values()))
+        acts = chunk_activations(model, corp, chunks, [L])[L]  # chunk, pos, neuron
+        held_words = {c: [word_at(corp, c * corp.chunk + j, decode) for j in range(corp.chunk)] for c in chunks}
+        for i in ids:
+            n = index[i][1]
+            where, values = top.where[L][:, n], top.values[L][:, n]
+            contexts = [{**context(corp, int(p), window, decode), "activation": float(v)} for p, v in zip(where, values)]
+            positions = list(dict.fromkeys(int(p) for p in where))[:10]
+            sub = substitution_test(model, corp, L, n, positions, subs, alpha=alpha)
+            words = [word_at(corp, int(p), decode) for p in where]
+            desc = describe(words, [c["token"] for c in contexts], wordnet, sub)
+            eval_chunks = sorted(set(top_chunks[i]) | set(random_chunks))
+            truth = np.concatenate([acts[chunks.index(c), :, n].double().numpy() for c in eval_chunks])
+            toks = [w for c in eval_chunks for w in held_words[c]]
+            sim = score(desc, toks, truth, space_w, wordnet)
+            shown = [{"chunk": c, "tokens": [decode([t]) for t in corp.chunk_ids(c)],
+                      "activations": [round(float(a), 4) for a in acts[chunks.index(c), :, n]]}
+                     for c in top_chunks[i][:3]]  # fmt: skip
+            out.append({"layer": L, "neuron": n, "name": f"L{L}.N{n}", "rank": int(rank[i]), "contexts": contexts,
+                        "substitution": sub, "description": desc, "simulation": sim, "held_out_top": shown})  # fmt: skip
+            bar.update(1)
+    bar.close()
+    return sorted(out, key=lambda d: d["rank"])
