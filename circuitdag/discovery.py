@@ -125,7 +125,10 @@ def run_algorithm(
                           "circuitdag.algorithms.Found(scores, in_circuit, record, stats)")  # fmt: skip
     stats = {**found.stats, "forward_passes": patcher.n_forward - f0, "layer_evaluations": patcher.n_layer_evals - l0,
              "seconds": round(time.perf_counter() - t0, 4)}  # fmt: skip
-    return record(patcher, method, found, meta, stats)
+    t1 = time.perf_counter()
+    circuit = record(patcher, method, found, meta, stats)
+    circuit.meta["stats"]["record_seconds"] = round(time.perf_counter() - t1, 4)
+    return circuit
 
 
 #: Entries of circuit.json circuitdag writes itself, which a method's ``record`` may not set.

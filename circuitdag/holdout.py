@@ -6,8 +6,10 @@ A circuit is found on *discovery* prompts and its faithfulness is also measured 
 
 1. ``fraction`` given (``--holdout FRACTION``): a seeded split of the discovery prompts,
    that fraction held out (:func:`split`); the circuit is then found on the rest.
+   ``--holdout 0``: no held-out prompts at all (and none of their cost).
 2. The task's own held-out set (:meth:`Task.holdout <circuitdag.tasks.base.Task.holdout>`):
-   ``pronoun`` has 20 other names and 5 other templates.
+   ``pronoun`` has 20 other names and 5 other templates; no more of them than discovery
+   prompts (:func:`at_most`).
 3. A task that generates its prompts from a seed (``ioi``, ``greater-than``, ``induction``,
    tracr): the prompts of seed ``seed + HOLDOUT_SEED``, less any prompt that is also a
    discovery prompt.
@@ -76,16 +78,27 @@ def _drop_shared(data: TaskData, discovery: TaskData) -> TaskData:
     return data.subset(keep)
 
 
+def at_most(data: TaskData, n: int, seed: int = 0) -> TaskData:
+    """``data``, or ``n`` of its prompts drawn with ``seed`` (in their order) when it has
+    more: a task's own held-out set is no larger than the discovery prompts (``--n-prompts
+    20`` would otherwise be judged on all of them, at five times the cost)."""
+    if data.n_prompts <= n:
+        return data
+    return data.subset(np.sort(np.random.default_rng(seed).permutation(data.n_prompts)[:n]).tolist())
+
+
 def heldout_data(task: Any, model: Any, discovery: TaskData, seed: int = 0, n_prompts: int | None = None,
                  fraction: float | None = None) -> tuple[TaskData, Heldout]:  # fmt: skip
     """(the discovery prompts, the held-out ones) for a run (module docstring for the
     order). ``discovery``: the prompts the run would use without a held-out set."""
+    if fraction == 0 and not isinstance(fraction, bool):  # asked for none
+        return discovery, Heldout("none", None, "--holdout 0: no prompts held out")
     if fraction is not None:
         disc, held = split(discovery, fraction, seed)
         return disc, Heldout("split", held, fraction=float(fraction))
     own = task.holdout(model, seed) if callable(getattr(task, "holdout", None)) else None
     if own is not None:
-        return discovery, Heldout("task", own)
+        return discovery, Heldout("task", at_most(own, discovery.n_prompts, seed))
     if task.data_uses_seed:
         data = _drop_shared(load_data(task, model, seed=seed + HOLDOUT_SEED, n_prompts=n_prompts), discovery)
         if data.n_prompts:
@@ -171,4 +184,4 @@ def evaluate_on(circuit: Circuit, task: str | None = None, prompts: str | Path |
     return {**what, **metrics_on(patcher, circuit.in_circuit)}
 
 
-__all__ = ["HOLDOUT_SEED", "Heldout", "discovery_part", "evaluate_on", "heldout_data", "metrics_on", "patcher_on", "split"]
+__all__ = ["HOLDOUT_SEED", "Heldout", "at_most", "discovery_part", "evaluate_on", "heldout_data", "metrics_on", "patcher_on", "split"]

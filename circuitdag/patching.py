@@ -31,6 +31,8 @@ read the same caches.
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,6 +52,10 @@ from circuitdag.passes import Views, full_pass
 from circuitdag.readout import Readout
 from circuitdag.runs import Ablation, Run, cache_runs, check_layout, mean_activations, real_positions  # noqa: F401
 from circuitdag.tasks.base import TaskData
+
+#: How many circuits' final residual streams a :class:`Patcher` keeps besides the full
+#: model's and the empty circuit's (:meth:`Patcher.final_of`).
+FINALS_KEPT = 4
 
 
 def _from_runs(path: str, writable: bool = False, doc: str = "") -> Any:
@@ -125,8 +131,12 @@ class Patcher:
         #: ``exists - absent``.
         self.exists = self.absent_matrix(np.zeros(graph.n_edges, dtype=bool))
         self.layers = LayerPath(self)
-        self._m_full: float | None = None  # circuit_metric of every edge / of no edge, once known
-        self._m_none: float | None = None
+        #: The final residual streams of the circuits evaluated last (key: the alive mask's
+        #: bytes), so that the run record, the held-out check and the trust checks, which ask
+        #: for the same circuits, run each circuit's pass once (:meth:`final_of`).
+        self._finals: OrderedDict[bytes, list[Any]] = OrderedDict()
+        #: Wall seconds of the last exact pass :meth:`final_of` ran (None before the first).
+        self.pass_seconds: float | None = None
 
     @property
     def ref(self) -> MetricRef:
@@ -217,25 +227,50 @@ class Patcher:
         self.n_layer_evals += self.layout.n_layers
         return full_pass(self, absent, capture, raw, sparse)
 
+    def _entry(self, alive: np.ndarray) -> list[Any]:
+        """``[final residual stream, metric or None]`` of circuit ``alive`` (:meth:`final_of`)."""
+        alive = np.asarray(alive, dtype=bool)
+        if alive.shape != (self.graph.n_edges,):
+            raise ConfigError(f"a circuit is one bool per edge ({self.graph.n_edges}), got shape {alive.shape}")
+        ends = alive.all() or not alive.any()  # the full model and the empty circuit are kept always
+        key = b"all" if alive.all() else b"none" if ends else b"m" + np.packbits(alive).tobytes()
+        entry = self._finals.get(key)
+        if entry is not None:
+            self._finals.move_to_end(key)
+            return entry
+        if alive.all():  # the full model is the clean run: no pass needed
+            entry = [self.resid_final, None]
+        else:
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                entry = [self._full_pass(self.absent_matrix(alive), sparse=True), None]
+            self.pass_seconds = time.perf_counter() - t0
+        self._finals[key] = entry
+        old = [k for k in self._finals if k not in (b"all", b"none")]
+        for k in old[: max(0, len(old) - FINALS_KEPT)]:
+            del self._finals[k]
+        return entry
+
+    def final_of(self, alive: np.ndarray) -> Float[Tensor, "batch pos d_model"]:
+        """The final residual stream of circuit ``alive`` (one bool per edge) at the true
+        positions: the clean run's for the full model, else one sparse pass
+        (:func:`~circuitdag.passes.full_pass`). The last :data:`FINALS_KEPT` circuits are
+        kept, so that asking again for one of them costs nothing (the run record, the
+        held-out check and the trust checks measure the same circuits). Do not modify the
+        returned tensor. Raises :class:`ConfigError` for a mask of the wrong shape."""
+        return self._entry(alive)[0]
+
     @torch.no_grad()
     def circuit_metric(self, alive: np.ndarray) -> float:
         """The metric of circuit ``alive``: the same value as :meth:`reference_metric`
         (tested), computed faster (sparse sums over edges, only the answer positions
         unembedded). What every result reports. The full model's value is read off the
-        clean run and the value with every edge removed is computed once, so asking for
-        them again costs nothing."""
-        alive = np.asarray(alive, dtype=bool)
-        if alive.all():  # the full model is the clean run: no pass needed
-            if self._m_full is None:
-                self._m_full = float(self.final_metric(self.resid_final.unsqueeze(0))[0])
-            return self._m_full
-        if not alive.any() and self._m_none is not None:  # every edge removed: asked for often
-            return self._m_none
-        final = self._full_pass(self.absent_matrix(alive), sparse=True)
-        value = float(self.final_metric(final.unsqueeze(0))[0])
-        if not alive.any():
-            self._m_none = value
-        return value
+        clean run, and a circuit asked for again (the empty one; the circuit a run record
+        and its checks all measure) reuses its pass and its value (:meth:`final_of`)."""
+        entry = self._entry(alive)
+        if entry[1] is None:
+            entry[1] = float(self.final_metric(entry[0].unsqueeze(0))[0])
+        return entry[1]
 
     def reference_metric(self, alive: np.ndarray) -> float:
         logits = self.reference_logits(self.absent_matrix(alive))

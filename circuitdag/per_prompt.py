@@ -19,24 +19,20 @@ on every prompt, cannot say which of the two did better).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from circuitdag.passes import full_pass
+from circuitdag.errors import ConfigError
 from circuitdag.patching import Patcher
 from circuitdag.readout import sub_ref
 
 
 def _final(patcher: Patcher, alive: np.ndarray) -> torch.Tensor:
-    """The final residual stream (``batch pos d_model``) of circuit ``alive``."""
-    alive = np.asarray(alive, dtype=bool)
-    patcher.n_forward += 1
-    patcher.n_layer_evals += patcher.layout.n_layers
-    with torch.no_grad():
-        if alive.all():
-            return patcher.resid_final
-        return full_pass(patcher, patcher.absent_matrix(alive), sparse=True, stop=True)
+    """The final residual stream (``batch pos d_model``) of circuit ``alive``: one sparse pass,
+    or none when ``patcher`` evaluated this circuit lately (:meth:`Patcher.final_of`)."""
+    return patcher.final_of(alive)
 
 
 def prompt_metrics(patcher: Patcher, alive: np.ndarray) -> np.ndarray:
@@ -101,14 +97,69 @@ def removal_finals(patcher: Patcher, alive: np.ndarray, edges: np.ndarray,
         patcher.rebase(None)
 
 
-def removal_metrics(patcher: Patcher, alive: np.ndarray, edges: np.ndarray, k: int = 8) -> np.ndarray:
+def removal_metrics(patcher: Patcher, alive: np.ndarray, edges: np.ndarray, k: int = 8,
+                    path: str = "auto") -> np.ndarray:  # fmt: skip
     """``m_i(alive - e)`` for each edge ``e`` of ``edges`` and each prompt ``i``,
-    ``(len(edges), batch)`` (:func:`removal_finals`; tested equal to :func:`prompt_metrics`)."""
+    ``(len(edges), batch)``. ``path``: ``"components"`` recomputes only the circuit's nodes
+    that removing ``e`` changes (:func:`removal_metrics_sparse`), ``"layers"`` runs every
+    layer from ``e``'s destination on (:func:`removal_finals`, ``k`` circuits a batch);
+    ``"auto"`` the first where the model's component kernels reproduce it. Both tested
+    equal to :func:`prompt_metrics` of each circuit."""
+    if path not in ("auto", "components", "layers"):
+        raise ValueError(f"path must be auto, components or layers, got {path!r}")
+    if path != "layers" and not patcher.neurons and patcher.kernels() is not None:
+        return removal_metrics_sparse(patcher, alive, edges)
+    if path == "components":
+        raise ConfigError(f"the component path cannot run here ({patcher.kernel_problem or 'neuron nodes'})")
     out = np.empty((len(edges), patcher.B))
     with torch.no_grad():
         for chunk, final in removal_finals(patcher, alive, edges, k):
             for j, i in enumerate(chunk.tolist()):
                 out[i] = patcher.readout.per_prompt(final[j]).double().cpu().numpy()
+    return out
+
+
+class _PromptByPrompt:
+    """``patcher`` whose :meth:`final_metric` gives every prompt's metric on its own
+    (``k batch``) instead of the dataset's (``k``): what the component fast path
+    (:mod:`circuitdag.recompute`) reads its metric with. Everything else is ``patcher``'s."""
+
+    def __init__(self, patcher: Patcher) -> None:
+        self._patcher = patcher
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._patcher, name)
+
+    def final_metric(self, final: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        read = self._patcher.readout.final_metric
+        return torch.stack([read(final[:, i : i + 1], positions, prompts=slice(i, i + 1))
+                            for i in range(final.shape[1])], dim=1)  # fmt: skip
+
+
+def removal_metrics_sparse(patcher: Patcher, alive: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """:func:`removal_metrics` on the component fast path (:class:`~circuitdag.recompute.SparseFastPath`,
+    :class:`~circuitdag.recompute_positions.PositionalFastPath`): from the run of ``alive``
+    (one sparse pass), each ``alive - e`` recomputes ``e``'s destination and the circuit's
+    nodes downstream of it that reach the logits, at the positions that can change, and
+    nothing else. Raises :class:`ConfigError` where the kernels do not reproduce the model."""
+    from circuitdag.recompute import SparseFastPath
+    from circuitdag.recompute_positions import PositionalFastPath
+
+    kernels = patcher.kernels()
+    if kernels is None or patcher.neurons:
+        raise ConfigError(f"the component path cannot run here ({patcher.kernel_problem or 'neuron nodes'})")
+    alive = np.asarray(alive, dtype=bool)
+    edges = np.asarray(edges, dtype=np.int64)
+    if not alive[edges].all():
+        raise ConfigError("removal_metrics: every edge must be in the circuit")
+    kind = PositionalFastPath if patcher.positional else SparseFastPath
+    fast = kind(_PromptByPrompt(patcher), kernels, alive)  # type: ignore[arg-type]
+    out = np.empty((len(edges), patcher.B))
+    dst = patcher.graph.edges.dst[edges]
+    with torch.no_grad():
+        for i in np.argsort(-dst, kind="stable").tolist():  # one destination's affected set at a time
+            out[i] = fast.evaluate(int(dst[i]), edges[i : i + 1], alive)[0].double().cpu().numpy()
+            patcher.n_forward += 1
     return out
 
 
@@ -150,4 +201,4 @@ def decomposes(patcher: Patcher) -> bool:
     return True
 
 
-__all__ = ["decomposes", "faithfulness", "prompt_metrics", "prompt_scores", "prompt_weights", "removal_finals", "removal_metrics", "resample_mean"]
+__all__ = ["decomposes", "faithfulness", "prompt_metrics", "prompt_scores", "prompt_weights", "removal_finals", "removal_metrics", "removal_metrics_sparse", "resample_mean"]

@@ -105,7 +105,8 @@ def test_hsic_detects_dependence_and_not_chance():
 
 
 @pytest.mark.parametrize("positions", [False, True])
-def test_removal_metrics_equal_one_pass_per_circuit(positions):
+@pytest.mark.parametrize("path", ["layers", "components"])
+def test_removal_metrics_equal_one_pass_per_circuit(positions, path):
     from planted import planted_data, planted_model
 
     from circuitdag.graph import Graph, Positions
@@ -121,7 +122,7 @@ def test_removal_metrics_equal_one_pass_per_circuit(positions):
     rng = np.random.default_rng(3)
     alive = graph.prune(rng.random(graph.n_edges) < 0.4)
     edges = rng.choice(np.flatnonzero(alive), 12, replace=False)
-    got = removal_metrics(p, alive, edges, k=5)
+    got = removal_metrics(p, alive, edges, k=5, path=path)
     for e, row in zip(edges, got, strict=True):
         less = alive.copy()
         less[e] = False

@@ -66,7 +66,7 @@ def register(sub: Any) -> None:
     p.add_argument("--holdout", metavar="FRACTION", type=number("--holdout", float, 0, 1),
                    help="hold out this fraction of the prompts (seeded split) and report faithfulness on them too "
                    "(default: the task's own held-out prompts, or another seed's for generated tasks; none for a "
-                   "fixed list; see docs/evaluation.md)")
+                   "fixed list; 0: none; see docs/evaluation.md)")
     p.add_argument("--bootstrap", metavar="B", type=number("--bootstrap", int, 2, 10_000),
                    help="rerun the method on B resamples of the prompts: per-edge inclusion frequency, intervals on "
                    "faithfulness, stability (about B x the run's time)")
@@ -161,8 +161,10 @@ def cmd_discover(args: argparse.Namespace) -> int:
         print(f"circuitdag: --resume: there is no {checkpoint} to resume from (a run deletes it when it "
               f"finishes, and writes the first one after --checkpoint-every={args.checkpoint_every:g}s); "
               "starting from the beginning", file=sys.stderr)  # fmt: skip
-    task, model = load(args)
-    with phase("caching the clean and corrupted runs", args.quiet):
+    clock = _Clock()
+    with clock("load"):
+        task, model = load(args)
+    with phase("caching the clean and corrupted runs", args.quiet), clock("prepare"):
         patcher, meta = prepare(model, task, metric=args.metric, ablation=args.ablation, seed=args.seed,
                                 positions=args.positions, n_prompts=args.n_prompts, neurons=neurons)  # fmt: skip
     meta.update(_run_facts(args))
@@ -182,17 +184,42 @@ def cmd_discover(args: argparse.Namespace) -> int:
         options["k_max"] = _options.cap_k_max(patcher, options["k_max"])
     if "batch_size" in options:
         options["batch_size"] = _options.cap_batch_size(patcher, options["batch_size"])
-    patcher, heldout, held_patcher = _heldout(args, task, model, patcher, meta)
-    circuit = run_algorithm(patcher, method, meta=meta, task=task, relative_threshold=relative,
-                            progress=not args.quiet, checkpoint=checkpoint if method.checkpoints else None,
-                            resume=args.resume, checkpoint_every=args.checkpoint_every, **options)  # fmt: skip
-    _assess(args, circuit, patcher, heldout, held_patcher, method, options, relative)
+    with clock("heldout_prepare"):
+        patcher, heldout, held_patcher = _heldout(args, task, model, patcher, meta)
+    with clock("search_and_record"):
+        circuit = run_algorithm(patcher, method, meta=meta, task=task, relative_threshold=relative,
+                                progress=not args.quiet, checkpoint=checkpoint if method.checkpoints else None,
+                                resume=args.resume, checkpoint_every=args.checkpoint_every, **options)  # fmt: skip
+    with clock("assess"):
+        _assess(args, circuit, patcher, heldout, held_patcher, method, options, relative)
     circuit.meta["stats"]["peak_memory_gb"] = round(peak_memory_gb(), 3)
+    circuit.meta["stats"]["phase_seconds"] = clock.seconds  # where the whole command's time went
     circuit.save(out / "circuit.json")
     svg = _draw_svg(circuit, out / "circuit.svg", args)
     (out / "checkpoint.json").unlink(missing_ok=True)
     print(summary_line(circuit, task.name, out, svg=svg))
     return 0
+
+
+class _Clock:
+    """Wall seconds of named steps (``with clock("name"): ...``), rounded to 0.1 ms."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str) -> Any:
+        import contextlib
+        import time
+
+        @contextlib.contextmanager
+        def timed() -> Any:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 4)
+
+        return timed()
 
 
 def _heldout(args: argparse.Namespace, task: Any, model: Any, patcher: Any, meta: dict[str, Any]) -> tuple[Any, Any, Any]:
@@ -228,9 +255,12 @@ def _assess(args: argparse.Namespace, circuit: Any, patcher: Any, heldout: Any, 
 
         from circuitdag.bootstrap import additive, expected_seconds
 
-        t0 = time.perf_counter()
-        patcher.circuit_metric(~circuit.in_circuit)  # one exact pass, timed
-        per_pass, fast = time.perf_counter() - t0, additive(method, patcher)
+        per_pass = patcher.pass_seconds  # the run record's exact pass of the circuit
+        if per_pass is None:  # none ran (a circuit of every edge): time one
+            t0 = time.perf_counter()
+            patcher.circuit_metric(~circuit.in_circuit)
+            per_pass = time.perf_counter() - t0
+        fast = additive(method, patcher)
         secs = expected_seconds(circuit.meta["stats"]["seconds"], args.bootstrap, per_pass, fast)
         how = "per-prompt scores, then" if fast else "reruns of the method,"
         print(f"circuitdag: bootstrap: {how} {args.bootstrap} resamples: about {secs:.0f}s ({method.name} took "

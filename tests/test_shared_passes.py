@@ -1,0 +1,78 @@
+"""One evaluation of each circuit per prompt set (issue 26, the trust path): the run record,
+the held-out check and the trust checks ask a :class:`Patcher` for the same circuits, and
+:meth:`Patcher.final_of` runs each one's exact pass once."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from randmodel import random_data, random_tiny
+
+from circuitdag.errors import ConfigError
+from circuitdag.graph import Graph
+from circuitdag.holdout import at_most, heldout_data
+from circuitdag.models import spec_of
+from circuitdag.patching import FINALS_KEPT, Patcher
+from circuitdag.per_prompt import prompt_metrics, prompt_weights, resample_mean
+
+
+@pytest.fixture(scope="module")
+def patcher():
+    model = random_tiny()
+    return Patcher(model, Graph(spec_of(model)), random_data(), metric="kl")
+
+
+def _circuits(p: Patcher, k: int) -> list[np.ndarray]:
+    rng = np.random.default_rng(7)
+    return [rng.random(p.graph.n_edges) < 0.5 for _ in range(k)]
+
+
+def test_a_circuit_asked_again_costs_no_pass_and_gives_the_same_values(patcher):
+    p = patcher
+    fresh = Patcher(p.model, p.graph, p.data, metric=p.metric_fn)
+    alive = _circuits(p, 1)[0]
+    f0 = p.n_forward
+    m = p.circuit_metric(alive)
+    assert p.n_forward - f0 == 1 and p.pass_seconds is not None and p.pass_seconds > 0
+    per = prompt_metrics(p, alive)  # the per-prompt metrics of the same pass
+    again = p.circuit_metric(alive.copy())
+    assert p.n_forward - f0 == 1
+    assert again == m and m == pytest.approx(fresh.reference_metric(alive), rel=1e-9)
+    assert float(resample_mean(per, prompt_weights(p))) == pytest.approx(m, rel=1e-9)
+    assert torch.equal(p.final_of(alive), p.final_of(alive.copy()))
+
+
+def test_only_the_last_circuits_are_kept_but_the_full_and_empty_ones_always(patcher):
+    p = patcher
+    n = p.graph.n_edges
+    p.circuit_metric(np.zeros(n, dtype=bool))
+    p.circuit_metric(np.ones(n, dtype=bool))
+    circuits = _circuits(p, FINALS_KEPT + 1)
+    values = [p.circuit_metric(c) for c in circuits]  # the first is dropped by the last
+    f0 = p.n_forward
+    assert [p.circuit_metric(c) for c in circuits[1:]] == values[1:] and p.n_forward == f0
+    p.circuit_metric(np.zeros(n, dtype=bool))
+    p.circuit_metric(np.ones(n, dtype=bool))
+    assert p.n_forward == f0  # never dropped, and the full model needs no pass at all
+    assert p.circuit_metric(circuits[0]) == pytest.approx(values[0], rel=1e-12) and p.n_forward == f0 + 1
+    with pytest.raises(ConfigError, match="one bool per edge"):
+        p.final_of(np.ones(n + 1, dtype=bool))
+
+
+def test_a_task_heldout_set_is_no_larger_than_the_discovery_prompts():
+    data = random_data(batch=12)
+    assert at_most(data, 12) is data and at_most(data, 20) is data
+    few = at_most(data, 5, seed=3)
+    picked = np.sort(np.random.default_rng(3).permutation(12)[:5])  # distinct prompts, in their order
+    assert few.n_prompts == 5 and few.clean.equal(data.clean[picked]) and few.correct.equal(data.correct[picked])
+
+
+def test_holdout_zero_holds_out_nothing():
+    from circuitdag.tasks import get_task
+
+    task = get_task("pronoun")
+    model = task.load_model()
+    data = task.data(model)
+    same, held = heldout_data(task, model, data, fraction=0)
+    assert same is data and held.data is None and "--holdout 0" in held.reason
