@@ -24,6 +24,12 @@ score means "removing this edge hurts" and one ranking serves both.
   is the corrupted prompts' embedding, so the path runs from the corrupted run to the
   clean one; with zero / mean ablation it is the zero / mean embedding.
 
+Post-sublayer norms (Gemma 2/3; :mod:`circuitdag.postnorm`): a head of layer ``L`` reaches
+each input through the norm of its layer's attention sum ``A_L``, so its difference is
+``J_L (S_corr - S_clean)`` with ``J_L`` the norm's Jacobian at ``A_L`` of the same pass (at
+each EAP-IG step its own); at the clean run that is minus the masked pass's gradient, as
+for every other model.
+
 Position-aware graphs (docs/positions.md) get a score for every (component, position)
 edge, including the K and V edges of each (query, key) pair ``SRC@p -> a@q<k>``: the
 prompts run as ``P`` views exactly as in the patched forward pass, so the gradient at view
@@ -54,7 +60,7 @@ from tqdm.auto import tqdm
 
 from circuitdag import metrics
 from circuitdag.errors import ConfigError, MetricError
-from circuitdag.graph import Input
+from circuitdag.graph import Input, NodeKind
 from circuitdag.hooks import Hook
 from circuitdag.passes import frozen
 from circuitdag.patching import Patcher
@@ -168,11 +174,16 @@ def _accumulate(
     # laid out once per chunk as the left operand of the score matmuls: per position
     # ``pos slot (b d)`` with positions, else ``slot (b pos d)``.
     delta = S_corr - S_clean  # b pos slot d
-    if positional:
-        Dm = delta.permute(1, 2, 0, 3).reshape(P, lay.n_slots, -1)
-    else:
-        Dm = delta.permute(2, 0, 1, 3).reshape(lay.n_slots, -1)
-    del delta
+
+    def laid_out(delta: Tensor) -> Tensor:
+        if positional:
+            return delta.permute(1, 2, 0, 3).reshape(P, lay.n_slots, -1)
+        return delta.permute(2, 0, 1, 3).reshape(lay.n_slots, -1)
+
+    post = patcher.table.post
+    Dm = laid_out(delta)
+    if post is None:
+        del delta
 
     pending: dict[int, list[tuple[slice, int, Tensor]]] = {}
     groups = {L: 3 + int(lay.has_mlp) for L in range(n)} | {n: 1}  # input groups per layer
@@ -229,7 +240,35 @@ def _accumulate(
     def watch(L: int, kind: Input) -> Hook | None:
         return None if kind == Input.RESID else (lambda x, hook: watched(x, L, kind))
 
-    hooks = patcher.table.hooks(inputs=watch)
+    # Post-sublayer norms (circuitdag.postnorm): a head's change reaches every input through
+    # the Jacobian of its layer's norm at that layer's attention sum in this pass, so the
+    # sender differences of those heads are J @ delta, different at every IG step.
+    sums: dict[int, Tensor] = {}
+
+    def keep_sum(L: int, kind: NodeKind) -> Hook | None:
+        def fn(x: Tensor, hook: object) -> None:
+            assert post is not None
+            sums[L] = post.attn_sum(L, views.diagonal(x.detach())[0])  # b pos d
+        return fn if post is not None and kind == NodeKind.HEAD else None
+
+    def normed(delta: Tensor) -> Tensor:
+        assert post is not None
+        out = delta.clone()
+        for L, A in sums.items():
+            heads = slice(lay.head_slot(L, 0), lay.head_slot(L, 0) + lay.n_heads)
+            v = delta[:, :, heads]
+            out[:, :, heads] = post.jvp(L, A.unsqueeze(2).expand_as(v).contiguous(), v)
+        return out
+
+    order = [(L, kind) for L in range(n + 1) for kind in Input]
+
+    def score_all() -> None:
+        for key in sorted(grads, key=order.index):
+            collect(*key)(grads.pop(key))
+        for L in list(pending):  # groups that got no gradient have score 0
+            flush(L)
+
+    hooks = patcher.table.hooks(inputs=watch, outputs=keep_sum)
     x_corr, x_clean = S_corr[:, :, 0], S_clean[:, :, 0]
     for alpha in alphas:
         with torch.enable_grad():
@@ -238,12 +277,11 @@ def _accumulate(
                                                lambda x: views.diagonal(watched(x, n, Input.RESID))[0], start_layer=0)  # fmt: skip
             metric = patcher.readout.final_metric(final.unsqueeze(0), prompts=c)[0]
             torch.autograd.grad(metric * weight, x0)
+        if post is not None:  # this step's Jacobians: score it now
+            Dm = laid_out(normed(delta))
+            score_all()
         step_done()
-    order = [(L, kind) for L in range(n + 1) for kind in Input]
-    for key in sorted(grads, key=order.index):
-        collect(*key)(grads.pop(key))
-    for L in list(pending):  # groups that got no gradient have score 0
-        flush(L)
+    score_all()
 
 
 # ---------------------------------------------------------------------- circuits

@@ -74,6 +74,9 @@ class ComponentKernels:
         self.model = model
         self.spec = spec
         self.rotary = rotary or {}
+        if spec.n_layers and getattr(model.blocks[0], "ln1_post", None) is not None:
+            raise KernelMismatch("post-sublayer norms: a head changes its layer's normalised sum for every reader, "
+                                 "which the per-component recomputation does not model")  # fmt: skip
         cfg = model.cfg
         d_head = int(cfg.d_head)
         scale = float(getattr(cfg, "attn_scale", -1.0) or -1.0)

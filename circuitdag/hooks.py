@@ -28,6 +28,9 @@ norm, Phi-1/2, Falcon, GPT-J), the table emulates it from the model's own module
 (:mod:`circuitdag.emulated`); every pass sees the same roles either way. In a parallel
 block (GPT-NeoX/Pythia, GPT-J, Phi, Falcon) the MLP reads the block's input, not the
 heads of its own layer: the graph and the mask layout say so, the hooks need no change.
+Where each layer's summed attention output is normalised before it reaches the residual
+(Gemma 2/3, OLMo 2), :attr:`HookTable.post` holds those norms and every pass re-normalises
+each receiver's own mix of clean and ablated heads (:mod:`circuitdag.postnorm`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from circuitdag.emulated import Emulator, Missing, missing_hooks
 from circuitdag.errors import ModelError
 from circuitdag.graph import Input, ModelSpec, NodeKind
 from circuitdag.models.resume import resume
+from circuitdag.postnorm import PostNorms
 
 #: A TransformerLens forward hook: ``fn(activation, hook)``, returning a replacement or None.
 Hook = Callable[[Tensor, Any], Any]
@@ -105,12 +109,14 @@ class _StopForward(Exception):
 class HookTable:
     """The hooks of one model with ``n_layers`` blocks (see the module docstring).
     ``emulator``: the replacements of the hooks the model does not fire (None: it fires
-    them all)."""
+    them all); ``post``: the post-attention norms through which each layer's heads reach
+    the residual (:mod:`circuitdag.postnorm`; None: the heads' results add up to it)."""
 
     names: HookNames
     n_layers: int
     has_mlp: bool
     emulator: Emulator | None = field(default=None, compare=False)
+    post: PostNorms | None = field(default=None, compare=False)
 
     @classmethod
     def of(cls, model: Any, spec: ModelSpec) -> HookTable:
@@ -118,7 +124,8 @@ class HookTable:
         not fire (found with one forward pass of three tokens, once per model)."""
         names = next((BACKENDS[c.__name__] for c in type(model).__mro__ if c.__name__ in BACKENDS), TRANSFORMER_LENS)
         missing = missing_hooks(model, spec)
-        return cls(names, spec.n_layers, not spec.attn_only, Emulator(model, spec, missing) if missing.any else None)
+        return cls(names, spec.n_layers, not spec.attn_only, Emulator(model, spec, missing) if missing.any else None,
+                   PostNorms.of(model))  # fmt: skip
 
     @property
     def missing(self) -> Missing:
@@ -233,6 +240,8 @@ class HookTable:
                 inner(self.head_results(L, z), hook)
             add(self.output(L, kind), results)
 
+        if self.post is not None:  # the model's post-sublayer norms, in the model's dtype (circuitdag.postnorm)
+            out += self.post.hooks(start_layer)
         for L in range(start_layer, self.n_layers + 1):
             if resid_pre is not None:
                 add(self.resid_pre(L), resid_pre(L))

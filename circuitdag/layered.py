@@ -6,7 +6,8 @@ rows as one batch of K x prompts. It starts at the destination's layer from a ca
 :meth:`LayerPath.set_base`), in which everything upstream of the destination has its
 current value. Contributions of the senders before the start layer are the same in every
 candidate and are cached per start layer. Tested equal to the reference pass
-(:func:`circuitdag.passes.full_pass`).
+(:func:`circuitdag.passes.full_pass`). Models with post-sublayer norms (Gemma 2/3, OLMo 2)
+take one full sparse pass per candidate instead (:meth:`LayerPath._full_passes`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import Tensor
 
 from circuitdag.graph import Input, NodeKind
 from circuitdag.hooks import Hook
-from circuitdag.passes import PassHost
+from circuitdag.passes import PassHost, full_pass
 from circuitdag.runs import Run
 
 
@@ -62,6 +63,8 @@ class LayerPath:
         :meth:`~circuitdag.patching.Patcher.candidate_metrics` (which documents the
         arguments)."""
         host = self.host
+        if host.table.post is not None:
+            return self._full_passes(absent, cand_rows, cand_absent, cand_views)
         lay, n, views, positional = host.layout, host.layout.n_layers, host.views, host.views.positional
         K, B, P = cand_absent.shape[0], views.B, views.P
         n0 = lay.slots_before(start_layer)
@@ -153,6 +156,21 @@ class LayerPath:
         resid = views.into_views(resid.expand(K, -1, -1, -1, -1), V)
         hooks = host.table.hooks(start_layer=start_layer, inputs=patch, outputs=record)
         return host.table.run_to_final(host.model, resid, hooks, final, start_layer=start_layer)
+
+    def _full_passes(self, absent: Tensor, cand_rows: Tensor, cand_absent: Tensor,
+                     cand_views: Tensor | None) -> Float[Tensor, "k batch pos d_model"]:  # fmt: skip
+        """The K candidates' final residual streams, one sparse pass from the embedding each
+        (:func:`~circuitdag.passes.full_pass`): the exact route for models with
+        post-sublayer norms (:mod:`circuitdag.postnorm`), where a removed head edge changes
+        the normalised sum its receiver reads, which the cached per-sender contributions of
+        this path do not model. As exact as the reference and as slow per candidate."""
+        at = (cand_rows, torch.zeros_like(cand_rows) if cand_views is None else cand_views)
+        finals = []
+        for j in range(cand_absent.shape[0]):
+            mask = absent.clone()
+            mask[at] = cand_absent[j]
+            finals.append(full_pass(self.host, mask, sparse=True))
+        return torch.stack(finals)
 
     def _cached_input(self, start_layer: int, L: int, kind: Input) -> Float[Tensor, "batch pos d_model"]:
         """The base run's input to (layer ``L``, ``kind``) with every sender from

@@ -182,9 +182,30 @@ def full_pass(
     def gone(mask: Tensor, exists: Tensor, kind: Input, k: int) -> Tensor:
         """Contributions of the absent senders among the first ``k`` slots."""
         if sparse:
-            return views.contract_sparse(lambda cols: S_now[:, :, cols] - S_corr[:, :, cols], mask, exists, kind,
-                                         totals[k])  # fmt: skip
-        return views.contract(S_now[:, :, :k] - S_corr[:, :, :k], mask, kind)
+            out = views.contract_sparse(lambda cols: S_now[:, :, cols] - S_corr[:, :, cols], mask, exists, kind,
+                                        totals[k])  # fmt: skip
+        else:
+            out = views.contract(S_now[:, :, :k] - S_corr[:, :, :k], mask, kind)
+        return out if table.post is None else out + renormalised(mask, kind, k)
+
+    def renormalised(mask: Tensor, kind: Input, k: int) -> Tensor | float:
+        """Post-sublayer norms (:mod:`circuitdag.postnorm`): the heads of each layer reach
+        the input through the norm of their sum, so their linear contribution ``c`` in
+        :func:`gone` is replaced by ``norm(A_now) - norm(A_now - c)``."""
+        post = table.post
+        fix: Tensor | float = 0.0
+        assert post is not None
+        for L in range(n):
+            heads = slice(lay.head_slot(L, 0), lay.head_slot(L, 0) + lay.n_heads)
+            if heads.stop > k:
+                break
+            m = mask[..., heads]
+            if not m.requires_grad and not bool((m != 0).any()):
+                continue
+            c = views.contract(S_now[:, :, heads] - S_corr[:, :, heads], m, kind)  # batch view pos rows d
+            A = post.attn_sum(L, S_now[:, :, heads])[:, None, :, None]  # batch 1 pos 1 d
+            fix = fix + post.gone(L, A, c) - c
+        return fix
 
     def patched(x: Tensor, L: int, kind: Input) -> Tensor:
         single = x.dim() == 3

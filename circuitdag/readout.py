@@ -48,6 +48,14 @@ def tol(ref: Tensor) -> float:
     return torch.finfo(ref.dtype).eps ** 0.5 * (1.0 + ref.abs().max().item())
 
 
+def softcap(model: Any, logits: Tensor) -> Tensor:
+    """``cap * tanh(logits / cap)`` for a model that soft-caps its final logits (Gemma 2:
+    ``cfg.output_logits_soft_cap``, which the model's forward applies after the unembedding
+    and ``model.unembed`` does not); ``logits`` unchanged otherwise."""
+    cap = float(getattr(getattr(model, "cfg", None), "output_logits_soft_cap", 0.0) or 0.0)
+    return cap * torch.tanh(logits / cap) if cap > 0 else logits
+
+
 class Readout:
     """The metric of patched runs from their final residual streams (module docstring).
 
@@ -82,6 +90,7 @@ class Readout:
         logits = ln(self.answers(final, positions, prompts)) @ W_U
         if b_U is not None:
             logits = logits + b_U
+        logits = softcap(self.model, logits)
         vals = self.metric_fn(logits, sub_ref(ref, prompts))
         check_finite(vals.detach(), "for a patched forward pass")
         return vals
@@ -98,7 +107,7 @@ class Readout:
         """Logits at the answer positions only, from the final residual stream."""
         x = self.answers(final, positions, prompts)  # k batch n_ans d_model
         k, b, a, d = x.shape
-        logits = self.model.unembed(self.model.ln_final(x.reshape(k * b, a, d)))
+        logits = softcap(self.model, self.model.unembed(self.model.ln_final(x.reshape(k * b, a, d))))
         return logits.reshape(k, b, a, -1)
 
     def _columns(self) -> tuple[Any, Tensor, Tensor | None, MetricRef] | None:
@@ -126,10 +135,10 @@ class Readout:
             final = self._resid_final.unsqueeze(0)
             x = self.answers(final)
             want = self.unembed_answers(final)[..., cols]
-            got = sub[0](x) @ sub[1] + (0 if sub[2] is None else sub[2])
+            got = softcap(model, sub[0](x) @ sub[1] + (0 if sub[2] is None else sub[2]))
             if got.shape == want.shape and (got - want).abs().max().item() <= tol(want):
                 self._cols = sub
         return self._cols
 
 
-__all__ = ["Readout", "at_answers", "sub_ref", "tol"]
+__all__ = ["Readout", "at_answers", "softcap", "sub_ref", "tol"]

@@ -91,7 +91,6 @@ _GQA = {"num_hidden_layers": L, "hidden_size": D, "num_attention_heads": H, "num
         "intermediate_size": F, "max_position_embeddings": P}  # fmt: skip
 _MHA = {"num_hidden_layers": L, "hidden_size": D, "num_attention_heads": H, "intermediate_size": F,
         "max_position_embeddings": P}  # fmt: skip
-_POST_NORM = "post-sublayer norms"
 
 #: The matrix (docs/models.md's table is generated from it).
 ARCHITECTURES = [
@@ -115,9 +114,11 @@ ARCHITECTURES = [
     Arch("gpt_neo", "GPTNeoConfig", {"num_layers": L, "hidden_size": D, "num_heads": H, "max_position_embeddings": P,
                                      "attention_types": [[["global", "local"], 1]], "window_size": 4},
          "GPT-Neo (per-head inputs and results emulated)", slow=True),
-    Arch("gemma2", "Gemma2Config", {**_GQA, "head_dim": 16}, "Gemma 2", _POST_NORM),
-    Arch("gemma3", "Gemma3TextConfig", {**_GQA, "head_dim": 16}, "Gemma 3 (text)", _POST_NORM),
-    Arch("olmo2", "Olmo2Config", _GQA, "OLMo 2", _POST_NORM),
+    Arch("gemma2", "Gemma2Config", {**_GQA, "head_dim": 16}, "Gemma 2 (post-sublayer norms, attention and "
+         "logit soft-capping)"),
+    Arch("gemma3", "Gemma3TextConfig", {**_GQA, "head_dim": 16}, "Gemma 3 (text; post-sublayer norms, per-head "
+         "q/k norms)", slow=True),
+    Arch("olmo2", "Olmo2Config", _GQA, "OLMo 2", "query and key norms taken over all heads at once"),
     Arch("bloom", "BloomConfig", {"n_layer": L, "hidden_size": D, "n_head": H}, "BLOOM (ALiBi; per-head inputs "
          "emulated, its own q_input is after the norm)", slow=True,
          neurons_refused="no hook holds its output alone"),

@@ -46,15 +46,11 @@ class HookReport:
     emulated: tuple[str, ...] = ()
 
 
-_POST_NORMS = ("post-sublayer norms (a norm on each attention and MLP output before it reaches the residual "
-               "stream, so per-head results do not add up to what the residual receives)")
 #: Architectures circuitdag refuses, by Hugging Face class name, and the feature in the way
-#: (docs/models.md; what supporting them would take is in docs/how-it-works.md).
-REFUSED = {
-    "Gemma2ForCausalLM": _POST_NORMS,
-    "Gemma3ForCausalLM": _POST_NORMS,
-    "Gemma3ForConditionalGeneration": _POST_NORMS,
-    "Olmo2ForCausalLM": _POST_NORMS,
+#: (docs/models.md). Post-sublayer norms are patched (:mod:`circuitdag.postnorm`).
+REFUSED: dict[str, str] = {
+    "Olmo2ForCausalLM": "query and key norms taken over all heads at once (q_norm and k_norm of width n_heads x "
+                        "d_head), which make every head's query depend on every head's query input",
 }
 
 
@@ -119,7 +115,9 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
     * the q/k/v inputs equal ``hook_resid_pre`` on every head (taken before LayerNorm), the
       MLP input ``hook_resid_mid`` (``hook_resid_pre`` in a parallel block);
     * every layer's residual is ``blocks.0.hook_resid_pre`` + head results + MLP outputs of
-      the layers below, up to a constant (reported in :class:`HookReport`);
+      the layers below, up to a constant (reported in :class:`HookReport`); with
+      post-sublayer norms (:attr:`HookTable.post`) each layer's heads count as the norm of
+      their sum plus ``b_O``;
     * :func:`~circuitdag.models.resume.resume` from ``blocks.L.hook_resid_pre`` reproduces
       the logits;
     * on the last layer, a value written into one head's q input changes that head's result
@@ -144,8 +142,10 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
         raise ModelError(f"model has no hook {missing[0]}; circuitdag cannot patch it")
     seen: dict[str, Tensor] = {}
     mids: dict[int, Tensor] = {}
+    # A model with post-sublayer norms runs with them in its own dtype (circuitdag.postnorm).
+    own = table.post.hooks() if table.post is not None else []
     with torch.no_grad():
-        logits = model(tokens)
+        logits = model.run_with_hooks(tokens, fwd_hooks=own) if own else model(tokens)
         extra: list[tuple[str, Hook]] = []
         if not spec.attn_only and not spec.parallel_attn_mlp:
             extra = [(table.names.resid_mid.format(L=L), _keep(mids, L)) for L in range(spec.n_layers)
@@ -192,8 +192,21 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
     embed = seen["resid0"]
     total = embed.to(acc)
     offsets = [torch.zeros_like(embed[0, 0])]
+    post = table.post
     for L in range(spec.n_layers):
-        total = total + seen[f"heads{L}"].to(acc).sum(2)
+        if post is None:
+            total = total + seen[f"heads{L}"].to(acc).sum(2)
+        else:  # the heads reach the residual through the norm of their sum (circuitdag.postnorm)
+            A = post.attn_sum(L, seen[f"heads{L}"])
+            total = total + post.norms[L](A).to(acc)
+            # The passes compute the norm in the model's dtype (float32 at least); Hugging
+            # Face's in float32: they agree to float32 rounding.
+            low = logits.dtype if torch.finfo(logits.dtype).bits < 32 else torch.float32
+            ratios.append((post.norms[L](A) - post.modules[L](A)).abs().max().item() /
+                          tolerance(post.modules[L](A), low))  # fmt: skip
+            if not ratios[-1] <= 1:
+                raise ModelError(f"blocks.{L}.ln1_post: circuitdag's RMSNorm does not reproduce the model's "
+                                 "post-attention norm; circuitdag cannot patch this model")  # fmt: skip
         if not spec.attn_only:
             total = total + seen[f"mlp{L}"].to(acc)
         stream = seen[f"resid{L + 1}"] if L + 1 < spec.n_layers else seen["final"]
@@ -207,19 +220,20 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
     # is the same code, so a few layers stand for all).
     for L in sorted({0, 1, spec.n_layers // 2, spec.n_layers - 1} & set(range(spec.n_layers))):
         resid = seen[f"resid{L}"]
+        later = table.post.hooks(L) if table.post is not None else []
         with torch.no_grad():
             try:
-                resumed = resume(model, resid, L)
+                resumed = resume(model, resid, L, fwd_hooks=later)
             except (IndexError, TypeError, RuntimeError):  # the model read block(...)[0] of the stand-in
                 if not L or not _is_bridge(model) or model in _TUPLE_BLOCKS:
                     raise
                 _TUPLE_BLOCKS.add(model)
-                resumed = resume(model, resid, L)
+                resumed = resume(model, resid, L, fwd_hooks=later)
         if L and _is_bridge(model) and not (resumed - logits).abs().max() <= tolerance(logits):
             logger.warning("cannot skip the blocks below start_at_layer on this model; resuming is slower")
             _NO_SKIP.add(model)
             with torch.no_grad():
-                resumed = resume(model, resid, L)
+                resumed = resume(model, resid, L, fwd_hooks=later)
         expect_equal(table.resid_pre(L), resumed, logits, f"passed to forward(start_at_layer={L}) does not "
                      "reproduce the logits")  # fmt: skip
 

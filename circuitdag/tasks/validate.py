@@ -142,8 +142,9 @@ def _check_not_padding(clean: Tensor, ap: Tensor, valid: Tensor, pad: int, token
 
 
 def check_metric_gap(m_full: float, m_corrupted: float, metric: str, ablation: str, task: str = "task") -> None:
-    """Refuse a full model whose metric equals the corrupted run's, and warn when the two
-    barely differ (see :data:`WEAK_GAP`); both numbers are in the message."""
+    """Refuse a full model whose metric equals the corrupted run's, warn when the full model
+    does not prefer the correct answer (``logit_diff``) and, independently, when the two
+    barely differ (see :data:`WEAK_GAP`); both numbers are in each message."""
     both = f"metric {metric}: full model {m_full:.6g}, {ablation}-ablated {m_corrupted:.6g}"
     gap = abs(m_corrupted - m_full)
     if not (math.isfinite(m_full) and math.isfinite(m_corrupted)):
@@ -161,7 +162,6 @@ def check_metric_gap(m_full: float, m_corrupted: float, metric: str, ablation: s
             UserWarning,
             stacklevel=3,
         )
-        return
     if gap <= WEAK_GAP * max(abs(m_full), abs(m_corrupted)) or gap < WEAK_GAP_ABS:
         warnings.warn(
             f"{task}: the model barely does this task ({both}, a gap of {gap:.3g}); a circuit will explain "

@@ -140,3 +140,12 @@ def test_a_model_that_prefers_the_wrong_answer_warns() -> None:
     with pytest.warns(UserWarning, match=r"does not prefer the correct answer on average \(metric logit_diff: "
                       r"full model 0\.0033, resample-ablated 0\.0013"):  # fmt: skip
         check_metric_gap(0.0033, 0.0013, "logit_diff", "resample", "t")
+
+
+def test_a_wrong_preference_does_not_hide_a_negligible_gap() -> None:
+    """Both warnings fire: the "does not prefer" warning used to return before the gap
+    check, so a random model's 0.0004-logit gap went unreported (issue 25, item 6)."""
+    with pytest.warns(UserWarning) as got:
+        check_metric_gap(0.0005, 0.0001, "logit_diff", "resample", "t")
+    text = " | ".join(str(w.message) for w in got)
+    assert "does not prefer the correct answer" in text and "barely does this task" in text
