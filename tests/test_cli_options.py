@@ -41,6 +41,9 @@ BASE = {
             "--out", "{out}"],
     "features": ["features", "--model", "pronoun", "--corpus", "{corpus}", "--max-tokens", "100", "--chunk", "4",
                  "--null", "20", "--describe", "1", "--layer", "0", "--threads", "1", "-q", "--out", "{out}"],
+    "soft-prompts": ["soft-prompts", "--model", "pronoun", "--task", "pronoun", "--tokens", "1", "--seeds", "2",
+                     "--steps", "2", "--segment-points", "2", "--simplex-steps", "1", "--random-directions", "1",
+                     "--n-prompts", "8", "--threads", "1", "-q", "--out", "{out}"],
     "tracr compile": ["tracr", "compile", f"{RASP}:smaller_count", "--vocab", "1", "2", "3", "--max-len", "3",
                       "--out", "{out}/compiled"],
 }

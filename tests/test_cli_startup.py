@@ -80,6 +80,7 @@ def test_every_command_has_a_handler_in_the_cli_package() -> None:
         return found
 
     found = handlers(build_parser())
-    assert len(found) == 18 and "tracr compile" in found and "ccs" in found and "features" in found
+    assert len(found) == 19 and "tracr compile" in found and "ccs" in found and "features" in found
+    assert "soft-prompts" in found
     assert all(fn.__module__.startswith("circuitdag.cli.") for fn in found.values()), found  # type: ignore[attr-defined]
     assert all(fn.__name__.startswith("cmd_") for fn in found.values())  # type: ignore[attr-defined]

@@ -1,6 +1,7 @@
 """Commands for the hackathon's other projects (the seed write-up): ``ccs`` (Contrast-
 Consistent Search with a coherence term, per layer, against supervised and random probes);
-``features`` (automatic identification of feature neurons)."""
+``features`` (automatic identification of feature neurons); ``soft-prompts`` (are the soft
+prompts that solve a task a convex set?)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def register(sub: Any) -> None:
     p.add_argument("--out", default="runs/ccs", help="output directory (default runs/ccs)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(fn=cmd_ccs)
+    _register_soft_prompts(sub)
 
     p = sub.add_parser(
         "features", help="find semantically coherent MLP neurons (max-activating contexts, coherence in two embedding "
@@ -107,4 +109,65 @@ def cmd_features(args: argparse.Namespace) -> int:
     best = report["described"][0]["description"]["text"] if report["described"] else "none"
     print(f"{report['model']}: {report['share_coherent']:.3f} of {sum(r['neurons'] for r in report['by_layer'])} "
           f"neurons coherent; best-ranked: {best} -> {out}/index.html")  # fmt: skip
+    return 0
+
+
+def _register_soft_prompts(sub: Any) -> None:
+    p = sub.add_parser(
+        "soft-prompts", help="prompt-tune K soft tokens from several seeds; held-out accuracy along segments "
+        "between solutions, over their simplex, along random directions of the same length, and for the nearest "
+        "real tokens; report.json, report.md, soft-prompts.svg (docs/soft-prompts.md)",
+    )  # fmt: skip
+    p.add_argument("--model", default="smollm2-135m", help="any name circuitdag.load_model takes (default smollm2-135m)")
+    p.add_argument("--task", default="addition", help="'addition' (a+b= for a, b in 0..9) or a registered task "
+                   "such as greater-than (default addition)")  # fmt: skip
+    p.add_argument("--prompts", default=None, help="a prompts file instead of --task (docs/own-prompts.md)")
+    p.add_argument("--tokens", type=number("--tokens", int, 1, 256), default=4, help="soft tokens K (default 4)")
+    p.add_argument("--seeds", type=number("--seeds", int, 2, 100), default=3,
+                   help="soft prompts trained from different seeds (default 3; 3 or more adds the simplex)")
+    p.add_argument("--steps", type=number("--steps", int, 1, 100_000), default=100, help="Adam steps per seed (default 100)")
+    p.add_argument("--lr", type=number("--lr", float, 0, 1000), default=0.1,
+                   help="learning rate in units of W_E's root-mean-square entry (default 0.1)")
+    p.add_argument("--batch", type=number("--batch", int, 1, 4096), default=16, help="prompts per step (default 16)")
+    p.add_argument("--holdout", type=number("--holdout", float, 0.01, 0.99), default=None,
+                   help="held-out share of the prompts (default: addition and prompts files 0.3; a task's own held-out set)")
+    p.add_argument("--n-prompts", type=number("--n-prompts", int, 1), default=None, help="prompts of a --task")
+    p.add_argument("--seed", type=_options.seed(), default=0, help="the prompts and the held-out split (default 0)")
+    p.add_argument("--segment-points", type=number("--segment-points", int, 2, 1001), default=11,
+                   help="points along each segment, endpoints included (default 11)")
+    p.add_argument("--simplex-steps", type=number("--simplex-steps", int, 1, 100), default=6,
+                   help="the simplex grid's step is 1/N (default 6: 28 points)")
+    p.add_argument("--random-directions", type=number("--random-directions", int, 1, 100), default=3,
+                   help="random directions per pair of solutions (default 3)")
+    p.add_argument("--threads", type=number("--threads", int, 1), default=None, help="torch CPU threads (default 1)")
+    p.add_argument("--out", default="runs/soft-prompts", help="output directory; trained prompts are checkpointed "
+                   "in OUT/prompts (default runs/soft-prompts)")  # fmt: skip
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(fn=cmd_soft_prompts)
+
+
+def cmd_soft_prompts(args: argparse.Namespace) -> int:
+    import torch
+
+    from circuitdag.cli._common import writable_dir
+    from circuitdag.loading import load_model
+    from circuitdag.soft_prompts_data import load_examples
+    from circuitdag.soft_prompts_report import write_report
+    from circuitdag.soft_prompts_run import run_soft_prompts
+
+    out = writable_dir(args.out)
+    torch.set_num_threads(_options.threads(args.threads, 1))
+    model = load_model(args.model)
+    train, held, info = load_examples(model, args.task, args.prompts, seed=args.seed, holdout=args.holdout,
+                                      n_prompts=args.n_prompts)  # fmt: skip
+    report = run_soft_prompts(model, train, held, args.tokens, args.seeds, out, steps=args.steps, lr=args.lr,
+                              batch=args.batch, segment_points=args.segment_points,
+                              simplex_steps=args.simplex_steps, random_dirs=args.random_directions, info=info,
+                              progress=not args.quiet)  # fmt: skip
+    write_report(report, out)
+    sm = report["summary"]
+    print(f"{report['model']} {info['task']}: {report['n_heldout']} held-out prompts, no soft prompt "
+          f"{sm['baseline_accuracy']:.3f}, solutions {min(sm['solution_accuracy']):.3f}-{max(sm['solution_accuracy']):.3f}, "
+          f"segment min {sm['segment_min_accuracy']:.3f}, random min {sm['random_min_accuracy']:.3f}, convex: "
+          f"{'yes' if sm['convex'] else 'no'} -> {out}/report.md")  # fmt: skip
     return 0
