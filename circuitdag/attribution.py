@@ -24,7 +24,7 @@ score means "removing this edge hurts" and one ranking serves both.
   is the corrupted prompts' embedding, so the path runs from the corrupted run to the
   clean one; with zero / mean ablation it is the zero / mean embedding.
 
-Post-sublayer norms (Gemma 2/3; :mod:`circuitdag.postnorm`): a head of layer ``L`` reaches
+Post-sublayer norms (Gemma 2/3, OLMo 2; :mod:`circuitdag.postnorm`): a head of layer ``L`` reaches
 each input through the norm of its layer's attention sum ``A_L``, so its difference is
 ``J_L (S_corr - S_clean)`` with ``J_L`` the norm's Jacobian at ``A_L`` of the same pass (at
 each EAP-IG step its own); at the clean run that is minus the masked pass's gradient, as

@@ -77,6 +77,8 @@ class HookNames:
     norm1_in: str = "blocks.{L}.ln1.hook_in"
     norm2_in: str = "blocks.{L}.ln2.hook_in"
     mlp_hook_in: str = "blocks.{L}.mlp.hook_in"
+    q_norm_out: str = "blocks.{L}.attn.q_norm.hook_out"
+    k_norm_out: str = "blocks.{L}.attn.k_norm.hook_out"
 
 
 TRANSFORMER_LENS = HookNames(
@@ -191,6 +193,24 @@ class HookTable:
             return None if new is None else em.project(L, kind, new)
         return out + [(site, qkv)]
 
+    def _head_norms(self, L: int, kind: Input) -> HookList:
+        """Hooks that apply OLMo 2's all-heads query (key) norm of layer ``L`` to each head's
+        own input (:meth:`Emulator.head_norm <circuitdag.emulated.Emulator.head_norm>`): the
+        per-head inputs are kept after every other hook on them has run, and the norm's
+        output is replaced."""
+        em = self.emulator
+        assert em is not None
+        box: dict[str, Tensor] = {}
+
+        def keep(x: Tensor, hook: Any) -> None:
+            box["x"] = x
+
+        def put(x: Tensor, hook: Any) -> Tensor | None:
+            return em.head_norm(L, kind, box.pop("x"))
+
+        out_name = self.names.q_norm_out if kind == Input.Q else self.names.k_norm_out
+        return [(self.input(L, kind), keep), (out_name.format(L=L), put)]
+
     def rotary(self, model: Any) -> list[str]:
         """Names of the rotary ``cos``/``sin`` hooks ``model`` has (empty without rotary)."""
         have = getattr(model, "hook_dict", {})
@@ -213,7 +233,10 @@ class HookTable:
         and, as ``inputs(n_layers, Input.RESID)``, the input of ``logits``; ``outputs(L,
         kind)`` for the heads (``NodeKind.HEAD``) and the MLP (``NodeKind.MLP``) of layer
         ``L``. Hooks on one name fire in list order, so of two lists joined the first reads
-        each activation before the second changes it."""
+        each activation before the second changes it. The list also holds, whatever the
+        factories, the hooks that make the model what the engine patches: its post-sublayer
+        norms in its own dtype (:mod:`circuitdag.postnorm`) and OLMo 2's query/key norms per
+        head (:mod:`circuitdag.emulated`); ``hooks()`` with no factory is just those."""
         out: HookList = []
         stash: dict[int, Tensor] = {}  # block input per layer, for emulated inputs
         read: set[int] = set()  # layers whose block input is read
@@ -251,8 +274,11 @@ class HookTable:
                 if isinstance(kind, NodeKind):
                     if outputs is not None:
                         add_output(L, kind, outputs(L, kind))
-                elif inputs is not None:
-                    add_input(L, kind, inputs(L, kind))
+                else:
+                    if inputs is not None:
+                        add_input(L, kind, inputs(L, kind))
+                    if missing.head_norms and kind in (Input.Q, Input.K):
+                        out.extend(self._head_norms(L, kind))
         return out
 
     def run_to_final(

@@ -48,10 +48,7 @@ class HookReport:
 
 #: Architectures circuitdag refuses, by Hugging Face class name, and the feature in the way
 #: (docs/models.md). Post-sublayer norms are patched (:mod:`circuitdag.postnorm`).
-REFUSED: dict[str, str] = {
-    "Olmo2ForCausalLM": "query and key norms taken over all heads at once (q_norm and k_norm of width n_heads x "
-                        "d_head), which make every head's query depend on every head's query input",
-}
+REFUSED: dict[str, str] = {}
 
 
 def architecture(model: Any) -> str | None:
@@ -142,8 +139,9 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
         raise ModelError(f"model has no hook {missing[0]}; circuitdag cannot patch it")
     seen: dict[str, Tensor] = {}
     mids: dict[int, Tensor] = {}
-    # A model with post-sublayer norms runs with them in its own dtype (circuitdag.postnorm).
-    own = table.post.hooks() if table.post is not None else []
+    # The model as the engine runs it: post-sublayer norms in its own dtype
+    # (circuitdag.postnorm), OLMo 2's query/key norms per head (circuitdag.emulated).
+    own = table.hooks()
     with torch.no_grad():
         logits = model.run_with_hooks(tokens, fwd_hooks=own) if own else model(tokens)
         extra: list[tuple[str, Hook]] = []
@@ -220,7 +218,7 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
     # is the same code, so a few layers stand for all).
     for L in sorted({0, 1, spec.n_layers // 2, spec.n_layers - 1} & set(range(spec.n_layers))):
         resid = seen[f"resid{L}"]
-        later = table.post.hooks(L) if table.post is not None else []
+        later = table.hooks(start_layer=L)
         with torch.no_grad():
             try:
                 resumed = resume(model, resid, L, fwd_hooks=later)
@@ -257,6 +255,8 @@ def _check_emulation(model: Any, spec: ModelSpec, table: HookTable, tokens: Tens
             want[f"attn_out{L}"] = names.attn_out.format(L=L)
         if missing.mlp_in:
             want[f"mlp_hook_in{L}"] = names.mlp_hook_in.format(L=L)
+        if missing.head_norms:
+            want |= {f"q_norm{L}": names.q_norm_out.format(L=L), f"k_norm{L}": names.k_norm_out.format(L=L)}
     got: dict[str, Tensor] = {}
     with torch.no_grad():
         model.run_with_hooks(tokens, fwd_hooks=[(name, _keep(got, key)) for key, name in want.items()])
@@ -272,6 +272,16 @@ def _check_emulation(model: Any, spec: ModelSpec, table: HookTable, tokens: Tens
         if missing.mlp_in:
             expect_equal(want[f"mlp_hook_in{L}"], em.norm1(L, seen[f"mlp_in{L}"]), got[f"mlp_hook_in{L}"],
                          "is not ln1 of the block's input")
+        for x, kind in (("q", Input.Q), ("k", Input.K)) if missing.head_norms else ():
+            mine, theirs = em.head_norm(L, kind, seen[f"{x}{L}"]), got.get(f"{x}_norm{L}")
+            if mine is None or theirs is None:
+                raise ModelError(f"{want[f'{x}_norm{L}']} did not fire; circuitdag cannot patch this model")
+            # Hugging Face computes the norm in float32: agreement to float32 rounding.
+            low = theirs.dtype if torch.finfo(theirs.dtype).bits < 32 else torch.float32
+            err = (mine - theirs).abs().max().item()
+            if not err <= tolerance(theirs, low):
+                raise ModelError(f"{want[f'{x}_norm{L}']} is not the norm over all heads of each head's own "
+                                 f"projection (max difference {err:.3g}); circuitdag cannot patch this model")  # fmt: skip
 
 
 def _bias(attn: Any) -> Tensor | float:
