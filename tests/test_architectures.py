@@ -121,8 +121,7 @@ ARCHITECTURES = [
     Arch("olmo2", "Olmo2Config", _GQA, "OLMo 2 (post-sublayer norms only; query/key norms over all heads, "
          "applied per head)", slow=True),
     Arch("bloom", "BloomConfig", {"n_layer": L, "hidden_size": D, "n_head": H}, "BLOOM (ALiBi; per-head inputs "
-         "emulated, its own q_input is after the norm)", slow=True,
-         neurons_refused="no hook holds its output alone"),
+         "emulated, its own q_input is after the norm)", slow=True),
 ]  # fmt: skip
 
 WORKS = [a for a in ARCHITECTURES if a.refused is None]
@@ -242,6 +241,31 @@ def test_neuron_analysis_runs(arch: Arch, model_dirs, tmp_path_factory) -> None:
     result = analyze_neurons(model, _task(), layers=[1], corpus_tokens=0)
     report = result.to_dict()
     assert report and all(np.isfinite(v) for v in _numbers(report))
+
+
+@pytest.mark.slow
+def test_bloom_attention_output_is_patched_in_the_stream(model_dirs, tmp_path_factory) -> None:
+    """BLOOM's attention adds the residual stream itself (no hook holds its output alone):
+    the neuron analysis reads ``attn_out`` as ``attn.hook_out - resid_pre`` and writes a patch
+    of it on top of the block's input. Zero-ablating layer 1's attention output that way
+    equals a pass whose ``attn.hook_out`` is replaced by the block's input read in the same
+    pass."""
+    from circuitdag.neurons._runs import cache_runs, run_to_final
+    from circuitdag.neurons.activation_patching import patched_metric
+    from circuitdag.tasks.base import load_data
+
+    arch = next(a for a in WORKS if a.name == "bloom")
+    model = _load(arch, model_dirs, tmp_path_factory)
+    runs = cache_runs(model, load_data(_task(), model))
+    assert runs.attn_out_in_stream
+    got = patched_metric(runs, 1, "clean", 1, lambda x: torch.zeros_like(x), *runs.attn_out_hook(1))
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [("blocks.1.hook_resid_pre", lambda x, hook: seen.update(x=x)),
+             ("blocks.1.attn.hook_out", lambda x, hook: seen["x"])]  # fmt: skip
+    final = run_to_final(model, runs.clean["resid_pre"][1], 1, hooks)
+    want = runs.logit_diff(final.unsqueeze(0)).mean((1, 2))
+    assert abs(got.item() - want.item()) <= 1e-9 * (1 + abs(want.item()))
+    assert abs(got.item() - runs.metric_clean) > 1e-6  # the patch did something
 
 
 def _numbers(obj: Any) -> list[float]:

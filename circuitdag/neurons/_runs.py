@@ -148,6 +148,18 @@ class TaskRuns:
     bias: Tensor
     ld_clean: Tensor
     ld_corrupted: Tensor
+    #: The model fires no hook with the attention's output alone (BLOOM: its attention adds
+    #: the residual stream itself): ``attn_out`` is ``attn.hook_out - resid_pre``, and a
+    #: patch of it is written into ``attn.hook_out`` plus the block's input (:meth:`attn_out_hook`).
+    attn_out_in_stream: bool = False
+
+    def attn_out_hook(self, L: int) -> tuple[str, bool]:
+        """The hook where layer ``L``'s attention output is written, and whether that hook
+        holds the block's input plus the output (``attn_out_in_stream``) rather than the
+        output alone."""
+        if self.attn_out_in_stream:
+            return f"blocks.{L}.attn.hook_out", True
+        return f"blocks.{L}.hook_attn_out", False
 
     @property
     def d_mlp(self) -> int:
@@ -220,6 +232,7 @@ def cache_runs(model: Any, data: TaskData) -> TaskRuns:
     if b is not None:
         bias = (b[data.correct] - b[data.wrong]).detach().to(device)
     runs: dict[str, dict[str, Tensor]] = {}
+    in_stream = False
     where = sites(HookTable.of(model, spec), spec.parallel_attn_mlp)
     for which, tokens in (("clean", data.clean), ("corrupted", data.corrupted)):
         got: dict[str, Tensor] = {}
@@ -231,14 +244,20 @@ def cache_runs(model: Any, data: TaskData) -> TaskRuns:
             return fn
 
         hooks = [(name.format(L=L), save(f"{s}.{L}")) for L in range(spec.n_layers) for s, name in where.items()]
+        hooks += [(f"blocks.{L}.attn.hook_out", save(f"attn_stream.{L}")) for L in range(spec.n_layers)
+                  if f"blocks.{L}.attn.hook_out" in model.hook_dict]  # fmt: skip
         final = run_to_final(model, tokens, 0, hooks)
+        for layer in range(spec.n_layers):  # BLOOM: the attention's hook_out holds the stream plus its output
+            stream, mid = got.get(f"attn_stream.{layer}"), got.get(f"resid_mid.{layer}")
+            if f"attn_out.{layer}" not in got and stream is not None and mid is not None and torch.equal(stream, mid):
+                got[f"attn_out.{layer}"] = stream - got[f"resid_pre.{layer}"]
+                in_stream = True
         missing = [k for k in (f"{s}.{L}" for L in range(spec.n_layers) for s in where) if k not in got]
         if missing:
             s, L = missing[0].split(".")
             arch = getattr(getattr(getattr(model, "original_model", None), "config", None), "architectures", None)
             raise ModelError(f"the neuron analysis reads {where[s].format(L=L)}, which this model"
-                             f"{' (' + arch[0] + ')' if arch else ''} does not fire (BLOOM's attention adds the "
-                             "residual stream itself, so no hook holds its output alone); discover runs on it, "
+                             f"{' (' + arch[0] + ')' if arch else ''} does not fire; discover runs on it, "
                              "the neuron analysis cannot")  # fmt: skip
         stacked = {s: torch.stack([got[f"{s}.{L}"] for L in range(spec.n_layers)]) for s in where}
         if "resid_mid" not in stacked:  # parallel blocks: the stream as the attention leaves it
@@ -246,7 +265,7 @@ def cache_runs(model: Any, data: TaskData) -> TaskRuns:
         stacked["final"] = final
         runs[which] = stacked
     tr = TaskRuns(model, data, spec, runs["clean"], runs["corrupted"], direction, bias,
-                  torch.empty(0), torch.empty(0))  # fmt: skip
+                  torch.empty(0), torch.empty(0), in_stream)  # fmt: skip
     tr.ld_clean = tr.logit_diff(runs["clean"]["final"])
     tr.ld_corrupted = tr.logit_diff(runs["corrupted"]["final"])
     if abs(tr.metric_clean - tr.metric_corrupted) < 1e-6 * (1 + abs(tr.metric_clean)):

@@ -51,13 +51,15 @@ def patched_metric(
     k: int,
     write: Callable[[Tensor], Tensor],
     hook: str | None = None,
+    in_stream: bool = False,
 ) -> Tensor:
     """Mean logit difference of ``k`` patched copies of the prompt batch, resumed at block
     ``layer`` of the ``base`` run ("clean" or "corrupted").
 
     ``write`` receives the activation of ``hook`` (the residual entering the block when
     ``hook`` is None) viewed as ``k batch pos dim`` and returns it patched. Returns ``k``
-    values."""
+    values. ``in_stream``: ``hook`` holds the block's input plus the activation (BLOOM's
+    attention output, :meth:`TaskRuns.attn_out_hook`): ``write`` sees the activation alone."""
     b, p = runs.data.clean.shape
     start = getattr(runs, base)["resid_pre"][layer]
     if hook is None:
@@ -65,8 +67,10 @@ def patched_metric(
         final = run_to_final(runs.model, x.reshape(k * b, p, -1), layer)
     else:
 
+        offset = start if in_stream else 0.0  # the block's input: the same in every copy
+
         def fn(t: Tensor, hook: Any) -> Tensor:
-            return write(t.reshape(k, b, *t.shape[1:]).clone()).reshape(t.shape)
+            return (write(t.reshape(k, b, *t.shape[1:]) - offset) + offset).reshape(t.shape)
 
         x = start.repeat(k, 1, 1)
         final = run_to_final(runs.model, x, layer, [(hook, fn)])
@@ -92,8 +96,9 @@ def patch_activations(runs: TaskRuns, ablation: str = "resample", budget_bytes: 
                     x[torch.arange(k, device=x.device), :, pos] = v[:, pos].transpose(0, 1)
                     return x
 
-                hook = None if site == "resid_pre" else f"blocks.{L}.hook_{site}"
-                m = patched_metric(runs, L, base, k, write, hook)
+                hook, in_stream = (None, False) if site == "resid_pre" else (
+                    runs.attn_out_hook(L) if site == "attn_out" else (f"blocks.{L}.hook_{site}", False))  # fmt: skip
+                m = patched_metric(runs, L, base, k, write, hook, in_stream)
                 effect[L, pos.cpu()] = runs.effect(m, ablation).double().cpu()
         out[site] = effect
     return PatchGrid(ablation, out)
