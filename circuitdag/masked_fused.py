@@ -13,7 +13,9 @@ pass, materialises a gradient of the whole buffer for every slice and every in-p
 * the sender deltas ``D = S_now - S_corr`` live once, in a buffer outside autograd, laid out
   sender-major (``pos_batch slot batch d_model``) so that a group's contribution is one
   batched matrix product ``A @ D[:k]`` (``A``: the group's absent weights);
-* :class:`_Mix` (one per row group) saves only its absent weights ``A``. Its backward
+* :class:`_Mix` (one per group of rows that read the same slots in the same geometry: a
+  layer's q, k and v rows together without positions, its k and v rows with them, its MLP
+  rows, ``logits``) saves only its absent weights ``A``. Its backward
   returns ``dm/dA = g @ D[:k]^T`` (``g``: the gradient at the group's contributions) and adds
   ``A^T @ g`` into one gradient buffer ``G`` (same layout as ``D``) with a fused
   multiply-add, instead of returning a gradient per sender;
@@ -163,15 +165,39 @@ def fused_pass(host: PassHost, absent: Float[Tensor, "row view pos slot"],
         senders.append(_Tap.apply(x, buf, sl) if x.requires_grad else x)
         ends.append(sl.stop)
 
+    pending: dict[tuple[int, Input], Tensor] = {}  # contributions computed with another input's
+
+    def contributions(L: int, kind: Input) -> Tensor:
+        """``batch view pos rows d_model``: what the absent senders remove from the rows of
+        ``kind``. Inputs that read the same slots in the same geometry share one product:
+        q, k and v without positions, k and v with (their rows are adjacent)."""
+        if (L, kind) in pending:
+            return pending.pop((L, kind))
+        group = together(kind)
+        first, last = lay.rows(L, group[0]), lay.rows(L, group[-1])
+        k = lay.readable_slots(L, kind)
+        A = group_weights(
+            absent[first.start : last.stop, :, :, :k], views.positional, lay.crosses_positions(kind)
+        )
+        used = ends.index(k) + 1  # blocks covering the first k slots
+        out = _Mix.apply(A, buf, k, last.stop - first.start, *senders[:used])
+        for other in group:
+            sl = lay.rows(L, other)
+            pending[(L, other)] = out[:, :, :, sl.start - first.start : sl.stop - first.start]
+        return pending.pop((L, kind))
+
+    def together(kind: Input) -> tuple[Input, ...]:
+        if kind in (Input.Q, Input.K, Input.V) and not views.positional:
+            return (Input.Q, Input.K, Input.V)
+        if kind in (Input.K, Input.V) and views.positional:
+            return (Input.K, Input.V)
+        return (kind,)
+
     def patched(x: Tensor, L: int, kind: Input) -> Tensor:
         single = x.dim() == 3
         xs = x.unsqueeze(2) if single else x  # (batch views) pos rows d
-        sl, k = lay.rows(L, kind), lay.readable_slots(L, kind)
         own = views.diagonal(xs)[0].unsqueeze(1)  # batch 1 pos rows d
-        A = group_weights(absent[sl, :, :, :k], views.positional, lay.crosses_positions(kind))
-        used = ends.index(k) + 1  # blocks covering the first k slots
-        gone = _Mix.apply(A, buf, k, sl.stop - sl.start, *senders[:used])
-        out = views.into_views((own - gone).unsqueeze(0))
+        out = views.into_views((own - contributions(L, kind)).unsqueeze(0))
         return out[:, :, 0] if single else out
 
     def on_input(L: int, kind: Input) -> Hook | None:
