@@ -58,6 +58,7 @@ class NodePass:
         lay = self.lay
         self.exists = (patcher.exists[:, 0, 0] != 0).cpu().numpy()  # rows slots
         D = patcher.D_clean  # batch pos slot d: S_clean - S_abl
+        self.Dv = D.reshape(-1, D.shape[2], D.shape[3])  # b*p slot d, a view
         # I_empty per (layer, input) group: the clean input minus every readable sender's delta.
         bases: dict[int, Tensor] = {}
         ks = sorted({lay.readable_slots(L, kind) for L in range(lay.n_layers) for kind in (Input.Q, Input.MLP)}
@@ -86,6 +87,11 @@ class NodePass:
         p = self.p
         return p.resid_final if kind == Input.RESID else (p.mlp_in[L] if kind == Input.MLP else p.resid_pre[L])
 
+    def _slot(self, u: int) -> int:
+        """The slot of head or MLP node ``u``."""
+        node, lay = self.graph.nodes[u], self.lay
+        return lay.head_slot(node.layer, node.head) if node.kind == NodeKind.HEAD else lay.mlp_slot(node.layer)
+
     def needed(self, alive: np.ndarray) -> list[int]:
         """The heads and MLPs with a present out-edge in circuit ``alive``, in topological order."""
         t = self.graph.edges
@@ -101,6 +107,55 @@ class NodePass:
         alive = np.asarray(alive, dtype=bool)
         return bool(alive.any() and not alive.all())
 
+    def _buffers(self) -> tuple[Tensor, Tensor]:
+        """``cur[slot, b*p*d] = S_C - S_abl`` and ``diff[slot, b*p*d] = S_clean - S_C`` of the
+        nodes computed for the current circuit, one row per slot; allocated once, zeros where
+        no node of the current circuit wrote (a slot it does not compute has weight 0 in every
+        sum, and zeroing keeps an earlier circuit's values, even non-finite ones, out)."""
+        if not hasattr(self, "_cur"):
+            n = self.Dv.shape[0] * self.Dv.shape[2]
+            self._cur = torch.zeros(self.lay.n_slots, n, dtype=self.Dv.dtype, device=self.Dv.device)
+            self._diff = torch.zeros_like(self._cur)
+            self._written: set[int] = set()
+        return self._cur, self._diff
+
+    @staticmethod
+    def _columns(mask: np.ndarray) -> tuple[np.ndarray, slice | np.ndarray] | None:
+        """The senders to sum for ``mask`` (rows x slots): ``(weights, which)``, ``which`` a
+        prefix of the slots (no copy; weight 0 where unused) when the used slots fill it,
+        else their indices (gathered). None when no slot is used."""
+        cols = np.flatnonzero(mask.any(0))
+        if not cols.size:
+            return None
+        if 3 * cols.size > cols[-1] + 1:
+            return mask[:, : cols[-1] + 1], slice(0, int(cols[-1]) + 1)
+        return mask[:, cols], cols
+
+    def _weights(self, w: np.ndarray) -> Tensor:
+        return torch.as_tensor(w, dtype=self.Dv.dtype, device=self.Dv.device)
+
+    def _sum_deltas(self, mask: np.ndarray) -> list[Tensor] | None:
+        """``sum over slots c of mask[r, c] * (S_clean - S_abl)[c]`` per row r (``batch pos
+        d`` each), one batched matmul over ``D_clean``; None when ``mask`` is empty."""
+        use = self._columns(mask)
+        if use is None:
+            return None
+        w, which = use
+        got = torch.matmul(self._weights(w), self.Dv[:, which])  # b*p rows d
+        B, P, _, d = self.p.D_clean.shape
+        return [got[:, i].view(B, P, d) for i in range(mask.shape[0])]
+
+    def _sum_rows(self, buf: Tensor, mask: np.ndarray) -> list[Tensor] | None:
+        """``sum over slots c of mask[r, c] * buf[c]`` per row r (``batch pos d`` each), one
+        matmul; None when ``mask`` is empty."""
+        use = self._columns(mask)
+        if use is None:
+            return None
+        w, which = use
+        got = self._weights(w) @ buf[which]  # rows b*p*d
+        B, P, _, d = self.p.D_clean.shape
+        return [got[i].view(B, P, d) for i in range(mask.shape[0])]
+
     @torch.no_grad()
     def metric(self, alive: np.ndarray) -> float:
         """The metric of circuit ``alive`` (bool ``[n_edges]``): what
@@ -109,12 +164,14 @@ class NodePass:
         alive = np.asarray(alive, dtype=bool)
         present = np.zeros_like(self.exists)
         present[lay.edge_row[alive], lay.edge_slot[alive]] = True
-        delta: dict[int, Tensor] = {0: p.D_clean[:, :, 0]}  # slot -> S_C - S_abl; embed: the clean output
-
-        def summed(terms: list[Tensor], mask: np.ndarray) -> Tensor:
-            """``sum over senders c of mask[r, c] * terms[c]`` for each row r: ``r batch pos d``."""
-            D = torch.stack(terms, 2)  # batch pos senders d
-            return torch.einsum("bpcd,rc->rbpd", D, torch.as_tensor(mask, dtype=D.dtype, device=D.device))
+        cur, diff = self._buffers()
+        needed = self.needed(alive)
+        slots = {0} | {self._slot(u) for u in needed}
+        for s in self._written - slots:  # an earlier circuit's node this one does not compute
+            cur[s].zero_()
+            diff[s].zero_()
+        self._written = slots
+        cur[0] = self.Dv[:, 0].reshape(-1)  # embed: the clean output, S_clean - S_C = 0
 
         def inputs(rows: list[int]) -> list[Tensor]:
             """The inputs of ``rows`` (one layer and input group), in one matmul over the
@@ -124,23 +181,22 @@ class NodePass:
             ones of (S_clean - S_C)``."""
             mask, gone = present[rows], self.exists[rows] & ~present[rows]
             if mask.sum() <= gone.sum():
-                cols = np.flatnonzero(mask.any(0))
                 base = self._base(rows[0])
-                if not cols.size:
-                    return [base] * len(rows)
-                return list(base.unsqueeze(0) + summed([delta[int(c)] for c in cols], mask[:, cols]))
-            x = self._clean(rows[0]).unsqueeze(0)
-            cols = np.flatnonzero(gone.any(0))
-            if cols.size:
-                x = x - summed([p.D_clean[:, :, int(c)] for c in cols], gone[:, cols])
-            cols = np.flatnonzero(mask.any(0))
-            cols = cols[cols > 0]  # embed's output is the clean one: S_clean - S_C = 0
-            if cols.size:
-                x = x - summed([p.D_clean[:, :, int(c)] - delta[int(c)] for c in cols], mask[:, cols])
-            return list(x.expand(len(rows), *x.shape[1:]))
+                got = self._sum_rows(cur, mask)
+                return [base] * len(rows) if got is None else [base + g for g in got]
+            x = [self._clean(rows[0])] * len(rows)
+            for got in (self._sum_deltas(gone), self._sum_rows(diff, mask)):  # diff[embed] = 0
+                if got is not None:
+                    x = [a - g for a, g in zip(x, got)]
+            return x
+
+        def store(s: int, out: Tensor) -> None:
+            """Node output ``out`` (``batch pos d``) of slot ``s`` into the buffers."""
+            torch.sub(out, p.S_corr[:, :, s], out=cur[s].view_as(out))
+            torch.sub(self.Dv[:, s].reshape(-1), cur[s], out=diff[s])
 
         by_layer: dict[int, list[int]] = {}
-        for u in self.needed(alive):
+        for u in needed:
             by_layer.setdefault(self.graph.nodes[u].layer, []).append(u)
         for L, nodes in sorted(by_layer.items()):
             heads = [self.graph.nodes[u].head for u in nodes if self.graph.nodes[u].kind == NodeKind.HEAD]
@@ -157,11 +213,9 @@ class NodePass:
                     g = spec.kv_head(h)
                     q = kern.queries(L, [h], got[lay.head_rows(L, h, g)[0]])
                     out = kern.attend(L, [h], q, kv[g][0].unsqueeze(2), kv[g][1].unsqueeze(2))[:, :, 0]
-                    s = lay.head_slot(L, h)
-                    delta[s] = out - p.S_corr[:, :, s]
+                    store(lay.head_slot(L, h), out)
             if any(self.graph.nodes[u].kind == NodeKind.MLP for u in nodes):
-                s = lay.mlp_slot(L)
-                delta[s] = kern.mlp(L, inputs([lay.rows(L, Input.MLP).start])[0]) - p.S_corr[:, :, s]
+                store(lay.mlp_slot(L), kern.mlp(L, inputs([lay.rows(L, Input.MLP).start])[0]))
         final = inputs([lay.n_rows - 1])[0]
         return float(p.final_metric(final.unsqueeze(0))[0])
 
