@@ -74,6 +74,10 @@ class ComponentKernels:
         self.model = model
         self.spec = spec
         self.rotary = rotary or {}
+        #: The dtype the softmax is computed in (None: the scores'). Hugging Face's eager
+        #: attention of Llama-family models computes it in float32 whatever the model's dtype
+        #: (``softmax(..., dtype=torch.float32)``); :meth:`verify` finds out which.
+        self.softmax_dtype: torch.dtype | None = None
         if spec.n_layers and getattr(model.blocks[0], "ln1_post", None) is not None:
             raise KernelMismatch("post-sublayer norms: a head changes its layer's normalised sum for every reader, "
                                  "which the per-component recomputation does not model")  # fmt: skip
@@ -162,7 +166,8 @@ class ComponentKernels:
             qp = torch.arange(nq, device=q.device) if q_pos is None else q_pos
             kp = torch.arange(nk, device=q.device) if k_pos is None else k_pos
             scores = scores.masked_fill(kp[None, :] > qp[:, None], float("-inf"))
-        z = torch.einsum("nhqk,nkhe->nqhe", scores.softmax(-1), v)
+        pattern = scores.softmax(-1) if self.softmax_dtype is None else scores.softmax(-1, dtype=self.softmax_dtype)
+        z = torch.einsum("nhqk,nkhe->nqhe", pattern.to(v.dtype), v)
         W_O = self.W[L]["W_O"][torch.as_tensor(list(heads), device=q.device)]  # type: ignore[index]
         return torch.einsum("nqhe,hed->nqhd", z, W_O)
 
@@ -186,7 +191,25 @@ class ComponentKernels:
         outputs ``slots`` (``batch pos slot d_model``; ``head_slot(L, h)``/``mlp_slots(L)``
         index them; an MLP split into neurons has one slot per neuron, compared one by one).
         Returns the largest difference; raises :class:`KernelMismatch` naming the first
-        component that differs by more than sqrt(eps) relative."""
+        component that differs by more than sqrt(eps) relative.
+
+        A float64 model whose heads differ is tried again with the softmax in float32 (as
+        Hugging Face computes it for Llama-family models), which then stays in use."""
+        try:
+            return self._verify(resid_pre, mlp_in, slots, head_slot, mlp_slots)
+        except KernelMismatch:
+            if slots.dtype != torch.float64 or self.softmax_dtype is not None:
+                raise
+            self.softmax_dtype = torch.float32
+            try:
+                return self._verify(resid_pre, mlp_in, slots, head_slot, mlp_slots)
+            except KernelMismatch:
+                self.softmax_dtype = None
+                raise
+
+    def _verify(
+        self, resid_pre: Sequence[Tensor], mlp_in: Sequence[Tensor], slots: Tensor, head_slot, mlp_slots
+    ) -> float:
         spec, worst = self.spec, 0.0
         heads = list(range(spec.n_heads))
         for L in range(spec.n_layers):

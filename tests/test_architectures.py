@@ -184,11 +184,12 @@ def test_fast_acdc_equals_the_reference(arch: Arch, model_dirs, tmp_path_factory
 
 
 @pytest.mark.parametrize("arch", [pytest.param(a, id=a.name, marks=[pytest.mark.slow] if a.name != "gpt_neox" else [])
-                                  for a in WORKS if a.name in ("gpt_neox", "falcon")])  # fmt: skip
-def test_neuron_nodes_in_parallel_blocks(arch: Arch, model_dirs, tmp_path_factory) -> None:
-    """MLP 1 split into neuron nodes: each neuron reads the block's input (parallel block;
-    Falcon's through the norm it shares with the attention), and fast ACDC on the component
-    path equals the reference."""
+                                  for a in WORKS if a.name in ("gpt_neox", "falcon", "llama")])  # fmt: skip
+def test_neuron_nodes_on_the_component_path(arch: Arch, model_dirs, tmp_path_factory) -> None:
+    """MLP 1 split into neuron nodes: fast ACDC on the component path equals the reference.
+    In a parallel block each neuron reads the block's input (Falcon's through the norm it
+    shares with the attention); Llama's kernels compute the softmax in float32, as Hugging
+    Face's attention does even in a float64 model (they missed by 1-2e-7 and were refused)."""
     import circuitdag as cd
 
     model = _load(arch, model_dirs, tmp_path_factory)
@@ -196,7 +197,11 @@ def test_neuron_nodes_in_parallel_blocks(arch: Arch, model_dirs, tmp_path_factor
     ref = cd.discover(model, _task(), "acdc-reference", metric="kl", neurons=[1], relative_threshold=0.02)
     assert fast.meta["stats"]["fast_path"] == "components"
     np.testing.assert_array_equal(fast.in_circuit, ref.in_circuit)
-    assert not any(name.startswith("a1.") and "->m1." in name for name in fast.graph.edge_names)
+    tested = ~np.isnan(ref.scores)
+    np.testing.assert_allclose(fast.scores[tested], ref.scores[tested], rtol=0,
+                               atol=1e-9 * np.abs(ref.scores[tested]).max())  # fmt: skip
+    parallel = arch.name != "llama"
+    assert any(name.startswith("a1.") and "->m1." in name for name in fast.graph.edge_names) != parallel
     assert any(name.startswith("a0.") and "->m1." in name for name in fast.graph.edge_names)
 
 
