@@ -37,6 +37,9 @@ from circuitdag.errors import ConfigError
 
 REPORT_FORMAT = "circuitdag.features/1"
 
+#: Top contexts (distinct positions) each described neuron's substitution test runs on.
+SUBSTITUTION_CONTEXTS = 5
+
 #: What the seed write-up reported (Lo; solu-8l-pile and other models; Neuroscope's top 20).
 SEED = {"top_k": 20, "space": "FastText", "coherence": "internal token similarity above a threshold",
         "substitution": "FastText's 5 nearest words, kept when the activation rose",
@@ -75,7 +78,7 @@ def features(
     false discovery rate and the substitution test's level. Raises :class:`ConfigError` for
     a bad layer or option, or a corpus too short.
     """
-    from circuitdag.features_embed import coherence, model_space, word_at, word_space
+    from circuitdag.features_embed import model_space, word_at, word_space
     from circuitdag.features_scan import scan, tokenize_corpus
     from circuitdag.features_substitute import spelling
     from circuitdag.features_wordnet import WORDNET_DIR, load_wordnet
@@ -104,11 +107,8 @@ def features(
     seconds = {"scan": round(time.perf_counter() - t0, 2)}
     t1 = time.perf_counter()
 
-    train_pos = (corp.chunks(False)[:, None] * corp.chunk + np.arange(corp.chunk)[None]).reshape(-1)
-    space_m = model_space(_embedding(model), corp.ids[train_pos])
-    rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(train_pos, min(len(train_pos), 100_000), replace=False))
-    space_w = word_space(corp, sample, decode)
+    space_m = model_space(_embedding(model))
+    space_w = word_space(text)
     wordnet = load_wordnet()
     keys: dict[int, str] = {}
 
@@ -128,14 +128,14 @@ def features(
             items_m.append(list(first.values()))  # one token per spelling, in rank order
             items_w.append([word_at(corp, int(p), decode) for p in where[:, n]])
             index.append((L, n))
-    coh_m = coherence(space_m, items_m, n_null, seed)
-    coh_w = coherence(space_w, items_w, n_null, seed) if space_w is not None else None
-    sig_m = coh_m.q < alpha
-    sig_w = coh_w.q < alpha if coh_w is not None else np.ones(len(index), bool)
+    coh_m = _coherence(space_m, items_m, index, layers, n_null, seed)
+    coh_w = _coherence(space_w, items_w, index, layers, n_null, seed) if space_w is not None else None
+    sig_m = coh_m["q"] < alpha
+    sig_w = coh_w["q"] < alpha if coh_w is not None else np.ones(len(index), bool)
     coherent = sig_m & sig_w
-    rank_z = np.fmin(coh_m.z, coh_w.z) if coh_w is not None else coh_m.z.copy()
+    rank_z = np.fmin(coh_m["z"], coh_w["z"]) if coh_w is not None else coh_m["z"].copy()
     rank_z = np.where(coherent, rank_z, -np.inf)
-    order = np.lexsort((-np.nan_to_num(coh_m.z, nan=-1e9), -np.nan_to_num(rank_z, neginf=-1e9)))
+    order = np.lexsort((-np.nan_to_num(coh_m["z"], nan=-1e9), -np.nan_to_num(rank_z, neginf=-1e9)))
     rank = np.empty(len(index), dtype=np.int64)
     rank[order] = np.arange(1, len(index) + 1)
     seconds["coherence"] = round(time.perf_counter() - t1, 2)
@@ -154,10 +154,10 @@ def features(
         scores = [x["simulation"]["score"] for x in d if x["simulation"]["score"] is not None]
         by_layer.append({
             "layer": L, "neurons": m,
-            "tested_model": int((coh_m.n_items[sl] >= 3).sum()),
-            "tested_words": int((coh_w.n_items[sl] >= 3).sum()) if coh_w is not None else 0,
+            "tested_model": int((~np.isnan(coh_m["p"][sl])).sum()),
+            "tested_words": int((~np.isnan(coh_w["p"][sl])).sum()) if coh_w is not None else 0,
             "coherent_model": int(sig_m[sl].sum()),
-            "coherent_words": int((coh_w.q[sl] < alpha).sum()) if coh_w is not None else None,
+            "coherent_words": int((coh_w["q"][sl] < alpha).sum()) if coh_w is not None else None,
             "coherent": int(coherent[sl].sum()), "share_coherent": float(coherent[sl].mean()),
             "described": len(d), "features": sum(1 for x in d if x["substitution"]["feature"]),
             "mean_simulation_score": float(np.mean(scores)) if scores else None,
@@ -186,7 +186,7 @@ def features(
                    "words": None if space_w is None else {"words": len(space_w.index),
                                                           "dims": int(space_w.vectors.shape[1])},
                    "wordnet": str(WORDNET_DIR) if wordnet is not None else None},
-        "null": {"model": _null(coh_m), "words": None if coh_w is None else _null(coh_w)},
+        "null": {"model": coh_m["null"], "words": None if coh_w is None else coh_w["null"]},
         "by_layer": by_layer,
         "share_coherent": float(coherent.mean()),
         "described": described,
@@ -196,16 +196,32 @@ def features(
     }  # fmt: skip
 
 
-def _columns(c: Any, sl: slice) -> dict[str, list[Any]]:
+def _coherence(space: Any, items: list[Any], index: list[tuple[int, int]], layers: list[int], n_null: int,
+               seed: int) -> dict[str, Any]:  # fmt: skip
+    """The coherence test per layer (each layer's neurons are its null's pool), with
+    Benjamini-Hochberg over every neuron: arrays over ``index`` and the null per layer."""
+    from circuitdag.features_embed import MIN_ITEMS, coherence, fdr
+
+    out: dict[str, Any] = {k: np.full(len(index), np.nan) for k in ("value", "z", "p")}
+    out["n_items"] = np.zeros(len(index), dtype=np.int64)
+    out["null"] = {}
+    at = np.array([L for L, _ in index])
+    for L in layers:
+        sel = np.nonzero(at == L)[0]
+        c = coherence(space, [items[i] for i in sel], n_null, seed + L)
+        out["value"][sel], out["z"][sel], out["p"][sel], out["n_items"][sel] = c.value, c.z, c.p, c.n_items
+        out["null"][str(L)] = {str(k): {"mean": c.null_mean[k], "sd": c.null_sd[k]} for k in sorted(c.null_mean)}
+    out["q"] = fdr(out["p"])
+    out["min_items"] = MIN_ITEMS
+    return out
+
+
+def _columns(c: dict[str, Any], sl: slice) -> dict[str, list[Any]]:
     def clean(x: np.ndarray) -> list[float | None]:
         return [None if np.isnan(v) else round(float(v), 6) for v in x[sl]]
 
-    return {"n_items": c.n_items[sl].tolist(), "coherence": clean(c.value), "z": clean(c.z), "p": clean(c.p),
-            "q": clean(c.q)}  # fmt: skip
-
-
-def _null(c: Any) -> dict[str, dict[str, float]]:
-    return {str(s): {"mean": c.null_mean[s], "sd": c.null_sd[s]} for s in sorted(c.null_mean)}
+    return {"n_items": c["n_items"][sl].tolist(), "coherence": clean(c["value"]), "z": clean(c["z"]),
+            "p": clean(c["p"]), "q": clean(c["q"])}  # fmt: skip
 
 
 def _describe_top(model: Any, corp: Any, layers: list[int], index: list[tuple[int, int]], coherent: np.ndarray,
@@ -240,7 +256,7 @@ def _describe_top(model: Any, corp: Any, layers: list[int], index: list[tuple[in
             n = index[i][1]
             where, values = top.where[L][:, n], top.values[L][:, n]
             contexts = [{**context(corp, int(p), window, decode), "activation": float(v)} for p, v in zip(where, values)]
-            positions = list(dict.fromkeys(int(p) for p in where))[:10]
+            positions = list(dict.fromkeys(int(p) for p in where))[:SUBSTITUTION_CONTEXTS]
             sub = substitution_test(model, corp, L, n, positions, subs, alpha=alpha)
             words = [word_at(corp, int(p), decode) for p in where]
             desc = describe(words, [c["token"] for c in contexts], wordnet, sub)

@@ -3,16 +3,21 @@
 Lo's project (the seed write-up) called a neuron *semantically coherent* when the tokens of
 its top-20 contexts are similar in FastText's space, filtered by a threshold. Here the
 principled version: the statistic is the mean pairwise cosine similarity of the neuron's
-*distinct* top items (a neuron that fires on " red" ten times is one item, not ten), and it
-is compared with a null of random item sets of the same size drawn from the corpus the same
-way (random positions of the training chunks until as many distinct items are found, so
-frequent tokens are as likely as in the text); the p-value is
-``(1 + #null >= observed) / (1 + n_null)`` and z the observed value's distance from the null
-mean in null standard deviations. Over all neurons the p-values get Benjamini-Hochberg's
-false discovery rate control (:func:`scipy.stats.false_discovery_control`). The smallest
-p-value is ``1 / (1 + n_null)``, so ``n_null`` must be large next to the number of neurons
-over ``alpha`` for a lone coherent neuron to pass (the default 10,000 suits ~500 neurons
-alone; with thousands, many coherent neurons pass together, as BH allows).
+*distinct* top items (a neuron that fires on " red" ten times is one item, not ten), and the
+null is a permutation one: the items of every neuron of the layer are pooled (each neuron's
+distinct items once) and random sets of the same size are drawn from that pool (in
+proportion to how many neurons list an item; an item drawn twice is drawn again). The
+question is thus "are this neuron's top tokens more alike than the top tokens of the
+layer's neurons taken at random?": the null has the same token frequencies and the same
+kinds of tokens as the neurons' own lists (a null of random corpus positions would be
+dominated by function words, which lie close together in embedding space, and would call
+every content-word neuron incoherent). The p-value is ``(1 + #null >= observed) /
+(1 + n_null)`` and z the observed value's distance from the null mean in null standard
+deviations; over all neurons the p-values get Benjamini-Hochberg's false discovery rate
+control (:func:`scipy.stats.false_discovery_control`, in :func:`circuitdag.features.features`).
+The smallest p-value is ``1 / (1 + n_null)``, so ``n_null`` must be large next to the number
+of neurons over ``alpha`` for a lone coherent neuron to pass (the default 10,000 suits ~500
+neurons alone; with thousands, many coherent neurons pass together, as BH allows).
 
 The two spaces:
 
@@ -54,13 +59,11 @@ _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
 
 @dataclass(frozen=True)
 class Space:
-    """Unit vectors of items. ``vectors`` (item, d); ``index``: item key -> row; ``population``:
-    the row of the item at each sampled corpus position (-1: none), what the null draws from."""
+    """Unit vectors of items. ``vectors`` (item, d); ``index``: item key -> row."""
 
     name: str
     vectors: np.ndarray
     index: dict[object, int]
-    population: np.ndarray
 
     def rows(self, items: Sequence[object]) -> list[int]:
         """The distinct rows of ``items`` present in the space, in first-seen order."""
@@ -72,10 +75,9 @@ def unit_rows(x: np.ndarray, centre: bool = True) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def model_space(W_E: np.ndarray, population_ids: np.ndarray) -> Space:
+def model_space(W_E: np.ndarray) -> Space:
     """The model's token embeddings (d_vocab, d_model) as a :class:`Space` over token ids."""
-    return Space("model", unit_rows(W_E.astype(np.float64)), {i: i for i in range(len(W_E))},
-                 population_ids.astype(np.int64))  # fmt: skip
+    return Space("model", unit_rows(W_E.astype(np.float64)), {i: i for i in range(len(W_E))})
 
 
 def words_of(text: str) -> list[str]:
@@ -140,16 +142,14 @@ def word_at(corpus: Corpus, position: int, decode: object = None) -> str | None:
     return None
 
 
-def word_space(corpus: Corpus, positions: np.ndarray, decode: object) -> Space | None:
-    """The corpus-trained word vectors as a :class:`Space` over words; ``positions``: the
-    corpus positions the null draws from. None when the corpus is too small for them."""
-    trained = word_vectors(corpus.text)
+def word_space(text: str) -> Space | None:
+    """Word vectors trained on ``text`` (the whole corpus file, not only the tokens scanned)
+    as a :class:`Space` over words; None when the text is too small for them."""
+    trained = word_vectors(text)
     if trained is None:
         return None
     words, vectors = trained
-    index: dict[object, int] = {w: i for i, w in enumerate(words)}
-    population = np.array([index.get(word_at(corpus, int(p), decode), -1) for p in positions], dtype=np.int64)
-    return Space("words", vectors, index, population)
+    return Space("words", vectors, {w: i for i, w in enumerate(words)})
 
 
 def pairwise_mean(vectors: np.ndarray) -> np.ndarray:
@@ -160,57 +160,60 @@ def pairwise_mean(vectors: np.ndarray) -> np.ndarray:
     return ((total * total).sum(-1) - n) / (n * (n - 1))
 
 
-def null_sets(space: Space, size: int, n_sets: int, rng: np.random.Generator, block: int = 1000) -> np.ndarray:
-    """``n_sets`` random sets of ``size`` distinct rows (n_sets, size), distributed as
-    drawing random corpus positions until ``size`` distinct items are found: successive
-    sampling of items in proportion to their corpus frequency, drawn with the Gumbel-top-k
-    trick (the ``size`` largest ``log f + Gumbel`` values; Vieira 2014). Raises ValueError
-    when the corpus has fewer than ``size`` distinct items in the space."""
-    items, freq = np.unique(space.population[space.population >= 0], return_counts=True)
-    if len(items) < size:
-        raise ValueError(f"the {space.name} space has fewer than {size} distinct items in the corpus")
-    logf = np.log(freq)
-    out = np.empty((n_sets, size), dtype=np.int64)
-    for i in range(0, n_sets, block):
-        keys = logf + rng.gumbel(size=(min(block, n_sets - i), len(items)))
-        out[i : i + len(keys)] = items[np.argpartition(-keys, size - 1, axis=1)[:, :size]]
-    return out
+def null_sets(pool: np.ndarray, size: int, n_sets: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_sets`` random sets of ``size`` distinct rows (n_sets, size) from ``pool`` (rows,
+    with repeats: an item is drawn in proportion to its count; within a set an item drawn
+    twice is drawn again). Raises ValueError when ``pool`` has fewer than ``size`` items."""
+    if len(np.unique(pool)) < size:
+        raise ValueError(f"the pool has fewer than {size} distinct items")
+    out = pool[rng.integers(0, len(pool), (n_sets, size))]
+    for _ in range(1000):
+        order = np.sort(out, axis=1)
+        dup = np.zeros_like(out, dtype=bool)
+        dup[:, 1:] = order[:, 1:] == order[:, :-1]
+        if not dup.any():
+            return out
+        # Redraw the later copy of each repeated item (in sorted order, then mapped back).
+        rows, cols = np.nonzero(dup)
+        idx = np.argsort(out, axis=1, kind="stable")[rows, cols]
+        out[rows, idx] = pool[rng.integers(0, len(pool), len(rows))]
+    raise ValueError(f"cannot draw {size} distinct items from the pool")
 
 
-def null_values(space: Space, size: int, n_sets: int, rng: np.random.Generator, block: int = 1000) -> np.ndarray:
+def null_values(space: Space, pool: np.ndarray, size: int, n_sets: int, rng: np.random.Generator,
+                block: int = 1000) -> np.ndarray:  # fmt: skip
     """The coherence statistic of :func:`null_sets` (n_sets,), computed a block at a time."""
-    sets = null_sets(space, size, n_sets, rng, block)
+    sets = null_sets(pool, size, n_sets, rng)
     return np.concatenate([pairwise_mean(space.vectors[sets[i : i + block]]) for i in range(0, n_sets, block)])
 
 
 @dataclass(frozen=True)
 class Coherence:
     """Per neuron: ``value`` (mean pairwise cosine of its distinct items; NaN when not
-    tested), ``n_items``, ``z``, ``p`` and ``q`` (Benjamini-Hochberg) against the null."""
+    tested), ``n_items``, ``z`` and ``p`` against the null."""
 
     value: np.ndarray
     n_items: np.ndarray
     z: np.ndarray
     p: np.ndarray
-    q: np.ndarray
     null_mean: dict[int, float]
     null_sd: dict[int, float]
 
 
 def coherence(space: Space, items: Sequence[Sequence[object]], n_null: int = 2000, seed: int = 0) -> Coherence:
     """The coherence test of the module docstring for each neuron's ``items`` (its top
-    contexts' token ids or words, in rank order), with ``n_null`` null sets per set size."""
-    from scipy.stats import false_discovery_control
-
+    contexts' token ids or words, in rank order; the neurons of one layer: they are the
+    pool), with ``n_null`` null sets per set size."""
     rng = np.random.default_rng(seed)
     rows = [space.rows(x) for x in items]
+    pool = np.array([r for x in rows if len(x) >= MIN_ITEMS for r in x], dtype=np.int64)
     n = len(rows)
     value, z, p = np.full(n, np.nan), np.full(n, np.nan), np.full(n, np.nan)
     sizes = sorted({len(r) for r in rows if len(r) >= MIN_ITEMS})
     null_mean, null_sd = {}, {}
     for s in sizes:
         try:
-            null = null_values(space, s, n_null, rng)
+            null = null_values(space, pool, s, n_null, rng)
         except ValueError:
             continue
         null_mean[s], null_sd[s] = float(null.mean()), float(null.std())
@@ -222,8 +225,15 @@ def coherence(space: Space, items: Sequence[Sequence[object]], n_null: int = 200
             value[i] = v
             p[i] = (1 + n_null - np.searchsorted(null, v, side="left")) / (1 + n_null)
             z[i] = (v - null_mean[s]) / max(null_sd[s], 1e-12)
-    q = np.full(n, np.nan)
+    return Coherence(value, np.array([len(r) for r in rows]), z, p, null_mean, null_sd)
+
+
+def fdr(p: np.ndarray) -> np.ndarray:
+    """Benjamini-Hochberg q-values of ``p`` (NaN: not tested, stays NaN)."""
+    from scipy.stats import false_discovery_control
+
+    q = np.full(len(p), np.nan)
     tested = ~np.isnan(p)
     if tested.any():
         q[tested] = false_discovery_control(p[tested])
-    return Coherence(value, np.array([len(r) for r in rows]), z, p, q, null_mean, null_sd)
+    return q
