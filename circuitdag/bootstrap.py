@@ -33,6 +33,7 @@ method on the resample (:func:`bootstrap` with ``rerun=True``).
 from __future__ import annotations
 
 import itertools
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -150,8 +151,6 @@ def bootstrap(
         raise ConfigError(f"--bootstrap needs at least 2 resamples, got {resamples!r}")
     graph, n = patcher.graph, patcher.B
     rng = np.random.default_rng(seed)
-    make = make_patcher or (lambda data: Patcher(patcher.model, graph, data, ablation=patcher.ablation,
-                                                 metric=patcher.metric_fn))  # fmt: skip
     fast = additive(method, patcher) if rerun is None else not rerun
     if fast:
         from circuitdag.algorithms.attribution import default_attribution_edges
@@ -174,20 +173,58 @@ def bootstrap(
             c = np.asarray(found.in_circuit, dtype=bool)
             f_disc.append(float(faithfulness(resample_mean(prompt_metrics(patcher, c), w, idx),
                                              resample_mean(m_full, w, idx), resample_mean(m_empty, w, idx))))  # fmt: skip
+            f_held.append(heldout_faithfulness(heldout, c))
+            kept.append(c)
+            scores.append(np.asarray(found.scores, dtype=np.float64))
         else:
-            p = make(patcher.data.subset(idx.tolist()))
-            found = method.run(p, RunContext(), **options)
-            c = np.asarray(found.in_circuit, dtype=bool)
-            full, empty = p.circuit_metric(np.ones(graph.n_edges, bool)), p.circuit_metric(np.zeros(graph.n_edges, bool))
-            f_disc.append(float(faithfulness(np.asarray(p.circuit_metric(c)), np.asarray(full), np.asarray(empty))))
-        kept.append(c)
-        scores.append(np.asarray(found.scores, dtype=np.float64))
-        if heldout is not None:
-            hf, he = heldout.circuit_metric(np.ones(graph.n_edges, bool)), heldout.circuit_metric(np.zeros(graph.n_edges, bool))
-            f_held.append(float(faithfulness(np.asarray(heldout.circuit_metric(c)), np.asarray(hf), np.asarray(he))))
+            c, sc, fd, fh = rerun_on(patcher, method, options, idx, heldout, make_patcher)
+            kept.append(c)
+            scores.append(sc)
+            f_disc.append(fd)
+            f_held.append(fh)
+    return summarize(patcher, alive, kept, scores, f_disc, f_held if heldout is not None else None, heldout,
+                     seed=seed, level=level, reruns="per-prompt scores" if fast else "method")  # fmt: skip
+
+
+def heldout_faithfulness(heldout: Patcher | None, alive: np.ndarray) -> float | None:
+    """Faithfulness of circuit ``alive`` on the held-out prompts (None without them)."""
+    if heldout is None:
+        return None
+    n = heldout.graph.n_edges
+    full, empty = heldout.circuit_metric(np.ones(n, bool)), heldout.circuit_metric(np.zeros(n, bool))
+    return float(faithfulness(np.asarray(heldout.circuit_metric(alive)), np.asarray(full), np.asarray(empty)))
+
+
+def rerun_on(patcher: Patcher, method: Algorithm, options: dict[str, Any], idx: np.ndarray,
+             heldout: Patcher | None = None,
+             make: Callable[[Any], Patcher] | None = None) -> tuple[np.ndarray, np.ndarray, float, float | None]:  # fmt: skip
+    """One bootstrap rerun: ``method`` with ``options`` on the prompts ``idx`` of
+    ``patcher`` (repeats allowed). Returns (its circuit, its scores, its faithfulness on the
+    resample, on the held-out prompts or None). ``make(data)`` builds the resample's
+    patcher (default: ``patcher``'s model, graph, ablation and metric)."""
+    make = make or (lambda data: Patcher(patcher.model, patcher.graph, data, ablation=patcher.ablation,
+                                         metric=patcher.metric_fn))  # fmt: skip
+    n = patcher.graph.n_edges
+    p = make(patcher.data.subset(np.asarray(idx).tolist()))
+    found = method.run(p, RunContext(), **options)
+    c = np.asarray(found.in_circuit, dtype=bool)
+    full, empty = p.circuit_metric(np.ones(n, bool)), p.circuit_metric(np.zeros(n, bool))
+    f = float(faithfulness(np.asarray(p.circuit_metric(c)), np.asarray(full), np.asarray(empty)))
+    return c, np.asarray(found.scores, dtype=np.float64), f, heldout_faithfulness(heldout, c)
+
+
+def summarize(patcher: Patcher, alive: np.ndarray, kept: list[np.ndarray], scores: list[np.ndarray],
+              f_disc: list[float], f_held: list[float | None] | None, heldout: Patcher | None = None,
+              seed: int = 0, level: float = LEVEL, reruns: str = "method") -> dict[str, Any]:  # fmt: skip
+    """The record circuit.json keeps under ``"bootstrap"`` (module docstring) from the
+    reruns' circuits ``kept``, ``scores`` and faithfulness ``f_disc`` / ``f_held`` (None:
+    no held-out prompts); ``alive``: the reported circuit, whose own intervals are taken
+    on ``patcher``'s and ``heldout``'s prompts."""
+    graph = patcher.graph
     inclusion = np.mean(kept, axis=0)
     S = np.asarray(scores)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # an edge no rerun scored (ACDC): NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
         lo, hi = np.nanpercentile(S, [50 * (1 - level), 50 * (1 + level)], axis=0) if np.isfinite(S).any() else (S[0], S[0])
     names = graph.edge_names
     edges = {names[e]: {"inclusion": float(inclusion[e]),
@@ -195,19 +232,21 @@ def bootstrap(
                                      None if not np.isfinite(hi[e]) else float(hi[e])]}
              for e in np.flatnonzero((inclusion > 0) | alive)}  # fmt: skip
     out: dict[str, Any] = {
-        "resamples": resamples, "seed": seed, "level": level, "reruns": "per-prompt scores" if fast else "method",
+        "resamples": len(kept), "seed": seed, "level": level, "reruns": reruns,
         "faithfulness": {"discovery": {"mean": float(np.nanmean(f_disc)), "ci": interval(np.asarray(f_disc), level),
-                                       "values": f_disc}},
+                                       "values": list(f_disc)}},
         "circuit_faithfulness_ci": {"discovery": circuit_interval(patcher, alive, level=level, seed=seed)},
         "stability": {"edge_jaccard": jaccard(kept), "node_jaccard": jaccard([_nodes(patcher, c) for c in kept]),
                       "edges_mean": float(np.mean([c.sum() for c in kept]))},
         "edges": edges,
     }  # fmt: skip
-    if heldout is not None:
-        out["faithfulness"]["heldout"] = {"mean": float(np.nanmean(f_held)), "ci": interval(np.asarray(f_held), level),
-                                          "values": f_held}  # fmt: skip
+    if heldout is not None and f_held is not None:
+        held = np.asarray([np.nan if v is None else v for v in f_held], dtype=np.float64)
+        out["faithfulness"]["heldout"] = {"mean": float(np.nanmean(held)), "ci": interval(held, level),
+                                          "values": list(f_held)}  # fmt: skip
         out["circuit_faithfulness_ci"]["heldout"] = circuit_interval(heldout, alive, level=level, seed=seed)
     return out
 
 
-__all__ = ["LEVEL", "additive", "bootstrap", "circuit_interval", "expected_seconds", "interval", "jaccard", "prompt_attributions", "ratio_interval"]
+__all__ = ["LEVEL", "additive", "bootstrap", "circuit_interval", "expected_seconds", "heldout_faithfulness", "interval", "jaccard",
+           "prompt_attributions", "ratio_interval", "rerun_on", "summarize"]

@@ -117,6 +117,26 @@ def discovery_part(patcher: Patcher, meta: dict[str, Any]) -> Patcher:
     return patcher_on(patcher, split(patcher.data, float(h["fraction"]), int(meta.get("seed") or 0))[0])
 
 
+def heldout_patcher(task: Any, model: Any, patcher: Patcher, meta: dict[str, Any]) -> Patcher | None:
+    """A patcher on the held-out prompts of the run ``meta`` records (``meta["heldout"]``),
+    from the patcher of its prepared run (what :func:`~circuitdag.reload.reload`
+    rebuilds); None when it had none or they do not fit the graph."""
+    h = meta.get("heldout") or {}
+    seed = int(meta.get("seed") or 0)
+    if h.get("how") == "split":
+        data: TaskData | None = split(patcher.data, float(h["fraction"]), seed)[1]
+    elif h.get("how") in ("task", "seed"):
+        data = heldout_data(task, model, patcher.data, seed=seed, n_prompts=meta.get("n_prompts"))[1].data
+    else:
+        return None
+    if data is None:
+        return None
+    try:
+        return patcher_on(patcher, data)
+    except TaskError:
+        return None
+
+
 def patcher_on(patcher: Patcher, data: TaskData) -> Patcher:
     """A :class:`Patcher` of ``patcher``'s model, graph, ablation and metric on other
     prompts. Position-aware graphs need the same token layout; :class:`TaskError` if not."""
@@ -184,4 +204,4 @@ def evaluate_on(circuit: Circuit, task: str | None = None, prompts: str | Path |
     return {**what, **metrics_on(patcher, circuit.in_circuit)}
 
 
-__all__ = ["HOLDOUT_SEED", "Heldout", "at_most", "discovery_part", "evaluate_on", "heldout_data", "metrics_on", "patcher_on", "split"]
+__all__ = ["HOLDOUT_SEED", "Heldout", "at_most", "discovery_part", "evaluate_on", "heldout_data", "heldout_patcher", "metrics_on", "patcher_on", "split"]

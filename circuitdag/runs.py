@@ -69,10 +69,11 @@ class CachedRuns:
 
 @torch.no_grad()
 def capture(model: Any, tokens: Tensor, layout: Layout, table: HookTable, d_model: int,
-            neurons: dict[int, NeuronKernel]) -> tuple[Run, Tensor, dict[str, Tensor]]:  # fmt: skip
-    """The :class:`Run` of ``model`` on ``tokens`` (``batch pos``), its logits and its rotary
-    ``cos``/``sin``. An MLP split into neurons (``neurons``) gets one slot per neuron,
-    computed from the pass's MLP input and checked to sum to the MLP's output."""
+            neurons: dict[int, NeuronKernel], logits: bool = True) -> tuple[Run, Tensor | None, dict[str, Tensor]]:  # fmt: skip
+    """The :class:`Run` of ``model`` on ``tokens`` (``batch pos``), its logits (None with
+    ``logits=False``: the pass stops at the final residual stream, no unembedding) and its
+    rotary ``cos``/``sin``. An MLP split into neurons (``neurons``) gets one slot per
+    neuron, computed from the pass's MLP input and checked to sum to the MLP's output."""
     lay, n = layout, layout.n_layers
     B, P = tokens.shape
     p0 = next(model.parameters())
@@ -113,8 +114,11 @@ def capture(model: Any, tokens: Tensor, layout: Layout, table: HookTable, d_mode
 
     hooks = table.hooks(resid_pre=put_resid, inputs=put_mlp_in, outputs=put_output)
     hooks += [(name, put_rotary) for name in table.rotary(model)]
-    logits = model.run_with_hooks(tokens, fwd_hooks=hooks)
-    return Run(slots, resid[:n], mlp_in, resid[n]), logits, rotary
+    if logits:
+        out = model.run_with_hooks(tokens, fwd_hooks=hooks)
+    else:  # the hook that keeps the final residual stream runs before the stop
+        out = table.run_to_final(model, tokens, hooks, lambda x: None)
+    return Run(slots, resid[:n], mlp_in, resid[n]), out, rotary
 
 
 @torch.no_grad()
@@ -125,11 +129,12 @@ def cache_runs(model: Any, graph: Graph, data: TaskData, layout: Layout, table: 
     tokens (:func:`mean_activations`; per position for a position-aware graph)."""
     d_model = graph.spec.d_model
     clean, logits, rotary = capture(model, data.clean, layout, table, d_model, neurons)
+    assert logits is not None
     ref = MetricRef(logits=at_answers(logits.unsqueeze(0), data.answer_pos)[0], correct=data.correct,
                     wrong=data.wrong, valid=data.valid)  # fmt: skip
     passes = 1
     if ablation == Ablation.RESAMPLE:
-        S_corr = capture(model, data.corrupted, layout, table, d_model, neurons)[0].slots
+        S_corr = capture(model, data.corrupted, layout, table, d_model, neurons, logits=False)[0].slots
         passes += 1
     elif ablation == Ablation.ZERO:
         S_corr = torch.zeros_like(clean.slots)

@@ -51,11 +51,15 @@ def assess(
     options: dict[str, Any] | None = None,
     seed: int = 0,
     progress: bool = False,
+    storage: str | None = None,
+    study: str | None = None,
 ) -> Circuit:
     """Add the checks asked for to ``circuit.meta`` (module docstring) and return the
     circuit. ``patcher``: the discovery run; ``heldout``/``heldout_patcher``: the held-out
     prompts and a patcher on them; ``method``/``options``: what made the circuit (for
-    ``bootstrap`` reruns)."""
+    ``bootstrap`` reruns); ``storage`` (an Optuna storage URL) and ``study``: run the
+    resamples as trials that ``sweep-worker`` processes share
+    (:mod:`circuitdag.sweep.resamples`)."""
     from circuitdag.holdout import metrics_on
 
     meta, alive = circuit.meta, circuit.in_circuit
@@ -79,8 +83,14 @@ def assess(
         if method is None:
             raise ValueError("bootstrap needs the method that made the circuit")
         opts = rerun_options(method, circuit, options or {})
-        meta["bootstrap"] = run_bootstrap(patcher, method, opts, bootstrap, alive, heldout_patcher, seed=seed,
-                                          progress=progress)  # fmt: skip
+        if storage is not None:
+            from circuitdag.sweep.resamples import shared_bootstrap
+
+            meta["bootstrap"] = shared_bootstrap(patcher, heldout_patcher, method, opts, bootstrap, alive, meta,
+                                                 storage, study, seed=seed, progress=progress)  # fmt: skip
+        else:
+            meta["bootstrap"] = run_bootstrap(patcher, method, opts, bootstrap, alive, heldout_patcher, seed=seed,
+                                              progress=progress)  # fmt: skip
     return circuit
 
 

@@ -76,3 +76,32 @@ def test_holdout_zero_holds_out_nothing():
     data = task.data(model)
     same, held = heldout_data(task, model, data, fraction=0)
     assert same is data and held.data is None and "--holdout 0" in held.reason
+
+
+@pytest.mark.parametrize("ablation", ["resample", "zero", "mean"])
+@pytest.mark.parametrize("neurons", [(), (1,)])
+def test_the_empty_circuit_from_the_cached_runs_equals_its_pass(ablation, neurons):
+    from circuitdag.passes import full_pass
+
+    model = random_tiny(seed=2)
+    p = Patcher(model, Graph(spec_of(model, neurons)), random_data(seed=2), ablation=ablation, metric="kl")
+    n = p.graph.n_edges
+    f0 = p.n_forward
+    got = p.final_of(np.zeros(n, dtype=bool))
+    assert p.n_forward == f0  # no pass
+    want = full_pass(p, p.absent_matrix(np.zeros(n, dtype=bool)), sparse=True, stop=True)
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    assert p.circuit_metric(np.zeros(n, dtype=bool)) == pytest.approx(
+        p.reference_metric(np.zeros(n, dtype=bool)), rel=1e-9, abs=1e-12
+    )
+
+
+def test_the_empty_circuit_runs_its_pass_where_the_residual_stream_is_not_the_senders_sum(monkeypatch):
+    model = random_tiny(seed=2)
+    p = Patcher(model, Graph(spec_of(model)), random_data(seed=2), metric="kl")
+    n, f0 = p.graph.n_edges, p.n_forward
+    bumped = p.resid_final + torch.randn_like(p.resid_final)  # something no sender wrote, varying by token
+    monkeypatch.setattr(p.runs.clean, "resid_final", bumped)
+    assert p._empty_final() is None
+    p.final_of(np.zeros(n, dtype=bool))
+    assert p.n_forward == f0 + 1

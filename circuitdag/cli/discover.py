@@ -70,6 +70,13 @@ def register(sub: Any) -> None:
     p.add_argument("--bootstrap", metavar="B", type=number("--bootstrap", int, 2, 10_000),
                    help="rerun the method on B resamples of the prompts: per-edge inclusion frequency, intervals on "
                    "faithfulness, stability (about B x the run's time)")
+    p.add_argument("--storage", metavar="URL",
+                   help="with --bootstrap: run the resamples as trials of an Optuna study in this storage "
+                   "(sqlite:///FILE or postgresql://...), shared by `circuitdag sweep-worker --storage URL --study "
+                   "NAME` processes on other machines (docs/evaluation.md)")
+    p.add_argument("--study", metavar="NAME",
+                   help="with --storage: the bootstrap study's name (default: a digest of the run and circuit, so "
+                   "the same command continues its study)")
     p.add_argument("--verify-top", metavar="N", type=number("--verify-top", int, 1),
                    help="measure the exact single-edge effect of the top N edges and of the N just below the cut "
                    "(for estimated scores: eap, eap-ig)")
@@ -140,6 +147,10 @@ def cmd_discover(args: argparse.Namespace) -> int:
     options = {k: checked[k] for k in options}  # as the method types them
     if args.positions and not method.positions:
         raise ConfigError(f"--algorithm {method.name} scores plain graphs only; drop --positions")
+    if (args.storage or args.study) and not args.bootstrap:
+        raise ConfigError("--storage and --study share bootstrap resamples; give --bootstrap B too")
+    if args.study and not args.storage:
+        raise ConfigError("--study names a bootstrap study in --storage URL; give --storage too")
     if getattr(args, "verify_top", None) and not method.metric_scores:
         raise ConfigError(f"--verify-top compares scores in the metric's units with exact patching; {method.name}'s "
                           f"scores are not ({method.score_meaning}); drop --verify-top")  # fmt: skip
@@ -250,7 +261,7 @@ def _assess(args: argparse.Namespace, circuit: Any, patcher: Any, heldout: Any, 
     """Held-out faithfulness, --verify-top, --tests and --bootstrap into circuit.meta."""
     from circuitdag.trust import assess
 
-    if args.bootstrap and not args.quiet:
+    if args.bootstrap and not args.quiet and not args.storage:
         import time
 
         from circuitdag.bootstrap import additive, expected_seconds
@@ -268,7 +279,7 @@ def _assess(args: argparse.Namespace, circuit: Any, patcher: Any, heldout: Any, 
     tests = tuple(args.tests or TRUST_TESTS) if args.tests is not None else ()
     assess(circuit, patcher, heldout=heldout, heldout_patcher=held, verify_top=args.verify_top, tests=tests,
            test_options=parse_test_options(args.test_option), bootstrap=args.bootstrap, method=method, options=options,
-           seed=args.seed, progress=not args.quiet)  # fmt: skip
+           seed=args.seed, progress=not args.quiet, storage=args.storage, study=args.study)  # fmt: skip
 
 
 #: ``--test-option`` names, their types and the open/closed ranges they must lie in.

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from circuitdag.errors import ConfigError
 from circuitdag.sweep.front import SweepReport, pareto_front
@@ -98,11 +98,13 @@ def work(
     device: str = "cpu",
     sampler_seed: int | None = None,
     progress: bool = False,
-) -> SweepReport:
+) -> SweepReport | dict[str, Any]:
     """Join a study started by :func:`sweep` and run trials for it: ``n_trials`` of them,
     or (``None``) until the study holds the number of finished trials its last ``sweep``
     asked for. ``out`` replaces the sweep's output directory (for a worker on a machine
-    that does not share the sweep's file system)."""
+    that does not share the sweep's file system). A study of bootstrap resamples
+    (``discover --bootstrap --storage``) gets its resamples run instead, and the counts
+    returned (:func:`circuitdag.sweep.resamples.work_resamples`)."""
     import optuna
 
     if n_trials is not None and n_trials < 0:
@@ -121,6 +123,10 @@ def work(
                 f"`circuitdag sweep --storage URL --study {study_name} --trials 0 ...`"
             )
         probe = optuna.load_study(study_name=study_name, storage=store)
+        from circuitdag.sweep.resamples import is_bootstrap, work_resamples
+
+        if is_bootstrap(probe):  # a discover --bootstrap --storage study: its resamples, not a sweep
+            return work_resamples(storage, study_name, n_trials, device, progress)
         settings = load_settings(probe)
         if out is not None:
             settings = SweepSettings(**{**asdict(settings), "out": str(Path(out).resolve())})
