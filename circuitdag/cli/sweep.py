@@ -181,5 +181,9 @@ def cmd_sweep_worker(args: argparse.Namespace) -> int:
     _set_optuna_verbosity(args.verbose)
     report = work(args.storage, args.study, n_trials=_trials(args.trials), out=args.out, device=args.device,
                   sampler_seed=args.sampler_seed, progress=not args.quiet)  # fmt: skip
+    if isinstance(report, dict):  # a study of bootstrap resamples (circuitdag.sweep.resamples)
+        print(f"bootstrap study {report['study']!r} in {report['storage']}: {report['complete']} of "
+              f"{report['resamples']} resamples complete, {report['failed']} failed")  # fmt: skip
+        return 0
     _print_report(report, None)
     return 0
