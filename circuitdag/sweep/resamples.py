@@ -209,6 +209,10 @@ def shared_bootstrap(patcher: Patcher, heldout: Patcher | None, method: Algorith
     share; returns its record with ``storage`` (password masked) and ``study`` added."""
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 2:
         raise ConfigError(f"--bootstrap needs at least 2 resamples, got {resamples!r}")
+    import optuna
+
+    if optuna.logging.get_verbosity() < optuna.logging.WARNING:  # not a line per resample
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     spec = study_spec(meta, method.name, options, seed, alive)
     name = name or study_name(spec)
     study = open_study(storage, name, spec, resamples)

@@ -1,0 +1,62 @@
+"""Time to result on SmolLM2-135M: the whole ``discover`` command against its search (issue 26).
+
+    flock /tmp/smollm2.lock .venv/bin/python benchmarks/trust_path.py --runs 1
+
+Runs ``circuitdag discover --model smollm2-135m --task pronoun --algorithm eap-ig`` as a
+fresh process (``--threads 2``, no SVG), once with the held-out check (the default) and
+once with ``--holdout 0``, alternating for ``--runs`` rounds, and prints for each run the
+whole process's wall time, the search time circuit.json records (``stats.seconds``), their
+ratio (issue 26 asks for at most 1.3x) and where the rest went (``stats.phase_seconds``:
+loading the model, caching the runs, the held-out prompts' runs, the run record's exact
+passes, the held-out check). Each run takes minutes at 100 prompts, so best of N is
+impractical: every run is printed, and the load average next to it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
+BASE = ["discover", "--model", "smollm2-135m", "--task", "pronoun", "--algorithm", "eap-ig", "--threads", "2",
+        "-q", "--no-svg"]  # fmt: skip
+CONFIGS = {"held-out on (default)": [], "--holdout 0": ["--holdout", "0"]}
+
+
+def run(extra: list[str], out: Path) -> dict:
+    script = Path(sys.executable).with_name("circuitdag")
+    head = [sys.executable, str(script)] if script.exists() else [sys.executable, "-m", "circuitdag.cli"]
+    load = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    subprocess.run([*head, *BASE, *extra, "--out", str(out)], check=True, env=ENV, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t0
+    doc = json.loads((out / "circuit.json").read_text())
+    st = doc["stats"]
+    return {"wall": wall, "search": float(st["seconds"]), "record": st.get("record_seconds"),
+            "phases": st.get("phase_seconds", {}), "load": (load, os.getloadavg()[0]), "edges": doc["n_edges"],
+            "peak_gb": st.get("peak_memory_gb"), "heldout": (doc.get("heldout") or {}).get("faithfulness")}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--runs", type=int, default=1, help="rounds (each runs every configuration once)")
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="trust_path_"))
+    print(f"{'configuration':<24} {'whole s':>8} {'search s':>8} {'ratio':>6}  phases (s)  [load before/after]")
+    for r in range(args.runs):
+        for name, extra in CONFIGS.items():
+            res = run(extra, tmp / f"{r}-{len(extra)}")
+            ph = ", ".join(f"{k} {v:.1f}" for k, v in res["phases"].items())
+            print(f"{name:<24} {res['wall']:>8.1f} {res['search']:>8.1f} {res['wall'] / res['search']:>6.2f}  "
+                  f"{ph}; record {res['record']:.1f}; {res['edges']} edges, held-out f {res['heldout']}, "
+                  f"peak {res['peak_gb']} GB  [load {res['load'][0]:.1f}/{res['load'][1]:.1f}]", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
