@@ -8,7 +8,8 @@ when the class is one of its hypernyms). ``scripts/setup.sh`` installs ``wordnet
 it descriptions list words only and say so.
 
 Only the noun files are read: the first sense of a word (WordNet lists senses by frequency)
-and its ``@``/``@i`` hypernym pointers. ``data.noun`` is read by seeking to each synset's
+and its ``@``/``@i`` hypernym pointers; a word none of whose noun senses occurs in WordNet's
+sense-tagged corpus (``tagsense_cnt`` 0: "as" = arsenic, "at" = astatine) counts as no noun. ``data.noun`` is read by seeking to each synset's
 byte offset, which is how the format addresses synsets; nothing is loaded whole.
 """
 
@@ -33,7 +34,7 @@ class WordNet:
                 parts = line.split()
                 n_ptr = int(parts[3])
                 offsets = parts[6 + n_ptr :]
-                if offsets:
+                if offsets and int(parts[5 + n_ptr]) > 0:  # some sense seen in SemCor: not "as" = arsenic
                     self._senses[parts[0]] = tuple(int(o) for o in offsets)
         self._data = open(path / "data.noun", "rb")  # noqa: SIM115 (closed with the object)
         self.synset = lru_cache(maxsize=None)(self._synset)
@@ -76,9 +77,10 @@ class WordNet:
         return self.synset(offset)[0][0].replace("_", " ")
 
     def common_class(self, words: list[str]) -> tuple[str, int, float] | None:
-        """The deepest synset above at least half of ``words`` (and at least two):
-        ``(name, offset, share of words under it)``, or None."""
-        found = [a for a in (self.ancestors(w) for w in dict.fromkeys(words)) if a]
+        """The deepest synset above at least half of the distinct ``words`` (and at least
+        two): ``(name, offset, share of the words under it)``, or None."""
+        distinct = list(dict.fromkeys(words))
+        found = [a for a in (self.ancestors(w) for w in distinct) if a]
         if len(found) < 2:
             return None
         counts: dict[int, int] = {}
@@ -87,12 +89,12 @@ class WordNet:
             for off, d in a.items():
                 counts[off] = counts.get(off, 0) + 1
                 depth[off] = max(depth.get(off, 0), d)
-        need = max(2, (len(found) + 1) // 2)
+        need = max(2, (len(distinct) + 1) // 2)
         best = [o for o, c in counts.items() if c >= need]
         if not best:
             return None
         top = max(best, key=lambda o: (depth[o], counts[o]))
-        return self.name(top), top, counts[top] / len(found)
+        return self.name(top), top, counts[top] / len(distinct)
 
     def is_a(self, word: str, offset: int) -> bool:
         """Whether one of ``word``'s noun senses is the synset at ``offset`` or below it."""
