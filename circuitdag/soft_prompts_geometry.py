@@ -21,6 +21,7 @@ prompt flattened to one vector of ``K * d_model`` numbers).
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import torch
 from jaxtyping import Float
@@ -38,12 +39,22 @@ def segment(a: Float[Tensor, "k d"], b: Float[Tensor, "k d"], ts: list[float]) -
     return (1 - t) * a + t * b
 
 
+def keep_norm(points: Float[Tensor, "n k d"], a: Float[Tensor, "k d"], b: Float[Tensor, "k d"],
+              ts: list[float]) -> Float[Tensor, "n k d"]:  # fmt: skip
+    """``points`` (the segment from ``a`` to ``b`` at ``ts``) each rescaled to the Frobenius
+    norm ``(1 - t) |a| + t |b|``: the same directions without the interpolants' shrinkage."""
+    t = torch.tensor(ts, dtype=points.dtype, device=points.device)
+    want = (1 - t) * a.norm() + t * b.norm()
+    have = points.flatten(1).norm(dim=1).clamp(min=1e-12)
+    return points * (want / have)[:, None, None]
+
+
 def simplex_weights(g: int) -> list[tuple[float, float, float]]:
     """Barycentric weights ``(i, j, l) / g`` with ``i + j + l = g``: ``(g+1)(g+2)/2`` points."""
     return [(i / g, j / g, (g - i - j) / g) for i in range(g, -1, -1) for j in range(g - i, -1, -1)]
 
 
-def combine(solutions: Float[Tensor, "s k d"], weights: list[tuple[float, ...]]) -> Float[Tensor, "m k d"]:
+def combine(solutions: Float[Tensor, "s k d"], weights: Sequence[Sequence[float]]) -> Float[Tensor, "m k d"]:
     """The convex combinations ``sum_s w_s P_s`` for each weight tuple."""
     w = torch.tensor(weights, dtype=solutions.dtype, device=solutions.device)
     return torch.einsum("ms,skd->mkd", w, solutions)

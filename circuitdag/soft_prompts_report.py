@@ -34,11 +34,13 @@ def markdown(report: dict[str, Any]) -> str:
                      f"{x['nearest']['heldout']['accuracy']:.3f} | {x['nearest_cosine']['heldout']['accuracy']:.3f} | "
                      f"{x['norm']:.2f} |")  # fmt: skip
     lines += ["", ("| pair | distance | cosine | midpoint norm / mean norm | accuracy along the segment (t = 0 ... 1) | "
-              "random direction, same length (mean accuracy at t = 1) |"), "|---|---|---|---|---|---|"]  # fmt: skip
+              "the same, norm kept | random direction, same length (mean accuracy at t = 1) |"),
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     for seg, far in zip(report["segments"], sm["random_far_accuracy"], strict=True):
         along = " ".join(f"{a:.2f}" for a in seg["accuracy"])
+        kept = " ".join(f"{a:.2f}" for a in seg["norm_kept_accuracy"])
         lines.append(f"| {seg['pair'][0]}-{seg['pair'][1]} | {seg['distance']:.2f} | {seg['cosine']:.3f} | "
-                     f"{seg['midpoint_norm_ratio']:.3f} | {along} | {far:.3f} |")  # fmt: skip
+                     f"{seg['midpoint_norm_ratio']:.3f} | {along} | {kept} | {far:.3f} |")  # fmt: skip
     if "simplex" in report:
         sx = report["simplex"]
         centroid = min(range(len(sx["weights"])), key=lambda i: sum(abs(w - 1 / 3) for w in sx["weights"][i]))
@@ -72,22 +74,26 @@ def _answers(report: dict[str, Any]) -> list[str]:
                f"largest drop {sm['random_max_drop']:.3f}). "
                + ("The solutions sit in a basin wider than their distances: convex combinations are no more "
                   "special than random moves of the same size." if sm["random_hold"] else
-                  "Random moves of the same size leave the solution set"
-                  + (" while the segments do not: the region between solutions is special." if sm["convex"]
-                     else ".")))  # fmt: skip
+                  "Random moves of the same size leave the solution set; "
+                  + ("every interpolant (segments and simplex) does better than they do by more than the tolerance: "
+                     "the region between solutions is special." if sm["interpolants_special"] else
+                     "the interpolants are not clearly better.")))  # fmt: skip
     ratio = sm["midpoint_norm_ratio"]
     out.append(f"* **Shrinkage.** A midpoint's norm is {min(ratio):.3f}-{max(ratio):.3f} of its endpoints' mean "
                f"(cosines between solutions {min(sm['cosine']):.3f}-{max(sm['cosine']):.3f}): interpolants are "
-               "also smaller prompts.")  # fmt: skip
+               "also smaller prompts. Rescaled to the interpolated norm, the segments' lowest accuracy is "
+               f"{sm['norm_kept_min_accuracy']:.3f} (largest drop {sm['norm_kept_max_drop']:.3f}; without rescaling "
+               f"{sm['segment_max_drop']:.3f}).")  # fmt: skip
     out.append(f"* **Nearest real tokens.** Replacing each soft token by its nearest vocabulary embedding gives "
                f"accuracy {min(sm['nearest_accuracy']):.3f}-{max(sm['nearest_accuracy']):.3f} (Euclidean) and "
                f"{min(sm['nearest_cosine_accuracy']):.3f}-{max(sm['nearest_cosine_accuracy']):.3f} (cosine), "
                f"against {min(acc):.3f}-{max(acc):.3f} for the soft prompts.")  # fmt: skip
-    verdict = ("consistent with one convex set of solutions" if sm["convex"] else "not a convex set")
+    verdict = ("consistent with one convex set of solutions" if sm["convex"] else
+               "not a convex set at this tolerance (an interpolant falls below the weaker solution)")
     out.append(f"* **The write-up's claim** (the solutions form a convex set): on these held-out prompts, "
-               f"{verdict}" + (", and " + ("the interpolants are special." if sm["interpolants_special"] else
-                                         "so is a ball around each solution of the same radius.")
-                               if sm["convex"] else ".") )  # fmt: skip
+               f"{verdict}; " + ("the region between the solutions is special (random moves of the same length "
+                                 "fail)." if sm["interpolants_special"] else
+                                 "and the interpolants are no better than random moves of the same length."))  # fmt: skip
     return out
 
 
@@ -111,6 +117,8 @@ def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
             color = f"C{n % 10}"
             i, j = seg["pair"]
             ax.plot(seg["t"], seg[key], marker="o", ms=3, color=color, label=f"segment {i}-{j}")
+            ax.plot(seg["t"], seg[f"norm_kept_{key}"], ls="-.", lw=0.8, color=color,
+                    label=f"segment {i}-{j}, norm kept" if n == 0 else None)  # fmt: skip
             for d, rnd in enumerate(seg[f"random_{key}"]):
                 ax.plot(seg["t"], rnd, ls="--", lw=0.8, color=color, alpha=0.6,
                         label=f"random from {i}, same length" if d == 0 else None)  # fmt: skip

@@ -11,9 +11,11 @@ that measurement with the controls it lacked, all on held-out prompts:
    (:func:`circuitdag.soft_prompts.train_prompt`), each checkpointed to
    ``out/prompts/seed{s}.json`` as soon as it is trained, so an interrupted run keeps its
    finished seeds (a rerun with the same settings loads them; other settings are refused);
-3. accuracy and metric along the **segment** between every pair of solutions, over the
-   **simplex** of the first three (barycentric grid), and along **random directions of the
-   same length** from each solution (:mod:`circuitdag.soft_prompts_geometry`);
+3. accuracy and metric along the **segment** between every pair of solutions (also with
+   each point rescaled to the norm interpolated between the endpoints', to tell a dip in
+   the middle from the interpolants' shrinkage), over the **simplex** of the first three
+   (barycentric grid), and along **random directions of the same length** from each
+   solution (:mod:`circuitdag.soft_prompts_geometry`);
 4. each solution **projected to real tokens** (each soft token replaced by the vocabulary
    embedding nearest to it, Euclidean and cosine): does the behaviour survive?
 
@@ -45,6 +47,7 @@ from circuitdag.soft_prompts import (
 from circuitdag.soft_prompts_geometry import (
     combine,
     grid,
+    keep_norm,
     pair_stats,
     pairs,
     random_directions,
@@ -129,6 +132,7 @@ def _plan(model: Any, sol: torch.Tensor, trained: list[Trained], ts: list[float]
             ("nearest_cosine", w_e[torch.tensor([nearest_tokens(model, p, cosine=True) for p in sol])])]  # fmt: skip
     for i, j in pairs(len(sol)):
         plan.append((f"segment {i}-{j}", segment(sol[i], sol[j], ts)))
+        plan.append((f"norm kept {i}-{j}", keep_norm(segment(sol[i], sol[j], ts), sol[i], sol[j], ts)))
         dist = float((sol[j] - sol[i]).norm())
         dirs = random_directions(tuple(sol[i].shape), dist, random_dirs, seed=1000 * i + j)
         t = torch.tensor(ts)[None, :, None, None]
@@ -159,11 +163,12 @@ def _assemble(model: Any, trained: list[Trained], ts: list[float], simplex_steps
                                          "heldout": got["nearest_cosine"][s]}})  # fmt: skip
     segs = []
     for i, j in pairs(len(sol)):
-        line = got[f"segment {i}-{j}"]
+        line, kept = got[f"segment {i}-{j}"], got[f"norm kept {i}-{j}"]
         rnd = got[f"random {i}-{j}"]
         by_dir = [rnd[d * len(ts):(d + 1) * len(ts)] for d in range(random_dirs)]
         segs.append({"pair": [i, j], **pair_stats(sol[i], sol[j]), "t": ts,
                      "accuracy": [p["accuracy"] for p in line], "metric": [p["metric"] for p in line],
+                     "norm_kept_accuracy": [p["accuracy"] for p in kept], "norm_kept_metric": [p["metric"] for p in kept],
                      "random_accuracy": [[p["accuracy"] for p in d] for d in by_dir],
                      "random_metric": [[p["metric"] for p in d] for d in by_dir]})  # fmt: skip
     report: dict[str, Any] = {"baseline": baseline, "seeds": seeds, "segments": segs}
@@ -198,6 +203,8 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     rnd_far = [sum(d[-1] for d in s["random_accuracy"]) / len(s["random_accuracy"]) for s in report["segments"]]
     rnd_drop = max(report["seeds"][s["pair"][0]]["heldout"]["accuracy"] - f for s, f in zip(report["segments"], rnd_far, strict=True))
     rnd_min = min(min(d) for s in report["segments"] for d in s["random_accuracy"])
+    kept_drop = max(min(s["norm_kept_accuracy"][0], s["norm_kept_accuracy"][-1]) - min(s["norm_kept_accuracy"])
+                    for s in report["segments"])  # fmt: skip
     out: dict[str, Any] = {
         "baseline_accuracy": base, "solution_accuracy": acc, "tolerance": tol,
         "trained_beats_baseline": worst_end - base > tolerance(base, n),
@@ -206,6 +213,8 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "segment_max_drop": seg_drop, "segments_hold": seg_drop <= tol,
         "random_far_accuracy": rnd_far, "random_min_accuracy": rnd_min, "random_max_drop": rnd_drop,
         "random_hold": rnd_drop <= tol,
+        "norm_kept_min_accuracy": min(min(s["norm_kept_accuracy"]) for s in report["segments"]),
+        "norm_kept_max_drop": kept_drop, "norm_kept_hold": kept_drop <= tol,
         "nearest_accuracy": [s["nearest"]["heldout"]["accuracy"] for s in report["seeds"]],
         "nearest_cosine_accuracy": [s["nearest_cosine"]["heldout"]["accuracy"] for s in report["seeds"]],
         "midpoint_norm_ratio": [s["midpoint_norm_ratio"] for s in report["segments"]],
@@ -217,7 +226,10 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         out["simplex_max_drop"] = min(acc[:3]) - min(sx)
         out["simplex_holds"] = out["simplex_max_drop"] <= tol
     out["convex"] = bool(out["segments_hold"] and out.get("simplex_holds", True))
-    out["interpolants_special"] = bool(out["convex"] and not out["random_hold"])
+    # the region between solutions is special when the worst interpolant is better, by more than the
+    # tolerance, than the mean random move of the same length at its far end
+    out["interpolants_special"] = bool(min(out["segment_min_accuracy"], out.get("simplex_min_accuracy", 1.0))
+                                       - max(rnd_far) > tol)  # fmt: skip
     return out
 
 

@@ -16,7 +16,14 @@ from circuitdag.cli import main
 from circuitdag.errors import ConfigError
 from circuitdag.soft_prompts import accuracy_per_prompt, answer_loss, evaluate, prompted_logits, train_prompt
 from circuitdag.soft_prompts_data import examples, load_examples
-from circuitdag.soft_prompts_geometry import combine, grid, random_directions, segment, simplex_weights
+from circuitdag.soft_prompts_geometry import (
+    combine,
+    grid,
+    keep_norm,
+    random_directions,
+    segment,
+    simplex_weights,
+)
 from circuitdag.soft_prompts_run import run_soft_prompts, tolerance
 from circuitdag.tasks.base import TaskData
 
@@ -86,6 +93,11 @@ def test_the_geometry() -> None:
     a, b = torch.randn(3, 5), torch.randn(3, 5)
     seg = segment(a, b, grid(5))
     assert torch.equal(seg[0], a) and torch.allclose(seg[-1], b) and torch.allclose(seg[2], (a + b) / 2)
+    kept = keep_norm(seg, a, b, grid(5))
+    torch.testing.assert_close(kept.flatten(1).norm(dim=1), torch.tensor([(1 - t) * a.norm() + t * b.norm() for t in grid(5)]))
+    torch.testing.assert_close(kept[[0, -1]], seg[[0, -1]])  # the endpoints are the solutions
+    cos = torch.nn.functional.cosine_similarity(kept.flatten(1), seg.flatten(1))
+    torch.testing.assert_close(cos, torch.ones(5))  # same directions
     w = simplex_weights(4)
     assert len(w) == 15 and len(set(w)) == 15 and all(abs(sum(x) - 1) < 1e-12 and min(x) >= 0 for x in w)
     sols = torch.randn(3, 2, 4)
@@ -125,6 +137,7 @@ def test_the_command_on_the_zoo(tmp_path: Path, capsys) -> None:
         i, j = seg["pair"]
         assert seg["accuracy"][0] == seeds[i]["heldout"]["accuracy"] and seg["accuracy"][-1] == seeds[j]["heldout"]["accuracy"]
         assert seg["metric"][0] == pytest.approx(seeds[i]["heldout"]["metric"], abs=1e-5)
+        assert seg["norm_kept_accuracy"][0] == seg["accuracy"][0] and seg["norm_kept_accuracy"][-1] == seg["accuracy"][-1]
         assert seg["random_length"] == pytest.approx([seg["distance"]] * 2, rel=1e-5)  # norm-matched control
         assert all(rnd[0] == seg["accuracy"][0] for rnd in seg["random_accuracy"])  # both start at solution i
     corners = [r["simplex"]["accuracy"][r["simplex"]["weights"].index(w)] for w in ([1, 0, 0], [0, 1, 0], [0, 0, 1])]
