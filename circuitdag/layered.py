@@ -7,7 +7,8 @@ rows as one batch of K x prompts. It starts at the destination's layer from a ca
 current value. Contributions of the senders before the start layer are the same in every
 candidate and are cached per start layer. Tested equal to the reference pass
 (:func:`circuitdag.passes.full_pass`). Models with post-sublayer norms (Gemma 2/3, OLMo 2)
-take one full sparse pass per candidate instead (:meth:`LayerPath._full_passes`).
+re-normalise each upstream layer's heads per candidate (:meth:`LayerPath._renormalised`);
+with positions they take one full sparse pass per candidate (:meth:`LayerPath._full_passes`).
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ class LayerPath:
         :meth:`~circuitdag.patching.Patcher.candidate_metrics` (which documents the
         arguments)."""
         host = self.host
-        if host.table.post is not None:
+        post = host.table.post
+        if post is not None and host.views.positional:
             return self._full_passes(absent, cand_rows, cand_absent, cand_views)
         lay, n, views, positional = host.layout, host.layout.n_layers, host.views, host.views.positional
         K, B, P = cand_absent.shape[0], views.B, views.P
@@ -119,6 +121,8 @@ class LayerPath:
                         cm = cm[:, at] if positional else cm.expand(-1, P, -1)
                         got = got + torch.einsum("kbpsd,kps->kbpd", D_now[:, :, at, : k - n0], cm)
                     out[:, :, view, at, ri] = got
+            if post is not None:  # heads reach the input through their layer's norm (circuitdag.postnorm)
+                out = out + self._renormalised(sl, k, n0, absent, hit, cand_absent, D_now)
             return out
 
         def patch(L: int, kind: Input) -> Hook | None:
@@ -156,6 +160,39 @@ class LayerPath:
         resid = views.into_views(resid.expand(K, -1, -1, -1, -1), V)
         hooks = host.table.hooks(start_layer=start_layer, inputs=patch, outputs=record)
         return host.table.run_to_final(host.model, resid, hooks, final, start_layer=start_layer)
+
+    def _renormalised(self, sl: slice, k: int, n0: int, absent: Tensor, hit: list[tuple[int, int, int]],
+                      cand_absent: Tensor, D_now: Tensor) -> Tensor | float:  # fmt: skip
+        """Post-sublayer norms, without positions: what replaces, in the contributions to the
+        rows ``sl`` (which read the first ``k`` slots), each upstream layer's linear head
+        contribution ``c`` by ``norm(A) - norm(A - c)`` (:mod:`circuitdag.postnorm`), per
+        candidate (``k batch 1 pos rows d_model``). ``A`` and the head deltas come from the
+        base run below the start layer (``n0`` slots) and from this pass above it."""
+        host = self.host
+        lay, post, S_corr = host.layout, host.table.post, host.runs.S_corr
+        assert post is not None
+        K = cand_absent.shape[0]
+        mask = absent[sl, 0, 0].expand(K, -1, -1).clone()  # k rows slot: each candidate's mask
+        for c, ri, _ in hit:
+            mask[:, ri] = cand_absent[:, c, 0]
+        fix: Tensor | float = 0.0
+        for L in range(lay.n_layers):
+            heads = slice(lay.head_slot(L, 0), lay.head_slot(L, 0) + lay.n_heads)
+            if heads.stop > k:
+                break
+            m = mask[..., heads]  # k rows heads
+            if not bool((m != 0).any()):
+                continue
+            if heads.stop <= n0:  # below the start layer: the base run, the same in every candidate
+                D = self.D_base[:, :, heads]  # batch pos heads d
+                A = post.attn_sum(L, S_corr[:, :, heads] + D)[None, :, :, None]  # 1 batch pos 1 d
+                lin = torch.einsum("bphd,krh->kbprd", D, m)
+            else:
+                D = D_now[:, :, :, heads.start - n0 : heads.stop - n0]  # k batch pos heads d
+                A = post.attn_sum(L, S_corr[:, :, heads] + D)[:, :, :, None]  # k batch pos 1 d
+                lin = torch.einsum("kbphd,krh->kbprd", D, m)
+            fix = fix + post.gone(L, A, lin) - lin
+        return fix.unsqueeze(2) if isinstance(fix, Tensor) else fix
 
     def _full_passes(self, absent: Tensor, cand_rows: Tensor, cand_absent: Tensor,
                      cand_views: Tensor | None) -> Float[Tensor, "k batch pos d_model"]:  # fmt: skip
