@@ -266,9 +266,36 @@ def work_resamples(storage: str, name: str, n_trials: int | None = None, device:
             "failed": sum(t.state == TrialState.FAIL for t in trials)}  # fmt: skip
 
 
+def read_back(storage: str, name: str, device: str = "cpu", resamples: int | None = None) -> dict[str, Any]:
+    """The summary of the resamples study ``name`` holds so far (its first ``resamples``
+    finished ones; default all), rebuilt from the study alone: the run from its record, the
+    circuit from its edge list. For a ``discover`` that was interrupted before the study
+    held its ``B`` (at least 2 finished resamples needed)."""
+    from circuitdag.holdout import discovery_part, heldout_patcher
+    from circuitdag.reload import reload
+
+    study = open_study(storage, name)
+    spec = study.user_attrs[BOOTSTRAP_ATTR]
+    have = len(_finished(study))
+    k = have if resamples is None else min(have, resamples)
+    if k < 2:
+        raise ConfigError(f"study {name!r} holds {have} finished resamples; a summary needs at least 2")
+    import torch
+
+    run = spec["run"]
+    loaded = reload(run, device=device, dtype=getattr(torch, str(run.get("dtype") or "float32")),
+                    source="the bootstrap study", purpose="this summary")  # fmt: skip
+    assert loaded.patcher is not None
+    patcher = discovery_part(loaded.patcher, run)
+    alive = np.zeros(patcher.graph.n_edges, dtype=bool)
+    alive[np.asarray(spec["circuit"], dtype=np.int64)] = True
+    held = heldout_patcher(loaded.task, loaded.model, loaded.patcher, run)
+    return {**collect(study, patcher, held, alive, k, int(spec["seed"])), "storage": masked(storage), "study": name}
+
+
 def is_bootstrap(study: optuna.Study) -> bool:
     return BOOTSTRAP_ATTR in study.user_attrs
 
 
 __all__ = ["BOOTSTRAP_ATTR", "BOOTSTRAP_FORMAT", "RESAMPLES_ATTR", "ResampleRunner", "collect", "is_bootstrap", "open_study", "pack",
-           "resample_index", "run_trials", "shared_bootstrap", "study_name", "study_spec", "unpack", "work_resamples"]
+           "read_back", "resample_index", "run_trials", "shared_bootstrap", "study_name", "study_spec", "unpack", "work_resamples"]
