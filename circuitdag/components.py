@@ -95,6 +95,19 @@ class ComponentKernels:
                 if self.W[L][name] is None:
                     raise KernelMismatch(f"blocks.{L}.attn has no {name}")
         self._ln1 = [plain_module(model.blocks[L].ln1) for L in range(spec.n_layers)]
+        #: Per-head query/key norms (Qwen3: an RMSNorm over d_head), by "Q"/"K"; norms over
+        #: all heads at once (OLMo 2) are not per-component and are refused.
+        self._qk_norms: list[dict[str, Any]] = []
+        for L in range(spec.n_layers):
+            attn, found = model.blocks[L].attn, {}
+            for which, name in (("Q", "q_norm"), ("K", "k_norm")):
+                norm = plain_module(getattr(attn, name)) if hasattr(attn, name) else None
+                weight = getattr(norm, "weight", None)
+                if isinstance(weight, Tensor):
+                    if weight.numel() != int(cfg.d_head):
+                        raise KernelMismatch(f"blocks.{L}.attn.{name} spans all heads at once")
+                    found[which] = norm
+            self._qk_norms.append(found)
         if not spec.attn_only:
             self._ln2 = [mlp_norm(model.blocks[L]) for L in range(spec.n_layers)]
             self._mlp = [plain_module(model.blocks[L].mlp) for L in range(spec.n_layers)]
@@ -119,6 +132,9 @@ class ComponentKernels:
         b = w[f"b_{which}"]
         if b is not None:
             out = out + b[heads]
+        norm = self._qk_norms[L].get(which) if which != "V" else None
+        if norm is not None:  # per-head query/key norm (Qwen3), before the rotation
+            out = norm(out)
         if which != "V" and L in self.rotary:
             cos, sin = self.rotary[L]
             if pos is not None:
