@@ -14,8 +14,9 @@ replacement, same size (Efron's nonparametric bootstrap), and reports:
   on the discovery and the held-out prompts. With mean ablation the mean is kept at the
   full dataset's there (a resample's own mean would need a pass per resample).
 
-Each rerun caches its resample's clean and corrupted runs afresh (two forward passes;
-small next to any method). The time a rerun takes is about the original run's, so
+Each rerun's cached runs are rows of the discovery run's (:meth:`Patcher.subset
+<circuitdag.patching.Patcher.subset>`: no forward pass; with mean ablation, whose mean is
+the resample's own, one forward pass). The time a rerun takes is about the original run's, so
 ``B x`` the run's time is what :func:`expected_seconds` says before starting.
 
 **Attribution methods (EAP, EAP-IG) with resample or zero ablation** need no rerun: their
@@ -110,8 +111,7 @@ def prompt_attributions(patcher: Patcher, method: Algorithm, options: dict[str, 
     steps = int(options.get("ig_steps") or 1)
     rows = []
     for i in tqdm(range(patcher.B), desc=f"{method.name} per prompt", unit="prompt", disable=not progress):
-        one = Patcher(patcher.model, patcher.graph, patcher.data.subset([i]), ablation=patcher.ablation,
-                      metric=patcher.metric_fn)  # fmt: skip
+        one = patcher.subset([i])  # rows of the cached runs: no forward pass
         rows.append(attribute(one, method.name, steps, 1).scores)
     return np.stack(rows)
 
@@ -201,11 +201,9 @@ def rerun_on(patcher: Patcher, method: Algorithm, options: dict[str, Any], idx: 
     """One bootstrap rerun: ``method`` with ``options`` on the prompts ``idx`` of
     ``patcher`` (repeats allowed). Returns (its circuit, its scores, its faithfulness on the
     resample, on the held-out prompts or None). ``make(data)`` builds the resample's
-    patcher (default: ``patcher``'s model, graph, ablation and metric)."""
-    make = make or (lambda data: Patcher(patcher.model, patcher.graph, data, ablation=patcher.ablation,
-                                         metric=patcher.metric_fn))  # fmt: skip
+    patcher (default: :meth:`Patcher.subset`, the rows of ``patcher``'s cached runs)."""
     n = patcher.graph.n_edges
-    p = make(patcher.data.subset(np.asarray(idx).tolist()))
+    p = patcher.subset(idx) if make is None else make(patcher.data.subset(np.asarray(idx).tolist()))
     found = method.run(p, RunContext(), **options)
     c = np.asarray(found.in_circuit, dtype=bool)
     full, empty = p.circuit_metric(np.ones(n, bool)), p.circuit_metric(np.zeros(n, bool))

@@ -50,7 +50,16 @@ from circuitdag.layout import Layout
 from circuitdag.metrics import MetricRef, get_metric
 from circuitdag.passes import Views, full_pass
 from circuitdag.readout import Readout
-from circuitdag.runs import Ablation, Run, cache_runs, check_layout, mean_activations, real_positions  # noqa: F401
+from circuitdag.runs import (  # noqa: F401
+    Ablation,
+    CachedRuns,
+    Run,
+    cache_runs,
+    check_layout,
+    mean_activations,
+    real_positions,
+    subset_runs,
+)
 from circuitdag.tasks.base import TaskData
 
 #: How many circuits' final residual streams a :class:`Patcher` keeps besides the full
@@ -97,6 +106,7 @@ class Patcher:
         data: TaskData,
         ablation: str | Ablation = "resample",
         metric: str | Callable = "kl",
+        runs: CachedRuns | None = None,
     ) -> None:
         self.model = model
         self.graph = graph
@@ -124,7 +134,9 @@ class Patcher:
                 raise ModelError(f"cannot split MLP {L} of this model into neurons: {exc}") from None
             if self.neurons[L].d_mlp != graph.spec.d_mlp:
                 raise ModelError(f"MLP {L} has {self.neurons[L].d_mlp} neurons, the graph says {graph.spec.d_mlp}")
-        self.runs = cache_runs(model, graph, self.data, self.layout, self.table, self.ablation, self.neurons)
+        if runs is None:
+            runs = cache_runs(model, graph, self.data, self.layout, self.table, self.ablation, self.neurons)
+        self.runs = runs
         self.n_forward += self.runs.passes
         self.readout = Readout(model, metric_fn, self.data.answer_pos, self.runs.ref, self.runs.clean.resid_final)
         #: 1.0 where an edge exists (``absent``-shaped); the complement of a mask is
@@ -137,6 +149,17 @@ class Patcher:
         self._finals: OrderedDict[bytes, list[Any]] = OrderedDict()
         #: Wall seconds of the last exact pass :meth:`final_of` ran (None before the first).
         self.pass_seconds: float | None = None
+
+    def subset(self, index: Sequence[int] | np.ndarray | Tensor) -> Patcher:
+        """A :class:`Patcher` on the prompts ``index`` (repeats allowed: a bootstrap
+        resample, one prompt) with the same model, graph, ablation and metric. Its cached
+        runs are rows of these (:func:`~circuitdag.runs.subset_runs`, no forward pass) for
+        resample and zero ablation; a mean ablation's mean is the subset's own, so those
+        runs are cached afresh."""
+        idx = torch.as_tensor(np.asarray(index), dtype=torch.long)
+        data = self.data.subset(idx)
+        runs = None if self.ablation == Ablation.MEAN else subset_runs(self.runs, idx)
+        return Patcher(self.model, self.graph, data, ablation=self.ablation, metric=self.metric_fn, runs=runs)
 
     @property
     def ref(self) -> MetricRef:

@@ -143,6 +143,26 @@ def cache_runs(model: Any, graph: Graph, data: TaskData, layout: Layout, table: 
     return CachedRuns(clean, S_corr, clean.slots - S_corr, ref, rotary, passes)
 
 
+def subset_runs(runs: CachedRuns, index: Tensor) -> CachedRuns:
+    """The cached runs of the prompts ``index`` (a ``long`` tensor; repeats allowed): the
+    rows of every cached tensor, no forward pass. Each prompt's runs involve that prompt
+    only, so this equals caching the runs of those prompts for resample and zero ablation
+    (tested); a mean ablation's mean is the whole dataset's here, not the subset's."""
+    def take(t: Tensor) -> Tensor:
+        return t[index.to(t.device)]
+
+    def rows(t: Tensor | None) -> Tensor | None:
+        return None if t is None else take(t)
+
+    c, ref = runs.clean, runs.ref
+    clean = Run(take(c.slots), [take(x) if x.numel() else x for x in c.resid_pre],
+                [take(x) if x.numel() else x for x in c.mlp_in], take(c.resid_final))  # fmt: skip
+    # rotary cos/sin (``1 pos dim``) are the same for every prompt
+    return CachedRuns(clean, take(runs.S_corr), take(runs.D_clean),
+                      MetricRef(take(ref.logits), rows(ref.correct), rows(ref.wrong), rows(ref.valid)),
+                      dict(runs.rotary), 0)  # fmt: skip
+
+
 def real_positions(data: TaskData, causal: bool = True) -> Tensor:
     """``(batch, pos)`` mask of the positions whose activations a mean ablation averages.
 
@@ -192,4 +212,5 @@ def check_layout(graph: Graph, data: TaskData) -> None:
         raise ConfigError(f"the graph's logits read positions {list(pos.sink)} but the task answers at {list(sink)}")
 
 
-__all__ = ["Ablation", "CachedRuns", "Run", "cache_runs", "capture", "check_layout", "mean_activations", "real_positions"]
+__all__ = ["Ablation", "CachedRuns", "Run", "cache_runs", "capture", "check_layout", "mean_activations", "real_positions",
+           "subset_runs"]

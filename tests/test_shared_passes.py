@@ -105,3 +105,34 @@ def test_the_empty_circuit_runs_its_pass_where_the_residual_stream_is_not_the_se
     assert p._empty_final() is None
     p.final_of(np.zeros(n, dtype=bool))
     assert p.n_forward == f0 + 1
+
+
+@pytest.mark.parametrize("ablation,positions", [("resample", False), ("zero", False), ("resample", True)])
+def test_a_subset_of_the_cached_runs_equals_caching_the_subset(ablation, positions):
+    from circuitdag.graph import Positions
+
+    model = random_tiny(seed=4)
+    data = random_data(seed=4)
+    P = data.clean.shape[1]
+    graph = Graph(spec_of(model), Positions(P, None, tuple(sorted(set(data.answer_pos[0].tolist())))) if positions else None)
+    if positions:
+        data.answer_pos[:] = data.answer_pos[0]
+    p = Patcher(model, graph, data, ablation=ablation, metric="kl")
+    idx = [3, 0, 3, 7, 1]  # repeats, another order
+    f0 = p.n_forward
+    sub = p.subset(idx)
+    assert sub.n_forward == 0 and p.n_forward == f0 and sub.B == 5
+    fresh = Patcher(model, graph, data.subset(idx), ablation=ablation, metric="kl")
+    rng = np.random.default_rng(0)
+    for alive in [rng.random(graph.n_edges) < 0.5 for _ in range(3)] + [np.zeros(graph.n_edges, dtype=bool)]:
+        assert sub.circuit_metric(alive) == pytest.approx(fresh.circuit_metric(alive), rel=1e-10, abs=1e-12)
+    torch.testing.assert_close(sub.ref.logits, fresh.ref.logits)
+
+
+def test_a_mean_ablation_subset_takes_the_subsets_own_mean():
+    model = random_tiny(seed=4)
+    p = Patcher(model, Graph(spec_of(model)), random_data(seed=4), ablation="mean", metric="kl")
+    sub = p.subset([0, 1, 2])
+    assert sub.n_forward == 1  # cached afresh (one pass: mean ablation needs no corrupted run)
+    fresh = Patcher(model, p.graph, p.data.subset([0, 1, 2]), ablation="mean", metric="kl")
+    torch.testing.assert_close(sub.S_corr, fresh.S_corr)
