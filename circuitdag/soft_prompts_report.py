@@ -63,7 +63,11 @@ def _answers(report: dict[str, Any]) -> list[str]:
            (f"* **Segments.** Between every pair the accuracy falls at most {sm['segment_max_drop']:.3f} below the "
             f"lower endpoint (lowest point {sm['segment_min_accuracy']:.3f}); tolerance (two standard errors at "
             f"{min(acc):.3f} on {report['n_heldout']} prompts) {tol:.3f}: "
-            + ("the segments stay in the solution set." if sm["segments_hold"] else "**a segment leaves the solution set.**"))]  # fmt: skip
+            + ("the segments stay in the solution set." if sm["segments_hold"] else "**a segment leaves the solution set.**")
+            + f" The metric falls at most {sm['segment_metric_max_drop']:.3f} along a segment (random directions of "
+            f"the same length end at {min(sm['random_far_metric']):.3f}-{max(sm['random_far_metric']):.3f}, the "
+            f"solutions are at {min(x['heldout']['metric'] for x in report['seeds']):.3f}-"
+            f"{max(x['heldout']['metric'] for x in report['seeds']):.3f}).")]  # fmt: skip
     if "simplex_min_accuracy" in sm:
         out.append(f"* **Simplex of three.** Lowest accuracy {sm['simplex_min_accuracy']:.3f} (a drop of "
                    f"{sm['simplex_max_drop']:.3f} below the weakest corner): "
@@ -87,7 +91,9 @@ def _answers(report: dict[str, Any]) -> list[str]:
     out.append(f"* **Nearest real tokens.** Replacing each soft token by its nearest vocabulary embedding gives "
                f"accuracy {min(sm['nearest_accuracy']):.3f}-{max(sm['nearest_accuracy']):.3f} (Euclidean) and "
                f"{min(sm['nearest_cosine_accuracy']):.3f}-{max(sm['nearest_cosine_accuracy']):.3f} (cosine), "
-               f"against {min(acc):.3f}-{max(acc):.3f} for the soft prompts.")  # fmt: skip
+               f"against {min(acc):.3f}-{max(acc):.3f} for the soft prompts; "
+               f"{_pct(sum(sm['nearest_is_init']) / len(sm['nearest_is_init']))} of the soft tokens are still "
+               "nearest to the random token they started from.")  # fmt: skip
     verdict = ("consistent with one convex set of solutions" if sm["convex"] else
                "not a convex set at this tolerance (an interpolant falls below the weaker solution)")
     out.append(f"* **The write-up's claim** (the solutions form a convex set): on these held-out prompts, "

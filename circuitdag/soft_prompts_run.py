@@ -217,6 +217,11 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "norm_kept_max_drop": kept_drop, "norm_kept_hold": kept_drop <= tol,
         "nearest_accuracy": [s["nearest"]["heldout"]["accuracy"] for s in report["seeds"]],
         "nearest_cosine_accuracy": [s["nearest_cosine"]["heldout"]["accuracy"] for s in report["seeds"]],
+        # the share of each prompt's soft tokens whose nearest real token is the token it started from
+        "nearest_is_init": [sum(a == b for a, b in zip(s["nearest"]["tokens"], s["init_tokens"], strict=True))
+                            / len(s["init_tokens"]) for s in report["seeds"]],
+        "segment_metric_max_drop": max(min(s["metric"][0], s["metric"][-1]) - min(s["metric"]) for s in report["segments"]),
+        "random_far_metric": [sum(d[-1] for d in s["random_metric"]) / len(s["random_metric"]) for s in report["segments"]],
         "midpoint_norm_ratio": [s["midpoint_norm_ratio"] for s in report["segments"]],
         "cosine": [s["cosine"] for s in report["segments"]],
     }  # fmt: skip
