@@ -288,6 +288,9 @@ class NeuronKernel:
     def __init__(self, model: Any, layer: int) -> None:
         block = model.blocks[layer]
         self.layer = layer
+        if getattr(block, "ln2_post", None) is not None:
+            raise KernelMismatch("a post-sublayer norm follows the MLP (Gemma 2/3, OLMo 2): its neurons reach the "
+                                 "residual only through the norm of their sum, which neuron nodes do not model yet")  # fmt: skip
         self.ln2 = mlp_norm(block)
         self.mlp = plain_module(block.mlp)
         site = getattr(self.mlp, "hook_post", None)

@@ -205,6 +205,18 @@ def test_neuron_nodes_on_the_component_path(arch: Arch, model_dirs, tmp_path_fac
     assert any(name.startswith("a0.") and "->m1." in name for name in fast.graph.edge_names)
 
 
+def test_neuron_nodes_after_a_post_sublayer_norm_are_refused_in_one_line(model_dirs, tmp_path_factory) -> None:
+    """Gemma 2's MLP output is normalised before it reaches the residual, so its neurons do
+    not add up to what the residual receives: --neurons is refused naming that."""
+    from circuitdag.errors import ModelError
+    from circuitdag.prepare import prepare
+
+    model = _load(next(a for a in WORKS if a.name == "gemma2"), model_dirs, tmp_path_factory)
+    with pytest.raises(ModelError, match="post-sublayer norm follows the MLP") as err:
+        prepare(model, _task(), metric="kl", neurons=[1])
+    assert "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("arch", [_param(a) for a in WORKS])
 def test_masked_pass_gradient_is_eap_and_eap_ig_runs(arch: Arch, model_dirs, tmp_path_factory) -> None:
     """The differentiable masked pass equals exact patching at 0/1 masks and its gradient at
