@@ -6,8 +6,11 @@ identification of potential feature neurons"), in four steps, each its own modul
 1. :mod:`~circuitdag.features_scan` -- every MLP neuron of the chosen layers: its top-k
    max-activating contexts over a corpus (symmetric token window; the held-out chunks kept
    apart);
-2. :mod:`~circuitdag.features_embed` -- the semantic coherence of its distinct top tokens
-   in the model's own token embeddings and in word vectors trained on the corpus, each
+2. :mod:`~circuitdag.features_embed` -- the semantic coherence of its top ``top_k``
+   distinct tokens (the first ``top_k`` spellings among its ``POOL * top_k`` largest
+   activations where it is on, > 0; each token's best context; a neuron whose 20 largest
+   activations all fall on three tokens still shows which others it prefers next), in the
+   model's own token embeddings and in word vectors trained on the corpus, each
    against a null of random token sets of the same size (z, permutation p,
    Benjamini-Hochberg q). A neuron is *coherent* when q < ``alpha`` in both spaces (in the
    model's alone when the corpus is too small for word vectors): the model's space alone
@@ -37,8 +40,11 @@ from circuitdag.errors import ConfigError
 
 REPORT_FORMAT = "circuitdag.features/1"
 
-#: Top contexts (distinct positions) each described neuron's substitution test runs on.
+#: Top contexts (the best of distinct tokens) each described neuron's substitution test runs on.
 SUBSTITUTION_CONTEXTS = 5
+#: The scan keeps ``POOL * top_k`` activations per neuron, where its ``top_k`` distinct
+#: tokens are looked for.
+POOL = 8
 
 #: What the seed write-up reported (Lo; solu-8l-pile and other models; Neuroscope's top 20).
 SEED = {"top_k": 20, "space": "FastText", "coherence": "internal token similarity above a threshold",
@@ -102,7 +108,7 @@ def features(
 
     text, source = read_corpus(corpus)
     corp = tokenize_corpus(model, text, source, max_tokens, chunk)
-    top = scan(model, corp, layers, top_k, batch=batch, progress=progress)
+    top = scan(model, corp, layers, POOL * top_k, batch=batch, progress=progress)
     held = scan(model, corp, layers, top_k, held_out=True, batch=batch)
     seconds = {"scan": round(time.perf_counter() - t0, 2)}
     t1 = time.perf_counter()
@@ -117,16 +123,19 @@ def features(
             keys[t] = spelling(decode, t)
         return keys[t]
 
-    items_m, items_w, index = [], [], []
+    items_m, items_w, best, index = [], [], [], []
     for L in layers:
-        where = top.where[L]
+        where, values = top.where[L], top.values[L]
         for n in range(where.shape[1]):
-            ids = corp.ids[where[:, n]].tolist()
+            on = where[:, n][values[:, n] > 0]  # the positions where the neuron is on, best first
             first: dict[str, int] = {}
-            for t in ids:
-                first.setdefault(key(t), t)
-            items_m.append(list(first.values()))  # one token per spelling, in rank order
-            items_w.append([word_at(corp, int(p), decode) for p in where[:, n]])
+            for p in on:
+                if first.setdefault(key(int(corp.ids[p])), int(p)) == p and len(first) == top_k:
+                    break
+            best.append(list(first.values()))  # the best context of each of its top distinct tokens
+            items_m.append([int(corp.ids[p]) for p in first.values()])
+            words = dict.fromkeys(w for w in (word_at(corp, int(p), decode) for p in on) if w)
+            items_w.append(list(words)[:top_k])
             index.append((L, n))
     coh_m = _coherence(space_m, items_m, index, layers, n_null, seed)
     coh_w = _coherence(space_w, items_w, index, layers, n_null, seed) if space_w is not None else None
@@ -142,7 +151,7 @@ def features(
     t1 = time.perf_counter()
 
     described = _describe_top(model, corp, layers, index, coherent, rank, top, held, describe, window, decode,
-                              space_m, space_w, wordnet, alpha, seed, progress)  # fmt: skip
+                              space_m, space_w, wordnet, alpha, seed, progress, best, items_w, top_k)  # fmt: skip
     seconds["describe"] = round(time.perf_counter() - t1, 2)
     by_layer = []
     start = 0
@@ -226,7 +235,8 @@ def _columns(c: dict[str, Any], sl: slice) -> dict[str, list[Any]]:
 
 def _describe_top(model: Any, corp: Any, layers: list[int], index: list[tuple[int, int]], coherent: np.ndarray,
                   rank: np.ndarray, top: Any, held: Any, per_layer: int, window: int, decode: Any, space_m: Any,
-                  space_w: Any, wordnet: Any, alpha: float, seed: int, progress: bool) -> list[dict[str, Any]]:  # fmt: skip
+                  space_w: Any, wordnet: Any, alpha: float, seed: int, progress: bool, best: list[list[int]],
+                  words: list[list[str]], top_k: int) -> list[dict[str, Any]]:  # fmt: skip
     """Steps 3 and 4 for the ``per_layer`` best-ranked coherent neurons of each layer."""
     from tqdm.auto import tqdm
 
@@ -254,12 +264,10 @@ def _describe_top(model: Any, corp: Any, layers: list[int], index: list[tuple[in
         held_words = {c: [word_at(corp, c * corp.chunk + j, decode) for j in range(corp.chunk)] for c in chunks}
         for i in ids:
             n = index[i][1]
-            where, values = top.where[L][:, n], top.values[L][:, n]
+            where, values = top.where[L][:top_k, n], top.values[L][:top_k, n]
             contexts = [{**context(corp, int(p), window, decode), "activation": float(v)} for p, v in zip(where, values)]
-            positions = list(dict.fromkeys(int(p) for p in where))[:SUBSTITUTION_CONTEXTS]
-            sub = substitution_test(model, corp, L, n, positions, subs, alpha=alpha)
-            words = [word_at(corp, int(p), decode) for p in where]
-            desc = describe(words, [c["token"] for c in contexts], wordnet, sub)
+            sub = substitution_test(model, corp, L, n, best[i][:SUBSTITUTION_CONTEXTS], subs, alpha=alpha)
+            desc = describe(words[i], [decode([int(corp.ids[p])]) for p in best[i]], wordnet, sub)
             eval_chunks = sorted(set(top_chunks[i]) | set(random_chunks))
             truth = np.concatenate([acts[chunks.index(c), :, n].double().numpy() for c in eval_chunks])
             toks = [w for c in eval_chunks for w in held_words[c]]

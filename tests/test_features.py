@@ -66,7 +66,8 @@ def planted_model(seed: int = 0) -> TinyTransformer:
         u = torch.randn(cfg.d_model)
         u = (u - u.mean()) / (u - u.mean()).norm()
         ids = [tok.convert_tokens_to_ids(w) for w in COLOURS]
-        model.W_E[ids] += 6.0 * u
+        model.W_E -= torch.outer(model.W_E @ u, u)  # only the colours have a component along u,
+        model.W_E[ids] += 6.0 * u  # and all the same one
         for block in model.blocks:
             block.attn.W_O *= 0.1  # quiet attention: the colour direction stays at its own position
             block.mlp.W_in -= torch.outer(u, u @ block.mlp.W_in)  # no other neuron reads it
