@@ -246,7 +246,12 @@ def _describe_top(model: Any, corp: Any, layers: list[int], index: list[tuple[in
     from circuitdag.features_substitute import Substitutes, substitution_test
 
     train_pos = (corp.chunks(False)[:, None] * corp.chunk + np.arange(corp.chunk)[None]).reshape(-1)
-    subs = Substitutes(space_m, corp.ids[train_pos], decode, seed)
+    tok = model.tokenizer
+
+    def encode(text: str) -> list[int]:
+        return list(tok.encode(text, add_special_tokens=False))
+
+    subs = Substitutes(space_m, corp.ids[train_pos], decode, seed, space_w, encode)
     rng = np.random.default_rng(seed + 1)
     held_chunks = corp.chunks(True)
     random_chunks = np.sort(rng.choice(held_chunks, min(10, len(held_chunks)), replace=False)).tolist()
