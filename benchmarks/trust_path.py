@@ -46,11 +46,13 @@ def run(extra: list[str], out: Path) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=1, help="rounds (each runs every configuration once)")
+    ap.add_argument("--only", choices=["default", "no-holdout"], help="run one configuration only")
     args = ap.parse_args()
+    configs = {k: v for k, v in CONFIGS.items() if args.only is None or (args.only == "default") == (not v)}
     tmp = Path(tempfile.mkdtemp(prefix="trust_path_"))
     print(f"{'configuration':<24} {'whole s':>8} {'search s':>8} {'ratio':>6}  phases (s)  [load before/after]")
     for r in range(args.runs):
-        for name, extra in CONFIGS.items():
+        for name, extra in configs.items():
             res = run(extra, tmp / f"{r}-{len(extra)}")
             ph = ", ".join(f"{k} {v:.1f}" for k, v in res["phases"].items())
             print(f"{name:<24} {res['wall']:>8.1f} {res['search']:>8.1f} {res['wall'] / res['search']:>6.2f}  "
