@@ -7,8 +7,7 @@ rows as one batch of K x prompts. It starts at the destination's layer from a ca
 current value. Contributions of the senders before the start layer are the same in every
 candidate and are cached per start layer. Tested equal to the reference pass
 (:func:`circuitdag.passes.full_pass`). Models with post-sublayer norms (Gemma 2/3, OLMo 2)
-re-normalise each upstream layer's heads per candidate (:meth:`LayerPath._renormalised`);
-with positions they take one full sparse pass per candidate (:meth:`LayerPath._full_passes`).
+re-normalise each upstream layer's heads per candidate (:meth:`LayerPath._renormalised`).
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from torch import Tensor
 
 from circuitdag.graph import Input, NodeKind
 from circuitdag.hooks import Hook
-from circuitdag.passes import PassHost, full_pass
+from circuitdag.passes import PassHost
 from circuitdag.runs import Run
 
 
@@ -65,8 +64,6 @@ class LayerPath:
         arguments)."""
         host = self.host
         post = host.table.post
-        if post is not None and host.views.positional:
-            return self._full_passes(absent, cand_rows, cand_absent, cand_views)
         lay, n, views, positional = host.layout, host.layout.n_layers, host.views, host.views.positional
         K, B, P = cand_absent.shape[0], views.B, views.P
         n0 = lay.slots_before(start_layer)
@@ -122,7 +119,7 @@ class LayerPath:
                         got = got + torch.einsum("kbpsd,kps->kbpd", D_now[:, :, at, : k - n0], cm)
                     out[:, :, view, at, ri] = got
             if post is not None:  # heads reach the input through their layer's norm (circuitdag.postnorm)
-                out = out + self._renormalised(sl, k, n0, absent, hit, cand_absent, D_now)
+                out = out + self._renormalised(sl, kind, k, n0, absent, hit, cand_absent, D_now, live_t, view_of)
             return out
 
         def patch(L: int, kind: Input) -> Hook | None:
@@ -161,53 +158,56 @@ class LayerPath:
         hooks = host.table.hooks(start_layer=start_layer, inputs=patch, outputs=record)
         return host.table.run_to_final(host.model, resid, hooks, final, start_layer=start_layer)
 
-    def _renormalised(self, sl: slice, k: int, n0: int, absent: Tensor, hit: list[tuple[int, int, int]],
-                      cand_absent: Tensor, D_now: Tensor) -> Tensor | float:  # fmt: skip
-        """Post-sublayer norms, without positions: what replaces, in the contributions to the
-        rows ``sl`` (which read the first ``k`` slots), each upstream layer's linear head
+    def _renormalised(self, sl: slice, kind: Input, k: int, n0: int, absent: Tensor,
+                      hit: list[tuple[int, int, int]], cand_absent: Tensor, D_now: Tensor, live: Tensor,
+                      view_of: dict[int, int]) -> Tensor | float:  # fmt: skip
+        """Post-sublayer norms: what replaces, in the contributions to the rows ``sl`` of
+        ``kind`` (which read the first ``k`` slots), each upstream layer's linear head
         contribution ``c`` by ``norm(A) - norm(A - c)`` (:mod:`circuitdag.postnorm`), per
-        candidate (``k batch 1 pos rows d_model``). ``A`` and the head deltas come from the
-        base run below the start layer (``n0`` slots) and from this pass above it."""
+        candidate: ``k batch views pos rows d_model`` (views: 1, or the live views of a row
+        that reads other positions). ``A`` and the head deltas come from the base run below
+        the start layer (``n0`` slots) and from this pass above it, where a position
+        without a view has its senders corrupted (``D_now`` 0 there, as in the linear sums;
+        :meth:`_cached_input` holds the matching normalised sums)."""
         host = self.host
-        lay, post, S_corr = host.layout, host.table.post, host.runs.S_corr
+        lay, post, S_corr, views = host.layout, host.table.post, host.runs.S_corr, host.views
         assert post is not None
-        K = cand_absent.shape[0]
-        mask = absent[sl, 0, 0].expand(K, -1, -1).clone()  # k rows slot: each candidate's mask
-        for c, ri, _ in hit:
-            mask[:, ri] = cand_absent[:, c, 0]
+        K, positional, cross = cand_absent.shape[0], views.positional, host.layout.crosses_positions(kind)
+        # Each candidate's mask of the rows: k rows views pos slot (views and pos 1 without
+        # positions; one view per position for a row that reads its own position only).
+        if cross:
+            mask = absent[sl][:, live].unsqueeze(0).repeat(K, 1, 1, 1, 1)
+        elif positional:
+            i = views.diag
+            mask = absent[sl][:, i, i].unsqueeze(2).unsqueeze(0).repeat(K, 1, 1, 1, 1).transpose(2, 3)
+        else:
+            mask = absent[sl, :1, :1].unsqueeze(0).repeat(K, 1, 1, 1, 1)
+        for c, ri, v in hit:
+            if cross:
+                mask[:, ri, view_of[v]] = cand_absent[:, c]
+            elif positional:
+                mask[:, ri, 0, v] = cand_absent[:, c, v]
+            else:
+                mask[:, ri, 0] = cand_absent[:, c]
         fix: Tensor | float = 0.0
         for L in range(lay.n_layers):
             heads = slice(lay.head_slot(L, 0), lay.head_slot(L, 0) + lay.n_heads)
             if heads.stop > k:
                 break
-            m = mask[..., heads]  # k rows heads
+            m = mask[..., heads]  # k rows views pos heads
             if not bool((m != 0).any()):
                 continue
             if heads.stop <= n0:  # below the start layer: the base run, the same in every candidate
-                D = self.D_base[:, :, heads]  # batch pos heads d
-                A = post.attn_sum(L, S_corr[:, :, heads] + D)[None, :, :, None]  # 1 batch pos 1 d
-                lin = torch.einsum("bphd,krh->kbprd", D, m)
+                D = self.D_base[:, :, heads].unsqueeze(0)  # 1 batch pos heads d
             else:
                 D = D_now[:, :, :, heads.start - n0 : heads.stop - n0]  # k batch pos heads d
-                A = post.attn_sum(L, S_corr[:, :, heads] + D)[:, :, :, None]  # k batch pos 1 d
-                lin = torch.einsum("kbphd,krh->kbprd", D, m)
+            A = post.attn_sum(L, S_corr[:, :, heads] + D)[:, :, None, :, None]  # k batch 1 pos 1 d
+            if positional or cross:
+                lin = torch.einsum("kbphd,krvph->kbvprd", D.expand(K, -1, -1, -1, -1), m)
+            else:  # one mask for every position
+                lin = torch.einsum("kbphd,krh->kbprd", D.expand(K, -1, -1, -1, -1), m[:, :, 0, 0]).unsqueeze(2)
             fix = fix + post.gone(L, A, lin) - lin
-        return fix.unsqueeze(2) if isinstance(fix, Tensor) else fix
-
-    def _full_passes(self, absent: Tensor, cand_rows: Tensor, cand_absent: Tensor,
-                     cand_views: Tensor | None) -> Float[Tensor, "k batch pos d_model"]:  # fmt: skip
-        """The K candidates' final residual streams, one sparse pass from the embedding each
-        (:func:`~circuitdag.passes.full_pass`): the exact route for models with
-        post-sublayer norms (:mod:`circuitdag.postnorm`), where a removed head edge changes
-        the normalised sum its receiver reads, which the cached per-sender contributions of
-        this path do not model. As exact as the reference and as slow per candidate."""
-        at = (cand_rows, torch.zeros_like(cand_rows) if cand_views is None else cand_views)
-        finals = []
-        for j in range(cand_absent.shape[0]):
-            mask = absent.clone()
-            mask[at] = cand_absent[j]
-            finals.append(full_pass(self.host, mask, sparse=True))
-        return torch.stack(finals)
+        return fix
 
     def _cached_input(self, start_layer: int, L: int, kind: Input) -> Float[Tensor, "batch pos d_model"]:
         """The base run's input to (layer ``L``, ``kind``) with every sender from
@@ -226,6 +226,17 @@ class LayerPath:
             base = run.resid_pre[L]
         n0, k = lay.slots_before(start_layer), lay.readable_slots(L, kind)
         out = base - self.D_base[:, :, n0:k].sum(dim=2)
+        post = self.host.table.post
+        for M in range(start_layer, lay.n_layers) if post is not None else ():
+            assert post is not None
+            # Post-sublayer norms: the corrupted heads of layer M reach the input as
+            # norm(A_corr), not as A_base minus their deltas (circuitdag.postnorm).
+            heads = slice(lay.head_slot(M, 0), lay.head_slot(M, 0) + lay.n_heads)
+            if heads.stop > k:
+                break
+            D = self.D_base[:, :, heads]
+            A = post.attn_sum(M, self.host.runs.S_corr[:, :, heads] + D)
+            out = out + D.sum(dim=2) - post.gone(M, A, D.sum(dim=2))
         self._input_cache[key] = out
         return out
 
