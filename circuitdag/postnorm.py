@@ -12,11 +12,15 @@ pass already computes), so what leaves ``r``'s input is::
     gone_L = norm_L(A_now) - norm_L(A_now - c)        (linear blocks: gone_L = c)
 
 The MLP node owns its post-norm output (the bridge's ``hook_mlp_out`` is after the norm),
-so nothing changes for MLP senders. The norm is the model's own RMSNorm (its weight and eps),
-computed in the model's dtype (:class:`RMSNorm`), so ``gone_L`` is 0 bit for bit when ``c``
-is 0 and the full circuit is the clean run. :class:`PostNorms` is what every pass asks: the reference and sparse passes
-(:func:`circuitdag.passes.full_pass`, and with it the masked pass), the layer path, and
-attribution, which needs the norm's Jacobian (:meth:`PostNorms.jvp`).
+so nothing changes for MLP senders. The norm is the model's own RMSNorm (its weight and
+eps) computed in the model's dtype (:class:`RMSNorm`); the model itself runs with it
+(:meth:`PostNorms.hooks`, added by :meth:`~circuitdag.hooks.HookTable.hooks`), so
+``gone_L`` is 0 bit for bit when ``c`` is 0 and the full circuit is the clean run.
+:class:`PostNorms` is what every pass asks: the reference and sparse passes
+(:func:`circuitdag.passes.full_pass`, and with it the masked pass), the layer path
+(:mod:`circuitdag.layered`), and attribution, which needs the norm's Jacobian
+(:meth:`PostNorms.jvp`). Raises :class:`~circuitdag.errors.ModelError` at load for a
+post-sublayer norm that is not an RMSNorm.
 """
 
 from __future__ import annotations
