@@ -2,11 +2,12 @@
 
 Three sources, all ending as a pair of :class:`~circuitdag.soft_prompts.Examples`:
 
-* ``addition`` (built in here): ``"{a}+{b}="`` for operands ``a, b`` in ``0..9``; the
+* ``addition`` (built in here): ``"{a}+{b}="`` for operands ``a, b`` in ``0..9`` (or
+  ``0..operands-1``); the
   answer is the sum spelled the way the model's tokenizer spells it after ``=`` (SmolLM2:
   one token per digit, so ``9+9=`` has two answer slots, ``1`` then ``8``, the second read
   after the first is given). A prompt is right when every slot's top-1 token is right.
-  The held-out prompts are a seeded ``holdout`` share of the 100 pairs
+  The held-out prompts are a seeded ``holdout`` share of the pairs
   (:func:`circuitdag.holdout.split`); the metric is the probability of the answer token,
   mean over slots.
 * a registered task (``greater-than``, ``pronoun``, ...): its prompts for ``seed``, and its
@@ -98,11 +99,13 @@ def examples(model: Any, data: TaskData, task: Any | None) -> Examples:
 
 
 def load_examples(model: Any, task: str = ADDITION, prompts: str | None = None, seed: int = 0,
-                  holdout: float | None = None, n_prompts: int | None = None) -> tuple[Examples, Examples, dict[str, Any]]:  # fmt: skip
+                  holdout: float | None = None, n_prompts: int | None = None,
+                  operands: int = 10) -> tuple[Examples, Examples, dict[str, Any]]:  # fmt: skip
     """(training examples, held-out examples, what they are) for ``task`` (``addition``
     or a registered name) or the prompts file ``prompts``. ``holdout``: the held-out share
-    (a split of the prompts); default as the module doc says. Raises :class:`ConfigError`
-    (one line) when a side has no prompt."""
+    (a split of the prompts); default as the module doc says. ``operands``: addition's
+    operands are ``0..operands-1``. Raises :class:`ConfigError` (one line) when a side has
+    no prompt."""
     from circuitdag.holdout import heldout_data, split
     from circuitdag.tasks import get_task
     from circuitdag.tasks.base import Task, load_data
@@ -113,12 +116,12 @@ def load_examples(model: Any, task: str = ADDITION, prompts: str | None = None, 
         what = {"task": the_task.name, "prompts": str(prompts)}
     elif task == ADDITION:
         the_task = None
-        what = {"task": ADDITION}
+        what = {"task": ADDITION, "operands": operands}
     else:
         the_task = get_task(task)
         what = {"task": the_task.name}
     if the_task is None:
-        train, held = split(addition_data(model), holdout or HOLDOUT, seed)
+        train, held = split(addition_data(model, range(operands)), holdout or HOLDOUT, seed)
         how = "split"
     else:
         data = load_data(the_task, model, seed=seed, n_prompts=n_prompts)

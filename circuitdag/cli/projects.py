@@ -122,6 +122,8 @@ def _register_soft_prompts(sub: Any) -> None:
     p.add_argument("--task", default="addition", help="'addition' (a+b= for a, b in 0..9) or a registered task "
                    "such as greater-than (default addition)")  # fmt: skip
     p.add_argument("--prompts", default=None, help="a prompts file instead of --task (docs/own-prompts.md)")
+    p.add_argument("--operands", type=number("--operands", int, 2, 1000), default=10,
+                   help="addition's operands are 0..N-1 (default 10: 100 prompts)")
     p.add_argument("--tokens", type=number("--tokens", int, 1, 256), default=4, help="soft tokens K (default 4)")
     p.add_argument("--seeds", type=number("--seeds", int, 2, 100), default=3,
                    help="soft prompts trained from different seeds (default 3; 3 or more adds the simplex)")
@@ -159,7 +161,7 @@ def cmd_soft_prompts(args: argparse.Namespace) -> int:
     torch.set_num_threads(_options.threads(args.threads, 1))
     model = load_model(args.model)
     train, held, info = load_examples(model, args.task, args.prompts, seed=args.seed, holdout=args.holdout,
-                                      n_prompts=args.n_prompts)  # fmt: skip
+                                      n_prompts=args.n_prompts, operands=args.operands)  # fmt: skip
     report = run_soft_prompts(model, train, held, args.tokens, args.seeds, out, steps=args.steps, lr=args.lr,
                               batch=args.batch, segment_points=args.segment_points,
                               simplex_steps=args.simplex_steps, random_dirs=args.random_directions, info=info,
