@@ -22,7 +22,14 @@ from circuitdag.evaluate import task_truth
 from circuitdag.prepare import prepare
 from circuitdag.tasks import get_task
 
-TRACR = ("tracr-reverse", "tracr-proportion", "tracr-sort-unique", "tracr-hist", "tracr-length", "tracr-pair-balance")
+TRACR = (
+    "tracr-reverse",
+    "tracr-proportion",
+    "tracr-sort-unique",
+    "tracr-hist",
+    "tracr-length",
+    "tracr-pair-balance",
+)
 
 
 def main() -> None:
@@ -36,7 +43,9 @@ def main() -> None:
         planted = rng.choice(n, k, replace=False)
         w[planted] = rng.uniform(0.5, 1.0, k)
         wt = torch.as_tensor(w)
-        la, _ = ep.train_gates(lambda z, i: (wt * (1 - z)).sum(), n, 1 - k / n, seed=seed, lr=lr, reg_lr=lr)
+        la, _ = ep.train_gates(
+            lambda z, i, wt=wt: (wt * (1 - z)).sum(), n, 1 - k / n, seed=seed, lr=lr, reg_lr=lr
+        )
         exact += set(np.flatnonzero(ep.top_gates(la.numpy(), k))) == set(planted)
     print(f"lr {lr:g}: planted edges recovered exactly on {exact} of 3 seeds", flush=True)
     for name in TRACR:
