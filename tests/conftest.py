@@ -43,6 +43,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
     torch.set_num_threads(1)
 
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist (``--dist loadgroup``), the tests that share the session's SmolLM2
+    model run on one worker, so it is loaded once per run, not once per worker."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
+    for item in items:
+        if "smollm2_model" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("smollm2"))
+
 # A small closed vocabulary: enough words for the seed tasks' prompt shapes.
 _TINY_TEXT = (
     "the a an and of to is was he she it they his her him them john mary tom anna "

@@ -76,10 +76,19 @@ def prompts_file(tmp_path: Path) -> Path:
     return path
 
 
-def test_discover_with_own_model_and_prompts_file(trained_dir, prompts_file, tmp_path, capsys) -> None:
+def test_discover_with_own_model_and_prompts_file(trained_dir, prompts_file, tmp_path, capsys, monkeypatch) -> None:
+    import importlib
+
     from transformers.utils import logging as hf_logging
 
-    hf_logging.enable_progress_bar()  # on, as in a fresh process: -q must turn off the loading bar
+    hub_tqdm = importlib.import_module("huggingface_hub.utils.tqdm")  # the module (the package exports a class of that name)
+
+    # Bars on, as in a fresh process: -q must turn them off. An earlier in-process command
+    # with -q may have set HF_HUB_DISABLE_PROGRESS_BARS before huggingface_hub was imported,
+    # which the hub reads once (then enabling the bars warns): undo both for this test.
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setattr(hub_tqdm, "HF_HUB_DISABLE_PROGRESS_BARS", None)
+    hf_logging.enable_progress_bar()
     out = tmp_path / "run"
     code = main(["discover", "--model", str(trained_dir), "--prompts", str(prompts_file), "--out", str(out),
                  "-q", "--threads", "1"])  # fmt: skip
