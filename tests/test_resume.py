@@ -238,10 +238,12 @@ def test_killed_anywhere_resumes_to_the_same_circuit(tmp_path, monkeypatch, posi
     """Plain graphs: a kill after every destination boundary and at five points inside
     destinations; position-aware graphs (29 destinations): one boundary and one inside
     point. Each resumed circuit has the uninterrupted run's edges and scores."""
-    whole = search(small_patcher(positions, ablation), path, kind, prefiltered)
+    runs = []  # the uninterrupted run, its progress updates counted on the way
+    n_upd = count_updates(monkeypatch, lambda: runs.append(search(small_patcher(positions, ablation), path, kind,
+                                                                  prefiltered)))  # fmt: skip
+    whole = runs[0]
     assert 0 < whole.alive.sum() < len(whole.alive)  # a run that decides something
     n_dest = len(small_patcher(positions, ablation).graph.visit_order())
-    n_upd = count_updates(monkeypatch, lambda: search(small_patcher(positions, ablation), path, kind, prefiltered))
     for where, n in kill_points(n_dest, n_upd, every=not positions):
         ck = tmp_path / f"{where}{n}.json"
         with monkeypatch.context() as m:
