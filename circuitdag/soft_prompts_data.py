@@ -98,18 +98,22 @@ def examples(model: Any, data: TaskData, task: Any | None) -> Examples:
                     None if data.wrong is None else data.wrong.cpu(), resolve_metric(task, name), label, at)  # fmt: skip
 
 
-def load_examples(model: Any, task: str = ADDITION, prompts: str | None = None, seed: int = 0,
+def load_examples(model: Any, task: str | None = None, prompts: str | None = None, seed: int = 0,
                   holdout: float | None = None, n_prompts: int | None = None,
                   operands: int = 10) -> tuple[Examples, Examples, dict[str, Any]]:  # fmt: skip
     """(training examples, held-out examples, what they are) for ``task`` (``addition``
-    or a registered name) or the prompts file ``prompts``. ``holdout``: the held-out share
-    (a split of the prompts); default as the module doc says. ``operands``: addition's
-    operands are ``0..operands-1``. Raises :class:`ConfigError` (one line) when a side has
-    no prompt."""
+    or a registered name; None: addition) or the prompts file ``prompts``. ``holdout``: the
+    held-out share (a split of the prompts); default as the module doc says. ``operands``:
+    addition's operands are ``0..operands-1``. Raises :class:`ConfigError` (one line) when
+    both ``task`` and ``prompts`` are given, when a side has no prompt, or when the model's
+    tokenizer cannot spell the task (:func:`check_spelled`)."""
     from circuitdag.holdout import heldout_data, split
     from circuitdag.tasks import get_task
     from circuitdag.tasks.base import Task, load_data
 
+    if task is not None and prompts is not None:
+        raise ConfigError(f"give either --task ({task}) or --prompts ({prompts}), not both")
+    task = task or ADDITION
     the_task: Any
     if prompts is not None:
         the_task = Task.from_prompts(prompts)
@@ -134,4 +138,43 @@ def load_examples(model: Any, task: str = ADDITION, prompts: str | None = None, 
     if train.n_prompts < 1 or held.n_prompts < 1:
         raise ConfigError("the training or the held-out prompts are empty; give more prompts or another --holdout")
     what.update({"heldout": how, "n_train": train.n_prompts, "n_heldout": held.n_prompts, "seed": seed})
-    return examples(model, train, the_task), examples(model, held, the_task), what
+    both = examples(model, train, the_task), examples(model, held, the_task)
+    for ex, side in zip(both, ("training", "held-out"), strict=True):
+        check_spelled(model, ex, f"{what['task']}'s {side} prompts")
+    return both[0], both[1], what
+
+
+def check_spelled(model: Any, ex: Examples, what: str) -> None:
+    """Refuse (:class:`ConfigError`, one line) examples this model's tokenizer cannot spell:
+    a prompt or answer token that is the unknown token, prompts that are all the same tokens
+    or that tokenize alike but want different answers, or every answer the same token (a
+    prompt that always says it would "solve" the task). ``what`` names them in the message.
+    A row's tokens are checked up to its last valid answer slot, BOS excluded; the unknown
+    token only where the tokenizer has one of its own (not BOS, EOS or padding)."""
+    tok = getattr(model, "tokenizer", None)
+    unk = getattr(tok, "unk_token_id", None)
+    fix = "use another --model or --task"
+    last = torch.where(ex.valid, ex.answer_pos, 0).amax(1)
+    rows = [tuple(int(t) for t in ex.tokens[r, ex.insert_at:int(last[r]) + 1]) for r in range(ex.n)]
+    answers = [tuple(int(a) for a, v in zip(ex.correct[r], ex.valid[r], strict=True) if v) for r in range(ex.n)]
+    specials = {getattr(tok, f"{x}_token_id", None) for x in ("bos", "eos", "pad")}
+    if unk is not None and unk not in specials:  # byte-level BPE (GPT-2, SmolLM2) names a special token as unk
+        bad = sum(int(unk) in row or int(unk) in ans for row, ans in zip(rows, answers, strict=True))
+        if bad:
+            name = getattr(tok, "unk_token", None) or f"id {unk}"
+            raise ConfigError(f"{bad} of {ex.n} {what} or their answers tokenize to the unknown token {name!r} "
+                              f"with this model's tokenizer, which cannot spell them; {fix}")  # fmt: skip
+    if ex.n < 2:
+        return
+    # the prompt of a row is its tokens up to its first answer slot; the rest are given answer tokens
+    first = [tuple(int(t) for t in ex.tokens[r, ex.insert_at:int(ex.answer_pos[r, 0]) + 1]) for r in range(ex.n)]
+    if len(set(first)) == 1:
+        raise ConfigError(f"all {ex.n} {what} are the same tokens with this model's tokenizer; {fix}")
+    if len(set(answers)) == 1 and bool(ex.allowed.sum(-1).eq(1).all()):
+        raise ConfigError(f"every one of the {ex.n} {what} has the same answer tokens {answers[0]}: a prompt that "
+                          f"always says them would solve the task; {fix}")  # fmt: skip
+    seen: dict[tuple[int, ...], tuple[int, ...]] = {}
+    for row, ans in zip(first, answers, strict=True):
+        if seen.setdefault(row, ans) != ans:
+            raise ConfigError(f"two {what} tokenize to the same tokens but want different answers with this "
+                              f"model's tokenizer; {fix}")  # fmt: skip

@@ -53,8 +53,8 @@ def register(sub: Any) -> None:
                    help="tokens shown each side of a top token (default 7)")
     p.add_argument("--max-tokens", type=number("--max-tokens", int, 100, 10_000_000), default=50_000,
                    help="corpus tokens read (default 50000; a fifth is held out)")
-    p.add_argument("--chunk", type=number("--chunk", int, 2, 100_000), default=64,
-                   help="tokens per independent forward pass (default 64; at most the model's context)")
+    p.add_argument("--chunk", type=number("--chunk", int, 2, 100_000), default=None,
+                   help="tokens per independent forward pass (default 64, or the model's context if shorter)")
     p.add_argument("--null", type=number("--null", int, 10, 100_000), default=10_000,
                    help="random token sets per set size for the coherence p-values (default 10000)")
     p.add_argument("--describe", type=number("--describe", int, 0, 10_000), default=10,
@@ -92,11 +92,13 @@ def cmd_ccs(args: argparse.Namespace) -> int:
 
 
 def cmd_features(args: argparse.Namespace) -> int:
+    import sys
+
     import torch
 
     from circuitdag.cli._common import writable_dir
     from circuitdag.features import features
-    from circuitdag.features_report import write_report
+    from circuitdag.features_report import summary, write_report
     from circuitdag.loading import load_model
 
     out = writable_dir(args.out)
@@ -106,9 +108,10 @@ def cmd_features(args: argparse.Namespace) -> int:
                       max_tokens=args.max_tokens, chunk=args.chunk, n_null=args.null, describe=args.describe,
                       alpha=args.alpha, seed=args.seed, batch=args.batch, progress=not args.quiet)  # fmt: skip
     write_report(report, out)
-    best = report["described"][0]["description"]["text"] if report["described"] else "none"
-    print(f"{report['model']}: {report['share_coherent']:.3f} of {sum(r['neurons'] for r in report['by_layer'])} "
-          f"neurons coherent; best-ranked: {best} -> {out}/index.html")  # fmt: skip
+    warnings, line = summary(report, out)
+    for w in warnings:
+        print(w, file=sys.stderr)
+    print(line)
     return 0
 
 
@@ -119,8 +122,8 @@ def _register_soft_prompts(sub: Any) -> None:
         "real tokens; report.json, report.md, soft-prompts.svg (docs/soft-prompts.md)",
     )  # fmt: skip
     p.add_argument("--model", default="smollm2-135m", help="any name circuitdag.load_model takes (default smollm2-135m)")
-    p.add_argument("--task", default="addition", help="'addition' (a+b= for a, b in 0..9) or a registered task "
-                   "such as greater-than (default addition)")  # fmt: skip
+    p.add_argument("--task", default=None, help="'addition' (a+b= for a, b in 0..9) or a registered task "
+                   "such as greater-than (default addition; not with --prompts)")  # fmt: skip
     p.add_argument("--prompts", default=None, help="a prompts file instead of --task (docs/own-prompts.md)")
     p.add_argument("--operands", type=number("--operands", int, 2, 1000), default=10,
                    help="addition's operands are 0..N-1 (default 10: 100 prompts)")
