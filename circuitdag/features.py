@@ -46,6 +46,9 @@ SUBSTITUTION_CONTEXTS = 5
 #: tokens are looked for.
 POOL = 8
 
+#: report["warnings"] says so when more than this share of the corpus is the unknown token.
+UNKNOWN_WARN = 0.05
+
 #: What the seed write-up reported (Lo; solu-8l-pile and other models; Neuroscope's top 20).
 SEED = {"top_k": 20, "space": "FastText", "coherence": "internal token similarity above a threshold",
         "substitution": "FastText's 5 nearest words, kept when the activation rose",
@@ -67,7 +70,7 @@ def features(
     top_k: int = 20,
     window: int = 7,
     max_tokens: int = 50_000,
-    chunk: int = 64,
+    chunk: int | None = None,
     n_null: int = 10_000,
     describe: int = 10,
     alpha: float = 0.05,
@@ -78,7 +81,10 @@ def features(
     """Find and describe the feature neurons of ``model``'s MLP ``layers`` (default: all).
 
     ``corpus``: a UTF-8 text file (None: Debian's fortunes); ``max_tokens`` of it are read,
-    in chunks of ``chunk`` tokens. ``top_k`` contexts per neuron with ``window`` tokens
+    in chunks of ``chunk`` tokens (None: 64, or the model's context if shorter); the
+    tokenizer's special tokens (unknown, padding, BOS) are never a neuron's top token, and
+    ``report["warnings"]`` says when over :data:`UNKNOWN_WARN` of the corpus is the
+    unknown token. ``top_k`` contexts per neuron with ``window`` tokens
     each side; ``n_null`` null sets per set size; ``describe``: coherent neurons per layer
     that get the substitution test, a description and a simulation score; ``alpha``: the
     false discovery rate and the substitution test's level. Raises :class:`ConfigError` for
@@ -123,11 +129,13 @@ def features(
             keys[t] = spelling(decode, t)
         return keys[t]
 
+    special = np.array(sorted(corp.special), dtype=np.int64)
     items_m, items_w, best, index = [], [], [], []
     for L in layers:
         where, values = top.where[L], top.values[L]
         for n in range(where.shape[1]):
             on = where[:, n][values[:, n] > 0]  # the positions where the neuron is on, best first
+            on = on[~np.isin(corp.ids[on], special)]  # the model saw <unk>, not the word
             first: dict[str, int] = {}
             for p in on:
                 if first.setdefault(key(int(corp.ids[p])), int(p)) == p and len(first) == top_k:
@@ -186,7 +194,8 @@ def features(
         "format": REPORT_FORMAT,
         "model": str(getattr(cfg, "model_name", "") or type(model).__name__),
         "n_layers": n_layers, "d_mlp": int(top.where[layers[0]].shape[1]), "layers": layers,
-        "corpus": {"source": source, "tokens": len(corp.ids), "chunk": corp.chunk, "chunks": corp.n_chunks,
+        "corpus": {"source": source, "tokens": len(corp.ids), "unknown_share": round(corp.unknown_share, 6),
+                   "chunk": corp.chunk, "chunks": corp.n_chunks,
                    "held_out_chunks": len(corp.chunks(True)), "train_tokens": top.n_positions},
         "settings": {"top_k": top_k, "window": window, "null_sets": n_null, "alpha": alpha, "describe": describe,
                      "seed": seed, "coherent": "q < alpha in both spaces" if coh_w is not None else
@@ -201,8 +210,19 @@ def features(
         "described": described,
         "neurons": neurons,
         "seed_reference": SEED,
+        "warnings": _warnings(corp, tok),
         "seconds": {**seconds, "total": round(time.perf_counter() - t0, 2)},
     }  # fmt: skip
+
+
+def _warnings(corp: Any, tok: Any) -> list[str]:
+    """One line per problem with the input that the numbers cannot show."""
+    out = []
+    if corp.unknown_share > UNKNOWN_WARN:
+        out.append(f"{corp.unknown_share:.0%} of the corpus's tokens are the tokenizer's unknown token "
+                   f"{getattr(tok, 'unk_token', None)!r} (its vocabulary: {len(tok.get_vocab())} tokens): the model saw "
+                   "no word there; give a corpus in the model's vocabulary")  # fmt: skip
+    return out
 
 
 def _coherence(space: Any, items: list[Any], index: list[tuple[int, int]], layers: list[int], n_null: int,
@@ -233,6 +253,22 @@ def _columns(c: dict[str, Any], sl: slice) -> dict[str, list[Any]]:
             "p": clean(c["p"]), "q": clean(c["q"])}  # fmt: skip
 
 
+class _Simulation:
+    """The simulation score of a description on some of ``chunks`` (their activations
+    ``acts`` (chunk, pos, neuron) and words)."""
+
+    def __init__(self, acts: Any, chunks: list[int], words: dict[int, list[str | None]], space: Any,
+                 wordnet: Any) -> None:  # fmt: skip
+        self.acts, self.chunks, self.words, self.space, self.wordnet = acts, chunks, words, space, wordnet
+
+    def __call__(self, desc: dict[str, Any], n: int, eval_chunks: list[int]) -> dict[str, Any]:
+        from circuitdag.features_describe import score
+
+        truth = np.concatenate([self.acts[self.chunks.index(c), :, n].double().numpy() for c in eval_chunks])
+        words = [w for c in eval_chunks for w in self.words[c]]
+        return score(desc, words, truth, self.space, self.wordnet)
+
+
 def _describe_top(model: Any, corp: Any, layers: list[int], index: list[tuple[int, int]], coherent: np.ndarray,
                   rank: np.ndarray, top: Any, held: Any, per_layer: int, window: int, decode: Any, space_m: Any,
                   space_w: Any, wordnet: Any, alpha: float, seed: int, progress: bool, best: list[list[int]],
@@ -240,9 +276,9 @@ def _describe_top(model: Any, corp: Any, layers: list[int], index: list[tuple[in
     """Steps 3 and 4 for the ``per_layer`` best-ranked coherent neurons of each layer."""
     from tqdm.auto import tqdm
 
-    from circuitdag.features_describe import describe, score
+    from circuitdag.features_describe import describe
     from circuitdag.features_embed import word_at
-    from circuitdag.features_scan import chunk_activations, context
+    from circuitdag.features_scan import chunk_activations, context, spaced
     from circuitdag.features_substitute import Substitutes, substitution_test
 
     train_pos = (corp.chunks(False)[:, None] * corp.chunk + np.arange(corp.chunk)[None]).reshape(-1)
@@ -255,33 +291,55 @@ def _describe_top(model: Any, corp: Any, layers: list[int], index: list[tuple[in
     rng = np.random.default_rng(seed + 1)
     held_chunks = corp.chunks(True)
     random_chunks = np.sort(rng.choice(held_chunks, min(10, len(held_chunks)), replace=False)).tolist()
+    train_chunks = corp.chunks(False)
+    random_train = np.sort(rng.choice(train_chunks, min(10, len(train_chunks)), replace=False)).tolist()
+
+    def word(position: int) -> str | None:
+        return None if corp.is_special(position) else word_at(corp, position, decode)
+
     chosen = sorted((i for i in range(len(index)) if coherent[i]), key=lambda i: rank[i])
     picks = {L: [i for i in chosen if index[i][0] == L][:per_layer] for L in layers}
     out = []
     bar = tqdm(total=sum(len(v) for v in picks.values()), desc="substitution + description", unit="neuron",
                disable=not progress)  # fmt: skip
-    for L, ids in picks.items():
-        if not ids:
-            continue
-        top_chunks = {i: list(dict.fromkeys((held.where[L][:, index[i][1]] // corp.chunk).tolist()))[:5] for i in ids}
-        chunks = sorted(set(random_chunks).union(*top_chunks.values()))
-        acts = chunk_activations(model, corp, chunks, [L])[L]  # chunk, pos, neuron
-        held_words = {c: [word_at(corp, c * corp.chunk + j, decode) for j in range(corp.chunk)] for c in chunks}
-        for i in ids:
-            n = index[i][1]
-            where, values = top.where[L][:top_k, n], top.values[L][:top_k, n]
-            contexts = [{**context(corp, int(p), window, decode), "activation": float(v)} for p, v in zip(where, values)]
-            sub = substitution_test(model, corp, L, n, best[i][:SUBSTITUTION_CONTEXTS], subs, alpha=alpha)
-            desc = describe(words[i], [decode([int(corp.ids[p])]) for p in best[i]], wordnet, sub)
-            eval_chunks = sorted(set(top_chunks[i]) | set(random_chunks))
-            truth = np.concatenate([acts[chunks.index(c), :, n].double().numpy() for c in eval_chunks])
-            toks = [w for c in eval_chunks for w in held_words[c]]
-            sim = score(desc, toks, truth, space_w, wordnet)
-            shown = [{"chunk": c, "tokens": [decode([t]) for t in corp.chunk_ids(c)],
-                      "activations": [round(float(a), 4) for a in acts[chunks.index(c), :, n]]}
-                     for c in top_chunks[i][:3]]  # fmt: skip
-            out.append({"layer": L, "neuron": n, "name": f"L{L}.N{n}", "rank": int(rank[i]), "contexts": contexts,
-                        "substitution": sub, "description": desc, "simulation": sim, "held_out_top": shown})  # fmt: skip
-            bar.update(1)
-    bar.close()
+    try:
+        for L, ids in picks.items():
+            if not ids:
+                continue
+
+            def first_chunks(where: np.ndarray) -> list[int]:
+                return list(dict.fromkeys((where // corp.chunk).tolist()))[:5]
+
+            top_chunks = {i: first_chunks(held.where[L][:, index[i][1]]) for i in ids}
+            top_train = {i: first_chunks(top.where[L][:, index[i][1]]) for i in ids}
+            chunks = sorted(set(random_chunks + random_train).union(*top_chunks.values(), *top_train.values()))
+            acts = chunk_activations(model, corp, chunks, [L])[L]  # chunk, pos, neuron
+            chunk_words = {c: [word(c * corp.chunk + j) for j in range(corp.chunk)] for c in chunks}
+            simulated = _Simulation(acts, chunks, chunk_words, space_w, wordnet)
+
+            for i in ids:
+                n = index[i][1]
+                keep = ~np.isin(corp.ids[top.where[L][:, n]], sorted(corp.special))
+                where, values = top.where[L][keep, n][:top_k], top.values[L][keep, n][:top_k]
+                contexts = [{**context(corp, int(p), window, decode), "activation": float(v)}
+                            for p, v in zip(where, values)]  # fmt: skip
+                sub = substitution_test(model, corp, L, n, best[i][:SUBSTITUTION_CONTEXTS], subs, alpha=alpha)
+                tokens = [decode([int(corp.ids[p])]) for p in best[i]]
+                desc = describe(words[i], tokens, wordnet, sub)
+                if desc["class"] is not None:  # kept only if it does not lower the score on training chunks
+                    train = simulated(desc, n, sorted(set(top_train[i]) | set(random_train)))
+                    with_class, plain = train["score"], train["score_words_only"]
+                    if plain is not None and (with_class is None or with_class < plain):
+                        dropped = {**desc["class"], "train_score": with_class, "train_score_words_only": plain}
+                        desc = {**describe(words[i], tokens, None, sub), "class_dropped": dropped}
+                sim = simulated(desc, n, sorted(set(top_chunks[i]) | set(random_chunks)))
+                shown = [{"chunk": c, "tokens": spaced(decode, corp.chunk_ids(c).tolist()),
+                          "activations": [round(float(a), 4) for a in acts[chunks.index(c), :, n]]}
+                         for c in top_chunks[i][:3]]  # fmt: skip
+                out.append({"layer": L, "neuron": n, "name": f"L{L}.N{n}", "rank": int(rank[i]),
+                            "contexts": contexts, "substitution": sub, "description": desc, "simulation": sim,
+                            "held_out_top": shown})  # fmt: skip
+                bar.update(1)
+    finally:
+        bar.close()  # before an interrupt's message, which would otherwise land on the bar's line
     return sorted(out, key=lambda d: d["rank"])

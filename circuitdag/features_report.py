@@ -171,3 +171,15 @@ def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
     for d in report["described"]:
         paths.append(write_atomic(out / "neurons" / f"{d['name']}.html", neuron_page(report, d), error=ConfigError))
     return paths
+
+
+def summary(report: dict[str, Any], out: str | Path) -> tuple[list[str], str]:
+    """What ``circuitdag features`` prints: its warnings (one line each, for stderr) and
+    its last line (counts as "n of N (share%)")."""
+    total = sum(r["neurons"] for r in report["by_layer"])
+    coherent = sum(r["coherent"] for r in report["by_layer"])
+    best = report["described"][0]["description"]["text"] if report["described"] else "none"
+    unknown = report["corpus"].get("unknown_share", 0.0)
+    line = (f"{report['model']}: {coherent} of {total} neurons coherent ({coherent / max(total, 1):.1%}); "
+            f"unknown tokens {unknown:.1%} of the corpus; best-ranked: {best} -> {out}/index.html")  # fmt: skip
+    return [f"circuitdag: warning: {w}" for w in report.get("warnings", [])], line

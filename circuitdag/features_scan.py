@@ -31,6 +31,8 @@ from circuitdag.errors import ConfigError
 
 #: Every ``HOLDOUT_EVERY``-th chunk is held out (the last of each group of five).
 HOLDOUT_EVERY = 5
+#: Tokens per chunk unless asked (fewer when the model's context is shorter).
+DEFAULT_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,9 @@ class Corpus:
     ``chunk``: tokens per chunk (chunk ``c`` is ``ids[c * chunk:(c + 1) * chunk]``; the last
     partial chunk is dropped); ``bos``: the BOS id put in front of each chunk, or None;
     ``offsets``: each token's (start, end) character span in ``text`` when the tokenizer
-    gives them, else None."""
+    gives them, else None; ``special``: the tokenizer's special ids (unknown, padding, BOS,
+    EOS), never a neuron's top token; ``unknown_share``: the share of ``ids`` that are the
+    unknown token (a word-level tokenizer on text outside its vocabulary)."""
 
     text: str
     source: str
@@ -47,6 +51,11 @@ class Corpus:
     chunk: int
     bos: int | None
     offsets: np.ndarray | None
+    special: frozenset[int] = frozenset()
+    unknown_share: float = 0.0
+
+    def is_special(self, position: int) -> bool:
+        return int(self.ids[position]) in self.special
 
     @property
     def n_chunks(self) -> int:
@@ -64,15 +73,28 @@ class Corpus:
         return c[(c % HOLDOUT_EVERY == HOLDOUT_EVERY - 1) == held_out]
 
 
-def tokenize_corpus(model: Any, text: str, source: str, max_tokens: int, chunk: int) -> Corpus:
+def max_chunk(model: Any) -> int:
+    """The longest chunk ``model`` runs: its context, less one position for BOS."""
+    from circuitdag.tasks._lm import wants_bos
+
+    return int(model.cfg.n_ctx) - int(wants_bos(model))
+
+
+def tokenize_corpus(model: Any, text: str, source: str, max_tokens: int, chunk: int | None) -> Corpus:
     """The first ``max_tokens`` tokens of ``text`` for ``model``, in chunks of ``chunk``
-    tokens (fewer when the model's context is shorter). Raises :class:`ConfigError` when
-    the corpus has fewer than ``2 * HOLDOUT_EVERY`` chunks."""
+    tokens (None: :data:`DEFAULT_CHUNK` or the model's context if shorter). Raises
+    :class:`ConfigError` for a chunk outside 2..:func:`max_chunk`, or when the corpus has
+    fewer than ``2 * HOLDOUT_EVERY`` chunks."""
     from circuitdag.tasks._lm import tokenizer_of, wants_bos
 
     tok = tokenizer_of(model)
     bos = wants_bos(model)
-    chunk = max(2, min(chunk, int(model.cfg.n_ctx) - int(bos)))
+    longest = max_chunk(model)
+    if chunk is None:
+        chunk = min(DEFAULT_CHUNK, longest)
+    elif not 2 <= chunk <= longest:
+        raise ConfigError(f"--chunk must be in 2..{longest} (the model's context is {int(model.cfg.n_ctx)} tokens"
+                          f"{', one of them BOS' if bos else ''}), got {chunk}")  # fmt: skip
     head = text[: max_tokens * 20]  # no tokenizer makes more than one token per character
     offsets = None
     try:
@@ -84,7 +106,10 @@ def tokenize_corpus(model: Any, text: str, source: str, max_tokens: int, chunk: 
     if len(ids) // chunk < 2 * HOLDOUT_EVERY:
         raise ConfigError(f"the corpus {source} has {len(ids)} tokens for this model, fewer than "
                           f"{2 * HOLDOUT_EVERY} chunks of {chunk}: give a longer --corpus or raise --max-tokens")  # fmt: skip
-    return Corpus(head, source, ids, chunk, int(tok.bos_token_id) if bos else None, offsets)
+    special = frozenset(int(i) for i in getattr(tok, "all_special_ids", []) if i is not None)
+    unk = getattr(tok, "unk_token_id", None)
+    unknown = float(np.mean(ids == int(unk))) if unk is not None and len(ids) else 0.0
+    return Corpus(head, source, ids, chunk, int(tok.bos_token_id) if bos else None, offsets, special, unknown)
 
 
 class _Stop(Exception):
@@ -167,34 +192,60 @@ def scan(model: Any, corpus: Corpus, layers: Sequence[int], top_k: int, held_out
     where: dict[int, Tensor] = {}
     total: dict[int, Tensor] = {}
     bar = tqdm(total=len(chunks) * corpus.chunk, desc="max-activating contexts", unit="tok", disable=not progress)
-    for i in range(0, len(chunks), batch):
-        group = chunks[i : i + batch]
-        got = run_layers(model, chunk_tokens(corpus, group, device), layers)
-        flat = torch.as_tensor((group[:, None] * corpus.chunk + np.arange(corpus.chunk)[None]).reshape(-1))
-        for L in layers:
-            a = got[L][:, off:].reshape(len(flat), -1)  # position, neuron
-            total[L] = total.get(L, 0) + a.double().sum(0)
-            if L in vals:
-                a = torch.cat([vals[L], a])
-                pos = torch.cat([where[L], flat[:, None].expand(-1, a.shape[1])])
-            else:
-                pos = flat[:, None].expand(-1, a.shape[1])
-            v, j = torch.topk(a, min(top_k, len(a)), dim=0)
-            vals[L], where[L] = v, torch.gather(pos, 0, j)
-        bar.update(len(flat))
-    bar.close()
+    try:
+        for i in range(0, len(chunks), batch):
+            _merge(model, corpus, chunks[i : i + batch], layers, top_k, device, off, vals, where, total)
+            bar.update(min(batch, len(chunks) - i) * corpus.chunk)
+    finally:
+        bar.close()  # before an interrupt's message, which would otherwise land on the bar's line
     n = len(chunks) * corpus.chunk
     return TopK({L: v.numpy() for L, v in vals.items()}, {L: w.numpy() for L, w in where.items()},
                 {L: (t / n).numpy() for L, t in total.items()}, n)  # fmt: skip
 
 
+def _merge(model: Any, corpus: Corpus, group: np.ndarray, layers: Sequence[int], top_k: int, device: Any, off: int,
+           vals: dict[int, Tensor], where: dict[int, Tensor], total: dict[int, Tensor]) -> None:  # fmt: skip
+    """Merge one batch of chunks into the running top-k (in place)."""
+    got = run_layers(model, chunk_tokens(corpus, group, device), layers)
+    flat = torch.as_tensor((group[:, None] * corpus.chunk + np.arange(corpus.chunk)[None]).reshape(-1))
+    for L in layers:
+        a = got[L][:, off:].reshape(len(flat), -1)  # position, neuron
+        total[L] = total.get(L, 0) + a.double().sum(0)
+        if L in vals:
+            a = torch.cat([vals[L], a])
+            pos = torch.cat([where[L], flat[:, None].expand(-1, a.shape[1])])
+        else:
+            pos = flat[:, None].expand(-1, a.shape[1])
+        v, j = torch.topk(a, min(top_k, len(a)), dim=0)
+        vals[L], where[L] = v, torch.gather(pos, 0, j)
+
+
+def spaced(decode: Any, ids: Sequence[int]) -> list[str]:
+    """Each of ``ids``' text as the tokenizer's decoder spaces it in the run of ``ids``
+    (its leading space included: " school" after "the" for a word-level or a BPE
+    tokenizer alike); joined they give ``decode(ids)``. A token whose decoded prefix is
+    not extended (a partial UTF-8 byte) falls back to its own text."""
+    out: list[str] = []
+    done = ""
+    for i in range(len(ids)):
+        now = str(decode([int(t) for t in ids[: i + 1]]))
+        out.append(now[len(done) :] if now.startswith(done) else str(decode([int(ids[i])])))
+        done = now
+    return out
+
+
 def context(corpus: Corpus, position: int, window: int, decode: Any) -> dict[str, Any]:
     """The symmetric window around token ``position``: ``before`` (at most ``window``
     tokens, never before its chunk's start: the model saw nothing earlier), ``token``,
-    ``after`` (``window`` tokens, which the causal model did not see), as text and ids."""
+    ``after`` (``window`` tokens, which the causal model did not see), as text spaced as
+    the tokenizer decodes the window (:func:`spaced`; the space before the token ends
+    ``before``), and ids."""
     start = max(position - window, (position // corpus.chunk) * corpus.chunk)
     ids = corpus.ids
     before, after = ids[start:position].tolist(), ids[position + 1 : position + 1 + window].tolist()
+    pieces = spaced(decode, [*before, int(ids[position]), *after])
+    hit = pieces[len(before)]
+    token = hit.lstrip()
     return {"position": int(position), "chunk": int(position // corpus.chunk), "offset": int(position % corpus.chunk),
-            "before": decode(before), "token": decode([int(ids[position])]), "after": decode(after),
-            "token_id": int(ids[position])}  # fmt: skip
+            "before": "".join(pieces[: len(before)]) + hit[: len(hit) - len(token)], "token": token,
+            "after": "".join(pieces[len(before) + 1 :]), "token_id": int(ids[position])}  # fmt: skip
