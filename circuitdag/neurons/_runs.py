@@ -27,6 +27,8 @@ from circuitdag.errors import ConfigError, ModelError, TaskError
 from circuitdag.graph import ModelSpec
 from circuitdag.hooks import HookTable
 from circuitdag.models import spec_of
+from circuitdag.postnorm import RMSNorm
+from circuitdag.readout import softcap
 from circuitdag.tasks.base import TaskData
 from circuitdag.tasks.validate import check_metric_gap
 
@@ -92,14 +94,36 @@ def b_u(model: Any) -> Tensor | None:
 
 
 def final_norm_weight(model: Any) -> Tensor | None:
-    """The final norm's elementwise scale (None when it has none, or it is folded into
-    ``W_U``, as :func:`circuitdag.models.bridge.load_bridge` does by default: then it is 1)."""
-    ln = plain_module(getattr(model, "ln_final", None))
-    for name in ("weight", "w"):
-        w = getattr(ln, name, None)
-        if isinstance(w, Tensor):
-            return w
-    return None
+    """The final norm's elementwise scale as the model computes it (``d_model``; None without
+    a final norm), read off the module by evaluation, not off its parameters: Gemma's RMSNorm
+    multiplies by ``1 + weight`` (its raw ``weight`` is all zeros in a random model), OLMo's
+    and Llama's by ``weight``, and a norm folded into ``W_U`` (:func:`circuitdag.load_model`)
+    by 1. ``y = P(x) / s(x) * w + ln(0)`` is solved for ``w`` on random inputs (least squares
+    per coordinate, :func:`final_scale`'s ``s``) and checked on them; raises
+    :class:`ModelError` when the module is not such a norm."""
+    if norm_kind(model) == "none":
+        return None
+    ln = plain_module(model.ln_final)
+    d = int(model.cfg.d_model)
+    W_U = model.W_U
+    with torch.no_grad():
+        x = torch.randn(16, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(W_U)
+        y = ln(x) - ln(torch.zeros_like(x[:1]))
+        z = (x - x.mean(-1, keepdim=True) if norm_kind(model) == "LN" else x) / final_scale(model, x)[:, None]
+        w = (y * z).sum(0) / z.pow(2).sum(0)
+        err = (z * w - y).abs().max().item()
+    if not err <= 1e-3 * (1.0 + y.abs().max().item()):
+        raise ModelError(f"the final norm ({type(ln).__name__}) is not x / scale(x) * weight + bias "
+                         f"(max difference {err:.3g}); the neuron analysis cannot read it")  # fmt: skip
+    return w
+
+
+def mlp_post_norm(model: Any, layer: int) -> RMSNorm | None:
+    """The norm applied to layer ``layer``'s MLP output before the residual stream receives
+    it (Gemma 2/3, OLMo 2: the block's ``ln2_post``), as the model computes it; None
+    without one."""
+    norm = getattr(model.blocks[layer], "ln2_post", None)
+    return None if norm is None else RMSNorm.of(plain_module(norm))
 
 
 def norm_kind(model: Any) -> str:
@@ -152,6 +176,37 @@ class TaskRuns:
     #: the residual stream itself): ``attn_out`` is ``attn.hook_out - resid_pre``, and a
     #: patch of it is written into ``attn.hook_out`` plus the block's input (:meth:`attn_out_hook`).
     attn_out_in_stream: bool = False
+    #: ``W_U[:, wrong]`` (``batch n_ans d_model``) and ``b_U[wrong]`` (``batch n_ans``): with
+    #: ``direction`` and ``bias`` they give each answer's logit, which a model that soft-caps
+    #: its logits (Gemma 2) caps before the difference is taken (:meth:`answer_logits`).
+    u_wrong: Tensor | None = None
+    b_wrong: Tensor | None = None
+
+    @property
+    def cap(self) -> float:
+        """The final-logit soft-cap (Gemma 2: ``cfg.output_logits_soft_cap``), 0 for none."""
+        return float(getattr(self.model.cfg, "output_logits_soft_cap", 0.0) or 0.0)
+
+    def answer_logits(self, final: Float[Tensor, "*k batch pos d_model"]) -> tuple[Tensor, Tensor]:
+        """The correct and the wrong answer's logit before any soft-cap, ``*k batch n_ans``
+        each, at the answer positions of final residual streams."""
+        assert self.u_wrong is not None and self.b_wrong is not None
+        ap = self.data.answer_pos
+        rows = torch.arange(ap.shape[0], device=ap.device).unsqueeze(1)
+        with torch.no_grad():
+            y = plain_module(self.model.ln_final)(final[..., rows, ap, :])
+            wrong = (y * self.u_wrong).sum(-1) + self.b_wrong
+            return (y * (self.direction + self.u_wrong)).sum(-1) + self.bias + self.b_wrong, wrong
+
+    def cap_slopes(self, which: str = "clean") -> tuple[Tensor, Tensor]:
+        """``d softcap(l) / d l = 1 - tanh(l / cap)^2`` at the correct and the wrong answer's
+        logit of the ``which`` run (``batch n_ans`` each; ones without a soft-cap): the
+        tangent of the capped logit difference that :mod:`circuitdag.neurons.dla` uses."""
+        if self.cap <= 0:
+            one = torch.ones_like(self.ld_clean)
+            return one, one
+        correct, wrong = self.answer_logits(getattr(self, which)["final"])
+        return 1 - torch.tanh(correct / self.cap).pow(2), 1 - torch.tanh(wrong / self.cap).pow(2)
 
     def attn_out_hook(self, L: int) -> tuple[str, bool]:
         """The hook where layer ``L``'s attention output is written, and whether that hook
@@ -176,6 +231,9 @@ class TaskRuns:
 
     def logit_diff(self, final: Float[Tensor, "*k batch pos d_model"]) -> Float[Tensor, "*k batch n_ans"]:
         """Logit difference correct - wrong at the answer positions of final residual streams."""
+        if self.cap > 0:  # Gemma 2 caps each logit (readout.softcap) before the difference
+            correct, wrong = self.answer_logits(final)
+            return softcap(self.model, correct) - softcap(self.model, wrong)
         ap = self.data.answer_pos
         rows = torch.arange(ap.shape[0], device=ap.device).unsqueeze(1)
         x = final[..., rows, ap, :]
@@ -228,9 +286,12 @@ def cache_runs(model: Any, data: TaskData) -> TaskRuns:
     W_U = model.W_U
     direction = (W_U[:, data.correct] - W_U[:, data.wrong]).detach().permute(1, 2, 0).to(device)
     b = b_u(model)
+    u_wrong = W_U[:, data.wrong].detach().permute(1, 2, 0).to(device)
     bias = torch.zeros(data.correct.shape, dtype=W_U.dtype, device=device)
+    b_wrong = torch.zeros_like(bias)
     if b is not None:
         bias = (b[data.correct] - b[data.wrong]).detach().to(device)
+        b_wrong = b[data.wrong].detach().to(device)
     runs: dict[str, dict[str, Tensor]] = {}
     in_stream = False
     where = sites(HookTable.of(model, spec), spec.parallel_attn_mlp)
@@ -246,6 +307,8 @@ def cache_runs(model: Any, data: TaskData) -> TaskRuns:
         hooks = [(name.format(L=L), save(f"{s}.{L}")) for L in range(spec.n_layers) for s, name in where.items()]
         hooks += [(f"blocks.{L}.attn.hook_out", save(f"attn_stream.{L}")) for L in range(spec.n_layers)
                   if f"blocks.{L}.attn.hook_out" in model.hook_dict]  # fmt: skip
+        hooks += [(f"blocks.{L}.ln2_post.hook_in", save(f"mlp_prenorm.{L}")) for L in range(spec.n_layers)
+                  if f"blocks.{L}.ln2_post.hook_in" in model.hook_dict]  # fmt: skip
         final = run_to_final(model, tokens, 0, hooks)
         for layer in range(spec.n_layers):  # BLOOM: the attention's hook_out holds the stream plus its output
             stream, mid = got.get(f"attn_stream.{layer}"), got.get(f"resid_mid.{layer}")
@@ -262,10 +325,12 @@ def cache_runs(model: Any, data: TaskData) -> TaskRuns:
         stacked = {s: torch.stack([got[f"{s}.{L}"] for L in range(spec.n_layers)]) for s in where}
         if "resid_mid" not in stacked:  # parallel blocks: the stream as the attention leaves it
             stacked["resid_mid"] = stacked["resid_pre"] + stacked["attn_out"]
+        if all(f"mlp_prenorm.{L}" in got for L in range(spec.n_layers)):  # Gemma 2/3, OLMo 2
+            stacked["mlp_prenorm"] = torch.stack([got[f"mlp_prenorm.{L}"] for L in range(spec.n_layers)])
         stacked["final"] = final
         runs[which] = stacked
     tr = TaskRuns(model, data, spec, runs["clean"], runs["corrupted"], direction, bias,
-                  torch.empty(0), torch.empty(0), in_stream)  # fmt: skip
+                  torch.empty(0), torch.empty(0), in_stream, u_wrong, b_wrong)  # fmt: skip
     tr.ld_clean = tr.logit_diff(runs["clean"]["final"])
     tr.ld_corrupted = tr.logit_diff(runs["corrupted"]["final"])
     if abs(tr.metric_clean - tr.metric_corrupted) < 1e-6 * (1 + abs(tr.metric_clean)):
