@@ -16,7 +16,13 @@ meaningless:
 :func:`check_metric_gap` runs once the engine has the model's metric: it refuses a full
 model whose metric equals the corrupted run's (faithfulness undefined) and warns, with
 both numbers, when they barely differ: the model hardly does the task, so any circuit
-explains little. Corrupted prompts equal to their clean prompt for some prompts only get
+explains little, and faithfulness or a neuron's share of the gap is a ratio of two
+near-zero numbers (a random StableLM's 0.001-logit gap gave faithfulness 49.4). "Barely"
+is relative (:data:`WEAK_GAP` of the larger metric) and, for metrics with a natural unit,
+absolute in that unit (:data:`WEAK_GAP_FLOOR`): a logit difference or log-probability
+that moves by under 0.1 (the odds of the answer change by under 11%), a probability that
+moves by under 0.01. It returns the warnings' messages, which ``circuit.json`` and the
+neuron report record and the CLI prints as ``circuitdag: warning: ...`` lines. Corrupted prompts equal to their clean prompt for some prompts only get
 a warning too.
 """
 
@@ -33,12 +39,19 @@ from torch import Tensor
 from circuitdag.errors import TaskError
 from circuitdag.tasks.base import TaskData
 
-__all__ = ["WEAK_GAP", "check_metric_gap", "validate_task_data"]
+__all__ = ["WEAK_GAP", "WEAK_GAP_FLOOR", "check_metric_gap", "validate_task_data"]
 
 #: ``|metric(corrupted) - metric(full)|`` at or below this fraction of the larger of the
-#: two, or below :data:`WEAK_GAP_ABS`, counts as "barely differs" (a warning).
+#: two, or below the metric's floor (:data:`WEAK_GAP_FLOOR`, else :data:`WEAK_GAP_ABS`),
+#: counts as "barely differs" (a warning).
 WEAK_GAP = 0.05
 WEAK_GAP_ABS = 1e-3
+#: The smallest gap that means the model does the task, in the metric's own unit:
+#: logits for ``logit_diff`` and nats for ``nll`` (0.1: the odds of the answer change by
+#: a factor under e^0.1 = 1.105; models that do a task move it by several logits, e.g. the
+#: zoo pronoun model 13.3), probability for ``prob``. Metrics without a natural unit (KL
+#: against the model's own output, l2, a task's own metric) have :data:`WEAK_GAP_ABS`.
+WEAK_GAP_FLOOR = {"logit_diff": 0.1, "nll": 0.1, "prob": 0.01}
 
 
 def _first(mask: Tensor) -> tuple[int, ...]:
@@ -141,10 +154,11 @@ def _check_not_padding(clean: Tensor, ap: Tensor, valid: Tensor, pad: int, token
         )
 
 
-def check_metric_gap(m_full: float, m_corrupted: float, metric: str, ablation: str, task: str = "task") -> None:
-    """Refuse a full model whose metric equals the corrupted run's, warn when the full model
-    does not prefer the correct answer (``logit_diff``) and, independently, when the two
-    barely differ (see :data:`WEAK_GAP`); both numbers are in each message."""
+def check_metric_gap(m_full: float, m_corrupted: float, metric: str, ablation: str, task: str = "task") -> list[str]:
+    """Refuse a full model whose metric equals the corrupted run's (:class:`TaskError`), warn
+    (``UserWarning``) when the full model does not prefer the correct answer
+    (``logit_diff``) and, independently, when the two barely differ (:data:`WEAK_GAP`,
+    :data:`WEAK_GAP_FLOOR`); both numbers are in each message. Returns the messages warned."""
     both = f"metric {metric}: full model {m_full:.6g}, {ablation}-ablated {m_corrupted:.6g}"
     gap = abs(m_corrupted - m_full)
     if not (math.isfinite(m_full) and math.isfinite(m_corrupted)):
@@ -154,18 +168,22 @@ def check_metric_gap(m_full: float, m_corrupted: float, metric: str, ablation: s
             f"{task}: the full model and the {ablation}-ablated model have the same metric ({both}), so every "
             "edge is removable and faithfulness is undefined; choose another metric, ablation or corruption"
         )
+    said: list[str] = []
     if metric == "logit_diff" and m_full >= 0:  # stored negated: the full model favours the wrong answer
-        warnings.warn(
+        said.append(
             f"{task}: the full model does not prefer the correct answer on average ({both}; logit_diff is "
             "stored negated, so a model that does the task has a negative value); a circuit of it explains "
-            "nothing about the task. Check the model (is it trained?), the answers and --prepend-bos",
-            UserWarning,
-            stacklevel=3,
+            "nothing about the task. Check the model (is it trained?), the answers and --prepend-bos"
         )
-    if gap <= WEAK_GAP * max(abs(m_full), abs(m_corrupted)) or gap < WEAK_GAP_ABS:
-        warnings.warn(
-            f"{task}: the model barely does this task ({both}, a gap of {gap:.3g}); a circuit will explain "
-            "little. Check the model, its prompts (--prepend-bos) and the corruption",
-            UserWarning,
-            stacklevel=3,
+    floor = WEAK_GAP_FLOOR.get(metric, WEAK_GAP_ABS)
+    if gap <= WEAK_GAP * max(abs(m_full), abs(m_corrupted)) or gap < floor:
+        unit = {"logit_diff": " logits", "nll": " nats"}.get(metric, "")
+        said.append(
+            f"{task}: the model barely does this task ({both}, a gap of {gap:.3g}{unit}"
+            + (f", under {floor:g}{unit}" if gap < floor else "")
+            + "); faithfulness and effects as fractions of this gap are not meaningful. Check the model "
+            "(is it trained?), its prompts (--prepend-bos) and the corruption"
         )
+    for message in said:
+        warnings.warn(message, UserWarning, stacklevel=3)
+    return said

@@ -3,6 +3,7 @@ per kind of task data it refuses or warns about, through prepare() and the CLI."
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -126,20 +127,35 @@ def test_a_corruption_the_model_cannot_see_is_refused(zoo, good) -> None:
 
 def test_a_model_that_barely_does_the_task_warns_with_both_numbers() -> None:
     with pytest.warns(UserWarning, match=r"the model barely does this task \(metric logit_diff: full model -0\.31, "
-                      r"resample-ablated -0\.3, a gap of 0\.01\)"):  # fmt: skip
+                      r"resample-ablated -0\.3, a gap of 0\.01 logits, under 0\.1 logits\)"):  # fmt: skip
         check_metric_gap(-0.31, -0.30, "logit_diff", "resample", "t")
     with pytest.warns(UserWarning, match="barely does this task"):
         check_metric_gap(0.0, 0.0004, "kl", "zero", "t")
     check_metric_gap(-13.77, -0.5, "logit_diff", "resample", "t")  # the zoo pronoun model: no warning
 
 
+def test_a_gap_under_a_tenth_of_a_logit_warns_and_is_returned() -> None:
+    """Issue 25: a random StableLM's logit-difference gap of 0.001 (faithfulness 49.4) passed
+    both the 5% relative rule and the 1e-3 absolute one; in logits, a gap under 0.1 means
+    the corruption changes the answer's odds by under 11%."""
+    with pytest.warns(UserWarning, match=r"barely does this task .*a gap of 0\.001 logits, under 0\.1 logits"):
+        said = check_metric_gap(-0.0021, -0.0011, "logit_diff", "resample", "t")
+    assert len(said) == 1 and "not meaningful" in said[0]
+    with pytest.warns(UserWarning, match="barely does this task"):  # a gap no relative rule catches
+        check_metric_gap(-0.06, 0.0, "logit_diff", "resample", "t")
+    with pytest.warns(UserWarning, match="barely does this task"):
+        check_metric_gap(-0.5, -0.495, "prob", "resample", "t")
+    assert check_metric_gap(-2.0, -0.5, "logit_diff", "resample", "t") == []
+
+
 def test_a_model_that_prefers_the_wrong_answer_warns() -> None:
     """The fresh-user walkthrough's random GPT-2: full 0.0033 vs corrupted 0.0013 under
     logit_diff passed the gap rules; a non-negative stored logit_diff means the full model
     favours the wrong answer on average."""
-    with pytest.warns(UserWarning, match=r"does not prefer the correct answer on average \(metric logit_diff: "
-                      r"full model 0\.0033, resample-ablated 0\.0013"):  # fmt: skip
+    with pytest.warns(UserWarning) as got:  # and its 0.002-logit gap is negligible
         check_metric_gap(0.0033, 0.0013, "logit_diff", "resample", "t")
+    assert re.search(r"does not prefer the correct answer on average \(metric logit_diff: full model 0\.0033, "
+                     r"resample-ablated 0\.0013", str(got[0].message))  # fmt: skip
 
 
 def test_a_wrong_preference_does_not_hide_a_negligible_gap() -> None:
