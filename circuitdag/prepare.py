@@ -120,8 +120,8 @@ def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | No
         data, layout = position_layout(data, spec)
     patcher = Patcher(model, Graph(spec, layout), data, ablation=ablation, metric=metric_fn)
     n = patcher.graph.n_edges
-    check_metric_gap(patcher.circuit_metric(np.ones(n, dtype=bool)), patcher.circuit_metric(np.zeros(n, dtype=bool)),
-                     metric, patcher.ablation.value, task.name)  # fmt: skip
+    said = check_metric_gap(patcher.circuit_metric(np.ones(n, dtype=bool)), patcher.circuit_metric(np.zeros(n, dtype=bool)),
+                            metric, patcher.ablation.value, task.name)  # fmt: skip
     meta = {
         "task": task.name,
         "model": getattr(getattr(model, "cfg", None), "model_name", type(model).__name__),
@@ -134,6 +134,7 @@ def prepare(model: Any, task: Any, metric: str | None = None, ablation: str | No
         **({"neurons": sorted(int(L) for L in neurons)} if neurons else {}),
         "version": __version__,
         **run_record(model, task, data),
+        **({"warnings": said} if said else {}),  # the model barely does the task (circuit.json says so)
     }
     log.info("%s: prompts %s BOS (%s)", task.name, {True: "start with", False: "do not start with",
              None: "may or may not start with"}[meta["bos"]], meta["bos_reason"])  # fmt: skip
