@@ -26,18 +26,27 @@ def _fmt(x: Any, spec: str = ".3f") -> str:
     return "-" if x is None else format(x, spec)
 
 
+def _count(report: dict[str, Any]) -> str:
+    """ "n of N (x%)": the coherent neurons of every layer scanned."""
+    total = sum(r["neurons"] for r in report["by_layer"])
+    coherent = sum(r["coherent"] for r in report["by_layer"])
+    return f"{coherent} of {total} ({coherent / max(total, 1):.1%})"
+
+
 def markdown(report: dict[str, Any]) -> str:
     """report.md: the per-layer table and the described neurons, from the numbers."""
     c, s = report["corpus"], report["settings"]
     lines = [f"# Feature neurons of {report['model']}", "",
              (f"Corpus: {c['source']}; {c['tokens']} tokens in chunks of {c['chunk']} "
-              f"({c['held_out_chunks']} of {c['chunks']} chunks held out). Top {s['top_k']} contexts per neuron; "
+              f"({c['held_out_chunks']} of {c['chunks']} chunks held out); {c.get('unknown_share', 0.0):.1%} of them the "
+              f"tokenizer's unknown token. Top {s['top_k']} contexts per neuron; "
               f"coherent: {s['coherent']} (Benjamini-Hochberg, alpha {s['alpha']}, {s['null_sets']} null sets per "
-              f"set size). Share of coherent neurons over all layers scanned: {report['share_coherent']:.3f}."), "",
-             ("| layer | neurons | tested | coherent (model) | coherent (words) | coherent (both) | share | described "
+              f"set size). Coherent neurons over all layers scanned: {_count(report)}."), "",
+             *[line for w in report.get("warnings", []) for line in (f"**Warning:** {w}.", "")],
+             ("| layer | neurons | tested (model / words) | coherent (model) | coherent (words) | coherent (both) | share | described "
               "| features | mean simulation r |"), "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in report["by_layer"]:
-        lines.append(f"| {r['layer']} | {r['neurons']} | {r['tested_model']} | {r['coherent_model']} | "
+        lines.append(f"| {r['layer']} | {r['neurons']} | {r['tested_model']} / {r['tested_words']} | {r['coherent_model']} | "
                      f"{_fmt(r['coherent_words'], 'd')} | {r['coherent']} | {r['share_coherent']:.3f} | "
                      f"{r['described']} | {r['features']} | {_fmt(r['mean_simulation_score'])} |")  # fmt: skip
     lines += ["", "## Described neurons (best-ranked coherent neurons of each layer)", "",
@@ -113,7 +122,7 @@ def neuron_page(report: dict[str, Any], d: dict[str, Any]) -> str:
     held = ""
     for h in d["held_out_top"]:
         top = max(h["activations"]) if h["activations"] else 0.0
-        toks = "".join(f"<span class=\"tok\" style=\"{_shade(a, top)}\" title=\"{a:.3f}\">{e(t)}</span> "
+        toks = "".join(f"<span class=\"tok\" style=\"{_shade(a, top)}\" title=\"{a:.3f}\">{e(t)}</span>"
                        for t, a in zip(h["tokens"], h["activations"], strict=True))  # fmt: skip
         held += f"<p class=\"ctx\">chunk {h['chunk']}: {toks}</p>"
     before = "".join(f"<tr><td>{b['offset']}</td><td>{b['persistence']:.3f}</td></tr>" for b in sub.get("before", []))
@@ -133,7 +142,7 @@ def neuron_page(report: dict[str, Any], d: dict[str, Any]) -> str:
             f"</th><th>persistence</th></tr>{before}</table>"
             f"<h2>Top {len(d['contexts'])} contexts (training chunks)</h2><table class=\"t\"><tr><th>activation</th>"
             f"<th>context (grey: after the token, unseen by the model)</th></tr>{rows}</table>"
-            f"<h2>Held-out chunks with its largest activations</h2>{held}")  # fmt: skip
+            f"<h2>Held-out chunks with the neuron's largest activations</h2>{held}")  # fmt: skip
     return _page(f"{report['model']} {d['name']}", body)
 
 
@@ -168,18 +177,19 @@ def write_report(report: dict[str, Any], out: str | Path) -> list[Path]:
     paths.append(write_svg(svg_text(fig), out / "coherence.svg"))
     plt.close(fig)
     paths.append(write_atomic(out / "index.html", index_page(report), error=ConfigError))
-    for d in report["described"]:
-        paths.append(write_atomic(out / "neurons" / f"{d['name']}.html", neuron_page(report, d), error=ConfigError))
-    return paths
+    pages = [write_atomic(out / "neurons" / f"{d['name']}.html", neuron_page(report, d), error=ConfigError)
+             for d in report["described"]]  # fmt: skip
+    stale = set((out / "neurons").glob("L*.N*.html")) - set(pages) if (out / "neurons").is_dir() else set()
+    for page in stale:  # an earlier run's neuron, not described by this one: only the pages this writes
+        page.unlink()
+    return paths + pages
 
 
 def summary(report: dict[str, Any], out: str | Path) -> tuple[list[str], str]:
     """What ``circuitdag features`` prints: its warnings (one line each, for stderr) and
     its last line (counts as "n of N (share%)")."""
-    total = sum(r["neurons"] for r in report["by_layer"])
-    coherent = sum(r["coherent"] for r in report["by_layer"])
     best = report["described"][0]["description"]["text"] if report["described"] else "none"
     unknown = report["corpus"].get("unknown_share", 0.0)
-    line = (f"{report['model']}: {coherent} of {total} neurons coherent ({coherent / max(total, 1):.1%}); "
+    line = (f"{report['model']}: {_count(report)} neurons coherent; "
             f"unknown tokens {unknown:.1%} of the corpus; best-ranked: {best} -> {out}/index.html")  # fmt: skip
     return [f"circuitdag: warning: {w}" for w in report.get("warnings", [])], line
