@@ -96,10 +96,17 @@ def _answers(report: dict[str, Any]) -> list[str]:
                "nearest to the random token they started from.")  # fmt: skip
     verdict = ("consistent with one convex set of solutions" if sm["convex"] else
                "not a convex set at this tolerance (an interpolant falls below the weaker solution)")
+    if "verdict_text" in sm and sm["verdict"].startswith("not testable"):  # a summary before the verdict had none
+        why = ("every region of prompts then 'solves' the task" if sm["verdict"].endswith("no prompt needed") else
+               "there is no set of solutions to test")
+        out.append(f"* **The write-up's claim** (the solutions form a convex set): **{sm['verdict_text']}**; {why}, "
+                   "so the test says nothing about soft prompts.")  # fmt: skip
+        return out
     out.append(f"* **The write-up's claim** (the solutions form a convex set): on these held-out prompts, "
                f"{verdict}; " + ("the region between the solutions is special (random moves of the same length "
                                  "fail)." if sm["interpolants_special"] else
-                                 "and the interpolants are no better than random moves of the same length."))  # fmt: skip
+                                 "and the interpolants are no better than random moves of the same length.")
+               + (f" **Verdict: {sm['verdict_text']}.**" if "verdict_text" in sm else ""))  # fmt: skip
     return out
 
 

@@ -25,6 +25,7 @@ that measurement with the controls it lacked, all on held-out prompts:
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from pathlib import Path
@@ -55,6 +56,8 @@ from circuitdag.soft_prompts_geometry import (
     simplex_weights,
 )
 
+log = logging.getLogger("circuitdag")
+
 #: Points along each segment (both solutions included).
 SEGMENT_POINTS = 11
 #: The simplex grid's step is 1 / SIMPLEX_STEPS.
@@ -79,18 +82,22 @@ def run_soft_prompts(model: Any, train: Examples, held: Examples, k: int, seeds:
     if segment_points < 2 or simplex_steps < 1 or random_dirs < 1:
         raise ConfigError("segment points must be >= 2, simplex steps and random directions >= 1")
     check_embedding_hook(model)
+    check_context(model, k, max(train.tokens.shape[1], held.tokens.shape[1]))
     name = str(getattr(model.cfg, "model_name", type(model).__name__))
     settings = {"model": name, "data": info or {}, "tokens": k, "steps": steps, "lr": lr, "batch": batch}
     ckpt = None if out is None else Path(out) / "prompts"
+    loaded = [_load(ckpt, s, settings) for s in range(seeds)]
+    reused = [s for s, t in enumerate(loaded) if t is not None]
+    if reused:
+        log.warning("reusing seeds %s from %s (trained with the same settings; delete them to retrain)",
+                    ", ".join(map(str, reused)), ckpt)  # fmt: skip
     trained: list[Trained] = []
-    with tqdm(total=seeds * steps, desc=f"training {seeds} soft prompts", unit="step", disable=not progress) as bar:
-        for s in range(seeds):
-            done = _load(ckpt, s, settings)
+    with tqdm(total=seeds * steps, initial=len(reused) * steps, desc=f"training {seeds} soft prompts", unit="step",
+              disable=not progress) as bar:  # fmt: skip
+        for s, done in enumerate(loaded):
             if done is None:
                 done = train_prompt(model, train, k, s, steps=steps, lr=lr, batch=batch, progress=bar.update)
                 _save(ckpt, s, settings, done)
-            else:
-                bar.update(steps)
             trained.append(done)
     sol = torch.stack([t.prompt for t in trained])
     ts = grid(segment_points)
@@ -119,6 +126,16 @@ def run_soft_prompts(model: Any, train: Examples, held: Examples, k: int, seeds:
         "n_heldout": held.n, "n_train": train.n, "seconds": round(time.perf_counter() - t0, 2)})  # fmt: skip
     report["summary"] = summary(report)
     return report
+
+
+def check_context(model: Any, k: int, longest: int) -> None:
+    """Refuse (:class:`ConfigError`, one line) ``k`` soft tokens that with the ``longest``
+    prompt (tokens, as fed: padded, answers given) exceed the model's context ``n_ctx``."""
+    ctx = getattr(model.cfg, "n_ctx", None)
+    if ctx is not None and k + longest > int(ctx):
+        fix = f"use --tokens <= {int(ctx) - longest}" if int(ctx) > longest else "use shorter prompts or another --model"
+        raise ConfigError(f"{k} soft tokens + the longest prompt ({longest} tokens) exceed the model's context of "
+                          f"{int(ctx)}; {fix}")  # fmt: skip
 
 
 def _plan(model: Any, sol: torch.Tensor, trained: list[Trained], ts: list[float], simplex_steps: int,
@@ -235,7 +252,36 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     # tolerance, than the mean random move of the same length at its far end
     out["interpolants_special"] = bool(min(out["segment_min_accuracy"], out.get("simplex_min_accuracy", 1.0))
                                        - max(rnd_far) > tol)  # fmt: skip
+    out["verdict"], out["verdict_text"] = verdict(out)
     return out
+
+
+#: :func:`verdict`'s kinds, in the order it tests them.
+VERDICTS = ("not testable: no prompt needed", "not testable: training failed", "convex, random directions too",
+            "convex", "not convex, interpolants special", "not convex")  # fmt: skip
+
+
+def verdict(sm: dict[str, Any]) -> tuple[str, str]:
+    """(kind, one line) of the write-up's claim given the controls in the summary ``sm``: not
+    testable when training does not beat no prompt (the model already does the task, or
+    training failed); convex but no more than a ball of the pair's distance around each
+    solution when random directions of the same length stay in too; else convex or not, and
+    whether the interpolants beat the random moves. ``kind`` is one of :data:`VERDICTS`."""
+    acc, base = sm["solution_accuracy"], sm["baseline_accuracy"]
+    if not sm["trained_beats_baseline"]:
+        if base >= 0.5 and base >= min(acc) - sm["tolerance"]:
+            return VERDICTS[0], f"not testable: the model already does the task without a prompt (accuracy {base:.3f})"
+        return VERDICTS[1], (f"not testable: the trained prompts ({min(acc):.3f}-{max(acc):.3f}) do no better than "
+                             f"no prompt ({base:.3f})")  # fmt: skip
+    if sm["convex"] and sm["random_hold"]:
+        return VERDICTS[2], ("convex: yes, but so is a ball of that radius around each solution (random directions "
+                             "of the same length stay in)")  # fmt: skip
+    if sm["convex"]:
+        return VERDICTS[3], "convex: yes (random directions of the same length leave the solution set)"
+    if sm["interpolants_special"]:
+        return VERDICTS[4], ("convex: no, but the region between solutions is special (every interpolant beats "
+                             "random moves of the same length)")  # fmt: skip
+    return VERDICTS[5], "convex: no (an interpolant falls below the weaker solution)"
 
 
 def _load(ckpt: Path | None, seed: int, settings: dict[str, Any]) -> Trained | None:

@@ -58,3 +58,63 @@ def test_task_and_prompts_together_are_refused(pronoun, tmp_path: Path, capsys) 
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "not both" in err and len(err.strip().splitlines()) == 1
+
+
+def _report(base: float, sols: list[float], along: list[float], random_far: float) -> dict:
+    """A hand-made report of two solutions: held-out accuracy ``base`` without a prompt,
+    ``sols`` at the solutions, ``along`` between them, ``random_far`` at the far end of a random move."""
+    seed = [{"heldout": {"accuracy": a}, "init_heldout": {"accuracy": 0.0}, "nearest": {"heldout": {"accuracy": 0.0},
+             "tokens": ["x"]}, "nearest_cosine": {"heldout": {"accuracy": 0.0}}, "init_tokens": ["y"]} for a in sols]
+    seg = {"pair": [0, 1], "accuracy": [sols[0], *along, sols[1]], "metric": [1.0, 1.0, 1.0],
+           "norm_kept_accuracy": [sols[0], *along, sols[1]], "random_accuracy": [[sols[0], random_far, random_far]],
+           "random_metric": [[1.0, 0.0, 0.0]], "midpoint_norm_ratio": 0.8, "cosine": 0.3}  # fmt: skip
+    return {"n_heldout": 30, "baseline": {"accuracy": base}, "seeds": seed, "segments": [seg]}
+
+
+def test_the_verdict_takes_the_controls_into_account() -> None:
+    # the headline said "convex: yes" for each of these
+    cases = [((1.0, [1.0, 1.0], [1.0], 1.0), "not testable: no prompt needed", "already does the task without"),
+             ((0.1, [0.1, 0.13], [0.1], 0.1), "not testable: training failed", "do no better than no prompt"),
+             ((0.0, [1.0, 1.0], [1.0], 1.0), "convex, random directions too", "so is a ball of that radius"),
+             ((0.0, [1.0, 1.0], [1.0], 0.2), "convex", "convex: yes (random directions of the same length leave"),
+             ((0.0, [1.0, 1.0], [0.7], 0.2), "not convex, interpolants special", "convex: no, but the region"),
+             ((0.0, [1.0, 1.0], [0.2], 0.2), "not convex", "convex: no (an interpolant")]  # fmt: skip
+    for args, kind, text in cases:
+        sm = summary(_report(*args))
+        assert sm["verdict"] == kind and text in sm["verdict_text"], (args, sm["verdict"], sm["verdict_text"])
+    assert summary(_report(1.0, [1.0, 1.0], [1.0], 1.0))["convex"]  # convex by the write-up's test, yet not testable
+
+
+def _argv(out: Path, *more: str) -> list[str]:
+    """The command on the zoo pronoun model's own task (a second or two)."""
+    return ["soft-prompts", "--model", "pronoun", "--task", "pronoun", "--tokens", "1", "--seeds", "2", "--steps", "2",
+            "--segment-points", "2", "--simplex-steps", "1", "--random-directions", "1", "--n-prompts", "8", "-q",
+            "--out", str(out), *more]  # fmt: skip
+
+
+def test_the_command_states_the_verdict(tmp_path: Path, capsys) -> None:
+    assert main(_argv(tmp_path)) == 0, capsys.readouterr().err
+    r = json.loads((tmp_path / "report.json").read_text())
+    assert r["baseline"]["accuracy"] == 1.0  # the zoo pronoun model does its own task without a prompt
+    assert r["summary"]["verdict"] == "not testable: no prompt needed"
+    line = capsys.readouterr().out
+    assert "not testable: the model already does the task without a prompt" in line and "convex: yes" not in line
+    assert "**not testable: the model already does the task" in (tmp_path / "report.md").read_text()
+
+
+def test_a_rerun_says_which_seeds_it_reused(tmp_path: Path, caplog) -> None:
+    assert main(_argv(tmp_path)) == 0
+    caplog.set_level(logging.INFO, logger="circuitdag")
+    assert not [m for m in caplog.messages if m.startswith("reusing")]
+    assert main(_argv(tmp_path)) == 0
+    reuse = [m for m in caplog.messages if m.startswith("reusing")]
+    want = f"reusing seeds 0, 1 from {tmp_path / 'prompts'} (trained with the same settings; delete them to retrain)"
+    assert reuse == [want]
+
+
+def test_more_soft_tokens_than_the_context_asks_for_fewer(tmp_path: Path, capsys) -> None:
+    assert main([*_argv(tmp_path), "--tokens", "40"]) == 2  # the zoo model's context is 32
+    err = capsys.readouterr().err.strip()
+    assert "40 soft tokens + the longest prompt (" in err and "exceed the model's context of 32; use --tokens <= " in err
+    n = int(err.split("longest prompt (")[1].split()[0])
+    assert err.endswith(f"--tokens <= {32 - n}") and len(err.splitlines()) == 1

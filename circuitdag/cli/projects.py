@@ -173,6 +173,6 @@ def cmd_soft_prompts(args: argparse.Namespace) -> int:
     sm = report["summary"]
     print(f"{report['model']} {info['task']}: {report['n_heldout']} held-out prompts, no soft prompt "
           f"{sm['baseline_accuracy']:.3f}, solutions {min(sm['solution_accuracy']):.3f}-{max(sm['solution_accuracy']):.3f}, "
-          f"segment min {sm['segment_min_accuracy']:.3f}, random min {sm['random_min_accuracy']:.3f}, convex: "
-          f"{'yes' if sm['convex'] else 'no'} -> {out}/report.md")  # fmt: skip
+          f"segment min {sm['segment_min_accuracy']:.3f}, random min {sm['random_min_accuracy']:.3f}; "
+          f"{sm['verdict_text']} -> {out}/report.md")  # fmt: skip
     return 0
