@@ -28,7 +28,7 @@ import argparse
 import sys
 
 from circuitdag.cli import analysis, circuits, discover, plugins, projects, sweep, tracr
-from circuitdag.cli._common import Parser, silence_loading_bars
+from circuitdag.cli._common import Parser, format_warning, silence_loading_bars
 from circuitdag.errors import CircuitDagError
 
 
@@ -90,7 +90,13 @@ def _main(argv: list[str] | None) -> int:
                             format="%(levelname)s %(name)s: %(message)s")  # fmt: skip
         if getattr(args, "quiet", False):  # every command's -q, curve and sweep included
             silence_loading_bars()
-        return args.fn(args)
+        import warnings
+
+        before, warnings.formatwarning = warnings.formatwarning, format_warning  # type: ignore[assignment]
+        try:
+            return args.fn(args)
+        finally:
+            warnings.formatwarning = before
     except CircuitDagError as exc:
         print(f"circuitdag: error: {exc}", file=sys.stderr)
         return 2

@@ -12,6 +12,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn, overload
 
@@ -192,6 +193,22 @@ def _busy_threads() -> int:
             return round(os.getloadavg()[0])
         except OSError:
             return 0
+
+
+#: The installed circuitdag package, which warnings printed as one line come from.
+_PACKAGE = str(Path(__file__).resolve().parent.parent)
+#: Python's own warning format, for warnings from elsewhere.
+_PYTHON_FORMAT = warnings.formatwarning
+
+
+def format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                   line: str | None = None) -> str:  # fmt: skip
+    """``warnings.formatwarning`` for the CLI: a ``UserWarning`` that circuitdag raises (the
+    model barely does the task, ...) is one ``circuitdag: warning: ...`` line, like every
+    other message of the CLI, not Python's source line; anything else as Python prints it."""
+    if issubclass(category, UserWarning) and str(Path(filename).resolve()).startswith(_PACKAGE):
+        return f"circuitdag: warning: {message}\n"
+    return _PYTHON_FORMAT(message, category, filename, lineno, line)
 
 
 def _log() -> Any:

@@ -339,12 +339,13 @@ def cache_runs(model: Any, data: TaskData) -> TaskRuns:
     return tr
 
 
-def warn_if_negligible(runs: TaskRuns) -> None:
+def warn_if_negligible(runs: TaskRuns) -> list[str]:
     """Warn, as discover does (:func:`~circuitdag.tasks.validate.check_metric_gap`), when the
     clean-vs-corrupted logit difference is negligible or favours the wrong answer: every
     effect the analysis reports is a fraction of that gap, so on a random or untrained model
-    it is meaningless (a 0.001-logit gap gave "274%")."""
-    check_metric_gap(-runs.metric_clean, -runs.metric_corrupted, "logit_diff", "resample", "neurons")
+    it is meaningless (a 0.001-logit gap gave "274%"). Returns the messages warned (the
+    report records them)."""
+    return check_metric_gap(-runs.metric_clean, -runs.metric_corrupted, "logit_diff", "resample", "neurons")
 
 
 def chunk_size(runs: TaskRuns, budget_bytes: float = 2e9) -> int:

@@ -152,7 +152,7 @@ def analyze_neurons(
     device = next(model.parameters()).device
     data = load_data(task, model, seed=seed, n_prompts=n_prompts).to(device)
     runs = cache_runs(model, data)
-    warn_if_negligible(runs)
+    said = warn_if_negligible(runs)
     n_layers, m = runs.spec.n_layers, runs.d_mlp
     lap("cache")
     lens = logit_lens(runs)
@@ -219,6 +219,7 @@ def analyze_neurons(
         "logit_diff": {"clean": runs.metric_clean, "corrupted": runs.metric_corrupted},
         "example_prompt": _example(tok, data),
         "position_names": list(data.position_names) if data.position_names else None,
+        "warnings": said,
     }  # fmt: skip
     return NeuronAnalysis(facts, lens, grid, whole, neurons, dla, mc, m, target, top, agreement, bins, seconds, decode)
 

@@ -60,6 +60,7 @@ def markdown(r: dict[str, Any]) -> str:
             "zero": "zero-ablating it in the clean run removes",
             "mean": "mean-ablating it in the clean run removes"}[r["ablation"]]  # fmt: skip
     lines = [f"# Neuron analysis: {r['task']} on {r['model']}", ""]
+    lines += [line for w in r.get("warnings", []) for line in (f"**Warning:** {w}.", "")]
     ex = r.get("example_prompt")
     lines.append(
         f"On {r['n_prompts']} prompt pairs" + (f" (clean `{ex['clean']}`, corrupted `{ex['corrupted']}`)" if ex else "")

@@ -165,3 +165,33 @@ def test_a_wrong_preference_does_not_hide_a_negligible_gap() -> None:
         check_metric_gap(0.0005, 0.0001, "logit_diff", "resample", "t")
     text = " | ".join(str(w.message) for w in got)
     assert "does not prefer the correct answer" in text and "barely does this task" in text
+
+
+def test_cli_prints_the_gap_warning_as_one_line_and_circuit_json_records_it(tiny_gpt2_dir, tmp_path, capsys) -> None:
+    """Issue 25: discover on a random model printed a Python UserWarning with its source line,
+    and circuit.json said nothing; now one ``circuitdag: warning:`` line per warning, the
+    same messages under circuit.json's ``warnings``."""
+    import json
+    import sys
+    import warnings
+
+    rows = [{"clean": f"{a} is {adj}", "corrupted": f"{b} is {adj}", "correct": ca, "wrong": cb}
+            for (a, ca), (b, cb) in [(("john", "he"), ("mary", "she")), (("anna", "she"), ("tom", "he"))]
+            for adj in ("great", "nice", "good")]  # fmt: skip
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    def show(message, category, filename, lineno, file=None, line=None) -> None:  # Python's default showwarning
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    with warnings.catch_warnings():  # printed as in a user's shell, not raised by the suite's filter
+        warnings.simplefilter("always")
+        warnings.showwarning = show
+        code = main(["discover", "--task", f"prompts:{prompts}", "--model", str(tiny_gpt2_dir), "--algorithm", "eap",
+                     "--edges", "5", "--out", str(tmp_path / "c"), "-q", "--threads", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    said = json.loads((tmp_path / "c" / "circuit.json").read_text()).get("warnings")
+    assert said, "a random GPT-2 does not do the task: circuit.json must say so"
+    lines = [line for line in err.splitlines() if line.startswith("circuitdag: warning: ")]
+    assert lines == [f"circuitdag: warning: {w}" for w in said]
+    assert "UserWarning" not in err and "warnings.warn" not in err
