@@ -51,8 +51,9 @@ method in a fresh process (so that each process's peak memory is its method's), 
 ``--edge-percent`` of the graph's edges: ``eap-ig``, ``edge-pruning`` (its defaults) and
 ``acdc`` prefiltered to that many EAP-IG edges (the task's threshold; it keeps fewer), and
 prints each circuit's size, faithfulness on the discovery prompts and on the task's
-held-out prompts (circuitdag.holdout: for ``ioi`` the prompts of another seed), CPR/CMD
-come from ``circuitdag curve``; wall seconds and peak memory as ``discover`` records them.
+held-out prompts (circuitdag.holdout: for ``ioi`` the prompts of another seed), wall
+seconds and peak memory as ``discover`` records them. CPR/CMD are not computed in this mode
+(run ``circuitdag curve`` on a saved circuit.json).
 """
 
 from __future__ import annotations
