@@ -13,6 +13,9 @@ import circuitdag as cd
 from circuitdag.errors import ModelError
 from circuitdag.models.bridge import load_bridge
 
+# A random GPT-2 does no task (its 0.006-logit gap warns since issue 25); only scores are compared here.
+pytestmark = pytest.mark.filterwarnings("ignore:.*barely does this task")
+
 CLEAN = "when john and mary went to the store , mary gave a book to"
 
 
