@@ -149,10 +149,14 @@ def fused_pass(host: PassHost, absent: Float[Tensor, "row view pos slot"],
     (all for None), from the embedding to the final residual stream (``batch pos d_model``,
     true positions): :func:`circuitdag.passes.full_pass` with ``stop=True``, differentiable
     w.r.t. ``absent`` with the custom backward of the module docstring. Raises ValueError
-    for a graph with MLPs split into neurons (run the reference pass)."""
+    for a graph with MLPs split into neurons or a model with post-sublayer norms (run the
+    reference pass, as :func:`circuitdag.masked.masked_metric` does for both)."""
     lay, n, table = host.layout, host.layout.n_layers, host.table
     if lay.split:
         raise ValueError("the fused masked pass does not split MLPs into neurons; use the reference pass")
+    if getattr(table, "post", None) is not None:
+        raise ValueError("the fused masked pass sums a layer's heads linearly, but this model normalises each "
+                         "sublayer's output (post-sublayer norms: Gemma 2/3, OLMo 2); use the reference pass")
     views = host.views.of(prompts)
     S_corr = host.runs.S_corr if prompts is None else host.runs.S_corr[prompts]
     buf = _Buffers(S_corr, views.positional)
