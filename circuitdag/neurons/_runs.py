@@ -108,14 +108,15 @@ def final_norm_weight(model: Any) -> Tensor | None:
     W_U = model.W_U
     with torch.no_grad():
         x = torch.randn(16, d, generator=torch.Generator().manual_seed(0), dtype=torch.float64).to(W_U)
-        y = ln(x) - ln(torch.zeros_like(x[:1]))
+        y = (ln(x) - ln(torch.zeros_like(x[:1]))).double()
+        x = x.double()
         z = (x - x.mean(-1, keepdim=True) if norm_kind(model) == "LN" else x) / final_scale(model, x)[:, None]
         w = (y * z).sum(0) / z.pow(2).sum(0)
         err = (z * w - y).abs().max().item()
-    if not err <= 1e-3 * (1.0 + y.abs().max().item()):
+    if not err <= max(1e-3, 16 * torch.finfo(W_U.dtype).eps) * (1.0 + y.abs().max().item()):
         raise ModelError(f"the final norm ({type(ln).__name__}) is not x / scale(x) * weight + bias "
                          f"(max difference {err:.3g}); the neuron analysis cannot read it")  # fmt: skip
-    return w
+    return w.to(W_U.dtype)
 
 
 def mlp_post_norm(model: Any, layer: int) -> RMSNorm | None:

@@ -70,6 +70,10 @@ def test_dla_is_the_direct_effect_of_removing_the_neuron(gemma2) -> None:
     task = Task.from_prompts(PROMPTS)
     runs = cache_runs(model, task.data(model))
     assert model.cfg.output_logits_soft_cap == CAP
+    with torch.no_grad():  # the analysis's logit difference is the model's own, soft-capped
+        out = model(runs.data.clean)[torch.arange(runs.data.n_prompts).unsqueeze(1), runs.data.answer_pos]
+    own = out.gather(-1, runs.data.correct.unsqueeze(-1))[..., 0] - out.gather(-1, runs.data.wrong.unsqueeze(-1))[..., 0]
+    assert torch.allclose(runs.ld_clean, own, rtol=1e-6, atol=1e-6)
     dla = neuron_dla(runs)
     d = runs.data
     rows = torch.arange(d.n_prompts).unsqueeze(1)
