@@ -82,6 +82,8 @@ def _answers(report: dict[str, Any]) -> list[str]:
                   + ("every interpolant (segments and simplex) does better than they do by more than the tolerance: "
                      "the region between solutions is special." if sm["interpolants_special"] else
                      "the interpolants are not clearly better.")))  # fmt: skip
+    out.append(f"* **At the same distance** from a solution (0 < t < 1) an interpolant's accuracy minus a random "
+               f"move's is {sm['segment_minus_random_same_t']:+.3f} on average.")
     ratio = sm["midpoint_norm_ratio"]
     out.append(f"* **Shrinkage.** A midpoint's norm is {min(ratio):.3f}-{max(ratio):.3f} of its endpoints' mean "
                f"(cosines between solutions {min(sm['cosine']):.3f}-{max(sm['cosine']):.3f}): interpolants are "

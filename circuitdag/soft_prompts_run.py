@@ -230,6 +230,9 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "segment_max_drop": seg_drop, "segments_hold": seg_drop <= tol,
         "random_far_accuracy": rnd_far, "random_min_accuracy": rnd_min, "random_max_drop": rnd_drop,
         "random_hold": rnd_drop <= tol,
+        # interpolant minus random move at the same t (0 < t < 1), mean over pairs and points: > 0 when the
+        # straight path beats a random move of the same length before it nears the other solution
+        "segment_minus_random_same_t": _same_t_gap(report["segments"]),
         "norm_kept_min_accuracy": min(min(s["norm_kept_accuracy"]) for s in report["segments"]),
         "norm_kept_max_drop": kept_drop, "norm_kept_hold": kept_drop <= tol,
         "nearest_accuracy": [s["nearest"]["heldout"]["accuracy"] for s in report["seeds"]],
@@ -282,6 +285,12 @@ def verdict(sm: dict[str, Any]) -> tuple[str, str]:
         return VERDICTS[4], ("convex: no, but the region between solutions is special (every interpolant beats "
                              "random moves of the same length)")  # fmt: skip
     return VERDICTS[5], "convex: no (an interpolant falls below the weaker solution)"
+
+
+def _same_t_gap(segments: list[dict[str, Any]]) -> float:
+    gaps = [seg["accuracy"][k] - sum(d[k] for d in seg["random_accuracy"]) / len(seg["random_accuracy"])
+            for seg in segments for k in range(1, len(seg["t"]) - 1)]  # fmt: skip
+    return sum(gaps) / len(gaps) if gaps else 0.0
 
 
 def _load(ckpt: Path | None, seed: int, settings: dict[str, Any]) -> Trained | None:
