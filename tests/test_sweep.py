@@ -160,7 +160,7 @@ def test_bad_sweep_options_give_one_line_errors(argv, message, tmp_path, capsys)
 def test_worker_needs_an_existing_study(tmp_path, capsys):
     storage = default_storage(tmp_path)
     code, _, err = run(capsys, "sweep-worker", "--storage", storage, "--study", "nope", "-q")
-    assert code == 2 and "no study 'nope'" in err and "--trials 0" in err
+    assert code == 2 and "no study 'nope'" in err and "--trials 0" in err and "discover --bootstrap B" in err
     code, _, err = run(capsys, "sweep-worker", "--storage", "notadb://x", "-q")
     assert code == 2 and "circuitdag: error:" in err
 

@@ -119,8 +119,9 @@ def work(
             study_name = names[0]
         if study_name not in names:
             raise ConfigError(
-                f"no study {study_name!r} in {masked(storage)} (it has: {', '.join(names) or 'none'}); start it with "
-                f"`circuitdag sweep --storage URL --study {study_name} --trials 0 ...`"
+                f"no study {study_name!r} in {masked(storage)} (it has: {', '.join(names) or 'none'}); start it "
+                f"first: a sweep with `circuitdag sweep --storage URL --study {study_name} --trials 0 ...`, "
+                f"bootstrap resamples with `circuitdag discover --bootstrap B --storage URL --study {study_name} ...`"
             )
         probe = optuna.load_study(study_name=study_name, storage=store)
         from circuitdag.sweep.resamples import is_bootstrap, work_resamples
