@@ -65,7 +65,7 @@ def _report(base: float, sols: list[float], along: list[float], random_far: floa
     ``sols`` at the solutions, ``along`` between them, ``random_far`` at the far end of a random move."""
     seed = [{"heldout": {"accuracy": a}, "init_heldout": {"accuracy": 0.0}, "nearest": {"heldout": {"accuracy": 0.0},
              "tokens": ["x"]}, "nearest_cosine": {"heldout": {"accuracy": 0.0}}, "init_tokens": ["y"]} for a in sols]
-    seg = {"pair": [0, 1], "accuracy": [sols[0], *along, sols[1]], "metric": [1.0, 1.0, 1.0],
+    seg = {"pair": [0, 1], "t": [0.0, 0.5, 1.0], "accuracy": [sols[0], *along, sols[1]], "metric": [1.0, 1.0, 1.0],
            "norm_kept_accuracy": [sols[0], *along, sols[1]], "random_accuracy": [[sols[0], random_far, random_far]],
            "random_metric": [[1.0, 0.0, 0.0]], "midpoint_norm_ratio": 0.8, "cosine": 0.3}  # fmt: skip
     return {"n_heldout": 30, "baseline": {"accuracy": base}, "seeds": seed, "segments": [seg]}
