@@ -208,8 +208,7 @@ def minimality(patcher: Patcher, alive: np.ndarray, q: float = 0.5, alpha: float
     level = alpha / len(members)  # Bonferroni
     rows: list[dict[str, Any]] = []
     failing: list[str] = []
-    effects = np.abs(removal_metrics(patcher, alive, members) - base)  # edges x prompts
-    bar.update(len(members))
+    effects = np.abs(removal_metrics(patcher, alive, members, done=bar.update) - base)  # edges x prompts
     for e, effect in zip(members, effects, strict=True):
         k = int((effect > reference).sum())
         p = float(stats.binom.sf(k - 1, patcher.B, q))

@@ -97,18 +97,19 @@ def removal_finals(patcher: Patcher, alive: np.ndarray, edges: np.ndarray,
         patcher.rebase(None)
 
 
-def removal_metrics(patcher: Patcher, alive: np.ndarray, edges: np.ndarray, k: int = 8,
-                    path: str = "auto") -> np.ndarray:  # fmt: skip
+def removal_metrics(patcher: Patcher, alive: np.ndarray, edges: np.ndarray, k: int = 8, path: str = "auto",
+                    done: Callable[[int], Any] | None = None) -> np.ndarray:  # fmt: skip
     """``m_i(alive - e)`` for each edge ``e`` of ``edges`` and each prompt ``i``,
     ``(len(edges), batch)``. ``path``: ``"components"`` recomputes only the circuit's nodes
     that removing ``e`` changes (:func:`removal_metrics_sparse`), ``"layers"`` runs every
-    layer from ``e``'s destination on (:func:`removal_finals`, ``k`` circuits a batch);
-    ``"auto"`` the first where the model's component kernels reproduce it. Both tested
-    equal to :func:`prompt_metrics` of each circuit."""
+    layer from ``e``'s destination on (:func:`removal_finals`); both take the edges into one
+    destination ``k`` at a time. ``"auto"`` the first where the model's component kernels
+    reproduce it. ``done(n)`` is called after every ``n`` edges (a progress bar's update).
+    Both tested equal to :func:`prompt_metrics` of each circuit."""
     if path not in ("auto", "components", "layers"):
         raise ValueError(f"path must be auto, components or layers, got {path!r}")
     if path != "layers" and not patcher.neurons and patcher.kernels() is not None:
-        return removal_metrics_sparse(patcher, alive, edges)
+        return removal_metrics_sparse(patcher, alive, edges, k, done)
     if path == "components":
         raise ConfigError(f"the component path cannot run here ({patcher.kernel_problem or 'neuron nodes'})")
     out = np.empty((len(edges), patcher.B))
@@ -116,6 +117,8 @@ def removal_metrics(patcher: Patcher, alive: np.ndarray, edges: np.ndarray, k: i
         for chunk, final in removal_finals(patcher, alive, edges, k):
             for j, i in enumerate(chunk.tolist()):
                 out[i] = patcher.readout.per_prompt(final[j]).double().cpu().numpy()
+            if done is not None:
+                done(len(chunk))
     return out
 
 
@@ -136,18 +139,23 @@ class _PromptByPrompt:
                             for i in range(final.shape[1])], dim=1)  # fmt: skip
 
 
-def removal_metrics_sparse(patcher: Patcher, alive: np.ndarray, edges: np.ndarray) -> np.ndarray:
+def removal_metrics_sparse(patcher: Patcher, alive: np.ndarray, edges: np.ndarray, k: int = 8,
+                           done: Callable[[int], Any] | None = None) -> np.ndarray:  # fmt: skip
     """:func:`removal_metrics` on the component fast path (:class:`~circuitdag.recompute.SparseFastPath`,
     :class:`~circuitdag.recompute_positions.PositionalFastPath`): from the run of ``alive``
     (one sparse pass), each ``alive - e`` recomputes ``e``'s destination and the circuit's
     nodes downstream of it that reach the logits, at the positions that can change, and
-    nothing else. Raises :class:`ConfigError` where the kernels do not reproduce the model."""
+    nothing else; the edges into one destination go ``k`` at a time as one batch of
+    independent candidates (``evaluate(..., nested=False)``). Raises :class:`ConfigError`
+    where the kernels do not reproduce the model."""
     from circuitdag.recompute import SparseFastPath
     from circuitdag.recompute_positions import PositionalFastPath
 
     kernels = patcher.kernels()
     if kernels is None or patcher.neurons:
         raise ConfigError(f"the component path cannot run here ({patcher.kernel_problem or 'neuron nodes'})")
+    if k < 1:
+        raise ConfigError(f"removal_metrics: k (removals per batch) must be >= 1, got {k}")
     alive = np.asarray(alive, dtype=bool)
     edges = np.asarray(edges, dtype=np.int64)
     if not alive[edges].all():
@@ -157,9 +165,14 @@ def removal_metrics_sparse(patcher: Patcher, alive: np.ndarray, edges: np.ndarra
     out = np.empty((len(edges), patcher.B))
     dst = patcher.graph.edges.dst[edges]
     with torch.no_grad():
-        for i in np.argsort(-dst, kind="stable").tolist():  # one destination's affected set at a time
-            out[i] = fast.evaluate(int(dst[i]), edges[i : i + 1], alive)[0].double().cpu().numpy()
-            patcher.n_forward += 1
+        for d in np.unique(dst)[::-1].tolist():  # one destination's affected set at a time
+            mine = np.flatnonzero(dst == d)
+            for start in range(0, len(mine), k):
+                chunk = mine[start : start + k]
+                out[chunk] = fast.evaluate(d, edges[chunk], alive, nested=False).double().cpu().numpy()
+                patcher.n_forward += 1
+                if done is not None:
+                    done(len(chunk))
     return out
 
 

@@ -269,9 +269,9 @@ class SparseFastPath:
         return hit
 
     @torch.no_grad()
-    def evaluate(self, dest: int, edges: np.ndarray, alive: np.ndarray) -> Tensor:
-        """Metric of the K nested candidates "current circuit minus ``edges[:j+1]``"
-        (``edges`` all into ``dest``, alive in the current circuit): a tensor of K values.
+    def evaluate(self, dest: int, edges: np.ndarray, alive: np.ndarray, nested: bool = True) -> Tensor:
+        """Metric of the K nested candidates "current circuit minus ``edges[:j+1]``" (``nested=False``:
+        minus ``edges[j]`` alone; ``edges`` all into ``dest``, alive in the current circuit): K values.
         ``alive`` is the current circuit (for the affected set).
 
         Every tensor is kept at the positions that matter only (:meth:`_needed_positions`):
@@ -286,7 +286,7 @@ class SparseFastPath:
         for r in np.unique(rows_e).tolist():
             idx = np.flatnonzero(rows_e == r)
             where = tpos(self._row_positions(r))
-            W = (steps[:, None] >= torch.as_tensor(idx, device=dev)[None, :]).to(dt)  # k n
+            W = (torch.ge if nested else torch.eq)(steps[:, None], torch.as_tensor(idx, device=dev)[None, :]).to(dt)  # k n
             D = torch.stack([self._delta(s)[:, where] for s in slots_e[idx].tolist()])  # n batch pos d
             pend.rows[r] = self.I[r][:, where].unsqueeze(0) - torch.einsum("jn,nbpd->jbpd", W, D)
         # slot -> (k batch |need| d new-minus-current output, its positions)

@@ -106,8 +106,8 @@ class PositionalFastPath:
         return q + 1 if self.spec.causal else self.S[0].shape[1]
 
     @torch.no_grad()
-    def evaluate(self, dest: int, edges: np.ndarray, alive: np.ndarray) -> Tensor:
-        """Metric of the K nested candidates "current circuit minus ``edges[:j+1]``"."""
+    def evaluate(self, dest: int, edges: np.ndarray, alive: np.ndarray, nested: bool = True) -> Tensor:
+        """Metric of the K nested candidates "current circuit minus ``edges[:j+1]``" (or ``edges[j]``)."""
         lay, k, graph = self.lay, len(edges), self.graph
         dev, dt = self.p.device, self.p.dtype
         rows_e, views_e = lay.edge_row[edges], lay.edge_view[edges]
@@ -116,7 +116,7 @@ class PositionalFastPath:
         steps = torch.arange(k, device=dev)
         for r, v in sorted(set(zip(rows_e.tolist(), views_e.tolist()))):
             idx = np.flatnonzero((rows_e == r) & (views_e == v))
-            W = (steps[:, None] >= torch.as_tensor(idx, device=dev)[None, :]).to(dt)  # k n
+            W = (torch.ge if nested else torch.eq)(steps[:, None], torch.as_tensor(idx, device=dev)[None, :]).to(dt)  # k n
             L, kind = self.lay.row_layer_kind(r)
             if lay.crosses_positions(kind):
                 cur = self.I[r][:, v]  # batch pos d

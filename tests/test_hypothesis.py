@@ -122,7 +122,11 @@ def test_removal_metrics_equal_one_pass_per_circuit(positions, path):
     rng = np.random.default_rng(3)
     alive = graph.prune(rng.random(graph.n_edges) < 0.4)
     edges = rng.choice(np.flatnonzero(alive), 12, replace=False)
-    got = removal_metrics(p, alive, edges, k=5, path=path)
+    dst = graph.edges.dst[edges]
+    assert max(np.unique(dst, return_counts=True)[1]) >= 2  # a batch of removals into one destination
+    calls: list[int] = []
+    got = removal_metrics(p, alive, edges, k=5, path=path, done=calls.append)
+    assert sum(calls) == len(edges) and len(calls) >= 2  # progress reported as the edges go
     for e, row in zip(edges, got, strict=True):
         less = alive.copy()
         less[e] = False
