@@ -130,6 +130,31 @@ def test_discover_holds_out_bootstraps_verifies_and_tests(tmp_path, capsys):
     assert "p_value" in ev["tests"]["equivalence"] and ev["verify"]["n_checked"] == 4
 
 
+def test_evaluate_n_prompts_runs_the_tests_on_that_many_own_prompts(tmp_path, capsys):
+    """``evaluate --n-prompts N --tests``: the tests on N of the circuit's prompts (a seeded
+    subset), not the other-data evaluation; equal to the test on that subset from Python."""
+    import numpy as np
+
+    from circuitdag.hypothesis import equivalence
+
+    out = tmp_path / "run"
+    assert main(["discover", "--task", "pronoun", "--algorithm", "eap", "--holdout", "0", "--out", str(out),
+                 "--no-svg", "-q"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["evaluate", str(out / "circuit.json"), "--n-prompts", "30", "--tests", "equivalence"]) == 0
+    ev = json.loads(capsys.readouterr().out)
+    assert "other_data" not in ev and ev["checks_on"] == {"prompts": 30, "of": 100, "seed": 0}
+    got = ev["tests"]["equivalence"]
+    assert got["detail"]["prompts"] == 30
+    task = get_task("pronoun")
+    patcher, _ = prepare(task.load_model(), task)
+    sub = patcher.subset(np.sort(np.random.default_rng(0).choice(100, 30, replace=False)))
+    want = equivalence(sub, load_circuit(out / "circuit.json").in_circuit).to_dict()
+    assert (got["p_value"], got["detail"]["circuit_wins"]) == (want["p_value"], want["detail"]["circuit_wins"])
+    assert main(["evaluate", str(out / "circuit.json"), "--n-prompts", "101", "--tests", "equivalence"]) == 2
+    assert "--n-prompts 101: the circuit was found on 100 prompts; give at most 100" in capsys.readouterr().err
+
+
 def test_tests_flag_names_match_the_library():
     from circuitdag.cli.discover import TRUST_TESTS
     from circuitdag.hypothesis import TESTS

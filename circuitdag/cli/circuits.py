@@ -34,7 +34,9 @@ def register(sub: Any) -> None:
                    "as discover --prompts takes)")
     p.add_argument("--seed", type=number("--seed", int, 0), help="the seed of --task's prompts (default: the "
                    "circuit's)")
-    p.add_argument("--n-prompts", type=number("--n-prompts", int, 1), help="the number of prompts of --task")
+    p.add_argument("--n-prompts", type=number("--n-prompts", int, 1),
+                   help="the number of prompts of --task; with --tests/--verify-top and no --task, --prompts or "
+                   "--seed: run those on this many of the circuit's own prompts (a subset drawn with its seed)")
     p.add_argument("--tests", nargs="*", metavar="TEST", choices=TRUST_TESTS,
                    help="hypothesis tests on the circuit's own run (Shi et al. 2024): equivalence, independence, "
                    "minimality, sufficiency (no name: all four)")
@@ -139,14 +141,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _trust(circuit: Any, args: argparse.Namespace) -> dict[str, Any]:
     """``evaluate``'s --task/--prompts/--seed/--n-prompts (the edge set on other data),
-    --tests and --verify-top (on the circuit's own run, rebuilt)."""
+    --tests and --verify-top (on the circuit's own run, rebuilt; with --n-prompts N and no
+    other data named, on N of its discovery prompts drawn with the circuit's seed)."""
     out: dict[str, Any] = {}
-    if args.task or args.prompts or args.seed is not None or args.n_prompts is not None:
+    checks = args.tests is not None or bool(args.verify_top)
+    other = args.task or args.prompts or args.seed is not None
+    if other or (args.n_prompts is not None and not checks):
         from circuitdag.holdout import evaluate_on
 
         out["other_data"] = evaluate_on(circuit, task=args.task, prompts=args.prompts, seed=args.seed,
                                         n_prompts=args.n_prompts)  # fmt: skip
-    if args.tests is not None or args.verify_top:
+    if checks:
         from circuitdag.holdout import discovery_part
         from circuitdag.reload import reload
         from circuitdag.trust import assess
@@ -155,11 +160,27 @@ def _trust(circuit: Any, args: argparse.Namespace) -> dict[str, Any]:
         assert run.patcher is not None
         from circuitdag.cli.discover import parse_test_options
 
-        assess(circuit, discovery_part(run.patcher, circuit.meta), verify_top=args.verify_top,
-               test_options=parse_test_options(args.test_option),
-               tests=tuple(args.tests or TRUST_TESTS) if args.tests is not None else (), seed=int(circuit.meta.get("seed") or 0))  # fmt: skip
+        seed = int(circuit.meta.get("seed") or 0)
+        patcher = discovery_part(run.patcher, circuit.meta)
+        if args.n_prompts is not None and not other:
+            patcher = _some_prompts(patcher, args.n_prompts, seed)
+            out["checks_on"] = {"prompts": patcher.B, "of": run.patcher.B, "seed": seed}
+        assess(circuit, patcher, verify_top=args.verify_top, test_options=parse_test_options(args.test_option),
+               tests=tuple(args.tests or TRUST_TESTS) if args.tests is not None else (), seed=seed)  # fmt: skip
         out.update({k: circuit.meta[k] for k in ("tests", "verify") if k in circuit.meta})
     return out
+
+
+def _some_prompts(patcher: Any, n: int, seed: int) -> Any:
+    """``patcher`` on ``n`` of its prompts drawn without repeats with ``seed`` (in their order;
+    rows of the cached runs, no forward pass). Raises :class:`ConfigError` when it has fewer."""
+    import numpy as np
+
+    if n > patcher.B:
+        raise ConfigError(f"--n-prompts {n}: the circuit was found on {patcher.B} prompts; give at most {patcher.B}")
+    if n == patcher.B:
+        return patcher
+    return patcher.subset(np.sort(np.random.default_rng(seed).choice(patcher.B, n, replace=False)))
 
 
 def _percents(texts: list[str] | None) -> tuple[float, ...]:
