@@ -68,14 +68,20 @@ def split(data: TaskData, fraction: float, seed: int = 0) -> tuple[TaskData, Tas
     return data.subset(rest.tolist()), data.subset(held.tolist())
 
 
+def _prompt_keys(data: TaskData) -> list[tuple[tuple[int, ...], ...]]:
+    """Each prompt's clean and corrupted tokens up to its last answer position and its
+    answers: the same prompt gives the same key whatever the padding after it."""
+    last = data.answer_pos.max(dim=1).values.cpu().tolist()
+    answers = [data.correct, data.wrong]
+    return [(tuple(data.clean[i, : n + 1].tolist()), tuple(data.corrupted[i, : n + 1].tolist()),
+             *(tuple(a[i].tolist()) for a in answers if a is not None)) for i, n in enumerate(last)]  # fmt: skip
+
+
 def _drop_shared(data: TaskData, discovery: TaskData) -> TaskData:
-    """``data`` without the prompts (clean and corrupted) that are also discovery prompts."""
-    if data.clean.shape[1] != discovery.clean.shape[1]:
-        return data
-    seen = {(tuple(c.tolist()), tuple(r.tolist())) for c, r in zip(discovery.clean.cpu(), discovery.corrupted.cpu(), strict=True)}
-    keep = [i for i, (c, r) in enumerate(zip(data.clean.cpu(), data.corrupted.cpu(), strict=True))
-            if (tuple(c.tolist()), tuple(r.tolist())) not in seen]  # fmt: skip
-    return data.subset(keep)
+    """``data`` without the prompts (clean, corrupted and answers) that are also discovery
+    prompts, padded to any length."""
+    seen = set(_prompt_keys(discovery))
+    return data.subset([i for i, key in enumerate(_prompt_keys(data)) if key not in seen])
 
 
 def at_most(data: TaskData, n: int, seed: int = 0) -> TaskData:

@@ -155,6 +155,27 @@ def test_evaluate_n_prompts_runs_the_tests_on_that_many_own_prompts(tmp_path, ca
     assert "--n-prompts 101: the circuit was found on 100 prompts; give at most 100" in capsys.readouterr().err
 
 
+def test_heldout_drops_a_discovery_prompt_padded_to_another_length():
+    """A generated held-out set loses the prompts that are also discovery prompts, also when
+    the two sets are padded to different lengths (the check once compared padded rows only
+    when the lengths agreed, and kept every prompt otherwise)."""
+    import torch
+
+    from circuitdag.holdout import _drop_shared
+    from circuitdag.tasks.base import TaskData
+
+    def data(rows, answers):
+        n = max(len(r) for r in rows)
+        pad = [r + [0] * (n - len(r)) for r in rows]
+        t = torch.tensor(pad)
+        return TaskData(t, t + 100, torch.tensor([[len(r) - 1] for r in rows]), torch.tensor([[a] for a in answers]))
+
+    disc = data([[5, 6, 7], [5, 6, 8]], [1, 2])
+    held = data([[5, 6, 7], [5, 6, 7, 9, 9], [5, 6, 8], [4, 6, 7]], [1, 1, 3, 1])
+    kept = _drop_shared(held, disc)  # [5, 6, 7] -> 1 is a discovery prompt; [5, 6, 8] -> 3 has another answer
+    assert kept.n_prompts == 3 and kept.clean[:, 0].tolist() == [5, 5, 4] and kept.correct[:, 0].tolist() == [1, 3, 1]
+
+
 def test_tests_flag_names_match_the_library():
     from circuitdag.cli.discover import TRUST_TESTS
     from circuitdag.hypothesis import TESTS
