@@ -29,6 +29,10 @@ with a p-value:
   "at least as faithful" would count a random circuit that overshoots, ``f = 4``, as
   better).
 
+The permutation and random-circuit p-values cannot go below ``1 / (permutations + 1)`` and
+``1 / (circuits + 1)`` (``detail['p_floor']``): a p-value at its floor says only that no
+permutation or random circuit did as well, and is reported as such.
+
 Costs, in exact passes over every prompt: equivalence 2, independence 2, minimality
 ``1 + 2 * references`` plus one evaluation per edge, run from the edge's destination layer
 on (:func:`~circuitdag.per_prompt.removal_metrics`), sufficiency ``R + 2``.
@@ -171,7 +175,7 @@ def independence(patcher: Patcher, alive: np.ndarray, permutations: int = 1000, 
     null = np.array([hsic(s_m, s_rest[rng.permutation(len(s_rest))]) for _ in range(permutations)])
     p = (1 + int((null >= obs).sum())) / (permutations + 1)
     return TestResult("independence", obs, p, alpha, "the complement's scores are independent of the model's", False,
-                      {"score": on, "permutations": permutations,
+                      {"score": on, "permutations": permutations, "p_floor": 1 / (permutations + 1),
                        "spearman": float(stats.spearmanr(s_m, s_rest).statistic) if np.ptp(s_rest) else 0.0})  # fmt: skip
 
 
@@ -243,7 +247,8 @@ def sufficiency(patcher: Patcher, alive: np.ndarray, circuits: int = 100, alpha:
     f_arr = np.asarray(f_r)
     p = (1 + int((np.abs(1 - f_arr) <= abs(1 - f_c)).sum())) / (circuits + 1)
     return TestResult("sufficiency", f_c, p, alpha, "the circuit is no more faithful than a random circuit of its size", True,
-                      {"random_circuits": circuits, "edges": size, "random_faithfulness_mean": float(f_arr.mean()),
+                      {"random_circuits": circuits, "p_floor": 1 / (circuits + 1), "edges": size,
+                       "random_faithfulness_mean": float(f_arr.mean()),
                        "random_faithfulness_max": float(f_arr.max()),
                        "random_as_close": float((np.abs(1 - f_arr) <= abs(1 - f_c)).mean())})  # fmt: skip
 

@@ -125,9 +125,20 @@ def trust_summary(meta: dict[str, Any]) -> str:
                      f"{v['n_off']}/{v['n_checked']} off by >2x")  # fmt: skip
     t = meta.get("tests")
     if t:
-        parts.append("tests " + ", ".join(f"{k} p={r['p_value']:.3g}{'' if r['passed'] else ' (fails)'}"
-                                          if "p_value" in r else f"{k} skipped" for k, r in t.items()))  # fmt: skip
+        parts.append("tests " + ", ".join(_test(k, r) for k, r in t.items()))
     return "".join("; " + p for p in parts)
+
+
+def _test(name: str, r: dict[str, Any]) -> str:
+    """``sufficiency p=0.0476 (its floor: 20 random circuits)``: a test's p-value, whether it
+    is as small as its permutations or random circuits allow, and whether the circuit fails."""
+    if "p_value" not in r:
+        return f"{name} skipped"
+    d, floor = r.get("detail") or {}, (r.get("detail") or {}).get("p_floor")
+    at_floor = floor is not None and r["p_value"] <= floor * (1 + 1e-9)
+    what = f"{d.get('random_circuits')} random circuits" if "random_circuits" in d else f"{d.get('permutations')} permutations"
+    return (f"{name} p={r['p_value']:.3g}" + (f" (its floor: {what})" if at_floor else "")
+            + ("" if r["passed"] else " (fails)"))  # fmt: skip
 
 
 __all__ = ["assess", "rerun_options", "trust_summary"]

@@ -97,6 +97,23 @@ def test_independence(toy):
     assert not dep.passed and dep.p_value == pytest.approx(1 / 201)
 
 
+def test_a_p_value_at_its_floor_says_so(toy):
+    """The summary line marks a permutation or random-circuit p-value that is as small as its
+    count allows (no random circuit as close, no permutation as dependent) as at its floor."""
+    from circuitdag.trust import trust_summary
+
+    p, planted = toy
+    tests = {"sufficiency": sufficiency(p, planted, circuits=40).to_dict(),
+             "independence": independence(p, np.zeros(p.graph.n_edges, bool), permutations=200).to_dict(),
+             "equivalence": equivalence(p, planted).to_dict()}  # fmt: skip
+    line = trust_summary({"tests": tests})
+    assert "sufficiency p=0.0244 (its floor: 40 random circuits)" in line
+    assert "independence p=0.00498 (its floor: 200 permutations) (fails)" in line
+    assert "equivalence p=" in line and "equivalence p=1 (" not in line  # no floor for the binomial tests
+    kept = independence(p, planted, permutations=200).to_dict()
+    assert kept["p_value"] > kept["detail"]["p_floor"] and "floor" not in trust_summary({"tests": {"i": kept}})
+
+
 def test_hsic_detects_dependence_and_not_chance():
     rng = np.random.default_rng(0)
     x = rng.normal(size=60)
