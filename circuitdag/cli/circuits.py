@@ -166,7 +166,8 @@ def _trust(circuit: Any, args: argparse.Namespace) -> dict[str, Any]:
             patcher = _some_prompts(patcher, args.n_prompts, seed)
             out["checks_on"] = {"prompts": patcher.B, "of": run.patcher.B, "seed": seed}
         assess(circuit, patcher, verify_top=args.verify_top, test_options=parse_test_options(args.test_option),
-               tests=tuple(args.tests or TRUST_TESTS) if args.tests is not None else (), seed=seed)  # fmt: skip
+               tests=tuple(args.tests or TRUST_TESTS) if args.tests is not None else (), seed=seed,
+               progress=True)  # fmt: skip
         out.update({k: circuit.meta[k] for k in ("tests", "verify") if k in circuit.meta})
     return out
 
