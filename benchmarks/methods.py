@@ -307,7 +307,7 @@ SMOL_METHODS = {
 
 
 def smollm2(task: str, percent: float, methods: tuple[str, ...], threads: int, out_json: str | None,
-            ep_options: list[str] | None = None, n_prompts: int | None = None) -> int:
+            ep_options: list[str] | None = None, n_prompts: int | None = None, keep: str | None = None) -> int:
     """One ``circuitdag discover`` process per method on SmolLM2-135M (module docstring)."""
     import gc
     import subprocess
@@ -327,7 +327,7 @@ def smollm2(task: str, percent: float, methods: tuple[str, ...], threads: int, o
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for m in methods:
-            out = Path(tmp) / m
+            out = Path(keep or tmp) / m
             cmd = [sys.executable, "-m", "circuitdag.cli", "discover", "--model", "smollm2-135m", "--task", task,
                    *SMOL_METHODS[m](n), "--out", str(out), "-q", "--no-svg", "--threads", str(threads)]  # fmt: skip
             if m == "edge-pruning":
@@ -393,11 +393,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-prompts", type=int, default=None, help="--smollm2: prompts per run (default: the task's)")
     ap.add_argument("--ep-option", action="append", default=[], metavar="NAME=VALUE",
                     help="--smollm2: an Edge Pruning option other than its default (repeatable)")
+    ap.add_argument("--keep", metavar="DIR", help="--smollm2: keep each method's run (circuit.json) in DIR/METHOD")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.smollm2:
         return smollm2(args.smollm2, args.edge_percent, tuple(args.smollm2_methods), args.threads, args.json,
-                       args.ep_option, args.n_prompts)
+                       args.ep_option, args.n_prompts, args.keep)
     methods = ("acdc", *(m for m in METHODS[1:] if args.methods is None or m in args.methods))
     tasks = args.tasks or (QUICK_TASKS if args.quick else DEFAULT_TASKS)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
