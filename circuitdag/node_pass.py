@@ -31,23 +31,27 @@ reference is ``Patcher.circuit_metric``; tests/test_node_pass.py checks they agr
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from circuitdag.graph import Input, NodeKind
-from circuitdag.patching import Patcher
 
 __all__ = ["NodePass", "circuit_metrics", "node_pass_for"]
 
 
 class NodePass:
-    """Circuit metrics on one :class:`Patcher` by computing only the circuit's nodes
-    (module docstring). Raises ValueError for a position-aware graph, neuron nodes, or a
-    model whose component kernels do not reproduce it (``patcher.kernel_problem`` says why)."""
+    """Circuit metrics and final residual streams on one
+    :class:`~circuitdag.patching.Patcher` by computing only the circuit's nodes (module
+    docstring). Raises ValueError for a position-aware graph, neuron nodes, or a model
+    whose component kernels do not reproduce it (``patcher.kernel_problem`` says why).
+    ``patcher`` is not imported here: the patcher hands out its own instance
+    (``Patcher.node_pass``), which the run record and the held-out check use too."""
 
-    def __init__(self, patcher: Patcher) -> None:
+    def __init__(self, patcher: Any) -> None:
         if patcher.positional or patcher.neurons:
             raise ValueError("NodePass works on graphs without positions or neuron nodes")
         kernels = patcher.kernels()
@@ -75,6 +79,8 @@ class NodePass:
                 self.empty[(L, Input.MLP)] = patcher.mlp_in[L] - bases[lay.readable_slots(L, Input.MLP)]
         self.empty[(lay.n_layers, Input.RESID)] = patcher.resid_final - bases[lay.n_slots]
         self.n_nodes = sum(1 for n in self.graph.nodes if n.kind in (NodeKind.HEAD, NodeKind.MLP))
+        #: Slots whose clean and ablated outputs are identical (their edges change nothing).
+        self.still = np.array([not bool(D[:, :, s].any()) for s in range(D.shape[2])])
 
     def _base(self, r: int) -> Tensor:
         """``I_empty`` of row ``r``: its input with every edge absent."""
@@ -160,6 +166,20 @@ class NodePass:
     def metric(self, alive: np.ndarray) -> float:
         """The metric of circuit ``alive`` (bool ``[n_edges]``): what
         :meth:`Patcher.circuit_metric` gives, up to float rounding."""
+        return float(self.p.final_metric(self.final(alive).unsqueeze(0))[0])
+
+    def release(self) -> None:
+        """Free the two slot buffers (``2 x slots x batch x pos x d_model``: 1.7 GB for
+        SmolLM2-135M on 100 prompts of 12 tokens); the next circuit allocates them again."""
+        for name in ("_cur", "_diff", "_written"):
+            self.__dict__.pop(name, None)
+
+    @torch.no_grad()
+    def final(self, alive: np.ndarray) -> Float[Tensor, "batch pos d_model"]:
+        """The final residual stream of circuit ``alive`` (bool ``[n_edges]``) at every
+        position: what the full sparse pass gives (``Patcher.final_of``), up to float
+        rounding. Do not modify it: with no present edge into ``logits`` it is a cached
+        tensor."""
         p, lay, kern, spec = self.p, self.lay, self.kernels, self.spec
         alive = np.asarray(alive, dtype=bool)
         present = np.zeros_like(self.exists)
@@ -171,38 +191,58 @@ class NodePass:
             cur[s].zero_()
             diff[s].zero_()
         self._written = slots
-        cur[0] = self.Dv[:, 0].reshape(-1)  # embed: the clean output, S_clean - S_C = 0
+        # ``same[s]``: slot s's output in this circuit is the clean one, exactly (the embedding;
+        # a node whose every input is): such a node is not computed, and an input that reads
+        # only such senders present and only senders with S_clean == S_abl absent is the clean
+        # one, so a circuit that changes nothing gives the clean run bit for bit.
+        same = np.zeros(lay.n_slots, dtype=bool)
+        same[0] = True
+
+        def unchanged(r: int) -> bool:
+            return not (self.exists[r] & ~np.where(present[r], same, self.still)).any()
 
         def inputs(rows: list[int]) -> list[Tensor]:
             """The inputs of ``rows`` (one layer and input group), in one matmul over the
             senders any of them reads: ``I_empty + sum of present deltas`` when few of the
             group's edges are present, else (fewer terms, and no large sums cancelling in the
             rounding) ``I_clean - sum over absent edges of (S_clean - S_abl) - sum over present
-            ones of (S_clean - S_C)``."""
+            ones of (S_clean - S_C)``; ``I_clean`` itself for an unchanged row."""
             mask, gone = present[rows], self.exists[rows] & ~present[rows]
             if mask.sum() <= gone.sum():
                 base = self._base(rows[0])
                 got = self._sum_rows(cur, mask)
-                return [base] * len(rows) if got is None else [base + g for g in got]
-            x = [self._clean(rows[0])] * len(rows)
-            for got in (self._sum_deltas(gone), self._sum_rows(diff, mask)):  # diff[embed] = 0
-                if got is not None:
-                    x = [a - g for a, g in zip(x, got)]
-            return x
+                x = [base] * len(rows) if got is None else [base + g for g in got]
+            else:
+                x = [self._clean(rows[0])] * len(rows)
+                for got in (self._sum_deltas(gone), self._sum_rows(diff, mask)):  # diff[embed] = 0
+                    if got is not None:
+                        x = [a - g for a, g in zip(x, got)]
+            return [self._clean(r) if unchanged(r) else v for r, v in zip(rows, x)]
 
-        def store(s: int, out: Tensor) -> None:
-            """Node output ``out`` (``batch pos d``) of slot ``s`` into the buffers."""
+        def store(s: int, out: Tensor | None) -> None:
+            """Node output ``out`` (``batch pos d``; None: the clean output) of slot ``s``
+            into the buffers."""
+            if out is None:
+                cur[s] = self.Dv[:, s].reshape(-1)
+                diff[s].zero_()
+                same[s] = True
+                return
             torch.sub(out, p.S_corr[:, :, s], out=cur[s].view_as(out))
             torch.sub(self.Dv[:, s].reshape(-1), cur[s], out=diff[s])
 
+        cur[0] = self.Dv[:, 0].reshape(-1)  # embed: the clean output, S_clean - S_C = 0
         by_layer: dict[int, list[int]] = {}
         for u in needed:
             by_layer.setdefault(self.graph.nodes[u].layer, []).append(u)
         for L, nodes in sorted(by_layer.items()):
             heads = [self.graph.nodes[u].head for u in nodes if self.graph.nodes[u].kind == NodeKind.HEAD]
+            rows_of = {h: lay.head_rows(L, h, spec.kv_head(h)) for h in heads}  # q, k, v
+            for h in [h for h in heads if all(unchanged(r) for r in rows_of[h])]:
+                store(lay.head_slot(L, h), None)
+                heads.remove(h)
             if heads:
                 groups = sorted({spec.kv_head(h) for h in heads})
-                rows = [lay.head_rows(L, h, spec.kv_head(h))[0] for h in heads]
+                rows = [rows_of[h][0] for h in heads]
                 rows += [r for g in groups for r in lay.head_rows(L, spec.query_heads(g)[0], g)[1:]]
                 got = dict(zip(rows, inputs(rows)))
                 kv = {}
@@ -211,24 +251,22 @@ class NodePass:
                     kv[g] = kern.keys_values(L, g, got[rk], got[rv])
                 for h in heads:
                     g = spec.kv_head(h)
-                    q = kern.queries(L, [h], got[lay.head_rows(L, h, g)[0]])
+                    q = kern.queries(L, [h], got[rows_of[h][0]])
                     out = kern.attend(L, [h], q, kv[g][0].unsqueeze(2), kv[g][1].unsqueeze(2))[:, :, 0]
                     store(lay.head_slot(L, h), out)
             if any(self.graph.nodes[u].kind == NodeKind.MLP for u in nodes):
-                store(lay.mlp_slot(L), kern.mlp(L, inputs([lay.rows(L, Input.MLP).start])[0]))
-        final = inputs([lay.n_rows - 1])[0]
-        return float(p.final_metric(final.unsqueeze(0))[0])
+                r = lay.rows(L, Input.MLP).start
+                store(lay.mlp_slot(L), None if unchanged(r) else kern.mlp(L, inputs([r])[0]))
+        return inputs([lay.n_rows - 1])[0]
 
 
-def node_pass_for(patcher: Patcher) -> NodePass | None:
-    """A :class:`NodePass` on ``patcher``, or None where it does not apply."""
-    try:
-        return NodePass(patcher)
-    except ValueError:
-        return None
+def node_pass_for(patcher: Any) -> NodePass | None:
+    """The :class:`NodePass` of ``patcher`` (a :class:`~circuitdag.patching.Patcher`; built
+    once and shared, ``Patcher.node_pass``), or None where it does not apply."""
+    return patcher.node_pass()
 
 
-def circuit_metrics(patcher: Patcher, circuits: Iterable[np.ndarray], fast: NodePass | None = None) -> list[float]:
+def circuit_metrics(patcher: Any, circuits: Iterable[np.ndarray], fast: NodePass | None = None) -> list[float]:
     """The metric of each circuit (bool ``[n_edges]`` each): on ``fast`` (default
     :func:`node_pass_for`) where :meth:`NodePass.worth_it`, else
     :meth:`Patcher.circuit_metric`."""

@@ -16,7 +16,9 @@ exact forward implementations share the caches:
   (:func:`circuitdag.passes.full_pass`).
 * :meth:`Patcher.circuit_metric` -- the same pass with sparse sums (only the slots with an
   absent edge, or ``total - present`` when fewer are present) that stops at the final
-  residual stream; every reported metric uses it (tested equal to the reference).
+  residual stream (:meth:`Patcher.sparse_final`); on plain graphs only the circuit's own
+  nodes are computed (:mod:`circuitdag.node_pass`). Every reported metric uses it (both
+  tested equal to the reference).
 * :meth:`Patcher.candidate_metrics` -- the fast one used by speculative ACDC: it starts at
   the destination's layer from a cached *base* run (the clean run, or the run of the
   circuit ACDC started from, :meth:`Patcher.rebase`), in which everything upstream of the
@@ -31,8 +33,6 @@ read the same caches.
 
 from __future__ import annotations
 
-import time
-from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -43,6 +43,7 @@ from torch import Tensor
 
 from circuitdag.components import ComponentKernels, KernelMismatch, NeuronKernel
 from circuitdag.errors import ConfigError, ModelError
+from circuitdag.finals import FINALS_KEPT, Finals  # noqa: F401
 from circuitdag.graph import Graph
 from circuitdag.hooks import HookTable
 from circuitdag.layered import LayerPath
@@ -61,10 +62,6 @@ from circuitdag.runs import (  # noqa: F401
     subset_runs,
 )
 from circuitdag.tasks.base import TaskData
-
-#: How many circuits' final residual streams a :class:`Patcher` keeps besides the full
-#: model's and the empty circuit's (:meth:`Patcher.final_of`).
-FINALS_KEPT = 4
 
 
 def _from_runs(path: str, writable: bool = False, doc: str = "") -> Any:
@@ -143,12 +140,10 @@ class Patcher:
         #: ``exists - absent``.
         self.exists = self.absent_matrix(np.zeros(graph.n_edges, dtype=bool))
         self.layers = LayerPath(self)
-        #: The final residual streams of the circuits evaluated last (key: the alive mask's
-        #: bytes), so that the run record, the held-out check and the trust checks, which ask
-        #: for the same circuits, run each circuit's pass once (:meth:`final_of`).
-        self._finals: OrderedDict[bytes, list[Any]] = OrderedDict()
-        #: Wall seconds of the last exact pass :meth:`final_of` ran (None before the first).
-        self.pass_seconds: float | None = None
+        #: The final residual streams of the circuits evaluated last, so that the run record,
+        #: the held-out check and the trust checks, which ask for the same circuits, pay for
+        #: each circuit once (:meth:`final_of`).
+        self.finals = Finals(self)
 
     def subset(self, index: Sequence[int] | np.ndarray | Tensor) -> Patcher:
         """A :class:`Patcher` on the prompts ``index`` (repeats allowed: a bootstrap
@@ -252,64 +247,56 @@ class Patcher:
 
     def _entry(self, alive: np.ndarray) -> list[Any]:
         """``[final residual stream, metric or None]`` of circuit ``alive`` (:meth:`final_of`)."""
-        alive = np.asarray(alive, dtype=bool)
-        if alive.shape != (self.graph.n_edges,):
-            raise ConfigError(f"a circuit is one bool per edge ({self.graph.n_edges}), got shape {alive.shape}")
-        ends = alive.all() or not alive.any()  # the full model and the empty circuit are kept always
-        key = b"all" if alive.all() else b"none" if ends else b"m" + np.packbits(alive).tobytes()
-        entry = self._finals.get(key)
-        if entry is not None:
-            self._finals.move_to_end(key)
-            return entry
-        empty = None if alive.any() else self._empty_final()
-        if alive.all():  # the full model is the clean run: no pass needed
-            entry = [self.resid_final, None]
-        elif empty is not None:
-            entry = [empty, None]
-        else:
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                entry = [self._full_pass(self.absent_matrix(alive), sparse=True), None]
-            self.pass_seconds = time.perf_counter() - t0
-        self._finals[key] = entry
-        old = [k for k in self._finals if k not in (b"all", b"none")]
-        for k in old[: max(0, len(old) - FINALS_KEPT)]:
-            del self._finals[k]
-        return entry
+        return self.finals.entry(alive)
+
+    def _empty_final(self) -> Tensor | None:
+        """The empty circuit's final residual stream without a pass, or None
+        (:meth:`Finals.empty <circuitdag.finals.Finals.empty>`)."""
+        return self.finals.empty()
+
+    @property
+    def pass_seconds(self) -> float | None:
+        """Wall seconds of the last circuit :meth:`final_of` evaluated (None before the first)."""
+        return self.finals.pass_seconds
+
+    def node_pass(self) -> Any:
+        """The :class:`~circuitdag.node_pass.NodePass` of this patcher (built on first use,
+        then shared), or None where it does not apply: position-aware graphs, neuron nodes,
+        or component kernels that do not reproduce the model (:meth:`kernels`)."""
+        if not hasattr(self, "_node_pass"):
+            self._node_pass = None
+            if not self.positional and not self.neurons and self.kernels() is not None:
+                from circuitdag.node_pass import NodePass
+
+                self._node_pass = NodePass(self)
+        return self._node_pass
 
     @torch.no_grad()
-    def _empty_final(self) -> Tensor | None:
-        """The empty circuit's final residual stream without a pass, on plain graphs in
-        float32/float64. With every edge absent the logits read ``resid - sum_s (S_now[s] -
-        S_corr[s])``; the residual stream is the senders' outputs plus a part no sender
-        writes (the attention output biases), the same in every pass, so this is
-        ``resid_final - sum_s D_clean[s]`` of the cached runs. Checked on the clean run: None
-        (then the pass runs) unless that unwritten part is the same at every token, up to
-        the rounding of summing the slots. Tested equal to the pass."""
-        if self.positional or self.dtype not in (torch.float32, torch.float64):
-            return None
-        S = self.S_clean
-        rest = self.resid_final - S.sum(2)  # batch pos d_model
-        tol = 4 * S.shape[2] * torch.finfo(self.dtype).eps * float(S.abs().amax()) + 1e-30
-        if float((rest - rest[:1, :1]).abs().amax()) > tol:
-            return None
-        return self.resid_final - self.D_clean.sum(2)
+    def sparse_final(self, alive: np.ndarray) -> Float[Tensor, "batch pos d_model"]:
+        """The final residual stream of circuit ``alive`` from one full pass with sparse
+        sums (:func:`~circuitdag.passes.full_pass`), not kept: the pass :meth:`final_of`
+        runs where the node pass does not apply, and the node pass's reference (tested
+        equal to :meth:`reference_metric`)."""
+        return self._full_pass(self.absent_matrix(np.asarray(alive, dtype=bool)), sparse=True)
 
     def final_of(self, alive: np.ndarray) -> Float[Tensor, "batch pos d_model"]:
         """The final residual stream of circuit ``alive`` (one bool per edge) at the true
         positions: the clean run's for the full model, the cached runs' for the empty
-        circuit where the residual stream allows (:meth:`_empty_final`), else one sparse
-        pass (:func:`~circuitdag.passes.full_pass`). The last :data:`FINALS_KEPT` circuits are
-        kept, so that asking again for one of them costs nothing (the run record, the
-        held-out check and the trust checks measure the same circuits). Do not modify the
-        returned tensor. Raises :class:`ConfigError` for a mask of the wrong shape."""
+        circuit where the residual stream allows (:meth:`_empty_final`), else the circuit's
+        own nodes on plain graphs (:meth:`node_pass`: only the heads and MLPs with a
+        present out-edge are computed) or one sparse pass (:meth:`sparse_final`). The last
+        :data:`FINALS_KEPT` circuits are kept, so that asking again for one of them costs
+        nothing (the run record, the held-out check and the trust checks measure the same
+        circuits). Do not modify the returned tensor. Raises :class:`ConfigError` for a
+        mask of the wrong shape."""
         return self._entry(alive)[0]
 
     @torch.no_grad()
     def circuit_metric(self, alive: np.ndarray) -> float:
         """The metric of circuit ``alive``: the same value as :meth:`reference_metric`
-        (tested), computed faster (sparse sums over edges, only the answer positions
-        unembedded). What every result reports. The full model's value is read off the
+        (tested), computed faster (the circuit's own nodes on plain graphs, else sparse sums
+        over edges; only the answer positions unembedded: :meth:`final_of`). What every
+        result reports. The full model's value is read off the
         clean run, and a circuit asked for again (the empty one; the circuit a run record
         and its checks all measure) reuses its pass and its value (:meth:`final_of`)."""
         entry = self._entry(alive)
