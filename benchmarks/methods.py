@@ -53,7 +53,11 @@ method in a fresh process (so that each process's peak memory is its method's), 
 prints each circuit's size, faithfulness on the discovery prompts and on the task's
 held-out prompts (circuitdag.holdout: for ``ioi`` the prompts of another seed), wall
 seconds and peak memory as ``discover`` records them. CPR/CMD are not computed in this mode
-(run ``circuitdag curve`` on a saved circuit.json).
+(run ``circuitdag curve`` on a saved circuit.json). ``--ep-metric kl`` trains Edge Pruning on
+KL (the paper's objective) while the others keep the task's metric; ``--rescore logit_diff
+kl`` then measures every circuit's edge set exactly under each of those metrics, on the
+discovery and the held-out prompts, so that circuits found with different metrics compare
+on one scale; ``--keep DIR`` keeps each run's circuit.json in ``DIR/METHOD``.
 """
 
 from __future__ import annotations
@@ -66,6 +70,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -307,12 +312,12 @@ SMOL_METHODS = {
 
 
 def smollm2(task: str, percent: float, methods: tuple[str, ...], threads: int, out_json: str | None,
-            ep_options: list[str] | None = None, n_prompts: int | None = None, keep: str | None = None) -> int:
+            ep_options: list[str] | None = None, n_prompts: int | None = None, keep: str | None = None,
+            ep_metric: str | None = None, rescore_metrics: tuple[str, ...] = ()) -> int:
     """One ``circuitdag discover`` process per method on SmolLM2-135M (module docstring)."""
     import gc
     import subprocess
     import tempfile
-    from pathlib import Path
 
     from circuitdag.graph import Graph
     from circuitdag.models import load_model, spec_of
@@ -332,6 +337,7 @@ def smollm2(task: str, percent: float, methods: tuple[str, ...], threads: int, o
                    *SMOL_METHODS[m](n), "--out", str(out), "-q", "--no-svg", "--threads", str(threads)]  # fmt: skip
             if m == "edge-pruning":
                 cmd += [a for o in ep_options or [] for a in ("--option", o)]
+                cmd += ["--metric", ep_metric] if ep_metric else []
             if n_prompts is not None:
                 cmd += ["--n-prompts", str(n_prompts)]
             print("$ " + " ".join(cmd[2:]), flush=True)
@@ -352,13 +358,45 @@ def smollm2(task: str, percent: float, methods: tuple[str, ...], threads: int, o
                    "process_seconds": round(wall, 1), "peak_memory_gb": st.get("peak_memory_gb")}  # fmt: skip
             rows.append(row)
             print(json.dumps(row), flush=True)
+        runs = {r["method"]: Path(keep or tmp) / r["method"] for r in rows}
+        rescored = [r for metric_ in rescore_metrics for r in rescore(task, runs, metric_, n_prompts)]
     print(f"\n{'method':<13} {'edges':>6} {'faith':>7} {'held-out':>8} {'s':>8} {'peak GB':>8}")
     for r in rows:
         print(f"{r['method']:<13} {r['edges']:>6} {_f(r['faithfulness'], '.3f', 7)} "
               f"{_f(r['heldout_faithfulness'], '.3f', 8)} {r['seconds']:>8.1f} {_f(r['peak_memory_gb'], '.2f', 8)}")  # fmt: skip
+    if rescored:
+        print(f"\n{'method':<13} {'metric':<11} {'edges':>6} {'faith':>7} {'held-out':>8}")
+        for r in rescored:
+            print(f"{r['method']:<13} {r['metric']:<11} {r['edges']:>6} {_f(r['faithfulness'], '.3f', 7)} "
+                  f"{_f(r['heldout_faithfulness'], '.3f', 8)}")  # fmt: skip
     if out_json:
-        Path(out_json).write_text(json.dumps({"task": task, "percent": percent, "edges": n, "rows": rows}, indent=1))
+        Path(out_json).write_text(json.dumps({"task": task, "percent": percent, "edges": n, "rows": rows,
+                                              "rescored": rescored}, indent=1))  # fmt: skip
     return 0
+
+
+def rescore(task: str, runs: dict[str, Path], metric: str, n_prompts: int | None) -> list[dict]:
+    """Every run's edge set measured exactly under ``metric`` on its discovery prompts (the
+    task's, seed 0) and on the held-out ones (circuitdag.holdout), so that circuits found
+    with different metrics compare on one scale. One row per run."""
+    from circuitdag.holdout import heldout_data, metrics_on, patcher_on
+    from circuitdag.models import load_model
+
+    t = get_task(task)
+    model = load_model("smollm2-135m")
+    patcher, _ = prepare(model, t, metric=metric, n_prompts=n_prompts)
+    held = heldout_data(t, model, patcher.data, seed=0, n_prompts=n_prompts)[1].data
+    held_patcher = patcher_on(patcher, held) if held is not None else None
+    rows = []
+    for name, path in runs.items():
+        doc = json.loads((path / "circuit.json").read_text())
+        alive = np.array([e["in_circuit"] for e in doc["edges"]], dtype=bool)
+        row = {"method": name, "metric": metric, "edges": int(alive.sum()),
+               "faithfulness": metrics_on(patcher, alive)["faithfulness"],
+               "heldout_faithfulness": metrics_on(held_patcher, alive)["faithfulness"] if held_patcher else None}  # fmt: skip
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,11 +432,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ep-option", action="append", default=[], metavar="NAME=VALUE",
                     help="--smollm2: an Edge Pruning option other than its default (repeatable)")
     ap.add_argument("--keep", metavar="DIR", help="--smollm2: keep each method's run (circuit.json) in DIR/METHOD")
+    ap.add_argument("--ep-metric", help="--smollm2: Edge Pruning's metric (default: the task's; kl is the paper's)")
+    ap.add_argument("--rescore", nargs="+", default=[], metavar="METRIC",
+                    help="--smollm2: also measure every circuit under these metrics (discovery and held-out prompts)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.smollm2:
         return smollm2(args.smollm2, args.edge_percent, tuple(args.smollm2_methods), args.threads, args.json,
-                       args.ep_option, args.n_prompts, args.keep)
+                       args.ep_option, args.n_prompts, args.keep, args.ep_metric, tuple(args.rescore))
     methods = ("acdc", *(m for m in METHODS[1:] if args.methods is None or m in args.methods))
     tasks = args.tasks or (QUICK_TASKS if args.quick else DEFAULT_TASKS)
     repeats = args.repeats if args.repeats is not None else (1 if args.quick else 3)
