@@ -1,6 +1,6 @@
 """Edge Pruning's defaults on the small checks they were chosen on.
 
-Trains with ``lr = reg_lr = LR`` (other options at their defaults unless ``--option``) on the
+Trains with ``lr = reg_lr = LR`` (other options, ``reg_lr`` too, at their defaults unless ``--option``) on the
 planted linear model of tests/test_edge_pruning.py (200 edges, 12 planted; and with
 ``--big`` 20,000 edges, 200 planted) and on the six shipped tracr tasks at their
 ground-truth sizes, for mask seeds ``0 .. --seeds - 1``, and prints how often each learned
@@ -44,7 +44,8 @@ def planted(n: int, k: int, seed: int, lr: float, options: dict) -> tuple[bool, 
     w[chosen] = rng.uniform(0.5, 1.0, k)
     wt = torch.as_tensor(w)
     kw = {key: v for key, v in options.items() if key in GATE_OPTIONS}
-    la, rec = ep.train_gates(lambda z, i: (wt * (1 - z)).sum(), n, 1 - k / n, seed=seed, lr=lr, reg_lr=lr, **kw)
+    reg_lr = options.get("reg_lr", lr)
+    la, rec = ep.train_gates(lambda z, i: (wt * (1 - z)).sum(), n, 1 - k / n, seed=seed, lr=lr, reg_lr=reg_lr, **kw)
     return set(np.flatnonzero(ep.top_gates(la.numpy(), k))) == set(chosen), rec
 
 
@@ -77,8 +78,8 @@ def main() -> None:
         want = patcher.graph.edges_by_name(truth)
         exact = []
         for s in seeds:
-            c = run_algorithm(patcher, "edge-pruning", meta=meta, edges=int(want.sum()), lr=args.lr, reg_lr=args.lr,
-                              mask_seed=s, **options)  # fmt: skip
+            kw = {"lr": args.lr, "reg_lr": args.lr, "mask_seed": s, **options}
+            c = run_algorithm(patcher, "edge-pruning", meta=meta, edges=int(want.sum()), **kw)
             exact.append(bool((want == c.in_circuit).all()))
             tr = c.meta["training"]
         total += sum(exact)
