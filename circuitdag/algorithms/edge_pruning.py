@@ -37,7 +37,12 @@ ones the final mask drops) can reach the target exactly, so ``f`` stops growing 
 target on the sampled ``s`` is never met while closed gates still open now and then, and
 ``f`` grew without bound on the planted model). The planted linear model at 20,000 edges
 (tests/test_edge_pruning.py): ``"paper"`` ends at a sparsity under 0.2 and finds 6 of 200
-planted edges, ``"per-gate"`` closes 96% of the gates and finds all 200.
+planted edges, ``"per-gate"`` closes 96% of the gates and finds all 200. On SmolLM2-135M
+``ioi`` at 1% with ``--metric kl`` and the defaults: 0.986 of the gates closed (target 0.990),
+a circuit of 663 edges with KL faithfulness 0.803 (0.729 on held-out prompts), where the
+paper's term gave 0.000 (docs/methods.md). Use a distance to the full model (``kl``): a
+metric such as ``ioi``'s logit difference rewards masks that overshoot the full model
+(:func:`warn_unless_distance`).
 
 The final mask is deterministic: the ``edges`` gates with the largest ``log_alpha`` (the
 paper's ``deterministic_z_from_log_alpha`` ranks them the same way and keeps the expected
