@@ -115,6 +115,29 @@ def test_a_study_holding_another_bootstrap_is_refused(run, tmp_path):
         open_study(url, "mine", {**spec, "seed": 1})
 
 
+def test_a_rerun_whose_measured_values_differ_in_the_last_bits_finds_its_study(run, tmp_path):
+    """The same command run again (e.g. with --resume, whose search reads the circuit's metric
+    off another pass) measures the run's metrics to float precision only: it must find the
+    same study and continue it (on SmolLM2 a resumed pronoun bootstrap started a new study,
+    its 11 finished resamples left behind, for metric_circuit -3.211057424 vs -3.211056232)."""
+    _, _, method, options, alive, meta = run
+    url = f"sqlite:///{tmp_path / 'boot.db'}"
+    spec = study_spec(meta, method.name, options, 0, alive)
+    jitter = lambda v: v * (1 + 3e-7)
+    held = {**meta.get("heldout", {}), "how": "seed", "metric_circuit": 1.0, "faithfulness": 0.5}
+    again = study_spec({**meta, "heldout": {**held, "metric_circuit": jitter(1.0), "faithfulness": jitter(0.5)},
+                        "metric_circuit": jitter(float(meta["metric_circuit"]))}, method.name, options, 0, alive)
+    first = study_spec({**meta, "heldout": held}, method.name, options, 0, alive)
+    assert again != first and study_name(again) == study_name(first)
+    open_study(url, study_name(first), first, B)
+    open_study(url, study_name(first), again, B)  # continues, no refusal
+    other = alive.copy()
+    other[np.flatnonzero(~alive)[0]] = True  # another circuit is another study
+    assert study_name(study_spec(meta, method.name, options, 0, other)) != study_name(spec)
+    with pytest.raises(ConfigError, match="another bootstrap"):
+        open_study(url, study_name(first), {**first, "options": {**first["options"], "threshold": 0.123}})
+
+
 def test_scores_survive_the_storage():
     x = np.array([0.1, -2.5e-9, np.nan, 3e7])
     np.testing.assert_array_equal(unpack(pack(x)), x)

@@ -84,9 +84,36 @@ def study_spec(meta: dict[str, Any], method: str, options: dict[str, Any], seed:
     return json.loads(json.dumps(spec))
 
 
+#: Run-record entries that are measurements, not settings: a rerun of the same command gets
+#: them again to float precision only (a resumed search reads the circuit's metric off another
+#: pass), so they are no part of what identifies a study.
+_MEASURED = ("metric_full", "metric_circuit", "metric_corrupted", "faithfulness", "recovered")
+
+
+def identity(spec: dict[str, Any]) -> dict[str, Any]:
+    """What identifies a bootstrap study: ``spec`` without the run's measured values (the
+    held-out entry keeps only where its prompts came from) and with every other number
+    rounded to 6 significant digits (a threshold resolved from measured metrics)."""
+
+    def rounded(v: Any) -> Any:
+        if isinstance(v, float):
+            return float(f"{v:.6g}")
+        if isinstance(v, dict):
+            return {k: rounded(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [rounded(x) for x in v]
+        return v
+
+    run = {k: v for k, v in spec.get("run", {}).items() if k not in _MEASURED}
+    if isinstance(run.get("heldout"), dict):
+        run["heldout"] = {k: v for k, v in run["heldout"].items() if k in ("how", "fraction", "n_prompts", "reason")}
+    return rounded({**spec, "run": run})
+
+
 def study_name(spec: dict[str, Any]) -> str:
-    """The default study name: ``bootstrap-`` and a digest of ``spec`` (same command, same study)."""
-    return "bootstrap-" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:12]
+    """The default study name: ``bootstrap-`` and a digest of the spec's :func:`identity`
+    (same command, same study, also when the run's measured values differ in the last bits)."""
+    return "bootstrap-" + hashlib.sha256(json.dumps(identity(spec), sort_keys=True).encode()).hexdigest()[:12]
 
 
 @dataclass
@@ -192,7 +219,7 @@ def open_study(storage: str, name: str, spec: dict[str, Any] | None = None,
         old = study.user_attrs.get(BOOTSTRAP_ATTR)
         if old is None:
             study.set_user_attr(BOOTSTRAP_ATTR, spec)
-        elif old != spec:
+        elif identity(old) != identity(spec):
             raise ConfigError(f"study {name!r} in {masked(storage)} holds another bootstrap (other run, method, "
                               "options or circuit); choose another --study")  # fmt: skip
         if resamples is not None:
@@ -297,5 +324,5 @@ def is_bootstrap(study: optuna.Study) -> bool:
     return BOOTSTRAP_ATTR in study.user_attrs
 
 
-__all__ = ["BOOTSTRAP_ATTR", "BOOTSTRAP_FORMAT", "RESAMPLES_ATTR", "ResampleRunner", "collect", "is_bootstrap", "open_study", "pack",
+__all__ = ["BOOTSTRAP_ATTR", "BOOTSTRAP_FORMAT", "RESAMPLES_ATTR", "ResampleRunner", "collect", "identity", "is_bootstrap", "open_study", "pack",
            "read_back", "resample_index", "run_trials", "shared_bootstrap", "study_name", "study_spec", "unpack", "work_resamples"]
