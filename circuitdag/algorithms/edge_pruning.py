@@ -154,12 +154,16 @@ def train_gates(
 ) -> tuple[Tensor, dict[str, Any]]:
     """Train ``n`` hard-concrete gates to minimise ``objective(z, step)`` (a scalar, lower
     is better) at sparsity ``target`` (fraction of gates closed) with the Lagrangian of the
-    module docstring. Returns the final ``log_alpha`` (``n``) and the training record
-    (sparsity and metric at the end, the multipliers). Deterministic for a ``seed``.
+    module docstring (``lagrangian``: ``"per-gate"`` or ``"paper"``; ConfigError for another).
+    Returns the final ``log_alpha`` (``n``) and the training record (at the end: the sampled
+    sparsity and metric, the fraction of gates closed, the multipliers and, per-gate, the
+    force). Deterministic for a ``seed``.
 
     ``save`` gets a snapshot of the whole optimisation state at most every ``every``
     seconds and after the last step; ``state`` (such a snapshot) continues from it, with
     the same result as a run never interrupted."""
+    if lagrangian not in LAGRANGIANS:
+        raise ConfigError(f"--option lagrangian= must be one of {', '.join(LAGRANGIANS)}, got {lagrangian!r}")
     log_alpha = torch.full((n,), init, dtype=dtype, requires_grad=True)
     # paper: (lambda_1, lambda_2); per-gate: (log(f / FORCE0), unused)
     lambdas = torch.zeros(2, dtype=dtype, requires_grad=True)
@@ -343,8 +347,6 @@ class EdgePruning(Algorithm):
             lr: float = DEFAULT_LR, reg_lr: float = DEFAULT_REG_LR, warmup: float = DEFAULT_WARMUP,
             batch_size: int = DEFAULT_BATCH, micro_batch: int = 8, init: float = INIT_LOG_ALPHA,
             mask_seed: int = 0, lagrangian: str = "per-gate") -> Found:  # fmt: skip
-        if lagrangian not in LAGRANGIANS:
-            raise ConfigError(f"--option lagrangian= must be one of {', '.join(LAGRANGIANS)}, got {lagrangian!r}")
         warn_unless_distance(patcher, self.name)
         n = patcher.graph.n_edges
         k = default_attribution_edges(n) if edges is None else min(int(edges), n)
