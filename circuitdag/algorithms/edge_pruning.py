@@ -63,7 +63,7 @@ times in 100: from 5 the gates of the planted model did not move for 80 steps wh
 force grew, then closed the planted edges too (0 of 5 seeds exact with ``"per-gate"``;
 from 2, 5 of 5). On the six shipped tracr tasks at their ground-truth sizes, mask seeds 0-2,
 these defaults give the ground truth in 16 of 18 runs (seed 0: all six); at 500 steps 14 of
-18, at 32 prompts per step (300 steps) 18 of 18.
+18, at 32 prompts per step (300 steps) 17 of 18.
 
 Checkpoints (``--resume``): the whole optimisation state (gates, multipliers, AdamW's
 moments, the noise generator, the step) as JSON, written at most every
