@@ -3,7 +3,7 @@
     flock /tmp/smollm2.lock .venv/bin/python benchmarks/trust_path.py --runs 1
 
 Runs ``circuitdag discover --model smollm2-135m --task pronoun --algorithm eap-ig`` as a
-fresh process (``--threads 2``, no SVG), once with the held-out check (the default) and
+fresh process (``--threads 2`` unless ``--threads``, no SVG), once with the held-out check (the default) and
 once with ``--holdout 0``, alternating for ``--runs`` rounds, and prints for each run the
 whole process's wall time, the search time circuit.json records (``stats.seconds``), their
 ratio (issue 26 asks for at most 1.3x) and where the rest went (``stats.phase_seconds``:
@@ -23,18 +23,18 @@ import tempfile
 import time
 from pathlib import Path
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "2"}
-BASE = ["discover", "--model", "smollm2-135m", "--task", "pronoun", "--algorithm", "eap-ig", "--threads", "2",
-        "-q", "--no-svg"]  # fmt: skip
+BASE = ["discover", "--model", "smollm2-135m", "--task", "pronoun", "--algorithm", "eap-ig", "-q", "--no-svg"]
 CONFIGS = {"held-out on (default)": [], "--holdout 0": ["--holdout", "0"]}
 
 
-def run(extra: list[str], out: Path) -> dict:
+def run(extra: list[str], out: Path, threads: int) -> dict:
     script = Path(sys.executable).with_name("circuitdag")
     head = [sys.executable, str(script)] if script.exists() else [sys.executable, "-m", "circuitdag.cli"]
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
-    subprocess.run([*head, *BASE, *extra, "--out", str(out)], check=True, env=ENV, stdout=subprocess.DEVNULL)
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    subprocess.run([*head, *BASE, "--threads", str(threads), *extra, "--out", str(out)], check=True, env=env,
+                   stdout=subprocess.DEVNULL)  # fmt: skip
     wall = time.perf_counter() - t0
     doc = json.loads((out / "circuit.json").read_text())
     st = doc["stats"]
@@ -47,13 +47,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=1, help="rounds (each runs every configuration once)")
     ap.add_argument("--only", choices=["default", "no-holdout"], help="run one configuration only")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads of each discover (default 2; on a machine "
+                    "shared with other jobs, 1: two threads wait on each other when a core is busy)")
     args = ap.parse_args()
     configs = {k: v for k, v in CONFIGS.items() if args.only is None or (args.only == "default") == (not v)}
     tmp = Path(tempfile.mkdtemp(prefix="trust_path_"))
     print(f"{'configuration':<24} {'whole s':>8} {'search s':>8} {'ratio':>6}  phases (s)  [load before/after]")
     for r in range(args.runs):
         for name, extra in configs.items():
-            res = run(extra, tmp / f"{r}-{len(extra)}")
+            res = run(extra, tmp / f"{r}-{len(extra)}", args.threads)
             ph = ", ".join(f"{k} {v:.1f}" for k, v in res["phases"].items())
             print(f"{name:<24} {res['wall']:>8.1f} {res['search']:>8.1f} {res['wall'] / res['search']:>6.2f}  "
                   f"{ph}; record {res['record']:.1f}; {res['edges']} edges, held-out f {res['heldout']}, "
