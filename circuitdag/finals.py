@@ -5,9 +5,11 @@ for the same circuits, pay for each circuit once (issue 26, the trust path).
 :class:`Finals` keeps the full model's entry (the clean run, no pass) and the empty
 circuit's (read off the cached runs where the residual stream allows, :meth:`Finals.empty`)
 always, and the last :data:`FINALS_KEPT` other circuits. A circuit not kept is evaluated
-on its own nodes where the patcher's node pass applies (plain graphs whose component
-kernels reproduce the model, :mod:`circuitdag.node_pass`), else with one full pass with
-sparse sums (``Patcher.sparse_final``); both are tested equal to the reference pass.
+on its own nodes where the patcher's node pass applies and its component kernels were
+checked already (plain graphs; after ACDC's component path or a curve:
+:mod:`circuitdag.node_pass`), else with one full pass with sparse sums
+(``Patcher.sparse_final``; checking the kernels for one circuit costs more than it saves);
+both are tested equal to the reference pass.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ class Finals:
             entry = [empty, None]
         else:
             t0 = time.perf_counter()
-            fast = p.node_pass()
+            fast = p.node_pass(check=False)  # only where the kernels are checked already
             if fast is not None:
                 entry = [fast.final(alive), None]
                 fast.release()  # a run record asks for one or two circuits: keep no slot buffers
