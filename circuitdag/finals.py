@@ -50,14 +50,14 @@ class Finals:
         alive = np.asarray(alive, dtype=bool)
         if alive.shape != (p.graph.n_edges,):
             raise ConfigError(f"a circuit is one bool per edge ({p.graph.n_edges}), got shape {alive.shape}")
-        ends = alive.all() or not alive.any()  # the full model and the empty circuit are kept always
-        key = b"all" if alive.all() else b"none" if ends else b"m" + np.packbits(alive).tobytes()
+        # the full model and the empty circuit are kept always
+        key = b"all" if alive.all() else b"m" + np.packbits(alive).tobytes() if alive.any() else b"none"
         entry = self.kept.get(key)
         if entry is not None:
             self.kept.move_to_end(key)
             return entry
-        empty = None if alive.any() else self.empty()
-        if alive.all():  # the full model is the clean run: no pass needed
+        empty = self.empty() if key == b"none" else None
+        if key == b"all":  # the full model is the clean run: no pass needed
             entry = [p.resid_final, None]
         elif empty is not None:
             entry = [empty, None]
