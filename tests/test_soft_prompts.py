@@ -160,10 +160,8 @@ def test_the_command_on_the_zoo(tmp_path: Path, capsys) -> None:
 
 
 @pytest.mark.slow
-def test_smollm2_addition_prompts_and_the_bridge_pass() -> None:
-    from circuitdag.loading import load_model
-
-    model = load_model("smollm2-135m")
+def test_smollm2_addition_prompts_and_the_bridge_pass(smollm2_model) -> None:
+    model = smollm2_model  # the session's model: this test only reads it (hooks are per call)
     train, held, what = load_examples(model, "addition")
     assert what["n_train"] + what["n_heldout"] == 100 and train.insert_at == 0
     tok = model.tokenizer
