@@ -63,6 +63,9 @@ from circuitdag.runs import (  # noqa: F401
 )
 from circuitdag.tasks.base import TaskData
 
+#: How many prompts' clean run :meth:`Patcher.kernels` checks the component kernels on.
+KERNEL_CHECK_PROMPTS = 8
+
 
 def _from_runs(path: str, writable: bool = False, doc: str = "") -> Any:
     """A :class:`Patcher` attribute that reads (and writes) ``self.runs.<path>``."""
@@ -168,8 +171,10 @@ class Patcher:
     # ------------------------------------------------------------------ components
     def kernels(self) -> ComponentKernels | None:
         """Per-head and per-MLP kernels of the model (:mod:`circuitdag.components`), verified
-        once against the clean run; None (the reason in :attr:`kernel_problem`) when they do
-        not reproduce the model. Built on first use."""
+        once against the clean run of the first :data:`KERNEL_CHECK_PROMPTS` prompts (every
+        position; a kernel is the same function on every prompt, and checking all 100 of a
+        SmolLM2 run cost a whole forward pass, 3.1 s); None (the reason in
+        :attr:`kernel_problem`) when they do not reproduce the model. Built on first use."""
         if not hasattr(self, "_kernels"):
             self._kernels: ComponentKernels | None = None
             self.kernel_problem: str | None = None
@@ -179,10 +184,12 @@ class Patcher:
                 cos, sin = self.runs.rotary.get(names.cos.format(L=L)), self.runs.rotary.get(names.sin.format(L=L))
                 if cos is not None and sin is not None:
                     rotary[L] = (cos, sin)
+            b = min(self.B, KERNEL_CHECK_PROMPTS)
             try:
                 with torch.no_grad():
                     kern = ComponentKernels(self.model, spec, rotary, self.neurons)
-                    kern.verify(self.resid_pre, self.mlp_in, self.S_clean, lay.head_slot, lay.mlp_slots)
+                    kern.verify([x[:b] for x in self.resid_pre], [x[:b] if x.numel() else x for x in self.mlp_in],
+                                self.S_clean[:b], lay.head_slot, lay.mlp_slots)  # fmt: skip
                 self._kernels = kern
             except (KernelMismatch, AttributeError, RuntimeError, TypeError, IndexError) as exc:
                 self.kernel_problem = f"{type(exc).__name__}: {exc}"
@@ -259,16 +266,10 @@ class Patcher:
         """Wall seconds of the last circuit :meth:`final_of` evaluated (None before the first)."""
         return self.finals.pass_seconds
 
-    def node_pass(self, check: bool = True) -> Any:
+    def node_pass(self) -> Any:
         """The :class:`~circuitdag.node_pass.NodePass` of this patcher (built on first use,
         then shared), or None where it does not apply: position-aware graphs, neuron nodes,
-        or component kernels that do not reproduce the model (:meth:`kernels`). With
-        ``check=False``, None unless the kernels were checked already (by ACDC's component
-        path, a curve): for one or two circuits the check costs more than the node pass
-        saves (SmolLM2-135M, 100 prompts: check 3.1 s, pass 2.96 s against 5.51 s;
-        benchmarks/fixed_costs.py)."""
-        if not check and not hasattr(self, "_kernels"):
-            return None
+        or component kernels that do not reproduce the model (:meth:`kernels`)."""
         if not hasattr(self, "_node_pass"):
             self._node_pass = None
             if not self.positional and not self.neurons and self.kernels() is not None:

@@ -73,16 +73,17 @@ def test_final_of_uses_the_node_pass_and_equals_the_full_passes(kw, ablation):
     assert sparse_metric(p, alive) == pytest.approx(p.reference_metric(alive), rel=1e-9, abs=1e-12)
 
 
-def test_final_of_checks_no_kernels_for_one_circuit(monkeypatch):
-    """Before anything checked the kernels (an EAP-IG run), the run record's circuit takes
-    the sparse pass: checking the kernels costs more than the node pass saves on one circuit."""
+def test_final_of_checks_the_kernels_and_takes_the_node_pass(monkeypatch):
+    """Before anything checked the kernels (an EAP-IG run), the run record's circuit checks
+    them (on a few prompts, tests/test_prepare_captures.py) and takes the node pass."""
     p = make()
     alive = circuits(p, seed=3)[4]
     called = []
-    monkeypatch.setattr(NodePass, "final", lambda self, a: called.append(1))
-    want = p.sparse_final(alive)
-    torch.testing.assert_close(p.final_of(alive), want, rtol=0, atol=0)
-    assert not called and not hasattr(p, "_kernels") and p.node_pass(check=False) is None
+    final = NodePass.final
+    monkeypatch.setattr(NodePass, "final", lambda self, a: called.append(1) or final(self, a))
+    got = p.final_of(alive)
+    assert called == [1] and p.kernels() is not None
+    torch.testing.assert_close(got, p.sparse_final(alive), rtol=1e-9, atol=1e-10)
 
 
 def test_node_pass_on_a_grouped_query_bridge_with_rotary(tiny_llama_dir):
