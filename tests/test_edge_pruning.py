@@ -115,15 +115,19 @@ def test_position_aware_graph_trains_through_the_masked_pass() -> None:
 
 
 def test_discover_and_cd_discover(tmp_path, capsys) -> None:
+    """The command and ``cd.discover`` run the same seeded training (a short one: what the
+    defaults find is test_tracr_ground_truth_at_its_size's business), and curve reads the
+    result."""
     out = tmp_path / "ep"
     argv = ["discover", "--task", "tracr-proportion", "--algorithm", "edge-pruning", "--edges", "3", "--option",
-            "batch_size=32", "--out", str(out), "-q", "--no-svg", "--threads", "1"]  # fmt: skip
+            "batch_size=32", "--option", "steps=40", "--out", str(out), "-q", "--no-svg", "--threads", "1"]  # fmt: skip
     assert main(argv) == 0
     doc = json.loads((out / "circuit.json").read_text())
     assert doc["algorithm"] == "edge-pruning" and doc["exact"] is False and doc["batch_size"] == 32
+    assert doc["steps"] == 40
     assert sum(e["in_circuit"] for e in doc["edges"]) == 3 and doc["edges_requested"] == 3
     task = cd.tasks.get("tracr-proportion")
-    circuit = cd.discover(task.load_model(), task, "edge-pruning", edges=3, batch_size=32)
+    circuit = cd.discover(task.load_model(), task, "edge-pruning", edges=3, batch_size=32, steps=40)
     np.testing.assert_allclose(
         circuit.scores, [e["score"] for e in doc["edges"]], rtol=1e-5
     )  # seeded: the same run
