@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 import pytest
+
+# Bytecode. Where PYTHONDONTWRITEBYTECODE is set (this project's CI machine sets it) and
+# scripts/setup.sh installed with --no-compile, no module of the venv has a .pyc: every
+# process of a test run, the two xdist workers and each test's subprocess, compiled
+# torch, transformers, TransformerLens, matplotlib, optuna ... from source again (importing
+# them: 12.7 s CPU without .pyc files, 5.1 s with). Unset here, before xdist starts its
+# workers, it lets the first process that imports a module write its .pyc (into the
+# git-ignored __pycache__ directories) and every later one read it.
+if os.environ.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
+    sys.dont_write_bytecode = False
 
 
 def _need_smollm2_wheel() -> None:
