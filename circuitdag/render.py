@@ -207,6 +207,12 @@ def _width(score: float, top: float) -> float:
     return 1.0 + 3.0 * (abs(score) / top if math.isfinite(score) else 0.0)
 
 
+def _text_width(text: str, bold: bool = False) -> float:
+    """An upper estimate of ``text``'s width in points at font size 10 in Helvetica
+    (about 5.6 points a character, 6.1 bold), so that the legend's band is wide enough."""
+    return (6.1 if bold else 5.6) * len(text)
+
+
 #: Edges listed by name in the legend (the rest are counted).
 LEGEND_EDGES = 60
 
@@ -236,12 +242,16 @@ def add_legend(svg: str, circuit: Circuit) -> str:
                      f'<text x="{x + 26}" y="{y}" font-size="10" fill="{c}">{esc(kind.label)}</text>')  # fmt: skip
         x += 26 + 7 * len(kind.label) + 12
     if any(len(v) for v in g.implicit_edges):
+        implicit = "key/value head to its query heads (not an edge)"
         parts.append(f'<line x1="{x}" y1="{y - 3}" x2="{x + 22}" y2="{y - 3}" stroke="#999999" stroke-dasharray="5,2"/>'
-                     f'<text x="{x + 26}" y="{y}" font-size="10">key/value head to its query heads (not an edge)</text>')  # fmt: skip
+                     f'<text x="{x + 26}" y="{y}" font-size="10">{implicit}</text>')  # fmt: skip
+        x += 26 + _text_width(implicit)
+    extent = x + 8  # the widest line of the legend's header, in points
     y += 18
     score = str(circuit.meta.get("score_meaning", "the metric change when the edge is removed")).split(" (")[0]
-    parts.append(f'<text x="8" y="{y}" font-size="10" font-weight="bold">width = |score|, the {esc(score)}, '
-                 f"in {esc(str(circuit.meta.get('metric', 'metric')))} units:</text>")  # fmt: skip
+    scale = f"width = |score|, the {score}, in {circuit.meta.get('metric', 'metric')} units:"
+    parts.append(f'<text x="8" y="{y}" font-size="10" font-weight="bold">{esc(scale)}</text>')
+    extent = max(extent, 16 + _text_width(scale, bold=True))
     y += 16
     x = 8.0
     for frac, text in ((0.0, "0 or untested"), (0.5, f"{top / 2:.3g}"), (1.0, f"{top:.3g}")):
@@ -264,7 +274,7 @@ def add_legend(svg: str, circuit: Circuit) -> str:
         cx, cy = 8 + (i // rows) * col_w, y + 14 * (1 + i % rows)
         parts.append(f'<text x="{cx:.1f}" y="{cy:.1f}" font-size="10" font-family="Courier,monospace">{esc(name)}</text>')
     y += 14 * rows + 10
-    new_w = max(width, 8 + n_cols * col_w, 560.0)
+    new_w = max(width, 8 + n_cols * col_w, 560.0, extent)
     band = (f'<g id="legend" font-family="Helvetica,sans-Serif"><rect x="0" y="{height}" width="{new_w}" '
             f'height="{y - height}" fill="white"/>' + "".join(parts) + "</g>\n</svg>")  # fmt: skip
     head = f'<svg width="{new_w:.0f}pt" height="{y:.0f}pt"\n viewBox="0.00 0.00 {new_w:.2f} {y:.2f}"'
