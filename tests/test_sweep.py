@@ -240,9 +240,11 @@ def test_killed_sweep_continues(tmp_path):
 _OPEN_AT = """
 import sys, time
 from circuitdag.sweep import open_storage
-start, urls = float(sys.argv[1]), sys.argv[2:]
+print("ready", flush=True)  # imported: the test sends the instant of the first round
+start, urls = float(sys.stdin.readline()), sys.argv[1:]
 for i, url in enumerate(urls):
-    while time.time() < start + 0.4 * i:
+    time.sleep(max(0.0, start + 0.4 * i - time.time() - 0.005))
+    while time.time() < start + 0.4 * i:  # the last 5 ms spinning: the three open at the same instant
         pass
     try:
         open_storage(url)
@@ -257,9 +259,15 @@ def test_processes_open_a_new_sqlite_file_at_the_same_instant(tmp_path):
     (before the schema lock, 5 of 6 rounds failed with 'table studies already exists' or
     a UNIQUE constraint on alembic_version); every open succeeds and the schema is usable."""
     urls = [f"sqlite:///{tmp_path / f'round{i}' / 'sweep.db'}" for i in range(6)]
-    start = time.time() + 4  # after the imports of all three
-    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, str(start), *urls], env=ENV,
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT, *urls], env=ENV, stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]  # fmt: skip
+    for p in procs:  # all three have imported (a fixed wait spun three processes for seconds)
+        assert p.stdout is not None and p.stdout.readline() == "ready\n", p.communicate(timeout=120)
+    start = time.time() + 0.2
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write(f"{start!r}\n")
+        p.stdin.flush()
     results = [p.communicate(timeout=120) for p in procs]
     for out, err in results:
         assert out.splitlines() == ["ok"] * len(urls), out + err
