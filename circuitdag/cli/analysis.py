@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from circuitdag import _options
 from circuitdag._options import DEFAULT_TOP, number
-from circuitdag.cli._common import add_run_options, load
+from circuitdag.cli._common import add_run_options, load, writable_dir
 from circuitdag.errors import ConfigError
 
 
@@ -73,7 +72,7 @@ def cmd_heads(args: argparse.Namespace) -> int:
     from circuitdag.heads import nearest, write_heads
 
     torch.set_num_threads(_options.threads(args.threads, 1))
-    out = Path(args.out)
+    out = writable_dir(args.out)
     emb = write_heads(args.task, args.model or [None], out, k=args.k, seed=args.seed, n_prompts=args.n_prompts,
                       device=args.device, dtype=args.dtype)  # fmt: skip
     for (label, head), others in nearest(emb, args.k).items():
@@ -93,11 +92,11 @@ def cmd_neurons(args: argparse.Namespace) -> int:
     args.metric = None
     parse_layers(args.layer, sys.maxsize)  # the syntax, before the model loads; its range after
     task, model = load(args)
+    out = str(writable_dir(args.out or f"runs/{task.name}-neurons"))  # before the analysis, not after it
     layers = parse_layers(args.layer, spec_of(model).n_layers)
     analysis = analyze_neurons(model, task, layers=layers, ablation=args.ablation or "resample", seed=args.seed,
                                n_prompts=args.n_prompts, corpus=args.corpus, corpus_tokens=args.corpus_tokens,
                                progress=not args.quiet)  # fmt: skip
-    out = args.out or f"runs/{task.name}-neurons"
     report = analysis.to_dict()
     write_report(report, out)
     top = report["top_neuron"]

@@ -10,6 +10,7 @@ from typing import Any
 
 from circuitdag import _options
 from circuitdag._options import DOT_TIMEOUT_S, EDGE_PERCENTS, EXPORT_FORMATS, MAX_EDGES, number
+from circuitdag.cli._common import writable_dir
 from circuitdag.cli.discover import TRUST_TESTS
 from circuitdag.errors import CircuitDagError, ConfigError
 
@@ -205,6 +206,8 @@ def cmd_curve(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(_options.threads(args.threads, 1))
     out = Path(args.out) if args.out else Path(args.scores).parent
+    if args.out or out.is_dir():  # before the curve's minutes of passes, not after them
+        writable_dir(str(out))
     report = write_curve(args.scores, out, percents, task=args.task, model=args.model, metric=args.metric,
                          ablation=args.ablation, seed=args.seed, method=args.method, device=args.device,
                          dtype=args.dtype, progress=not args.quiet)  # fmt: skip
@@ -248,7 +251,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(_options.threads(args.threads, 1))
     la, lb = args.labels or ("A", "B")
-    out = Path(args.out)
+    out = writable_dir(args.out)
     report, pat = write_comparison(args.a, args.b, out, (la, lb), args.device)
     ra, rb = report["circuits"][la], report["circuits"][lb]
 
