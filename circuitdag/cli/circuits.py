@@ -39,8 +39,9 @@ def register(sub: Any) -> None:
                    help="the number of prompts of --task; with --tests/--verify-top and no --task, --prompts or "
                    "--seed: run those on this many of the circuit's own prompts (a subset drawn with its seed)")
     p.add_argument("--tests", nargs="*", metavar="TEST", choices=TRUST_TESTS,
-                   help="hypothesis tests on the circuit's own run (Shi et al. 2024): equivalence, independence, "
-                   "minimality, sufficiency (no name: all four)")
+                   help="hypothesis tests on the circuit's own run, its discovery prompts also with --task or "
+                   "--prompts (Shi et al. 2024): equivalence, independence, minimality, sufficiency (no name: all "
+                   "four)")
     p.add_argument("--test-option", action="append", metavar="NAME=VALUE",
                    help="an option of the tests (repeatable; see discover --help)")
     p.add_argument("--verify-top", metavar="N", type=number("--verify-top", int, 1),
@@ -165,11 +166,20 @@ def _trust(circuit: Any, args: argparse.Namespace) -> dict[str, Any]:
         patcher = discovery_part(run.patcher, circuit.meta)
         if args.n_prompts is not None and not other:
             patcher = _some_prompts(patcher, args.n_prompts, seed)
-            out["checks_on"] = {"prompts": patcher.B, "of": run.patcher.B, "seed": seed}
+        # Say which prompts the checks ran on: with --task/--prompts/--seed they are still
+        # the circuit's own discovery prompts (the other data gets other_data only).
+        out["checks_on"] = {"prompts": patcher.B, "of": run.patcher.B, "seed": seed}
+        if other:
+            import logging
+
+            logging.getLogger("circuitdag").warning(
+                "--tests/--verify-top run on the circuit's own %d discovery prompts; --task/--prompts/--seed give "
+                "other_data only", patcher.B)  # fmt: skip
         assess(circuit, patcher, verify_top=args.verify_top, test_options=parse_test_options(args.test_option),
                tests=tuple(args.tests or TRUST_TESTS) if args.tests is not None else (), seed=seed,
                progress=True)  # fmt: skip
-        out.update({k: circuit.meta[k] for k in ("tests", "verify") if k in circuit.meta})
+        asked = ("tests",) * (args.tests is not None) + ("verify",) * bool(args.verify_top)
+        out.update({k: circuit.meta[k] for k in asked if k in circuit.meta})  # not discover's saved ones
     return out
 
 
