@@ -115,15 +115,21 @@ def main() -> None:
             return kern.verify([x[:b] for x in p.resid_pre], [x[:b] for x in p.mlp_in], p.S_clean[:b],
                                p.layout.head_slot, p.layout.mlp_slots)  # fmt: skip
 
-    t_attr, _, scores = timed(lambda: attribute(p, "eap-ig", 2).scores)
+    t_attr, c_attr, scores = timed(lambda: attribute(p, "eap-ig", 2).scores)
     alive = p.graph.prune(top_edges(scores, n_edges=max(1, int(n * args.percent / 100))))
     t_np, _, fast = timed(lambda: NodePass(p))
     print(f"{name}: {n} edges, circuit {int(alive.sum())} edges ({len(fast.needed(alive))} of {fast.n_nodes} "
           f"nodes), {torch.get_num_threads()} thread(s), load average {os.getloadavg()[0]:.1f}")  # fmt: skip
-    print(f"once: load model {t_load:.1f} s, prepare (2 captures) {t_prep:.1f} s, EAP-IG (2 steps) {t_attr:.1f} s, "
-          f"node pass set-up {t_np:.1f} s")  # fmt: skip
+    print(f"once: load model {t_load:.1f} s, prepare (2 captures) {t_prep:.1f} s, EAP-IG (2 steps) {t_attr:.1f} s "
+          f"({c_attr:.1f} s CPU), node pass set-up {t_np:.1f} s")  # fmt: skip
+
+    def forward():  # the floor of a capture: one pass to the final residual stream, no hook
+        with R.unsplit_inputs(model):
+            return p.table.run_to_final(model, p.data.clean, [], lambda x: None)
+
     with torch.no_grad():
-        best, got = best_of(args.runs, {"plain capture": old_capture, "new capture": new_capture})
+        best, got = best_of(args.runs, {"plain capture": old_capture, "new capture": new_capture,
+                                        "forward pass, no hook": forward})  # fmt: skip
     (a, la), (b, lb) = got["plain capture"], got["new capture"]
     diff = max(float((a.slots - b.slots).abs().max()), float((a.resid_final - b.resid_final).abs().max()))
     print(f"clean capture, best of {args.runs}: {show(best)}; largest difference of the sender outputs and final "

@@ -205,6 +205,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         _assess(args, circuit, patcher, heldout, held_patcher, method, options, relative)
     circuit.meta["stats"]["peak_memory_gb"] = round(peak_memory_gb(), 3)
     circuit.meta["stats"]["phase_seconds"] = clock.seconds  # where the whole command's time went
+    circuit.meta["stats"]["phase_cpu_seconds"] = clock.cpu
     circuit.save(out / "circuit.json")
     svg = _draw_svg(circuit, out / "circuit.svg", args)
     (out / "checkpoint.json").unlink(missing_ok=True)
@@ -213,10 +214,12 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 
 class _Clock:
-    """Wall seconds of named steps (``with clock("name"): ...``), rounded to 0.1 ms."""
+    """Wall seconds (``seconds``) and the process's CPU seconds (``cpu``) of named steps
+    (``with clock("name"): ...``), rounded to 0.1 ms."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
 
     def __call__(self, name: str) -> Any:
         import contextlib
@@ -224,11 +227,12 @@ class _Clock:
 
         @contextlib.contextmanager
         def timed() -> Any:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 yield
             finally:
                 self.seconds[name] = round(self.seconds.get(name, 0.0) + time.perf_counter() - t0, 4)
+                self.cpu[name] = round(self.cpu.get(name, 0.0) + time.process_time() - c0, 4)
 
         return timed()
 
