@@ -179,6 +179,8 @@ def train_gates(
     if state is not None:
         start, metric, sparsity = int(state["step"]), float(state["metric"]), float(state["sparsity"])
         _restore(state, log_alpha, lambdas, opt, gen)
+        if start > 0:  # the target of the last step done (a snapshot after the last step runs none)
+            t = target_sparsity(start - 1, steps, target, warmup)
     last = time.monotonic()
     bar = tqdm(total=steps, initial=start, desc="Edge Pruning", unit="step", disable=not progress)
     try:
