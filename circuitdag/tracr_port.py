@@ -20,7 +20,7 @@ JAX, haiku and tracr are imported only inside :func:`port_program` (the ``tracr`
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -64,12 +64,27 @@ class Port:
         enc = self.assembled.input_encoder.encoding_map
         return [enc[BOS]] + [enc[x] for x in xs]
 
-    def tracr_forward(self, tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    _jitted: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def tracr_forward(
+        self, tokens: np.ndarray, jit: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """tracr's own run on ``tokens`` (batch pos): input embedding (batch pos d_model),
-        raw output-space values (batch pos d_out) and decoded output ids or numbers (batch pos)."""
+        raw output-space values (batch pos d_out) and decoded output ids or numbers (batch pos).
+
+        ``jit``: tracr's forward compiled by ``jax.jit`` as one program per input shape;
+        ``False`` runs it as tracr does, op by op, which compiles each of its ~90 primitives
+        again for every new batch shape (1.6 s against 0.45 s per shape for a 4-layer
+        program, CPU; outputs equal to float32 rounding, 3e-8)."""
+        import jax
         import jax.numpy as jnp
 
-        ref = self.assembled.forward(self.assembled.params, jnp.array(tokens))
+        forward = self.assembled.forward
+        if jit:
+            if self._jitted is None:
+                self._jitted = jax.jit(forward)
+            forward = self._jitted
+        ref = forward(self.assembled.params, jnp.array(tokens))
         resid = np.asarray(ref.transformer_output.output, dtype=np.float64)
         raw = resid @ self.model.named_weights()["unembed.W_U"].double().cpu().numpy()
         emb = np.asarray(ref.transformer_output.input_embeddings, dtype=np.float64)

@@ -213,6 +213,25 @@ def test_sampled_and_given_input_spaces(tmp_path: Path) -> None:
         compile_tracr(f"{PROGRAM}:smaller_count", [1, 2, 3], 3, tmp_path / "h", inputs=[[1, 2, 3], [1, 2]])
 
 
+def test_tracr_forward_under_jit_equals_tracrs_own_run() -> None:
+    """The checks run tracr's forward compiled by jax.jit (one program per input shape);
+    tracr's own op-by-op run is the reference: the same embeddings and decoded outputs,
+    raw outputs to float32 rounding, on every input of length 3."""
+    import itertools
+
+    from circuitdag.tracr_compile import load_program
+    from circuitdag.tracr_port import port_program
+
+    program, _ = load_program(f"{PROGRAM}:smaller_count")
+    port = port_program(program, [1, 2, 3], 3)
+    tokens = np.array([port.encode(xs) for xs in itertools.product([1, 2, 3], repeat=3)])
+    (emb, raw, dec), (emb0, raw0, dec0) = port.tracr_forward(tokens), port.tracr_forward(tokens, jit=False)
+    np.testing.assert_array_equal(emb, emb0)
+    np.testing.assert_allclose(raw, raw0, rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(dec, dec0)
+    assert port._jitted is not None  # the checks' default
+
+
 def test_input_spaces_larger_than_an_index_are_sampled() -> None:
     """3^64 inputs do not fit random.sample's C index (an OverflowError before); a seeded
     sample of distinct inputs is drawn instead."""
