@@ -191,6 +191,11 @@ def run_trials(study: optuna.Study, runner: ResampleRunner, resamples: int, prog
         except Exception as exc:
             trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
             raise
+        except KeyboardInterrupt:  # the CLI says so in one line: no Optuna traceback before it
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
+            raise
 
     try:
         if have < resamples and n_trials != 0:
