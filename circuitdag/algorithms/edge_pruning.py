@@ -345,6 +345,14 @@ class EdgePruning(Algorithm):
                "target; the default) or paper (lambda_1 (s - t) + lambda_2 (s - t)^2 as in the paper's code)"),
     )  # fmt: skip
 
+    def check(self, given: dict[str, Any]) -> dict[str, Any]:
+        """As :meth:`Algorithm.check`, and ``lagrangian`` one of :data:`LAGRANGIANS`, so a
+        misspelt one is refused before the model loads."""
+        out = super().check(given)
+        if out["lagrangian"] not in LAGRANGIANS:
+            raise ConfigError(f"--option lagrangian= must be one of {', '.join(LAGRANGIANS)}, got {out['lagrangian']!r}")
+        return out
+
     def run(self, patcher: Patcher, ctx: RunContext, edges: int | None = None, steps: int = DEFAULT_STEPS,
             lr: float = DEFAULT_LR, reg_lr: float = DEFAULT_REG_LR, warmup: float = DEFAULT_WARMUP,
             batch_size: int = DEFAULT_BATCH, micro_batch: int = 8, init: float = INIT_LOG_ALPHA,
