@@ -58,12 +58,42 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under pytest-xdist (``--dist loadgroup``), the tests that share the session's SmolLM2
-    model run on one worker, so it is loaded once per run, not once per worker."""
+    model run on one worker, so it is loaded once per run, not once per worker; and the
+    slow tests are handed out first (:func:`_slow_first`)."""
     if not config.pluginmanager.hasplugin("xdist"):
         return
     for item in items:
         if "smollm2_model" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("smollm2"))
+    if hasattr(config, "workerinput"):  # a worker: every worker orders its collection alike
+        items[:] = _slow_first(items)
+
+
+def _slow_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The tests marked slow first, the others after them, each in collection order.
+
+    xdist hands the tests out in this order as the workers ask for more; in collection
+    order the slowest ones (mypy with a cold cache, the sweeps' processes, Sphinx) came
+    last, so one worker ran them while the other had nothing left to do. A slow test that
+    shares a module-scoped fixture with tests that are not slow stays where it is: moving
+    it would set the fixture up twice."""
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::")[0], []).append(item)
+
+    def slow(item: pytest.Item) -> bool:
+        return item.get_closest_marker("slow") is not None
+
+    def moves(item: pytest.Item) -> bool:
+        if not slow(item):
+            return False
+        info = getattr(item, "_fixtureinfo", None)
+        scopes = {d.scope for defs in info.name2fixturedefs.values() for d in defs} if info else set()
+        return not scopes & {"module", "class", "package"} or all(
+            slow(other) for other in modules[item.nodeid.split("::")[0]]
+        )
+
+    return sorted(items, key=lambda item: not moves(item))  # stable
 
 # A small closed vocabulary: enough words for the seed tasks' prompt shapes.
 _TINY_TEXT = (

@@ -86,6 +86,7 @@ def test_the_sparsity_force_does_not_shrink_with_the_graph() -> None:
     assert records["paper"]["final_closed"] < 0.2 and records["paper"]["final_sparsity"] < 0.2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", TRACR)
 def test_tracr_ground_truth_at_its_size(name) -> None:
     """Every shipped tracr task, the default options, edges = the ground truth's size: the

@@ -382,6 +382,7 @@ def test_a_damaged_checkpoint_is_one_line_and_left_alone(tmp_path, capsys, kille
     assert ck.read_bytes() == before and not (out / "circuit.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["components", "reference"])
 def test_neuron_nodes_resume_to_the_same_circuit(tmp_path, monkeypatch, path):
     """MLPs split into neurons (``--neurons``): killed after every destination, resumed,

@@ -120,6 +120,7 @@ def test_training_changes_only_the_prompt(pronoun, tmp_path: Path) -> None:
         run_soft_prompts(pronoun, train, held, 2, 1)
 
 
+@pytest.mark.slow
 def test_the_command_on_the_zoo(tmp_path: Path, capsys) -> None:
     prompts = _early_pronoun(tmp_path / "early.jsonl")
     out = tmp_path / "run"

@@ -51,6 +51,7 @@ def test_pareto_front_keeps_exactly_the_non_dominated_points():
     assert pareto_front([]) == []
 
 
+@pytest.mark.slow
 def test_ground_truth_is_on_the_front(tmp_path, capsys):
     """20 trials on tracr-reverse (zero ablation): the compiled model's true circuit is a
     front point, and --target-faithfulness copies it to best/."""
@@ -198,6 +199,7 @@ def _running_with_worker(db: Path) -> int:
         return 0
 
 
+@pytest.mark.slow
 def test_killed_sweep_continues(tmp_path):
     """Kill -9 a sweep in the middle of a trial, rerun the same command: the completed
     trials are untouched, the killed one is FAIL, and the new trials add up."""
@@ -254,6 +256,7 @@ for i, url in enumerate(urls):
 """
 
 
+@pytest.mark.slow
 def test_processes_open_a_new_sqlite_file_at_the_same_instant(tmp_path):
     """Three processes open the same new SQLite file at the same instant, six times over
     (before the schema lock, 5 of 6 rounds failed with 'table studies already exists' or

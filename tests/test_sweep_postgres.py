@@ -37,6 +37,7 @@ def postgres_url():
                        timeout=120)  # fmt: skip
 
 
+@pytest.mark.slow
 def test_two_workers_share_one_study(postgres_url, tmp_path, capsys):
     out = tmp_path / "shared"
     sweep = ["sweep", "--task", "tracr-reverse", "--ablation", "zero", "--trials", "0", "--storage", postgres_url,
