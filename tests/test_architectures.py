@@ -141,6 +141,13 @@ PROMPTS = [
 ]  # fmt: skip
 
 
+#: Fewer and shorter prompts for the comparisons with the reference ACDC, which runs one
+#: full pass per edge: a position-aware graph on these has 308 edges where PROMPTS gives
+#: 463 (Llama), and the reference's cost follows the edges.
+SHORT = [{"clean": f"{a} is", "corrupted": f"{b} is", "correct": ca, "wrong": cb}
+         for (a, ca), (b, cb) in [(("john", "he"), ("mary", "she")), (("anna", "she"), ("tom", "he"))]]  # fmt: skip
+
+
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Built on first use, one directory per architecture."""
@@ -155,10 +162,10 @@ def _load(arch: Arch, dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFa
     return load_model(str(dirs[arch.name]), dtype=torch.float64)
 
 
-def _task() -> Any:
+def _task(prompts: list[dict[str, str]] = PROMPTS) -> Any:
     from circuitdag.tasks.base import Task
 
-    return Task.from_prompts(PROMPTS)
+    return Task.from_prompts(prompts)
 
 
 @pytest.mark.parametrize("arch", [_param(a) for a in WORKS])
@@ -171,7 +178,7 @@ def test_fast_acdc_equals_the_reference(arch: Arch, model_dirs, tmp_path_factory
 
     model = _load(arch, model_dirs, tmp_path_factory)
     assert check_hooks(model).margin < 1
-    task = _task()
+    task = _task(SHORT)
     for positions in (False, True):
         fast = cd.discover(model, task, "acdc", metric="kl", positions=positions, relative_threshold=0.02)
         ref = cd.discover(model, task, "acdc-reference", metric="kl", positions=positions, relative_threshold=0.02)
@@ -193,8 +200,8 @@ def test_neuron_nodes_on_the_component_path(arch: Arch, model_dirs, tmp_path_fac
     import circuitdag as cd
 
     model = _load(arch, model_dirs, tmp_path_factory)
-    fast = cd.discover(model, _task(), "acdc", metric="kl", neurons=[1], relative_threshold=0.02)
-    ref = cd.discover(model, _task(), "acdc-reference", metric="kl", neurons=[1], relative_threshold=0.02)
+    fast = cd.discover(model, _task(SHORT), "acdc", metric="kl", neurons=[1], relative_threshold=0.02)
+    ref = cd.discover(model, _task(SHORT), "acdc-reference", metric="kl", neurons=[1], relative_threshold=0.02)
     assert fast.meta["stats"]["fast_path"] == "components"
     np.testing.assert_array_equal(fast.in_circuit, ref.in_circuit)
     tested = ~np.isnan(ref.scores)
