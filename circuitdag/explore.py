@@ -155,6 +155,7 @@ def explorer_data(circuit: Circuit, max_edges: int = MAX_DRAWN_EDGES) -> dict[st
         "key": "|score|" if magnitude else "score",
         "n_edges": circuit.n_edges, "n_edges_total": g.n_edges,
         "faithfulness": circuit.faithfulness(),
+        "how_sure": how_sure(m),
         "bootstrap": (m.get("bootstrap") or {}).get("resamples"),
         "steps": values, "run_step": run_step,
         "run_step_is_circuit": run_step is not None and run_set == set(np.flatnonzero(circuit.in_circuit).tolist()),
@@ -165,6 +166,44 @@ def explorer_data(circuit: Circuit, max_edges: int = MAX_DRAWN_EDGES) -> dict[st
         "attention": attention if isinstance(attention, dict) else None,
         "colours": {k.label: c for k, c in INPUT_COLOURS.items()},
     }  # fmt: skip
+
+
+def how_sure(meta: dict[str, Any]) -> list[list[str]]:
+    """What circuit.json says about how far to trust the circuit, as ``[label, text]`` rows
+    for the explorer's summary (docs/evaluation.md): held-out faithfulness (with its
+    interval under ``--bootstrap``), the reruns' stability, ``--verify-top`` and the
+    hypothesis tests. Empty for a circuit saved without them."""
+    rows: list[list[str]] = []
+    nan = float("nan")
+    held, boot = meta.get("heldout"), meta.get("bootstrap")
+    ci = (boot.get("circuit_faithfulness_ci") or {}) if isinstance(boot, dict) else {}
+    if isinstance(held, dict) and isinstance(held.get("faithfulness"), (int, float)):
+        text = f"{held['faithfulness']:.3f}"
+        if isinstance(ci.get("heldout"), list) and len(ci["heldout"]) == 2:
+            text += f" [{ci['heldout'][0]:.3f}, {ci['heldout'][1]:.3f}]"
+        rows.append(["held-out faithfulness", f"{text} ({held.get('n_prompts')} prompts, {held.get('how')})"])
+    elif isinstance(held, dict) and held.get("reason"):
+        rows.append(["held-out faithfulness", f"none ({held['reason']})"])
+    if isinstance(boot, dict) and isinstance(boot.get("stability"), dict):
+        st, disc = boot["stability"], ci.get("discovery")
+        interval = f"faithfulness [{disc[0]:.3f}, {disc[1]:.3f}], " if isinstance(disc, list) and len(disc) == 2 else ""
+        jaccard = f"edge Jaccard {st.get('edge_jaccard', nan):.2f}, node Jaccard {st.get('node_jaccard', nan):.2f}"
+        rows.append(["bootstrap", f"{boot.get('resamples')} resamples: {interval}{jaccard}"])
+    ver = meta.get("verify")
+    if isinstance(ver, dict) and ver.get("n_checked"):
+        rho = ver.get("spearman")
+        spearman = "n/a" if rho is None else f"{rho:.2f}"
+        rows.append(["verify-top", f"Spearman {spearman}, {ver.get('n_off')}/{ver['n_checked']} estimates off by >2x"])
+    tests = meta.get("tests")
+    if isinstance(tests, dict) and tests:
+        parts = []
+        for name, t in tests.items():
+            if isinstance(t, dict) and isinstance(t.get("p_value"), (int, float)):
+                parts.append(f"{name} p={t['p_value']:.3g} ({'passed' if t.get('passed') else 'failed'})")
+            elif isinstance(t, dict):
+                parts.append(f"{name}: {t.get('reason', 'not run')}")
+        rows.append(["tests", "; ".join(parts)])
+    return rows
 
 
 def bootstrap_inclusion(circuit: Circuit) -> np.ndarray | None:

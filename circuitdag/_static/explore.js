@@ -73,6 +73,7 @@
     ["threshold", data.threshold === null || data.threshold === undefined ? "-" : num(data.threshold)],
     ["edges", data.n_edges + " of " + data.n_edges_total],
     ["faithfulness", data.faithfulness === null ? "n/a" : Number(data.faithfulness).toFixed(3)],
+    ...(data.how_sure || []),
     ["score", data.score_meaning],
   ];
   $("summary").innerHTML = "<table>" + facts.map(([k, v]) => "<tr><td><b>" + esc(k) + "</b></td><td>" + esc(v) + "</td></tr>").join("") + "</table>";
