@@ -74,3 +74,17 @@ def test_kernels_are_checked_on_a_few_prompts(monkeypatch):
     q = Patcher(model, p.graph, p.data, metric="kl", runs=p.runs)
     assert q.kernels() is None and "MLP output" in str(q.kernel_problem)
     assert q.node_pass() is None
+
+
+def test_the_hook_check_refuses_a_readout_that_misses_the_logits(monkeypatch):
+    """The reference logits and every metric read the final residual stream through the final
+    norm and the unembedding; the hook check refuses a model where that misses its logits
+    (here: a soft cap its forward does not apply)."""
+    from circuitdag.errors import ModelError
+    from circuitdag.models import check
+
+    model = random_tiny()
+    assert check.check_hooks(model).margin < 1
+    monkeypatch.setattr(check, "softcap", lambda model, logits: torch.tanh(logits))
+    with pytest.raises(ModelError, match="final norm and the unembedding"):
+        check.check_hooks(model)

@@ -22,6 +22,7 @@ from circuitdag.graph import Input, ModelSpec, NodeKind
 from circuitdag.hooks import Hook, HookTable
 from circuitdag.models.resume import _NO_SKIP, _TUPLE_BLOCKS, _is_bridge, resume
 from circuitdag.models.spec import spec_of
+from circuitdag.readout import softcap
 
 __all__ = ["REFUSED", "HookReport", "architecture", "check_hooks", "refusal", "tolerance"]
 
@@ -108,7 +109,8 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
     and for a ``TinyTransformer``. Checks, on ``tokens`` (default: 2 random prompts of 6 tokens):
 
     * every role of the hook table fires with its shape, and running the model through
-      the table's hooks (emulated ones included) reproduces its logits;
+      the table's hooks (emulated ones included) reproduces its logits, as do the final norm
+      and the unembedding of the final residual stream (what every metric reads);
     * the q/k/v inputs equal ``hook_resid_pre`` on every head (taken before LayerNorm), the
       MLP input ``hook_resid_mid`` (``hook_resid_pre`` in a parallel block);
     * every layer's residual is ``blocks.0.hook_resid_pre`` + head results + MLP outputs of
@@ -170,6 +172,12 @@ def check_hooks(model: Any, tokens: Int[Tensor, "batch pos"] | None = None) -> H
         _check_emulation(model, spec, table, tokens, seen, expect_equal)
     expect_equal("the model", through, logits, "run through the hook table" + (
         f" (emulating {', '.join(emulated)})" if emulated else "") + " does not reproduce its own logits")  # fmt: skip
+    # Every metric, and the clean run's reference logits, read the final residual stream
+    # through the final norm and the unembedding (circuitdag.readout): that reproduces the logits.
+    with torch.no_grad():
+        read = softcap(model, model.unembed(model.ln_final(seen["final"])))
+    expect_equal(table.final, read, logits, "through the final norm and the unembedding does not reproduce the "
+                 "model's logits")  # fmt: skip
     for L in range(spec.n_layers):  # inputs are read before LayerNorm: every head sees one stream
         resid = seen[f"resid{L}"]
         for x, kind in (("q", Input.Q), ("k", Input.K), ("v", Input.V)):
