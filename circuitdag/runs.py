@@ -21,7 +21,7 @@ capture.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -125,7 +125,7 @@ def capture(model: Any, tokens: Tensor, layout: Layout, table: HookTable, d_mode
 
     hooks = table.hooks(resid_pre=put_resid, inputs=put_mlp_in, outputs=put_output)
     hooks += [(name, put_rotary) for name in table.rotary(model)]
-    with unsplit_inputs(model):
+    with unsplit_inputs(model, [name for name, _ in hooks]):
         if logits:
             out = model.run_with_hooks(tokens, fwd_hooks=hooks)
         else:  # the hook that keeps the final residual stream runs before the stop
@@ -134,14 +134,18 @@ def capture(model: Any, tokens: Tensor, layout: Layout, table: HookTable, d_mode
 
 
 @contextlib.contextmanager
-def unsplit_inputs(model: Any) -> Iterator[None]:
+def unsplit_inputs(model: Any, hook_names: Sequence[Any] = ()) -> Iterator[None]:
     """Within: a ``TransformerBridge`` that forks its residual stream into one query, key
     and value input per head (``use_split_qkv_input``, which the patched passes need) does
     not, so a pass that reads no per-head input does not pay for the copies and per-head
     norms (the same outputs: each head's input is the same stream; tested). Switched back
-    on exit; nothing changes for a model without the switch."""
+    on exit; nothing changes for a model without the switch, or when one of ``hook_names``
+    is a per-head input hook (``hook_q_input`` ...: the hook check's emulated per-head
+    norms of OLMo-2 read them), which exists only while the inputs are split."""
     switch = getattr(model, "set_use_split_qkv_input", None)
-    if switch is None or not getattr(getattr(model, "cfg", None), "use_split_qkv_input", False):
+    split_hooks = any(isinstance(n, str) and n.endswith(("hook_q_input", "hook_k_input", "hook_v_input"))
+                      for n in hook_names)  # fmt: skip
+    if switch is None or split_hooks or not getattr(getattr(model, "cfg", None), "use_split_qkv_input", False):
         yield
         return
     switch(False)
