@@ -192,7 +192,20 @@ def circuit_title(circuit: Circuit) -> str:
         f"ablation={meta.get('ablation', '')}",
         f"edges={circuit.n_edges}",
         f"faithfulness={f:.3f}" if f is not None else "faithfulness=n/a",
-    ]).replace("    ", "  ")  # fmt: skip
+        _held_out(meta),
+    ]).replace("    ", "  ").strip()  # fmt: skip
+
+
+def _held_out(meta: dict[str, Any]) -> str:
+    """``held-out=F`` (with ``--bootstrap``'s interval) when circuit.json has a held-out
+    faithfulness, else nothing: the number a drawing is trusted by (docs/evaluation.md)."""
+    held = meta.get("heldout")
+    if not isinstance(held, dict) or not isinstance(held.get("faithfulness"), (int, float)):
+        return ""
+    boot = meta.get("bootstrap")
+    ci = ((boot.get("circuit_faithfulness_ci") or {}).get("heldout") if isinstance(boot, dict) else None)
+    interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 else ""
+    return f"held-out={held['faithfulness']:.3f}{interval}"
 
 
 def _top_score(circuit: Circuit) -> float:

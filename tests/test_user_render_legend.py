@@ -35,3 +35,19 @@ def test_the_width_scale_line_of_an_attribution_circuit_is_not_cut_off() -> None
     assert meaning in scale
     assert 8 + POINTS_PER_CHAR * len(scale) <= width
     assert re.search(r'<svg width="([\d.]+)pt"', svg).group(1) == f"{width:.0f}"  # type: ignore[union-attr]
+
+
+def test_the_title_carries_the_held_out_faithfulness_when_there_is_one() -> None:
+    # Repro: circuit.svg of `discover --task pronoun --algorithm eap-ig --bootstrap 4` said only
+    # "faithfulness=1.007" (discovery prompts); circuit.json had held-out 1.008 [1.005, 1.010].
+    g = Graph(ModelSpec(n_layers=1, n_heads=1, n_kv_heads=1, d_model=8))
+    meta = {"task": "pronoun", "metric": "logit_diff", "ablation": "resample",
+            "metric_full": -2.0, "metric_circuit": -1.5, "metric_corrupted": 0.0}  # fmt: skip
+    plain = Circuit(g, np.ones(g.n_edges, dtype=bool), np.zeros(g.n_edges), meta)
+    assert render.circuit_title(plain).endswith("faithfulness=0.750")
+    held = {**meta, "heldout": {"how": "task", "n_prompts": 100, "faithfulness": 0.7012},
+            "bootstrap": {"circuit_faithfulness_ci": {"heldout": [0.65, 0.75]}}}  # fmt: skip
+    title = render.circuit_title(Circuit(g, plain.in_circuit, plain.scores, held))
+    assert title.endswith("faithfulness=0.750  held-out=0.701 [0.650, 0.750]")
+    none = {**meta, "heldout": {"how": "none", "reason": "--holdout 0"}}
+    assert render.circuit_title(Circuit(g, plain.in_circuit, plain.scores, none)).endswith("faithfulness=0.750")
