@@ -31,7 +31,7 @@ def test_capture_without_per_head_inputs_equals_the_plain_capture(bridges, name,
     d = p.graph.spec.d_model
     fast, logits, _ = runs.capture(model, data.clean, p.layout, p.table, d, {})
     assert model.cfg.use_split_qkv_input  # switched back on for the patched passes
-    monkeypatch.setattr(runs, "unsplit_inputs", lambda model: contextlib.nullcontext())
+    monkeypatch.setattr(runs, "unsplit_inputs", lambda model, names=(): contextlib.nullcontext())
     plain, want, _ = runs.capture(model, data.clean, p.layout, p.table, d, {})
     for got, ref in [(fast.slots, plain.slots), (fast.resid_final, plain.resid_final), (logits, want),
                      *zip(fast.resid_pre + fast.mlp_in, plain.resid_pre + plain.mlp_in)]:  # fmt: skip
