@@ -147,6 +147,8 @@ def _trust(circuit: Any, args: argparse.Namespace) -> dict[str, Any]:
     other data named, on N of its discovery prompts drawn with the circuit's seed)."""
     out: dict[str, Any] = {}
     checks = args.tests is not None or bool(args.verify_top)
+    if args.verify_top:
+        _check_verify_top(circuit)
     other = args.task or args.prompts or args.seed is not None
     if other or (args.n_prompts is not None and not checks):
         from circuitdag.holdout import evaluate_on
@@ -181,6 +183,22 @@ def _trust(circuit: Any, args: argparse.Namespace) -> dict[str, Any]:
         asked = ("tests",) * (args.tests is not None) + ("verify",) * bool(args.verify_top)
         out.update({k: circuit.meta[k] for k in asked if k in circuit.meta})  # not discover's saved ones
     return out
+
+
+def _check_verify_top(circuit: Any) -> None:
+    """``--verify-top`` compares scores in the metric's units with exact patching: refused,
+    as ``discover`` refuses it, for a circuit whose method scores otherwise (Edge Pruning's
+    gate probabilities, UGS, information flow routes' shares)."""
+    from circuitdag.algorithms import get_algorithm
+
+    name = circuit.meta.get("algorithm")
+    try:
+        method = get_algorithm(str(name)) if name else None
+    except CircuitDagError:  # a plugin not installed here: its scores cannot be judged
+        method = None
+    if method is not None and not method.metric_scores:
+        raise ConfigError(f"--verify-top compares scores in the metric's units with exact patching; {method.name}'s "
+                          f"scores are not ({method.score_meaning}); drop --verify-top")  # fmt: skip
 
 
 def _some_prompts(patcher: Any, n: int, seed: int) -> Any:
