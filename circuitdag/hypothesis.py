@@ -160,11 +160,23 @@ def hsic(x: np.ndarray, y: np.ndarray) -> float:
     return float((centred_gram(x) * centred_gram(y)).sum() / (n - 1) ** 2)
 
 
+def _can_decide(test: str, option: str, count: int, alpha: float) -> None:
+    """Raises :class:`ConfigError` when ``count`` permutations or random circuits cannot give
+    a p-value below ``alpha`` (its floor ``1 / (count + 1)`` is at or above it): the test
+    could only keep H0, which would read as independence passed or sufficiency failed."""
+    if 1 / (count + 1) >= alpha:
+        need = int(1 / alpha)
+        need += 1 / (need + 1) >= alpha
+        raise ConfigError(f"{test} cannot decide at alpha {alpha:g} with {option}={count} (its smallest p-value is "
+                          f"1/{count + 1}); use --test-option {option}=N with N >= {need}")  # fmt: skip
+
+
 def independence(patcher: Patcher, alive: np.ndarray, permutations: int = 1000, alpha: float = 0.05,
                  seed: int = 0) -> TestResult:  # fmt: skip
     """Independence of the complement of ``alive`` from the full model (module docstring).
     Raises :class:`ConfigError` when the full model's scores are constant over the prompts
     (KL without answer tokens: 0 everywhere), where no dependence can be measured."""
+    _can_decide("independence", "permutations", permutations, alpha)
     score, on = _scorer(patcher)
     s_m, s_rest = score(np.ones(patcher.graph.n_edges, dtype=bool)), score(~np.asarray(alive, dtype=bool))
     if np.ptp(s_m) == 0:
@@ -233,6 +245,7 @@ def sufficiency(patcher: Patcher, alive: np.ndarray, circuits: int = 100, alpha:
     """Faithfulness of ``alive`` against ``circuits`` random circuits of its size (module
     docstring). The statistic is the circuit's faithfulness; ``detail`` has the random
     circuits' mean and the fraction of them at least as close to 1."""
+    _can_decide("sufficiency", "circuits", circuits, alpha)
     alive = np.asarray(alive, dtype=bool)
     n, size = patcher.graph.n_edges, int(alive.sum())
     rng = np.random.default_rng(seed)
