@@ -141,7 +141,9 @@ def unsplit_inputs(model: Any, hook_names: Sequence[Any] = ()) -> Iterator[None]
     norms (the same outputs: each head's input is the same stream; tested). Switched back
     on exit; nothing changes for a model without the switch, or when one of ``hook_names``
     is a per-head input hook (``hook_q_input`` ...: the hook check's emulated per-head
-    norms of OLMo-2 read them), which exists only while the inputs are split."""
+    norms of OLMo-2 read them), which exists only while the inputs are split. The switch is
+    the model's: no other thread may run a patched pass on the same model meanwhile
+    (circuitdag runs none)."""
     switch = getattr(model, "set_use_split_qkv_input", None)
     split_hooks = any(isinstance(n, str) and n.endswith(("hook_q_input", "hook_k_input", "hook_v_input"))
                       for n in hook_names)  # fmt: skip
