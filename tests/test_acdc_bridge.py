@@ -47,15 +47,17 @@ def test_patched_extremes(bridge_patcher):
     torch.testing.assert_close(none, p.model(p.data.corrupted), rtol=0, atol=1e-8)
 
 
-@pytest.mark.parametrize("sparse", [True, False], ids=["components", "layers"])
-def test_fast_equals_reference(bridge_patcher, sparse):
+def test_fast_equals_reference(bridge_patcher):
+    """The component path and the layer-by-layer path, each against one reference run per
+    threshold."""
     _, p = bridge_patcher
     for threshold in (1e-5, 3e-4):
         ref = acdc_reference(p, threshold)
-        fast = acdc_fast(p, threshold, sparse=sparse)
-        assert fast.stats["fast_path"] == ("components" if sparse else "layers")
-        np.testing.assert_array_equal(fast.alive, ref.alive)
-        np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-7, atol=1e-10)
+        for sparse in (True, False):
+            fast = acdc_fast(p, threshold, sparse=sparse)
+            assert fast.stats["fast_path"] == ("components" if sparse else "layers")
+            np.testing.assert_array_equal(fast.alive, ref.alive)
+            np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-7, atol=1e-10)
     assert 0 < ref.alive.sum() < p.graph.n_edges
 
 
@@ -116,8 +118,7 @@ def test_shared_prefix_is_skipped_exactly(bridge_patcher):
     assert 0 < ref.alive.sum() < p.graph.n_edges
 
 
-@pytest.mark.parametrize("sparse", [True, False], ids=["components", "layers"])
-def test_prefiltered_start_equals_reference(bridge_patcher, sparse):
+def test_prefiltered_start_equals_reference(bridge_patcher):
     """From a start circuit with edges removed everywhere (a prefiltered or resumed run) the
     fast path rebuilds its cached run in one patched pass. TransformerBridge fires
     ``hook_resid_mid`` after ``hook_mlp_in``, with the patched value; the cached MLP input
@@ -128,9 +129,10 @@ def test_prefiltered_start_equals_reference(bridge_patcher, sparse):
     start = np.random.default_rng(1).random(p.graph.n_edges) < 0.7
     threshold = 1e-3 * p.circuit_metric(np.zeros(p.graph.n_edges, dtype=bool))  # 0.1% of the KL gap
     ref = acdc_reference(p, threshold, start=start)
-    fast = acdc_fast(p, threshold, start=start, sparse=sparse)
-    np.testing.assert_array_equal(fast.alive, ref.alive)
-    np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-7, atol=1e-9)  # atol: the Llama's float32 rotary
+    for sparse in (True, False):  # the component path and the layer-by-layer path
+        fast = acdc_fast(p, threshold, start=start, sparse=sparse)
+        np.testing.assert_array_equal(fast.alive, ref.alive)
+        np.testing.assert_allclose(fast.scores, ref.scores, rtol=1e-7, atol=1e-9)  # atol: the Llama's float32 rotary
     assert 0 < ref.alive.sum() < start.sum()
 
 
