@@ -205,9 +205,28 @@ def evaluate_on(circuit: Circuit, task: str | None = None, prompts: str | Path |
         what = {"prompts": str(prompts)}
     assert patcher is not None
     if patcher.graph.edge_names != circuit.graph.edge_names:
-        raise ConfigError("the other data gives another graph than the circuit's (a position-aware circuit needs "
-                          "prompts of the same token layout)")  # fmt: skip
+        raise ConfigError(_graph_mismatch(circuit.graph.positions, patcher.graph.positions))
     return {**what, **metrics_on(patcher, circuit.in_circuit)}
+
+
+def _graph_mismatch(want: Any, got: Any) -> str:
+    """The one-line reason the other data's graph is not the circuit's: for a position-aware
+    circuit, which of the token layout's length and its position names differ."""
+    if want is None or got is None:
+        return "the other data gives another graph than the circuit's (another model or other MLP neurons)"
+    if want.n != got.n:
+        return (f"the circuit is position-aware over {want.n} token positions but the other prompts have {got.n}; "
+                "give prompts of the circuit's token layout")  # fmt: skip
+    if want.names != got.names:
+        import json
+
+        theirs = f"name their positions {', '.join(got.names)}" if got.names else "do not name their positions"
+        if not want.names:
+            return (f"the other prompts {theirs} but the circuit's positions are unnamed; drop the rows' "
+                    "\"positions\" field")  # fmt: skip
+        return (f"the other prompts {theirs} but the circuit's are {', '.join(want.names)}; if the tokens play the "
+                f"same roles, give each row \"positions\": {json.dumps(list(want.names))}")  # fmt: skip
+    return "the other data gives another graph than the circuit's (the answer positions the unembedding reads differ)"
 
 
 __all__ = ["HOLDOUT_SEED", "Heldout", "at_most", "discovery_part", "evaluate_on", "heldout_data", "heldout_patcher", "metrics_on", "patcher_on", "split"]
