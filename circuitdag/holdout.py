@@ -54,17 +54,22 @@ class Heldout:
 
 def split(data: TaskData, fraction: float, seed: int = 0) -> tuple[TaskData, TaskData]:
     """(discovery, held-out): ``round(fraction * n)`` prompts drawn with ``seed`` held out,
-    each part in the original order. Raises :class:`ConfigError` unless both parts get at
-    least one prompt."""
+    each part in the original order. A prompt that repeats (the same clean and corrupted
+    tokens and answers) is one draw, with its copies on the same side, so no held-out
+    prompt is a copy of a discovery prompt; ``n`` counts distinct prompts. Raises
+    :class:`ConfigError` unless both parts get at least one prompt."""
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction < 1:
         raise ConfigError(f"--holdout must be a fraction between 0 and 1 (e.g. 0.2), got {fraction!r}")
-    n = data.n_prompts
+    group: dict[Any, int] = {}  # each distinct prompt's draw, in order of first appearance
+    of = np.array([group.setdefault(key, len(group)) for key in _prompt_keys(data)])
+    n = len(group)
     k = round(fraction * n)
     if not 0 < k < n:
-        raise ConfigError(f"--holdout {fraction:g} of {n} prompts leaves no prompt on one side; give more prompts "
-                          "(--n-prompts) or another fraction")  # fmt: skip
-    held = np.sort(np.random.default_rng(seed).permutation(n)[:k])
-    rest = np.setdiff1d(np.arange(n), held)
+        raise ConfigError(f"--holdout {fraction:g} of {n} distinct prompts leaves no prompt on one side; give more "
+                          "prompts (--n-prompts) or another fraction")  # fmt: skip
+    drawn = np.random.default_rng(seed).permutation(n)[:k]
+    held = np.flatnonzero(np.isin(of, drawn))  # every prompt when none repeats: of is 0..n-1
+    rest = np.setdiff1d(np.arange(data.n_prompts), held)
     return data.subset(rest.tolist()), data.subset(held.tolist())
 
 

@@ -53,3 +53,25 @@ def test_another_length_says_so(circuit_path: Path, tmp_path: Path) -> None:
                                  "correct": "he", "wrong": "she"}) + "\n")  # fmt: skip
     with pytest.raises(ConfigError, match=r"over 11 token positions but the other prompts have 9"):
         evaluate_on(load_circuit(circuit_path), prompts=short)
+
+
+def test_a_repeated_prompt_is_held_out_with_all_its_copies_or_none() -> None:
+    """verify's D11: `--holdout` drew rows, so a copy of a discovery prompt could be
+    "held out". Copies are now one draw; without copies the split is the plain draw."""
+    import numpy as np
+
+    from circuitdag.holdout import split
+    from circuitdag.tasks import get_task
+
+    task = get_task("pronoun")
+    data = task.data(task.load_model())
+    twice = data.subset([*range(30), *range(10)])  # prompts 0-9 appear twice
+    for seed in range(8):
+        disc, held = split(twice, 0.3, seed=seed)
+        keys = lambda d: {tuple(r) for r in d.clean.tolist()}
+        assert not keys(disc) & keys(held) and disc.n_prompts + held.n_prompts == 40
+        assert len(keys(held)) == 9  # round(0.3 * 30 distinct)
+    plain = data.subset(list(range(30)))
+    for seed in range(4):  # no copies: the same prompts as drawing rows directly
+        want = np.sort(np.random.default_rng(seed).permutation(30)[:9])
+        assert split(plain, 0.3, seed=seed)[1].clean.equal(plain.subset(want.tolist()).clean)
