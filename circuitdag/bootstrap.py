@@ -42,6 +42,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from circuitdag.algorithms import Algorithm, RunContext
+from circuitdag.bootstrap_journal import Journal
 from circuitdag.errors import ConfigError
 from circuitdag.patching import Patcher
 from circuitdag.per_prompt import faithfulness, prompt_metrics, prompt_weights, resample_mean
@@ -104,15 +105,26 @@ def additive(method: Algorithm, patcher: Patcher) -> bool:
 
 
 def prompt_attributions(patcher: Patcher, method: Algorithm, options: dict[str, Any],
-                        progress: bool = False) -> np.ndarray:  # fmt: skip
-    """``s_i``: ``method``'s scores (EAP or EAP-IG) on each prompt alone, ``(batch, edge)``."""
+                        progress: bool = False, journal: Journal | None = None) -> np.ndarray:  # fmt: skip
+    """``s_i``: ``method``'s scores (EAP or EAP-IG) on each prompt alone, ``(batch, edge)``.
+    ``journal``: take the prompts it holds from it, and keep each new one there."""
     from circuitdag.attribution import attribute
 
     steps = int(options.get("ig_steps") or 1)
+    have = {} if journal is None else journal.prompts
     rows = []
-    for i in tqdm(range(patcher.B), desc=f"{method.name} per prompt", unit="prompt", disable=not progress):
-        one = patcher.subset([i])  # rows of the cached runs: no forward pass
-        rows.append(attribute(one, method.name, steps, 1).scores)
+    bar = tqdm(total=patcher.B, initial=len(have), desc=f"{method.name} per prompt", unit="prompt",
+               disable=not progress)  # fmt: skip
+    with bar:
+        for i in range(patcher.B):
+            if i in have:
+                rows.append(have[i])
+                continue
+            one = patcher.subset([i])  # rows of the cached runs: no forward pass
+            rows.append(np.asarray(attribute(one, method.name, steps, 1).scores, dtype=np.float64))
+            if journal is not None:
+                journal.add_prompt(i, rows[-1])
+            bar.update()
     return np.stack(rows)
 
 
@@ -138,6 +150,7 @@ def bootstrap(
     progress: bool = False,
     make_patcher: Callable[[Any], Patcher] | None = None,
     rerun: bool | None = None,
+    journal: Journal | None = None,
 ) -> dict[str, Any]:
     """Rerun ``method`` with ``options`` (checked, threshold in metric units) on
     ``resamples`` resamples of ``patcher``'s prompts (module docstring). ``alive``: the
@@ -146,7 +159,9 @@ def bootstrap(
     ablation, metric). Returns the JSON-ready record circuit.json keeps under
     ``"bootstrap"``; raises :class:`ConfigError` for fewer than 2 resamples. ``rerun``:
     rerun the method on every resample even where per-prompt scores would do (None: only
-    where they would not, :func:`additive`)."""
+    where they would not, :func:`additive`). ``journal``: keep each finished resample there
+    and take those it already holds from it (:mod:`circuitdag.bootstrap_journal`: an
+    interrupted bootstrap resumed ends as an uninterrupted one)."""
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 2:
         raise ConfigError(f"--bootstrap needs at least 2 resamples, got {resamples!r}")
     graph, n = patcher.graph, patcher.B
@@ -156,7 +171,7 @@ def bootstrap(
         from circuitdag.algorithms.attribution import default_attribution_edges
         from circuitdag.attribution import Attribution
 
-        per = prompt_attributions(patcher, method, options, progress)
+        per = prompt_attributions(patcher, method, options, progress, journal)
         size, cut = options.get("edges"), options.get("threshold")
         if size is None and cut is None:
             size = default_attribution_edges(graph.n_edges)  # what run() would keep
@@ -164,24 +179,39 @@ def bootstrap(
         w = prompt_weights(patcher)
         m_full, m_empty = (prompt_metrics(patcher, np.full(graph.n_edges, v)) for v in (True, False))
     kept, scores, f_disc, f_held = [], [], [], []
-    for _ in tqdm(range(resamples), desc="bootstrap", unit="rerun", disable=not progress):
-        idx = rng.integers(0, n, size=n)
-        if fast:
-            cw = np.bincount(idx, minlength=n) * w
-            att = Attribution(cw @ per / cw.sum(), method.name, int(options.get("ig_steps") or 1), 1, 0.0, 0)
-            found = method.select(patcher, att, size, cut)  # type: ignore[attr-defined]
-            c = np.asarray(found.in_circuit, dtype=bool)
-            f_disc.append(float(faithfulness(resample_mean(prompt_metrics(patcher, c), w, idx),
-                                             resample_mean(m_full, w, idx), resample_mean(m_empty, w, idx))))  # fmt: skip
-            f_held.append(heldout_faithfulness(heldout, c))
-            kept.append(c)
-            scores.append(np.asarray(found.scores, dtype=np.float64))
-        else:
-            c, sc, fd, fh = rerun_on(patcher, method, options, idx, heldout, make_patcher)
+    done = {} if journal is None else journal.resamples
+    bar = tqdm(total=resamples, initial=sum(k in done for k in range(resamples)), desc="bootstrap", unit="rerun",
+               disable=not progress)  # fmt: skip
+    try:
+        for k in range(resamples):
+            idx = rng.integers(0, n, size=n)  # drawn also for a resample read back: resample k is the k-th draw
+            if k in done:
+                edges, sc, fd, fh = done[k]
+                c = np.zeros(graph.n_edges, dtype=bool)
+                c[edges] = True
+            elif fast:
+                cw = np.bincount(idx, minlength=n) * w
+                att = Attribution(cw @ per / cw.sum(), method.name, int(options.get("ig_steps") or 1), 1, 0.0, 0)
+                found = method.select(patcher, att, size, cut)  # type: ignore[attr-defined]
+                c = np.asarray(found.in_circuit, dtype=bool)
+                fd = float(faithfulness(resample_mean(prompt_metrics(patcher, c), w, idx),
+                                        resample_mean(m_full, w, idx), resample_mean(m_empty, w, idx)))  # fmt: skip
+                fh = heldout_faithfulness(heldout, c)
+                sc = np.asarray(found.scores, dtype=np.float64)
+            else:
+                c, sc, fd, fh = rerun_on(patcher, method, options, idx, heldout, make_patcher)
+            if journal is not None and k not in done:
+                journal.add_resample(k, c, sc, fd, fh)
             kept.append(c)
             scores.append(sc)
             f_disc.append(fd)
             f_held.append(fh)
+            if k not in done:
+                bar.update()
+    finally:
+        bar.close()
+        if journal is not None:
+            journal.close()
     return summarize(patcher, alive, kept, scores, f_disc, f_held if heldout is not None else None, heldout,
                      seed=seed, level=level, reruns="per-prompt scores" if fast else "method")  # fmt: skip
 

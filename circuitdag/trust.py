@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from circuitdag.circuit import Circuit
@@ -53,13 +54,16 @@ def assess(
     progress: bool = False,
     storage: str | None = None,
     study: str | None = None,
+    journal: str | Path | None = None,
+    resume: bool = False,
 ) -> Circuit:
     """Add the checks asked for to ``circuit.meta`` (module docstring) and return the
     circuit. ``patcher``: the discovery run; ``heldout``/``heldout_patcher``: the held-out
     prompts and a patcher on them; ``method``/``options``: what made the circuit (for
     ``bootstrap`` reruns); ``storage`` (an Optuna storage URL) and ``study``: run the
     resamples as trials that ``sweep-worker`` processes share
-    (:mod:`circuitdag.sweep.resamples`)."""
+    (:mod:`circuitdag.sweep.resamples`); else ``journal``: a file that keeps each finished
+    resample, read back with ``resume`` (:mod:`circuitdag.bootstrap_journal`)."""
     from circuitdag.holdout import metrics_on
 
     meta, alive = circuit.meta, circuit.in_circuit
@@ -89,8 +93,13 @@ def assess(
             meta["bootstrap"] = shared_bootstrap(patcher, heldout_patcher, method, opts, bootstrap, alive, meta,
                                                  storage, study, seed=seed, progress=progress)  # fmt: skip
         else:
+            from circuitdag.bootstrap import additive
+            from circuitdag.bootstrap_journal import open_journal
+
+            jr = None if journal is None else open_journal(journal, meta, method.name, opts, seed, alive,
+                                                           additive(method, patcher), resume)  # fmt: skip
             meta["bootstrap"] = run_bootstrap(patcher, method, opts, bootstrap, alive, heldout_patcher, seed=seed,
-                                              progress=progress)  # fmt: skip
+                                              progress=progress, journal=jr)  # fmt: skip
     return circuit
 
 

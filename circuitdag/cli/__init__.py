@@ -108,7 +108,7 @@ def _main(argv: list[str] | None) -> int:
               "output path", file=sys.stderr)  # fmt: skip
         return 2
     except KeyboardInterrupt as exc:
-        hint = "; rerun with --resume to continue from the checkpoint" if _resumable(args) else ""
+        hint = _resume_hint(args)
         how = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
         print(f"circuitdag: {how}{hint}", file=sys.stderr)
         return 143 if isinstance(exc, Terminated) else 130
@@ -119,11 +119,25 @@ def _main(argv: list[str] | None) -> int:
         return 0
 
 
-def _resumable(args: argparse.Namespace | None) -> bool:
-    """Whether the interrupted command left a checkpoint to resume from (a ``discover``
-    whose method checkpoints, interrupted after its first checkpoint was written)."""
+def _resume_hint(args: argparse.Namespace | None) -> str:
+    """What ``--resume`` continues from after this interruption, as the end of its line:
+    the checkpoint of a ``discover`` whose method checkpoints (once its first one was
+    written) and the finished resamples of an in-process ``--bootstrap``
+    (circuitdag.bootstrap_journal); empty when there is nothing."""
     path = getattr(args, "checkpoint_path", None)
-    return path is not None and path.exists()
+    parts = ["the checkpoint"] if path is not None and path.exists() else []
+    journal = getattr(args, "bootstrap_journal", None)
+    if journal is not None:
+        from circuitdag.bootstrap_journal import finished
+
+        resamples, prompts = finished(journal)
+        if resamples:
+            parts.append(f"the {resamples} finished bootstrap resample{'s' * (resamples != 1)}")
+        elif prompts:
+            parts.append(f"the bootstrap's per-prompt scores of {prompts} prompt{'s' * (prompts != 1)}")
+    if not parts:
+        return ""
+    return "; rerun with --resume to continue from " + " and ".join(parts)
 
 
 __all__ = ["build_parser", "main"]

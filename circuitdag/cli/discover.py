@@ -131,7 +131,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
     from circuitdag.prepare import prepare
 
     out = writable_dir(args.out or (f"runs/{Path(args.prompts).stem}" if args.prompts else f"runs/{args.task or DEFAULT_TASK}"))
-    for name in ("circuit.json", "circuit.svg", "checkpoint.json"):  # refused now, not after the search
+    for name in ("circuit.json", "circuit.svg", "checkpoint.json", "bootstrap.partial.jsonl"):  # refused now, not after the search
         if (out / name).is_dir():
             raise ConfigError(f"{out / name} is a directory, where discover writes its {name}; move it out of the "
                               "way or choose another --out")  # fmt: skip
@@ -168,6 +168,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
                           "yet; drop --prefilter (ACDC on neuron nodes is exact)")
     checkpoint = out / "checkpoint.json"
     args.checkpoint_path = checkpoint if method.checkpoints else None  # what an interruption can resume from
+    # the finished resamples of an in-process bootstrap (circuitdag.bootstrap_journal): --resume continues them
+    args.bootstrap_journal = out / "bootstrap.partial.jsonl" if args.bootstrap and not args.storage else None
     if args.resume and not checkpoint.exists() and method.checkpoints:
         print(f"circuitdag: --resume: there is no {checkpoint} to resume from (a run deletes it when it "
               f"finishes, and writes the first one after --checkpoint-every={args.checkpoint_every:g}s); "
@@ -209,6 +211,8 @@ def cmd_discover(args: argparse.Namespace) -> int:
     circuit.save(out / "circuit.json")
     svg = _draw_svg(circuit, out / "circuit.svg", args)
     (out / "checkpoint.json").unlink(missing_ok=True)
+    if args.bootstrap_journal is not None:  # circuit.json holds the bootstrap now
+        args.bootstrap_journal.unlink(missing_ok=True)
     print(summary_line(circuit, task.name, out, svg=svg))
     return 0
 
@@ -283,7 +287,8 @@ def _assess(args: argparse.Namespace, circuit: Any, patcher: Any, heldout: Any, 
     tests = tuple(args.tests or TRUST_TESTS) if args.tests is not None else ()
     assess(circuit, patcher, heldout=heldout, heldout_patcher=held, verify_top=args.verify_top, tests=tests,
            test_options=parse_test_options(args.test_option), bootstrap=args.bootstrap, method=method, options=options,
-           seed=args.seed, progress=not args.quiet, storage=args.storage, study=args.study)  # fmt: skip
+           seed=args.seed, progress=not args.quiet, storage=args.storage, study=args.study,
+           journal=args.bootstrap_journal, resume=args.resume)  # fmt: skip
 
 
 #: ``--test-option`` names, their types and the open/closed ranges they must lie in.

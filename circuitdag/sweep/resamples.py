@@ -28,17 +28,16 @@ the method, also for EAP/EAP-IG, whose in-process bootstrap uses per-prompt scor
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
 import os
-import zlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from circuitdag.bootstrap_journal import BOOTSTRAP_FORMAT, identity, pack, study_spec, unpack
 from circuitdag.errors import ConfigError
 from circuitdag.sweep.storage import HOST, fail_interrupted_trials, masked, open_storage
 
@@ -53,61 +52,12 @@ log = logging.getLogger("circuitdag")
 BOOTSTRAP_ATTR = "circuitdag.bootstrap"
 #: The number of resamples the last ``discover`` asked of the study (workers run until it holds them).
 RESAMPLES_ATTR = "circuitdag.bootstrap.resamples"
-BOOTSTRAP_FORMAT = "circuitdag.bootstrap/1"
-#: Run-record entries a worker does not need (large, or written after the search).
-_NOT_RUN = ("attention", "stats", "verify", "tests", "bootstrap", "edges")
 
 
 def resample_index(seed: int, trial: int, n: int) -> np.ndarray:
     """The prompts (``n`` indices drawn with replacement) of resample ``trial``: the same in
     every process."""
     return np.random.default_rng([int(seed), int(trial)]).integers(0, n, size=n)
-
-
-def pack(values: np.ndarray) -> str:
-    """float64 values as compressed base64 text (a trial user attribute)."""
-    return base64.b64encode(zlib.compress(np.asarray(values, dtype="<f8").tobytes(), 6)).decode("ascii")
-
-
-def unpack(text: str) -> np.ndarray:
-    return np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype="<f8").copy()
-
-
-def study_spec(meta: dict[str, Any], method: str, options: dict[str, Any], seed: int,
-               alive: np.ndarray) -> dict[str, Any]:  # fmt: skip
-    """What :data:`BOOTSTRAP_ATTR` holds (module docstring), JSON-ready. Not the number of
-    resamples: resample ``t`` is the same whatever it is, so a later ``--bootstrap 50``
-    continues a study of 20 (:data:`RESAMPLES_ATTR` holds the number asked for)."""
-    run = {k: v for k, v in meta.items() if k not in _NOT_RUN}
-    spec = {"format": BOOTSTRAP_FORMAT, "run": run, "algorithm": method, "options": options,
-            "seed": int(seed), "circuit": np.flatnonzero(alive).tolist()}  # fmt: skip
-    return json.loads(json.dumps(spec))
-
-
-#: Run-record entries that are measurements, not settings: a rerun of the same command gets
-#: them again to float precision only (a resumed search reads the circuit's metric off another
-#: pass), so they are no part of what identifies a study.
-_MEASURED = ("metric_full", "metric_circuit", "metric_corrupted", "faithfulness", "recovered")
-
-
-def identity(spec: dict[str, Any]) -> dict[str, Any]:
-    """What identifies a bootstrap study: ``spec`` without the run's measured values (the
-    held-out entry keeps only where its prompts came from) and with every other number
-    rounded to 6 significant digits (a threshold resolved from measured metrics)."""
-
-    def rounded(v: Any) -> Any:
-        if isinstance(v, float):
-            return float(f"{v:.6g}")
-        if isinstance(v, dict):
-            return {k: rounded(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [rounded(x) for x in v]
-        return v
-
-    run = {k: v for k, v in spec.get("run", {}).items() if k not in _MEASURED}
-    if isinstance(run.get("heldout"), dict):
-        run["heldout"] = {k: v for k, v in run["heldout"].items() if k in ("how", "fraction", "n_prompts", "reason")}
-    return rounded({**spec, "run": run})
 
 
 def study_name(spec: dict[str, Any]) -> str:
