@@ -171,7 +171,12 @@ def bootstrap(
         from circuitdag.algorithms.attribution import default_attribution_edges
         from circuitdag.attribution import Attribution
 
-        per = prompt_attributions(patcher, method, options, progress, journal)
+        try:
+            per = prompt_attributions(patcher, method, options, progress, journal)
+        except BaseException:  # Ctrl-C among the prompts: the journal keeps those done
+            if journal is not None:
+                journal.close()
+            raise
         size, cut = options.get("edges"), options.get("threshold")
         if size is None and cut is None:
             size = default_attribution_edges(graph.n_edges)  # what run() would keep

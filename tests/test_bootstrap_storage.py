@@ -74,18 +74,19 @@ def test_two_workers_share_the_resamples_and_the_aggregate_is_read_back(run, tmp
     f0 = patcher.n_forward
     got = shared_bootstrap(patcher, held, method, options, B, alive, meta, url, seed=0)
     assert patcher.n_forward - f0 <= 3  # no rerun here: only the reported circuit's own intervals
-    assert got["study"] == name and got["resamples"] == B and sorted(got["trials"]) == got["trials"]
+    assert got["study"] == name and got["resamples"] == B and got["slots"] == list(range(B))
+    assert sorted(got["trials"]) == list(range(B))  # one trial a slot, whichever worker claimed which
     # the same resamples computed in this process
     kept, scores, f_disc, f_held = [], [], [], []
-    for t in got["trials"]:
-        c, s, fd, fh = rerun_on(patcher, method, options, resample_index(0, t, patcher.B), held)
+    for k in got["slots"]:
+        c, s, fd, fh = rerun_on(patcher, method, options, resample_index(0, k, patcher.B), held)
         kept.append(c), scores.append(s), f_disc.append(fd), f_held.append(fh)
     want = summarize(patcher, alive, kept, scores, f_disc, f_held, held, seed=0, reruns="method, one trial a resample")
     for key in ("faithfulness", "stability", "edges", "circuit_faithfulness_ci"):
         _close(got[key], want[key], key)
     # an interrupted discover: the study alone gives the summary of what it holds
     back = read_back(url, name, resamples=3)
-    assert back["trials"] == got["trials"][:3] and back["resamples"] == 3
+    assert back["slots"] == [0, 1, 2] and back["trials"] == got["trials"][:3] and back["resamples"] == 3
     _close(back["faithfulness"]["discovery"]["values"], got["faithfulness"]["discovery"]["values"][:3], "values")
 
 

@@ -11,13 +11,19 @@ a worker that dies leaves its trial to be failed and rerun (:mod:`~circuitdag.sw
   record of the circuit (what :func:`circuitdag.reload.reload` rebuilds the run from, the
   held-out split included), the method, its options (threshold resolved), ``B`` and the
   seed.
-* Trial ``t`` reruns the method on resample :func:`resample_index` ``(seed, t)`` of the
-  discovery prompts (:func:`circuitdag.bootstrap.rerun_on`) and stores its circuit (edge
-  indices), its scores (float64, compressed) and its faithfulness on the resample and on
-  the held-out prompts as trial user attributes.
-* Once the study holds ``B`` finished resamples, every process stops taking trials, and
-  ``discover`` reads the first ``B`` (by trial number) back from the storage and
-  summarises them as the in-process bootstrap does (:func:`circuitdag.bootstrap.summarize`).
+* A trial first claims a **slot** ``k`` in ``0..B-1`` (:func:`claim_slot`: the lowest that
+  no finished trial and no running one holds; user attribute ``slot``), then reruns the
+  method on resample :func:`resample_index` ``(seed, k)`` of the discovery prompts
+  (:func:`circuitdag.bootstrap.rerun_on`) and stores its circuit (edge indices), its scores
+  (float64, compressed) and its faithfulness on the resample and on the held-out prompts as
+  trial user attributes. A trial that failed (its worker killed, Ctrl-C) frees its slot, and
+  the next trial takes it: the resamples of an interrupted and resumed bootstrap are the
+  uninterrupted one's (a trial keyed by its trial number got a new resample in its rerun).
+  Two workers that claim a slot at the same moment both run it, with the same result; one
+  is kept. Trials of studies made before slots existed have their trial number as slot.
+* Once the study holds slots ``0..B-1`` finished, every process stops taking trials, and
+  ``discover`` reads them back (by slot) from the storage and summarises them as the
+  in-process bootstrap does (:func:`circuitdag.bootstrap.summarize`).
 
 A rerun of the same command finds its study again (the name is a digest of the settings
 and the circuit, not of ``B``) and only runs the resamples still missing: an interrupted
@@ -68,7 +74,8 @@ def study_name(spec: dict[str, Any]) -> str:
 
 @dataclass
 class ResampleRunner:
-    """The objective: one rerun of ``method`` on resample ``trial.number`` (module docstring)."""
+    """The objective: one rerun of ``method`` on the resample of the slot the trial claims
+    (module docstring)."""
 
     patcher: Patcher
     heldout: Patcher | None
@@ -98,7 +105,7 @@ class ResampleRunner:
         from circuitdag.bootstrap import rerun_on
 
         trial.set_user_attr("worker", f"{HOST}:{os.getpid()}")
-        idx = resample_index(self.seed, trial.number, self.patcher.B)
+        idx = resample_index(self.seed, claim_slot(trial), self.patcher.B)
         kept, scores, f_disc, f_held = rerun_on(self.patcher, self.method, self.options, idx, self.heldout)
         finite = lambda v: None if v is None or not np.isfinite(v) else float(v)
         for key, value in {"kept": np.flatnonzero(kept).tolist(), "scores": pack(scores),
@@ -107,11 +114,48 @@ class ResampleRunner:
         return float(kept.sum())
 
 
-def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+def slot_of(trial: optuna.trial.FrozenTrial) -> int:
+    """The resample a trial ran: its ``slot`` (its trial number in a study made before slots)."""
+    return int(trial.user_attrs.get("slot", trial.number))
+
+
+def claim_slot(trial: optuna.Trial) -> int:
+    """The slot ``trial`` runs (module docstring), recorded as its user attribute ``slot``:
+    the lowest of ``0..B-1`` (``B``: the study's :data:`RESAMPLES_ATTR`) that no finished
+    and no running trial holds; when running trials hold every open one, the lowest open
+    one (run twice, same result); when all are finished, the lowest slot above them."""
     from optuna.trial import TrialState
 
-    return sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
-                  key=lambda t: t.number)  # fmt: skip
+    want = int(trial.study.user_attrs.get(RESAMPLES_ATTR, 0))
+    done, running = set(), set()
+    for t in trial.study.get_trials(deepcopy=False):
+        if t.number == trial.number:
+            continue
+        if t.state == TrialState.COMPLETE:
+            done.add(slot_of(t))
+        elif t.state == TrialState.RUNNING and "slot" in t.user_attrs:
+            running.add(slot_of(t))
+    open_ = [k for k in range(want) if k not in done]
+    free = [k for k in open_ if k not in running]
+    slot = free[0] if free else open_[0] if open_ else next(k for k in range(want, want + len(done) + 1) if k not in done)
+    trial.set_user_attr("slot", slot)
+    return slot
+
+
+def _finished(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+    """The finished trials, one a slot (the first to finish it), by slot."""
+    from optuna.trial import TrialState
+
+    first: dict[int, optuna.trial.FrozenTrial] = {}
+    for t in sorted((t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE),
+                    key=lambda t: t.number):  # fmt: skip
+        first.setdefault(slot_of(t), t)
+    return [first[k] for k in sorted(first)]
+
+
+def _held(study: optuna.Study, resamples: int) -> int:
+    """How many of the slots ``0..resamples-1`` ``study`` holds finished."""
+    return sum(slot_of(t) < resamples for t in _finished(study))
 
 
 def run_trials(study: optuna.Study, runner: ResampleRunner, resamples: int, progress: bool = False,
@@ -123,13 +167,13 @@ def run_trials(study: optuna.Study, runner: ResampleRunner, resamples: int, prog
     from optuna.trial import TrialState
     from tqdm.auto import tqdm
 
-    have = len(_finished(study))
+    have = _held(study, resamples)
     bar = tqdm(total=resamples, initial=min(have, resamples), desc="bootstrap (shared)", unit="rerun",
                disable=not progress)  # fmt: skip
 
     def after(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
-        done = sum(t.state == TrialState.COMPLETE for t in trials)
+        done = _held(study, resamples)
         bar.update(max(0, min(done, resamples) - bar.n))
         failed = [t for t in trials if t.state == TrialState.FAIL and "error" in t.user_attrs]
         if done >= resamples or len(failed) >= resamples:
@@ -152,7 +196,7 @@ def run_trials(study: optuna.Study, runner: ResampleRunner, resamples: int, prog
             study.optimize(objective, n_trials=n_trials, catch=(Exception,), callbacks=[after])
     finally:
         bar.close()
-    if n_trials is None and len(_finished(study)) < resamples:
+    if n_trials is None and _held(study, resamples) < resamples:
         errors = [t.user_attrs["error"] for t in study.get_trials(deepcopy=False) if "error" in t.user_attrs]
         raise ConfigError(f"bootstrap resamples keep failing ({len(errors)} failed trials; the first: "
                           f"{errors[0] if errors else 'no error recorded'})")  # fmt: skip
@@ -207,8 +251,9 @@ def shared_bootstrap(patcher: Patcher, heldout: Patcher | None, method: Algorith
 
 def collect(study: optuna.Study, patcher: Patcher, heldout: Patcher | None, alive: np.ndarray, resamples: int,
             seed: int) -> dict[str, Any]:  # fmt: skip
-    """The first ``resamples`` finished trials of ``study`` read back and summarised
-    (:func:`circuitdag.bootstrap.summarize`)."""
+    """The first ``resamples`` finished slots of ``study`` read back and summarised
+    (:func:`circuitdag.bootstrap.summarize`); ``trials``: their trial numbers, ``slots``:
+    their slots (the resamples they ran)."""
     from circuitdag.bootstrap import summarize
 
     trials = _finished(study)[:resamples]
@@ -225,6 +270,7 @@ def collect(study: optuna.Study, patcher: Patcher, heldout: Patcher | None, aliv
     out = summarize(patcher, alive, kept, scores, f_disc, f_held, heldout, seed=seed,
                     reruns="method, one trial a resample")  # fmt: skip
     out["trials"] = [t.number for t in trials]
+    out["slots"] = [slot_of(t) for t in trials]
     return out
 
 
@@ -240,7 +286,7 @@ def work_resamples(storage: str, name: str, n_trials: int | None = None, device:
         raise ConfigError(f"study {name!r} holds a bootstrap of format {spec.get('format')!r}; this circuitdag "
                           f"reads {BOOTSTRAP_FORMAT}")  # fmt: skip
     want = int(study.user_attrs.get(RESAMPLES_ATTR, 0))
-    if len(_finished(study)) < want and n_trials != 0:
+    if _held(study, want) < want and n_trials != 0:
         run_trials(study, ResampleRunner.from_spec(spec, device), want, progress, n_trials)
     trials = study.get_trials(deepcopy=False)
     return {"study": name, "storage": masked(storage), "resamples": want,
@@ -279,5 +325,6 @@ def is_bootstrap(study: optuna.Study) -> bool:
     return BOOTSTRAP_ATTR in study.user_attrs
 
 
-__all__ = ["BOOTSTRAP_ATTR", "BOOTSTRAP_FORMAT", "RESAMPLES_ATTR", "ResampleRunner", "collect", "identity", "is_bootstrap", "open_study", "pack",
-           "read_back", "resample_index", "run_trials", "shared_bootstrap", "study_name", "study_spec", "unpack", "work_resamples"]
+__all__ = ["BOOTSTRAP_ATTR", "BOOTSTRAP_FORMAT", "RESAMPLES_ATTR", "ResampleRunner", "claim_slot", "collect", "identity",
+           "is_bootstrap", "open_study", "pack", "read_back", "resample_index", "run_trials", "shared_bootstrap", "slot_of",
+           "study_name", "study_spec", "unpack", "work_resamples"]
