@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -27,6 +28,7 @@ from circuitdag.bootstrap_journal import JOURNAL_NAME, Journal, finished
 from circuitdag.errors import ConfigError
 from circuitdag.holdout import heldout_patcher
 from circuitdag.prepare import prepare
+from circuitdag.sweep.resamples import claim_slot
 from circuitdag.tasks import get_task
 
 B = 6
@@ -66,7 +68,7 @@ def _same(a: dict, b: dict) -> None:
     ("eap-ig", "attribute", 7),  # per-prompt path, before any resample: during prompt 7's scores
 ])  # fmt: skip
 def test_an_interrupted_bootstrap_resumed_is_the_uninterrupted_one(run, tmp_path, monkeypatch, algorithm, where, call):
-    patcher, held, alive, meta, thr = run
+    patcher, held, alive, _, thr = run
     method = get_algorithm(algorithm)
     opts = method.check({"threshold": thr, "k_max": 1} if algorithm == "acdc" else {})
     want = bootstrap(patcher, method, opts, B, alive, held, seed=3)
@@ -140,3 +142,77 @@ def test_discover_killed_during_the_bootstrap_resumes_to_the_same_record(tmp_pat
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
     got, want = (json.loads((tmp_path / d / "circuit.json").read_text())["bootstrap"] for d in ("killed", "whole"))
     _same(got, want)
+
+
+def _record(got: dict) -> dict:
+    """A bootstrap record less where its trials ran (storage, study, trial numbers)."""
+    return {k: v for k, v in got.items() if k not in ("storage", "study", "trials")}
+
+
+BS = 4  # resamples of the storage tests (each trial commits a few SQLite transactions)
+
+
+@pytest.fixture(scope="module")
+def shared(run, tmp_path_factory):
+    """(patcher, held-out patcher, circuit, run record, method, options, the uninterrupted
+    storage bootstrap's record)."""
+    from circuitdag.sweep.resamples import shared_bootstrap
+
+    patcher, held, alive, meta, thr = run
+    method = get_algorithm("acdc")
+    opts = method.check({"threshold": thr, "k_max": 1})
+    url = f"sqlite:///{tmp_path_factory.mktemp('whole') / 'whole.db'}"
+    return patcher, held, alive, meta, method, opts, shared_bootstrap(patcher, held, method, opts, BS, alive, meta, url)
+
+
+def test_a_storage_trial_failed_by_ctrl_c_is_rerun_on_its_own_resample(shared, tmp_path, monkeypatch):
+    """D8: the rerun of the failed trial gets a new trial number but the failed one's slot,
+    so the resumed study's record is the uninterrupted one's, bit for bit."""
+    from circuitdag.sweep.resamples import shared_bootstrap
+
+    patcher, held, alive, meta, method, opts, want = shared
+    url = f"sqlite:///{tmp_path / 'cut.db'}"
+    go = lambda: shared_bootstrap(patcher, held, method, opts, BS, alive, meta, url)
+    with monkeypatch.context() as m:
+        _interrupt_at(m, circuitdag.bootstrap, "rerun_on", 3)
+        with pytest.raises(KeyboardInterrupt):
+            go()
+    got = go()
+    assert got["slots"] == list(range(BS)) and got["trials"] == [0, 1, *range(3, BS + 1)]  # trial 2 failed
+    _same(_record(got), _record(want))
+
+
+def test_a_killed_sweep_worker_leaves_its_slot_to_the_next_trial(shared, tmp_path):
+    """A ``sweep-worker`` SIGKILLed during slot 1 leaves what this test writes: slot 0
+    finished, a RUNNING trial of slot 1 whose process is gone. ``discover`` (here
+    :func:`shared_bootstrap`) fails that trial, reruns slot 1 in a new trial, and the record
+    is the uninterrupted one's, bit for bit. (The storage state is made here rather than
+    by killing a real worker: a worker process takes seconds to start.)"""
+    import optuna
+
+    from circuitdag.sweep.resamples import (
+        ResampleRunner,
+        open_study,
+        shared_bootstrap,
+        study_name,
+        study_spec,
+    )
+    from circuitdag.sweep.storage import HOST
+
+    patcher, held, alive, meta, method, opts, want = shared
+    url = f"sqlite:///{tmp_path / 'killed.db'}"
+    spec = study_spec(meta, method.name, opts, 0, alive)
+    study = open_study(url, study_name(spec), spec, BS)
+    study.optimize(ResampleRunner(patcher, held, method, opts, 0), n_trials=1)  # slot 0, as the worker ran it
+    dead = subprocess.Popen(["sleep", "60"])
+    dead.send_signal(signal.SIGKILL)
+    dead.wait()
+    with warnings.catch_warnings():  # "Heartbeat of storage is supposed to be used with Study.optimize"
+        warnings.simplefilter("ignore", UserWarning)
+        trial = study.ask()  # the killed worker's trial, left RUNNING with its slot claimed
+    trial.set_user_attr("worker", f"{HOST}:{dead.pid}")
+    assert trial.number == 1 and claim_slot(trial) == 1
+    got = shared_bootstrap(patcher, held, method, opts, BS, alive, meta, url)
+    assert study.get_trials()[1].state == optuna.trial.TrialState.FAIL
+    assert got["slots"] == list(range(BS)) and got["trials"] == [0, *range(2, BS + 1)]
+    _same(_record(got), _record(want))
