@@ -114,12 +114,26 @@ def test_resume_refuses_the_resamples_of_another_run(tmp_path):
     assert not path.exists()
 
 
+def _signal_at(monkeypatch, call: int, sig: int) -> None:
+    """This process gets signal ``sig`` during its ``call``-th bootstrap rerun."""
+    orig, calls = circuitdag.bootstrap.rerun_on, [0]
+
+    def wrapped(*a, **k):
+        calls[0] += 1
+        if calls[0] == call:
+            os.kill(os.getpid(), sig)
+        return orig(*a, **k)
+
+    monkeypatch.setattr(circuitdag.bootstrap, "rerun_on", wrapped)
+
+
 def test_discover_killed_during_the_bootstrap_resumes_to_the_same_record(tmp_path, capsys, monkeypatch):
     """The CLI end to end: SIGKILL of a discover process (nothing of it runs after), then
-    ``--resume``; and Ctrl-C, whose line says what --resume continues from."""
+    ``--resume`` twice ended by SIGTERM and by SIGINT (Ctrl-C), whose lines say what
+    --resume continues from, then ``--resume`` to the end: the uninterrupted record."""
     from circuitdag.cli import main
 
-    args = ["discover", "--task", "pronoun", "--n-prompts", "12", "--bootstrap", "6", "--k-max", "1", "--no-svg", "-q"]
+    args = ["discover", "--task", "pronoun", "--n-prompts", "12", "--bootstrap", "8", "--k-max", "1", "--no-svg", "-q"]
     killed, journal = tmp_path / "killed", tmp_path / "killed" / JOURNAL_NAME
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "circuitdag.cli", *args, "--out", str(killed)], env=env,
@@ -131,12 +145,16 @@ def test_discover_killed_during_the_bootstrap_resumes_to_the_same_record(tmp_pat
         os.kill(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    assert proc.returncode == -signal.SIGKILL and 2 <= finished(journal)[0] < 6
-    with monkeypatch.context() as m:  # then Ctrl-C in a later resample of the resumed run
-        _interrupt_at(m, circuitdag.bootstrap, "rerun_on", 2)
-        assert main([*args, "--out", str(killed), "--resume"]) == 130
-    n = finished(journal)[0]
-    assert f"continue from the checkpoint and the {n} finished bootstrap resamples" in capsys.readouterr().err
+    assert proc.returncode == -signal.SIGKILL and 2 <= finished(journal)[0] <= 4
+    for sig, rc, how in ((signal.SIGTERM, 143, "terminated (SIGTERM)"), (signal.SIGINT, 130, "interrupted")):
+        before = finished(journal)[0]
+        with monkeypatch.context() as m:  # during the second rerun of the resumed run
+            _signal_at(m, 2, sig)
+            assert main([*args, "--out", str(killed), "--resume"]) == rc
+        assert finished(journal)[0] == before + 1
+        want_line = f"circuitdag: {how}; rerun with --resume to continue from the checkpoint and the {before + 1} " \
+                    "finished bootstrap resamples\n"  # fmt: skip
+        assert capsys.readouterr().err.endswith(want_line)
     assert main([*args, "--out", str(killed), "--resume"]) == 0
     assert not journal.exists()  # circuit.json holds the bootstrap now
     assert main([*args, "--out", str(tmp_path / "whole")]) == 0
