@@ -74,8 +74,13 @@ def assess(
         else:
             meta["heldout"]["reason"] = heldout.reason
     if verify_top:
+        import numpy as np
+
+        from circuitdag._options import cap
         from circuitdag.verify import verify_top as verify
 
+        scored = int(np.isfinite(np.asarray(circuit.scores, dtype=np.float64)).sum())
+        verify_top = cap("--verify-top", verify_top, max(scored, 1), "the edges the method scored")
         meta["verify"] = verify(patcher, circuit.scores, alive, verify_top, progress=progress)
     if tests:
         from circuitdag.hypothesis import run_tests

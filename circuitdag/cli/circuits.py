@@ -177,18 +177,18 @@ def _trust(circuit: Any, args: argparse.Namespace) -> dict[str, Any]:
             logging.getLogger("circuitdag").warning(
                 "--tests/--verify-top run on the circuit's own %d discovery prompts; --task/--prompts/--seed give "
                 "other_data only", patcher.B)  # fmt: skip
-        assess(circuit, patcher, verify_top=args.verify_top, test_options=parse_test_options(args.test_option),
-               tests=tuple(args.tests or TRUST_TESTS) if args.tests is not None else (), seed=seed,
-               progress=True)  # fmt: skip
+        tests = tuple(args.tests or TRUST_TESTS) if args.tests is not None else ()
+        assess(circuit, patcher, verify_top=args.verify_top, test_options=parse_test_options(args.test_option, tests),
+               tests=tests, seed=seed, progress=True)  # fmt: skip
         asked = ("tests",) * (args.tests is not None) + ("verify",) * bool(args.verify_top)
         out.update({k: circuit.meta[k] for k in asked if k in circuit.meta})  # not discover's saved ones
     return out
 
 
 def _check_verify_top(circuit: Any) -> None:
-    """``--verify-top`` compares scores in the metric's units with exact patching: refused,
-    as ``discover`` refuses it, for a circuit whose method scores otherwise (Edge Pruning's
-    gate probabilities, UGS, information flow routes' shares)."""
+    """``--verify-top`` compares estimates in the metric's units with exact patching:
+    refused, as ``discover`` refuses it (:func:`circuitdag.cli.discover.check_verify_top`),
+    for a circuit of ACDC (measured scores) or of a method that scores otherwise."""
     from circuitdag.algorithms import get_algorithm
 
     name = circuit.meta.get("algorithm")
@@ -196,9 +196,10 @@ def _check_verify_top(circuit: Any) -> None:
         method = get_algorithm(str(name)) if name else None
     except CircuitDagError:  # a plugin not installed here: its scores cannot be judged
         method = None
-    if method is not None and not method.metric_scores:
-        raise ConfigError(f"--verify-top compares scores in the metric's units with exact patching; {method.name}'s "
-                          f"scores are not ({method.score_meaning}); drop --verify-top")  # fmt: skip
+    if method is not None:
+        from circuitdag.cli.discover import check_verify_top
+
+        check_verify_top(method)
 
 
 def _some_prompts(patcher: Any, n: int, seed: int) -> Any:

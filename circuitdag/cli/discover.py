@@ -151,9 +151,9 @@ def cmd_discover(args: argparse.Namespace) -> int:
         raise ConfigError("--storage and --study share bootstrap resamples; give --bootstrap B too")
     if args.study and not args.storage:
         raise ConfigError("--study names a bootstrap study in --storage URL; give --storage too")
-    if getattr(args, "verify_top", None) and not method.metric_scores:
-        raise ConfigError(f"--verify-top compares scores in the metric's units with exact patching; {method.name}'s "
-                          f"scores are not ({method.score_meaning}); drop --verify-top")  # fmt: skip
+    parse_test_options(args.test_option, _tests(args))  # refused now, not after the search
+    if getattr(args, "verify_top", None):
+        check_verify_top(method)
     neurons = _neuron_layers(args.neurons)
     if neurons and args.positions:
         raise ConfigError("--neurons and --positions cannot be combined yet; drop one")
@@ -284,22 +284,48 @@ def _assess(args: argparse.Namespace, circuit: Any, patcher: Any, heldout: Any, 
         how = "per-prompt scores, then" if fast else "reruns of the method,"
         print(f"circuitdag: bootstrap: {how} {args.bootstrap} resamples: about {secs:.0f}s ({method.name} took "
               f"{circuit.meta['stats']['seconds']:.1f}s, an exact pass {per_pass:.1f}s)", file=sys.stderr)  # fmt: skip
-    tests = tuple(args.tests or TRUST_TESTS) if args.tests is not None else ()
+    tests = _tests(args)
     assess(circuit, patcher, heldout=heldout, heldout_patcher=held, verify_top=args.verify_top, tests=tests,
-           test_options=parse_test_options(args.test_option), bootstrap=args.bootstrap, method=method, options=options,
+           test_options=parse_test_options(args.test_option, tests), bootstrap=args.bootstrap, method=method, options=options,
            seed=args.seed, progress=not args.quiet, storage=args.storage, study=args.study,
            journal=args.bootstrap_journal, resume=args.resume)  # fmt: skip
+
+
+def _tests(args: argparse.Namespace) -> tuple[str, ...]:
+    """The hypothesis tests ``--tests`` asks for (no name: all four; no flag: none)."""
+    return tuple(args.tests or TRUST_TESTS) if args.tests is not None else ()
+
+
+def check_verify_top(method: Any) -> None:
+    """Raises :class:`ConfigError` (one line) when ``--verify-top`` does not apply to
+    ``method``'s scores: metric changes it measured by patching already (ACDC and its
+    variants: nothing estimated to check), or scores not in the metric's units (Edge
+    Pruning's gate probabilities, UGS, information flow routes' shares)."""
+    from circuitdag.algorithms.acdc import ACDC
+
+    if isinstance(method, ACDC):
+        raise ConfigError(f"--verify-top checks estimated scores against exact patching; {method.name}'s scores are "
+                          "metric changes it measured by patching already, not estimates; drop --verify-top")  # fmt: skip
+    if not method.metric_scores:
+        raise ConfigError(f"--verify-top compares scores in the metric's units with exact patching; {method.name}'s "
+                          f"scores are not ({method.score_meaning}); drop --verify-top")  # fmt: skip
 
 
 #: ``--test-option`` names, their types and the open/closed ranges they must lie in.
 TEST_OPTIONS: dict[str, tuple[type, float, float]] = {"epsilon": (float, 0, 0.5), "permutations": (int, 1, 1e5),
                                                      "q": (float, 0, 1), "references": (int, 1, 1e5),
                                                      "circuits": (int, 1, 1e5)}  # fmt: skip
+#: The test each ``--test-option`` belongs to.
+TEST_OF_OPTION = {"epsilon": "equivalence", "permutations": "independence", "q": "minimality",
+                  "references": "minimality", "circuits": "sufficiency"}  # fmt: skip
 
 
-def parse_test_options(items: list[str] | None) -> dict[str, Any]:
+def parse_test_options(items: list[str] | None, tests: tuple[str, ...] | None = None) -> dict[str, Any]:
     """``--test-option NAME=VALUE`` items as keyword arguments of the hypothesis tests
-    (epsilon in [0, 0.5), q in (0, 1), counts from 1 to 99,999)."""
+    (epsilon in [0, 0.5), q in (0, 1), counts from 1 to 99,999). ``tests``: the tests that
+    will run (None: not checked); then an option of a test that does not run, or one that
+    leaves its test unable to decide (too few permutations or random circuits for
+    alpha 0.05: circuitdag.hypothesis), is refused here, before any work."""
     out: dict[str, Any] = {}
     for item in items or []:
         name, sep, value = (x.strip() for x in item.partition("="))
@@ -310,10 +336,29 @@ def parse_test_options(items: list[str] | None) -> dict[str, Any]:
             v = kind(value)
         except ValueError:
             raise ConfigError(f"--test-option {item}: {name} must be a {'whole number' if kind is int else 'number'}") from None
-        if not (lo <= v < hi if name == "epsilon" else lo <= v < hi if kind is int else lo < v < hi):
-            raise ConfigError(f"--test-option {item}: {name} must be in [{lo:g}, {hi:g}) for counts and epsilon, "
-                              f"({lo:g}, {hi:g}) for q")  # fmt: skip
+        if kind is int and not lo <= v < hi:
+            raise ConfigError(f"--test-option {item}: {name} must be a whole number from {lo:g} to {hi - 1:g}")
+        if kind is float and not (lo <= v < hi if name == "epsilon" else lo < v < hi):
+            left = "[" if name == "epsilon" else "("
+            raise ConfigError(f"--test-option {item}: {name} must be in {left}{lo:g}, {hi:g})")
         out[name] = v
+    if tests is None or not out:
+        return out
+    if not tests:
+        raise ConfigError("--test-option sets options of the hypothesis tests, which run only with --tests; add "
+                          "--tests (all four) or --tests NAME ..., or drop --test-option")  # fmt: skip
+    from circuitdag.hypothesis import _can_decide
+
+    for name, v in out.items():
+        test = TEST_OF_OPTION[name]
+        if test not in tests:
+            raise ConfigError(f"--test-option {name} is an option of the {test} test, which --tests does not run "
+                              f"({' '.join(tests)}); add {test} to --tests or drop the option")  # fmt: skip
+        if name in ("permutations", "circuits"):
+            try:
+                _can_decide(test, name, v, 0.05)  # run_tests' alpha
+            except ConfigError as exc:
+                raise ConfigError(f"--test-option {name}={v}: {exc}") from None
     return out
 
 
