@@ -56,7 +56,8 @@ def register(sub: Any) -> None:
                    "acdc, acdc-reference, ...; docs/neurons.md)")
     p.add_argument("--out", help="output directory (default runs/<task>)")
     p.add_argument("--resume", action="store_true",
-                   help="continue from <out>/checkpoint.json (it exists only while a run is unfinished)")
+                   help="continue from <out>/checkpoint.json and the finished --bootstrap resamples in "
+                   "<out>/bootstrap.partial.jsonl (they exist only while a run is unfinished)")
     p.add_argument("--checkpoint-every", type=number("--checkpoint-every", float, 0, infinite=True), default=30.0,
                    metavar="SECONDS",
                    help="write the checkpoint at most this often (default 30)")
@@ -279,10 +280,15 @@ def _assess(args: argparse.Namespace, circuit: Any, patcher: Any, heldout: Any, 
             t0 = time.perf_counter()
             patcher.circuit_metric(~circuit.in_circuit)
             per_pass = time.perf_counter() - t0
+        from circuitdag.bootstrap_journal import finished
+
         fast = additive(method, patcher)
-        secs = expected_seconds(circuit.meta["stats"]["seconds"], args.bootstrap, per_pass, fast)
+        kept = min(finished(args.bootstrap_journal)[0], args.bootstrap) if args.resume else 0
+        secs = expected_seconds(circuit.meta["stats"]["seconds"], args.bootstrap - kept, per_pass, fast)
         how = "per-prompt scores, then" if fast else "reruns of the method,"
-        print(f"circuitdag: bootstrap: {how} {args.bootstrap} resamples: about {secs:.0f}s ({method.name} took "
+        print(f"circuitdag: bootstrap: {how} {args.bootstrap} resamples"
+              + (f" ({kept} finished before the interruption, kept)" if kept else "")
+              + f": about {secs:.0f}s ({method.name} took "
               f"{circuit.meta['stats']['seconds']:.1f}s, an exact pass {per_pass:.1f}s)", file=sys.stderr)  # fmt: skip
     tests = _tests(args)
     assess(circuit, patcher, heldout=heldout, heldout_patcher=held, verify_top=args.verify_top, tests=tests,
