@@ -234,3 +234,13 @@ def test_a_killed_sweep_worker_leaves_its_slot_to_the_next_trial(shared, tmp_pat
     assert study.get_trials()[1].state == optuna.trial.TrialState.FAIL
     assert got["slots"] == list(range(BS)) and got["trials"] == [0, *range(2, BS + 1)]
     _same(_record(got), _record(want))
+
+
+def test_ctrl_c_in_a_storage_bootstrap_says_the_study_keeps_its_resamples(tmp_path, capsys, monkeypatch):
+    from circuitdag.cli import main
+
+    url = f"sqlite:///{tmp_path / 'b.db'}"
+    _interrupt_at(monkeypatch, circuitdag.bootstrap, "rerun_on", 1)
+    assert main(["discover", "--task", "pronoun", "--algorithm", "eap", "--n-prompts", "10", "--bootstrap", "2",
+                 "--storage", url, "--no-svg", "-q", "--out", str(tmp_path / "o")]) == 130  # fmt: skip
+    assert capsys.readouterr().err.endswith(f"continue from the finished resamples of the bootstrap study in {url}\n")

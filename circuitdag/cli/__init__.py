@@ -122,8 +122,9 @@ def _main(argv: list[str] | None) -> int:
 def _resume_hint(args: argparse.Namespace | None) -> str:
     """What ``--resume`` continues from after this interruption, as the end of its line:
     the checkpoint of a ``discover`` whose method checkpoints (once its first one was
-    written) and the finished resamples of an in-process ``--bootstrap``
-    (circuitdag.bootstrap_journal); empty when there is nothing."""
+    written), the finished resamples of an in-process ``--bootstrap``
+    (circuitdag.bootstrap_journal) or those of its ``--storage`` study (interrupted during
+    the checks after the search); empty when there is nothing."""
     path = getattr(args, "checkpoint_path", None)
     parts = ["the checkpoint"] if path is not None and path.exists() else []
     journal = getattr(args, "bootstrap_journal", None)
@@ -135,6 +136,11 @@ def _resume_hint(args: argparse.Namespace | None) -> str:
             parts.append(f"the {resamples} finished bootstrap resample{'s' * (resamples != 1)}")
         elif prompts:
             parts.append(f"the bootstrap's per-prompt scores of {prompts} prompt{'s' * (prompts != 1)}")
+    storage = getattr(args, "storage", None)
+    if storage and getattr(args, "bootstrap", None) and getattr(args, "assessing", False):
+        from circuitdag.sweep.storage import masked
+
+        parts.append(f"the finished resamples of the bootstrap study in {masked(storage)}")
     if not parts:
         return ""
     return "; rerun with --resume to continue from " + " and ".join(parts)

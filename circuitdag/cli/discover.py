@@ -291,6 +291,7 @@ def _assess(args: argparse.Namespace, circuit: Any, patcher: Any, heldout: Any, 
               + f": about {secs:.0f}s ({method.name} took "
               f"{circuit.meta['stats']['seconds']:.1f}s, an exact pass {per_pass:.1f}s)", file=sys.stderr)  # fmt: skip
     tests = _tests(args)
+    args.assessing = True  # an interruption from here on leaves --storage resamples behind (circuitdag.cli)
     assess(circuit, patcher, heldout=heldout, heldout_patcher=held, verify_top=args.verify_top, tests=tests,
            test_options=parse_test_options(args.test_option, tests), bootstrap=args.bootstrap, method=method, options=options,
            seed=args.seed, progress=not args.quiet, storage=args.storage, study=args.study,
