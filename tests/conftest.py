@@ -69,7 +69,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "smollm2_model" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.xdist_group("smollm2"))
-            if config.getvalue("loadgroup"):
+            if getattr(config.option, "loadgroup", False):  # set on xdist workers only
                 _group_in_nodeid(item, "smollm2")
     if hasattr(config, "workerinput"):  # a worker: every worker orders its collection alike
         items[:] = _slow_first(items)
