@@ -114,25 +114,25 @@ class Journal:
         self._file: Any = None
 
     def _read(self) -> None:
-        lines = self.path.read_text(encoding="utf-8").split("\n")
-        try:
-            head = json.loads(lines[0])
-        except ValueError:
-            head = {}
-        if head.get("format") != FORMAT or head.get("key") != self.key:
-            raise ConfigError(f"{self.path} holds bootstrap resamples of another run (other settings, method, "
-                              "options, seed or circuit); delete it, or rerun without --resume")  # fmt: skip
-        for line in lines[1:]:
+        with open(self.path, encoding="utf-8") as f:
             try:
-                row = json.loads(line)
-            except ValueError:  # a line a kill cut short (the last one), or the empty end
-                continue
-            if "resample" in row:
-                kept = np.asarray(row["kept"], dtype=np.int64)
-                self.resamples[int(row["resample"])] = (kept, unpack(row["scores"]), row["faithfulness"],
-                                                        row["heldout_faithfulness"])  # fmt: skip
-            elif "prompt" in row:
-                self.prompts[int(row["prompt"])] = unpack(row["scores"])
+                head = json.loads(next(f, ""))
+            except ValueError:
+                head = {}
+            if not isinstance(head, dict) or head.get("format") != FORMAT or head.get("key") != self.key:
+                raise ConfigError(f"{self.path} holds bootstrap resamples of another run (other settings, method, "
+                                  "options, seed or circuit); delete it, or rerun without --resume")  # fmt: skip
+            for line in f:
+                try:
+                    row = json.loads(line)
+                except ValueError:  # a line a kill cut short, or an empty one
+                    continue
+                if "resample" in row:
+                    kept = np.asarray(row["kept"], dtype=np.int64)
+                    self.resamples[int(row["resample"])] = (kept, unpack(row["scores"]), row["faithfulness"],
+                                                            row["heldout_faithfulness"])  # fmt: skip
+                elif "prompt" in row:
+                    self.prompts[int(row["prompt"])] = unpack(row["scores"])
 
     def _write(self, row: dict[str, Any]) -> None:
         if self._file is None:
@@ -177,9 +177,12 @@ def finished(path: str | Path) -> tuple[int, int]:
     if not p.exists():
         return 0, 0
     n_res = n_prompt = 0
-    for line in p.read_text(encoding="utf-8").split("\n")[1:]:
-        n_res += line.startswith('{"resample"') and line.endswith("}")
-        n_prompt += line.startswith('{"prompt"') and line.endswith("}")
+    with open(p, "rb") as f:  # line by line: a SmolLM2 journal can hold hundreds of MB
+        next(f, None)  # the key
+        for line in f:
+            whole = line.rstrip(b"\n").endswith(b"}")
+            n_res += whole and line.startswith(b'{"resample"')
+            n_prompt += whole and line.startswith(b'{"prompt"')
     return n_res, n_prompt
 
 
