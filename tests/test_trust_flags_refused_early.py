@@ -89,3 +89,15 @@ def test_verify_top_is_capped_at_the_scored_edges(caplog: pytest.LogCaptureFixtu
         assess(circuit, patcher, verify_top=100_000)
     assert circuit.meta["verify"]["n"] == scored and circuit.meta["verify"]["n_checked"] == scored
     assert f"--verify-top 100000 capped at {scored} (the edges the method scored)" in caplog.text
+
+
+def test_evaluate_refuses_test_options_that_cannot_act(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "eap"
+    assert main(["discover", "--task", "pronoun", "--algorithm", "eap", "--n-prompts", "10", "--holdout", "0",
+                 "--no-svg", "-q", "--out", str(out)]) == 0  # fmt: skip
+    for argv, says in ((["--test-option", "circuits=30"], "which run only with --tests"),
+                       (["--tests", "sufficiency", "--test-option", "circuits=5"], "sufficiency cannot decide")):
+        capsys.readouterr()
+        assert main(["evaluate", str(out / "circuit.json"), *argv]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and says in err[0], err

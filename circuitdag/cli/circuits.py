@@ -145,8 +145,12 @@ def _trust(circuit: Any, args: argparse.Namespace) -> dict[str, Any]:
     """``evaluate``'s --task/--prompts/--seed/--n-prompts (the edge set on other data),
     --tests and --verify-top (on the circuit's own run, rebuilt; with --n-prompts N and no
     other data named, on N of its discovery prompts drawn with the circuit's seed)."""
+    from circuitdag.cli.discover import parse_test_options
+
     out: dict[str, Any] = {}
     checks = args.tests is not None or bool(args.verify_top)
+    tests = tuple(args.tests or TRUST_TESTS) if args.tests is not None else ()
+    test_options = parse_test_options(args.test_option, tests)  # refused before the run is rebuilt
     if args.verify_top:
         _check_verify_top(circuit)
     other = args.task or args.prompts or args.seed is not None
@@ -162,8 +166,6 @@ def _trust(circuit: Any, args: argparse.Namespace) -> dict[str, Any]:
 
         run = reload(circuit, source=args.circuit, purpose="these checks")
         assert run.patcher is not None
-        from circuitdag.cli.discover import parse_test_options
-
         seed = int(circuit.meta.get("seed") or 0)
         patcher = discovery_part(run.patcher, circuit.meta)
         if args.n_prompts is not None and not other:
@@ -177,9 +179,8 @@ def _trust(circuit: Any, args: argparse.Namespace) -> dict[str, Any]:
             logging.getLogger("circuitdag").warning(
                 "--tests/--verify-top run on the circuit's own %d discovery prompts; --task/--prompts/--seed give "
                 "other_data only", patcher.B)  # fmt: skip
-        tests = tuple(args.tests or TRUST_TESTS) if args.tests is not None else ()
-        assess(circuit, patcher, verify_top=args.verify_top, test_options=parse_test_options(args.test_option, tests),
-               tests=tests, seed=seed, progress=True)  # fmt: skip
+        assess(circuit, patcher, verify_top=args.verify_top, test_options=test_options, tests=tests, seed=seed,
+               progress=True)  # fmt: skip
         asked = ("tests",) * (args.tests is not None) + ("verify",) * bool(args.verify_top)
         out.update({k: circuit.meta[k] for k in asked if k in circuit.meta})  # not discover's saved ones
     return out
