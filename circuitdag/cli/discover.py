@@ -305,12 +305,12 @@ def _tests(args: argparse.Namespace) -> tuple[str, ...]:
 
 def check_verify_top(method: Any) -> None:
     """Raises :class:`ConfigError` (one line) when ``--verify-top`` does not apply to
-    ``method``'s scores: metric changes it measured by patching already (ACDC and its
-    variants: nothing estimated to check), or scores not in the metric's units (Edge
+    ``method``'s scores: metric changes it measured by patching already (an exact method,
+    ACDC and its variants: nothing estimated to check), or scores not in the metric's units (Edge
     Pruning's gate probabilities, UGS, information flow routes' shares)."""
     from circuitdag.algorithms.acdc import ACDC
 
-    if isinstance(method, ACDC):
+    if method.exact or isinstance(method, ACDC):
         raise ConfigError(f"--verify-top checks estimated scores against exact patching; {method.name}'s scores are "
                           "metric changes it measured by patching already, not estimates; drop --verify-top")  # fmt: skip
     if not method.metric_scores:
