@@ -38,8 +38,8 @@ B = 6
 def run():
     task = get_task("pronoun")
     model = task.load_model()
-    patcher, _ = prepare(model, task, n_prompts=30)
-    circuit = cd.discover(model, task, "acdc", n_prompts=30)
+    patcher, _ = prepare(model, task, n_prompts=16)
+    circuit = cd.discover(model, task, "acdc", n_prompts=16)
     meta = {**circuit.meta, "heldout": {"how": "task"}}
     held = heldout_patcher(task, model, patcher, meta)
     return patcher, held, circuit.in_circuit, meta, float(circuit.meta["threshold"])
