@@ -124,11 +124,15 @@ def load_examples(model: Any, task: str | None = None, prompts: str | None = Non
     else:
         the_task = get_task(task)
         what = {"task": the_task.name}
+    # The whole set is checked before it is split: a split of prompts that are all one
+    # prompt (or that the tokenizer cannot spell) would otherwise be refused for its sides.
+    data = addition_data(model, range(operands)) if the_task is None else load_data(the_task, model, seed=seed,
+                                                                                  n_prompts=n_prompts)  # fmt: skip
+    check_spelled(model, examples(model, data, the_task), f"{what['task']}'s prompts")
     if the_task is None:
-        train, held = split(addition_data(model, range(operands)), holdout or HOLDOUT, seed)
+        train, held = split(data, holdout or HOLDOUT, seed)
         how = "split"
     else:
-        data = load_data(the_task, model, seed=seed, n_prompts=n_prompts)
         if prompts is not None and holdout is None:
             holdout = HOLDOUT
         train, h = heldout_data(the_task, model, data, seed=seed, n_prompts=n_prompts, fraction=holdout)

@@ -46,8 +46,15 @@ def test_prompts_the_tokenizer_cannot_spell_are_refused(pronoun, tmp_path: Path)
         load_examples(pronoun, prompts=_rows(tmp_path / "a.jsonl", [(c, " he", " she") for c, _, _ in good * 6]))
     with pytest.raises(ConfigError, match="same tokens but want different answers"):
         load_examples(pronoun, prompts=_rows(tmp_path / "d.jsonl", [*good * 5, (good[0][0], " she", " he")] * 2))
-    train, held, _ = load_examples(pronoun, prompts=_rows(tmp_path / "ok.jsonl", good * 6))  # spelled: accepted
-    assert train.n + held.n == 12
+    # spelled: accepted. Seven distinct prompts, each twice: --holdout draws prompts, not rows, so the
+    # held-out side (2 of 7) holds no copy of a training prompt
+    names = [("Michael", " he", " she"), ("Helen", " she", " he"), ("Anna", " she", " he"), ("Richard", " he", " she"),
+             ("David", " he", " she"), ("John", " he", " she"), ("Mary", " she", " he")]  # fmt: skip
+    seven = [(f"So {n} is a really great friend, isn't", r, w) for n, r, w in names]
+    train, held, _ = load_examples(pronoun, prompts=_rows(tmp_path / "ok.jsonl", seven * 2))
+    assert (train.n, held.n) == (10, 4)
+    spelled = lambda ex: {tuple(ex.tokens[r].tolist()) for r in range(ex.n)}
+    assert not spelled(train) & spelled(held)
 
 
 def test_task_and_prompts_together_are_refused(pronoun, tmp_path: Path, capsys) -> None:
