@@ -72,7 +72,8 @@ def read_json(path: str | Path, what: str = "a circuitdag file",
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise error(f"{path} is not JSON ({exc.msg} at line {exc.lineno}); is it {what}?") from None
+        where = f"line {exc.lineno}" if exc.msg.endswith(" at") else f"at line {exc.lineno}"  # "Unterminated string starting at"
+        raise error(f"{path} is not JSON ({exc.msg} {where}); is it {what}?") from None
 
 
 def read_text_lines(path: str | Path, what: str = "a text file",

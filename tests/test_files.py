@@ -49,6 +49,7 @@ def test_a_directory_in_the_way_is_one_line(tmp_path: Path) -> None:
     (b"  \n", "is empty"),
     (b"\xff\xfe\x00", "is not JSON \\(not UTF-8 text\\); is it a circuit.json\\?"),
     (b"{not json", "is not JSON \\(Expecting property name enclosed in double quotes at line 1\\); is it a circuit.json\\?"),
+    (b'{"a": "cut', "is not JSON \\(Unterminated string starting at line 1\\); is it"),  # json's msg ends in "at"
 ])  # fmt: skip
 def test_reading_bad_files_is_one_line(tmp_path: Path, content: bytes | None, message: str) -> None:
     path = tmp_path / "circuit.json"
