@@ -164,19 +164,30 @@ def bootstrap(
     interrupted bootstrap resumed ends as an uninterrupted one)."""
     if isinstance(resamples, bool) or not isinstance(resamples, int) or resamples < 2:
         raise ConfigError(f"--bootstrap needs at least 2 resamples, got {resamples!r}")
-    graph, n = patcher.graph, patcher.B
     rng = np.random.default_rng(seed)
     fast = additive(method, patcher) if rerun is None else not rerun
+    try:  # the journal keeps what finished, also when Ctrl-C or an error ends the bootstrap
+        kept, scores, f_disc, f_held = _resamples(patcher, method, options, resamples, heldout, rng, fast, progress,
+                                                  make_patcher, journal)  # fmt: skip
+    finally:
+        if journal is not None:
+            journal.close()
+    return summarize(patcher, alive, kept, scores, f_disc, f_held if heldout is not None else None, heldout,
+                     seed=seed, level=level, reruns="per-prompt scores" if fast else "method")  # fmt: skip
+
+
+def _resamples(patcher: Patcher, method: Algorithm, options: dict[str, Any], resamples: int, heldout: Patcher | None,
+               rng: np.random.Generator, fast: bool, progress: bool, make_patcher: Callable[[Any], Patcher] | None,
+               journal: Journal | None) -> tuple[list[np.ndarray], list[np.ndarray], list[float], list[float | None]]:  # fmt: skip
+    """:func:`bootstrap`'s resamples: each one's circuit, scores and faithfulness on the
+    resample and on the held-out prompts, read back from ``journal`` or computed (and kept
+    there)."""
+    graph, n = patcher.graph, patcher.B
     if fast:
         from circuitdag.algorithms.attribution import default_attribution_edges
         from circuitdag.attribution import Attribution
 
-        try:
-            per = prompt_attributions(patcher, method, options, progress, journal)
-        except BaseException:  # Ctrl-C among the prompts: the journal keeps those done
-            if journal is not None:
-                journal.close()
-            raise
+        per = prompt_attributions(patcher, method, options, progress, journal)
         size, cut = options.get("edges"), options.get("threshold")
         if size is None and cut is None:
             size = default_attribution_edges(graph.n_edges)  # what run() would keep
@@ -185,40 +196,34 @@ def bootstrap(
         m_full, m_empty = (prompt_metrics(patcher, np.full(graph.n_edges, v)) for v in (True, False))
     kept, scores, f_disc, f_held = [], [], [], []
     done = {} if journal is None else journal.resamples
-    bar = tqdm(total=resamples, initial=sum(k in done for k in range(resamples)), desc="bootstrap", unit="rerun",
-               disable=not progress)  # fmt: skip
-    try:
+    with tqdm(total=resamples, initial=sum(k in done for k in range(resamples)), desc="bootstrap", unit="rerun",
+              disable=not progress) as bar:  # fmt: skip
         for k in range(resamples):
             idx = rng.integers(0, n, size=n)  # drawn also for a resample read back: resample k is the k-th draw
             if k in done:
                 edges, sc, fd, fh = done[k]
                 c = np.zeros(graph.n_edges, dtype=bool)
                 c[edges] = True
-            elif fast:
-                cw = np.bincount(idx, minlength=n) * w
-                att = Attribution(cw @ per / cw.sum(), method.name, int(options.get("ig_steps") or 1), 1, 0.0, 0)
-                found = method.select(patcher, att, size, cut)  # type: ignore[attr-defined]
-                c = np.asarray(found.in_circuit, dtype=bool)
-                fd = float(faithfulness(resample_mean(prompt_metrics(patcher, c), w, idx),
-                                        resample_mean(m_full, w, idx), resample_mean(m_empty, w, idx)))  # fmt: skip
-                fh = heldout_faithfulness(heldout, c)
-                sc = np.asarray(found.scores, dtype=np.float64)
             else:
-                c, sc, fd, fh = rerun_on(patcher, method, options, idx, heldout, make_patcher)
-            if journal is not None and k not in done:
-                journal.add_resample(k, c, sc, fd, fh)
+                if fast:
+                    cw = np.bincount(idx, minlength=n) * w
+                    att = Attribution(cw @ per / cw.sum(), method.name, int(options.get("ig_steps") or 1), 1, 0.0, 0)
+                    found = method.select(patcher, att, size, cut)  # type: ignore[attr-defined]
+                    c = np.asarray(found.in_circuit, dtype=bool)
+                    fd = float(faithfulness(resample_mean(prompt_metrics(patcher, c), w, idx),
+                                            resample_mean(m_full, w, idx), resample_mean(m_empty, w, idx)))  # fmt: skip
+                    fh = heldout_faithfulness(heldout, c)
+                    sc = np.asarray(found.scores, dtype=np.float64)
+                else:
+                    c, sc, fd, fh = rerun_on(patcher, method, options, idx, heldout, make_patcher)
+                if journal is not None:
+                    journal.add_resample(k, c, sc, fd, fh)
+                bar.update()
             kept.append(c)
             scores.append(sc)
             f_disc.append(fd)
             f_held.append(fh)
-            if k not in done:
-                bar.update()
-    finally:
-        bar.close()
-        if journal is not None:
-            journal.close()
-    return summarize(patcher, alive, kept, scores, f_disc, f_held if heldout is not None else None, heldout,
-                     seed=seed, level=level, reruns="per-prompt scores" if fast else "method")  # fmt: skip
+    return kept, scores, f_disc, f_held
 
 
 def heldout_faithfulness(heldout: Patcher | None, alive: np.ndarray) -> float | None:
