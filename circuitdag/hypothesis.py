@@ -61,6 +61,9 @@ from circuitdag.per_prompt import (
     resample_mean,
 )
 
+#: The tests' significance level (``run_tests``' default; ``--tests`` uses it).
+ALPHA = 0.05
+
 
 @dataclass
 class TestResult:
@@ -124,7 +127,7 @@ def _scorer(patcher: Patcher) -> tuple[Callable[[np.ndarray], np.ndarray], str]:
 
 
 # ---------------------------------------------------------------------- the tests
-def equivalence(patcher: Patcher, alive: np.ndarray, epsilon: float = 0.1, alpha: float = 0.05) -> TestResult:
+def equivalence(patcher: Patcher, alive: np.ndarray, epsilon: float = 0.1, alpha: float = ALPHA) -> TestResult:
     """Equivalence of circuit ``alive`` and the full model (module docstring)."""
     if not 0 <= epsilon < 0.5:
         raise ConfigError(f"the equivalence margin must be in [0, 0.5), got {epsilon}")
@@ -160,7 +163,8 @@ def hsic(x: np.ndarray, y: np.ndarray) -> float:
     return float((centred_gram(x) * centred_gram(y)).sum() / (n - 1) ** 2)
 
 
-def _can_decide(test: str, option: str, count: int, alpha: float) -> None:
+
+def can_decide(test: str, option: str, count: int, alpha: float) -> None:
     """Raises :class:`ConfigError` when ``count`` permutations or random circuits cannot give
     a p-value below ``alpha`` (its floor ``1 / (count + 1)`` is at or above it): the test
     could only keep H0, which would read as independence passed or sufficiency failed."""
@@ -171,12 +175,12 @@ def _can_decide(test: str, option: str, count: int, alpha: float) -> None:
                           f"1/{count + 1}); use --test-option {option}=N with N >= {need}")  # fmt: skip
 
 
-def independence(patcher: Patcher, alive: np.ndarray, permutations: int = 1000, alpha: float = 0.05,
+def independence(patcher: Patcher, alive: np.ndarray, permutations: int = 1000, alpha: float = ALPHA,
                  seed: int = 0) -> TestResult:  # fmt: skip
     """Independence of the complement of ``alive`` from the full model (module docstring).
     Raises :class:`ConfigError` when the full model's scores are constant over the prompts
     (KL without answer tokens: 0 everywhere), where no dependence can be measured."""
-    _can_decide("independence", "permutations", permutations, alpha)
+    can_decide("independence", "permutations", permutations, alpha)
     score, on = _scorer(patcher)
     s_m, s_rest = score(np.ones(patcher.graph.n_edges, dtype=bool)), score(~np.asarray(alive, dtype=bool))
     if np.ptp(s_m) == 0:
@@ -191,7 +195,7 @@ def independence(patcher: Patcher, alive: np.ndarray, permutations: int = 1000, 
                        "spearman": float(stats.spearmanr(s_m, s_rest).statistic) if np.ptp(s_rest) else 0.0})  # fmt: skip
 
 
-def minimality(patcher: Patcher, alive: np.ndarray, q: float = 0.5, alpha: float = 0.05, references: int = 20,
+def minimality(patcher: Patcher, alive: np.ndarray, q: float = 0.5, alpha: float = ALPHA, references: int = 20,
                seed: int = 0, progress: bool = False) -> TestResult:  # fmt: skip
     """Minimality of every edge of ``alive`` (module docstring). The statistic is the
     number of edges that do not reject H0 (0 for a minimal circuit); ``detail['edges']``
@@ -240,12 +244,12 @@ def minimality(patcher: Patcher, alive: np.ndarray, q: float = 0.5, alpha: float
                        "edges": rows})  # fmt: skip
 
 
-def sufficiency(patcher: Patcher, alive: np.ndarray, circuits: int = 100, alpha: float = 0.05, seed: int = 0,
+def sufficiency(patcher: Patcher, alive: np.ndarray, circuits: int = 100, alpha: float = ALPHA, seed: int = 0,
                 progress: bool = False) -> TestResult:  # fmt: skip
     """Faithfulness of ``alive`` against ``circuits`` random circuits of its size (module
     docstring). The statistic is the circuit's faithfulness; ``detail`` has the random
     circuits' mean and the fraction of them at least as close to 1."""
-    _can_decide("sufficiency", "circuits", circuits, alpha)
+    can_decide("sufficiency", "circuits", circuits, alpha)
     alive = np.asarray(alive, dtype=bool)
     n, size = patcher.graph.n_edges, int(alive.sum())
     rng = np.random.default_rng(seed)
@@ -269,7 +273,7 @@ def sufficiency(patcher: Patcher, alive: np.ndarray, circuits: int = 100, alpha:
 TESTS = ("equivalence", "independence", "minimality", "sufficiency")
 
 
-def run_tests(patcher: Patcher, alive: np.ndarray, tests: tuple[str, ...] = TESTS, alpha: float = 0.05,
+def run_tests(patcher: Patcher, alive: np.ndarray, tests: tuple[str, ...] = TESTS, alpha: float = ALPHA,
               seed: int = 0, progress: bool = False, **options: Any) -> dict[str, dict[str, Any]]:  # fmt: skip
     """The ``tests`` (names from :data:`TESTS`) of circuit ``alive``, as JSON-ready dicts by
     name. ``options``: ``epsilon`` (equivalence), ``permutations`` (independence), ``q``
@@ -297,5 +301,5 @@ def run_tests(patcher: Patcher, alive: np.ndarray, tests: tuple[str, ...] = TEST
     return out
 
 
-__all__ = ["TESTS", "TestResult", "equivalence", "hsic", "independence", "minimality", "random_circuit",
+__all__ = ["ALPHA", "TESTS", "TestResult", "can_decide", "equivalence", "hsic", "independence", "minimality", "random_circuit",
            "random_path", "run_tests", "sufficiency"]  # fmt: skip

@@ -115,7 +115,14 @@ DEFAULT_WARMUP = 5 / 6
 DEFAULT_BATCH = 8
 
 
+def check_lagrangian(name: str) -> None:
+    """Raises :class:`ConfigError` (one line) unless ``name`` is one of :data:`LAGRANGIANS`."""
+    if name not in LAGRANGIANS:
+        raise ConfigError(f"--option lagrangian= must be one of {', '.join(LAGRANGIANS)}, got {name!r}")
+
+
 # ---------------------------------------------------------------------- hard concrete
+
 def sample_gates(log_alpha: Tensor, u: Tensor) -> Tensor:
     """Hard-concrete gates ``z in [0, 1]`` for uniform noise ``u`` (same shape), with
     gradients with respect to ``log_alpha`` (module docstring)."""
@@ -162,8 +169,7 @@ def train_gates(
     ``save`` gets a snapshot of the whole optimisation state at most every ``every``
     seconds and after the last step; ``state`` (such a snapshot) continues from it, with
     the same result as a run never interrupted."""
-    if lagrangian not in LAGRANGIANS:
-        raise ConfigError(f"--option lagrangian= must be one of {', '.join(LAGRANGIANS)}, got {lagrangian!r}")
+    check_lagrangian(lagrangian)
     log_alpha = torch.full((n,), init, dtype=dtype, requires_grad=True)
     # paper: (lambda_1, lambda_2); per-gate: (log(f / FORCE0), unused)
     lambdas = torch.zeros(2, dtype=dtype, requires_grad=True)
@@ -349,8 +355,7 @@ class EdgePruning(Algorithm):
         """As :meth:`Algorithm.check`, and ``lagrangian`` one of :data:`LAGRANGIANS`, so a
         misspelt one is refused before the model loads."""
         out = super().check(given)
-        if out["lagrangian"] not in LAGRANGIANS:
-            raise ConfigError(f"--option lagrangian= must be one of {', '.join(LAGRANGIANS)}, got {out['lagrangian']!r}")
+        check_lagrangian(out["lagrangian"])
         return out
 
     def run(self, patcher: Patcher, ctx: RunContext, edges: int | None = None, steps: int = DEFAULT_STEPS,

@@ -152,7 +152,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
         raise ConfigError("--storage and --study share bootstrap resamples; give --bootstrap B too")
     if args.study and not args.storage:
         raise ConfigError("--study names a bootstrap study in --storage URL; give --storage too")
-    parse_test_options(args.test_option, _tests(args))  # refused now, not after the search
+    args.test_options = parse_test_options(args.test_option, _tests(args))  # refused now, not after the search
     if getattr(args, "verify_top", None):
         check_verify_top(method)
     neurons = _neuron_layers(args.neurons)
@@ -293,7 +293,7 @@ def _assess(args: argparse.Namespace, circuit: Any, patcher: Any, heldout: Any, 
     tests = _tests(args)
     args.assessing = True  # an interruption from here on leaves --storage resamples behind (circuitdag.cli)
     assess(circuit, patcher, heldout=heldout, heldout_patcher=held, verify_top=args.verify_top, tests=tests,
-           test_options=parse_test_options(args.test_option, tests), bootstrap=args.bootstrap, method=method, options=options,
+           test_options=args.test_options, bootstrap=args.bootstrap, method=method, options=options,
            seed=args.seed, progress=not args.quiet, storage=args.storage, study=args.study,
            journal=args.bootstrap_journal, resume=args.resume)  # fmt: skip
 
@@ -354,7 +354,7 @@ def parse_test_options(items: list[str] | None, tests: tuple[str, ...] | None = 
     if not tests:
         raise ConfigError("--test-option sets options of the hypothesis tests, which run only with --tests; add "
                           "--tests (all four) or --tests NAME ..., or drop --test-option")  # fmt: skip
-    from circuitdag.hypothesis import _can_decide
+    from circuitdag.hypothesis import ALPHA, can_decide
 
     for name, v in out.items():
         test = TEST_OF_OPTION[name]
@@ -363,7 +363,7 @@ def parse_test_options(items: list[str] | None, tests: tuple[str, ...] | None = 
                               f"({' '.join(tests)}); add {test} to --tests or drop the option")  # fmt: skip
         if name in ("permutations", "circuits"):
             try:
-                _can_decide(test, name, v, 0.05)  # run_tests' alpha
+                can_decide(test, name, v, ALPHA)
             except ConfigError as exc:
                 raise ConfigError(f"--test-option {name}={v}: {exc}") from None
     return out
