@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 
 from circuitdag.graph import Input, NodeKind
-from circuitdag.render import INPUT_COLOURS, Circuit, circuit_title
+from circuitdag.render import INPUT_COLOURS, Circuit, circuit_title, heldout_text
 
 #: Version of the vendored Cytoscape.js (``circuitdag/_static/README.md``).
 CYTOSCAPE_VERSION = "3.35.0"
@@ -177,10 +177,8 @@ def how_sure(meta: dict[str, Any]) -> list[list[str]]:
     nan = float("nan")
     held, boot = meta.get("heldout"), meta.get("bootstrap")
     ci = (boot.get("circuit_faithfulness_ci") or {}) if isinstance(boot, dict) else {}
-    if isinstance(held, dict) and isinstance(held.get("faithfulness"), (int, float)):
-        text = f"{held['faithfulness']:.3f}"
-        if isinstance(ci.get("heldout"), list) and len(ci["heldout"]) == 2:
-            text += f" [{ci['heldout'][0]:.3f}, {ci['heldout'][1]:.3f}]"
+    text = heldout_text(meta)
+    if isinstance(held, dict) and text is not None:
         rows.append(["held-out faithfulness", f"{text} ({held.get('n_prompts')} prompts, {held.get('how')})"])
     elif isinstance(held, dict) and held.get("reason"):
         rows.append(["held-out faithfulness", f"none ({held['reason']})"])

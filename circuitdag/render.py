@@ -197,15 +197,22 @@ def circuit_title(circuit: Circuit) -> str:
 
 
 def _held_out(meta: dict[str, Any]) -> str:
-    """``held-out=F`` (with ``--bootstrap``'s interval) when circuit.json has a held-out
+    """``held-out=F [lo, hi]`` (:func:`heldout_text`) when circuit.json has a held-out
     faithfulness, else nothing: the number a drawing is trusted by (docs/evaluation.md)."""
+    text = heldout_text(meta)
+    return "" if text is None else f"held-out={text}"
+
+
+def heldout_text(meta: dict[str, Any]) -> str | None:
+    """A circuit's held-out faithfulness as ``0.621`` and, with ``--bootstrap``'s interval,
+    ``0.621 [0.568, 0.675]`` (circuit.json's ``meta``); None when it has none."""
     held = meta.get("heldout")
     if not isinstance(held, dict) or not isinstance(held.get("faithfulness"), (int, float)):
-        return ""
+        return None
     boot = meta.get("bootstrap")
     ci = ((boot.get("circuit_faithfulness_ci") or {}).get("heldout") if isinstance(boot, dict) else None)
     interval = f" [{ci[0]:.3f}, {ci[1]:.3f}]" if isinstance(ci, list) and len(ci) == 2 else ""
-    return f"held-out={held['faithfulness']:.3f}{interval}"
+    return f"{held['faithfulness']:.3f}{interval}"
 
 
 def _top_score(circuit: Circuit) -> float:
@@ -356,4 +363,4 @@ def render_svg(circuit: Circuit, path: str | Path, max_edges: int = MAX_EDGES, t
 # The Circuit protocol above is what drawing needs, not a public type: circuitdag.circuit.Circuit
 # is the one the API reference names (listing both made :class:`Circuit` ambiguous there).
 __all__ = ["INPUT_COLOURS", "LEGEND_EDGES", "NODE_STYLE", "add_legend", "circuit_title", "dot_svg",
-           "drawn_edges", "render_svg", "to_dot"]  # fmt: skip
+           "drawn_edges", "heldout_text", "render_svg", "to_dot"]  # fmt: skip
