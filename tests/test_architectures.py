@@ -162,6 +162,47 @@ def _load(arch: Arch, dirs: dict[str, Path], tmp_path_factory: pytest.TempPathFa
     return load_model(str(dirs[arch.name]), dtype=torch.float64)
 
 
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, Any]:
+    """Each architecture's model, loaded on first use (see :func:`shared_model`)."""
+    return {}
+
+
+@pytest.fixture
+def shared_model(model_dirs, loaded, tmp_path_factory):
+    """``shared_model(arch)``: the architecture's model, loaded once per module and shared
+    by the tests that only read it (each test loaded its own: 66 loads). After the test,
+    the model's parameters, buffers, config, hooks and modes must be what they were: a
+    test that changed the model fails here, and the model is loaded again for the next."""
+    got: list[tuple[str, Any, tuple[Any, ...]]] = []
+
+    def get(arch: Arch) -> Any:
+        if arch.name not in loaded:
+            loaded[arch.name] = _load(arch, model_dirs, tmp_path_factory)
+        got.append((arch.name, loaded[arch.name], _fingerprint(loaded[arch.name])))
+        return loaded[arch.name]
+
+    yield get
+    for name, model, before in got:
+        if _fingerprint(model) != before:
+            loaded.pop(name, None)
+            pytest.fail(f"the test changed the shared {name} model (parameters, config, hooks or modes)")
+
+
+def _fingerprint(model: Any) -> tuple[Any, ...]:
+    """What a test could change of a model: its parameters and buffers (their bytes, dtypes
+    and requires_grad), its config, the hooks on its modules and their train/eval modes."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, t in model.state_dict(keep_vars=True).items():
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}:{t.requires_grad}".encode())
+        digest.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    hooks = [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks),
+              len(getattr(m, "_backward_pre_hooks", ())), m.training) for m in model.modules()]  # fmt: skip
+    return digest.hexdigest(), repr(sorted(vars(model.cfg).items(), key=lambda kv: kv[0])), hooks
+
+
 def _task(prompts: list[dict[str, str]] = PROMPTS) -> Any:
     from circuitdag.tasks.base import Task
 
@@ -169,14 +210,14 @@ def _task(prompts: list[dict[str, str]] = PROMPTS) -> Any:
 
 
 @pytest.mark.parametrize("arch", [_param(a) for a in WORKS])
-def test_fast_acdc_equals_the_reference(arch: Arch, model_dirs, tmp_path_factory) -> None:
+def test_fast_acdc_equals_the_reference(arch: Arch, shared_model) -> None:
     """Fast and reference ACDC give the identical circuit, plain and position-aware, with
     scores within 1e-9 of the largest score (float64); the hook check passes within its
     tolerance."""
     import circuitdag as cd
     from circuitdag.models.check import check_hooks
 
-    model = _load(arch, model_dirs, tmp_path_factory)
+    model = shared_model(arch)
     assert check_hooks(model).margin < 1
     task = _task(SHORT)
     for positions in (False, True):
@@ -192,14 +233,14 @@ def test_fast_acdc_equals_the_reference(arch: Arch, model_dirs, tmp_path_factory
 
 @pytest.mark.parametrize("arch", [pytest.param(a, id=a.name, marks=[pytest.mark.slow] if a.name != "gpt_neox" else [])
                                   for a in WORKS if a.name in ("gpt_neox", "falcon", "llama")])  # fmt: skip
-def test_neuron_nodes_on_the_component_path(arch: Arch, model_dirs, tmp_path_factory) -> None:
+def test_neuron_nodes_on_the_component_path(arch: Arch, shared_model) -> None:
     """MLP 1 split into neuron nodes: fast ACDC on the component path equals the reference.
     In a parallel block each neuron reads the block's input (Falcon's through the norm it
     shares with the attention); Llama's kernels compute the softmax in float32, as Hugging
     Face's attention does even in a float64 model (they missed by 1-2e-7 and were refused)."""
     import circuitdag as cd
 
-    model = _load(arch, model_dirs, tmp_path_factory)
+    model = shared_model(arch)
     fast = cd.discover(model, _task(SHORT), "acdc", metric="kl", neurons=[1], relative_threshold=0.02)
     ref = cd.discover(model, _task(SHORT), "acdc-reference", metric="kl", neurons=[1], relative_threshold=0.02)
     assert fast.meta["stats"]["fast_path"] == "components"
@@ -212,20 +253,20 @@ def test_neuron_nodes_on_the_component_path(arch: Arch, model_dirs, tmp_path_fac
     assert any(name.startswith("a0.") and "->m1." in name for name in fast.graph.edge_names)
 
 
-def test_neuron_nodes_after_a_post_sublayer_norm_are_refused_in_one_line(model_dirs, tmp_path_factory) -> None:
+def test_neuron_nodes_after_a_post_sublayer_norm_are_refused_in_one_line(shared_model) -> None:
     """Gemma 2's MLP output is normalised before it reaches the residual, so its neurons do
     not add up to what the residual receives: --neurons is refused naming that."""
     from circuitdag.errors import ModelError
     from circuitdag.prepare import prepare
 
-    model = _load(next(a for a in WORKS if a.name == "gemma2"), model_dirs, tmp_path_factory)
+    model = shared_model(next(a for a in WORKS if a.name == "gemma2"))
     with pytest.raises(ModelError, match="post-sublayer norm follows the MLP") as err:
         prepare(model, _task(), metric="kl", neurons=[1])
     assert "\n" not in str(err.value)
 
 
 @pytest.mark.parametrize("arch", [_param(a) for a in WORKS])
-def test_masked_pass_gradient_is_eap_and_eap_ig_runs(arch: Arch, model_dirs, tmp_path_factory) -> None:
+def test_masked_pass_gradient_is_eap_and_eap_ig_runs(arch: Arch, shared_model) -> None:
     """The differentiable masked pass equals exact patching at 0/1 masks and its gradient at
     the full model is minus EAP's scores; EAP-IG gives a finite score for every edge."""
     import circuitdag as cd
@@ -233,7 +274,7 @@ def test_masked_pass_gradient_is_eap_and_eap_ig_runs(arch: Arch, model_dirs, tmp
     from circuitdag.masked import masked_metric
     from circuitdag.prepare import prepare
 
-    model = _load(arch, model_dirs, tmp_path_factory)
+    model = shared_model(arch)
     patcher, _ = prepare(model, _task(), metric="logit_diff")
     n = patcher.graph.n_edges
     alive = np.random.default_rng(0).random(n) < 0.5
@@ -249,14 +290,14 @@ def test_masked_pass_gradient_is_eap_and_eap_ig_runs(arch: Arch, model_dirs, tmp
 
 
 @pytest.mark.parametrize("arch", [_param(a) for a in WORKS])
-def test_neuron_analysis_runs(arch: Arch, model_dirs, tmp_path_factory) -> None:
+def test_neuron_analysis_runs(arch: Arch, shared_model) -> None:
     """The neuron analysis (logit lens, patching, neurons, DLA, congruence) runs on the model
     and reports finite numbers, or is refused in one line where the model has no hook for a
     site it reads."""
     from circuitdag.errors import ModelError
     from circuitdag.neurons import analyze_neurons
 
-    model = _load(arch, model_dirs, tmp_path_factory)
+    model = shared_model(arch)
     if arch.neurons_refused is not None:
         with pytest.raises(ModelError, match=arch.neurons_refused) as err:
             analyze_neurons(model, _task(), layers=[1], corpus_tokens=0)
@@ -268,7 +309,7 @@ def test_neuron_analysis_runs(arch: Arch, model_dirs, tmp_path_factory) -> None:
 
 
 @pytest.mark.slow
-def test_bloom_attention_output_is_patched_in_the_stream(model_dirs, tmp_path_factory) -> None:
+def test_bloom_attention_output_is_patched_in_the_stream(shared_model) -> None:
     """BLOOM's attention adds the residual stream itself (no hook holds its output alone):
     the neuron analysis reads ``attn_out`` as ``attn.hook_out - resid_pre`` and writes a patch
     of it on top of the block's input. Zero-ablating layer 1's attention output that way
@@ -279,7 +320,7 @@ def test_bloom_attention_output_is_patched_in_the_stream(model_dirs, tmp_path_fa
     from circuitdag.tasks.base import load_data
 
     arch = next(a for a in WORKS if a.name == "bloom")
-    model = _load(arch, model_dirs, tmp_path_factory)
+    model = shared_model(arch)
     runs = cache_runs(model, load_data(_task(), model))
     assert runs.attn_out_in_stream
     got = patched_metric(runs, 1, "clean", 1, lambda x: torch.zeros_like(x), *runs.attn_out_hook(1))
