@@ -6,11 +6,18 @@ registries' ``"circuitdag.x:Name"``, the package's lazy attribute table), has no
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import networkx as nx
 
 PACKAGE = Path(__file__).resolve().parents[1] / "circuitdag"
+
+
+@functools.cache
+def _tree(path: Path) -> ast.Module:
+    """``path`` parsed, once per test run (four tests read every module's syntax tree)."""
+    return ast.parse(path.read_text(), str(path))
 
 
 def _modules() -> dict[str, Path]:
@@ -43,16 +50,22 @@ def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool, m
 
 
 def import_graph() -> nx.DiGraph:
+    """A copy of :func:`_import_graph` (built once per test run; a test may change its copy)."""
+    return _import_graph().copy()
+
+
+@functools.cache
+def _import_graph() -> nx.DiGraph:
     mods = _modules()
     graph = nx.DiGraph()
     for module, path in mods.items():
         graph.add_node(module)
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(_tree(path)):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for target in _targets(node, module, path.name == "__init__.py", mods):
                     if target != module:
                         graph.add_edge(module, target)
-        for named in _names_in_strings(ast.parse(path.read_text(), str(path)), mods):
+        for named in _names_in_strings(_tree(path), mods):
             if named != module:
                 graph.add_edge(module, named)
     return graph
@@ -137,7 +150,7 @@ def test_modules_and_classes_stay_small() -> None:
     """One concept per module: no module over 500 lines, no class over 300 (issue 22)."""
     big = []
     for module, path in _modules().items():
-        tree = ast.parse(path.read_text(), str(path))
+        tree = _tree(path)
         n_lines = len(path.read_text().splitlines())
         if n_lines > 500:
             big.append(f"{module}: {n_lines} lines")
