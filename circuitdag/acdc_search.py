@@ -201,7 +201,8 @@ class BatchSizer:
     recent batches; each candidate is accepted with probability r (a decayed count), so a
     batch decides ``(1 - r^K) / (1 - r)`` edges in expectation. Overhead-bound passes (tiny
     models, GPUs) get large K; compute-bound ones (big models on a CPU) get small K. K never
-    changes the result, only the speed.
+    changes the circuit, only the speed; on the component path not even a score's last bit
+    (:func:`circuitdag.recompute.removal_chain`).
     """
 
     def __init__(self, k_init: int, k_max: int) -> None:
@@ -288,7 +289,11 @@ def acdc_fast(
     info = _checkpoint_info(threshold, graph, run_info, "acdc")
     state = _start_or_resume(patcher, order, info, checkpoint, resume, start, stats, reference=False)
     saver = Checkpointer(checkpoint, info, checkpoint_every)
-    fast = _sparse_path(patcher, state.alive, sparse)
+    # A resumed run rebuilds the component path's cached run by redoing the accepted
+    # removals from the start circuit (_replay): the same floats as the uninterrupted run.
+    fast = _sparse_path(patcher, state.alive | np.isfinite(state.scores), sparse)
+    if fast is not None and state.next_dest > 0:
+        _replay(patcher, fast, state, order)
     if fast is None:
         patcher.rebase(state.alive)
         k_max = k_max or max_candidates(patcher)
@@ -393,6 +398,44 @@ def _decide_destination(
         bar.update(_work(patcher.graph, dest, decided, fast is not None))
         i += decided
         sizer.update(k, accepted, time.perf_counter() - t0, n_layers)
+
+
+def _replay(patcher: Patcher, fast: SparseFastPath | PositionalFastPath, state: SearchState, order: list[int]) -> None:
+    """Bring ``fast``, built on the search's start circuit, to the resumed ``state``: redo,
+    destination by destination in ACDC's order, the removals it accepted (the edges into
+    the finished destinations that are gone now; every edge ACDC tested has a score).
+
+    Each destination's removals are evaluated and committed as one nested batch, the same
+    computation as the search's, which is the same float whatever the batch size
+    (:func:`circuitdag.recompute.removal_chain`), so the resumed run continues from the
+    uninterrupted run's cached values, not from a recomputation that rounds differently.
+    ``state.stats["resume"]`` records the edges redone and whether the last one reproduced
+    the checkpoint's metric exactly (not on another machine, library or thread count)."""
+    graph = patcher.graph
+    alive = state.alive | np.isfinite(state.scores)
+    redone, last = 0, None
+    for dest in order[: state.next_dest]:
+        inc = graph.incoming[dest]
+        gone = inc[alive[inc] & ~state.alive[inc]]
+        if not len(gone):
+            continue
+        fast.forget_affected()
+        cap = max(1, _memory_budget(patcher) // fast.bytes_per_candidate(dest, alive))
+        if isinstance(fast, PositionalFastPath):
+            inert = fast.inert(gone)
+            fast.remove(gone[inert])
+            alive[gone[inert]] = False
+            gone = gone[~inert]
+        for at in range(0, len(gone), cap):
+            chunk = gone[at : at + cap]
+            last = float(fast.evaluate(dest, chunk, alive)[-1])
+            fast.commit(len(chunk))
+            alive[chunk] = False
+            redone += len(chunk)
+    state.stats["resume"] = {"edges_redone": redone, "same_metric": last is None or last == state.m_cur}
+    if last is not None and last != state.m_cur:
+        log.info("resuming: the redone removals give metric %r, the checkpoint %r (rounding of another setup)",
+                 last, state.m_cur)  # fmt: skip
 
 
 def _decide_inert(fast: PositionalFastPath, state: SearchState, absent: torch.Tensor, edges: np.ndarray,

@@ -32,6 +32,22 @@ from torch import Tensor
 
 from circuitdag.graph import ModelSpec
 
+#: The kernels' (and the readout's) matrix products run on a multiple of this many rows.
+ROW_BLOCK = 16
+
+
+def whole_blocks(rows: Tensor) -> Tensor:
+    """``rows`` (``m ...``) padded along its first dimension, with copies of its first row,
+    to a multiple of :data:`ROW_BLOCK` rows; cut the product back to ``m`` rows.
+
+    A BLAS computes the rows of a matrix product in blocks of a few (float64 here: 4) and
+    the rows of a last, partial block with another kernel that rounds differently; the fast
+    paths' products have ``K x batch`` rows, so without this a candidate's value would
+    depend on the batch size K (tests/test_acdc_determinism.py). Whole blocks only: at most
+    15 extra rows."""
+    pad = -rows.shape[0] % ROW_BLOCK
+    return rows if not pad else torch.cat([rows, rows[:1].expand(pad, *rows.shape[1:])])
+
 
 class KernelMismatch(Exception):
     """The kernels do not reproduce the model's own computation (message says where)."""
@@ -128,7 +144,10 @@ class ComponentKernels:
         are not ``0 .. n_pos-1`` (for the rotary angles)."""
         w = self.W[L]
         ln = x if normed else self.norm1(L, x)
-        out = torch.einsum("npd,hde->nphe", ln, w[f"W_{which}"][heads])  # type: ignore[index]
+        n, p, d = ln.shape
+        flat = whole_blocks(ln.reshape(n * p, d))
+        out = torch.einsum("md,hde->mhe", flat, w[f"W_{which}"][heads])[: n * p]  # type: ignore[index]
+        out = out.reshape(n, p, *out.shape[1:])
         b = w[f"b_{which}"]
         if b is not None:
             out = out + b[heads]
@@ -185,11 +204,14 @@ class ComponentKernels:
         pattern = scores.softmax(-1) if self.softmax_dtype is None else scores.softmax(-1, dtype=self.softmax_dtype)
         z = torch.einsum("nhqk,nkhe->nqhe", pattern.to(v.dtype), v)
         W_O = self.W[L]["W_O"][torch.as_tensor(list(heads), device=q.device)]  # type: ignore[index]
-        return torch.einsum("nqhe,hed->nqhd", z, W_O)
+        n, nq = z.shape[:2]
+        out = torch.einsum("mhe,hed->mhd", whole_blocks(z.reshape(n * nq, *z.shape[2:])), W_O)
+        return out[: n * nq].reshape(n, nq, *out.shape[1:])
 
     def mlp(self, L: int, x: Float[Tensor, "n pos d_model"]) -> Float[Tensor, "n pos d_model"]:
         """The MLP's output (``hook_mlp_out``) from its input (``hook_mlp_in``)."""
-        return self._mlp[L](self._ln2[L](x))
+        flat = whole_blocks(x.reshape(-1, 1, x.shape[-1]))
+        return self._mlp[L](self._ln2[L](flat))[: x.shape[:-1].numel()].reshape(x.shape)
 
     def neuron(self, L: int, n: int, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_model"]:
         """Neuron ``n`` of MLP ``L``'s output (``act_n * W_out[n] + b_out / d_mlp``) from its
@@ -335,8 +357,8 @@ class NeuronKernel:
     def hidden(self, x: Float[Tensor, "... d_model"]) -> Float[Tensor, "... d_mlp"]:
         """The MLP's hidden activations on input ``x`` (``hook_mlp_in``, before ``ln2``)."""
         shape = x.shape
-        flat = x.reshape(-1, 1, shape[-1])
-        return self._hidden_of_normed(self.ln2(flat)).reshape(*shape[:-1], -1)
+        flat = whole_blocks(x.reshape(-1, 1, shape[-1]))
+        return self._hidden_of_normed(self.ln2(flat))[: shape[:-1].numel()].reshape(*shape[:-1], -1)
 
     def outputs(
         self, x: Float[Tensor, "... groups d_model"], group_of: Tensor, neurons: Tensor | None = None

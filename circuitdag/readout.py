@@ -19,7 +19,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from circuitdag.components import plain_module
+from circuitdag.components import plain_module, whole_blocks
 from circuitdag.metrics import MetricRef, check_finite, logit_diff
 
 
@@ -83,14 +83,7 @@ class Readout:
         """The metric of ``k`` patched runs of the prompts ``prompts`` (all for None) from
         their final residual streams (true positions, or only the sorted ``positions``,
         which must hold every answer position)."""
-        cols = self._columns()
-        if cols is None:
-            return self.metric_of_answer_logits(self.unembed_answers(final, positions, prompts), prompts)
-        ln, W_U, b_U, ref = cols
-        logits = ln(self.answers(final, positions, prompts)) @ W_U
-        if b_U is not None:
-            logits = logits + b_U
-        logits = softcap(self.model, logits)
+        logits, ref = self._answer_logits(final, positions, prompts)
         vals = self.metric_fn(logits, sub_ref(ref, prompts))
         check_finite(vals.detach(), "for a patched forward pass")
         return vals
@@ -99,15 +92,34 @@ class Readout:
         """The metric of each prompt of one patched run on its own (the metric of prompt
         ``i`` as if the task had that prompt only)."""
         start = 0 if prompts is None else prompts.start or 0
-        return torch.cat([self.final_metric(final[None, i : i + 1], prompts=slice(start + i, start + i + 1))
+        logits, ref = self._answer_logits(final[None], None, prompts)  # one product for every prompt
+        vals = torch.cat([self.metric_fn(logits[:, i : i + 1], sub_ref(ref, slice(start + i, start + i + 1)))
                           for i in range(final.shape[0])])  # fmt: skip
+        check_finite(vals.detach(), "for a patched forward pass")
+        return vals
+
+    def _answer_logits(self, final: Tensor, positions: Tensor | None, prompts: slice | None) -> tuple[Tensor, MetricRef]:
+        """Logits at the answer positions (``k batch n_ans columns``) and the reference they
+        are measured against: the answer tokens' columns only where :meth:`_columns` allows,
+        else the whole vocabulary."""
+        cols = self._columns()
+        if cols is None:
+            return self.unembed_answers(final, positions, prompts), self.ref
+        ln, W_U, b_U, ref = cols
+        x = self.answers(final, positions, prompts)  # k batch n_ans d_model
+        flat = x.reshape(-1, x.shape[-1])
+        logits = (ln(whole_blocks(flat)) @ W_U)[: len(flat)].reshape(*x.shape[:-1], -1)  # whole_blocks: K-free rounding
+        if b_U is not None:
+            logits = logits + b_U
+        return softcap(self.model, logits), ref
 
     def unembed_answers(self, final: Float[Tensor, "k batch pos d_model"], positions: Tensor | None = None,
                         prompts: slice | None = None) -> Float[Tensor, "k batch n_ans vocab"]:  # fmt: skip
         """Logits at the answer positions only, from the final residual stream."""
         x = self.answers(final, positions, prompts)  # k batch n_ans d_model
         k, b, a, d = x.shape
-        logits = softcap(self.model, self.model.unembed(self.model.ln_final(x.reshape(k * b, a, d))))
+        rows = whole_blocks(x.reshape(k * b, a, d))  # K-free rounding (components.whole_blocks)
+        logits = softcap(self.model, self.model.unembed(self.model.ln_final(rows)))[: k * b]
         return logits.reshape(k, b, a, -1)
 
     def _columns(self) -> tuple[Any, Tensor, Tensor | None, MetricRef] | None:

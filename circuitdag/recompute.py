@@ -87,6 +87,7 @@ class _Pending:
         default_factory=dict
     )  # slot -> (k batch |pos| d, pos)
     removed: list[tuple[int, int]] = field(default_factory=list)  # (row, slot) per candidate step
+    own: set[int] = field(default_factory=set)  # the destination's rows (the others are downstream)
 
 
 def _subtract_absent(I: list[Tensor], D: Tensor, gone: np.ndarray) -> None:
@@ -102,6 +103,32 @@ def _subtract_absent(I: list[Tensor], D: Tensor, gone: np.ndarray) -> None:
         out = torch.einsum("bpsd,rs->rbpd", D[:, :, :top], W)
         for i, r in enumerate(chunk.tolist()):
             I[r] = I[r] - out[i]
+
+
+def removal_chain(cur: Tensor, D: Tensor, idx: np.ndarray, k: int, nested: bool = True) -> Tensor:
+    """The K candidates' values of one destination input: ``cur`` (``batch ...``, the
+    current circuit's) minus the deltas ``D`` (``n batch ...``: ``S - S_corrupted`` of a
+    removed sender), where candidate ``idx[t]`` (sorted) is the first to remove ``D[t]``.
+    Nested: candidate ``j`` removes every ``D[t]`` with ``idx[t] <= j``; otherwise only
+    the ``D[t]`` with ``idx[t] == j``. Returns ``k batch ...``.
+
+    The removals are subtracted one at a time, in order, so a candidate's value is the same
+    float whichever batch it is evaluated in: a batch that ends after candidate ``j`` and
+    commits it leaves exactly the ``cur`` the next batch starts from (a sum of the batch's
+    deltas, as one matmul, would round differently for every batch size K, and with it
+    every score of the search). The kernels downstream keep that: they pad their products to
+    whole blocks of rows (:func:`circuitdag.components.whole_blocks`)."""
+    vals = [cur]
+    for t in range(len(idx)):
+        vals.append((vals[-1] if nested else cur) - D[t])
+    if nested and len(idx) == k:  # every candidate removes one more (one cell): the chain itself
+        return torch.stack(vals[1:])
+    if nested:  # candidate j: the chain up to its last removal
+        which = np.searchsorted(idx, np.arange(k), side="right")
+    else:
+        which = np.zeros(k, dtype=np.int64)
+        which[idx] = np.arange(1, len(idx) + 1)
+    return torch.stack(vals)[torch.as_tensor(which, device=cur.device)]
 
 
 class SparseFastPath:
@@ -141,6 +168,10 @@ class SparseFastPath:
         self._own_I: set[int] = set()
         self._own_S: set[int] = set()
         self._pending: _Pending | None = None
+        # Downstream rows and outputs as the destination started (where its commits changed them):
+        # candidates build on these, so their floats do not depend on the earlier batches.
+        self._I0: dict[int, Tensor] = {}
+        self._S0: dict[int, Tensor] = {}
         self._affected: dict[int, list[int]] = {}
         self._need: dict[int, np.ndarray] = {}
         src = graph.edges.src.astype(np.int64)
@@ -220,9 +251,9 @@ class SparseFastPath:
         return (6 * n + 8) * B * P * d * item + 4 * B * self.p.data.answer_pos.shape[1] * vocab * item
 
     def forget_affected(self) -> None:
-        self._affected.clear()
-        self._need.clear()
-        self._rowpos.clear()
+        """Start a new destination: forget its affected set and what its commits overwrote."""
+        for cache in (self._affected, self._need, self._rowpos, self._I0, self._S0):
+            cache.clear()
 
     # ------------------------------------------------------------------ evaluation
     def _delta(self, s: int) -> Tensor:
@@ -280,15 +311,13 @@ class SparseFastPath:
         affected = self.affected(dest, alive)
         rows_e, slots_e = lay.edge_row[edges], lay.edge_slot[edges]
         pend = _Pending(removed=list(zip(rows_e.tolist(), slots_e.tolist())))
-        dev, dt = self.p.device, self.p.dtype
-        steps = torch.arange(k, device=dev)
         tpos = self._tpos
         for r in np.unique(rows_e).tolist():
             idx = np.flatnonzero(rows_e == r)
             where = tpos(self._row_positions(r))
-            W = (torch.ge if nested else torch.eq)(steps[:, None], torch.as_tensor(idx, device=dev)[None, :]).to(dt)  # k n
             D = torch.stack([self._delta(s)[:, where] for s in slots_e[idx].tolist()])  # n batch pos d
-            pend.rows[r] = self.I[r][:, where].unsqueeze(0) - torch.einsum("jn,nbpd->jbpd", W, D)
+            pend.rows[r] = removal_chain(self.I[r][:, where], D, idx, k, nested)
+            pend.own.add(r)
         # slot -> (k batch |need| d new-minus-current output, its positions)
         deltas: dict[int, tuple[Tensor, np.ndarray]] = {}
         sink_row = lay.n_rows - 1
@@ -303,7 +332,9 @@ class SparseFastPath:
             if not senders:
                 return None
             pos = self._row_positions(r)
-            got = self.I[r][:, tpos(pos)].unsqueeze(0).expand(k, -1, -1, -1).clone()
+            start = self._I0.get(r)  # downstream rows start from the destination's start values
+            start = start if start is not None else self.I[r][:, tpos(pos)]
+            got = start.unsqueeze(0).expand(k, -1, -1, -1).clone()
             j = int(np.searchsorted(pos, self.first))  # pos is sorted; senders change pos[j:] only
             tail = got[:, :, j:]
             for s in senders:  # summed in place: one buffer however many senders
@@ -364,7 +395,8 @@ class SparseFastPath:
                 continue
             self.component_evals += k
             pend.slots[s] = (out, at)
-            deltas[s] = (out - self.S[s][:, tpos(at)], at)
+            s0 = self._S0.get(s)  # the change from the start value: a float that no batching changes
+            deltas[s] = (out - (s0 if s0 is not None else self.S[s][:, tpos(at)]), at)
         final = row_input(sink_row)
         if final is None:
             final = self.I[sink_row][:, tpos(self._answers)].unsqueeze(0).expand(k, -1, -1, -1)
@@ -387,21 +419,29 @@ class SparseFastPath:
             return
         j = n_accepted - 1
         for r, x in pend.rows.items():
-            if r not in self._own_I:  # the cache may share storage with the clean run
-                self.I[r] = self.I[r].clone()
-                self._own_I.add(r)
-            self.I[r][:, self._tpos(self._row_positions(r))] = x[j]
+            _overwrite(self.I, self._own_I, r, self._tpos(self._row_positions(r)), x[j],
+                       None if r in pend.own else self._I0)  # fmt: skip
             L, kind = self.lay.row_layer_kind(r)
             if kind in (Input.K, Input.V):
                 self._kv.pop((L, r - self.lay.rows(L, kind).start), None)
         for s, (x, at) in pend.slots.items():
-            if s not in self._own_S:
-                self.S[s] = self.S[s].clone()
-                self._own_S.add(s)
-            self.S[s][:, self._tpos(at)] = x[j]
+            _overwrite(self.S, self._own_S, s, self._tpos(at), x[j], self._S0)
             self._D.pop(s, None)
         for r, s in pend.removed[:n_accepted]:
             self.present[r, s] = False
+
+
+def _overwrite(store: list[Tensor], owned: set[int], i: int, where: Tensor, value: Tensor,
+               before: dict[int, Tensor] | None) -> None:  # fmt: skip
+    """``store[i][:, where] = value``, cloning ``store[i]`` first (recorded in ``owned``)
+    when it may still share storage with the clean run; ``before``, when given, keeps the
+    first values overwritten (``SparseFastPath._I0``)."""
+    if before is not None and i not in before:
+        before[i] = store[i][:, where].clone()
+    if i not in owned:
+        store[i] = store[i].clone()
+        owned.add(i)
+    store[i][:, where] = value
 
 
 def _rep(x: Tensor, k: int, B: int) -> Tensor:

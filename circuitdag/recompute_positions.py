@@ -20,7 +20,7 @@ from torch import Tensor
 from circuitdag.components import ComponentKernels
 from circuitdag.graph import Input, NodeKind
 from circuitdag.patching import Patcher
-from circuitdag.recompute import first_changing_position, start_run
+from circuitdag.recompute import first_changing_position, removal_chain, start_run
 
 
 class PositionalFastPath:
@@ -67,6 +67,8 @@ class PositionalFastPath:
         self._own_I: set[int] = set()
         self._own_S: set[int] = set()
         self._pending: dict[str, Any] | None = None
+        self._I0: dict[tuple[int, int], Tensor] = {}  # as SparseFastPath: (row, view) and
+        self._S0: dict[tuple[int, int], Tensor] = {}  # (slot, pos) a commit of this destination changed
         self._affected: dict[int, list[int]] = {}
         self._sink = torch.as_tensor(graph.positions.sink, device=patcher.device)  # type: ignore[union-attr]
         #: Positions before this one never change (see :func:`first_changing_position`).
@@ -85,7 +87,21 @@ class PositionalFastPath:
         self.present[cells] = False
 
     def forget_affected(self) -> None:
+        """Start a new destination (as :meth:`SparseFastPath.forget_affected`)."""
         self._affected.clear()
+        self._I0.clear()
+        self._S0.clear()
+
+    def _start_I(self, r: int, v: int) -> Tensor:
+        """Downstream cell ``(r, v)`` when the destination started (as
+        :meth:`SparseFastPath._start_I`)."""
+        hit = self._I0.get((r, v))
+        return hit if hit is not None else self.I[r][:, v]
+
+    def _start_S(self, s: int, q: int) -> Tensor:
+        """Sender ``s``'s output at ``q`` when the destination started."""
+        hit = self._S0.get((s, q))
+        return hit if hit is not None else self.S[s][:, q]
 
     def affected(self, dest: int, alive: np.ndarray) -> list[int]:
         hit = self._affected.get(dest)
@@ -113,22 +129,19 @@ class PositionalFastPath:
         rows_e, views_e = lay.edge_row[edges], lay.edge_view[edges]
         pos_e, slots_e = lay.edge_pos[edges], lay.edge_slot[edges]
         cells: dict[tuple[int, int], Tensor] = {}  # (row, view) -> k batch d | k batch pos d
-        steps = torch.arange(k, device=dev)
-        for r, v in sorted(set(zip(rows_e.tolist(), views_e.tolist()))):
+        own = set(zip(rows_e.tolist(), views_e.tolist()))  # the destination's cells
+        for r, v in sorted(own):
             idx = np.flatnonzero((rows_e == r) & (views_e == v))
-            W = (torch.ge if nested else torch.eq)(steps[:, None], torch.as_tensor(idx, device=dev)[None, :]).to(dt)  # k n
             L, kind = self.lay.row_layer_kind(r)
+            cur = self.I[r][:, v]  # batch pos d (K, V) | batch d
             if lay.crosses_positions(kind):
-                cur = self.I[r][:, v]  # batch pos d
                 D = torch.zeros(len(idx), *cur.shape, dtype=dt, device=dev)
                 for t, e in enumerate(idx.tolist()):
                     p, s = int(pos_e[e]), int(slots_e[e])
                     D[t, :, p] = self.S[s][:, p] - self.S_corr[:, p, s]
-                cells[(r, v)] = cur.unsqueeze(0) - torch.einsum("jn,nbpd->jbpd", W, D)
             else:
-                cur = self.I[r][:, v]  # batch d
                 D = torch.stack([self.S[int(s)][:, v] - self.S_corr[:, v, int(s)] for s in slots_e[idx]])
-                cells[(r, v)] = cur.unsqueeze(0) - torch.einsum("jn,nbd->jbd", W, D)
+            cells[(r, v)] = removal_chain(cur, D, idx, k, nested)
         deltas: dict[tuple[int, int], Tensor] = {}  # (slot, pos) -> k batch d
         outs: dict[tuple[int, int], Tensor] = {}
 
@@ -140,14 +153,14 @@ class PositionalFastPath:
                 hits = [(s, p) for (s, p) in deltas if self.present[r, v, p, s]]
                 if not hits:
                     return None
-                got = self.I[r][:, v].unsqueeze(0).repeat(k, 1, 1, 1)
+                got = self._start_I(r, v).unsqueeze(0).repeat(k, 1, 1, 1)
                 for s, p in hits:
                     got[:, :, p] += deltas[(s, p)]
             else:
                 hits = [(s, p) for (s, p) in deltas if p == v and self.present[r, v, v, s]]
                 if not hits:
                     return None
-                got = self.I[r][:, v].unsqueeze(0) + sum(deltas[h] for h in hits)
+                got = self._start_I(r, v).unsqueeze(0) + sum(deltas[h] for h in hits)
             cells[(r, v)] = got
             return got
 
@@ -187,13 +200,13 @@ class PositionalFastPath:
                 continue
             self.component_evals += k
             outs[(s, q)] = out
-            deltas[(s, q)] = out - self.S[s][:, q]
+            deltas[(s, q)] = out - self._start_S(s, q)
         sink_row = lay.n_rows - 1
         finals = []
         for p in self.p.graph.positions.sink:  # type: ignore[union-attr]
             x = cell(sink_row, p, Input.RESID)
             finals.append(x if x is not None else self.I[sink_row][:, p].unsqueeze(0).expand(k, -1, -1))
-        self._pending = {"cells": cells, "outs": outs, "removed": list(zip(rows_e.tolist(), views_e.tolist(),
+        self._pending = {"cells": cells, "own": own, "outs": outs, "removed": list(zip(rows_e.tolist(), views_e.tolist(),
                                                                               pos_e.tolist(), slots_e.tolist()))}  # fmt: skip
         return self.p.final_metric(torch.stack(finals, dim=2), positions=self._sink)
 
@@ -204,11 +217,15 @@ class PositionalFastPath:
             return
         j = n_accepted - 1
         for (r, v), x in pend["cells"].items():
+            if (r, v) not in pend["own"] and (r, v) not in self._I0:
+                self._I0[(r, v)] = self.I[r][:, v].clone()
             if r not in self._own_I:
                 self.I[r] = self.I[r].clone()
                 self._own_I.add(r)
             self.I[r][:, v] = x[j]
         for (s, q), x in pend["outs"].items():
+            if (s, q) not in self._S0:
+                self._S0[(s, q)] = self.S[s][:, q].clone()
             if s not in self._own_S:
                 self.S[s] = self.S[s].clone()
                 self._own_S.add(s)
