@@ -127,7 +127,7 @@ def _algorithm_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_discover(args: argparse.Namespace) -> int:
-    from circuitdag.algorithms import get_algorithm
+    from circuitdag.algorithms import all_algorithms, get_algorithm
     from circuitdag.discovery import run_algorithm
     from circuitdag.prepare import prepare
 
@@ -159,8 +159,6 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if neurons and args.positions:
         raise ConfigError("--neurons and --positions cannot be combined yet; drop one")
     if neurons and not method.neurons:
-        from circuitdag.algorithms import all_algorithms
-
         able = [m.name for m in all_algorithms() if m.neurons]
         raise ConfigError(f"--algorithm {method.name} does not score neurons; --neurons works with "
                           f"{', '.join(able) or 'no registered method'}")  # fmt: skip
@@ -175,6 +173,10 @@ def cmd_discover(args: argparse.Namespace) -> int:
         print(f"circuitdag: --resume: there is no {checkpoint} to resume from (a run deletes it when it "
               f"finishes, and writes the first one after --checkpoint-every={args.checkpoint_every:g}s); "
               "starting from the beginning", file=sys.stderr)  # fmt: skip
+    elif args.resume and not method.checkpoints and not args.bootstrap_journal and not args.storage:
+        keep = ", ".join(m.name for m in all_algorithms() if m.checkpoints)
+        print(f"circuitdag: --resume: --algorithm {method.name} keeps no checkpoint (these do: {keep}; and "
+              "--bootstrap's resamples); running it from the beginning", file=sys.stderr)  # fmt: skip
     clock = _Clock()
     with clock("load"):
         task, model = load(args)

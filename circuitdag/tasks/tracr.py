@@ -245,8 +245,8 @@ def _check_own_model(task: Task, model: Any) -> None:
     to another model, so any other model is refused (not silently run)."""
     name = getattr(getattr(model, "cfg", None), "model_name", None)
     if model is not None and name not in task.own_model_names():
-        raise TaskError(f"{task.name} runs on its own compiled model; {name or 'this model'} "
-                        "reads other token ids. Drop --model, or give the task that model was compiled for")
+        raise TaskError(f"{task.name} runs on its own compiled model; {name or 'this model'} reads other token "
+                        f"ids: run {task.name} without --model, and evaluate on it only circuits found on its model")
 
 
 def _read_meta(path: Path) -> dict[str, Any]:
