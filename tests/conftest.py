@@ -75,6 +75,36 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = _slow_first(items)
 
 
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Freeze what collection left alive (:func:`_freeze`): the modules, classes and
+    functions of torch, transformers, TransformerLens, matplotlib, optuna ... and the
+    collected tests, about half a million objects."""
+    _freeze()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    """After the last test of a module (its module fixtures torn down), freeze what is
+    still alive: what the tests left in caches and the session's fixtures."""
+    yield
+    if nextitem is None or getattr(nextitem, "path", None) != getattr(item, "path", None):
+        _freeze()
+
+
+def _freeze() -> None:
+    """Collect the garbage, then ``gc.freeze()`` what is alive: the garbage collector's
+    full collections no longer traverse it. Each bootstrap rerun calls ``gc.collect()``
+    (:func:`circuitdag.bootstrap.release_memory`) and the interpreter runs full
+    collections of its own; in a process that had imported the stack and run 7 test files,
+    those took 22.1 s of CPU (measured with gc.callbacks), 1.4 s with this. A frozen
+    object is still freed when its last reference goes; only one that then sits in a
+    reference cycle stays allocated."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def _group_in_nodeid(item: pytest.Item, group: str) -> None:
     """``--dist loadgroup`` groups the tests whose node id ends in ``@group``: pytest-xdist
     3.8 appends it by setting ``item._nodeid``, which pytest 9.2 no longer reads (a node's
