@@ -29,3 +29,20 @@ def test_tracr_task_on_another_model_names_no_missing_option(tmp_path: Path, cap
     assert main(["evaluate", str(tmp_path / "circuit.json"), "--task", "tracr-reverse"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "runs on its own compiled model" in err[0] and "Drop --model" not in err[0], err
+
+
+def test_a_prompts_file_that_repeats_rows_is_noted(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """(verify, stop 32, D11) Five copies of one row were accepted without a word."""
+    import json
+
+    row = {"clean": "So John is a really great friend, isn't", "corrupted": "So Mary is a really great friend, isn't",
+           "correct": "he", "wrong": "she"}  # fmt: skip
+    other = {**row, "clean": "So Paul is a really great friend, isn't"}
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [row, row, other, row]))
+    args = ["discover", "--prompts", str(tmp_path / "p.jsonl"), "--model", "pronoun", "--holdout", "0", "--no-svg",
+            "--out", str(tmp_path / "out")]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'p.jsonl'} repeats 2 of its 4 rows" in err, err
+    assert main([*args, "-q"]) == 0  # quiet: no note
+    assert "repeats" not in capsys.readouterr().err

@@ -105,7 +105,13 @@ def task_of(args: argparse.Namespace) -> Any:
         if not args.model:
             raise ConfigError("--prompts needs --model NAME_OR_DIR, the model the prompts are for "
                               "(a Hugging Face directory, a hub name, a zoo name or smollm2-135m)")  # fmt: skip
-        return Task.from_prompts(prompts)
+        task = Task.from_prompts(prompts)
+        rows = getattr(task, "prompts", [])
+        if len(set(rows)) < len(rows) and not getattr(args, "quiet", False):  # allowed (a weighting), rarely meant
+            print(f"circuitdag: note: {prompts} repeats {len(rows) - len(set(rows))} of its {len(rows)} rows; each "
+                  "copy counts again in every mean (--holdout keeps the copies of a row on one side)",
+                  file=sys.stderr)  # fmt: skip
+        return task
     return get_task(args.task or DEFAULT_TASK)
 
 
