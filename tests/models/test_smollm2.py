@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import logits_at
 
 from circuitdag.errors import ModelError
 from circuitdag.models import smollm2
@@ -103,6 +104,19 @@ def _token(model, text: str) -> int:
 
 
 @pytest.mark.slow
+def test_logits_at_is_the_forward_pass_at_those_positions(smol) -> None:
+    """conftest.logits_at, which the SmolLM2 task tests read their logits with, equals
+    ``model(tokens)`` at the positions asked (two per prompt, in either order)."""
+    from circuitdag.tasks import get_task
+
+    tokens = get_task("ioi").data(smol).clean[:4]
+    positions = torch.tensor([[5, 13], [13, 0], [2, 2], [7, 12]])
+    with torch.no_grad():
+        want = smol(tokens)[torch.arange(4)[:, None], positions]
+    torch.testing.assert_close(logits_at(smol, tokens, positions), want, rtol=0, atol=1e-5)
+
+
+@pytest.mark.slow
 def test_smollm2_shape(smol) -> None:
     from circuitdag.graph import ModelSpec
     from circuitdag.models import spec_of
@@ -131,8 +145,7 @@ def test_smollm2_predicts_an(smol) -> None:
 def _pronoun_scores(model, task) -> tuple[torch.Tensor, float, float]:
     """Clean tokens, mean logit difference and mean P(correct) of ``task`` on ``model``."""
     d = task.data(model)
-    with torch.no_grad():
-        at = model(d.clean)[torch.arange(d.n_prompts)[:, None], d.answer_pos]
+    at = logits_at(model, d.clean, d.answer_pos)  # model(d.clean) at the answer positions
     ld = (at.gather(-1, d.correct[..., None]) - at.gather(-1, d.wrong[..., None])).mean().item()
     return d.clean, ld, at.softmax(-1).gather(-1, d.correct[..., None]).mean().item()
 

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from conftest import last_logits
 
 from circuitdag.discovery import run_acdc
 from circuitdag.errors import TaskError
@@ -202,9 +203,8 @@ def test_smollm2_does_greater_than(smollm2_model) -> None:
     d = task.data(model)
     assert d.clean.shape == (100, 17) and d.position_names == (*DIGIT_NAMES[1:7], "space", *DIGIT_NAMES[7:14],
                                                                 "space_2", *DIGIT_NAMES[14:])  # fmt: skip
-    with torch.no_grad():
-        clean = model(d.clean)[:, -1:]
-        corrupted = model(d.corrupted)[:, -1:]
+    clean = last_logits(model, d.clean).unsqueeze(1)  # batch 1 vocab: model(d.clean)[:, -1:]
+    corrupted = last_logits(model, d.corrupted).unsqueeze(1)
     answers = torch.tensor(task.scheme(model).answers)
     boundary = (d.wrong.unsqueeze(-1) == answers).int().argmax(-1)
     pd_clean = prob_diff(clean.unsqueeze(0), boundary, answers)[0, :, 0]

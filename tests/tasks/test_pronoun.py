@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import last_logits
 
 from circuitdag.discovery import run_acdc
 from circuitdag.errors import TaskError
@@ -254,6 +255,5 @@ def test_smollm2_layout_and_predictions(smollm2_model) -> None:
     d = get_task("pronoun").data(model)
     assert d.clean.shape == (100, 10) and d.position_names == ZOO_POSITIONS[1:]
     assert d.clean[0, 0].item() != model.tokenizer.bos_token_id
-    with torch.no_grad():
-        logits = model(d.clean)[:, -1]
+    logits = last_logits(model, d.clean)  # model(d.clean)[:, -1]
     assert ((logits.gather(1, d.correct) - logits.gather(1, d.wrong)) > 0).float().mean() > 0.9
