@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from randmodel import random_data, random_tiny
 
 from circuitdag.errors import TaskError
 from circuitdag.heads import embed, match, nearest, profile, project, to_json
-from tests.randmodel import random_data, random_tiny
 
 PERM = {0: [2, 0, 1], 1: [1, 2, 0]}  # layer -> new head order: head h of the copy is head PERM[L][h]
 
