@@ -35,7 +35,8 @@ from __future__ import annotations
 
 import itertools
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -196,7 +197,7 @@ def _resamples(patcher: Patcher, method: Algorithm, options: dict[str, Any], res
         m_full, m_empty = (prompt_metrics(patcher, np.full(graph.n_edges, v)) for v in (True, False))
     kept, scores, f_disc, f_held = [], [], [], []
     done = {} if journal is None else journal.resamples
-    with tqdm(total=resamples, initial=sum(k in done for k in range(resamples)), desc="bootstrap", unit="rerun",
+    with frozen_heap(), tqdm(total=resamples, initial=sum(k in done for k in range(resamples)), desc="bootstrap", unit="rerun",
               disable=not progress) as bar:  # fmt: skip
         for k in range(resamples):
             idx = rng.integers(0, n, size=n)  # drawn also for a resample read back: resample k is the k-th draw
@@ -254,6 +255,27 @@ def rerun_on(patcher: Patcher, method: Algorithm, options: dict[str, Any], idx: 
     return out
 
 
+@contextmanager
+def frozen_heap() -> Iterator[None]:
+    """Collect garbage once, then freeze every object alive (the imported libraries, the
+    model, the cached runs) until the block ends, so each rerun's collection
+    (:func:`release_memory`) visits only what that rerun allocated: a full collection
+    with torch and transformers imported takes about 0.24 s. Objects frozen here are still
+    freed by reference counting; only cycles among them wait for the end of the block.
+    Nothing changes where something else froze the heap already."""
+    import gc
+
+    mine = gc.get_freeze_count() == 0
+    if mine:
+        gc.collect()
+        gc.freeze()
+    try:
+        yield
+    finally:
+        if mine:
+            gc.unfreeze()
+
+
 def release_memory() -> None:
     """Hand the memory a rerun freed back to the system (garbage collection, then glibc's
     ``malloc_trim``): glibc keeps freed heap pages for reuse, and a process whose reruns
@@ -306,5 +328,5 @@ def summarize(patcher: Patcher, alive: np.ndarray, kept: list[np.ndarray], score
     return out
 
 
-__all__ = ["LEVEL", "additive", "bootstrap", "circuit_interval", "expected_seconds", "heldout_faithfulness", "interval", "jaccard",
-           "prompt_attributions", "ratio_interval", "release_memory", "rerun_on", "summarize"]
+__all__ = ["LEVEL", "additive", "bootstrap", "circuit_interval", "expected_seconds", "frozen_heap", "heldout_faithfulness",
+           "interval", "jaccard", "prompt_attributions", "ratio_interval", "release_memory", "rerun_on", "summarize"]
