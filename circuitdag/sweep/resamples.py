@@ -191,9 +191,12 @@ def run_trials(study: optuna.Study, runner: ResampleRunner, resamples: int, prog
             optuna.logging.set_verbosity(optuna.logging.ERROR)
             raise
 
+    from circuitdag.bootstrap import frozen_heap
+
     try:
         if have < resamples and n_trials != 0:
-            study.optimize(objective, n_trials=n_trials, catch=(Exception,), callbacks=[after])
+            with frozen_heap():  # each trial's garbage collection skips the model and the libraries
+                study.optimize(objective, n_trials=n_trials, catch=(Exception,), callbacks=[after])
     finally:
         bar.close()
     if n_trials is None and _held(study, resamples) < resamples:
