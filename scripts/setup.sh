@@ -71,7 +71,7 @@ uv_install() {
   if [ -n "$out" ]; then mapfile -t args <<< "$out"; fi
   cert=$(.venv/bin/python scripts/uv_args.py --cert) || return 1
   if [ -n "$cert" ]; then export SSL_CERT_FILE="$cert"; fi
-  .venv/bin/uv pip install -q --python .venv/bin/python "${args[@]}" "$@"
+  .venv/bin/uv pip install -q --no-config --python .venv/bin/python "${args[@]}" "$@"
 }
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! .venv/bin/python -c "import circuitdag" >/dev/null 2>&1; then
   if ! uv_install -e ".[dev,tracr]"; then

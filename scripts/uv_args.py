@@ -7,19 +7,24 @@ no-index and constraint files, so uv sees the same packages pip would. With ``--
 prints pip's certificate bundle instead (empty when none), for uv's SSL_CERT_FILE.
 
 Where a setting is given in several places pip's order holds: a PIP_* variable over the
-``[install]`` section over ``[global]``. Exits 1 when pip's configuration cannot be read
-(setup.sh then installs with pip).
+``[install]`` section over ``[global]``. Exits 1 (setup.sh then installs with pip) when
+pip's configuration cannot be read, or when it sets anything else that can change what
+is installed or how it is fetched (a proxy, trusted hosts, pre-releases, binary
+policies, hashes...): uv is only used where it is known to install what pip would.
 """
 
 from __future__ import annotations
 
-import shlex
+import ast
 import subprocess
 import sys
 
 FLAGS = {"index-url": "--index-url", "extra-index-url": "--extra-index-url",
          "find-links": "--find-links", "constraint": "--constraint"}  # fmt: skip
 SCOPES = (":env:", "install", "global")  # pip's precedence, strongest first
+#: Settings that change nothing about what is installed (cert: passed as SSL_CERT_FILE).
+HARMLESS = {"cert", "timeout", "default-timeout", "retries", "disable-pip-version-check", "no-cache-dir", "cache-dir",
+            "progress-bar", "quiet", "verbose", "no-color", "no-input", "root-user-action", "no-compile", "config-file"}  # fmt: skip
 
 
 def pip_settings() -> dict[str, str]:
@@ -29,14 +34,17 @@ def pip_settings() -> dict[str, str]:
     for line in out.stdout.splitlines():
         key, sep, value = line.partition("=")
         scope, _, name = key.rpartition(".")
-        if sep and scope in SCOPES:
-            found[(scope, name)] = " ".join(shlex.split(value))
+        if sep and scope in SCOPES:  # pip prints each value with %r; a list is whitespace-separated
+            found[(scope, name)] = " ".join(str(ast.literal_eval(value)).split())
     names = {name for _, name in found}
     return {n: next(found[(s, n)] for s in SCOPES if (s, n) in found) for n in names}
 
 
 def main() -> None:
     settings = pip_settings()
+    other = sorted(set(settings) - set(FLAGS) - {"no-index"} - HARMLESS)
+    if other:
+        sys.exit(f"uv_args: pip is configured with {', '.join(other)}, which this does not pass on to uv")
     if sys.argv[1:] == ["--cert"]:
         print(settings.get("cert", ""))
         return
@@ -54,5 +62,5 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (OSError, subprocess.CalledProcessError) as err:
+    except (OSError, subprocess.CalledProcessError, ValueError, SyntaxError) as err:
         sys.exit(f"uv_args: cannot read pip's configuration ({err})")
