@@ -44,8 +44,8 @@ class PositionalFastPath:
         self.graph, self.lay, self.spec = graph, lay, spec
         self.component_evals = 0
         absent = patcher.absent_matrix(alive)
-        exists = patcher.exists.cpu().numpy() != 0  # rows views pos slots
-        self.present = exists & ~(absent.cpu().numpy() != 0)
+        exists = (patcher.exists != 0).cpu().numpy()  # rows views pos slots (bool: numpy has no bfloat16)
+        self.present = exists & ~(absent != 0).cpu().numpy()
         slots, resid_pre, mlp_in, final = start_run(patcher, alive, absent)
         self.S: list[Tensor] = [slots[:, :, s] for s in range(lay.n_slots)]  # batch pos d
         D = slots - patcher.S_corr  # batch pos slot d

@@ -18,12 +18,15 @@ from circuitdag.graph import Graph, Positions
 from circuitdag.models import spec_of
 from circuitdag.patching import Patcher
 
-CASES = [("plain", torch.float32), ("plain", torch.float64), ("positions", torch.float32), ("neurons", torch.float32)]
+CASES = [("plain", torch.float32), ("plain", torch.float64), ("positions", torch.float32), ("neurons", torch.float32),
+         ("positions", torch.bfloat16)]  # bfloat16 position-aware graphs crashed (numpy has no bfloat16)
 
 
 def patcher(kind: str, dtype: torch.dtype) -> Patcher:
-    model = random_tiny(dtype=dtype, n_layers=3, n_heads=3, d_model=16, d_mlp=6 if kind == "neurons" else 32)
-    P = 5
+    small = kind == "positions"  # a node per position: a smaller model keeps the graph small
+    model = random_tiny(dtype=dtype, n_layers=2 if small else 3, n_heads=2 if small else 3, d_model=16,
+                        d_mlp=6 if kind == "neurons" else 32)  # fmt: skip
+    P = 4 if small else 5
     positions = Positions(P, sink=(P - 1,)) if kind == "positions" else None
     graph = Graph(spec_of(model, [1]) if kind == "neurons" else spec_of(model), positions)
     return Patcher(model, graph, random_data(batch=6, pos=P, vocab=model.cfg.d_vocab), ablation="resample", metric="kl")
@@ -58,7 +61,7 @@ def test_scores_are_the_same_floats_for_any_batching(monkeypatch, kind, dtype):
         assert r.m_cur == one.m_cur
 
 
-@pytest.mark.parametrize("kind,dtype", CASES[:1] + CASES[2:], ids=["plain-float32", "positions-float32", "neurons-float32"])
+@pytest.mark.parametrize("kind,dtype", [CASES[0], *CASES[2:4]], ids=["plain-float32", "positions-float32", "neurons-float32"])
 def test_a_resumed_run_is_the_same_floats(tmp_path, monkeypatch, kind, dtype):
     """Stopped after some destinations with one batching, resumed with another: the
     uninterrupted run's scores and metric exactly (float32, where rounding shows first)."""
