@@ -66,6 +66,7 @@ def _start_or_resume(
     if not (resume and checkpoint is not None and Path(checkpoint).exists()):
         state = _initial_state(patcher, start, reference)
         state.stats.update(stats or {})
+        state.stats["threads"] = torch.get_num_threads()  # what --resume reuses (checkpoint_threads)
         return state
     graph = patcher.graph
     position = np.full(len(graph.nodes), len(order), dtype=np.int64)

@@ -63,6 +63,18 @@ def save_checkpoint(path: str | Path, state: SearchState, info: dict[str, Any]) 
     write_json(path, doc, indent=None, error=CheckpointError)
 
 
+def checkpoint_threads(path: str | Path) -> int | None:
+    """The torch thread count of the run that wrote the ACDC checkpoint ``path`` (its
+    ``stats.threads``), or None when the file has none or cannot be read (the resume
+    itself then says what is wrong with it). A resumed run that uses it computes the same
+    floats as the uninterrupted run (docs/reproducibility.md)."""
+    try:
+        threads = json.loads(Path(path).read_text())["stats"]["threads"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else None
+
+
 def load_checkpoint(
     path: str | Path,
     info: dict[str, Any],

@@ -408,3 +408,27 @@ def test_neuron_nodes_resume_to_the_same_circuit(tmp_path, monkeypatch, path):
             with pytest.raises(Killed):
                 run(ck)
         assert_same(run(ck, resume=True), whole, exact=True)
+
+
+def test_resume_takes_the_interrupted_runs_thread_count(tmp_path, monkeypatch, capsys):
+    """The default --threads follows the machine's load, and another thread count can change
+    float sums in the last bits: without --threads, --resume uses the checkpoint's count."""
+    import torch
+
+    from circuitdag.cli import main
+
+    args = ["discover", "--task", "pronoun", "--holdout", "0", "--no-svg", "--out", str(tmp_path)]
+    try:
+        with monkeypatch.context() as m:
+            kill_after_saves(m, 3)
+            with pytest.raises(Killed):
+                main([*args, "--threads", "2", "--checkpoint-every", "0"])
+        assert json.loads((tmp_path / "checkpoint.json").read_text())["stats"]["threads"] == 2
+        torch.set_num_threads(1)
+        capsys.readouterr()
+        monkeypatch.setattr("circuitdag.cli._common.default_threads", lambda: 1)  # a busy machine now
+        assert main([*args, "--resume"]) == 0
+        assert json.loads((tmp_path / "circuit.json").read_text())["threads"] == 2
+    finally:
+        torch.set_num_threads(1)
+    assert "--resume: 2 torch threads, as the interrupted run" in capsys.readouterr().err

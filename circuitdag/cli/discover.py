@@ -173,6 +173,13 @@ def cmd_discover(args: argparse.Namespace) -> int:
         print(f"circuitdag: --resume: there is no {checkpoint} to resume from (a run deletes it when it "
               f"finishes, and writes the first one after --checkpoint-every={args.checkpoint_every:g}s); "
               "starting from the beginning", file=sys.stderr)  # fmt: skip
+    elif args.resume and method.checkpoints and args.threads is None:
+        from circuitdag.checkpoint import checkpoint_threads
+
+        args.threads = checkpoint_threads(checkpoint)  # the interrupted run's floats (docs/reproducibility.md)
+        if args.threads is not None and not args.quiet:
+            print(f"circuitdag: --resume: {args.threads} torch threads, as the interrupted run "
+                  "(give --threads to choose)", file=sys.stderr)  # fmt: skip
     elif args.resume and not method.checkpoints and not args.bootstrap_journal and not args.storage:
         keep = ", ".join(m.name for m in all_algorithms() if m.checkpoints)
         print(f"circuitdag: --resume: --algorithm {method.name} keeps no checkpoint (these do: {keep}; and "
