@@ -63,6 +63,12 @@ def save_checkpoint(path: str | Path, state: SearchState, info: dict[str, Any]) 
     write_json(path, doc, indent=None, error=CheckpointError)
 
 
+def _threads_now() -> int:
+    import torch
+
+    return torch.get_num_threads()
+
+
 def checkpoint_threads(path: str | Path) -> int | None:
     """The torch thread count of the run that wrote the ACDC checkpoint ``path`` (its
     ``stats.threads``), or None when the file has none or cannot be read (the resume
@@ -109,6 +115,10 @@ def load_checkpoint(
         have = have if isinstance(have, dict) else {}
         diff = {k: (have.get(k), want.get(k)) for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)}
         shown = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
+        threads, now = checkpoint_threads(path), _threads_now()
+        if set(diff) == {"threshold"} and threads is not None and threads != now:
+            shown += (f"; a relative threshold follows the metric gap, which {now} torch threads round "
+                      f"differently from the checkpoint's {threads}: give --threads {threads}")  # fmt: skip
         raise CheckpointError(
             f"checkpoint {path} was written by a run with other settings ({shown}); "
             "rerun with those settings to continue, or without --resume to start over"

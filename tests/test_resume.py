@@ -432,3 +432,24 @@ def test_resume_takes_the_interrupted_runs_thread_count(tmp_path, monkeypatch, c
     finally:
         torch.set_num_threads(1)
     assert "--resume: 2 torch threads, as the interrupted run" in capsys.readouterr().err
+
+
+def test_a_threshold_that_moved_with_the_thread_count_names_the_threads(tmp_path):
+    """A relative threshold is derived from the metric gap, which another thread count can
+    round differently (fresh-user check: 0.0005463615059852601 there, 0.0005463614808691531
+    now): the refusal says which --threads the checkpoint was written with."""
+    import torch
+
+    from circuitdag.checkpoint import SearchState, load_checkpoint, save_checkpoint
+    from circuitdag.errors import CheckpointError
+
+    ck = tmp_path / "checkpoint.json"
+    state = SearchState(np.ones(3, bool), np.full(3, np.nan), 0.5)
+    state.stats["threads"] = 2
+    save_checkpoint(ck, state, {"threshold": 0.0005463615059852601, "n_edges": 3})
+    torch.set_num_threads(1)
+    with pytest.raises(CheckpointError, match="round differently from the checkpoint's 2: give --threads 2"):
+        load_checkpoint(ck, {"threshold": 0.0005463614808691531, "n_edges": 3})
+    with pytest.raises(CheckpointError) as err:  # another setting: no word about threads
+        load_checkpoint(ck, {"threshold": 0.0005463615059852601, "n_edges": 4})
+    assert "--threads" not in str(err.value)
