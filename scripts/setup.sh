@@ -48,22 +48,10 @@ fi
 # every installed file up front (transformers, torch, jax, ...) was most of pip's CPU time.
 INSTALL=(.venv/bin/python -m pip -q --disable-pip-version-check install --no-compile)
 
-if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
-  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
-    "${INSTALL[@]}" "torch==2.13.0"
-  else  # CPU build: a local wheel when the machine has one, else PyTorch's CPU index
-    "${INSTALL[@]}" --no-deps --retries 0 --timeout 20 "torch==2.13.0+cpu" \
-      --extra-index-url https://download.pytorch.org/whl/cpu
-    "${INSTALL[@]}" "torch==2.13.0+cpu"  # its dependencies, from PyPI
-  fi
-fi
-# tracr: `circuitdag tracr compile` and its tests (JAX, CPU). Skipped when this pyproject.toml
-# was installed already (the stamp holds its hash) and circuitdag imports.
-STAMP=.venv/.circuitdag-installed
-WANT=$(.venv/bin/python -c "import hashlib; print(hashlib.sha256(open('pyproject.toml', 'rb').read()).hexdigest())")
-# uv installs them in about 10 s where pip takes about a minute (the same versions); it reads
-# none of pip's configuration, so scripts/uv_args.py passes pip's indexes, find-links,
-# constraints and certificates on. pip installs them where uv cannot be had or fails.
+# uv installs circuitdag's dependencies in about 10 s where pip takes about a minute (the same
+# versions), and a local torch wheel in 2 s where pip takes 14; it reads none of pip's
+# configuration, so scripts/uv_args.py passes pip's indexes, find-links, constraints and
+# certificates on (or refuses, for settings it cannot pass). pip installs where uv fails.
 uv_install() {
   "${INSTALL[@]}" "uv>=0.5" >/dev/null 2>&1 || return 1
   local out cert args=()
@@ -73,6 +61,20 @@ uv_install() {
   if [ -n "$cert" ]; then export SSL_CERT_FILE="$cert"; fi
   .venv/bin/uv pip install -q --no-config --python .venv/bin/python "${args[@]}" "$@"
 }
+if ! .venv/bin/python -c "import torch" >/dev/null 2>&1; then
+  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+    "${INSTALL[@]}" "torch==2.13.0"
+  elif ! uv_install "torch==2.13.0+cpu" 2>/dev/null; then  # CPU build: a wheel pip's configuration finds
+    # else PyTorch's CPU index (pip: uv gives up on an index it cannot reach)
+    "${INSTALL[@]}" --no-deps --retries 0 --timeout 20 "torch==2.13.0+cpu" \
+      --extra-index-url https://download.pytorch.org/whl/cpu
+    "${INSTALL[@]}" "torch==2.13.0+cpu"  # its dependencies, from PyPI
+  fi
+fi
+# tracr: `circuitdag tracr compile` and its tests (JAX, CPU). Skipped when this pyproject.toml
+# was installed already (the stamp holds its hash) and circuitdag imports.
+STAMP=.venv/.circuitdag-installed
+WANT=$(.venv/bin/python -c "import hashlib; print(hashlib.sha256(open('pyproject.toml', 'rb').read()).hexdigest())")
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ] || ! .venv/bin/python -c "import circuitdag" >/dev/null 2>&1; then
   if ! uv_install -e ".[dev,tracr]"; then
     echo "setup: uv could not install the dependencies; installing them with pip (about a minute)"
