@@ -88,9 +88,16 @@ def last_logits(model: Any, tokens: Any) -> Any:
 
 def pytest_configure(config: pytest.Config) -> None:
     # Tiny models run fastest on one thread, and CI has two cores for everything.
+    import signal
+
     import torch
 
     torch.set_num_threads(1)
+    # A shell without job control starts a background command (`cmd &`) with SIGINT ignored,
+    # and Python then leaves it ignored: the tests that press Ctrl-C (os.kill(pid, SIGINT))
+    # would see nothing happen. Give this process, and the processes it starts, Python's own.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the xdist_group marks
