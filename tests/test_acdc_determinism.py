@@ -47,10 +47,9 @@ def random_batches(monkeypatch, seed: int) -> None:
 def test_scores_are_the_same_floats_for_any_batching(monkeypatch, kind, dtype):
     threshold = 0.004
     runs = [acdc_fast(patcher(kind, dtype), threshold, k_init=1, k_max=1)]
-    for seed in range(3):
-        with monkeypatch.context() as m:
-            random_batches(m, seed)
-            runs.append(acdc_fast(patcher(kind, dtype), threshold, k_init=4))
+    with monkeypatch.context() as m:
+        random_batches(m, 0)
+        runs.append(acdc_fast(patcher(kind, dtype), threshold, k_init=4))
     runs.append(acdc_fast(patcher(kind, dtype), threshold, k_init=64))
     one = runs[0]
     assert one.stats["fast_path"] == "components" and 0 < one.alive.sum() < len(one.alive)
@@ -68,7 +67,7 @@ def test_a_resumed_run_is_the_same_floats(tmp_path, monkeypatch, kind, dtype):
     threshold = 0.004
     whole = acdc_fast(patcher(kind, dtype), threshold, k_init=1, k_max=1)
     n_dest = len(patcher(kind, dtype).graph.visit_order())
-    for stop in (n_dest // 3, 2 * n_dest // 3):
+    for stop in (n_dest // 2,):
         ck = tmp_path / f"{stop}.json"
         with monkeypatch.context() as m:
             random_batches(m, stop)
