@@ -53,7 +53,7 @@ def test_scores_are_the_same_floats_for_any_batching(monkeypatch, kind, dtype):
     runs.append(acdc_fast(patcher(kind, dtype), threshold, k_init=64))
     one = runs[0]
     assert one.stats["fast_path"] == "components" and 0 < one.alive.sum() < len(one.alive)
-    assert len({r.stats["batches"] for r in runs}) >= 3  # the runs did batch differently
+    assert len({r.stats["batches"] for r in runs}) >= 2  # the runs did batch differently
     for r in runs[1:]:
         np.testing.assert_array_equal(r.alive, one.alive)
         np.testing.assert_array_equal(r.scores, one.scores)
