@@ -122,12 +122,14 @@ def slot_of(trial: optuna.trial.FrozenTrial) -> int:
 def claim_slot(trial: optuna.Trial) -> int:
     """The slot ``trial`` runs (module docstring), recorded as its user attribute ``slot``:
     the lowest of ``0..B-1`` (``B``: the study's :data:`RESAMPLES_ATTR`) that no finished
-    and no running trial holds; when running trials hold every open one, the lowest open
-    one (run twice, same result); when all are finished, the lowest slot above them."""
+    and no running trial holds, leaving the lowest ones to the running trials that started
+    before this one and have not claimed yet (two workers that start trials at once took
+    the same slot); when running trials hold every open one, the lowest open one (run
+    twice, same result); when all are finished, the lowest slot above them."""
     from optuna.trial import TrialState
 
     want = int(trial.study.user_attrs.get(RESAMPLES_ATTR, 0))
-    done, running = set(), set()
+    done, running, unclaimed = set(), set(), 0
     for t in trial.study.get_trials(deepcopy=False):
         if t.number == trial.number:
             continue
@@ -135,8 +137,10 @@ def claim_slot(trial: optuna.Trial) -> int:
             done.add(slot_of(t))
         elif t.state == TrialState.RUNNING and "slot" in t.user_attrs:
             running.add(slot_of(t))
+        elif t.state == TrialState.RUNNING and t.number < trial.number:
+            unclaimed += 1  # started before this one and about to claim: it takes a lower free slot
     open_ = [k for k in range(want) if k not in done]
-    free = [k for k in open_ if k not in running]
+    free = [k for k in open_ if k not in running][unclaimed:]
     slot = free[0] if free else open_[0] if open_ else next(k for k in range(want, want + len(done) + 1) if k not in done)
     trial.set_user_attr("slot", slot)
     return slot
