@@ -292,9 +292,10 @@ def acdc_fast(
     saver = Checkpointer(checkpoint, info, checkpoint_every)
     # A resumed run rebuilds the component path's cached run by redoing the accepted
     # removals from the start circuit (_replay): the same floats as the uninterrupted run.
-    fast = _sparse_path(patcher, state.alive | np.isfinite(state.scores), sparse)
+    begun = state.alive | np.isfinite(state.scores)  # the search's start circuit: every tested edge was in it
+    fast = _sparse_path(patcher, begun, sparse)
     if fast is not None and state.next_dest > 0:
-        _replay(patcher, fast, state, order)
+        _replay(patcher, fast, state, order, begun)
     if fast is None:
         patcher.rebase(state.alive)
         k_max = k_max or max_candidates(patcher)
@@ -401,7 +402,8 @@ def _decide_destination(
         sizer.update(k, accepted, time.perf_counter() - t0, n_layers)
 
 
-def _replay(patcher: Patcher, fast: SparseFastPath | PositionalFastPath, state: SearchState, order: list[int]) -> None:
+def _replay(patcher: Patcher, fast: SparseFastPath | PositionalFastPath, state: SearchState, order: list[int],
+            alive: np.ndarray) -> None:  # fmt: skip
     """Bring ``fast``, built on the search's start circuit, to the resumed ``state``: redo,
     destination by destination in ACDC's order, the removals it accepted (the edges into
     the finished destinations that are gone now; every edge ACDC tested has a score).
@@ -412,8 +414,7 @@ def _replay(patcher: Patcher, fast: SparseFastPath | PositionalFastPath, state: 
     uninterrupted run's cached values, not from a recomputation that rounds differently.
     ``state.stats["resume"]`` records the edges redone and whether the last one reproduced
     the checkpoint's metric exactly (not on another machine, library or thread count)."""
-    graph = patcher.graph
-    alive = state.alive | np.isfinite(state.scores)
+    graph = patcher.graph  # alive: the start circuit (changed in place as the removals are redone)
     redone, last = 0, None
     for dest in order[: state.next_dest]:
         inc = graph.incoming[dest]

@@ -75,9 +75,15 @@ def checkpoint_threads(path: str | Path) -> int | None:
     itself then says what is wrong with it). A resumed run that uses it computes the same
     floats as the uninterrupted run (docs/reproducibility.md)."""
     try:
-        threads = json.loads(Path(path).read_text())["stats"]["threads"]
-    except (OSError, ValueError, KeyError, TypeError):
+        return _threads_of(json.loads(Path(path).read_text()))
+    except (OSError, ValueError):
         return None
+
+
+def _threads_of(doc: Any) -> int | None:
+    """A checkpoint document's ``stats.threads`` when it is a thread count, else None."""
+    stats = doc.get("stats") if isinstance(doc, dict) else None
+    threads = stats.get("threads") if isinstance(stats, dict) else None
     return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1 else None
 
 
@@ -115,7 +121,7 @@ def load_checkpoint(
         have = have if isinstance(have, dict) else {}
         diff = {k: (have.get(k), want.get(k)) for k in sorted(set(have) | set(want)) if have.get(k) != want.get(k)}
         shown = ", ".join(f"{k}: {old!r} there, {new!r} now" for k, (old, new) in diff.items())
-        threads, now = checkpoint_threads(path), _threads_now()
+        threads, now = _threads_of(doc), _threads_now()
         if set(diff) == {"threshold"} and threads is not None and threads != now:
             shown += (f"; a relative threshold follows the metric gap, which {now} torch threads round "
                       f"differently from the checkpoint's {threads}: give --threads {threads}")  # fmt: skip

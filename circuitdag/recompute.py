@@ -40,6 +40,7 @@ reproduce a model, ACDC uses the layer-by-layer fast path instead
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -419,25 +420,26 @@ class SparseFastPath:
             return
         j = n_accepted - 1
         for r, x in pend.rows.items():
-            _overwrite(self.I, self._own_I, r, self._tpos(self._row_positions(r)), x[j],
-                       None if r in pend.own else self._I0)  # fmt: skip
+            overwrite(self.I, self._own_I, r, self._tpos(self._row_positions(r)), x[j],
+                      None if r in pend.own else self._I0)  # fmt: skip
             L, kind = self.lay.row_layer_kind(r)
             if kind in (Input.K, Input.V):
                 self._kv.pop((L, r - self.lay.rows(L, kind).start), None)
         for s, (x, at) in pend.slots.items():
-            _overwrite(self.S, self._own_S, s, self._tpos(at), x[j], self._S0)
+            overwrite(self.S, self._own_S, s, self._tpos(at), x[j], self._S0)
             self._D.pop(s, None)
         for r, s in pend.removed[:n_accepted]:
             self.present[r, s] = False
 
 
-def _overwrite(store: list[Tensor], owned: set[int], i: int, where: Tensor, value: Tensor,
-               before: dict[int, Tensor] | None) -> None:  # fmt: skip
+def overwrite(store: list[Tensor], owned: set[int], i: int, where: Tensor | int, value: Tensor,
+              before: dict[Any, Tensor] | None, key: Any = None) -> None:  # fmt: skip
     """``store[i][:, where] = value``, cloning ``store[i]`` first (recorded in ``owned``)
     when it may still share storage with the clean run; ``before``, when given, keeps the
-    first values overwritten (``SparseFastPath._I0``)."""
-    if before is not None and i not in before:
-        before[i] = store[i][:, where].clone()
+    first values overwritten under ``key`` (default ``i``; ``SparseFastPath._I0``)."""
+    key = i if key is None else key
+    if before is not None and key not in before:
+        before[key] = store[i][:, where].clone()
     if i not in owned:
         store[i] = store[i].clone()
         owned.add(i)

@@ -20,7 +20,7 @@ from torch import Tensor
 from circuitdag.components import ComponentKernels
 from circuitdag.graph import Input, NodeKind
 from circuitdag.patching import Patcher
-from circuitdag.recompute import first_changing_position, removal_chain, start_run
+from circuitdag.recompute import first_changing_position, overwrite, removal_chain, start_run
 
 
 class PositionalFastPath:
@@ -217,18 +217,8 @@ class PositionalFastPath:
             return
         j = n_accepted - 1
         for (r, v), x in pend["cells"].items():
-            if (r, v) not in pend["own"] and (r, v) not in self._I0:
-                self._I0[(r, v)] = self.I[r][:, v].clone()
-            if r not in self._own_I:
-                self.I[r] = self.I[r].clone()
-                self._own_I.add(r)
-            self.I[r][:, v] = x[j]
+            overwrite(self.I, self._own_I, r, v, x[j], None if (r, v) in pend["own"] else self._I0, (r, v))
         for (s, q), x in pend["outs"].items():
-            if (s, q) not in self._S0:
-                self._S0[(s, q)] = self.S[s][:, q].clone()
-            if s not in self._own_S:
-                self.S[s] = self.S[s].clone()
-                self._own_S.add(s)
-            self.S[s][:, q] = x[j]
+            overwrite(self.S, self._own_S, s, q, x[j], self._S0, (s, q))
         for r, v, p, s in pend["removed"][:n_accepted]:
             self.present[r, v, p, s] = False
